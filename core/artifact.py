@@ -1,0 +1,200 @@
+"""Model version artifacts: one directory with a manifest, the bank and the BatchNorm state.
+
+Layout of a version directory:
+  manifest.json          schema below (format_version 1), with a sha256 for every file
+  bank.safetensors       the memory bank, float32 (M, D)
+  batchnorm.safetensors  every BatchNorm tensor of the backbone (affine and running statistics)
+The backbone's other weights are not copied: the manifest names the weights file and its sha256,
+and loading refuses a different file. Saving writes a temporary sibling directory, fsyncs it and
+renames it into place, so a reader sees the whole version or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors.torch import load_file, save_file
+
+from .backbone import batchnorm_state, file_sha256, load_batchnorm_state
+from .config import ModelConfig
+from .device import resolve_device
+from .errors import ArtifactError, PatchshiftError
+from .fileio import fsync_dir, fsync_file
+from .patchcore import PatchCoreModel, Provenance, build_extractor
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BANK_FILE = "bank.safetensors"
+BATCHNORM_FILE = "batchnorm.safetensors"
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    """The validated, versioned description of one model version."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: Literal[1]
+    kind: Literal["patchcore"]
+    config: dict
+    backbone: str
+    weights_path: str
+    weights_sha256: str
+    stage_names: list[str]
+    image_size: list[int]
+    mean: list[float]
+    std: list[float]
+    feature_dim: int
+    coreset_ratio: float
+    bank_size: int
+    threshold: float
+    threshold_source: str
+    calibration_scores: list[float]
+    n_train_images: int
+    created: str
+    parent: str | None
+    method: str
+    details: dict
+    files: dict[str, FileEntry]
+
+
+def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manifest:
+    cfg, prov = model.config, model.provenance
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        kind="patchcore",
+        config=cfg.to_dict(),
+        backbone=cfg.backbone,
+        weights_path=model.backbone.weights_path,
+        weights_sha256=model.backbone.weights_sha256,
+        stage_names=list(model.backbone.stage_names),
+        image_size=list(cfg.image_size),
+        mean=list(model.backbone.mean),
+        std=list(model.backbone.std),
+        feature_dim=cfg.feature_dim,
+        coreset_ratio=cfg.coreset_ratio,
+        bank_size=int(model.bank.shape[0]),
+        threshold=model.threshold,
+        threshold_source=prov.threshold_source,
+        calibration_scores=prov.calibration_scores,
+        n_train_images=prov.n_train_images,
+        created=prov.created,
+        parent=prov.parent,
+        method=prov.method,
+        details=prov.details,
+        files=files,
+    )
+
+
+def save_model(model: PatchCoreModel, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write the version atomically; refuses to replace an existing directory unless asked."""
+    target = Path(out_dir)
+    if target.exists() and not overwrite:
+        raise ArtifactError(f"{target} already exists; choose another directory or overwrite it explicitly")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file({"bank": model.bank}, str(staging / BANK_FILE))
+        save_file(batchnorm_state(model.extractor), str(staging / BATCHNORM_FILE))
+        files = {}
+        for name in (BANK_FILE, BATCHNORM_FILE):
+            fsync_file(staging / name)
+            files[name] = FileEntry(sha256=file_sha256(staging / name), bytes=(staging / name).stat().st_size)
+        manifest = build_manifest(model, files)
+        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        fsync_file(staging / MANIFEST)
+        fsync_dir(staging)
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, trash / "old")
+            os.rename(staging, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not a model directory (it does not exist)")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path} is not a model directory: {MANIFEST} is missing")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path} is corrupt (not valid JSON: {exc})") from None
+    if isinstance(raw, dict) and raw.get("format_version") not in (None, FORMAT_VERSION):
+        raise ArtifactError(
+            f"{path} has artifact format {raw.get('format_version')}, this patchshift reads format {FORMAT_VERSION}"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"{manifest_path} is invalid: field {where}: {first['msg']}") from None
+
+
+def verify_files(model_dir: Path, manifest: Manifest) -> None:
+    for name, entry in manifest.files.items():
+        file = model_dir / name
+        if not file.is_file():
+            raise ArtifactError(f"{model_dir}: {name} is missing")
+        if file.stat().st_size != entry.bytes:
+            raise ArtifactError(f"{model_dir}: {name} is truncated or altered ({file.stat().st_size} bytes, expected {entry.bytes})")
+        if file_sha256(file) != entry.sha256:
+            raise ArtifactError(f"{model_dir}: {name} is corrupt (checksum mismatch)")
+
+
+def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | None = None) -> PatchCoreModel:
+    """Load and validate a version; any inconsistency is an ArtifactError naming the problem."""
+    path = Path(model_dir)
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    try:
+        config = ModelConfig.from_dict(manifest.config)
+    except (PatchshiftError, TypeError) as exc:
+        raise ArtifactError(f"{path}: stored model configuration is invalid ({exc})") from None
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    backbone, extractor = build_extractor(config, device)
+    if backbone.weights_sha256 != manifest.weights_sha256:
+        raise ArtifactError(
+            f"{path}: backbone weights file {backbone.weights_path} differs from the one the model was fitted with "
+            f"(sha256 {backbone.weights_sha256[:12]}..., expected {manifest.weights_sha256[:12]}...)"
+        )
+    try:
+        load_batchnorm_state(extractor, load_file(str(path / BATCHNORM_FILE)), str(path / BATCHNORM_FILE))
+        bank = load_file(str(path / BANK_FILE))["bank"]
+    except PatchshiftError as exc:
+        raise ArtifactError(str(exc)) from None
+    except Exception as exc:  # safetensors raises its own types for bad headers
+        raise ArtifactError(f"{path}: cannot read stored tensors ({exc})") from None
+    if tuple(bank.shape) != (manifest.bank_size, config.feature_dim):
+        raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest says ({manifest.bank_size}, {config.feature_dim})")
+    provenance = Provenance(
+        method=manifest.method,
+        parent=manifest.parent,
+        created=manifest.created,
+        threshold_source=manifest.threshold_source,
+        calibration_scores=manifest.calibration_scores,
+        n_train_images=manifest.n_train_images,
+        details=manifest.details,
+    )
+    return PatchCoreModel(config, backbone, extractor, bank, manifest.threshold, provenance, device)

@@ -1,0 +1,194 @@
+"""PatchCore: fit a memory bank of normal patch features; score images against it.
+
+`PatchCoreModel` holds the feature extractor (with its BatchNorm state, the only part that
+adaptation changes), the frozen bank, its FAISS index and the decision threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from .anomaly_map import anomaly_maps
+from .backbone import Backbone, build_backbone
+from .config import ModelConfig
+from .coreset import coreset_size, kcenter_coreset
+from .device import resolve_device
+from .errors import ConfigError, DatasetError
+from .features import PatchFeatureExtractor
+from .images import iter_batches
+from .index import BankIndex
+from .progress import CancelFn, ProgressFn, check_cancel, report
+from .threshold import quantile_threshold
+
+log = logging.getLogger(__name__)
+
+ImageSource = bytes | str | os.PathLike[str]
+
+
+@dataclass
+class ScoreResult:
+    scores: torch.Tensor  # (B,) image scores
+    patch_scores: torch.Tensor  # (B, h, w) distance of each patch to its nearest bank row
+    anomaly_maps: torch.Tensor  # (B, H, W) blurred heatmap at the model input resolution
+
+
+@dataclass
+class Provenance:
+    """Where a model version came from; stored in its manifest."""
+
+    method: str = "fit"
+    parent: str | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    threshold_source: str = "holdout-quantile"
+    calibration_scores: list[float] = field(default_factory=list)
+    n_train_images: int = 0
+    details: dict = field(default_factory=dict)
+
+
+def build_extractor(config: ModelConfig, device: torch.device) -> tuple[Backbone, PatchFeatureExtractor]:
+    backbone = build_backbone(config.backbone, config.weights, config.feature_strides)
+    extractor = PatchFeatureExtractor(backbone, config.feature_dim, config.neighbourhood)
+    return backbone, extractor.to(device).eval()
+
+
+class PatchCoreModel:
+    def __init__(
+        self,
+        config: ModelConfig,
+        backbone: Backbone,
+        extractor: PatchFeatureExtractor,
+        bank: torch.Tensor,
+        threshold: float,
+        provenance: Provenance,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.backbone = backbone
+        self.extractor = extractor
+        self.bank = bank.detach().to("cpu", torch.float32).contiguous()
+        self.threshold = float(threshold)
+        self.provenance = provenance
+        self.device = device
+        self.index = BankIndex(self.bank, config.index, config.ivf_nprobe, use_gpu=device.type == "cuda" or None)
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.extractor.eval()
+        return self.extractor(images.to(self.device))
+
+    @torch.inference_mode()
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        """images: (B, 3, H, W) in [0, 1] at the model input size."""
+        expected = self.config.input_hw
+        if tuple(images.shape[-2:]) != expected or images.ndim != 4:
+            raise ConfigError(f"expected a (B, 3, {expected[0]}, {expected[1]}) batch, got {tuple(images.shape)}")
+        feats = self.features(images)
+        batch, h, w, dim = feats.shape
+        flat = feats.reshape(-1, dim)
+        distances, nearest = self.index.search(flat, k=1)
+        patch_scores = distances.view(batch, h, w)
+        scores = patch_scores.flatten(1).max(dim=1)
+        image_scores = scores.values
+        if self.config.reweight_neighbours > 0:
+            image_scores = self._reweight(flat.view(batch, h * w, dim), scores.indices, nearest.view(batch, -1), image_scores)
+        maps = anomaly_maps(patch_scores, expected, self.config.blur_sigma)
+        return ScoreResult(image_scores, patch_scores, maps)
+
+    def _reweight(
+        self, feats: torch.Tensor, worst: torch.Tensor, nearest: torch.Tensor, worst_scores: torch.Tensor
+    ) -> torch.Tensor:
+        """PatchCore Eq. 7: damp the score when the nearest bank row sits in a dense neighbourhood."""
+        rows = torch.arange(feats.shape[0], device=feats.device)
+        test_patch = feats[rows, worst]  # (B, D)
+        star = nearest[rows, worst]  # (B,) index of m*
+        star_vectors = self.bank[star.cpu()].to(feats.device)
+        _, neighbours = self.index.search(star_vectors, k=self.config.reweight_neighbours)  # N_b(m*)
+        bank_rows = self.bank[neighbours.cpu().clamp_min(0)].to(feats.device)  # (B, b, D)
+        dist = torch.linalg.vector_norm(bank_rows - test_patch.unsqueeze(1), dim=-1)
+        weight = 1.0 - torch.exp(worst_scores - torch.logsumexp(dist, dim=1))
+        return weight * worst_scores
+
+    def score_sources(self, sources: Sequence[ImageSource], batch_size: int | None = None) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int]]]:
+        """Decode, score and return (scores, heatmaps at model resolution, original sizes)."""
+        scores, maps, sizes = [], [], []
+        for batch, batch_sizes, _ in iter_batches(sources, self.config.image_size, batch_size or self.config.batch_size):
+            result = self.score(batch)
+            scores.append(result.scores.cpu().numpy())
+            maps.extend(result.anomaly_maps.cpu().numpy())
+            sizes.extend(batch_sizes)
+        return np.concatenate(scores) if scores else np.zeros(0), maps, sizes
+
+
+def split_holdout(n_images: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random (bank, holdout) index split; at least one holdout image when fraction > 0."""
+    if fraction <= 0:
+        return np.arange(n_images), np.arange(0)
+    n_holdout = max(1, round(n_images * fraction))
+    if n_images - n_holdout < 1:
+        raise DatasetError(
+            f"{n_images} normal image(s) are too few: the threshold needs {n_holdout} held out and the bank at least one"
+        )
+    order = np.random.default_rng(seed).permutation(n_images)
+    return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
+
+
+def fit(
+    sources: Sequence[ImageSource],
+    config: ModelConfig,
+    device: str | torch.device | None = None,
+    threshold: float | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> PatchCoreModel:
+    """Fit on normal images: bank from most of them, threshold from a held-out slice."""
+    if len(sources) == 0:
+        raise DatasetError("no normal images to fit on")
+    if config.holdout_fraction <= 0 and threshold is None:
+        raise ConfigError("with no held-out images (holdout fraction 0) a threshold must be given")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    torch.manual_seed(config.seed)
+    backbone, extractor = build_extractor(config, device)
+    bank_idx, holdout_idx = split_holdout(len(sources), config.holdout_fraction, config.seed)
+    bank_sources = [sources[i] for i in bank_idx]
+
+    chunks: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for batch, _, start in iter_batches(bank_sources, config.image_size, config.batch_size):
+            check_cancel(cancel)
+            chunks.append(extractor(batch.to(device)).reshape(-1, config.feature_dim).cpu())
+            report(progress, "features", start + len(batch), len(bank_sources))
+    patches = torch.cat(chunks)
+    del chunks
+    size = coreset_size(len(patches), config.coreset_ratio, config.coreset_max_size)
+    log.info("selecting %d of %d patches for the memory bank", size, len(patches))
+
+    def coreset_progress(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            check_cancel(cancel)
+            report(progress, "coreset", done, total)
+
+    picked = kcenter_coreset(
+        patches.to(device), size, config.coreset_projection_dim, config.seed, progress=coreset_progress
+    )
+    bank = patches[picked.cpu()].clone()
+    del patches
+    provenance = Provenance(method="fit", n_train_images=len(sources))
+    model = PatchCoreModel(config, backbone, extractor, bank, math.inf, provenance, device)
+    if threshold is None:
+        holdout = [sources[i] for i in holdout_idx]
+        calibration, _, _ = model.score_sources(holdout)
+        report(progress, "threshold", len(holdout), len(holdout))
+        model.threshold = quantile_threshold(calibration, config.threshold_quantile)
+        provenance.calibration_scores = [float(s) for s in calibration]
+    else:
+        model.threshold = float(threshold)
+        provenance.threshold_source = "given"
+    return model

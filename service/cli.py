@@ -1,0 +1,199 @@
+"""The `patchshift` command: fit, score, eval (and later adapt, serve, bench).
+
+Every user error is one line on stderr and exit status 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("patchshift")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm architecture name")
+    parser.add_argument("--weights", default=None, help="local weights file (required for non-bundled backbones)")
+    parser.add_argument("--image-size", default="256", help="model input size: N or WIDTHxHEIGHT, e.g. 576x224")
+    parser.add_argument("--feature-dim", type=int, default=128, help="patch feature dimension D")
+    parser.add_argument("--coreset-ratio", type=float, default=0.1, help="share of training patches kept in the bank")
+    parser.add_argument("--coreset-max-size", type=int, default=None, help="upper bound on bank rows")
+    parser.add_argument("--index", choices=("flat", "ivf"), default="flat", help="exact (flat) or IVF search")
+    parser.add_argument("--reweight", type=int, default=0, metavar="B", help="PatchCore score re-weighting with B neighbours (0: off)")
+    parser.add_argument("--holdout-fraction", type=float, default=0.1, help="normal images held out to set the threshold")
+    parser.add_argument("--threshold-quantile", type=float, default=0.99, help="quantile of held-out scores used as threshold")
+    parser.add_argument("--threshold", type=float, default=None, help="fixed threshold instead of the calibrated one")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="patchshift", description="Visual inspection that adapts to camera and lighting shifts.")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--no-progress", action="store_true", help="never show progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="learn a model from normal images")
+    p.add_argument("--data", required=True, help="MVTec-layout ROOT (uses ROOT/train/good) or a folder of normal images")
+    p.add_argument("--out", required=True, help="model directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    _add_model_options(p)
+
+    p = sub.add_parser("score", help="score images: score, threshold, verdict (and heatmaps)")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write heatmap overlay PNGs here")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write results as JSON")
+    p.add_argument("images", nargs="+", help="image files or folders")
+
+    p = sub.add_parser("eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="MVTec-layout ROOT (uses ROOT/test and ROOT/ground_truth)")
+    p.add_argument("--corruption", default=None, help="gaussian_noise, defocus_blur, brightness or contrast")
+    p.add_argument("--severity", type=int, default=5, help="corruption severity 1-5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="OUT.json")
+    return parser
+
+
+def _normal_images(root: str) -> list[Path]:
+    from patchshift.core.data import train_images
+    from patchshift.core.errors import DatasetError
+    from patchshift.core.images import list_images
+
+    if (Path(root) / "train" / "good").is_dir():
+        return train_images(root)
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    images = list_images([root])
+    if not images:
+        raise DatasetError(f"{root} holds no images and no train/good folder")
+    return images
+
+
+def cmd_fit(args: argparse.Namespace, progress) -> int:
+    from patchshift.core.artifact import save_model
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.errors import ArtifactError
+    from patchshift.core.patchcore import fit
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
+    config = ModelConfig(
+        backbone=args.backbone,
+        weights=str(Path(args.weights).resolve()) if args.weights else None,
+        image_size=args.image_size,
+        feature_dim=args.feature_dim,
+        coreset_ratio=args.coreset_ratio,
+        coreset_max_size=args.coreset_max_size,
+        index=args.index,
+        reweight_neighbours=args.reweight,
+        holdout_fraction=args.holdout_fraction,
+        threshold_quantile=args.threshold_quantile,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    images = _normal_images(args.data)
+    model = fit(images, config, device=args.device, threshold=args.threshold, progress=progress)
+    save_model(model, args.out, overwrite=args.overwrite)
+    print(
+        f"fitted {args.out}: {len(images)} images, bank {model.bank.shape[0]} x {model.bank.shape[1]}, "
+        f"threshold {model.threshold:.4f}"
+    )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, progress) -> int:
+    import numpy as np
+
+    from patchshift.core.artifact import load_model
+    from patchshift.core.errors import InvalidImageError
+    from patchshift.core.fileio import atomic_write_bytes
+    from patchshift.core.images import map_to_original, open_image, iter_batches, list_images
+    from patchshift.core.visualize import encode_png, overlay
+
+    model = load_model(args.model, device=args.device)
+    paths = list_images(args.images)
+    if not paths:
+        raise InvalidImageError("no images found in " + ", ".join(args.images))
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    used_names: set[str] = set()
+    results = []
+    for batch, sizes, start in iter_batches(paths, model.config.image_size, args.batch_size):
+        scored = model.score(batch)
+        for i, score in enumerate(scored.scores.cpu().numpy()):
+            path = paths[start + i]
+            entry = {
+                "file": str(path),
+                "score": float(score),
+                "threshold": model.threshold,
+                "anomalous": bool(score > model.threshold),
+            }
+            if heat_dir is not None:
+                heatmap = map_to_original(scored.anomaly_maps[i].cpu().numpy(), sizes[i])
+                picture = overlay(np.asarray(open_image(path)), heatmap, model.threshold)
+                name = f"{path.stem}_heatmap.png"
+                n = 2
+                while name in used_names:
+                    name, n = f"{path.stem}_{n}_heatmap.png", n + 1
+                used_names.add(name)
+                atomic_write_bytes(heat_dir / name, encode_png(picture))
+                entry["heatmap"] = str(heat_dir / name)
+            results.append(entry)
+            print(f"{entry['file']}\t{entry['score']:.4f}\t{model.threshold:.4f}\t{'ANOMALOUS' if entry['anomalous'] else 'ok'}")
+        progress("score", start + len(batch), len(paths))
+    if args.json:
+        document = {"model": str(args.model), "threshold": model.threshold, "results": results}
+        atomic_write_bytes(args.json, json.dumps(document, indent=2).encode())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, progress) -> int:
+    from patchshift.core.artifact import load_model
+    from patchshift.core.data import labelled_samples
+    from patchshift.core.evaluate import evaluate
+    from patchshift.core.fileio import atomic_write_bytes
+
+    model = load_model(args.model, device=args.device)
+    samples = labelled_samples(args.data)
+    result = evaluate(model, samples, args.corruption, args.severity if args.corruption else None, args.seed, progress)
+    shift = f" under {args.corruption} severity {args.severity}" if args.corruption else ""
+    print(f"{args.data}{shift}: {result.n_images} images ({result.n_anomalous} anomalous)")
+    print(f"  image AUROC {result.image_auroc:.4f}  pixel AUROC {result.pixel_auroc:.4f}  AUPRO {result.aupro:.4f}  F1 {result.f1:.4f}")
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(result.to_dict(), indent=2).encode())
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "score": cmd_score, "eval": cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from patchshift.core.errors import PatchshiftError
+
+    from .progress import ProgressBars
+
+    progress = ProgressBars(disable=True if args.no_progress else None)
+    try:
+        return COMMANDS[args.command](args, progress)
+    except PatchshiftError as exc:
+        progress.close()
+        print(f"patchshift {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"patchshift {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Shared fixtures: small generated images in the MVTec AD layout and a fitted tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SIZE = 96  # generated images are SIZE x SIZE; the tiny model uses the same input size
+
+
+def normal_image(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A regular woven texture (diagonal gratings) with a little sensor noise."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, 2)
+    texture = 0.5 + 0.2 * np.sin(2 * np.pi * (x + y) / 12 + phase[0]) + 0.2 * np.sin(2 * np.pi * (x - y) / 12 + phase[1])
+    rgb = np.stack([texture, texture * 0.9, texture * 0.8], axis=-1)
+    rgb += rng.normal(0, 0.02, rgb.shape)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def plant_defect(image: np.ndarray, rng: np.random.Generator, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a dark scratch-like square blob; returns (image, boolean mask)."""
+    size = image.shape[0]
+    top, left = rng.integers(side, size - 2 * side, 2)
+    out = image.copy()
+    out[top : top + side, left : left + side] = (rng.uniform(0, 0.15, (side, side, 1)) * 255).astype(np.uint8)
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[top : top + side, left : left + side] = True
+    return out, mask
+
+
+def write_dataset(root: Path, n_train: int = 24, n_good: int = 6, n_defect: int = 6, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for folder in ("train/good", "test/good", "test/blob", "ground_truth/blob"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        Image.fromarray(normal_image(rng)).save(root / "train/good" / f"{i:03d}.png")
+    for i in range(n_good):
+        Image.fromarray(normal_image(rng)).save(root / "test/good" / f"{i:03d}.png")
+    for i in range(n_defect):
+        image, mask = plant_defect(normal_image(rng), rng)
+        Image.fromarray(image).save(root / "test/blob" / f"{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth/blob" / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "widget")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from patchshift.core.config import ModelConfig
+
+    return ModelConfig(image_size=(SIZE, SIZE), feature_dim=64, coreset_ratio=0.25, batch_size=8, holdout_fraction=0.2)
+
+
+@pytest.fixture(scope="session")
+def fitted(dataset: Path, tiny_config):
+    from patchshift.core.data import train_images
+    from patchshift.core.patchcore import fit
+
+    return fit(train_images(dataset), tiny_config, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def saved_model(fitted, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from patchshift.core.artifact import save_model
+
+    return save_model(fitted, tmp_path_factory.mktemp("models") / "widget-v1")

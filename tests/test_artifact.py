@@ -1,0 +1,110 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import normal_image, plant_defect
+from patchshift.core import artifact
+from patchshift.core.artifact import BANK_FILE, MANIFEST, load_model, save_model
+from patchshift.core.errors import ArtifactError
+from patchshift.core.images import to_tensor
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(9)
+    return to_tensor([normal_image(rng), plant_defect(normal_image(rng), rng)[0]])
+
+
+@pytest.fixture
+def copy(saved_model, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(saved_model, target)
+    return target
+
+
+def test_round_trip_gives_identical_scores(fitted, saved_model, batch):
+    loaded = load_model(saved_model, device="cpu")
+    a, b = fitted.score(batch), loaded.score(batch)
+    assert torch.equal(a.scores, b.scores)
+    assert torch.equal(a.anomaly_maps, b.anomaly_maps)
+    assert loaded.threshold == fitted.threshold
+    manifest = json.loads((saved_model / MANIFEST).read_text())
+    assert manifest["format_version"] == 1 and manifest["bank_size"] == fitted.bank.shape[0]
+    assert manifest["method"] == "fit" and manifest["parent"] is None
+    assert manifest["image_size"] == [96, 96] and len(manifest["weights_sha256"]) == 64
+
+
+def test_corrupted_bank_is_rejected(copy):
+    data = bytearray((copy / BANK_FILE).read_bytes())
+    data[-10] ^= 0xFF
+    (copy / BANK_FILE).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_model(copy)
+
+
+def test_truncated_bank_is_rejected(copy):
+    data = (copy / BANK_FILE).read_bytes()
+    (copy / BANK_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="truncated"):
+        load_model(copy)
+
+
+def test_missing_and_invalid_manifest(copy, tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    (copy / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_model(copy)
+    (copy / MANIFEST).unlink()
+    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+        load_model(copy)
+
+
+def test_incompatible_format_and_fields(copy, saved_model):
+    manifest = json.loads((saved_model / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format 99"):
+        load_model(copy)
+    broken = dict(manifest)
+    del broken["threshold"]
+    (copy / MANIFEST).write_text(json.dumps(broken))
+    with pytest.raises(ArtifactError, match="threshold"):
+        load_model(copy)
+
+
+def test_changed_weights_are_rejected(copy, saved_model):
+    manifest = json.loads((saved_model / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
+    with pytest.raises(ArtifactError, match="differs from the one the model was fitted with"):
+        load_model(copy)
+
+
+def test_save_refuses_to_overwrite_and_is_atomic(fitted, saved_model, tmp_path, monkeypatch):
+    with pytest.raises(ArtifactError, match="already exists"):
+        save_model(fitted, saved_model)
+    target = tmp_path / "v2"
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifact, "build_manifest", explode)
+    with pytest.raises(OSError):
+        save_model(fitted, target)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no half-written temporary left behind
+    # overwriting an existing version that fails half way keeps the old one intact
+    with pytest.raises(OSError):
+        save_model(fitted, saved_model, overwrite=True)
+    monkeypatch.undo()
+    assert load_model(saved_model).threshold == fitted.threshold
+
+
+def test_overwrite_replaces_whole_version(fitted, tmp_path):
+    target = save_model(fitted, tmp_path / "v")
+    (target / "stray.txt").write_text("old")
+    save_model(fitted, target, overwrite=True)
+    assert not (target / "stray.txt").exists()
+    assert load_model(target).bank.shape == fitted.bank.shape

@@ -1,0 +1,88 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from patchshift.service.cli import main
+
+
+def run(capsys, *argv):
+    code = main(["--no-progress", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_score_and_eval_on_a_fitted_model(saved_model, dataset, tmp_path, capsys):
+    heat = tmp_path / "heat"
+    report = tmp_path / "scores.json"
+    code, out, err = run(capsys, "score", "--model", str(saved_model), "--heatmaps", str(heat), "--json", str(report), str(dataset / "test"))
+    assert code == 0, err
+    document = json.loads(report.read_text())
+    assert len(document["results"]) == 12
+    flagged = {r["file"].split(os.sep)[-2] for r in document["results"] if r["anomalous"]}
+    assert "blob" in flagged
+    first = document["results"][0]
+    assert set(first) >= {"file", "score", "threshold", "anomalous", "heatmap"}
+    with Image.open(first["heatmap"]) as png:
+        assert png.size == (96, 96) and png.mode == "RGB"
+    assert len(out.strip().splitlines()) == 12
+
+    metrics = tmp_path / "eval.json"
+    code, out, err = run(capsys, "eval", "--model", str(saved_model), "--data", str(dataset), "--json", str(metrics))
+    assert code == 0, err
+    values = json.loads(metrics.read_text())
+    assert values["n_images"] == 12
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= values[key] <= 1.0
+    assert values["image_auroc"] > 0.9
+
+    code, out, err = run(capsys, "eval", "--model", str(saved_model), "--data", str(dataset), "--corruption", "contrast", "--severity", "5")
+    assert code == 0 and "contrast" in out
+
+
+def test_fit_command(dataset, tmp_path, capsys):
+    out_dir = tmp_path / "m"
+    code, out, err = run(capsys, "fit", "--data", str(dataset), "--out", str(out_dir), "--image-size", "64x48", "--coreset-max-size", "100", "--feature-dim", "32")
+    assert code == 0, err
+    assert "bank 100 x 32" in out
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["image_size"] == [64, 48]
+    code, out, err = run(capsys, "fit", "--data", str(dataset), "--out", str(out_dir))
+    assert code == 1 and "already exists" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["score", "--model", "{tmp}/none", "{data}/test"], "not a model directory"),
+        (["score", "--model", "{model}", "{tmp}/notes.txt"], "not an image"),
+        (["score", "--model", "{model}", "{tmp}/missing.png"], "no such file"),
+        (["eval", "--model", "{model}", "--data", "{tmp}"], "MVTec AD layout"),
+        (["eval", "--model", "{model}", "--data", "{data}", "--corruption", "fog"], "unknown corruption"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--image-size", "huge"], "image size"),
+        (["fit", "--data", "{tmp}/empty", "--out", "{tmp}/x"], "no such folder"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--backbone", "resnet18"], "--weights"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, saved_model, dataset, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    argv = [a.format(tmp=tmp_path, data=dataset, model=saved_model) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_installed_command_exit_status(tmp_path):
+    """The real console script: an error is one line on stderr and a non-zero exit."""
+    result = subprocess.run(
+        [sys.executable, "-m", "patchshift.service.cli", "score", "--model", str(tmp_path / "none"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("patchshift score: error:")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from patchshift.core.data import load_mask, labelled_samples, train_images
+from patchshift.core.errors import DatasetError
+
+
+def test_loader_finds_samples_and_masks(dataset):
+    assert len(train_images(dataset)) == 24
+    samples = labelled_samples(dataset)
+    assert sum(s.label for s in samples) == 6 and len(samples) == 12
+    defect = next(s for s in samples if s.label == 1)
+    mask = load_mask(defect, (48, 48))
+    assert mask.shape == (48, 48) and mask.any()
+    good = next(s for s in samples if s.label == 0)
+    assert not load_mask(good, (48, 48)).any()
+
+
+def test_tiny_defects_survive_mask_resizing(tmp_path):
+    from patchshift.core.data import Sample
+
+    mask = np.zeros((400, 400), np.uint8)
+    mask[200, 200] = 255  # one pixel
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    resized = load_mask(Sample(tmp_path / "x.png", 1, "pit", tmp_path / "m.png"), (40, 40))
+    assert resized.sum() == 1
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(DatasetError, match="train/good"):
+        train_images(tmp_path)
+    (tmp_path / "test" / "crack").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "test" / "crack" / "001.png")
+    with pytest.raises(DatasetError, match="mask"):
+        labelled_samples(tmp_path)

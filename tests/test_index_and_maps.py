@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from patchshift.core.anomaly_map import anomaly_maps, gaussian_blur, gaussian_kernel1d
+from patchshift.core.errors import ConfigError
+from patchshift.core.index import BankIndex
+
+
+def test_flat_index_is_exact():
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.randn(500, 16, generator=generator)
+    queries = torch.randn(300, 16, generator=generator)
+    distances, indices = BankIndex(bank, "flat").search(queries, k=2)
+    brute = torch.cdist(queries, bank)
+    expected, expected_idx = brute.topk(2, largest=False)
+    assert torch.allclose(distances, expected, atol=1e-4)
+    assert torch.equal(indices[:, 0], expected_idx[:, 0])
+
+
+def test_ivf_index_is_close():
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.randn(4000, 8, generator=generator)
+    queries = bank[:200] + 0.01 * torch.randn(200, 8, generator=generator)
+    distances, _ = BankIndex(bank, "ivf", nprobe=8).search(queries)
+    exact, _ = BankIndex(bank, "flat").search(queries)
+    assert (distances >= exact - 1e-5).all()  # never closer than exact
+    assert (distances - exact).abs().mean() < 0.05
+
+
+def test_index_rejects_empty_bank():
+    with pytest.raises(ConfigError):
+        BankIndex(torch.zeros(0, 4))
+
+
+def test_gaussian_kernel():
+    kernel = gaussian_kernel1d(4.0)
+    assert kernel.numel() == 33  # truncated at 4 sigma, as scipy does
+    assert torch.isclose(kernel.sum(), torch.tensor(1.0))
+    assert kernel.argmax().item() == 16
+
+
+def test_blur_matches_scipy_and_keeps_constants():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 50)).astype(np.float32)
+    ours = gaussian_blur(torch.from_numpy(image)[None], 2.0)[0].numpy()
+    theirs = gaussian_filter(image, 2.0, mode="mirror", truncate=4.0)
+    assert np.allclose(ours, theirs, atol=1e-5)
+    constant = torch.full((1, 20, 20), 3.0)
+    assert torch.allclose(gaussian_blur(constant, 4.0), constant)
+
+
+def test_anomaly_map_peak_stays_in_place():
+    patch = torch.zeros(1, 8, 8)
+    patch[0, 2, 5] = 1.0
+    heat = anomaly_maps(patch, (64, 64), 4.0)
+    assert heat.shape == (1, 64, 64)
+    y, x = divmod(heat[0].argmax().item(), 64)
+    assert 16 <= y < 24 and 40 <= x < 48

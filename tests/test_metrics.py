@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from patchshift.core.errors import ConfigError
+from patchshift.core.metrics import aupro, auroc, f1_at_threshold, image_auroc, pixel_auroc
+
+
+def test_auroc_by_hand():
+    assert image_auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert image_auroc([0, 1], [0.2, 0.9]) == 1.0
+    assert image_auroc([0, 1], [0.9, 0.2]) == 0.0
+    assert image_auroc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts half
+
+
+def test_auroc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.random(500) + labels * 0.3, 2)  # rounding creates ties
+    assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_auroc_needs_both_classes():
+    with pytest.raises(ConfigError):
+        image_auroc([1, 1], [0.1, 0.2])
+
+
+def test_pixel_auroc_by_hand():
+    masks = np.array([[[1, 0], [0, 0]]])
+    maps = np.array([[[0.9, 0.1], [0.95, 0.2]]])
+    assert pixel_auroc(masks, maps) == pytest.approx(2 / 3)
+
+
+def test_aupro_by_hand_one_region():
+    # one region of two pixels (0.9 and 0.2); defect-free pixels 0.5 and 0.1.
+    # PRO is 0.5 from FPR 0 to FPR 0.5, so the normalised area up to 0.3 is 0.5.
+    masks = np.array([[[1, 1, 0, 0]]])
+    maps = np.array([[[0.9, 0.2, 0.5, 0.1]]])
+    assert aupro(masks, maps) == pytest.approx(0.5)
+
+
+def test_aupro_by_hand_two_regions():
+    # two one-pixel regions weigh one half each; PRO 0.5 on [0, 1/3], 1 beyond; up to 0.5: (1/6 + 1/6) / 0.5
+    masks = np.array([[[1, 0, 1, 0, 0]]])
+    maps = np.array([[[0.9, 0.5, 0.3, 0.1, 0.05]]])
+    assert aupro(masks, maps, max_fpr=0.5) == pytest.approx(2 / 3)
+
+
+def test_aupro_perfect_and_shape_check():
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, 2:4, 2:4] = True
+    assert aupro(masks, masks.astype(float)) == pytest.approx(1.0)
+    with pytest.raises(ConfigError):
+        aupro(masks, np.zeros((2, 8, 7)))
+
+
+def test_f1_by_hand():
+    assert f1_at_threshold([1, 1, 0, 0], [0.9, 0.2, 0.6, 0.1], 0.5) == pytest.approx(0.5)
+    assert f1_at_threshold([1, 0], [0.1, 0.2], 0.5) == 0.0
