@@ -36,14 +36,17 @@ def greedy_kcenter(
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     norms = points.square().sum(-1)  # (G, n)
+    # (G, d, n) layout: a batched vector-matrix product per step is several times faster on CPU
+    # than the matrix-vector product on (G, n, d).
+    columns = points.transpose(1, 2).contiguous()
     rows = torch.arange(groups, device=points.device)
     current = start if start is not None else torch.zeros(groups, dtype=torch.long, device=points.device)
     chosen = torch.empty(groups, k, dtype=torch.long, device=points.device)
     nearest = torch.full((groups, n), float("inf"), device=points.device, dtype=points.dtype)
     for step in range(k):
         chosen[:, step] = current
-        centre = points[rows, current]  # (G, d)
-        dist = norms - 2 * torch.bmm(points, centre.unsqueeze(-1)).squeeze(-1) + norms[rows, current].unsqueeze(-1)
+        centre = points[rows, current].unsqueeze(1)  # (G, 1, d)
+        dist = torch.bmm(centre, columns).squeeze(1).mul_(-2).add_(norms).add_(norms[rows, current].unsqueeze(-1))
         torch.minimum(nearest, dist, out=nearest)
         current = nearest.argmax(dim=1)
         if progress is not None:
@@ -61,7 +64,7 @@ def kcenter_coreset(
     size: int,
     projection_dim: int = 64,
     seed: int = 0,
-    max_iterations: int = 2000,
+    max_iterations: int = 1000,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Indices of `size` rows of `features` (N, D) chosen by (partitioned) greedy k-center."""

@@ -1,0 +1,241 @@
+"""Engine benchmark: accuracy, fit cost and scoring throughput on every dataset in shared/data.
+
+    python -m patchshift.benchmarks.engine [--data-root ../shared/data] [--sweeps]
+
+Prints the README's tables (markdown) and writes benchmarks/results/engine.json.
+Each fit runs in a fresh child process so that its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Per dataset: the input size that keeps its aspect (and defects) readable; see README.
+DATASETS = {
+    "bsd": {"image_size": "576x224"},
+    "deeppcb": {"image_size": "512"},
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} + {torch.get_num_threads()} CPU threads"
+    return f"CPU only, {torch.get_num_threads()} threads ({cpu})"
+
+
+def _fit_child(root: str, overrides: dict, out_dir: str, device: str, queue) -> None:
+    from patchshift.core.artifact import save_model
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.data import train_images
+    from patchshift.core.patchcore import fit
+
+    started = time.perf_counter()
+    images = train_images(root)
+    model = fit(images, ModelConfig(**overrides), device=device)
+    seconds = time.perf_counter() - started
+    save_model(model, out_dir, overwrite=True)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    queue.put({"fit_s": seconds, "fit_peak_gib": peak_gib, "n_train": len(images), "bank_size": int(model.bank.shape[0])})
+
+
+def fit_in_child(root: str, overrides: dict, out_dir: str, device: str) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fit_child, args=(root, overrides, out_dir, device, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def _timed(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def throughput(model, paths: list[Path], batch_size: int = 32, repeats: int = 3) -> dict:
+    """Images/s of model.score on one batch, against the truncated backbone's forward alone."""
+    from patchshift.core.images import load_batch
+
+    paths = paths[:batch_size]
+    started = time.perf_counter()
+    batch, _ = load_batch(paths, model.config.image_size)
+    decode_s = time.perf_counter() - started
+    x = batch.to(model.device)
+    extractor = model.extractor
+
+    @torch.inference_mode()
+    def backbone_only() -> None:
+        extractor.backbone((x - extractor.mean) / extractor.std)
+
+    score_s = _timed(lambda: model.score(x), repeats, model.device)
+    backbone_s = _timed(backbone_only, repeats, model.device)
+    return {
+        "batch": len(paths),
+        "score_images_per_s": len(paths) / score_s,
+        "backbone_images_per_s": len(paths) / backbone_s,
+        "score_over_backbone": score_s / backbone_s,
+        "decode_images_per_s": len(paths) / decode_s,
+    }
+
+
+def run_dataset(name: str, root: Path, overrides: dict, device: str, workdir: Path) -> dict:
+    from patchshift.core.artifact import load_model
+    from patchshift.core.data import labelled_samples
+    from patchshift.core.evaluate import evaluate
+
+    out_dir = workdir / f"{name}-{overrides.get('image_size')}"
+    fitted = fit_in_child(str(root), overrides, str(out_dir), device)
+    model = load_model(out_dir, device=device)
+    samples = labelled_samples(root)
+    result = evaluate(model, samples)
+    row = {"dataset": name, **overrides, **fitted, **result.to_dict()}
+    row.update(throughput(model, [s.path for s in samples]))
+    row["index_device"] = "gpu" if model.index.use_gpu else "cpu"
+    return row
+
+
+def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[int]) -> list[dict]:
+    """Features extracted once; coreset size and index kind varied on the same features."""
+    from patchshift.core.anomaly_map import anomaly_maps
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.coreset import kcenter_coreset
+    from patchshift.core.data import labelled_samples, load_mask, train_images
+    from patchshift.core.device import resolve_device
+    from patchshift.core.images import iter_batches
+    from patchshift.core.index import BankIndex
+    from patchshift.core.metrics import aupro, image_auroc, pixel_auroc
+    from patchshift.core.patchcore import build_extractor, split_holdout
+
+    config = ModelConfig(**overrides)
+    dev = resolve_device(device)
+    _, extractor = build_extractor(config, dev)
+    train = train_images(root)
+    bank_idx, _ = split_holdout(len(train), config.holdout_fraction, config.seed)
+    samples = labelled_samples(root)
+
+    @torch.inference_mode()
+    def features(paths):
+        return torch.cat([extractor(b.to(dev)).cpu() for b, _, _ in iter_batches(paths, config.image_size, 16)])
+
+    patches = features([train[i] for i in bank_idx]).reshape(-1, config.feature_dim)
+    test = features([s.path for s in samples])
+    n, h, w, d = test.shape
+    labels = np.array([s.label for s in samples])
+    masks = np.stack([load_mask(s, config.image_size) for s in samples])
+    rows = []
+    for size in sizes + [int(np.ceil(len(patches) * config.coreset_ratio))]:
+        started = time.perf_counter()
+        picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
+        coreset_s = time.perf_counter() - started
+        for kind in ("flat", "ivf"):
+            index = BankIndex(patches[picked], kind, config.ivf_nprobe, use_gpu=dev.type == "cuda" or None)
+            started = time.perf_counter()
+            dist, _ = index.search(test.reshape(-1, d))
+            search_s = time.perf_counter() - started
+            patch_scores = dist.view(n, h, w)
+            maps = anomaly_maps(patch_scores, config.input_hw, config.blur_sigma).numpy()
+            rows.append(
+                {
+                    "dataset": name,
+                    "bank_size": len(picked),
+                    "index": kind,
+                    "coreset_s": coreset_s,
+                    "search_ms_per_image": 1000 * search_s / n,
+                    "image_auroc": image_auroc(labels, patch_scores.flatten(1).max(1).values.numpy()),
+                    "pixel_auroc": pixel_auroc(masks, maps),
+                    "aupro": aupro(masks, maps),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(format(r[key], fmt) if fmt else str(r[key]) for key, _, fmt in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+MAIN_COLUMNS = [
+    ("dataset", "dataset", ""),
+    ("image_size", "input", ""),
+    ("n_train", "train imgs", "d"),
+    ("bank_size", "bank rows", "d"),
+    ("image_auroc", "image AUROC", ".3f"),
+    ("pixel_auroc", "pixel AUROC", ".3f"),
+    ("aupro", "AUPRO", ".3f"),
+    ("f1", "F1 @ threshold", ".3f"),
+    ("fit_s", "fit s", ".0f"),
+    ("fit_peak_gib", "fit peak GiB", ".2f"),
+    ("score_images_per_s", "score img/s", ".1f"),
+    ("backbone_images_per_s", "backbone img/s", ".1f"),
+    ("score_over_backbone", "score / backbone time", ".2f"),
+]
+SWEEP_COLUMNS = [
+    ("dataset", "dataset", ""),
+    ("bank_size", "bank rows", "d"),
+    ("index", "index", ""),
+    ("coreset_s", "coreset s", ".1f"),
+    ("search_ms_per_image", "search ms/img", ".1f"),
+    ("image_auroc", "image AUROC", ".3f"),
+    ("pixel_auroc", "pixel AUROC", ".3f"),
+    ("aupro", "AUPRO", ".3f"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resolutions", nargs="*", default=[], metavar="DATASET=SIZE", help="extra fits, e.g. bsd=256x256")
+    parser.add_argument("--bank-sweep", nargs="*", type=int, default=[], metavar="ROWS", help="bank sizes to sweep")
+    parser.add_argument("--out", default="benchmarks/results/engine.json")
+    args = parser.parse_args()
+    root = Path(args.data_root)
+    runs = [(name, dict(DATASETS[name])) for name in args.datasets]
+    for spec in args.resolutions:
+        name, size = spec.split("=")
+        runs.append((name, {**DATASETS[name], "image_size": size}))
+    rows, sweep = [], []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, overrides in runs:
+            rows.append(run_dataset(name, root / name, overrides, args.device, Path(workdir)))
+            print(markdown(rows[-1:], MAIN_COLUMNS), flush=True)
+    if args.bank_sweep:
+        for name in args.datasets:
+            sweep += bank_sweep(name, root / name, DATASETS[name], args.device, args.bank_sweep)
+    print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
+    print(markdown(rows, MAIN_COLUMNS))
+    if sweep:
+        print()
+        print(markdown(sweep, SWEEP_COLUMNS))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows, "bank_sweep": sweep}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
