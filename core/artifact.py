@@ -97,6 +97,18 @@ def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manife
     )
 
 
+def _write_bank(model: PatchCoreModel, path: Path) -> None:
+    """Hard-link the bank file the model was loaded from (versions share it), else write it."""
+    source = model.bank_path
+    if source is not None and Path(source).is_file():
+        try:
+            os.link(source, path)
+            return
+        except OSError:  # another file system, or links not supported: copy instead
+            pass
+    save_file({"bank": model.bank}, str(path))
+
+
 def save_model(model: PatchCoreModel, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Write the version atomically; refuses to replace an existing directory unless asked."""
     target = Path(out_dir)
@@ -105,7 +117,7 @@ def save_model(model: PatchCoreModel, out_dir: str | os.PathLike[str], overwrite
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        save_file({"bank": model.bank}, str(staging / BANK_FILE))
+        _write_bank(model, staging / BANK_FILE)
         save_file(batchnorm_state(model.extractor), str(staging / BATCHNORM_FILE))
         files = {}
         for name in (BANK_FILE, BATCHNORM_FILE):
@@ -123,6 +135,8 @@ def save_model(model: PatchCoreModel, out_dir: str | os.PathLike[str], overwrite
         else:
             os.rename(staging, target)
         fsync_dir(target.parent)
+        model.version = target.name
+        model.bank_path = target / BANK_FILE
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -197,4 +211,6 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
         n_train_images=manifest.n_train_images,
         details=manifest.details,
     )
-    return PatchCoreModel(config, backbone, extractor, bank, manifest.threshold, provenance, device)
+    model = PatchCoreModel(config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name)
+    model.bank_path = path / BANK_FILE
+    return model

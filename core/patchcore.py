@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -69,6 +70,8 @@ class PatchCoreModel:
         threshold: float,
         provenance: Provenance,
         device: torch.device,
+        index: BankIndex | None = None,
+        version: str | None = None,
     ) -> None:
         self.config = config
         self.backbone = backbone
@@ -77,7 +80,10 @@ class PatchCoreModel:
         self.threshold = float(threshold)
         self.provenance = provenance
         self.device = device
-        self.index = BankIndex(self.bank, config.index, config.ivf_nprobe, use_gpu=device.type == "cuda" or None)
+        # The bank never changes between versions of a model, so adapted versions share the index.
+        self.index = index or BankIndex(self.bank, config.index, config.ivf_nprobe, use_gpu=device.type == "cuda" or None)
+        self.version = version  # the name it was loaded under (a directory name); None until saved
+        self.bank_path: Path | None = None  # the stored bank file, which new versions hard-link
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> torch.Tensor:

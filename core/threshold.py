@@ -15,3 +15,25 @@ def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
     if not np.all(np.isfinite(values)):
         raise ConfigError("cannot set a threshold: some scores are not finite")
     return float(np.quantile(values, quantile))
+
+
+def transfer_threshold(source_scores: np.ndarray, source_threshold: float, target_scores: np.ndarray) -> float:
+    """Move a threshold to a shifted score distribution that may hold some defects.
+
+    The source threshold's robust z-score (distance from the median of the source's held-out
+    normal scores, in units of their median absolute deviation) is kept; the median and MAD of
+    the target scores stand in for the target's normal images, which stays true while fewer than
+    half of the target images are defective. Falls back to the source threshold when either
+    spread is zero.
+    """
+    source = np.asarray(source_scores, dtype=np.float64).ravel()
+    target = np.asarray(target_scores, dtype=np.float64).ravel()
+    if source.size == 0 or target.size == 0:
+        return float(source_threshold)
+    source_median, target_median = np.median(source), np.median(target)
+    source_mad = np.median(np.abs(source - source_median))
+    target_mad = np.median(np.abs(target - target_median))
+    if source_mad <= 0 or target_mad <= 0:
+        return float(source_threshold)
+    z = (source_threshold - source_median) / source_mad
+    return float(target_median + z * target_mad)

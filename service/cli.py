@@ -1,4 +1,4 @@
-"""The `patchshift` command: fit, score, eval (and later adapt, serve, bench).
+"""The `patchshift` command: fit, score, adapt, eval.
 
 Every user error is one line on stderr and exit status 1; usage errors exit 2 (argparse).
 """
@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write heatmap overlay PNGs here")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write results as JSON")
     p.add_argument("images", nargs="+", help="image files or folders")
+
+    p = sub.add_parser("adapt", help="adapt a model to a new camera or lighting from unlabeled images")
+    p.add_argument("--model", required=True, help="source model directory")
+    p.add_argument("--images", required=True, nargs="+", help="unlabeled images (files or folders) of the new condition")
+    p.add_argument("--out", required=True, help="new model directory (a complete model; its parent is the source)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--method", default="roda", help="roda (default), bn-stats, moment-matching, ot-continuous or none")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--augment", default=None, help="views: rot90 (default), flip, dihedral or none")
+    p.add_argument("--no-augment", action="store_true", help="plain copies instead of rotated/flipped views")
+    p.add_argument("--views", type=int, default=None, help="views per image")
+    p.add_argument("--bn-mode", choices=("eval", "train"), default=None)
 
     p = sub.add_parser("eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set")
     p.add_argument("--model", required=True)
@@ -152,6 +165,34 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace, progress) -> int:
+    from patchshift.core.adapt import AdaptConfig, adapt
+    from patchshift.core.artifact import load_model, save_model
+    from patchshift.core.errors import ArtifactError, InvalidImageError
+    from patchshift.core.images import list_images
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
+    options = {"method": args.method}
+    for key in ("epochs", "lr", "augment", "views", "bn_mode"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.no_augment:
+        options["augment"] = "none"
+    cfg = AdaptConfig(**options)
+    model = load_model(args.model, device=args.device)
+    images = list_images(args.images)
+    if not images:
+        raise InvalidImageError("no images found in " + ", ".join(args.images))
+    adapted, report = adapt(model, images, cfg, progress=progress)
+    save_model(adapted, args.out, overwrite=args.overwrite)
+    print(
+        f"adapted {args.model} -> {args.out} with {cfg.method}: {report.n_images} images, {report.steps} steps, "
+        f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import load_model
     from patchshift.core.data import labelled_samples
@@ -169,7 +210,7 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "score": cmd_score, "eval": cmd_eval}
+COMMANDS = {"fit": cmd_fit, "score": cmd_score, "adapt": cmd_adapt, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

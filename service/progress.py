@@ -9,6 +9,7 @@ STAGE_LABELS = {
     "coreset": "selecting memory bank",
     "threshold": "calibrating threshold",
     "score": "scoring",
+    "adapt": "adapting",
 }
 
 

@@ -72,3 +72,13 @@ def saved_model(fitted, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from patchshift.core.artifact import save_model
 
     return save_model(fitted, tmp_path_factory.mktemp("models") / "widget-v1")
+
+
+def texture_defect(image: np.ndarray, rng: np.random.Generator, side: int = 20) -> np.ndarray:
+    """Replace a square by a finer vertical grating: same brightness, different structure."""
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+    grating = 0.5 + 0.35 * np.sin(2 * np.pi * x / 5)
+    top, left = rng.integers(8, image.shape[0] - side - 8, 2)
+    out = image.copy()
+    out[top : top + side, left : left + side] = (np.stack([grating, grating * 0.9, grating * 0.8], -1) * 255).astype(np.uint8)
+    return out

@@ -86,3 +86,19 @@ def test_installed_command_exit_status(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("patchshift score: error:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_adapt_command_makes_a_complete_child_version(saved_model, dataset, tmp_path, capsys):
+    out_dir = tmp_path / "adapted"
+    code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset / "test" / "good"), "--out", str(out_dir), "--method", "bn-stats")
+    assert code == 0, err
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["method"] == "bn-stats" and manifest["parent"] == saved_model.name
+    # the bank is shared with the source version (hard link), the version is complete
+    assert (out_dir / "bank.safetensors").stat().st_ino == (saved_model / "bank.safetensors").stat().st_ino
+    code, out, err = run(capsys, "score", "--model", str(out_dir), str(dataset / "test" / "good"))
+    assert code == 0, err
+    code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(tmp_path / "none"), "--out", str(tmp_path / "x"))
+    assert code == 1 and "no such file" in err
+    code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset), "--out", str(tmp_path / "y"), "--method", "magic")
+    assert code == 1 and "unknown adaptation method" in err

@@ -1,0 +1,217 @@
+"""What every BatchNorm adapter shares: target loading, views, the training loop, the new version."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbone import batchnorm_layers
+from ..errors import ConfigError, DatasetError, InvalidImageError
+from ..images import load_batch
+from ..patchcore import ImageSource, PatchCoreModel, Provenance
+from ..progress import CancelFn, ProgressFn, check_cancel, report
+from ..threshold import transfer_threshold
+from .config import AdaptConfig
+
+log = logging.getLogger(__name__)
+
+# loss(features (N, D) with grad, generator) -> scalar; may record diagnostics in `stats`.
+LossFn = Callable[[torch.Tensor, torch.Generator, dict], torch.Tensor]
+
+
+@dataclass
+class AdaptReport:
+    method: str
+    n_images: int
+    seconds: float = 0.0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
+def load_target(images: Sequence[ImageSource] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The target set as one (N, 3, H, W) tensor; unreadable files are an error naming them."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise DatasetError(f"adaptation needs a non-empty (N, 3, H, W) batch, got {tuple(images.shape)}")
+        return images
+    if len(images) == 0:
+        raise DatasetError("adaptation needs at least one image of the new condition")
+    bad = []
+    batches = []
+    for start in range(0, len(images), 32):
+        chunk = images[start : start + 32]
+        try:
+            batches.append(load_batch(chunk, size)[0])
+        except InvalidImageError:
+            for source in chunk:  # find every bad file, not just the first
+                try:
+                    load_batch([source], size)
+                except InvalidImageError as exc:
+                    bad.append(str(exc))
+    if bad:
+        raise InvalidImageError(f"{len(bad)} adaptation image(s) unusable: " + "; ".join(bad[:3]))
+    return torch.cat(batches)
+
+
+def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """Transforms that keep a normal part normal; quarter turns only where the input is square."""
+    identity = [lambda x: x]
+    half_turn = [lambda x: torch.rot90(x, 2, (2, 3))]
+    quarter = [lambda x: torch.rot90(x, 1, (2, 3)), lambda x: torch.rot90(x, 3, (2, 3))] if square else []
+    flips = [lambda x: torch.flip(x, (3,)), lambda x: torch.flip(x, (2,))]
+    if kind == "none":
+        return identity
+    if kind == "rot90":
+        return identity + half_turn + quarter
+    if kind == "flip":
+        return identity + flips + half_turn
+    diagonal = [lambda x: torch.rot90(torch.flip(x, (3,)), 1, (2, 3)), lambda x: torch.rot90(torch.flip(x, (2,)), 1, (2, 3))]
+    return identity + half_turn + quarter + flips + (diagonal if square else [])
+
+
+def make_views(batch: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator) -> torch.Tensor:
+    """cfg.views views of every image: the image itself, then transforms drawn without replacement.
+
+    With augmentation off the views are plain copies (the paper's 'direct copy' ablation).
+    """
+    if cfg.views == 1:
+        return batch
+    transforms = view_transforms(cfg.augment, batch.shape[-1] == batch.shape[-2])
+    if len(transforms) == 1:
+        return batch.repeat(cfg.views, 1, 1, 1)
+    rest = torch.randperm(len(transforms) - 1, generator=generator)[: cfg.views - 1] + 1
+    chosen = [transforms[0]] + [transforms[i] for i in rest.tolist()]
+    return torch.cat([t(batch) for t in chosen])
+
+
+def affine_parameters(extractor: nn.Module) -> list[nn.Parameter]:
+    """Freeze everything except the BatchNorm weights and biases; return those."""
+    for parameter in extractor.parameters():
+        parameter.requires_grad_(False)
+    params = []
+    for layer in batchnorm_layers(extractor).values():
+        if layer.affine:
+            layer.weight.requires_grad_(True)
+            layer.bias.requires_grad_(True)
+            params += [layer.weight, layer.bias]
+    if not params:
+        raise ConfigError("the backbone has no BatchNorm affine parameters to adapt")
+    return params
+
+
+@torch.inference_mode()
+def reestimate_statistics(extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """AdaBN: replace every BatchNorm's running mean/variance by the target's (cumulative average)."""
+    layers = batchnorm_layers(extractor)
+    momenta = {name: layer.momentum for name, layer in layers.items()}
+    for layer in layers.values():
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over all target batches
+    extractor.train()
+    for start in range(0, len(target), batch_size):
+        extractor(target[start : start + batch_size].to(device))
+    for name, layer in layers.items():
+        layer.momentum = momenta[name]
+    extractor.eval()
+
+
+def set_batchnorm_mode(extractor: nn.Module, mode: str) -> None:
+    extractor.eval()
+    if mode == "train":
+        for layer in batchnorm_layers(extractor).values():
+            layer.train()
+
+
+def train_affine(
+    model: PatchCoreModel,
+    target: torch.Tensor,
+    cfg: AdaptConfig,
+    loss_fn: LossFn,
+    report_: AdaptReport,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
+) -> nn.Module:
+    """Copy the extractor and train only its BatchNorm affine parameters on `loss_fn`."""
+    device = model.device
+    extractor = copy.deepcopy(model.extractor)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.reestimate_stats:
+        check_cancel(cancel)
+        reestimate_statistics(extractor, target, model.config.batch_size, device)
+    params = affine_parameters(extractor)
+    optimiser = torch.optim.Adam(params, lr=cfg.lr)
+    batches_per_epoch = -(-len(target) // cfg.batch_size)
+    total = cfg.epochs * batches_per_epoch
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(target), generator=generator)
+        for b in range(batches_per_epoch):
+            check_cancel(cancel)
+            batch = target[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            set_batchnorm_mode(extractor, cfg.bn_mode)
+            with torch.enable_grad():
+                feats = extractor(make_views(batch, cfg, generator).to(device))
+                loss = loss_fn(feats.reshape(-1, feats.shape[-1]), generator, report_.details)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+            report_.losses.append(float(loss.detach()))
+            report_.steps += 1
+            report(progress, "adapt", report_.steps, total)
+    for parameter in extractor.parameters():
+        parameter.requires_grad_(False)
+    return extractor.eval()
+
+
+def derive_version(
+    source: PatchCoreModel, extractor: nn.Module, target: torch.Tensor, report_: AdaptReport, cfg: AdaptConfig
+) -> PatchCoreModel:
+    """A new model version: adapted BatchNorm, same bank, threshold moved to the target's scores."""
+    adapted = PatchCoreModel(
+        source.config,
+        source.backbone,
+        extractor,
+        source.bank,
+        source.threshold,
+        Provenance(
+            method=report_.method,
+            parent=source.version,
+            threshold_source="transferred-to-target",
+            calibration_scores=[],
+            n_train_images=source.provenance.n_train_images,
+            details={"adapt_config": cfg.to_dict(), "n_target_images": len(target), **report_.details},
+        ),
+        source.device,
+        index=source.index,
+    )
+    adapted.bank_path = source.bank_path
+    target_scores = np.concatenate(
+        [adapted.score(target[s : s + source.config.batch_size]).scores.cpu().numpy() for s in range(0, len(target), source.config.batch_size)]
+    )
+    if source.provenance.calibration_scores:
+        adapted.threshold = transfer_threshold(np.array(source.provenance.calibration_scores), source.threshold, target_scores)
+    # The target's scores calibrate the next transfer (median and MAD keep the same z-score).
+    adapted.provenance.calibration_scores = [float(s) for s in target_scores]
+    return adapted
+
+
+def timed(report_: AdaptReport) -> "_Timer":
+    return _Timer(report_)
+
+
+class _Timer:
+    def __init__(self, report_: AdaptReport) -> None:
+        self.report = report_
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.report.seconds = time.perf_counter() - self.started

@@ -1,0 +1,57 @@
+"""AdaptConfig: one dataclass for every test-time adapter (unused fields are ignored by a method)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+AUGMENTATIONS = ("none", "rot90", "flip", "dihedral")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    method: str = "roda"
+    epochs: int = 3
+    batch_size: int = 8
+    lr: float = 1e-3
+    # Target views per image: "rot90" (rotations by 90-degree multiples), "flip" (mirror images),
+    # "dihedral" (both), "none" (the image only). Choose per product: not every part is rotation-invariant.
+    augment: str = "rot90"
+    views: int = 4
+    # BatchNorm mode while training the affine parameters: "eval" uses running statistics.
+    bn_mode: str = "eval"
+    # Re-estimate the running statistics on the target first (AdaBN), then train the affine part.
+    reestimate_stats: bool = True
+    target_patches: int = 2048  # target patches per OT problem (sampled from the minibatch's views)
+    bank_rows: int = 4096  # bank rows per OT problem
+    bank_selection: str = "random"  # "random" rows, or "nearest": rows nearest to the sampled patches
+    eps: float = 0.05  # entropic regularisation, relative to the mean cost
+    sinkhorn_iters: int = 200
+    discretise: str = "union"  # RoDA Eq. 6 ("union"), or "mutual" (both argmaxes)
+    # Only BatchNorm layers at or after this backbone stage index are trained (0 = all layers).
+    first_trained_stage: int = 0
+    threshold_quantile: float = 0.99
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.bn_mode not in ("eval", "train"):
+            raise ConfigError(f"bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
+        if self.bank_selection not in ("random", "nearest"):
+            raise ConfigError(f"bank_selection must be 'random' or 'nearest', got {self.bank_selection!r}")
+        if self.discretise not in ("union", "mutual"):
+            raise ConfigError(f"discretise must be 'union' or 'mutual', got {self.discretise!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.views < 1 or self.lr <= 0 or self.eps <= 0:
+            raise ConfigError("epochs >= 0, batch_size >= 1, views >= 1, lr > 0 and eps > 0 are required")
+        if self.target_patches < 1 or self.bank_rows < 1:
+            raise ConfigError("target_patches and bank_rows must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "AdaptConfig":
+        return dataclasses.replace(self, **changes)

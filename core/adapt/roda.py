@@ -1,0 +1,52 @@
+"""RoDA: robust discretised-Sinkhorn alignment of BatchNorm affine parameters to the frozen bank.
+
+Per minibatch: views of the target images, patch features with gradient, a sample of
+`target_patches` of them and `bank_rows` bank rows, cost C = pairwise Euclidean distance, the
+entropic plan gamma* (log-domain Sinkhorn, uniform marginals), and the loss
+sum(pi * C) / sum(pi) with pi the discretised plan (Eq. 6); `ot-continuous` uses gamma* itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..patchcore import PatchCoreModel
+from .config import AdaptConfig
+from .ot import chosen_by_bank, discretise, sinkhorn_log
+
+
+def sample_rows(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(n, generator=generator)[:k] if k < n else torch.arange(n)
+
+
+def bank_subset(model: PatchCoreModel, patches: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator) -> torch.Tensor:
+    """`bank_rows` rows of the bank: a uniform sample, or the rows nearest to the sampled patches."""
+    bank = model.bank
+    if cfg.bank_selection == "nearest":
+        k = max(1, -(-cfg.bank_rows // len(patches)))
+        _, nearest = model.index.search(patches.detach(), k=k)
+        rows = torch.unique(nearest.flatten().cpu())
+        rows = rows[rows >= 0]
+        if len(rows) > cfg.bank_rows:
+            rows = rows[sample_rows(len(rows), cfg.bank_rows, generator)]
+    else:
+        rows = sample_rows(len(bank), cfg.bank_rows, generator)
+    return bank[rows].to(patches.device)
+
+
+def ot_loss(model: PatchCoreModel, cfg: AdaptConfig, continuous: bool):
+    """The alignment loss for `train_affine`: discretised (RoDA) or continuous Sinkhorn."""
+
+    def loss(features: torch.Tensor, generator: torch.Generator, stats: dict) -> torch.Tensor:
+        patches = features[sample_rows(len(features), cfg.target_patches, generator).to(features.device)]
+        prototypes = bank_subset(model, patches, cfg, generator)
+        cost = torch.cdist(patches, prototypes)
+        plan = sinkhorn_log(cost, cfg.eps, cfg.sinkhorn_iters)
+        if continuous:
+            return (plan * cost).sum() / plan.sum()
+        pi = discretise(plan, cfg.discretise)
+        strong = chosen_by_bank(plan)
+        stats["chosen_by_bank_share"] = stats.get("chosen_by_bank_share", []) + [float(strong.float().mean())]
+        return (cost * pi).sum() / pi.sum()
+
+    return loss

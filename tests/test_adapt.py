@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import normal_image, texture_defect
+from patchshift.core.adapt import METHODS, AdaptConfig, adapt
+from patchshift.core.backbone import batchnorm_state
+from patchshift.core.corruptions import corrupt
+from patchshift.core.errors import CancelledError, ConfigError, DatasetError, InvalidImageError
+from patchshift.core.images import to_tensor
+from patchshift.core.metrics import image_auroc
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    """24 normal and 6 texture-defect images under defocus blur 5, where no adaptation suffers."""
+    rng = np.random.default_rng(0)
+    images = [normal_image(rng) for _ in range(24)] + [texture_defect(normal_image(rng), rng) for _ in range(6)]
+    labels = np.array([0] * 24 + [1] * 6)
+    return corrupt(to_tensor(images), "defocus_blur", 5, seed=1), labels
+
+
+def all_parameters(model):
+    return {name: p.detach().clone() for name, p in model.extractor.named_parameters()}
+
+
+def test_only_batchnorm_affine_changes(fitted, shifted):
+    images, _ = shifted
+    before_params = all_parameters(fitted)
+    before_bn = batchnorm_state(fitted.extractor)
+    adapted, report = adapt(fitted, images[:8], AdaptConfig(method="roda", epochs=1, reestimate_stats=False))
+    after = all_parameters(adapted)
+    bn_affine = {k for k in after if k.endswith((".weight", ".bias")) and k.rsplit(".", 1)[0] in {n.rsplit(".", 1)[0] for n in before_bn}}
+    changed = {k for k in after if not torch.equal(after[k], before_params[k])}
+    assert changed and changed <= bn_affine
+    after_bn = batchnorm_state(adapted.extractor)
+    assert all(torch.equal(after_bn[k], before_bn[k]) for k in before_bn if "running" in k)
+    assert adapted.bank.data_ptr() == fitted.bank.data_ptr() and adapted.index is fitted.index
+    # the source model itself is untouched
+    assert all(torch.equal(p, before_params[k]) for k, p in all_parameters(fitted).items())
+    assert report.steps == 1 and len(report.losses) == 1
+    assert adapted.provenance.method == "roda" and adapted.provenance.parent == fitted.version
+
+
+def test_roda_raises_auroc_under_blur(fitted, shifted):
+    images, labels = shifted
+    before = image_auroc(labels, fitted.score(images).scores.numpy())
+    adapted, _ = adapt(fitted, images, AdaptConfig(method="roda", epochs=2))
+    after = image_auroc(labels, adapted.score(images).scores.numpy())
+    assert before < 0.9
+    assert after > before + 0.05
+
+
+def test_bn_stats_only_changes_running_statistics(fitted, shifted):
+    images, _ = shifted
+    adapted, _ = adapt(fitted, images, AdaptConfig(method="bn-stats"))
+    before, after = batchnorm_state(fitted.extractor), batchnorm_state(adapted.extractor)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.endswith((".weight", ".bias")))
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "roda"])
+def test_every_method_runs_on_one_image(fitted, shifted, method):
+    images, _ = shifted
+    adapted, report = adapt(fitted, images[:1], AdaptConfig(method=method, epochs=1))
+    assert np.isfinite(adapted.threshold) and report.n_images == 1
+    assert torch.isfinite(adapted.score(images[:2]).scores).all()
+
+
+def test_only_defective_images_still_give_a_version(fitted):
+    rng = np.random.default_rng(3)
+    images = to_tensor([texture_defect(normal_image(rng), rng) for _ in range(4)])
+    adapted, _ = adapt(fitted, images, AdaptConfig(method="roda", epochs=1))
+    assert np.isfinite(adapted.threshold)
+
+
+def test_unreadable_files_are_named(fitted, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(InvalidImageError, match="broken.png"):
+        adapt(fitted, [bad], AdaptConfig())
+    with pytest.raises(DatasetError, match="at least one image"):
+        adapt(fitted, [], AdaptConfig())
+    with pytest.raises(ConfigError, match="unknown adaptation method"):
+        adapt(fitted, torch.rand(1, 3, 96, 96), AdaptConfig(method="magic"))
+
+
+def test_cancellation_leaves_source_untouched(fitted, shifted):
+    images, _ = shifted
+    before = batchnorm_state(fitted.extractor)
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(CancelledError):
+        adapt(fitted, images, AdaptConfig(method="roda", epochs=3), cancel=cancel)
+    after = batchnorm_state(fitted.extractor)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_views_keep_shape_for_rectangular_inputs():
+    from patchshift.core.adapt.base import make_views
+
+    batch = torch.rand(2, 3, 32, 48)
+    views = make_views(batch, AdaptConfig(augment="dihedral", views=4), torch.Generator().manual_seed(0))
+    assert views.shape == (8, 3, 32, 48)
+    assert torch.equal(views[:2], batch)
+    copies = make_views(batch, AdaptConfig(augment="none", views=3), torch.Generator())
+    assert torch.equal(copies, batch.repeat(3, 1, 1, 1))

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from patchshift.core.adapt.ot import chosen_by_bank, discretise, sinkhorn_log
+
+
+def test_sinkhorn_marginals_and_pot_agreement():
+    import ot
+
+    generator = torch.Generator().manual_seed(0)
+    cost = torch.rand(7, 5, generator=generator, dtype=torch.float64) * 3
+    eps = 0.1
+    plan = sinkhorn_log(cost, eps, max_iter=2000, tol=1e-10)
+    assert torch.allclose(plan.sum(1), torch.full((7,), 1 / 7, dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(plan.sum(0), torch.full((5,), 1 / 5, dtype=torch.float64), atol=1e-8)
+    reference = ot.sinkhorn(
+        torch.full((7,), 1 / 7, dtype=torch.float64).numpy(),
+        torch.full((5,), 1 / 5, dtype=torch.float64).numpy(),
+        cost.numpy(),
+        reg=eps * cost.mean().item(),
+        method="sinkhorn_log",
+        numItermax=5000,
+        stopThr=1e-12,
+    )
+    assert torch.allclose(plan, torch.from_numpy(reference), atol=1e-7)
+
+
+def test_sinkhorn_is_stable_for_tiny_eps():
+    cost = torch.tensor([[0.0, 100.0], [100.0, 0.0]])
+    plan = sinkhorn_log(cost, 1e-4)
+    assert torch.isfinite(plan).all()
+    assert torch.allclose(plan, torch.tensor([[0.5, 0.0], [0.0, 0.5]]), atol=1e-6)
+
+
+def test_discretisation_by_hand():
+    plan = torch.tensor(
+        [
+            [0.30, 0.05, 0.00],  # row argmax: col 0
+            [0.25, 0.10, 0.02],  # row argmax: col 0 (column 0 prefers row 0)
+            [0.01, 0.02, 0.20],  # row argmax: col 2
+            [0.00, 0.09, 0.01],  # row argmax: col 1; column 1 prefers row 1
+        ]
+    )
+    union = discretise(plan, "union")
+    expected_union = torch.tensor(
+        [[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.bool
+    )
+    assert torch.equal(union, expected_union)
+    mutual = discretise(plan, "mutual")
+    assert torch.equal(mutual, torch.tensor([[1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=torch.bool))
+    assert chosen_by_bank(plan).tolist() == [True, True, True, False]
+    with pytest.raises(ValueError):
+        discretise(plan, "other")
