@@ -128,10 +128,65 @@ def load_classifier(name: str, weights: str | None) -> tuple[nn.Module, Path]:
     return model.eval(), path
 
 
+class StagedBackbone(nn.Module):
+    """The backbone as an ordered list of layers, cut after the deepest stage needed.
+
+    Running layers in order (instead of a traced graph) lets adaptation cache the output of the
+    frozen early layers and run only the later ones with gradient.
+    """
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], stage_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.layer_names = [name for name, _ in layers]
+        self.layers = nn.ModuleDict({name.replace(".", "_"): module for name, module in layers})
+        self.stage_names = stage_names
+        self.stage_index = {name: self.layer_names.index(name) for name in stage_names}
+
+    def prefix(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """Output of layers [0, stop)."""
+        for module in list(self.layers.values())[:stop]:
+            x = module(x)
+        return x
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> dict[str, torch.Tensor]:
+        """Stage maps from the input of layer `start` (0: the normalised image)."""
+        maps = {}
+        modules = list(self.layers.values())
+        for index in range(start, len(modules)):
+            x = modules[index](x)
+            name = self.layer_names[index]
+            if name in self.stage_index:
+                maps[name] = x
+        return maps
+
+    def first_layer_of(self, stage: str) -> int:
+        """Index of the first layer after the previous stage: where `stage` starts computing."""
+        index = self.stage_index[stage]
+        earlier = [self.stage_index[s] for s in self.stage_names if self.stage_index[s] < index]
+        return (max(earlier) + 1) if earlier else 0
+
+
+def sequential_layers(model: nn.Module, stage_names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """Top-level children in order (sequential containers holding a stage are expanded), up to the last stage."""
+    layers: list[tuple[str, nn.Module]] = []
+    remaining = set(stage_names)
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential) and any(s.startswith(name + ".") for s in remaining):
+            for sub_name, sub in child.named_children():
+                layers.append((f"{name}.{sub_name}", sub))
+                remaining.discard(f"{name}.{sub_name}")
+                if not remaining:
+                    return layers
+        else:
+            layers.append((name, child))
+            remaining.discard(name)
+        if not remaining:
+            return layers
+    raise ConfigError(f"cannot find backbone stages {sorted(remaining)} among the model's top-level layers")
+
+
 def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> Backbone:
     """Load the model and cut it after the deepest stage needed for the given strides."""
-    from timm.models._features_fx import create_feature_extractor
-
     model, path = load_classifier(name, weights)
     by_stride = {info["reduction"]: info for info in model.feature_info}
     missing = [s for s in strides if s not in by_stride]
@@ -141,7 +196,8 @@ def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> 
         )
     stages = [by_stride[s] for s in strides]
     names = tuple(info["module"] for info in stages)
-    module = create_feature_extractor(model, return_nodes={n: n for n in names})
+    module = StagedBackbone(sequential_layers(model, names), names)
+    _check_sequential(model, module, names, name)
     cfg = model.pretrained_cfg
     return Backbone(
         module=module,
@@ -152,6 +208,18 @@ def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> 
         weights_path=str(path),
         weights_sha256=file_sha256(path),
     )
+
+
+@torch.inference_mode()
+def _check_sequential(model: nn.Module, staged: StagedBackbone, names: tuple[str, ...], arch: str) -> None:
+    """Refuse architectures whose forward is not the plain sequence of their children."""
+    from timm.models._features_fx import create_feature_extractor
+
+    probe = torch.linspace(-1, 1, 3 * 64 * 64).view(1, 3, 64, 64)
+    reference = create_feature_extractor(model, return_nodes={n: n for n in names})(probe)
+    ours = staged(probe)
+    if any(not torch.allclose(reference[n], ours[n], atol=1e-4) for n in names):
+        raise ConfigError(f"backbone {arch} is not a sequential CNN that patchshift can cut into stages")
 
 
 BATCHNORM_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

@@ -36,9 +36,15 @@ class PatchFeatureExtractor(nn.Module):
             self.register_buffer(f"pool{i}", channel_pooling_matrix(channels, per_stage), persistent=False)
         self.feature_dim = feature_dim
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) in [0, 1] -> (B, h, w, D) at the finest stage's grid."""
-        maps = self.backbone((images - self.mean) / self.std)
+        return self.from_maps(self.backbone(self.normalise(images)))
+
+    def from_maps(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone stage maps -> (B, h, w, D) patch features."""
         grid: tuple[int, int] | None = None
         parts = []
         for i, name in enumerate(self.stage_names):

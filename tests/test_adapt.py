@@ -105,7 +105,8 @@ def test_views_keep_shape_for_rectangular_inputs():
 
     batch = torch.rand(2, 3, 32, 48)
     views = make_views(batch, AdaptConfig(augment="dihedral", views=4), torch.Generator().manual_seed(0))
-    assert views.shape == (8, 3, 32, 48)
-    assert torch.equal(views[:2], batch)
+    assert views.shape == (2, 4, 3, 32, 48)
+    assert torch.equal(views[:, 0], batch)
+    assert not torch.equal(views[:, 1], batch)
     copies = make_views(batch, AdaptConfig(augment="none", views=3), torch.Generator())
-    assert torch.equal(copies, batch.repeat(3, 1, 1, 1))
+    assert all(torch.equal(copies[:, v], batch) for v in range(3))

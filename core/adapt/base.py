@@ -78,30 +78,30 @@ def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], to
 
 
 def make_views(batch: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator) -> torch.Tensor:
-    """cfg.views views of every image: the image itself, then transforms drawn without replacement.
-
-    With augmentation off the views are plain copies (the paper's 'direct copy' ablation).
+    """(B, V, 3, H, W): cfg.views views of every image, the image itself first, then transforms
+    drawn without replacement. With augmentation off the views are plain copies (the paper's
+    'direct copy' ablation).
     """
-    if cfg.views == 1:
-        return batch
     transforms = view_transforms(cfg.augment, batch.shape[-1] == batch.shape[-2])
-    if len(transforms) == 1:
-        return batch.repeat(cfg.views, 1, 1, 1)
+    if cfg.views == 1 or len(transforms) == 1:
+        return batch.unsqueeze(1).expand(-1, cfg.views, -1, -1, -1)
     rest = torch.randperm(len(transforms) - 1, generator=generator)[: cfg.views - 1] + 1
     chosen = [transforms[0]] + [transforms[i] for i in rest.tolist()]
-    return torch.cat([t(batch) for t in chosen])
+    return torch.stack([t(batch) for t in chosen], dim=1)
 
 
-def affine_parameters(extractor: nn.Module) -> list[nn.Parameter]:
-    """Freeze everything except the BatchNorm weights and biases; return those."""
+def affine_parameters(extractor: nn.Module, first_layer: int = 0) -> list[nn.Parameter]:
+    """Freeze everything except the BatchNorm weights and biases from backbone layer `first_layer` on."""
     for parameter in extractor.parameters():
         parameter.requires_grad_(False)
+    backbone = extractor.backbone
     params = []
-    for layer in batchnorm_layers(extractor).values():
-        if layer.affine:
-            layer.weight.requires_grad_(True)
-            layer.bias.requires_grad_(True)
-            params += [layer.weight, layer.bias]
+    for module in list(backbone.layers.values())[first_layer:]:
+        for layer in batchnorm_layers(module).values():
+            if layer.affine:
+                layer.weight.requires_grad_(True)
+                layer.bias.requires_grad_(True)
+                params += [layer.weight, layer.bias]
     if not params:
         raise ConfigError("the backbone has no BatchNorm affine parameters to adapt")
     return params
@@ -130,6 +130,21 @@ def set_batchnorm_mode(extractor: nn.Module, mode: str) -> None:
             layer.train()
 
 
+@torch.inference_mode()
+def cache_inputs(
+    extractor: nn.Module, target: torch.Tensor, cfg: AdaptConfig, cut: int, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """(N, V, C, h, w): each image's views run through the frozen layers before `cut` once."""
+    chunks = []
+    for start in range(0, len(target), cfg.batch_size):
+        views = make_views(target[start : start + cfg.batch_size], cfg, generator)
+        b, v = views.shape[:2]
+        x = extractor.normalise(views.reshape(b * v, *views.shape[2:]).to(device))
+        out = extractor.backbone.prefix(x, cut)
+        chunks.append(out.reshape(b, v, *out.shape[1:]))
+    return torch.cat(chunks)
+
+
 def train_affine(
     model: PatchCoreModel,
     target: torch.Tensor,
@@ -146,7 +161,11 @@ def train_affine(
     if cfg.reestimate_stats:
         check_cancel(cancel)
         reestimate_statistics(extractor, target, model.config.batch_size, device)
-    params = affine_parameters(extractor)
+    backbone = extractor.backbone
+    cut = backbone.first_layer_of(backbone.stage_names[0]) if cfg.trained_layers == "feature-stages" else 0
+    params = affine_parameters(extractor, cut)
+    extractor.eval()
+    cached = cache_inputs(extractor, target, cfg, cut, generator, device)
     optimiser = torch.optim.Adam(params, lr=cfg.lr)
     batches_per_epoch = -(-len(target) // cfg.batch_size)
     total = cfg.epochs * batches_per_epoch
@@ -154,10 +173,11 @@ def train_affine(
         order = torch.randperm(len(target), generator=generator)
         for b in range(batches_per_epoch):
             check_cancel(cancel)
-            batch = target[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            inputs = cached[order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(cached.device)]
             set_batchnorm_mode(extractor, cfg.bn_mode)
             with torch.enable_grad():
-                feats = extractor(make_views(batch, cfg, generator).to(device))
+                maps = backbone(inputs.reshape(-1, *inputs.shape[2:]), start=cut)
+                feats = extractor.from_maps(maps)
                 loss = loss_fn(feats.reshape(-1, feats.shape[-1]), generator, report_.details)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -167,6 +187,7 @@ def train_affine(
             report(progress, "adapt", report_.steps, total)
     for parameter in extractor.parameters():
         parameter.requires_grad_(False)
+    report_.details["trained_from_layer"] = backbone.layer_names[cut]
     return extractor.eval()
 
 

@@ -31,8 +31,9 @@ class AdaptConfig:
     eps: float = 0.05  # entropic regularisation, relative to the mean cost
     sinkhorn_iters: int = 200
     discretise: str = "union"  # RoDA Eq. 6 ("union"), or "mutual" (both argmaxes)
-    # Only BatchNorm layers at or after this backbone stage index are trained (0 = all layers).
-    first_trained_stage: int = 0
+    # Which BatchNorm affine parameters train: "feature-stages" (the layers that compute the
+    # feature stages; the frozen layers before them run once and are cached) or "all".
+    trained_layers: str = "feature-stages"
     threshold_quantile: float = 0.99
     seed: int = 0
 
@@ -43,6 +44,8 @@ class AdaptConfig:
             raise ConfigError(f"bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
         if self.bank_selection not in ("random", "nearest"):
             raise ConfigError(f"bank_selection must be 'random' or 'nearest', got {self.bank_selection!r}")
+        if self.trained_layers not in ("feature-stages", "all"):
+            raise ConfigError(f"trained_layers must be 'feature-stages' or 'all', got {self.trained_layers!r}")
         if self.discretise not in ("union", "mutual"):
             raise ConfigError(f"discretise must be 'union' or 'mutual', got {self.discretise!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.views < 1 or self.lr <= 0 or self.eps <= 0:
