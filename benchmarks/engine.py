@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import tempfile
@@ -21,19 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Per dataset: the input size that keeps its aspect (and defects) readable; see README.
-DATASETS = {
-    "bsd": {"image_size": "576x224"},
-    "deeppcb": {"image_size": "512"},
-}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} + {torch.get_num_threads()} CPU threads"
-    return f"CPU only, {torch.get_num_threads()} threads ({cpu})"
-
+from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
 
 def _fit_child(root: str, overrides: dict, out_dir: str, device: str, queue) -> None:
     from patchshift.core.artifact import save_model
@@ -172,13 +159,6 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
     return rows
 
 
-def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(format(r[key], fmt) if fmt else str(r[key]) for key, _, fmt in columns) + " |" for r in rows]
-    return "\n".join([head, rule, *body])
-
-
 MAIN_COLUMNS = [
     ("dataset", "dataset", ""),
     ("image_size", "input", ""),
@@ -208,7 +188,7 @@ SWEEP_COLUMNS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--resolutions", nargs="*", default=[], metavar="DATASET=SIZE", help="extra fits, e.g. bsd=256x256")

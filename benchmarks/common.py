@@ -1,0 +1,69 @@
+"""Shared by the benchmark scripts: dataset settings, machine description, tables, memory probe."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+# Per dataset: the input size that keeps its aspect and defects readable (see README).
+DATASETS = {
+    "bsd": {"image_size": "576x224"},
+    "deeppcb": {"image_size": "512"},
+}
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {torch.get_num_threads()} CPU threads"
+    return f"CPU only, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads ({platform.machine()})"
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Rows as a markdown table; columns are (key, title, format spec)."""
+    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = [
+        "| " + " | ".join(format(r[key], fmt) if fmt and r.get(key) is not None else str(r.get(key, "")) for key, _, fmt in columns) + " |"
+        for r in rows
+    ]
+    return "\n".join([head, rule, *body])
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Samples this process's resident memory every 20 ms; `.peak_gib` is the rise over the start."""
+
+    def __init__(self) -> None:
+        self.start = resident_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, resident_bytes())
+            time.sleep(0.02)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_bytes())
+
+    @property
+    def peak_gib(self) -> float:
+        return (self.peak - self.start) / 2**30

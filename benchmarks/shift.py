@@ -1,0 +1,238 @@
+"""Shift benchmark, the RoDA paper's protocol, on every dataset in shared/data.
+
+    python -m patchshift.benchmarks.shift [--datasets bsd deeppcb] [--severities 3 5] [--max-eval N]
+
+Fit once on clean train/good; for each corruption and severity, corrupt the test set (stored
+as 8-bit images, as a camera would deliver them), split it 20% adaptation (unlabeled,
+stratified so defects are in it) / 80% evaluation with a fixed seed, adapt with each method on
+the 20%, evaluate on the 80%. The clean 80% without adaptation is the upper bound.
+Also: the share of anomalous target patches that a bank row picks in the discretised plan,
+with and without augmentation (paper Fig. 5a), and RoDA against the adaptation set's
+defective share. Writes benchmarks/results/shift-<dataset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
+
+METHODS = {
+    "none": {"method": "none"},
+    "bn-stats": {"method": "bn-stats"},
+    "moment-matching": {"method": "moment-matching"},
+    "ot-continuous": {"method": "ot-continuous"},
+    "roda-no-augment": {"method": "roda", "augment": "none"},
+    "roda": {"method": "roda"},
+}
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(adaptation, evaluation) indices; each class split at `fraction`."""
+    rng = np.random.default_rng(seed)
+    adapt_idx = []
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        adapt_idx.extend(members[: max(1, round(len(members) * fraction))])
+    adapt_idx = np.sort(np.array(adapt_idx))
+    return adapt_idx, np.setdiff1d(np.arange(len(labels)), adapt_idx)
+
+
+def load_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
+    """All images as one uint8 (N, 3, H, W) tensor at the model input size."""
+    from patchshift.core.images import iter_batches
+
+    return torch.cat([(b * 255).round().to(torch.uint8) for b, _, _ in iter_batches(paths, size, 32)])
+
+
+def corrupt_uint8(images: torch.Tensor, name: str | None, severity: int, seed: int) -> torch.Tensor:
+    from patchshift.core.corruptions import corrupt
+
+    if not name:
+        return images
+    out = []
+    for start in range(0, len(images), 32):
+        batch = images[start : start + 32].float() / 255
+        out.append((corrupt(batch, name, severity, seed=seed + start) * 255).round().to(torch.uint8))
+    return torch.cat(out)
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255
+
+
+def score_all(model, images: torch.Tensor, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    scores, maps = [], []
+    for start in range(0, len(images), batch_size):
+        result = model.score(as_float(images[start : start + batch_size]))
+        scores.append(result.scores.cpu().numpy())
+        maps.append(result.anomaly_maps.cpu().numpy().astype(np.float16))
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict:
+    from patchshift.core.metrics import image_auroc, pixel_auroc
+
+    scores, maps = score_all(model, images)
+    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps.astype(np.float32))}
+
+
+def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
+    """Fit on clean train/good once; later runs load the cached version."""
+    from patchshift.core.artifact import load_model, save_model
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.data import train_images
+    from patchshift.core.patchcore import fit
+
+    config = ModelConfig(**overrides)
+    target = cache / f"{name}-{config.image_size[0]}x{config.image_size[1]}-{config.feature_dim}"
+    if (target / "manifest.json").is_file():
+        return load_model(target, device=device)
+    model = fit(train_images(root), config, device=device)
+    save_model(model, target, overwrite=True)
+    return model
+
+
+@torch.inference_mode()
+def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: str, seed: int = 0) -> float:
+    """Share of anomalous target patches that some bank row picks (column argmax of gamma*)."""
+    import torch.nn.functional as F
+
+    from patchshift.core.adapt import AdaptConfig
+    from patchshift.core.adapt.base import make_views
+    from patchshift.core.adapt.ot import chosen_by_bank, sinkhorn_log
+    from patchshift.core.adapt.roda import sample_rows
+
+    cfg = AdaptConfig(augment=augment)
+    generator = torch.Generator().manual_seed(seed)
+    picked = total = 0
+    for start in range(0, len(images), cfg.batch_size):
+        batch = as_float(images[start : start + cfg.batch_size])
+        mask = torch.from_numpy(masks[start : start + cfg.batch_size]).float().unsqueeze(1)
+        views = make_views(torch.cat([batch, mask], 1), cfg, generator)  # masks turn with their images
+        views = views.reshape(-1, *views.shape[2:])
+        feats = model.features(views[:, :3])
+        h, w = feats.shape[1:3]
+        anomalous = F.adaptive_max_pool2d(views[:, 3:], (h, w)).flatten() > 0
+        flat = feats.reshape(-1, feats.shape[-1]).cpu()
+        rows = sample_rows(len(flat), cfg.target_patches, generator)
+        bank = model.bank[sample_rows(len(model.bank), cfg.bank_rows, generator)]
+        plan = sinkhorn_log(torch.cdist(flat[rows], bank), cfg.eps, cfg.sinkhorn_iters)
+        strong = chosen_by_bank(plan)
+        picked += int((strong & anomalous[rows]).sum())
+        total += int(anomalous[rows].sum())
+    return picked / total if total else float("nan")
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> dict:
+    from patchshift.core.adapt import AdaptConfig, adapt
+    from patchshift.core.data import labelled_samples, load_mask
+
+    root = Path(args.data_root) / name
+    overrides = {**DATASETS.get(name, {}), **({"image_size": args.image_size} if args.image_size else {})}
+    model = get_model(name, root, Path(args.model_cache), args.device, overrides)
+    samples = labelled_samples(root)
+    labels = np.array([s.label for s in samples])
+    adapt_idx, eval_idx = stratified_split(labels, 0.2, args.seed)
+    if args.max_eval and len(eval_idx) > args.max_eval:
+        keep, _ = stratified_split(labels[eval_idx], args.max_eval / len(eval_idx), args.seed + 1)
+        eval_idx = eval_idx[keep]
+    clean = load_images([s.path for s in samples], model.config.image_size)
+    masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
+    print(f"{name}: {len(adapt_idx)} adaptation images ({labels[adapt_idx].sum()} defective), {len(eval_idx)} evaluation", flush=True)
+    upper = evaluate_on(model, clean[eval_idx], labels[eval_idx], masks[eval_idx])
+    rows = []
+    for corruption in args.corruptions:
+        for severity in args.severities:
+            shifted = corrupt_uint8(clean, corruption, severity, args.seed)
+            for method in args.methods:
+                cfg = AdaptConfig(**{**METHODS[method], "epochs": args.epochs, "seed": args.seed})
+                with PeakMemory() as memory:
+                    started = time.perf_counter()
+                    adapted, _ = adapt(model, as_float(shifted[adapt_idx]), cfg)
+                    seconds = time.perf_counter() - started
+                metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])
+                rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds, "adapt_peak_gib": memory.peak_gib, **metrics})
+                print(rows[-1], flush=True)
+    shares = {}
+    if args.fig5a:
+        shifted = corrupt_uint8(clean[adapt_idx], args.corruptions[0], max(args.severities), args.seed)
+        for augment in ("rot90", "none"):
+            shares[augment] = assignment_share(model, shifted, masks[adapt_idx], augment, args.seed)
+    sweep = []
+    if args.defect_sweep:
+        shifted = corrupt_uint8(clean, args.corruptions[0], max(args.severities), args.seed)
+        good = adapt_idx[labels[adapt_idx] == 0]
+        bad = adapt_idx[labels[adapt_idx] == 1]
+        rng = np.random.default_rng(args.seed)
+        for share in (0.0, 0.1, 0.3, 0.5):
+            n_bad = min(len(bad), round(share * len(good)))
+            chosen = np.concatenate([rng.permutation(good)[: len(good) - n_bad], rng.permutation(bad)[:n_bad]])
+            adapted, _ = adapt(model, as_float(shifted[chosen]), AdaptConfig(method="roda", epochs=args.epochs, seed=args.seed))
+            sweep.append({"defective_share": share, "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
+            print(sweep[-1], flush=True)
+    return {"dataset": name, "upper_bound": upper, "rows": rows, "assignment_share": shares, "defect_sweep": sweep,
+            "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)), "machine": machine()}
+
+
+def summary_table(result: dict, key: str) -> str:
+    """Paper Table 1 style: one row per method, one column per corruption/severity, mean, gap closed."""
+    rows = result["rows"]
+    conditions = sorted({(r["corruption"], r["severity"]) for r in rows}, key=lambda c: (c[1], c[0]))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lookup = {(r["method"], r["corruption"], r["severity"]): r for r in rows}
+    none_mean = np.mean([lookup[("none", c, s)][key] for c, s in conditions]) if "none" in methods else None
+    upper = result["upper_bound"][key]
+    table = []
+    for method in methods:
+        values = [lookup[(method, c, s)][key] for c, s in conditions]
+        row = {"method": method, **{f"{c} {s}": v * 100 for (c, s), v in zip(conditions, values)}, "mean": np.mean(values) * 100}
+        row["gap closed"] = 100 * (np.mean(values) - none_mean) / (upper - none_mean) if none_mean is not None and upper != none_mean else None
+        row["adapt s"] = np.mean([lookup[(method, c, s)]["adapt_s"] for c, s in conditions])
+        row["peak GiB"] = max(lookup[(method, c, s)]["adapt_peak_gib"] for c, s in conditions)
+        table.append(row)
+    table.append({"method": "clean (upper bound)", "mean": upper * 100})
+    columns = [("method", "method", "")] + [(f"{c} {s}", f"{c} {s}", ".1f") for c, s in conditions]
+    columns += [("mean", "mean", ".1f"), ("gap closed", "gap closed %", ".0f"), ("adapt s", "adapt s", ".1f"), ("peak GiB", "adapt peak GiB", ".2f")]
+    return markdown(table, columns)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    parser.add_argument("--corruptions", nargs="*", default=["gaussian_noise", "defocus_blur", "brightness", "contrast"])
+    parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
+    parser.add_argument("--max-eval", type=int, default=0, help="subsample the evaluation split (stratified) to N images")
+    parser.add_argument("--no-fig5a", dest="fig5a", action="store_false")
+    parser.add_argument("--no-defect-sweep", dest="defect_sweep", action="store_false")
+    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    for name in args.datasets:
+        result = run_dataset(name, args)
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.out_dir) / f"shift-{name}.json").write_text(json.dumps(result, indent=2))
+        print(f"\n{name} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
+        print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
+        print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))
+        if result["assignment_share"]:
+            print("\nanomalous patches picked by a bank row:", {k: round(v, 3) for k, v in result["assignment_share"].items()})
+        if result["defect_sweep"]:
+            print("\nroda vs defective share of the adaptation set")
+            print(markdown(result["defect_sweep"], [("defective_share", "defective share", ".0%"), ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f")]))
+
+
+if __name__ == "__main__":
+    main()

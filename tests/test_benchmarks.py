@@ -1,0 +1,27 @@
+"""The benchmark scripts run end to end on generated data (their numbers come from shared/data)."""
+
+import json
+
+import numpy as np
+
+from patchshift.benchmarks import shift
+
+
+def test_stratified_split_keeps_both_classes():
+    labels = np.array([0] * 50 + [1] * 30)
+    adapt, evaluate = shift.stratified_split(labels, 0.2, seed=0)
+    assert len(adapt) == 16 and labels[adapt].sum() == 6
+    assert not set(adapt) & set(evaluate) and len(adapt) + len(evaluate) == 80
+
+
+def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
+    shift.main([
+        "--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
+        "--corruptions", "contrast", "--severities", "5", "--methods", "none", "roda", "--epochs", "1",
+        "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
+    ])
+    result = json.loads((tmp_path / f"shift-{dataset.name}.json").read_text())
+    assert {r["method"] for r in result["rows"]} == {"none", "roda"}
+    assert 0 <= result["assignment_share"]["rot90"] <= 1
+    assert [r["defective_share"] for r in result["defect_sweep"]] == [0.0, 0.1, 0.3, 0.5]
+    assert "gap closed" in capsys.readouterr().out
