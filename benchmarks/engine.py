@@ -132,7 +132,7 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
     labels = np.array([s.label for s in samples])
     masks = np.stack([load_mask(s, config.image_size) for s in samples])
     rows = []
-    for size in sizes + [int(np.ceil(len(patches) * config.coreset_ratio))]:
+    for size in sizes:
         started = time.perf_counter()
         picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
         coreset_s = time.perf_counter() - started
@@ -142,7 +142,9 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
             dist, _ = index.search(test.reshape(-1, d))
             search_s = time.perf_counter() - started
             patch_scores = dist.view(n, h, w)
-            maps = anomaly_maps(patch_scores, config.input_hw, config.blur_sigma).numpy()
+            maps = np.concatenate(
+                [anomaly_maps(patch_scores[i : i + 32], config.input_hw, config.blur_sigma).numpy().astype(np.float16) for i in range(0, n, 32)]
+            )
             rows.append(
                 {
                     "dataset": name,
@@ -186,15 +188,16 @@ SWEEP_COLUMNS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="patchshift bench engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--resolutions", nargs="*", default=[], metavar="DATASET=SIZE", help="extra fits, e.g. bsd=256x256")
     parser.add_argument("--bank-sweep", nargs="*", type=int, default=[], metavar="ROWS", help="bank sizes to sweep")
+    parser.add_argument("--sweep-datasets", nargs="*", default=["bsd"], help="datasets for the bank sweep")
     parser.add_argument("--out", default="benchmarks/results/engine.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     root = Path(args.data_root)
     runs = [(name, dict(DATASETS[name])) for name in args.datasets]
     for spec in args.resolutions:
@@ -206,7 +209,7 @@ def main() -> None:
             rows.append(run_dataset(name, root / name, overrides, args.device, Path(workdir)))
             print(markdown(rows[-1:], MAIN_COLUMNS), flush=True)
     if args.bank_sweep:
-        for name in args.datasets:
+        for name in args.sweep_datasets:
             sweep += bank_sweep(name, root / name, DATASETS[name], args.device, args.bank_sweep)
     print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
     print(markdown(rows, MAIN_COLUMNS))

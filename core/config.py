@@ -48,7 +48,8 @@ class ModelConfig:
     feature_dim: int = 128  # D: channels per patch after reduction
     neighbourhood: int = 3  # side of the local averaging window
     coreset_ratio: float = 0.1
-    coreset_max_size: int | None = None
+    # Bank rows beyond ~10k cost search time but no measured accuracy (README, bank sweep).
+    coreset_max_size: int | None = 10_000
     coreset_projection_dim: int = 64  # random projection used only to pick the coreset
     # Nearest-neighbour search: "flat" is exact L2; "ivf" is FAISS IVF (approximate, faster).
     index: str = "flat"

@@ -2,6 +2,7 @@
 
 AUROC and AUPRO share one threshold sweep: sort by score once, accumulate per-item weights of
 the positive and negative classes, and keep one point per distinct score (ties move together).
+The pixel metrics feed it per-bin weights instead of single pixels (see PIXEL_BINS).
 """
 
 from __future__ import annotations
@@ -41,9 +42,35 @@ def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     return auroc(np.asarray(labels), np.asarray(scores))
 
 
+# Pixel metrics run over up to ~10^9 pixels: scores are binned into 2^16 levels between the
+# global minimum and maximum and accumulated image by image, so memory stays O(bins). Only
+# scores closer than (max - min) / 65535 merge into a tie; the curve is otherwise exact.
+PIXEL_BINS = 1 << 16
+
+
+def _bin_edges(maps: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(np.min(maps)), float(np.max(maps))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def _bins(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scaled = (values.astype(np.float64).ravel() - lo) * ((PIXEL_BINS - 1) / (hi - lo))
+    return np.clip(np.rint(scaled), 0, PIXEL_BINS - 1).astype(np.int64)
+
+
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     """AUROC over every pixel of every image; masks and maps are (N, H, W)."""
-    return auroc(np.asarray(masks).ravel(), np.asarray(maps, dtype=np.float32).ravel())
+    lo, hi = _bin_edges(maps)
+    positive = np.zeros(PIXEL_BINS)
+    negative = np.zeros(PIXEL_BINS)
+    for mask, heat in zip(masks, maps):
+        index, defect = _bins(heat, lo, hi), np.asarray(mask, dtype=bool).ravel()
+        positive += np.bincount(index[defect], minlength=PIXEL_BINS)
+        negative += np.bincount(index[~defect], minlength=PIXEL_BINS)
+    if positive.sum() == 0 or negative.sum() == 0:
+        raise ConfigError("pixel AUROC needs both defect and defect-free pixels")
+    fp, tp = _sweep(np.arange(PIXEL_BINS, dtype=np.float64), positive, negative)
+    return float(np.trapezoid(tp / tp[-1], fp / fp[-1]))
 
 
 def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
@@ -53,23 +80,25 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
     rate counts every defect-free pixel.
     """
     masks = np.asarray(masks).astype(bool)
-    maps = np.asarray(maps, dtype=np.float32)
-    if masks.shape != maps.shape or masks.ndim != 3:
-        raise ConfigError(f"masks {masks.shape} and maps {maps.shape} must both be (N, H, W)")
-    region_weight = np.zeros(masks.shape, dtype=np.float64)
+    if masks.shape != np.shape(maps) or masks.ndim != 3:
+        raise ConfigError(f"masks {masks.shape} and maps {np.shape(maps)} must both be (N, H, W)")
+    lo, hi = _bin_edges(maps)
+    overlap = np.zeros(PIXEL_BINS)  # per bin: sum over region pixels of 1 / region size
+    negative = np.zeros(PIXEL_BINS)
     n_regions = 0
-    for i, mask in enumerate(masks):
+    for mask, heat in zip(masks, maps):
+        index = _bins(heat, lo, hi)
+        negative += np.bincount(index[~mask.ravel()], minlength=PIXEL_BINS)
         if not mask.any():
             continue
         count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
         sizes = np.bincount(labels.ravel(), minlength=count)
-        per_pixel = np.where(labels > 0, 1.0 / sizes[labels], 0.0)
-        region_weight[i] = per_pixel
+        inside = labels.ravel() > 0
+        overlap += np.bincount(index[inside], weights=1.0 / sizes[labels.ravel()[inside]], minlength=PIXEL_BINS)
         n_regions += count - 1
-    n_negative = int((~masks).sum())
-    if n_regions == 0 or n_negative == 0:
+    if n_regions == 0 or negative.sum() == 0:
         raise ConfigError("AUPRO needs defect regions and defect-free pixels")
-    fpr, pro = _sweep(maps.ravel(), region_weight.ravel() / n_regions, (~masks).ravel() / n_negative)
+    fpr, pro = _sweep(np.arange(PIXEL_BINS, dtype=np.float64), overlap / n_regions, negative / negative.sum())
     cut = np.searchsorted(fpr, max_fpr, side="right")
     if cut < fpr.size:  # interpolate the curve at exactly max_fpr
         f0, f1, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]

@@ -21,7 +21,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", default="256", help="model input size: N or WIDTHxHEIGHT, e.g. 576x224")
     parser.add_argument("--feature-dim", type=int, default=128, help="patch feature dimension D")
     parser.add_argument("--coreset-ratio", type=float, default=0.1, help="share of training patches kept in the bank")
-    parser.add_argument("--coreset-max-size", type=int, default=None, help="upper bound on bank rows")
+    parser.add_argument("--coreset-max-size", type=int, default=10_000, help="upper bound on bank rows (0: none)")
     parser.add_argument("--index", choices=("flat", "ivf"), default="flat", help="exact (flat) or IVF search")
     parser.add_argument("--reweight", type=int, default=0, metavar="B", help="PatchCore score re-weighting with B neighbours (0: off)")
     parser.add_argument("--holdout-fraction", type=float, default=0.1, help="normal images held out to set the threshold")
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=None, help="views per image")
     p.add_argument("--bn-mode", choices=("eval", "train"), default=None)
 
+    p = sub.add_parser("bench", help="run a benchmark: engine, shift or adapt-speed (options after the name; --help for them)")
+    p.add_argument("name", choices=("engine", "shift", "adapt-speed"))
+    p.add_argument("options", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="MVTec-layout ROOT (uses ROOT/test and ROOT/ground_truth)")
@@ -102,7 +106,7 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
         image_size=args.image_size,
         feature_dim=args.feature_dim,
         coreset_ratio=args.coreset_ratio,
-        coreset_max_size=args.coreset_max_size,
+        coreset_max_size=args.coreset_max_size or None,
         index=args.index,
         reweight_neighbours=args.reweight,
         holdout_fraction=args.holdout_fraction,
@@ -210,7 +214,14 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "score": cmd_score, "adapt": cmd_adapt, "eval": cmd_eval}
+def cmd_bench(args: argparse.Namespace, progress) -> int:
+    import importlib
+
+    importlib.import_module(f"patchshift.benchmarks.{args.name.replace('-', '_')}").main(args.options)
+    return 0
+
+
+COMMANDS = {"bench": cmd_bench, "fit": cmd_fit, "score": cmd_score, "adapt": cmd_adapt, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

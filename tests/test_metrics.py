@@ -58,3 +58,10 @@ def test_aupro_perfect_and_shape_check():
 def test_f1_by_hand():
     assert f1_at_threshold([1, 1, 0, 0], [0.9, 0.2, 0.6, 0.1], 0.5) == pytest.approx(0.5)
     assert f1_at_threshold([1, 0], [0.1, 0.2], 0.5) == 0.0
+
+
+def test_binned_pixel_auroc_matches_exact_on_random_maps():
+    rng = np.random.default_rng(1)
+    masks = rng.random((4, 30, 30)) < 0.1
+    maps = rng.random((4, 30, 30)) + masks * 0.3
+    assert pixel_auroc(masks, maps) == pytest.approx(auroc(masks.ravel(), maps.ravel()), abs=1e-4)

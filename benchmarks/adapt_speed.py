@@ -1,0 +1,55 @@
+"""Adaptation wall time and peak memory: 150 images at 256 x 256 px (the issue's budget case).
+
+    python -m patchshift.benchmarks.adapt_speed [--dataset bsd] [--images 150] [--methods ...]
+
+The model is fitted on the dataset's train/good at 256 px; the target set is its first test
+images under gaussian_noise severity 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .common import DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
+from .shift import METHODS, as_float, corrupt_uint8, get_model, load_images
+
+
+def main(argv: list[str] | None = None) -> None:
+    from patchshift.core.adapt import AdaptConfig, adapt
+    from patchshift.core.data import labelled_samples
+
+    parser = argparse.ArgumentParser(prog="patchshift bench adapt-speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    parser.add_argument("--dataset", default="bsd")
+    parser.add_argument("--images", type=int, default=150)
+    parser.add_argument("--methods", nargs="*", default=["bn-stats", "moment-matching", "ot-continuous", "roda"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--trained-layers", default="feature-stages")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--out", default="benchmarks/results/adapt-speed.json")
+    args = parser.parse_args(argv)
+    root = Path(args.data_root) / args.dataset
+    model = get_model(args.dataset, root, Path(args.model_cache), args.device, {"image_size": "256"})
+    paths = [s.path for s in labelled_samples(root)][: args.images]
+    target = as_float(corrupt_uint8(load_images(paths, model.config.image_size), "gaussian_noise", 5, 0))
+    rows = []
+    for method in args.methods:
+        cfg = AdaptConfig(**{**METHODS[method], "epochs": args.epochs, "trained_layers": args.trained_layers})
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            _, report = adapt(model, target, cfg)
+            seconds = time.perf_counter() - started
+        rows.append({"method": method, "images": len(target), "steps": report.steps, "seconds": seconds, "peak_gib": memory.peak_gib})
+        print(rows[-1], flush=True)
+    print(f"\n{machine()}; {args.epochs} epochs, trained layers: {args.trained_layers}\n")
+    print(markdown(rows, [("method", "method", ""), ("images", "images", "d"), ("steps", "steps", "d"), ("seconds", "wall s", ".1f"), ("peak_gib", "peak GiB", ".2f")]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
