@@ -11,6 +11,7 @@ renames it into place, so a reader sees the whole version or none of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -70,7 +71,7 @@ class Manifest(BaseModel):
 
 
 def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manifest:
-    cfg, prov = model.config, model.provenance
+    cfg = model.config
     return Manifest(
         format_version=FORMAT_VERSION,
         kind="patchcore",
@@ -86,14 +87,8 @@ def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manife
         coreset_ratio=cfg.coreset_ratio,
         bank_size=int(model.bank.shape[0]),
         threshold=model.threshold,
-        threshold_source=prov.threshold_source,
-        calibration_scores=prov.calibration_scores,
-        n_train_images=prov.n_train_images,
-        created=prov.created,
-        parent=prov.parent,
-        method=prov.method,
-        details=prov.details,
         files=files,
+        **dataclasses.asdict(model.provenance),
     )
 
 
@@ -202,15 +197,7 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
         raise ArtifactError(f"{path}: cannot read stored tensors ({exc})") from None
     if tuple(bank.shape) != (manifest.bank_size, config.feature_dim):
         raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest says ({manifest.bank_size}, {config.feature_dim})")
-    provenance = Provenance(
-        method=manifest.method,
-        parent=manifest.parent,
-        created=manifest.created,
-        threshold_source=manifest.threshold_source,
-        calibration_scores=manifest.calibration_scores,
-        n_train_images=manifest.n_train_images,
-        details=manifest.details,
-    )
+    provenance = Provenance(**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)})
     model = PatchCoreModel(config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name)
     model.bank_path = path / BANK_FILE
     return model

@@ -92,6 +92,16 @@ def _normal_images(root: str) -> list[Path]:
     return images
 
 
+def _images(arguments: list[str]) -> list[Path]:
+    from patchshift.core.errors import InvalidImageError
+    from patchshift.core.images import list_images
+
+    paths = list_images(arguments)
+    if not paths:
+        raise InvalidImageError("no images found in " + ", ".join(arguments))
+    return paths
+
+
 def cmd_fit(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import save_model
     from patchshift.core.config import ModelConfig
@@ -128,15 +138,12 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
     import numpy as np
 
     from patchshift.core.artifact import load_model
-    from patchshift.core.errors import InvalidImageError
     from patchshift.core.fileio import atomic_write_bytes
-    from patchshift.core.images import map_to_original, open_image, iter_batches, list_images
+    from patchshift.core.images import iter_batches, map_to_original, open_image
     from patchshift.core.visualize import encode_png, overlay
 
     model = load_model(args.model, device=args.device)
-    paths = list_images(args.images)
-    if not paths:
-        raise InvalidImageError("no images found in " + ", ".join(args.images))
+    paths = _images(args.images)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     used_names: set[str] = set()
     results = []
@@ -172,8 +179,7 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
 def cmd_adapt(args: argparse.Namespace, progress) -> int:
     from patchshift.core.adapt import AdaptConfig, adapt
     from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.errors import ArtifactError, InvalidImageError
-    from patchshift.core.images import list_images
+    from patchshift.core.errors import ArtifactError
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
@@ -185,9 +191,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         options["augment"] = "none"
     cfg = AdaptConfig(**options)
     model = load_model(args.model, device=args.device)
-    images = list_images(args.images)
-    if not images:
-        raise InvalidImageError("no images found in " + ", ".join(args.images))
+    images = _images(args.images)
     adapted, report = adapt(model, images, cfg, progress=progress)
     save_model(adapted, args.out, overwrite=args.overwrite)
     print(
