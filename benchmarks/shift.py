@@ -106,7 +106,7 @@ def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: st
 
     from patchshift.core.adapt import AdaptConfig
     from patchshift.core.adapt.base import make_views
-    from patchshift.core.adapt.ot import chosen_by_bank, sinkhorn_log
+    from patchshift.core.adapt.ot import chosen_by_bank, sinkhorn
     from patchshift.core.adapt.roda import sample_rows
 
     cfg = AdaptConfig(augment=augment)
@@ -123,7 +123,7 @@ def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: st
         flat = feats.reshape(-1, feats.shape[-1]).cpu()
         rows = sample_rows(len(flat), cfg.target_patches, generator)
         bank = model.bank[sample_rows(len(model.bank), cfg.bank_rows, generator)]
-        plan = sinkhorn_log(torch.cdist(flat[rows], bank), cfg.eps, cfg.sinkhorn_iters)
+        plan = sinkhorn(torch.cdist(flat[rows], bank), cfg.eps, cfg.sinkhorn_iters)
         strong = chosen_by_bank(plan)
         picked += int((strong & anomalous[rows]).sum())
         total += int(anomalous[rows].sum())

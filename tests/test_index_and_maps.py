@@ -59,3 +59,12 @@ def test_anomaly_map_peak_stays_in_place():
     assert heat.shape == (1, 64, 64)
     y, x = divmod(heat[0].argmax().item(), 64)
     assert 16 <= y < 24 and 40 <= x < 48
+
+
+def test_matrix_heatmap_equals_upsample_then_blur():
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    patch = torch.rand(3, 7, 11, generator=generator)
+    direct = gaussian_blur(F.interpolate(patch.unsqueeze(1), size=(56, 88), mode="bilinear", align_corners=False).squeeze(1), 4.0)
+    assert torch.allclose(anomaly_maps(patch, (56, 88), 4.0), direct, atol=1e-5)

@@ -1,16 +1,17 @@
 import pytest
 import torch
 
-from patchshift.core.adapt.ot import chosen_by_bank, discretise, sinkhorn_log
+from patchshift.core.adapt.ot import chosen_by_bank, discretise, sinkhorn, sinkhorn_log
 
 
-def test_sinkhorn_marginals_and_pot_agreement():
+@pytest.mark.parametrize("solver", [sinkhorn, sinkhorn_log])
+def test_sinkhorn_marginals_and_pot_agreement(solver):
     import ot
 
     generator = torch.Generator().manual_seed(0)
     cost = torch.rand(7, 5, generator=generator, dtype=torch.float64) * 3
     eps = 0.1
-    plan = sinkhorn_log(cost, eps, max_iter=2000, tol=1e-10)
+    plan = solver(cost, eps, max_iter=2000, tol=1e-10)
     assert torch.allclose(plan.sum(1), torch.full((7,), 1 / 7, dtype=torch.float64), atol=1e-8)
     assert torch.allclose(plan.sum(0), torch.full((5,), 1 / 5, dtype=torch.float64), atol=1e-8)
     reference = ot.sinkhorn(
@@ -25,9 +26,10 @@ def test_sinkhorn_marginals_and_pot_agreement():
     assert torch.allclose(plan, torch.from_numpy(reference), atol=1e-7)
 
 
-def test_sinkhorn_is_stable_for_tiny_eps():
+@pytest.mark.parametrize("solver", [sinkhorn, sinkhorn_log])
+def test_sinkhorn_is_stable_for_tiny_eps(solver):
     cost = torch.tensor([[0.0, 100.0], [100.0, 0.0]])
-    plan = sinkhorn_log(cost, 1e-4)
+    plan = solver(cost, 1e-4)
     assert torch.isfinite(plan).all()
     assert torch.allclose(plan, torch.tensor([[0.5, 0.0], [0.0, 0.5]]), atol=1e-6)
 
@@ -51,3 +53,9 @@ def test_discretisation_by_hand():
     assert chosen_by_bank(plan).tolist() == [True, True, True, False]
     with pytest.raises(ValueError):
         discretise(plan, "other")
+
+
+def test_fast_sinkhorn_matches_log_domain_on_realistic_costs():
+    generator = torch.Generator().manual_seed(1)
+    cost = torch.cdist(torch.randn(300, 16, generator=generator), torch.randn(500, 16, generator=generator) + 0.3)
+    assert torch.allclose(sinkhorn(cost, 0.05), sinkhorn_log(cost, 0.05), atol=1e-7, rtol=1e-3)

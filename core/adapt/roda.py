@@ -2,7 +2,7 @@
 
 Per minibatch: views of the target images, patch features with gradient, a sample of
 `target_patches` of them and `bank_rows` bank rows, cost C = pairwise Euclidean distance, the
-entropic plan gamma* (log-domain Sinkhorn, uniform marginals), and the loss
+entropic plan gamma* (stabilised Sinkhorn, uniform marginals), and the loss
 sum(pi * C) / sum(pi) with pi the discretised plan (Eq. 6); `ot-continuous` uses gamma* itself.
 """
 
@@ -12,7 +12,7 @@ import torch
 
 from ..patchcore import PatchCoreModel
 from .config import AdaptConfig
-from .ot import chosen_by_bank, discretise, sinkhorn_log
+from .ot import chosen_by_bank, discretise, sinkhorn
 
 
 def sample_rows(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -41,7 +41,7 @@ def ot_loss(model: PatchCoreModel, cfg: AdaptConfig, continuous: bool):
         patches = features[sample_rows(len(features), cfg.target_patches, generator).to(features.device)]
         prototypes = bank_subset(model, patches, cfg, generator)
         cost = torch.cdist(patches, prototypes)
-        plan = sinkhorn_log(cost, cfg.eps, cfg.sinkhorn_iters)
+        plan = sinkhorn(cost, cfg.eps, cfg.sinkhorn_iters)
         if continuous:
             return (plan * cost).sum() / plan.sum()
         pi = discretise(plan, cfg.discretise)
