@@ -1,4 +1,4 @@
-"""Engine benchmark: accuracy, fit cost and scoring throughput on every dataset in shared/data.
+"""Engine benchmark: accuracy and fit cost on every dataset in shared/data (throughput: throughput.py).
 
     python -m patchshift.benchmarks.engine [--data-root ../shared/data] [--sweeps]
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +19,15 @@ import numpy as np
 import torch
 
 from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+
+def peak_resident_gib() -> float:
+    """VmHWM: this process's peak resident memory since its exec (ru_maxrss would also count
+    the parent's memory at fork time, which Linux carries across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
 
 def _fit_child(root: str, overrides: dict, out_dir: str, device: str, queue) -> None:
     from patchshift.core.artifact import save_model
@@ -33,7 +40,7 @@ def _fit_child(root: str, overrides: dict, out_dir: str, device: str, queue) -> 
     model = fit(images, ModelConfig(**overrides), device=device)
     seconds = time.perf_counter() - started
     save_model(model, out_dir, overwrite=True)
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_gib = peak_resident_gib()
     queue.put({"fit_s": seconds, "fit_peak_gib": peak_gib, "n_train": len(images), "bank_size": int(model.bank.shape[0])})
 
 
@@ -47,46 +54,6 @@ def fit_in_child(root: str, overrides: dict, out_dir: str, device: str) -> dict:
     return result
 
 
-def _timed(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def throughput(model, paths: list[Path], batch_size: int = 32, repeats: int = 3) -> dict:
-    """Images/s of model.score on one batch, against the truncated backbone's forward alone."""
-    from patchshift.core.images import load_batch
-
-    paths = paths[:batch_size]
-    started = time.perf_counter()
-    batch, _ = load_batch(paths, model.config.image_size)
-    decode_s = time.perf_counter() - started
-    x = batch.to(model.device)
-    extractor = model.extractor
-
-    @torch.inference_mode()
-    def backbone_only() -> None:
-        extractor.backbone((x - extractor.mean) / extractor.std)
-
-    score_s = _timed(lambda: model.score(x), repeats, model.device)
-    backbone_s = _timed(backbone_only, repeats, model.device)
-    return {
-        "batch": len(paths),
-        "score_images_per_s": len(paths) / score_s,
-        "backbone_images_per_s": len(paths) / backbone_s,
-        "score_over_backbone": score_s / backbone_s,
-        "decode_images_per_s": len(paths) / decode_s,
-    }
-
-
 def run_dataset(name: str, root: Path, overrides: dict, device: str, workdir: Path) -> dict:
     from patchshift.core.artifact import load_model
     from patchshift.core.data import labelled_samples
@@ -97,10 +64,7 @@ def run_dataset(name: str, root: Path, overrides: dict, device: str, workdir: Pa
     model = load_model(out_dir, device=device)
     samples = labelled_samples(root)
     result = evaluate(model, samples)
-    row = {"dataset": name, **overrides, **fitted, **result.to_dict()}
-    row.update(throughput(model, [s.path for s in samples]))
-    row["index_device"] = "gpu" if model.index.use_gpu else "cpu"
-    return row
+    return {"dataset": name, **overrides, **fitted, **result.to_dict()}
 
 
 def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[int]) -> list[dict]:
@@ -143,7 +107,7 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
             search_s = time.perf_counter() - started
             patch_scores = dist.view(n, h, w)
             maps = np.concatenate(
-                [anomaly_maps(patch_scores[i : i + 32], config.input_hw, config.blur_sigma).numpy().astype(np.float16) for i in range(0, n, 32)]
+                [anomaly_maps(patch_scores[i : i + 32], config.input_hw, config.blur_sigma).numpy() for i in range(0, n, 32)]
             )
             rows.append(
                 {
@@ -172,9 +136,6 @@ MAIN_COLUMNS = [
     ("f1", "F1 @ threshold", ".3f"),
     ("fit_s", "fit s", ".0f"),
     ("fit_peak_gib", "fit peak GiB", ".2f"),
-    ("score_images_per_s", "score img/s", ".1f"),
-    ("backbone_images_per_s", "backbone img/s", ".1f"),
-    ("score_over_backbone", "score / backbone time", ".2f"),
 ]
 SWEEP_COLUMNS = [
     ("dataset", "dataset", ""),

@@ -72,7 +72,7 @@ def score_all(model, images: torch.Tensor, batch_size: int = 16) -> tuple[np.nda
     for start in range(0, len(images), batch_size):
         result = model.score(as_float(images[start : start + batch_size]))
         scores.append(result.scores.cpu().numpy())
-        maps.append(result.anomaly_maps.cpu().numpy().astype(np.float16))
+        maps.append(result.anomaly_maps.cpu().numpy())
     return np.concatenate(scores), np.concatenate(maps)
 
 
@@ -80,7 +80,7 @@ def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarr
     from patchshift.core.metrics import image_auroc, pixel_auroc
 
     scores, maps = score_all(model, images)
-    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps.astype(np.float32))}
+    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps)}
 
 
 def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):

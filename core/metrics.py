@@ -42,29 +42,34 @@ def image_auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     return auroc(np.asarray(labels), np.asarray(scores))
 
 
-# Pixel metrics run over up to ~10^9 pixels: scores are binned into 2^16 levels between the
-# global minimum and maximum and accumulated image by image, so memory stays O(bins). Only
-# scores closer than (max - min) / 65535 merge into a tie; the curve is otherwise exact.
+# Pixel metrics run over up to ~10^9 pixels: scores are binned into 2^16 equal-population bins
+# (edges = quantiles of a strided sample of all pixels, so one extreme pixel cannot squash the
+# rest into a few bins) and accumulated image by image, so memory stays O(bins). Only pixels
+# within the same 1/65536 quantile slice tie; the curve is otherwise exact.
 PIXEL_BINS = 1 << 16
+EDGE_SAMPLE = 2_000_000
 
 
-def _bin_edges(maps: np.ndarray) -> tuple[float, float]:
-    lo, hi = float(np.min(maps)), float(np.max(maps))
-    return lo, (hi if hi > lo else lo + 1.0)
+def _bin_edges(maps: np.ndarray) -> np.ndarray:
+    total = sum(np.size(m) for m in maps)
+    stride = max(1, total // EDGE_SAMPLE)
+    sample = np.concatenate([np.asarray(m, dtype=np.float64).ravel()[::stride] for m in maps])
+    if not np.all(np.isfinite(sample)):
+        raise ConfigError("heatmaps contain non-finite values")
+    return np.unique(np.quantile(sample, np.linspace(0, 1, PIXEL_BINS + 1)[1:-1]))
 
 
-def _bins(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    scaled = (values.astype(np.float64).ravel() - lo) * ((PIXEL_BINS - 1) / (hi - lo))
-    return np.clip(np.rint(scaled), 0, PIXEL_BINS - 1).astype(np.int64)
+def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.searchsorted(edges, np.asarray(values, dtype=np.float64).ravel(), side="right")
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     """AUROC over every pixel of every image; masks and maps are (N, H, W)."""
-    lo, hi = _bin_edges(maps)
+    edges = _bin_edges(maps)
     positive = np.zeros(PIXEL_BINS)
     negative = np.zeros(PIXEL_BINS)
     for mask, heat in zip(masks, maps):
-        index, defect = _bins(heat, lo, hi), np.asarray(mask, dtype=bool).ravel()
+        index, defect = _bins(heat, edges), np.asarray(mask, dtype=bool).ravel()
         positive += np.bincount(index[defect], minlength=PIXEL_BINS)
         negative += np.bincount(index[~defect], minlength=PIXEL_BINS)
     if positive.sum() == 0 or negative.sum() == 0:
@@ -82,12 +87,12 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
     masks = np.asarray(masks).astype(bool)
     if masks.shape != np.shape(maps) or masks.ndim != 3:
         raise ConfigError(f"masks {masks.shape} and maps {np.shape(maps)} must both be (N, H, W)")
-    lo, hi = _bin_edges(maps)
+    edges = _bin_edges(maps)
     overlap = np.zeros(PIXEL_BINS)  # per bin: sum over region pixels of 1 / region size
     negative = np.zeros(PIXEL_BINS)
     n_regions = 0
     for mask, heat in zip(masks, maps):
-        index = _bins(heat, lo, hi)
+        index = _bins(heat, edges)
         negative += np.bincount(index[~mask.ravel()], minlength=PIXEL_BINS)
         if not mask.any():
             continue

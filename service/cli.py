@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=None, help="views per image")
     p.add_argument("--bn-mode", choices=("eval", "train"), default=None)
 
-    p = sub.add_parser("bench", help="run a benchmark: engine, shift or adapt-speed (options after the name; --help for them)")
-    p.add_argument("name", choices=("engine", "shift", "adapt-speed"))
+    p = sub.add_parser("bench", help="run a benchmark: engine, throughput, shift or adapt-speed (options after the name; --help for them)")
+    p.add_argument("name", choices=("engine", "throughput", "shift", "adapt-speed"))
     p.add_argument("options", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set")

@@ -65,3 +65,14 @@ def test_binned_pixel_auroc_matches_exact_on_random_maps():
     masks = rng.random((4, 30, 30)) < 0.1
     maps = rng.random((4, 30, 30)) + masks * 0.3
     assert pixel_auroc(masks, maps) == pytest.approx(auroc(masks.ravel(), maps.ravel()), abs=1e-4)
+
+
+def test_pixel_metrics_survive_an_extreme_pixel():
+    rng = np.random.default_rng(2)
+    masks = rng.random((3, 20, 20)) < 0.1
+    maps = rng.random((3, 20, 20)) + masks * 0.3
+    exact = auroc(masks.ravel(), maps.ravel())
+    maps[0, 0, 0] = 1e30  # one absurd value must not squash the others into a few bins
+    masks[0, 0, 0] = True
+    exact = auroc(masks.ravel(), maps.ravel())
+    assert pixel_auroc(masks, maps) == pytest.approx(exact, abs=1e-4)
