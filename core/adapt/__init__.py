@@ -8,6 +8,8 @@ Only BatchNorm state changes; the bank and every other weight stay byte-identica
 from __future__ import annotations
 
 import copy
+import logging
+import time
 from collections.abc import Sequence
 
 import torch
@@ -15,10 +17,12 @@ import torch
 from ..errors import ConfigError
 from ..patchcore import ImageSource, PatchCoreModel
 from ..progress import CancelFn, ProgressFn, check_cancel
-from .base import AdaptReport, derive_version, load_target, reestimate_statistics, timed, train_affine
+from .base import AdaptReport, derive_version, load_target, reestimate_statistics, train_affine
 from .baselines import moment_loss
 from .config import AdaptConfig
 from .roda import ot_loss
+
+log = logging.getLogger(__name__)
 
 METHODS = ("roda", "bn-stats", "moment-matching", "ot-continuous", "none")
 
@@ -35,22 +39,24 @@ def adapt(
         raise ConfigError(f"unknown adaptation method {cfg.method!r}; choose from {', '.join(METHODS)}")
     target = load_target(images, model.config.image_size)
     report_ = AdaptReport(method=cfg.method, n_images=len(target))
-    with timed(report_):
-        if cfg.method == "none":
-            extractor = copy.deepcopy(model.extractor)
-        elif cfg.method == "bn-stats":
-            check_cancel(cancel)
-            extractor = copy.deepcopy(model.extractor)
-            reestimate_statistics(extractor, target, model.config.batch_size, model.device)
-        else:
-            if cfg.method == "moment-matching":
-                loss = moment_loss(model)
-            else:
-                loss = ot_loss(model, cfg, continuous=cfg.method == "ot-continuous")
-            extractor = train_affine(model, target, cfg, loss, report_, progress, cancel)
+    started = time.perf_counter()
+    if cfg.method == "none":
+        extractor = copy.deepcopy(model.extractor)
+    elif cfg.method == "bn-stats":
         check_cancel(cancel)
-        adapted = derive_version(model, extractor, target, report_, cfg)
+        extractor = copy.deepcopy(model.extractor)
+        reestimate_statistics(extractor, target, model.config.batch_size, model.device)
+    else:
+        if cfg.method == "moment-matching":
+            loss = moment_loss(model)
+        else:
+            loss = ot_loss(model, cfg, continuous=cfg.method == "ot-continuous")
+        extractor = train_affine(model, target, cfg, loss, report_, progress, cancel)
+    check_cancel(cancel)
+    adapted = derive_version(model, extractor, target, report_, cfg)
+    report_.seconds = time.perf_counter() - started
     adapted.provenance.details["seconds"] = report_.seconds
+    log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)
     return adapted, report_
 
 

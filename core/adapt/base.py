@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,8 +17,6 @@ from ..patchcore import ImageSource, PatchCoreModel, Provenance
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import transfer_threshold
 from .config import AdaptConfig
-
-log = logging.getLogger(__name__)
 
 # loss(features (N, D) with grad, generator) -> scalar; may record diagnostics in `stats`.
 LossFn = Callable[[torch.Tensor, torch.Generator, dict], torch.Tensor]
@@ -221,18 +217,3 @@ def derive_version(
     # The target's scores calibrate the next transfer (median and MAD keep the same z-score).
     adapted.provenance.calibration_scores = [float(s) for s in target_scores]
     return adapted
-
-
-def timed(report_: AdaptReport) -> "_Timer":
-    return _Timer(report_)
-
-
-class _Timer:
-    def __init__(self, report_: AdaptReport) -> None:
-        self.report = report_
-
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.report.seconds = time.perf_counter() - self.started
