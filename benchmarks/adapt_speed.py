@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=150)
     parser.add_argument("--methods", nargs="*", default=["bn-stats", "moment-matching", "ot-continuous", "roda"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--trained-layers", default="feature-stages")
+    parser.add_argument("--trained-layers", default="all", choices=("all", "feature-stages"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-cache", default="benchmarks/results/models")
     parser.add_argument("--out", default="benchmarks/results/adapt-speed.json")

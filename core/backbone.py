@@ -159,11 +159,10 @@ class StagedBackbone(nn.Module):
                 maps[name] = x
         return maps
 
-    def first_layer_of(self, stage: str) -> int:
-        """Index of the first layer after the previous stage: where `stage` starts computing."""
-        index = self.stage_index[stage]
-        earlier = [self.stage_index[s] for s in self.stage_names if self.stage_index[s] < index]
-        return (max(earlier) + 1) if earlier else 0
+    @property
+    def first_stage_layer(self) -> int:
+        """Index of the layer that outputs the first (finest) feature stage."""
+        return min(self.stage_index.values())
 
 
 def sequential_layers(model: nn.Module, stage_names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:

@@ -110,3 +110,18 @@ def test_views_keep_shape_for_rectangular_inputs():
     assert not torch.equal(views[:, 1], batch)
     copies = make_views(batch, AdaptConfig(augment="none", views=3), torch.Generator())
     assert all(torch.equal(copies[:, v], batch) for v in range(3))
+
+
+def test_feature_stage_training_leaves_early_layers_alone(fitted, shifted):
+    images, _ = shifted
+    cfg = AdaptConfig(method="roda", epochs=1, reestimate_stats=False, trained_layers="feature-stages")
+    adapted, report = adapt(fitted, images[:8], cfg)
+    backbone = adapted.extractor.backbone
+    cut = backbone.first_stage_layer
+    assert cut > 0 and report.details["trained_from_layer"] == backbone.layer_names[cut]
+    before = dict(fitted.extractor.backbone.named_parameters())
+    names = list(backbone.layers.keys())
+    for name, parameter in backbone.named_parameters():
+        layer = name.split(".")[1]
+        if names.index(layer) < cut:
+            assert torch.equal(parameter, before[name]), name

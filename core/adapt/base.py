@@ -158,7 +158,7 @@ def train_affine(
         check_cancel(cancel)
         reestimate_statistics(extractor, target, model.config.batch_size, device)
     backbone = extractor.backbone
-    cut = backbone.first_layer_of(backbone.stage_names[0]) if cfg.trained_layers == "feature-stages" else 0
+    cut = backbone.first_stage_layer if cfg.trained_layers == "feature-stages" else 0
     params = affine_parameters(extractor, cut)
     extractor.eval()
     cached = cache_inputs(extractor, target, cfg, cut, generator, device)

@@ -31,9 +31,9 @@ class AdaptConfig:
     eps: float = 0.05  # entropic regularisation, relative to the mean cost
     sinkhorn_iters: int = 200
     discretise: str = "union"  # RoDA Eq. 6 ("union"), or "mutual" (both argmaxes)
-    # Which BatchNorm affine parameters train: "feature-stages" (the layers that compute the
-    # feature stages; the frozen layers before them run once and are cached) or "all".
-    trained_layers: str = "feature-stages"
+    # Which BatchNorm affine parameters train: "all", or "feature-stages" (from the layer that
+    # outputs the first feature stage on; the frozen layers before it run once and are cached).
+    trained_layers: str = "all"
     threshold_quantile: float = 0.99
     seed: int = 0
 
