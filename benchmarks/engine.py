@@ -101,7 +101,7 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
         picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
         coreset_s = time.perf_counter() - started
         for kind in ("flat", "ivf"):
-            index = BankIndex(patches[picked], kind, config.ivf_nprobe, use_gpu=dev.type == "cuda" or None)
+            index = BankIndex(patches[picked], kind, config.ivf_nprobe, dev)
             started = time.perf_counter()
             dist, _ = index.search(test.reshape(-1, d))
             search_s = time.perf_counter() - started

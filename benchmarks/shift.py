@@ -67,19 +67,10 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255
 
 
-def score_all(model, images: torch.Tensor, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    scores, maps = [], []
-    for start in range(0, len(images), batch_size):
-        result = model.score(as_float(images[start : start + batch_size]))
-        scores.append(result.scores.cpu().numpy())
-        maps.append(result.anomaly_maps.cpu().numpy())
-    return np.concatenate(scores), np.concatenate(maps)
-
-
 def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict:
     from patchshift.core.metrics import image_auroc, pixel_auroc
 
-    scores, maps = score_all(model, images)
+    scores, maps = model.score_batches(as_float(images[i : i + 16]) for i in range(0, len(images), 16))
     return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps)}
 
 

@@ -43,17 +43,15 @@ def score_samples(
     cancel: CancelFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image scores (N,) and heatmaps (N, H, W) at the model input resolution."""
-    scores, maps = [], []
     paths = [s.path for s in samples]
-    for batch, _, start in iter_batches(paths, model.config.image_size, model.config.batch_size):
-        check_cancel(cancel)
-        if corruption:
-            batch = corrupt(batch, corruption, severity or 5, seed=seed + start)
-        result = model.score(batch)
-        scores.append(result.scores.cpu().numpy())
-        maps.append(result.anomaly_maps.cpu().numpy())
-        report(progress, "score", start + len(batch), len(paths))
-    return np.concatenate(scores), np.concatenate(maps)
+
+    def batches():
+        for batch, _, start in iter_batches(paths, model.config.image_size, model.config.batch_size):
+            check_cancel(cancel)
+            yield corrupt(batch, corruption, severity or 5, seed=seed + start) if corruption else batch
+            report(progress, "score", start + len(batch), len(paths))
+
+    return model.score_batches(batches())
 
 
 def evaluate(

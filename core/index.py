@@ -22,7 +22,9 @@ class BankIndex:
     Distances returned are Euclidean (not squared), as in PatchCore's scores.
     """
 
-    def __init__(self, bank: torch.Tensor, kind: str = "flat", nprobe: int = 16, use_gpu: bool | None = None) -> None:
+    def __init__(
+        self, bank: torch.Tensor, kind: str = "flat", nprobe: int = 16, device: torch.device | str = "cpu"
+    ) -> None:
         import faiss
 
         if bank.ndim != 2 or bank.shape[0] < 1:
@@ -40,7 +42,8 @@ class BankIndex:
         else:
             raise ConfigError(f"unknown index kind {kind!r}; use 'flat' or 'ivf'")
         index.add(data)
-        self.use_gpu = faiss_gpu_available() if use_gpu is None else use_gpu
+        # Search where the features live: on the GPU only for a CUDA model with faiss-gpu installed.
+        self.use_gpu = torch.device(device).type == "cuda" and faiss_gpu_available()
         if self.use_gpu:
             import faiss.contrib.torch_utils  # noqa: F401  (lets FAISS take torch tensors)
 

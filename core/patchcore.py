@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -81,7 +81,7 @@ class PatchCoreModel:
         self.provenance = provenance
         self.device = device
         # The bank never changes between versions of a model, so adapted versions share the index.
-        self.index = index or BankIndex(self.bank, config.index, config.ivf_nprobe, use_gpu=device.type == "cuda" or None)
+        self.index = index or BankIndex(self.bank, config.index, config.ivf_nprobe, device)
         self.version = version  # the name it was loaded under (a directory name); None until saved
         self.bank_path: Path | None = None  # the stored bank file, which new versions hard-link
 
@@ -122,15 +122,16 @@ class PatchCoreModel:
         weight = 1.0 - torch.exp(worst_scores - torch.logsumexp(dist, dim=1))
         return weight * worst_scores
 
-    def score_sources(self, sources: Sequence[ImageSource], batch_size: int | None = None) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int]]]:
-        """Decode, score and return (scores, heatmaps at model resolution, original sizes)."""
-        scores, maps, sizes = [], [], []
-        for batch, batch_sizes, _ in iter_batches(sources, self.config.image_size, batch_size or self.config.batch_size):
+    def score_batches(self, batches: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (N,) and heatmaps (N, H, W) of a stream of input batches, on the CPU."""
+        scores, maps = [], []
+        for batch in batches:
             result = self.score(batch)
             scores.append(result.scores.cpu().numpy())
-            maps.extend(result.anomaly_maps.cpu().numpy())
-            sizes.extend(batch_sizes)
-        return np.concatenate(scores) if scores else np.zeros(0), maps, sizes
+            maps.append(result.anomaly_maps.cpu().numpy())
+        if not scores:
+            return np.zeros(0), np.zeros((0, *self.config.input_hw))
+        return np.concatenate(scores), np.concatenate(maps)
 
 
 def split_holdout(n_images: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +191,8 @@ def fit(
     model = PatchCoreModel(config, backbone, extractor, bank, math.inf, provenance, device)
     if threshold is None:
         holdout = [sources[i] for i in holdout_idx]
-        calibration, _, _ = model.score_sources(holdout)
+        batches = (b for b, _, _ in iter_batches(holdout, config.image_size, config.batch_size))
+        calibration, _ = model.score_batches(batches)
         report(progress, "threshold", len(holdout), len(holdout))
         model.threshold = quantile_threshold(calibration, config.threshold_quantile)
         provenance.calibration_scores = [float(s) for s in calibration]

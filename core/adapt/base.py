@@ -209,9 +209,8 @@ def derive_version(
         index=source.index,
     )
     adapted.bank_path = source.bank_path
-    target_scores = np.concatenate(
-        [adapted.score(target[s : s + source.config.batch_size]).scores.cpu().numpy() for s in range(0, len(target), source.config.batch_size)]
-    )
+    step = source.config.batch_size
+    target_scores, _ = adapted.score_batches(target[s : s + step] for s in range(0, len(target), step))
     if source.provenance.calibration_scores:
         adapted.threshold = transfer_threshold(np.array(source.provenance.calibration_scores), source.threshold, target_scores)
     # The target's scores calibrate the next transfer (median and MAD keep the same z-score).
