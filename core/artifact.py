@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from .backbone import batchnorm_state, file_sha256, load_batchnorm_state
 from .config import ModelConfig
 from .device import resolve_device
+from .drift import DriftReference
 from .errors import ArtifactError, PatchshiftError
 from .fileio import fsync_dir, fsync_file
 from .patchcore import PatchCoreModel, Provenance, build_extractor
@@ -68,6 +69,7 @@ class Manifest(BaseModel):
     method: str
     details: dict
     files: dict[str, FileEntry]
+    drift_reference: dict | None = None  # DriftReference.to_dict(); absent in versions made before drift monitoring
 
 
 def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manifest:
@@ -88,6 +90,7 @@ def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manife
         bank_size=int(model.bank.shape[0]),
         threshold=model.threshold,
         files=files,
+        drift_reference=model.drift_reference.to_dict() if model.drift_reference is not None else None,
         **dataclasses.asdict(model.provenance),
     )
 
@@ -198,6 +201,12 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
     if tuple(bank.shape) != (manifest.bank_size, config.feature_dim):
         raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest says ({manifest.bank_size}, {config.feature_dim})")
     provenance = Provenance(**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)})
-    model = PatchCoreModel(config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name)
+    try:
+        reference = DriftReference.from_dict(manifest.drift_reference) if manifest.drift_reference else None
+    except (PatchshiftError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: stored drift reference is invalid ({exc})") from None
+    model = PatchCoreModel(
+        config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name, drift_reference=reference
+    )
     model.bank_path = path / BANK_FILE
     return model

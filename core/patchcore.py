@@ -22,6 +22,7 @@ from .backbone import Backbone, build_backbone
 from .config import ModelConfig
 from .coreset import coreset_size, kcenter_coreset
 from .device import resolve_device
+from .drift import DriftReference, image_descriptors
 from .errors import ConfigError, DatasetError
 from .features import PatchFeatureExtractor
 from .images import iter_batches
@@ -39,6 +40,7 @@ class ScoreResult:
     scores: torch.Tensor  # (B,) image scores
     patch_scores: torch.Tensor  # (B, h, w) distance of each patch to its nearest bank row
     anomaly_maps: torch.Tensor  # (B, H, W) blurred heatmap at the model input resolution
+    descriptors: torch.Tensor  # (B, 2D) per-image feature summary for drift monitoring
 
 
 @dataclass
@@ -72,6 +74,7 @@ class PatchCoreModel:
         device: torch.device,
         index: BankIndex | None = None,
         version: str | None = None,
+        drift_reference: DriftReference | None = None,
     ) -> None:
         self.config = config
         self.backbone = backbone
@@ -84,6 +87,7 @@ class PatchCoreModel:
         self.index = index or BankIndex(self.bank, config.index, config.ivf_nprobe, device)
         self.version = version  # the name it was loaded under (a directory name); None until saved
         self.bank_path: Path | None = None  # the stored bank file, which new versions hard-link
+        self.drift_reference = drift_reference  # the condition this version was made for
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -106,7 +110,7 @@ class PatchCoreModel:
         if self.config.reweight_neighbours > 0:
             image_scores = self._reweight(flat.view(batch, h * w, dim), scores.indices, nearest.view(batch, -1), image_scores)
         maps = anomaly_maps(patch_scores, expected, self.config.blur_sigma)
-        return ScoreResult(image_scores, patch_scores, maps)
+        return ScoreResult(image_scores, patch_scores, maps, image_descriptors(feats))
 
     def _reweight(
         self, feats: torch.Tensor, worst: torch.Tensor, nearest: torch.Tensor, worst_scores: torch.Tensor
@@ -124,14 +128,20 @@ class PatchCoreModel:
 
     def score_batches(self, batches: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Scores (N,) and heatmaps (N, H, W) of a stream of input batches, on the CPU."""
-        scores, maps = [], []
+        scores, maps, _ = self.score_stream(batches)
+        return scores, maps
+
+    def score_stream(self, batches: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores (N,), heatmaps (N, H, W) and drift descriptors (N, 2D), on the CPU."""
+        scores, maps, descriptors = [], [], []
         for batch in batches:
             result = self.score(batch)
             scores.append(result.scores.cpu().numpy())
             maps.append(result.anomaly_maps.cpu().numpy())
+            descriptors.append(result.descriptors.cpu().numpy())
         if not scores:
-            return np.zeros(0), np.zeros((0, *self.config.input_hw))
-        return np.concatenate(scores), np.concatenate(maps)
+            return np.zeros(0), np.zeros((0, *self.config.input_hw)), np.zeros((0, 2 * self.config.feature_dim))
+        return np.concatenate(scores), np.concatenate(maps), np.concatenate(descriptors)
 
 
 def split_holdout(n_images: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,10 +177,13 @@ def fit(
     bank_sources = [sources[i] for i in bank_idx]
 
     chunks: list[torch.Tensor] = []
+    descriptors: list[torch.Tensor] = []
     with torch.inference_mode():
         for batch, _, start in iter_batches(bank_sources, config.image_size, config.batch_size):
             check_cancel(cancel)
-            chunks.append(extractor(batch.to(device)).reshape(-1, config.feature_dim).cpu())
+            feats = extractor(batch.to(device))
+            descriptors.append(image_descriptors(feats).cpu())
+            chunks.append(feats.reshape(-1, config.feature_dim).cpu())
             report(progress, "features", start + len(batch), len(bank_sources))
     patches = torch.cat(chunks)
     del chunks
@@ -188,7 +201,8 @@ def fit(
     bank = patches[picked.cpu()].clone()
     del patches
     provenance = Provenance(method="fit", n_train_images=len(sources))
-    model = PatchCoreModel(config, backbone, extractor, bank, math.inf, provenance, device)
+    reference = DriftReference.from_descriptors(torch.cat(descriptors).numpy()) if len(bank_sources) >= 2 else None
+    model = PatchCoreModel(config, backbone, extractor, bank, math.inf, provenance, device, drift_reference=reference)
     if threshold is None:
         holdout = [sources[i] for i in holdout_idx]
         batches = (b for b, _, _ in iter_batches(holdout, config.image_size, config.batch_size))

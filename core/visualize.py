@@ -31,3 +31,11 @@ def encode_png(rgb: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return data.tobytes()
+
+
+def heatmap_png(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> bytes:
+    """The overlay PNG at the photo's own size from a heatmap at the model's input size."""
+    from .images import map_to_original
+
+    heatmap = map_to_original(anomaly_map, (rgb.shape[1], rgb.shape[0]))
+    return encode_png(overlay(rgb, heatmap, threshold))

@@ -1,4 +1,4 @@
-"""The `patchshift` command: fit, score, adapt, eval.
+"""The `patchshift` command: fit, score, adapt, eval, serve, bench.
 
 Every user error is one line on stderr and exit status 1; usage errors exit 2 (argparse).
 """
@@ -63,8 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=None, help="views per image")
     p.add_argument("--bn-mode", choices=("eval", "train"), default=None)
 
+    p = sub.add_parser("serve", help="run the HTTP service (settings also from PATCHSHIFT_* environment variables)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--models-dir", default=None, help="model store (default ./models)")
+    p.add_argument("--database", default=None, help="SQLite job database (default MODELS_DIR/jobs.sqlite)")
+    p.add_argument("--api-key", default=None, help="admin API key (prefer PATCHSHIFT_ADMIN_KEY: arguments show in ps)")
+    p.add_argument("--read-key", default=None, help="read-scope API key (prefer PATCHSHIFT_READ_KEY)")
+    p.add_argument("--auto-adapt", action="store_true", default=None, help="adapt by itself when drift persists")
+    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+
     p = sub.add_parser("bench", help="run a benchmark: engine, throughput, shift or adapt-speed (options after the name; --help for them)")
-    p.add_argument("name", choices=("engine", "throughput", "shift", "adapt-speed"))
+    p.add_argument("name", choices=("engine", "throughput", "shift", "adapt-speed", "drift", "load"))
     p.add_argument("options", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set")
@@ -139,8 +149,8 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
 
     from patchshift.core.artifact import load_model
     from patchshift.core.fileio import atomic_write_bytes
-    from patchshift.core.images import iter_batches, map_to_original, open_image
-    from patchshift.core.visualize import encode_png, overlay
+    from patchshift.core.images import iter_batches, open_image
+    from patchshift.core.visualize import heatmap_png
 
     model = load_model(args.model, device=args.device)
     paths = _images(args.images)
@@ -158,14 +168,13 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
                 "anomalous": bool(score > model.threshold),
             }
             if heat_dir is not None:
-                heatmap = map_to_original(scored.anomaly_maps[i].cpu().numpy(), sizes[i])
-                picture = overlay(np.asarray(open_image(path)), heatmap, model.threshold)
+                picture = heatmap_png(np.asarray(open_image(path)), scored.anomaly_maps[i].cpu().numpy(), model.threshold)
                 name = f"{path.stem}_heatmap.png"
                 n = 2
                 while name in used_names:
                     name, n = f"{path.stem}_{n}_heatmap.png", n + 1
                 used_names.add(name)
-                atomic_write_bytes(heat_dir / name, encode_png(picture))
+                atomic_write_bytes(heat_dir / name, picture)
                 entry["heatmap"] = str(heat_dir / name)
             results.append(entry)
             print(f"{entry['file']}\t{entry['score']:.4f}\t{model.threshold:.4f}\t{'ANOMALOUS' if entry['anomalous'] else 'ok'}")
@@ -218,6 +227,32 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, progress) -> int:
+    import uvicorn
+
+    from patchshift.core.errors import ConfigError
+
+    from .app import create_app
+    from .settings import Settings
+
+    overrides = {
+        "host": args.host, "port": args.port, "models_dir": args.models_dir, "database": args.database,
+        "admin_key": args.api_key, "read_key": args.read_key, "auto_adapt": args.auto_adapt, "log_level": args.log_level,
+    }
+    if args.device != "auto":
+        overrides["device"] = args.device
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError(f"invalid service settings: {exc}") from None
+    logging.getLogger("patchshift").setLevel(settings.log_level.upper())
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(settings.log_level.upper())
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, progress) -> int:
     import importlib
 
@@ -225,7 +260,7 @@ def cmd_bench(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "fit": cmd_fit, "score": cmd_score, "adapt": cmd_adapt, "eval": cmd_eval}
+COMMANDS = {"serve": cmd_serve, "bench": cmd_bench, "fit": cmd_fit, "score": cmd_score, "adapt": cmd_adapt, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

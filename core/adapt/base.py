@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..backbone import batchnorm_layers
+from ..drift import DriftReference
 from ..errors import ConfigError, DatasetError, InvalidImageError
 from ..images import load_batch
 from ..patchcore import ImageSource, PatchCoreModel, Provenance
@@ -210,7 +211,9 @@ def derive_version(
     )
     adapted.bank_path = source.bank_path
     step = source.config.batch_size
-    target_scores, _ = adapted.score_batches(target[s : s + step] for s in range(0, len(target), step))
+    target_scores, _, descriptors = adapted.score_stream(target[s : s + step] for s in range(0, len(target), step))
+    # The adapted version watches for drift away from the condition it was adapted to.
+    adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
     if source.provenance.calibration_scores:
         adapted.threshold = transfer_threshold(np.array(source.provenance.calibration_scores), source.threshold, target_scores)
     # The target's scores calibrate the next transfer (median and MAD keep the same z-score).

@@ -1,0 +1,65 @@
+"""Feeds scored images to each model's drift monitor and runs the opt-in self-adaptation policy.
+
+Policy (PATCHSHIFT_AUTO_ADAPT=1): once the statistic has stayed above its threshold for
+auto_adapt_patience scored images, the last auto_adapt_images images are handed to an adaptation
+job (never while another job of that model is unfinished, and at most once per active version);
+the new version goes live only if it lowers the drift of those images from the old version's
+reference condition.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from patchshift.core.patchcore import PatchCoreModel
+
+from .errors import Conflict
+from .metrics import ServiceMetrics
+from .registry import ModelRegistry
+from .settings import Settings
+from .tasks import ACTIVATE_IF_DRIFT_REDUCED
+from .worker import Worker
+
+log = logging.getLogger("patchshift.service")
+
+
+class DriftWatch:
+    def __init__(self, registry: ModelRegistry, worker: Worker, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.registry = registry
+        self.worker = worker
+        self.settings = settings
+        self.metrics = metrics
+        self._attempted: set[tuple[str, str]] = set()
+
+    def observe(self, name: str, model: PatchCoreModel, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
+        slot = self.registry.slot(name)
+        if slot is None or slot.model is not model:
+            return  # scored by a version that is no longer active
+        slot.monitor.add(descriptors, anomalous)
+        statistic = slot.monitor.statistic()
+        drifting = statistic is not None and statistic > slot.monitor.threshold
+        if statistic is not None:
+            self.metrics.drift.labels(name).set(statistic)
+        self.metrics.drifting.labels(name).set(int(drifting))
+        self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
+        if not self.settings.auto_adapt:
+            return
+        slot.recent_images.extend(files)
+        slot.drifting_streak = slot.drifting_streak + len(files) if drifting else 0
+        key = (name, model.version or "")
+        if slot.drifting_streak < self.settings.auto_adapt_patience or key in self._attempted or self.worker.busy(name):
+            return
+        if len(slot.recent_images) < min(self.settings.auto_adapt_images, slot.recent_images.maxlen or 0):
+            return
+        self._attempted.add(key)
+        params = {
+            "source_version": model.version, "activate": ACTIVATE_IF_DRIFT_REDUCED, "trigger": "drift",
+            "config": {"method": self.settings.auto_adapt_method}, "drift_at_trigger": statistic,
+        }
+        try:
+            job = self.worker.submit("adapt", name, params, list(slot.recent_images))
+        except Conflict:
+            return
+        log.warning("model %s: drift %.1f above %.1f for %d images; started adaptation job %s", name, statistic, slot.monitor.threshold, slot.drifting_streak, job.id)

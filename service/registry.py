@@ -1,0 +1,107 @@
+"""The loaded, active version of every model, and its drift monitor. Activation is a pointer swap."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from patchshift.core.artifact import load_model
+from patchshift.core.drift import DriftMonitor
+from patchshift.core.errors import ArtifactError
+from patchshift.core.patchcore import PatchCoreModel
+
+from .errors import NotFound, Unavailable
+from .metrics import ServiceMetrics
+from .settings import Settings
+from .store import ModelStore
+
+log = logging.getLogger("patchshift.service")
+
+
+@dataclass
+class Slot:
+    """One model's serving state; `model` is replaced whole, never mutated, so readers need no lock."""
+
+    name: str
+    model: PatchCoreModel | None
+    monitor: DriftMonitor
+    load_error: str | None = None
+    recent_images: deque = field(default_factory=deque)  # (filename, bytes) kept for self-adaptation
+    drifting_streak: int = 0
+
+
+class ModelRegistry:
+    def __init__(self, store: ModelStore, settings: Settings, metrics: ServiceMetrics, device: torch.device) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.device = device
+        self._slots: dict[str, Slot] = {}
+        self._lock = threading.Lock()
+
+    def load_all(self) -> None:
+        for name in self.store.models():
+            version = self.store.active(name)
+            try:
+                self.activate(name, version)
+            except ArtifactError as exc:
+                log.error("model %s version %s cannot be loaded: %s", name, version, exc)
+                self._slot(name).load_error = str(exc)
+
+    def _slot(self, name: str) -> Slot:
+        with self._lock:
+            if name not in self._slots:
+                self._slots[name] = Slot(
+                    name, None, DriftMonitor(None, self.settings.drift_window, self.settings.drift_threshold),
+                    recent_images=deque(maxlen=self.settings.auto_adapt_images),
+                )
+            return self._slots[name]
+
+    def load(self, name: str, version: str) -> PatchCoreModel:
+        """A version loaded from the store (the active one is reused)."""
+        slot = self._slots.get(name)
+        if slot is not None and slot.model is not None and slot.model.version == version:
+            return slot.model
+        self.store.manifest(name, version)  # NotFound for unknown versions
+        started = time.perf_counter()
+        model = load_model(self.store.version_dir(name, version), device=self.device)
+        self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
+        return model
+
+    def activate(self, name: str, version: str, model: PatchCoreModel | None = None) -> PatchCoreModel:
+        """Make `version` the one that scores: load it, persist the pointer, swap, restart drift watch."""
+        model = model or self.load(name, version)
+        self.store.set_active(name, version)
+        slot = self._slot(name)
+        slot.model, slot.load_error, slot.drifting_streak = model, None, 0
+        slot.monitor.reset(model.drift_reference)
+        slot.recent_images.clear()
+        self.metrics.set_active(name, version)
+        for gauge in (self.metrics.drift, self.metrics.drifting, self.metrics.anomalous_share):
+            gauge.labels(name).set(0)
+        log.info("model %s: version %s active", name, version)
+        return model
+
+    def get(self, name: str) -> PatchCoreModel:
+        slot = self._slots.get(name)
+        if slot is None or slot.model is None:
+            if slot is not None and slot.load_error:
+                raise Unavailable(f"model {name!r} could not be loaded: {slot.load_error}")
+            raise NotFound(f"no model named {name!r}")
+        return slot.model
+
+    def slot(self, name: str) -> Slot | None:
+        return self._slots.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._slots)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._slots.pop(name, None)
+        self.metrics.forget_model(name)

@@ -1,0 +1,174 @@
+"""Models and their versions: list, inspect, fit, adapt, activate (rollback), threshold, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from patchshift.core.adapt import METHODS, AdaptConfig
+from patchshift.core.config import ModelConfig
+from patchshift.core.errors import ConfigError
+
+from ..auth import ADMIN, READ, require
+from ..errors import Conflict, NotFound, Unprocessable
+from ..schemas import DriftOut, JobAccepted, ModelOut, ModelSummary, VersionOut
+from ..scoring import decode_uploads
+from ..store import check_name
+from ..tasks import ACTIVATE_ALWAYS, ACTIVATE_NEVER, override_threshold
+from ..uploads import read_files
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def describe(request: Request, name: str) -> ModelOut:
+    state = request.app.state
+    store, slot = state.store, state.registry.slot(name)
+    active = store.active(name)
+    versions = []
+    for version in store.versions(name):
+        m = store.manifest(name, version)
+        versions.append(VersionOut(
+            version=version, active=version == active, parent=m.parent, method=m.method, created=m.created,
+            threshold=m.threshold, threshold_source=m.threshold_source, backbone=m.backbone, image_size=m.image_size,
+            bank_size=m.bank_size, details={k: v for k, v in m.details.items() if k != "losses"},
+        ))
+    drift = None
+    if slot is not None and slot.model is not None:
+        monitor = slot.monitor
+        statistic = monitor.statistic()
+        drift = DriftOut(
+            statistic=statistic, threshold=monitor.threshold, window=monitor.window, recent_images=monitor.n_recent,
+            drifting=statistic is not None and statistic > monitor.threshold,
+            recent_anomalous_share=monitor.anomalous_share(), auto_adapt=state.settings.auto_adapt,
+        )
+    return ModelOut(
+        name=name, active_version=active, loaded=slot is not None and slot.model is not None,
+        load_error=slot.load_error if slot else None, versions=versions, drift=drift,
+    )
+
+
+def existing(request: Request, name: str) -> str:
+    check_name(name)
+    if not request.app.state.store.exists(name):
+        raise NotFound(f"no model named {name!r}")
+    return name
+
+
+@router.get("", response_model=list[ModelSummary], dependencies=[Depends(require(READ))])
+def list_models(request: Request) -> list[ModelSummary]:
+    state = request.app.state
+    out = []
+    for name in state.store.models():
+        slot = state.registry.slot(name)
+        out.append(ModelSummary(name=name, active_version=state.store.active(name), loaded=bool(slot and slot.model), versions=len(state.store.versions(name))))
+    return out
+
+
+@router.get("/{name}", response_model=ModelOut, dependencies=[Depends(require(READ))])
+def get_model(request: Request, name: str) -> ModelOut:
+    return describe(request, existing(request, name))
+
+
+async def _validated_uploads(request: Request, files: list[UploadFile], size: tuple[int, int]) -> list[tuple[str, bytes]]:
+    settings = request.app.state.settings
+    uploads = await read_files(files, settings.max_train_files, settings.max_file_bytes)
+    await run_in_threadpool(decode_uploads, uploads, size, False)  # 422 naming bad files before any job exists
+    return uploads
+
+
+@router.post("/{name}/fit", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))])
+async def fit_model(
+    request: Request,
+    name: str,
+    files: list[UploadFile] = File(..., description="normal (defect-free) images"),
+    image_size: str = Form("256", description="N or WIDTHxHEIGHT"),
+    feature_dim: int = Form(128),
+    coreset_ratio: float = Form(0.1),
+    coreset_max_size: int = Form(10_000),
+    index: str = Form("flat", description="flat (exact) or ivf"),
+    holdout_fraction: float = Form(0.1),
+    threshold_quantile: float = Form(0.99),
+    activate: bool = Form(True, description="make the new version active when it is ready"),
+) -> JobAccepted:
+    """Fit a new version from normal images (a new model if the name is new)."""
+    check_name(name)
+    try:
+        config = ModelConfig(
+            image_size=image_size, feature_dim=feature_dim, coreset_ratio=coreset_ratio,
+            coreset_max_size=coreset_max_size or None, index=index, holdout_fraction=holdout_fraction,
+            threshold_quantile=threshold_quantile,
+        )
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise Unprocessable(f"invalid fit settings: {exc}") from None
+    uploads = await _validated_uploads(request, files, config.image_size)
+    if len(uploads) < 2:
+        raise Unprocessable("fitting needs at least 2 normal images (one is held out to set the threshold)")
+    params = {"config": config.to_dict(), "activate": ACTIVATE_ALWAYS if activate else ACTIVATE_NEVER}
+    job = await run_in_threadpool(request.app.state.worker.submit, "fit", name, params, uploads)
+    return JobAccepted(job_id=job.id, status=job.status)
+
+
+@router.post("/{name}/adapt", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))])
+async def adapt_model(
+    request: Request,
+    name: str,
+    files: list[UploadFile] = File(..., description="unlabeled images of the new condition (a few may be defective)"),
+    method: str = Form("roda", description="roda, bn-stats, moment-matching, ot-continuous or none"),
+    epochs: int | None = Form(None),
+    lr: float | None = Form(None),
+    augment: str | None = Form(None, description="rot90, flip, dihedral or none"),
+    activate: bool = Form(True, description="make the new version active when it is ready (false: keep it for review)"),
+) -> JobAccepted:
+    """Adapt the active version to a new camera or lighting; scoring continues on it meanwhile."""
+    existing(request, name)
+    model = request.app.state.registry.get(name)
+    if method not in METHODS:
+        raise Unprocessable(f"unknown adaptation method {method!r}; choose from {', '.join(METHODS)}")
+    options = {"method": method, **{k: v for k, v in {"epochs": epochs, "lr": lr, "augment": augment}.items() if v is not None}}
+    try:
+        AdaptConfig(**options)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise Unprocessable(f"invalid adaptation settings: {exc}") from None
+    uploads = await _validated_uploads(request, files, model.config.image_size)
+    params = {"config": options, "source_version": model.version, "activate": ACTIVATE_ALWAYS if activate else ACTIVATE_NEVER}
+    job = await run_in_threadpool(request.app.state.worker.submit, "adapt", name, params, uploads)
+    return JobAccepted(job_id=job.id, status=job.status)
+
+
+@router.post("/{name}/versions/{version}/activate", response_model=ModelOut, dependencies=[Depends(require(ADMIN))])
+async def activate_version(request: Request, name: str, version: str) -> ModelOut:
+    """Roll back or forward: the version scores from the next request on."""
+    existing(request, name)
+    check_name(version, "version")
+    await run_in_threadpool(request.app.state.registry.activate, name, version)
+    return describe(request, name)
+
+
+class ThresholdIn(BaseModel):
+    threshold: float = Field(..., gt=0, description="new decision threshold on the anomaly score")
+
+
+@router.put("/{name}/threshold", response_model=ModelOut, dependencies=[Depends(require(ADMIN))])
+async def set_threshold(request: Request, name: str, body: ThresholdIn) -> ModelOut:
+    """Override the threshold: writes a new version (parent: the active one) and activates it."""
+    existing(request, name)
+    state = request.app.state
+    await run_in_threadpool(override_threshold, state.store, state.registry, name, body.threshold)
+    return describe(request, name)
+
+
+@router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Depends(require(ADMIN))])
+def delete_version(request: Request, name: str, version: str) -> None:
+    existing(request, name)
+    request.app.state.store.delete_version(name, check_name(version, "version"))
+
+
+@router.delete("/{name}", status_code=204, dependencies=[Depends(require(ADMIN))])
+def delete_model(request: Request, name: str) -> None:
+    existing(request, name)
+    state = request.app.state
+    if state.worker.busy(name):
+        raise Conflict(f"model {name!r} has an unfinished job; cancel it first")
+    state.registry.forget(name)
+    state.store.delete_model(name)

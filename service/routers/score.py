@@ -1,0 +1,40 @@
+"""POST /v1/models/{name}/score: the line controller's call."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from ..auth import READ, require
+from ..schemas import ScoreResponse
+from ..scoring import build_results, decode_uploads
+from ..store import check_name
+from ..uploads import read_files
+
+router = APIRouter(prefix="/v1/models", tags=["scoring"])
+
+
+@router.post("/{name}/score", response_model=ScoreResponse, response_model_exclude_none=True, dependencies=[Depends(require(READ))])
+async def score(
+    request: Request,
+    name: str,
+    files: list[UploadFile] = File(..., description="1..N images"),
+    heatmap: Literal["none", "png"] = Form("none", description="png: base64 overlay PNG per image"),
+) -> ScoreResponse:
+    """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422 naming each)."""
+    state = request.app.state
+    model = state.registry.get(check_name(name))  # this version scores the whole request
+    uploads = await read_files(files, state.settings.max_files, state.settings.max_file_bytes)
+    decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, heatmap == "png")
+    scored = await state.batcher.score(model, decoded.batch)
+    results = await run_in_threadpool(build_results, model, decoded, scored, heatmap == "png")
+    flags = scored.scores > model.threshold
+    version = model.version or ""
+    state.metrics.images_scored.labels(name, version).inc(len(results))
+    state.metrics.anomalies.labels(name, version).inc(int(flags.sum()))
+    for value in scored.scores:
+        state.metrics.score_ratio.labels(name).observe(float(value) / model.threshold if model.threshold > 0 else 0.0)
+    state.drift.observe(name, model, scored.descriptors, flags, uploads if state.settings.auto_adapt else [])
+    return ScoreResponse(model=name, version=version, results=results)

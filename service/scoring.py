@@ -1,0 +1,149 @@
+"""Scoring over HTTP: decode uploads, micro-batch concurrent requests onto the model, build results.
+
+Concurrent requests for the same model version are concatenated into one batch (up to
+max_batch_images, waiting at most batch_wait_ms for company) and scored by one inference thread,
+so the device sees large batches while each request still gets exactly its own results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from patchshift.core.errors import InvalidImageError
+from patchshift.core.images import open_image, resize_rgb, to_tensor
+from patchshift.core.patchcore import PatchCoreModel
+from patchshift.core.visualize import heatmap_png
+
+from .errors import BadImages
+from .metrics import ServiceMetrics
+
+
+@dataclass
+class Decoded:
+    names: list[str]
+    photos: list[np.ndarray]  # original RGB, for heatmap overlays
+    batch: torch.Tensor  # (N, 3, H, W) at the model input size
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray
+    maps: np.ndarray
+    descriptors: np.ndarray
+
+
+def decode_uploads(files: list[tuple[str, bytes]], size: tuple[int, int], keep_photos: bool) -> Decoded:
+    """Every file decoded, or one 422 that names every bad file (nothing is scored then)."""
+    arrays, photos, problems = [], [], []
+    for name, data in files:
+        try:
+            image = open_image(data, name)
+        except InvalidImageError as exc:
+            problems.append({"file": name, "message": str(exc)})
+            continue
+        arrays.append(resize_rgb(image, size))
+        if keep_photos:
+            photos.append(np.asarray(image))
+    if problems:
+        summary = problems[0]["message"] + (f" (and {len(problems) - 1} more bad file(s))" if len(problems) > 1 else "")
+        raise BadImages(summary, file=problems[0]["file"], files=problems)
+    return Decoded([n for n, _ in files], photos, to_tensor(arrays))
+
+
+class MicroBatcher:
+    def __init__(self, max_images: int, wait_s: float, metrics: ServiceMetrics) -> None:
+        self.max_images = max_images
+        self.wait_s = wait_s
+        self.metrics = metrics
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="patchshift-score")
+        self._waiting = 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop(), name="patchshift-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def score(self, model: PatchCoreModel, batch: torch.Tensor) -> Scored:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting += len(batch)
+        self.metrics.score_queue_depth.set(self._waiting)
+        await self._queue.put((model, batch, future))
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self._queue.get()]
+            count = len(items[0][1])
+            deadline = loop.time() + self.wait_s
+            while count < self.max_images:
+                try:
+                    remaining = deadline - loop.time()
+                    item = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                items.append(item)
+                count += len(item[1])
+            groups: dict[int, list] = {}
+            for item in items:  # one batch per model version
+                groups.setdefault(id(item[0]), []).append(item)
+            for group in groups.values():
+                await self._run(loop, group)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, group: list) -> None:
+        model = group[0][0]
+        batch = torch.cat([b for _, b, _ in group]) if len(group) > 1 else group[0][1]
+        self._waiting -= len(batch)
+        self.metrics.score_queue_depth.set(self._waiting)
+        self.metrics.batch_size.observe(len(batch))
+        started = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self._executor, _score, model, batch)
+        except Exception as exc:  # handed to each waiting request; the loop lives on
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        start = 0
+        for _, part, future in group:
+            end = start + len(part)
+            if not future.done():
+                future.set_result(Scored(result.scores[start:end], result.maps[start:end], result.descriptors[start:end]))
+            start = end
+
+
+def _score(model: PatchCoreModel, batch: torch.Tensor) -> Scored:
+    result = model.score(batch)
+    return Scored(result.scores.cpu().numpy(), result.anomaly_maps.cpu().numpy(), result.descriptors.cpu().numpy())
+
+
+def build_results(model: PatchCoreModel, decoded: Decoded, scored: Scored, heatmaps: bool) -> list[dict]:
+    results = []
+    for i, name in enumerate(decoded.names):
+        score = float(scored.scores[i])
+        entry = {"filename": name, "score": score, "threshold": model.threshold, "anomalous": bool(score > model.threshold)}
+        if heatmaps:
+            entry["heatmap_png"] = base64.b64encode(heatmap_png(decoded.photos[i], scored.maps[i], model.threshold)).decode()
+        results.append(entry)
+    return results

@@ -1,0 +1,59 @@
+"""The service's configuration: one settings object, from CLI flags or PATCHSHIFT_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from patchshift.core.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PATCHSHIFT_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    models_dir: Path = Path("models")
+    database: Path | None = Field(None, description="SQLite job database; default MODELS_DIR/jobs.sqlite")
+    device: str = "auto"
+
+    # Security: keys arrive as `Authorization: Bearer <key>`; no key configured means auth is off.
+    admin_key: SecretStr | None = None
+    read_key: SecretStr | None = None
+    keys_file: Path | None = Field(None, description="JSON {\"admin\": [...], \"read\": [...]} of extra keys")
+    open_reads: bool = Field(False, description="with keys configured, score and model listing still need no key")
+
+    # Upload limits (per request).
+    max_files: int = Field(64, ge=1, description="images per score request")
+    max_train_files: int = Field(5000, ge=1, description="images per fit or adapt request")
+    max_request_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    # Micro-batching of concurrent score requests.
+    max_batch_images: int = Field(32, ge=1)
+    batch_wait_ms: float = Field(2.0, ge=0)
+
+    # Drift monitoring and the opt-in self-adaptation policy.
+    drift_window: int = Field(DEFAULT_WINDOW, ge=2)
+    drift_threshold: float = Field(DEFAULT_THRESHOLD, gt=0)
+    auto_adapt: bool = False
+    auto_adapt_method: str = "roda"
+    auto_adapt_images: int = Field(64, ge=2, description="recent images kept for a self-started adaptation")
+    auto_adapt_patience: int = Field(32, ge=1, description="consecutive drifting scores before adapting")
+
+    log_level: str = "info"
+
+    @field_validator("models_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.models_dir / "jobs.sqlite"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.models_dir / ".uploads"

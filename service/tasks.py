@@ -1,0 +1,94 @@
+"""What fit and adaptation jobs do: call core, write a new version into the store, maybe activate it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from patchshift.core.adapt import AdaptConfig, adapt
+from patchshift.core.adapt.base import load_target
+from patchshift.core.artifact import save_model
+from patchshift.core.config import ModelConfig
+from patchshift.core.drift import drift_statistic
+from patchshift.core.patchcore import PatchCoreModel, Provenance, fit
+from patchshift.core.progress import check_cancel
+
+from .jobs import Job
+from .registry import ModelRegistry
+from .store import ModelStore
+from .worker import stage_progress
+
+log = logging.getLogger("patchshift.service")
+
+ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_DRIFT_REDUCED = "yes", "no", "if-drift-reduced"
+
+
+def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device):
+    def run_fit(job: Job, images: list[Path], report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+        config = ModelConfig.from_dict(job.params["config"])
+        model = fit(images, config, device=device, progress=stage_progress(report), cancel=cancelled)
+        check_cancel(cancelled)
+        version = store.allocate_version(job.model)
+        save_model(model, store.version_dir(job.model, version))
+        activate = job.params.get("activate", ACTIVATE_ALWAYS) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
+        if activate:
+            registry.activate(job.model, version, model)
+        return version, {"activated": activate, "threshold": model.threshold, "bank_size": int(model.bank.shape[0]), "n_images": len(images)}
+
+    def run_adapt(job: Job, images: list[Path], report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+        source = registry.load(job.model, job.params["source_version"])
+        cfg = AdaptConfig(**job.params["config"])
+        target = load_target(images, source.config.image_size)
+        adapted, summary = adapt(source, target, cfg, progress=stage_progress(report), cancel=cancelled)
+        check_cancel(cancelled)
+        result = {
+            "method": cfg.method, "n_images": summary.n_images, "steps": summary.steps, "seconds": round(summary.seconds, 2),
+            "source_version": source.version, "threshold_before": source.threshold, "threshold_after": adapted.threshold,
+        }
+        policy = job.params.get("activate", ACTIVATE_ALWAYS)
+        activate = policy == ACTIVATE_ALWAYS
+        if policy == ACTIVATE_IF_DRIFT_REDUCED and source.drift_reference is not None:
+            before, after = drift_before_after(source, adapted, target)
+            result.update(drift_before=before, drift_after=after)
+            activate = after < before
+        version = store.allocate_version(job.model)
+        save_model(adapted, store.version_dir(job.model, version))
+        report(1.0, "saved")
+        if activate:
+            registry.activate(job.model, version, adapted)
+        result["activated"] = activate
+        return version, result
+
+    return {"fit": run_fit, "adapt": run_adapt}
+
+
+def drift_before_after(source: PatchCoreModel, adapted: PatchCoreModel, target: torch.Tensor) -> tuple[float, float]:
+    """The target images' drift from the source's reference condition, before and after adapting."""
+    step = source.config.batch_size
+    values = []
+    for model in (source, adapted):
+        _, _, descriptors = model.score_stream(target[i : i + step] for i in range(0, len(target), step))
+        values.append(drift_statistic(source.drift_reference, descriptors))
+    return values[0], values[1]
+
+
+def override_threshold(store: ModelStore, registry: ModelRegistry, name: str, threshold: float) -> str:
+    """A new version identical to the active one but for its threshold; activated at once."""
+    source = registry.get(name)
+    provenance = Provenance(
+        method="threshold-override", parent=source.version, threshold_source="given",
+        calibration_scores=list(source.provenance.calibration_scores), n_train_images=source.provenance.n_train_images,
+        details={"previous_threshold": source.threshold},
+    )
+    model = PatchCoreModel(
+        source.config, source.backbone, source.extractor, source.bank, threshold, provenance, source.device,
+        index=source.index, drift_reference=source.drift_reference,
+    )
+    model.bank_path = source.bank_path
+    version = store.allocate_version(name)
+    save_model(model, store.version_dir(name, version))
+    registry.activate(name, version, model)
+    return version

@@ -1,0 +1,181 @@
+"""The in-process job worker: one background thread runs fit and adaptation jobs one at a time.
+
+Uploaded images are written under MODELS_DIR/.uploads/<job id>/ before the job record exists and
+removed when the job ends, so a restart can re-run queued jobs and never finds a job without its
+images. Cancellation is cooperative: core checks the flag between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from patchshift.core.errors import CancelledError, PatchshiftError
+from patchshift.core.fileio import fsync_dir, fsync_file
+
+from .errors import Conflict, NotFound
+from .jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("patchshift.service")
+
+# A task gets (job, image paths, progress(fraction, stage), cancelled()) and returns (version, result).
+Task = Callable[[Job, list[Path], Callable[[float, str], None], Callable[[], bool]], tuple[str | None, dict]]
+
+STAGES = {  # where each core stage sits in a job's overall progress
+    "features": (0.0, 0.6), "coreset": (0.6, 0.95), "threshold": (0.95, 1.0), "adapt": (0.05, 0.95),
+}
+
+
+class Worker:
+    def __init__(self, jobs: JobStore, uploads: Path, metrics: ServiceMetrics, tasks: dict[str, Task]) -> None:
+        self.jobs = jobs
+        self.uploads = uploads
+        self.metrics = metrics
+        self.tasks = tasks
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._cancel: dict[str, threading.Event] = {}
+        self._submit_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="patchshift-worker", daemon=True)
+        self.current: str | None = None
+
+    # lifecycle
+    def start(self) -> None:
+        interrupted, queued = self.jobs.recover()
+        for job in interrupted:
+            log.warning("job %s (%s of %s) was interrupted by a restart; marked failed", job.id, job.kind, job.model)
+            self.metrics.jobs.labels(job.kind, FAILED).inc()
+            self._discard_uploads(job.id)
+        keep = {job.id for job in queued}
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        for leftover in self.uploads.iterdir():  # uploads of jobs that never got a record, or that ended
+            if leftover.name not in keep:
+                shutil.rmtree(leftover, ignore_errors=True)
+        for job in queued:
+            self._cancel[job.id] = threading.Event()
+            self._queue.put(job.id)
+        self._update_depth()
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.current is not None:
+            self._cancel.get(self.current, threading.Event()).set()
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # submission and cancellation
+    def submit(self, kind: str, model: str, params: dict, files: Sequence[tuple[str, bytes]]) -> Job:
+        """Store the images, then the record; one unfinished job per model (else 409)."""
+        with self._submit_lock:
+            busy = self.jobs.unfinished(model)
+            if busy:
+                raise Conflict(
+                    f"model {model!r} already has an unfinished {busy[0].kind} job ({busy[0].status}); wait for it or cancel it",
+                    job_id=busy[0].id,
+                )
+            job_id = os.urandom(16).hex()
+            self._write_uploads(job_id, files)
+            os.rename(self.uploads / f".{job_id}", self.uploads / job_id)  # a crash before the record: removed at start
+            job = self.jobs.create(kind, model, {**params, "n_images": len(files)}, job_id=job_id)
+            self._cancel[job.id] = threading.Event()
+            self._queue.put(job.id)
+        self._update_depth()
+        log.info("job %s queued: %s of %s with %d images", job.id, kind, model, len(files))
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        if job.status == QUEUED and self.jobs.finish(job_id, CANCELLED, error="cancelled by request before it started"):
+            self.metrics.jobs.labels(job.kind, CANCELLED).inc()
+            self._discard_uploads(job_id)
+        elif job.status == RUNNING:
+            self._cancel.setdefault(job_id, threading.Event()).set()
+        self._update_depth()
+        return self.jobs.get(job_id)
+
+    def busy(self, model: str) -> bool:
+        return bool(self.jobs.unfinished(model))
+
+    # internals
+    def _write_uploads(self, job_id: str, files: Sequence[tuple[str, bytes]]) -> None:
+        staging = self.uploads / f".{job_id}"
+        staging.mkdir(parents=True)
+        for i, (_, data) in enumerate(files):
+            path = staging / f"{i:06d}.img"
+            path.write_bytes(data)
+            fsync_file(path)
+        fsync_dir(staging)
+
+    def _discard_uploads(self, job_id: str) -> None:
+        shutil.rmtree(self.uploads / job_id, ignore_errors=True)
+
+    def _update_depth(self) -> None:
+        self.metrics.queue_depth.set(len(self.jobs.unfinished()))
+
+    def _run(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            try:
+                self._execute(job_id)
+            except BaseException:  # the worker thread must survive anything a job does
+                log.exception("job %s: unexpected failure in the worker", job_id)
+                self.jobs.finish(job_id, FAILED, error="internal error in the worker; see the service log")
+            finally:
+                self.current = None
+                self._cancel.pop(job_id, None)
+                self._discard_uploads(job_id)
+                self._update_depth()
+
+    def _execute(self, job_id: str) -> None:
+        if not self.jobs.start(job_id):
+            return  # cancelled while queued
+        job = self.jobs.get(job_id)
+        self.current = job_id
+        flag = self._cancel.setdefault(job_id, threading.Event())
+        images = sorted((self.uploads / job_id).glob("*.img"))
+        last = [0.0]
+
+        def progress(fraction: float, stage: str) -> None:
+            if time.monotonic() - last[0] > 0.5 or fraction >= 1:
+                last[0] = time.monotonic()
+                self.jobs.progress(job_id, round(min(max(fraction, 0.0), 1.0), 4), stage)
+
+        started = time.perf_counter()
+        status, error, version, result = FAILED, None, None, {}
+        try:
+            version, result = self.tasks[job.kind](job, images, progress, flag.is_set)
+            status = SUCCEEDED
+        except CancelledError:
+            status, error = CANCELLED, "cancelled by request; no version was written"
+        except PatchshiftError as exc:
+            error = str(exc)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            error = f"internal error ({type(exc).__name__}: {exc})"
+        self.jobs.finish(job_id, status, error=error, result_version=version, result=result)
+        self.metrics.jobs.labels(job.kind, status).inc()
+        self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+        log.info("job %s (%s of %s) %s%s", job_id, job.kind, job.model, status, f": {error}" if error else "")
+
+
+def stage_progress(report: Callable[[float, str], None]) -> Callable[[str, int, int], None]:
+    """Adapt core's (stage, done, total) callback to one overall fraction."""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        low, high = STAGES.get(stage, (0.0, 1.0))
+        report(low + (high - low) * (done / total if total else 1.0), stage)
+
+    return progress

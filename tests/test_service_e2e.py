@@ -1,0 +1,279 @@
+"""End to end: the real server under uvicorn on 127.0.0.1, driven over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import normal_image
+from service_helpers import Server, files_field, png_bytes, png_header_only, wait_job
+
+FIT_FORM = {"image_size": "96", "feature_dim": "64", "coreset_ratio": "0.25", "holdout_fraction": "0.2"}
+
+
+def read(paths: list[Path]) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def darkened(items: list[tuple[str, bytes]], factor: float = 0.45) -> list[tuple[str, bytes]]:
+    out = []
+    for name, data in items:
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.float32)
+        out.append((f"dark-{name}", png_bytes((rgb * factor).astype(np.uint8))))
+    return out
+
+
+def scores_of(client, items, model="widget") -> tuple[np.ndarray, str]:
+    response = client.post(f"/v1/models/{model}/score", files=files_field(items))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return np.array([r["score"] for r in body["results"]]), body["version"]
+
+
+def metric(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_fit_score_adapt_rollback_drift_restart(tmp_path: Path, dataset: Path) -> None:
+    server = Server(tmp_path / "models", env={"PATCHSHIFT_DRIFT_WINDOW": "8"}).start()
+    train = read(sorted((dataset / "train/good").glob("*.png")))
+    good = read(sorted((dataset / "test/good").glob("*.png")))
+    blob = read(sorted((dataset / "test/blob").glob("*.png")))
+    try:
+        with server.client() as client:
+            response = client.post("/v1/models/widget/fit", files=files_field(train), data=FIT_FORM)
+            assert response.status_code == 202, response.text
+            job = wait_job(client, response.json()["job_id"])
+            assert job["status"] == "succeeded" and job["result_version"] == "v1", job
+            info = client.get("/v1/models/widget").json()
+            assert info["active_version"] == "v1" and info["versions"][0]["bank_size"] > 0
+
+            # scores, verdicts and heatmaps; they match in-process scoring of the stored version
+            response = client.post("/v1/models/widget/score", files=files_field(good + blob), data={"heatmap": "png"})
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            assert [r["filename"] for r in results] == [n for n, _ in good + blob]
+            scores = np.array([r["score"] for r in results])
+            from patchshift.core.artifact import load_model
+            from patchshift.core.images import load_batch
+
+            stored = load_model(server.models_dir / "widget" / "v1", device="cpu")
+            batch, _ = load_batch([d for _, d in good + blob], stored.config.image_size)
+            np.testing.assert_allclose(scores, stored.score(batch).scores.numpy(), rtol=1e-4, atol=1e-4)
+            assert scores[len(good):].min() > scores[: len(good)].max()
+            assert all(r["anomalous"] == (r["score"] > r["threshold"]) for r in results)
+            heat = Image.open(io.BytesIO(base64.b64decode(results[0]["heatmap_png"])))
+            assert heat.format == "PNG" and heat.size == (96, 96)
+            metrics = client.get("/metrics").text
+            assert metric(metrics, 'patchshift_images_scored_total{model="widget",version="v1"}') == len(results)
+
+            # adaptation to a darker camera: new active version, parent v1, different scores
+            shifted_good = darkened(good)
+            before, _ = scores_of(client, shifted_good)
+            response = client.post("/v1/models/widget/adapt", files=files_field(darkened(train)), data={"method": "bn-stats"})
+            assert response.status_code == 202, response.text
+            job = wait_job(client, response.json()["job_id"])
+            assert job["status"] == "succeeded" and job["result_version"] == "v2" and job["result"]["activated"], job
+            info = client.get("/v1/models/widget").json()
+            assert info["active_version"] == "v2"
+            assert {v["version"]: v["parent"] for v in info["versions"]} == {"v1": None, "v2": "v1"}
+            after, version = scores_of(client, shifted_good)
+            assert version == "v2" and not np.allclose(before, after)
+
+            # rollback
+            assert client.post("/v1/models/widget/versions/v1/activate").status_code == 200
+            again, version = scores_of(client, shifted_good)
+            assert version == "v1"
+            np.testing.assert_allclose(again, before, rtol=1e-5)
+
+            # drift: quiet on a clean stream, fires on a darker one
+            rng = np.random.default_rng(7)
+            clean = [(f"clean{i}.png", png_bytes(normal_image(rng))) for i in range(8)]
+            scores_of(client, clean)
+            drift = client.get("/v1/models/widget").json()["drift"]
+            assert drift["statistic"] is not None and not drift["drifting"], drift
+            scores_of(client, darkened(clean))
+            drift = client.get("/v1/models/widget").json()["drift"]
+            assert drift["drifting"] and drift["statistic"] > drift["threshold"], drift
+            assert metric(client.get("/metrics").text, 'patchshift_drift_detected{model="widget"}') == 1
+            jobs_before = client.get("/v1/jobs").json()
+    finally:
+        server.stop()
+
+    server.start()  # restart on the same store: state intact
+    try:
+        with server.client() as client:
+            info = client.get("/v1/models/widget").json()
+            assert info["active_version"] == "v1" and [v["version"] for v in info["versions"]] == ["v1", "v2"]
+            assert [(j["id"], j["status"]) for j in client.get("/v1/jobs").json()] == [(j["id"], j["status"]) for j in jobs_before]
+            restarted, _ = scores_of(client, shifted_good)
+            np.testing.assert_allclose(restarted, before, rtol=1e-5)
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def stored_server(tmp_path: Path, saved_model: Path):
+    """A server whose store already holds widget/v1 (the session's fitted tiny model)."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    server = Server(models, env={"PATCHSHIFT_MAX_FILES": "4", "PATCHSHIFT_MAX_REQUEST_BYTES": str(2 * 1024 * 1024)}).start()
+    yield server
+    server.stop()
+
+
+def test_kill9_during_adaptation_and_concurrent_scoring(stored_server: Server, dataset: Path) -> None:
+    train = read(sorted((dataset / "train/good").glob("*.png")))[:12]
+    probe = read(sorted((dataset / "test/good").glob("*.png")))[:4]
+    with stored_server.client() as client:
+        reference, _ = scores_of(client, probe)
+        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "400"})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        # a second adaptation of the same model is refused while the first is unfinished
+        second = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "bn-stats"})
+        assert second.status_code == 409 and second.json()["error"]["job_id"] == job_id
+        wait_job(client, job_id, until=("running",))
+
+        errors: list[str] = []
+
+        def hammer() -> None:
+            with stored_server.client() as own:
+                for _ in range(5):
+                    response = own.post("/v1/models/widget/score", files=files_field(probe))
+                    if response.status_code != 200 or response.json()["version"] != "v1":
+                        errors.append(f"{response.status_code} {response.text[:200]}")
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{job_id}").json()["progress"] <= 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    stored_server.kill9()
+    uploads = stored_server.models_dir / ".uploads"
+    assert (uploads / job_id).is_dir()  # images are kept while the job is unfinished
+
+    stored_server.start()
+    with stored_server.client() as client:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "failed" and "stopped while this job was running" in job["error"]
+        info = client.get("/v1/models/widget").json()
+        assert info["active_version"] == "v1" and [v["version"] for v in info["versions"]] == ["v1"]
+        after, version = scores_of(client, probe)
+        assert version == "v1"
+        np.testing.assert_allclose(after, reference, rtol=1e-5)
+        assert not (uploads / job_id).exists()
+
+        # cancellation: a running job stops, no version is written
+        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "400"})
+        job_id = response.json()["job_id"]
+        wait_job(client, job_id, until=("running",))
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+        job = wait_job(client, job_id, timeout=120)
+        assert job["status"] == "cancelled", job
+        assert [v["version"] for v in client.get("/v1/models/widget").json()["versions"]] == ["v1"]
+
+
+def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
+    good = read(sorted((dataset / "test/good").glob("*.png")))[:1]
+    png = good[0][1]
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    with stored_server.client() as client:
+        def score(items, data=None, model="widget"):
+            return client.post(f"/v1/models/{model}/score", files=files_field(items) if items else None, data=data or {})
+
+        cases = {
+            "not an image": ([("notes.txt", b"hello, this is not an image")], 422, "not an image"),
+            "truncated": ([("cut.png", png[: len(png) // 2])], 422, "truncated"),
+            "zero bytes": ([("empty.png", b"")], 422, "empty"),
+            "absurd dimensions": ([("bomb.png", png_header_only(50_000, 50_000))], 422, "pixels"),
+        }
+        for label, (items, status, words) in cases.items():
+            response = score(good + items)
+            body = response.json()
+            assert response.status_code == status, (label, response.text)
+            assert body["error"]["code"] == "invalid_image" and body["error"]["file"] == items[0][0], (label, body)
+            assert words in body["error"]["message"], (label, body)
+
+        assert score(good * 5).status_code == 413  # more than PATCHSHIFT_MAX_FILES=4
+        big = [("big.bmp", b"BM" + b"\0" * (3 * 1024 * 1024))]
+        response = score(big)
+        assert response.status_code == 413 and "limit" in response.json()["error"]["message"]
+        response = client.post("/v1/models/widget/score", data={"heatmap": "none"})
+        assert response.status_code == 422 and "files" in response.json()["error"]["message"]
+        assert score(good, {"heatmap": "jpeg"}).status_code == 422
+        response = score(good, model="nosuch")
+        assert response.status_code == 404 and "nosuch" in response.json()["error"]["message"]
+        assert score(good, model="bad$name").status_code == 400
+        assert client.get("/v1/models/..%2F..%2Fetc").status_code in (400, 404)
+        response = client.post("/v1/models/widget/versions/v9/activate")
+        assert response.status_code == 404 and "v9" in response.json()["error"]["message"]
+        assert client.get("/v1/jobs/nosuchjob").status_code == 404
+        response = client.post("/v1/models/widget/adapt", files=files_field(good), data={"method": "magic"})
+        assert response.status_code == 422 and "magic" in response.json()["error"]["message"]
+        response = client.post("/v1/models/widget/adapt", files=files_field(good + [("x.png", b"junk")]), data={"method": "bn-stats"})
+        assert response.status_code == 422 and response.json()["error"]["file"] == "x.png"
+        assert client.delete("/v1/models/widget/versions/v1").status_code == 409  # the active version
+
+        # unusual but valid modes are converted, not refused
+        odd = {
+            "gray16.png": Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),
+            "rgba.png": Image.fromarray(rgb).convert("RGBA"),
+            "palette.png": Image.fromarray(rgb).convert("P"),
+            "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        }
+        items = []
+        for name, image in odd.items():
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG" if name.endswith("png") else "JPEG")
+            items.append((name, buffer.getvalue()))
+        assert score(items).status_code == 200
+
+        assert client.get("/readyz").status_code == 200
+        assert 'status="500"' not in client.get("/metrics").text
+
+
+def test_auth_scopes(tmp_path: Path, saved_model: Path, dataset: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    admin, reader = "admin-secret-123", "reader-secret-456"
+    server = Server(models, env={"PATCHSHIFT_ADMIN_KEY": admin, "PATCHSHIFT_READ_KEY": reader}).start()
+    probe = read(sorted((dataset / "test/good").glob("*.png")))[:1]
+    try:
+        with server.client() as anonymous, server.client(reader) as read_client, server.client(admin) as admin_client, server.client("wrong-key-000") as wrong:
+            assert anonymous.get("/healthz").status_code == 200
+            assert anonymous.get("/metrics").status_code == 200
+            assert anonymous.get("/v1/models").status_code == 401
+            assert wrong.get("/v1/models").status_code == 401
+            assert read_client.get("/v1/models").status_code == 200
+            assert read_client.post("/v1/models/widget/score", files=files_field(probe)).status_code == 200
+            assert admin_client.get("/v1/models/widget").status_code == 200
+            response = read_client.post("/v1/models/widget/versions/v1/activate")
+            assert response.status_code == 403 and "admin" in response.json()["error"]["message"]
+            assert anonymous.post("/v1/models/widget/versions/v1/activate").status_code == 401
+            assert read_client.put("/v1/models/widget/threshold", json={"threshold": 5.0}).status_code == 403
+            response = admin_client.put("/v1/models/widget/threshold", json={"threshold": 5.0})
+            assert response.status_code == 200 and response.json()["active_version"] == "v2"
+            result = read_client.post("/v1/models/widget/score", files=files_field(probe)).json()
+            assert result["version"] == "v2" and result["results"][0]["threshold"] == 5.0
+            metrics = anonymous.get("/metrics").text
+            assert metric(metrics, 'patchshift_http_requests_total{method="GET",route="/v1/models",status="401"}') == 2
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert admin not in log and reader not in log
