@@ -1,8 +1,8 @@
 """Feeds scored images to each model's drift monitor and runs the opt-in self-adaptation policy.
 
-Policy (PATCHSHIFT_AUTO_ADAPT=1): once the statistic has stayed above its threshold for
-auto_adapt_patience scored images, the last auto_adapt_images images are handed to an adaptation
-job (never while another job of that model is unfinished, and at most once per active version);
+Policy (PATCHSHIFT_AUTO_ADAPT=1): images scored while the statistic is above its threshold are
+kept (the buffer empties whenever it falls back); once drift has lasted auto_adapt_patience images
+and auto_adapt_images are kept, they are handed to an adaptation job (never while another job of that model is unfinished, and at most once per active version);
 the new version goes live only if it lowers the drift of those images from the old version's
 reference condition.
 """
@@ -46,12 +46,16 @@ class DriftWatch:
         self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
         if not self.settings.auto_adapt:
             return
+        if not drifting:  # keep only images of the new condition
+            slot.recent_images.clear()
+            slot.drifting_streak = 0
+            return
         slot.recent_images.extend(files)
-        slot.drifting_streak = slot.drifting_streak + len(files) if drifting else 0
+        slot.drifting_streak += len(files)
         key = (name, model.version or "")
         if slot.drifting_streak < self.settings.auto_adapt_patience or key in self._attempted or self.worker.busy(name):
             return
-        if len(slot.recent_images) < min(self.settings.auto_adapt_images, slot.recent_images.maxlen or 0):
+        if len(slot.recent_images) < (slot.recent_images.maxlen or 0):
             return
         self._attempted.add(key)
         params = {

@@ -277,3 +277,36 @@ def test_auth_scopes(tmp_path: Path, saved_model: Path, dataset: Path) -> None:
         server.stop()
     log = server.log.read_text()
     assert admin not in log and reader not in log
+
+
+def test_persistent_drift_starts_one_adaptation_that_goes_live_only_if_it_helps(tmp_path: Path, saved_model: Path, dataset: Path) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    env = {"PATCHSHIFT_AUTO_ADAPT": "1", "PATCHSHIFT_AUTO_ADAPT_METHOD": "bn-stats", "PATCHSHIFT_DRIFT_WINDOW": "8",
+           "PATCHSHIFT_AUTO_ADAPT_PATIENCE": "8", "PATCHSHIFT_AUTO_ADAPT_IMAGES": "16"}
+    server = Server(models, env=env).start()
+    rng = np.random.default_rng(11)
+    clean = [(f"c{i}.png", png_bytes(normal_image(rng))) for i in range(24)]
+    try:
+        with server.client() as client:
+            for start in range(0, 16, 8):
+                scores_of(client, clean[start : start + 8])
+            assert client.get("/v1/jobs").json() == []  # no drift, no job
+            dark = darkened(clean)
+            for start in range(0, 24, 8):
+                scores_of(client, dark[start : start + 8])
+            jobs = client.get("/v1/jobs").json()
+            assert len(jobs) == 1 and jobs[0]["params"]["trigger"] == "drift", jobs  # one job, however long drift lasts
+            job = wait_job(client, jobs[0]["id"])
+            assert job["status"] == "succeeded", job
+            result = job["result"]
+            assert result["n_images"] == 16 and {"drift_before", "drift_after"} <= set(result), result
+            # the gate: live only if the kept images drift less from v1's reference under the new version
+            assert result["activated"] == (result["drift_after"] < result["drift_before"]), result
+            info = client.get("/v1/models/widget").json()
+            assert job["result_version"] == "v2" and info["active_version"] == ("v2" if result["activated"] else "v1")
+            assert info["versions"][1]["parent"] == "v1" and info["versions"][1]["method"] == "bn-stats"
+    finally:
+        server.stop()
