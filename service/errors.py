@@ -84,7 +84,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ArtifactError)
     async def artifact_error(_: Request, exc: ArtifactError) -> JSONResponse:
-        return _json(503, {"error": {"code": "model_unavailable", "message": str(exc)}})
+        return _json(422, {"error": {"code": "invalid_artifact", "message": str(exc)}})
 
     @app.exception_handler(CancelledError)
     async def cancelled(_: Request, exc: CancelledError) -> JSONResponse:

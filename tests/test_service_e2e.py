@@ -126,6 +126,9 @@ def stored_server(tmp_path: Path, saved_model: Path):
 
     models = tmp_path / "models"
     shutil.copytree(saved_model, models / "widget" / "v1")
+    shutil.copytree(saved_model, models / "broken" / "v1")
+    bank = models / "broken" / "v1" / "bank.safetensors"
+    bank.write_bytes(bank.read_bytes()[:-100])  # a truncated artifact
     server = Server(models, env={"PATCHSHIFT_MAX_FILES": "4", "PATCHSHIFT_MAX_REQUEST_BYTES": str(2 * 1024 * 1024)}).start()
     yield server
     server.stop()
@@ -241,6 +244,15 @@ def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
             image.save(buffer, format="PNG" if name.endswith("png") else "JPEG")
             items.append((name, buffer.getvalue()))
         assert score(items).status_code == 200
+
+        # a corrupt stored version: reported, refused with the reason, the other model keeps serving
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and "bank.safetensors" in ready.json()["load_errors"]["broken"]
+        response = score(good, model="broken")
+        assert response.status_code == 503 and "bank.safetensors" in response.json()["error"]["message"]
+        assert "bank.safetensors" in client.get("/v1/models/broken").json()["load_error"]
+        response = client.post("/v1/models/broken/versions/v1/activate")
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_artifact"
 
         assert client.get("/readyz").status_code == 200
         assert 'status="500"' not in client.get("/metrics").text
