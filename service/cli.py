@@ -241,10 +241,16 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
     }
     if args.device != "auto":
         overrides["device"] = args.device
+    from pydantic import ValidationError
+
+    from .auth import Keys
+
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        raise ConfigError(f"invalid service settings: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid service settings: {problems}") from None
+    Keys.from_settings(settings)  # a bad keys file is reported here, before the server starts
     logging.getLogger("patchshift").setLevel(settings.log_level.upper())
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -65,6 +65,8 @@ def test_fit_command(dataset, tmp_path, capsys):
         (["fit", "--data", "{data}", "--out", "{tmp}/x", "--image-size", "huge"], "image size"),
         (["fit", "--data", "{tmp}/empty", "--out", "{tmp}/x"], "no such folder"),
         (["fit", "--data", "{data}", "--out", "{tmp}/x", "--backbone", "resnet18"], "--weights"),
+        (["serve", "--port", "99999"], "port"),
+        (["serve", "--api-key", "short"], "at least 8 characters"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, saved_model, dataset, tmp_path, capsys):
