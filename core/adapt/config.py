@@ -31,6 +31,9 @@ class AdaptConfig:
     eps: float = 0.05  # entropic regularisation, relative to the mean cost
     sinkhorn_iters: int = 200
     discretise: str = "union"  # RoDA Eq. 6 ("union"), or "mutual" (both argmaxes)
+    # Share of the discretised pairs with the highest cost left out of the loss (0: the paper's
+    # loss). Defect patches are the far ones; trimming keeps them from being pulled onto the bank.
+    trim: float = 0.0
     # Which BatchNorm affine parameters train: "all", or "feature-stages" (from the layer that
     # outputs the first feature stage on; the frozen layers before it run once and are cached).
     trained_layers: str = "all"
@@ -46,6 +49,8 @@ class AdaptConfig:
             raise ConfigError(f"bank_selection must be 'random' or 'nearest', got {self.bank_selection!r}")
         if self.trained_layers not in ("feature-stages", "all"):
             raise ConfigError(f"trained_layers must be 'feature-stages' or 'all', got {self.trained_layers!r}")
+        if not 0.0 <= self.trim < 1.0:
+            raise ConfigError(f"trim must be in [0, 1), got {self.trim!r}")
         if self.discretise not in ("union", "mutual"):
             raise ConfigError(f"discretise must be 'union' or 'mutual', got {self.discretise!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.views < 1 or self.lr <= 0 or self.eps <= 0:

@@ -47,6 +47,10 @@ def ot_loss(model: PatchCoreModel, cfg: AdaptConfig, continuous: bool):
         pi = discretise(plan, cfg.discretise)
         strong = chosen_by_bank(plan)
         stats["chosen_by_bank_share"] = stats.get("chosen_by_bank_share", []) + [float(strong.float().mean())]
-        return (cost * pi).sum() / pi.sum()
+        pairs = cost[pi]
+        if cfg.trim > 0:
+            keep = max(1, int(round(len(pairs) * (1 - cfg.trim))))
+            pairs = torch.topk(pairs, keep, largest=False).values
+        return pairs.mean()
 
     return loss
