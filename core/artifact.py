@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BANK_FILE = "bank.safetensors"
 BATCHNORM_FILE = "batchnorm.safetensors"
+ENCODER_FILE = "encoder.safetensors"  # UDA versions: the whole trained encoder
 
 
 class FileEntry(BaseModel):
@@ -72,6 +73,44 @@ class Manifest(BaseModel):
     drift_reference: dict | None = None  # DriftReference.to_dict(); absent in versions made before drift monitoring
 
 
+class UDAManifest(BaseModel):
+    """A UDA version: a global detector (encoder phi + fixed centre), no bank, no heatmap."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: Literal[1]
+    kind: Literal["uda"]
+    config: dict
+    backbone: str
+    weights_path: str
+    weights_sha256: str
+    image_size: list[int]
+    embedding_dim: int
+    centre: list[float]
+    threshold: float
+    threshold_source: str
+    calibration_scores: list[float]
+    n_train_images: int
+    created: str
+    parent: str | None
+    method: str
+    details: dict
+    files: dict[str, FileEntry]
+    drift_reference: dict | None = None
+
+
+def _fill_uda(model, staging: Path) -> UDAManifest:
+    save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, str(staging / ENCODER_FILE))
+    cfg = model.config
+    return UDAManifest(
+        format_version=FORMAT_VERSION, kind="uda", config=cfg.to_dict(), backbone=cfg.backbone,
+        weights_path=model.weights_path, weights_sha256=file_sha256(Path(model.weights_path)) if model.weights_path else "",
+        image_size=list(cfg.image_size), embedding_dim=cfg.embedding_dim, centre=[float(v) for v in model.centre.cpu()],
+        threshold=model.threshold, files=_entries(staging, (ENCODER_FILE,)),
+        drift_reference=model.drift_reference.to_dict() if model.drift_reference is not None else None,
+        **dataclasses.asdict(model.provenance),
+    )
+
+
 def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manifest:
     cfg = model.config
     return Manifest(
@@ -107,21 +146,24 @@ def _write_bank(model: PatchCoreModel, path: Path) -> None:
     save_file({"bank": model.bank}, str(path))
 
 
-def save_model(model: PatchCoreModel, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Write the version atomically; refuses to replace an existing directory unless asked."""
+def _entries(folder: Path, names: tuple[str, ...]) -> dict[str, FileEntry]:
+    files = {}
+    for name in names:
+        fsync_file(folder / name)
+        files[name] = FileEntry(sha256=file_sha256(folder / name), bytes=(folder / name).stat().st_size)
+    return files
+
+
+def _write_atomically(out_dir: str | os.PathLike[str], overwrite: bool, fill) -> Path:
+    """Create the version in a temporary sibling (fill(staging) writes the files and returns the
+    manifest), fsync it and rename it into place; a reader sees the whole version or none of it."""
     target = Path(out_dir)
     if target.exists() and not overwrite:
         raise ArtifactError(f"{target} already exists; choose another directory or overwrite it explicitly")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _write_bank(model, staging / BANK_FILE)
-        save_file(batchnorm_state(model.extractor), str(staging / BATCHNORM_FILE))
-        files = {}
-        for name in (BANK_FILE, BATCHNORM_FILE):
-            fsync_file(staging / name)
-            files[name] = FileEntry(sha256=file_sha256(staging / name), bytes=(staging / name).stat().st_size)
-        manifest = build_manifest(model, files)
+        manifest = fill(staging)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         fsync_file(staging / MANIFEST)
         fsync_dir(staging)
@@ -133,15 +175,33 @@ def save_model(model: PatchCoreModel, out_dir: str | os.PathLike[str], overwrite
         else:
             os.rename(staging, target)
         fsync_dir(target.parent)
-        model.version = target.name
-        model.bank_path = target / BANK_FILE
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
 
 
-def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
+def save_model(model, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write a version (PatchCore or UDA) atomically; refuses to replace a directory unless asked."""
+    from .uda.model import UDAModel
+
+    if isinstance(model, UDAModel):
+        target = _write_atomically(out_dir, overwrite, lambda staging: _fill_uda(model, staging))
+        model.version = target.name
+        return target
+
+    def fill(staging: Path) -> Manifest:
+        _write_bank(model, staging / BANK_FILE)
+        save_file(batchnorm_state(model.extractor), str(staging / BATCHNORM_FILE))
+        return build_manifest(model, _entries(staging, (BANK_FILE, BATCHNORM_FILE)))
+
+    target = _write_atomically(out_dir, overwrite, fill)
+    model.version = target.name
+    model.bank_path = target / BANK_FILE
+    return target
+
+
+def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest | UDAManifest:
     path = Path(model_dir)
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a model directory (it does not exist)")
@@ -157,7 +217,7 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
             f"{path} has artifact format {raw.get('format_version')}, this patchshift reads format {FORMAT_VERSION}"
         )
     try:
-        return Manifest.model_validate(raw)
+        return (UDAManifest if isinstance(raw, dict) and raw.get("kind") == "uda" else Manifest).model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -175,11 +235,13 @@ def verify_files(model_dir: Path, manifest: Manifest) -> None:
             raise ArtifactError(f"{model_dir}: {name} is corrupt (checksum mismatch)")
 
 
-def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | None = None) -> PatchCoreModel:
-    """Load and validate a version; any inconsistency is an ArtifactError naming the problem."""
+def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | None = None):
+    """Load and validate a version (PatchCoreModel or UDAModel); any inconsistency is an ArtifactError naming the problem."""
     path = Path(model_dir)
     manifest = read_manifest(path)
     verify_files(path, manifest)
+    if isinstance(manifest, UDAManifest):
+        return _load_uda(path, manifest, device)
     try:
         config = ModelConfig.from_dict(manifest.config)
     except (PatchshiftError, TypeError) as exc:
@@ -209,4 +271,34 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
         config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name, drift_reference=reference
     )
     model.bank_path = path / BANK_FILE
+    return model
+
+
+def _load_uda(path: Path, manifest: UDAManifest, device: str | torch.device | None):
+    from .uda.config import UDAConfig
+    from .uda.model import UDAModel, build_encoder
+
+    try:
+        config = UDAConfig.from_dict({**manifest.config, "image_size": tuple(manifest.config["image_size"])})
+    except (PatchshiftError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"{path}: stored UDA configuration is invalid ({exc})") from None
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    encoder, weights_path = build_encoder(config, device)
+    if manifest.weights_sha256 and file_sha256(Path(weights_path)) != manifest.weights_sha256:
+        raise ArtifactError(f"{path}: backbone weights file {weights_path} differs from the one the model was trained from")
+    try:
+        state = load_file(str(path / ENCODER_FILE))
+        encoder.load_state_dict(state)
+    except Exception as exc:  # safetensors and torch raise their own types
+        raise ArtifactError(f"{path}: cannot read {ENCODER_FILE} ({exc})") from None
+    if len(manifest.centre) != config.embedding_dim:
+        raise ArtifactError(f"{path}: centre has {len(manifest.centre)} values, embedding_dim is {config.embedding_dim}")
+    provenance = Provenance(**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)})
+    try:
+        reference = DriftReference.from_dict(manifest.drift_reference) if manifest.drift_reference else None
+    except (PatchshiftError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: stored drift reference is invalid ({exc})") from None
+    model = UDAModel(config, encoder.eval(), torch.tensor(manifest.centre), manifest.threshold, provenance, device,
+                     weights_path, version=path.name)
+    model.drift_reference = reference
     return model

@@ -30,7 +30,8 @@ class EvalResult:
     severity: int | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: metrics a model cannot give (pixel metrics of a global detector) are null."""
+        return {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(self).items()}
 
 
 def score_samples(
@@ -65,11 +66,15 @@ def evaluate(
     started = time.perf_counter()
     scores, maps = score_samples(model, samples, corruption, severity, seed, progress)
     labels = np.array([s.label for s in samples])
-    masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
+    if maps is None:  # a global detector (UDA): image-level metrics only
+        pixel, pro = float("nan"), float("nan")
+    else:
+        masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
+        pixel, pro = pixel_auroc(masks, maps), aupro(masks, maps)
     return EvalResult(
         image_auroc=image_auroc(labels, scores),
-        pixel_auroc=pixel_auroc(masks, maps),
-        aupro=aupro(masks, maps),
+        pixel_auroc=pixel,
+        aupro=pro,
         f1=f1_at_threshold(labels, scores, model.threshold),
         threshold=model.threshold,
         n_images=len(samples),

@@ -38,8 +38,8 @@ ImageSource = bytes | str | os.PathLike[str]
 @dataclass
 class ScoreResult:
     scores: torch.Tensor  # (B,) image scores
-    patch_scores: torch.Tensor  # (B, h, w) distance of each patch to its nearest bank row
-    anomaly_maps: torch.Tensor  # (B, H, W) blurred heatmap at the model input resolution
+    patch_scores: torch.Tensor | None  # (B, h, w) distance of each patch to its nearest bank row (None: global detector)
+    anomaly_maps: torch.Tensor | None  # (B, H, W) blurred heatmap at the model input resolution (None: global detector)
     descriptors: torch.Tensor  # (B, 2D) per-image feature summary for drift monitoring
 
 
@@ -63,6 +63,8 @@ def build_extractor(config: ModelConfig, device: torch.device) -> tuple[Backbone
 
 
 class PatchCoreModel:
+    kind = "patchcore"
+
     def __init__(
         self,
         config: ModelConfig,
@@ -88,6 +90,10 @@ class PatchCoreModel:
         self.version = version  # the name it was loaded under (a directory name); None until saved
         self.bank_path: Path | None = None  # the stored bank file, which new versions hard-link
         self.drift_reference = drift_reference  # the condition this version was made for
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.config.input_hw
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, nargs="+", help="unlabeled images (files or folders) of the new condition")
     p.add_argument("--out", required=True, help="new model directory (a complete model; its parent is the source)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--method", default="roda", help="roda (default), bn-stats, moment-matching, ot-continuous or none")
+    p.add_argument("--method", default="roda", help="roda (default), bn-stats, moment-matching, ot-continuous, none, or uda")
+    p.add_argument("--source-images", nargs="+", default=None, help="uda only: normal images of the source domain")
+    p.add_argument("--clusters", type=int, default=None, help="uda only: k-means clusters K (default 8)")
+    p.add_argument("--image-size", default=None, help="uda only: encoder input size (default 224)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--augment", default=None, help="views: rot90 (default), flip, dihedral or none")
@@ -155,9 +158,13 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
     model = load_model(args.model, device=args.device)
     paths = _images(args.images)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    if heat_dir is not None and model.kind != "patchcore":
+        from patchshift.core.errors import ConfigError
+
+        raise ConfigError(f"{args.model} is a {model.kind} model, a global detector: it gives scores but no heatmaps")
     used_names: set[str] = set()
     results = []
-    for batch, sizes, start in iter_batches(paths, model.config.image_size, args.batch_size):
+    for batch, sizes, start in iter_batches(paths, model.config.image_size, args.batch_size):  # noqa: B007
         scored = model.score(batch)
         for i, score in enumerate(scored.scores.cpu().numpy()):
             path = paths[start + i]
@@ -188,10 +195,14 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
 def cmd_adapt(args: argparse.Namespace, progress) -> int:
     from patchshift.core.adapt import AdaptConfig, adapt
     from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.errors import ArtifactError
+    from patchshift.core.errors import ArtifactError, ConfigError
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.method == "uda":
+        return _adapt_uda(args, progress)
+    if args.source_images or args.clusters or args.image_size:
+        raise ConfigError("--source-images, --clusters and --image-size belong to --method uda")
     options = {"method": args.method}
     for key in ("epochs", "lr", "augment", "views", "bn_mode"):
         if getattr(args, key) is not None:
@@ -200,6 +211,8 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         options["augment"] = "none"
     cfg = AdaptConfig(**options)
     model = load_model(args.model, device=args.device)
+    if model.kind != "patchcore":
+        raise ConfigError(f"{args.model} is a {model.kind} model; {args.method} adapts PatchCore models")
     images = _images(args.images)
     adapted, report = adapt(model, images, cfg, progress=progress)
     save_model(adapted, args.out, overwrite=args.overwrite)
@@ -207,6 +220,30 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         f"adapted {args.model} -> {args.out} with {cfg.method}: {report.n_images} images, {report.steps} steps, "
         f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}"
     )
+    return 0
+
+
+def _adapt_uda(args: argparse.Namespace, progress) -> int:
+    from patchshift.core.artifact import read_manifest, save_model
+    from patchshift.core.errors import ConfigError
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.train import fit_uda
+
+    if not args.source_images:
+        raise ConfigError("--method uda needs --source-images: normal images of the source domain (the model's bank holds no images)")
+    parent = read_manifest(args.model)
+    options = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "clusters": args.clusters,
+                                 "image_size": args.image_size}.items() if v is not None}
+    if parent.kind == "patchcore":
+        options.setdefault("backbone", parent.backbone)
+        if parent.config.get("weights"):
+            options.setdefault("weights", parent.config["weights"])
+    cfg = UDAConfig(**options)
+    model, report = fit_uda(_images(args.source_images), _images(args.images), cfg, device=args.device, progress=progress)
+    model.provenance.parent = Path(args.model).name
+    save_model(model, args.out, overwrite=args.overwrite)
+    print(f"adapted {args.model} -> {args.out} with uda: {report.message}; {report.steps} steps, {report.seconds:.1f} s; "
+          f"threshold {model.threshold:.4f} (global detector: scores, no heatmaps)")
     return 0
 
 

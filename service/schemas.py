@@ -42,6 +42,7 @@ class JobOut(BaseModel):
 
 class VersionOut(BaseModel):
     version: str
+    kind: str  # patchcore (scores and heatmaps) or uda (global detector: scores only)
     active: bool
     parent: str | None
     method: str
@@ -50,7 +51,7 @@ class VersionOut(BaseModel):
     threshold_source: str
     backbone: str
     image_size: list[int]
-    bank_size: int
+    bank_size: int | None  # None for uda versions (no memory bank)
     details: dict
 
 

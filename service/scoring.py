@@ -19,6 +19,9 @@ import torch
 from patchshift.core.errors import InvalidImageError
 from patchshift.core.images import open_image, resize_rgb, to_tensor
 from patchshift.core.patchcore import PatchCoreModel
+from patchshift.core.uda.model import UDAModel
+
+ScoringModel = PatchCoreModel | UDAModel
 from patchshift.core.visualize import heatmap_png
 
 from .errors import BadImages
@@ -35,7 +38,7 @@ class Decoded:
 @dataclass
 class Scored:
     scores: np.ndarray
-    maps: np.ndarray
+    maps: np.ndarray | None  # None for a global detector (UDA)
     descriptors: np.ndarray
 
 
@@ -83,7 +86,7 @@ class MicroBatcher:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def score(self, model: PatchCoreModel, batch: torch.Tensor) -> Scored:
+    async def score(self, model: ScoringModel, batch: torch.Tensor) -> Scored:
         future = asyncio.get_running_loop().create_future()
         self._waiting += len(batch)
         self.metrics.score_queue_depth.set(self._waiting)
@@ -129,16 +132,18 @@ class MicroBatcher:
         for _, part, future in group:
             end = start + len(part)
             if not future.done():
-                future.set_result(Scored(result.scores[start:end], result.maps[start:end], result.descriptors[start:end]))
+                maps = result.maps[start:end] if result.maps is not None else None
+                future.set_result(Scored(result.scores[start:end], maps, result.descriptors[start:end]))
             start = end
 
 
-def _score(model: PatchCoreModel, batch: torch.Tensor) -> Scored:
+def _score(model: ScoringModel, batch: torch.Tensor) -> Scored:
     result = model.score(batch)
-    return Scored(result.scores.cpu().numpy(), result.anomaly_maps.cpu().numpy(), result.descriptors.cpu().numpy())
+    maps = result.anomaly_maps.cpu().numpy() if result.anomaly_maps is not None else None
+    return Scored(result.scores.cpu().numpy(), maps, result.descriptors.cpu().numpy())
 
 
-def build_results(model: PatchCoreModel, decoded: Decoded, scored: Scored, heatmaps: bool) -> list[dict]:
+def build_results(model: ScoringModel, decoded: Decoded, scored: Scored, heatmaps: bool) -> list[dict]:
     results = []
     for i, name in enumerate(decoded.names):
         score = float(scored.scores[i])

@@ -104,3 +104,29 @@ def test_adapt_command_makes_a_complete_child_version(saved_model, dataset, tmp_
     assert code == 1 and "no such file" in err
     code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset), "--out", str(tmp_path / "y"), "--method", "magic")
     assert code == 1 and "unknown adaptation method" in err
+
+
+def test_adapt_uda_writes_a_global_detector_the_cli_scores_and_evaluates(saved_model, dataset, tmp_path, capsys):
+    out_dir = tmp_path / "uda"
+    base = ["adapt", "--model", str(saved_model), "--images", str(dataset / "test"), "--out", str(out_dir), "--method", "uda"]
+    code, out, err = run(capsys, *base)
+    assert code == 1 and "--source-images" in err
+    options = ["--source-images", str(dataset / "train" / "good"), "--epochs", "1", "--image-size", "64", "--clusters", "2"]
+    code, out, err = run(capsys, *base, *options)  # test/ is half defective: the scarcity assumption fails
+    assert code == 1 and "no cluster dominates" in err and not out_dir.exists()
+    target = [str(p) for p in sorted((dataset / "test" / "good").glob("*.png"))] + [str(dataset / "test" / "blob" / "000.png")]
+    base[base.index("--images") + 1 : base.index("--images") + 2] = target
+    code, out, err = run(capsys, *base, *options)
+    assert code == 0, err
+    assert "dominant cluster" in out
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "uda" and manifest["method"] == "uda" and manifest["parent"] == saved_model.name
+    code, out, err = run(capsys, "score", "--model", str(out_dir), str(dataset / "test" / "blob"))
+    assert code == 0 and len(out.strip().splitlines()) == 6, err
+    code, out, err = run(capsys, "score", "--model", str(out_dir), "--heatmaps", str(tmp_path / "h"), str(dataset / "test" / "blob"))
+    assert code == 1 and "no heatmaps" in err
+    report = tmp_path / "eval.json"
+    code, out, err = run(capsys, "eval", "--model", str(out_dir), "--data", str(dataset), "--json", str(report))
+    assert code == 0, err
+    result = json.loads(report.read_text())
+    assert 0 <= result["image_auroc"] <= 1 and result["pixel_auroc"] is None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import normal_image
@@ -129,6 +130,14 @@ def stored_server(tmp_path: Path, saved_model: Path):
     shutil.copytree(saved_model, models / "broken" / "v1")
     bank = models / "broken" / "v1" / "bank.safetensors"
     bank.write_bytes(bank.read_bytes()[:-100])  # a truncated artifact
+    from patchshift.core.artifact import save_model
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.train import fit_uda
+
+    rng = np.random.default_rng(0)
+    source = torch.stack([torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(8)]).float() / 255
+    uda, _ = fit_uda(source[..., :64, :64], None, UDAConfig(image_size=64, epochs=1, batch_size=4, embedding_dim=16), device="cpu")
+    save_model(uda, models / "global" / "v1")
     server = Server(models, env={"PATCHSHIFT_MAX_FILES": "4", "PATCHSHIFT_MAX_REQUEST_BYTES": str(2 * 1024 * 1024)}).start()
     yield server
     server.stop()
@@ -253,6 +262,13 @@ def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
         assert "bank.safetensors" in client.get("/v1/models/broken").json()["load_error"]
         response = client.post("/v1/models/broken/versions/v1/activate")
         assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_artifact"
+
+        # a UDA version (global detector) is served: scores yes, heatmaps no
+        assert score(good, model="global").status_code == 200
+        response = score(good, {"heatmap": "png"}, model="global")
+        assert response.status_code == 422 and "no heatmaps" in response.json()["error"]["message"]
+        version = client.get("/v1/models/global").json()["versions"][0]
+        assert version["kind"] == "uda" and version["bank_size"] is None
 
         assert client.get("/readyz").status_code == 200
         assert 'status="500"' not in client.get("/metrics").text

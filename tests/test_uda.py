@@ -110,3 +110,25 @@ def test_target_without_a_dominant_cluster_is_refused_with_the_reason() -> None:
     target = torch.cat([_images(rng, 10, factor=0.3), _images(rng, 10, factor=1.6)])  # two equal groups
     with pytest.raises(DatasetError, match="no cluster dominates"):
         fit_uda(source, target, cfg, device="cpu")
+
+
+def test_uda_version_saves_loads_and_scores_the_same(tmp_path) -> None:
+    from patchshift.core.artifact import load_model, read_manifest, save_model
+    from patchshift.core.errors import ArtifactError
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.train import fit_uda
+
+    rng = np.random.default_rng(5)
+    cfg = UDAConfig(image_size=64, epochs=1, batch_size=4, clusters=2, embedding_dim=16)
+    model, _ = fit_uda(_images(rng, 8)[..., :64, :64], _images(rng, 10, factor=0.7, defects=1)[..., :64, :64], cfg, device="cpu")
+    out = save_model(model, tmp_path / "uda-v1")
+    assert read_manifest(out).kind == "uda" and model.version == "uda-v1"
+    loaded = load_model(out, device="cpu")
+    probe = _images(rng, 3)[..., :64, :64]
+    np.testing.assert_allclose(loaded.score(probe).scores.numpy(), model.score(probe).scores.numpy(), rtol=1e-5)
+    assert loaded.threshold == model.threshold and loaded.score(probe).anomaly_maps is None
+    assert loaded.drift_reference is not None and loaded.drift_reference.mean.shape == (16,)
+    encoder = out / "encoder.safetensors"
+    encoder.write_bytes(encoder.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="encoder.safetensors"):
+        load_model(out, device="cpu")

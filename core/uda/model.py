@@ -11,7 +11,8 @@ from torch import nn
 
 from ..backbone import load_classifier
 from ..errors import ConfigError
-from ..patchcore import Provenance
+from ..drift import DriftReference
+from ..patchcore import Provenance, ScoreResult
 from .config import UDAConfig
 
 
@@ -61,6 +62,11 @@ class UDAModel:
         self.device = device
         self.weights_path = weights_path
         self.version = version
+        self.drift_reference: DriftReference | None = None  # embeddings of the images it was made for
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return (self.config.image_size[1], self.config.image_size[0])
 
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -68,14 +74,26 @@ class UDAModel:
         return self.encoder(images.to(self.device))
 
     @torch.inference_mode()
-    def score(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1] at the input size -> (B,) squared distances to the centre."""
-        expected = (self.config.image_size[1], self.config.image_size[0])
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        """images (B, 3, H, W) in [0, 1] at the input size -> squared distances to the centre.
+
+        A global detector: no patch scores and no heatmap; the embeddings are the drift descriptors."""
+        expected = self.input_hw
         if images.ndim != 4 or tuple(images.shape[-2:]) != expected:
             raise ConfigError(f"expected a (B, 3, {expected[0]}, {expected[1]}) batch, got {tuple(images.shape)}")
-        return (self.embed(images) - self.centre).square().sum(dim=1)
+        embeddings = self.embed(images)
+        return ScoreResult((embeddings - self.centre).square().sum(dim=1), None, None, embeddings)
+
+    def score_batches(self, batches) -> tuple[np.ndarray, None]:
+        """Scores (N,) of a stream of input batches; no heatmaps (a global detector)."""
+        scores = [self.score(batch).scores.cpu().numpy() for batch in batches]
+        return (np.concatenate(scores) if scores else np.zeros(0)), None
 
     def score_tensor(self, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+        return self.embed_and_score(images, batch_size)[0]
+
+    def embed_and_score(self, images: torch.Tensor, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         if len(images) == 0:
-            return np.zeros(0)
-        return np.concatenate([self.score(images[i : i + batch_size]).cpu().numpy() for i in range(0, len(images), batch_size)])
+            return np.zeros(0), np.zeros((0, self.config.embedding_dim))
+        results = [self.score(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate([r.scores.cpu().numpy() for r in results]), np.concatenate([r.descriptors.cpu().numpy() for r in results])

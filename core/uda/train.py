@@ -14,6 +14,7 @@ import torch
 
 from ..adapt.base import load_target
 from ..device import resolve_device
+from ..drift import DriftReference
 from ..errors import DatasetError
 from ..patchcore import ImageSource, Provenance, split_holdout
 from ..progress import CancelFn, ProgressFn, check_cancel, report
@@ -131,10 +132,12 @@ def fit_uda(
                      threshold_source="holdout-quantile", n_train_images=len(source_images)), device, weights_path)
     # Label-free threshold: the presumed-normal targets when there is a target, else the source holdout.
     if target_images is not None and positives_all is not None and len(positives_all):
-        calibration = model.score_tensor(target_images[positives_all], cfg.batch_size)
+        calibration, embeddings = model.embed_and_score(target_images[positives_all], cfg.batch_size)
         model.provenance.threshold_source = "dominant-cluster-quantile"
     else:
-        calibration = model.score_tensor(source_images[holdout_idx], cfg.batch_size)
+        calibration, embeddings = model.embed_and_score(source_images[holdout_idx], cfg.batch_size)
+    if len(embeddings) >= 2:
+        model.drift_reference = DriftReference.from_descriptors(embeddings)
     model.threshold = quantile_threshold(calibration, cfg.threshold_quantile) if len(calibration) else float("inf")
     model.provenance.calibration_scores = [float(s) for s in calibration]
     report_.seconds = time.perf_counter() - started

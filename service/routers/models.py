@@ -29,9 +29,9 @@ def describe(request: Request, name: str) -> ModelOut:
     for version in store.versions(name):
         m = store.manifest(name, version)
         versions.append(VersionOut(
-            version=version, active=version == active, parent=m.parent, method=m.method, created=m.created,
+            version=version, kind=m.kind, active=version == active, parent=m.parent, method=m.method, created=m.created,
             threshold=m.threshold, threshold_source=m.threshold_source, backbone=m.backbone, image_size=m.image_size,
-            bank_size=m.bank_size, details={k: v for k, v in m.details.items() if k != "losses"},
+            bank_size=getattr(m, "bank_size", None), details={k: v for k, v in m.details.items() if k != "losses"},
         ))
     drift = None
     if slot is not None and slot.model is not None:
@@ -123,6 +123,8 @@ async def adapt_model(
     """Adapt the active version to a new camera or lighting; scoring continues on it meanwhile."""
     existing(request, name)
     model = request.app.state.registry.get(name)
+    if model.kind != "patchcore":
+        raise Unprocessable(f"the active version of {name!r} is a {model.kind} model; {method} adapts PatchCore versions")
     if method not in METHODS:
         raise Unprocessable(f"unknown adaptation method {method!r}; choose from {', '.join(METHODS)}")
     options = {"method": method, **{k: v for k, v in {"epochs": epochs, "lr": lr, "augment": augment}.items() if v is not None}}

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from ..auth import READ, require
+from ..errors import Unprocessable
 from ..schemas import ScoreResponse
 from ..scoring import build_results, decode_uploads
 from ..store import check_name
@@ -26,6 +27,8 @@ async def score(
     """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422 naming each)."""
     state = request.app.state
     model = state.registry.get(check_name(name))  # this version scores the whole request
+    if heatmap == "png" and model.kind != "patchcore":
+        raise Unprocessable(f"model {name!r} version {model.version} is a {model.kind} model, a global detector: no heatmaps (send heatmap=none)")
     uploads = await read_files(files, state.settings.max_files, state.settings.max_file_bytes)
     decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, heatmap == "png")
     scored = await state.batcher.score(model, decoded.batch)
