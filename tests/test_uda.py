@@ -28,7 +28,7 @@ def test_dominant_cluster_picks_the_inlier_blob() -> None:
 
 
 def test_no_dominant_cluster_is_reported() -> None:
-    from patchshift.core.uda import dominant_cluster, kmeans
+    from patchshift.core.uda import dominant_cluster
 
     rng = np.random.default_rng(1)
     points = torch.tensor(np.concatenate([rng.normal(c, 0.1, (25, 4)) for c in (-5, 5)]), dtype=torch.float32)
