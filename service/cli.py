@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="plain copies instead of rotated/flipped views")
     p.add_argument("--views", type=int, default=None, help="views per image")
     p.add_argument("--bn-mode", choices=("eval", "train"), default=None)
+    p.add_argument("--trim", type=float, default=None, help="roda: share of the costliest matched pairs left out of the loss (default 0.1; 0 = the paper)")
 
     p = sub.add_parser("serve", help="run the HTTP service (settings also from PATCHSHIFT_* environment variables)")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
@@ -204,7 +205,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     if args.source_images or args.clusters or args.image_size:
         raise ConfigError("--source-images, --clusters and --image-size belong to --method uda")
     options = {"method": args.method}
-    for key in ("epochs", "lr", "augment", "views", "bn_mode"):
+    for key in ("epochs", "lr", "augment", "views", "bn_mode", "trim"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if args.no_augment:

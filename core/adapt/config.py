@@ -14,9 +14,11 @@ AUGMENTATIONS = ("none", "rot90", "flip", "dihedral")
 @dataclass(frozen=True)
 class AdaptConfig:
     method: str = "roda"
-    epochs: int = 3
+    # One short, strong pass (lr 1e-2, 1 epoch) beat the paper's lr 1e-3 x 3 epochs on held-out
+    # halves of the adaptation split (README, design runs) and costs a third of the time.
+    epochs: int = 1
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 1e-2
     # Target views per image: "rot90" (rotations by 90-degree multiples), "flip" (mirror images),
     # "dihedral" (both), "none" (the image only). Choose per product: not every part is rotation-invariant.
     augment: str = "rot90"
@@ -33,7 +35,7 @@ class AdaptConfig:
     discretise: str = "union"  # RoDA Eq. 6 ("union"), or "mutual" (both argmaxes)
     # Share of the discretised pairs with the highest cost left out of the loss (0: the paper's
     # loss). Defect patches are the far ones; trimming keeps them from being pulled onto the bank.
-    trim: float = 0.0
+    trim: float = 0.1
     # Which BatchNorm affine parameters train: "all", or "feature-stages" (from the layer that
     # outputs the first feature stage on; the frozen layers before it run once and are cached).
     trained_layers: str = "all"
