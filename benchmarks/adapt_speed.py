@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="bsd")
     parser.add_argument("--images", type=int, default=150)
     parser.add_argument("--methods", nargs="*", default=["bn-stats", "moment-matching", "ot-continuous", "roda"])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
     parser.add_argument("--trained-layers", default="all", choices=("all", "feature-stages"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-cache", default="benchmarks/results/models")
@@ -38,14 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     target = as_float(corrupt_uint8(load_images(paths, model.config.image_size), "gaussian_noise", 5, 0))
     rows = []
     for method in args.methods:
-        cfg = AdaptConfig(**{**METHODS[method], "epochs": args.epochs, "trained_layers": args.trained_layers})
+        cfg = AdaptConfig(**{**METHODS[method], **({"epochs": args.epochs} if args.epochs is not None else {}), "trained_layers": args.trained_layers})
         with PeakMemory() as memory:
             started = time.perf_counter()
             _, report = adapt(model, target, cfg)
             seconds = time.perf_counter() - started
         rows.append({"method": method, "images": len(target), "steps": report.steps, "seconds": seconds, "peak_gib": memory.peak_gib})
         print(rows[-1], flush=True)
-    print(f"\n{machine()}; {args.epochs} epochs, trained layers: {args.trained_layers}\n")
+    print(f"\n{machine()}; {args.epochs or "default"} epochs, trained layers: {args.trained_layers}\n")
     print(markdown(rows, [("method", "method", ""), ("images", "images", "d"), ("steps", "steps", "d"), ("seconds", "wall s", ".1f"), ("peak_gib", "peak GiB", ".2f")]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))

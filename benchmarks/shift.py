@@ -33,6 +33,10 @@ METHODS = {
 }
 
 
+def epochs_option(args: argparse.Namespace) -> dict:
+    return {"epochs": args.epochs} if args.epochs is not None else {}
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(adaptation, evaluation) indices; each class split at `fraction`."""
     rng = np.random.default_rng(seed)
@@ -143,7 +147,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         for severity in args.severities:
             shifted = corrupt_uint8(clean, corruption, severity, args.seed)
             for method in args.methods:
-                cfg = AdaptConfig(**{**METHODS[method], "epochs": args.epochs, "seed": args.seed})
+                cfg = AdaptConfig(**{**METHODS[method], **epochs_option(args), "seed": args.seed})
                 with PeakMemory() as memory:
                     started = time.perf_counter()
                     adapted, _ = adapt(model, as_float(shifted[adapt_idx]), cfg)
@@ -165,7 +169,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         for share in (0.0, 0.1, 0.3, 0.5):
             n_bad = min(len(bad), round(share * len(good)))
             chosen = np.concatenate([rng.permutation(good)[: len(good) - n_bad], rng.permutation(bad)[:n_bad]])
-            adapted, _ = adapt(model, as_float(shifted[chosen]), AdaptConfig(method="roda", epochs=args.epochs, seed=args.seed))
+            adapted, _ = adapt(model, as_float(shifted[chosen]), AdaptConfig(method="roda", **epochs_option(args), seed=args.seed))
             sweep.append({"defective_share": share, "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sweep[-1], flush=True)
     return {"dataset": name, "upper_bound": upper, "rows": rows, "assignment_share": shares, "defect_sweep": sweep,
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corruptions", nargs="*", default=["gaussian_noise", "defocus_blur", "brightness", "contrast"])
     parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
     parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
     parser.add_argument("--max-eval", type=int, default=0, help="subsample the evaluation split (stratified) to N images")
     parser.add_argument("--no-fig5a", dest="fig5a", action="store_false")
