@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time.perf_counter() - started
         rows.append({"method": method, "images": len(target), "steps": report.steps, "seconds": seconds, "peak_gib": memory.peak_gib})
         print(rows[-1], flush=True)
-    print(f"\n{machine()}; {args.epochs or "default"} epochs, trained layers: {args.trained_layers}\n")
+    print(f"\n{machine()}; {args.epochs or 'default'} epochs, trained layers: {args.trained_layers}\n")
     print(markdown(rows, [("method", "method", ""), ("images", "images", "d"), ("steps", "steps", "d"), ("seconds", "wall s", ".1f"), ("peak_gib", "peak GiB", ".2f")]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
