@@ -44,23 +44,16 @@ class FileEntry(BaseModel):
     bytes: int
 
 
-class Manifest(BaseModel):
-    """The validated, versioned description of one model version."""
+class VersionFields(BaseModel):
+    """What every version's manifest holds, whatever its kind."""
 
     model_config = ConfigDict(extra="forbid")
     format_version: Literal[1]
-    kind: Literal["patchcore"]
     config: dict
     backbone: str
     weights_path: str
     weights_sha256: str
-    stage_names: list[str]
     image_size: list[int]
-    mean: list[float]
-    std: list[float]
-    feature_dim: int
-    coreset_ratio: float
-    bank_size: int
     threshold: float
     threshold_source: str
     calibration_scores: list[float]
@@ -73,29 +66,24 @@ class Manifest(BaseModel):
     drift_reference: dict | None = None  # DriftReference.to_dict(); absent in versions made before drift monitoring
 
 
-class UDAManifest(BaseModel):
+class Manifest(VersionFields):
+    """A PatchCore version: bank + BatchNorm state, scores and heatmaps."""
+
+    kind: Literal["patchcore"]
+    stage_names: list[str]
+    mean: list[float]
+    std: list[float]
+    feature_dim: int
+    coreset_ratio: float
+    bank_size: int
+
+
+class UDAManifest(VersionFields):
     """A UDA version: a global detector (encoder phi + fixed centre), no bank, no heatmap."""
 
-    model_config = ConfigDict(extra="forbid")
-    format_version: Literal[1]
     kind: Literal["uda"]
-    config: dict
-    backbone: str
-    weights_path: str
-    weights_sha256: str
-    image_size: list[int]
     embedding_dim: int
     centre: list[float]
-    threshold: float
-    threshold_source: str
-    calibration_scores: list[float]
-    n_train_images: int
-    created: str
-    parent: str | None
-    method: str
-    details: dict
-    files: dict[str, FileEntry]
-    drift_reference: dict | None = None
 
 
 def _fill_uda(model, staging: Path) -> UDAManifest:
