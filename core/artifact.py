@@ -250,16 +250,21 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
         raise ArtifactError(f"{path}: cannot read stored tensors ({exc})") from None
     if tuple(bank.shape) != (manifest.bank_size, config.feature_dim):
         raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest says ({manifest.bank_size}, {config.feature_dim})")
-    provenance = Provenance(**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)})
-    try:
-        reference = DriftReference.from_dict(manifest.drift_reference) if manifest.drift_reference else None
-    except (PatchshiftError, KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: stored drift reference is invalid ({exc})") from None
+    provenance, reference = _provenance_and_reference(path, manifest)
     model = PatchCoreModel(
         config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name, drift_reference=reference
     )
     model.bank_path = path / BANK_FILE
     return model
+
+
+def _provenance_and_reference(path: Path, manifest: VersionFields) -> tuple[Provenance, DriftReference | None]:
+    provenance = Provenance(**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)})
+    try:
+        reference = DriftReference.from_dict(manifest.drift_reference) if manifest.drift_reference else None
+    except (PatchshiftError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: stored drift reference is invalid ({exc})") from None
+    return provenance, reference
 
 
 def _load_uda(path: Path, manifest: UDAManifest, device: str | torch.device | None):
@@ -281,11 +286,7 @@ def _load_uda(path: Path, manifest: UDAManifest, device: str | torch.device | No
         raise ArtifactError(f"{path}: cannot read {ENCODER_FILE} ({exc})") from None
     if len(manifest.centre) != config.embedding_dim:
         raise ArtifactError(f"{path}: centre has {len(manifest.centre)} values, embedding_dim is {config.embedding_dim}")
-    provenance = Provenance(**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)})
-    try:
-        reference = DriftReference.from_dict(manifest.drift_reference) if manifest.drift_reference else None
-    except (PatchshiftError, KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: stored drift reference is invalid ({exc})") from None
+    provenance, reference = _provenance_and_reference(path, manifest)
     model = UDAModel(config, encoder.eval(), torch.tensor(manifest.centre), manifest.threshold, provenance, device,
                      weights_path, version=path.name)
     model.drift_reference = reference

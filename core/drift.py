@@ -97,15 +97,16 @@ class DriftMonitor:
             return None
         return drift_statistic(self.reference, np.stack(self._descriptors))
 
-    def drifting(self) -> bool:
+    def verdict(self) -> tuple[float | None, bool]:
+        """(statistic, drifting) from one computation of the statistic."""
         value = self.statistic()
-        return value is not None and value > self.threshold
+        return value, value is not None and value > self.threshold
+
+    def drifting(self) -> bool:
+        return self.verdict()[1]
 
     def anomalous_share(self) -> float | None:
         return float(np.mean(self._flags)) if self._flags else None
-
-    def recent(self) -> np.ndarray:
-        return np.stack(self._descriptors) if self._descriptors else np.zeros((0, 0))
 
     def reset(self, reference: DriftReference | None) -> None:
         self.reference = reference

@@ -38,8 +38,7 @@ class DriftWatch:
         if slot is None or slot.model is not model:
             return  # scored by a version that is no longer active
         slot.monitor.add(descriptors, anomalous)
-        statistic = slot.monitor.statistic()
-        drifting = statistic is not None and statistic > slot.monitor.threshold
+        statistic, drifting = slot.monitor.verdict()
         if statistic is not None:
             self.metrics.drift.labels(name).set(statistic)
         self.metrics.drifting.labels(name).set(int(drifting))

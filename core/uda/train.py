@@ -99,10 +99,11 @@ def fit_uda(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, total))
     generator = torch.Generator().manual_seed(cfg.seed)
     positives_all = torch.nonzero(selected).flatten() if target_images is not None else None
+    negatives_all = torch.nonzero(~selected).flatten() if target_images is not None else None
     for epoch in range(cfg.epochs):
         if recluster and epoch > 0:  # psi = phi: the clusters follow phi as it learns
             selected = select_normals(phi, target_images, cfg, device, report_, use_head=True)
-            positives_all = torch.nonzero(selected).flatten()
+            positives_all, negatives_all = torch.nonzero(selected).flatten(), torch.nonzero(~selected).flatten()
             report_.selected = selected.numpy()
         order = torch.randperm(len(src_train), generator=generator)
         for step in range(steps_per_epoch):
@@ -114,8 +115,8 @@ def fit_uda(
                 loss = cfg.lambda_dsvdd * dsvdd_loss(z_s, centre)
                 if target_images is not None and len(positives_all):
                     pos = positives_all[torch.randint(len(positives_all), (len(batch),), generator=generator)]
-                    negatives = torch.nonzero(~selected).flatten()
-                    neg = negatives[torch.randint(len(negatives), (min(len(batch), len(negatives)),), generator=generator)] if len(negatives) else pos[:0]
+                    n_neg = min(len(batch), len(negatives_all))
+                    neg = negatives_all[torch.randint(len(negatives_all), (n_neg,), generator=generator)] if n_neg else pos[:0]
                     z_t = phi(target_images[torch.cat([pos, neg])].to(device))
                     loss = loss + cfg.lambda_uda * info_nce(z_s, z_t[: len(pos)], z_t, cfg.tau)
                 optimiser.zero_grad(set_to_none=True)

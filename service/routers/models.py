@@ -36,10 +36,10 @@ def describe(request: Request, name: str) -> ModelOut:
     drift = None
     if slot is not None and slot.model is not None:
         monitor = slot.monitor
-        statistic = monitor.statistic()
+        statistic, drifting = monitor.verdict()
         drift = DriftOut(
             statistic=statistic, threshold=monitor.threshold, window=monitor.window, recent_images=monitor.n_recent,
-            drifting=statistic is not None and statistic > monitor.threshold,
+            drifting=drifting,
             recent_anomalous_share=monitor.anomalous_share(), auto_adapt=state.settings.auto_adapt,
         )
     return ModelOut(
