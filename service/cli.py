@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-images", nargs="+", default=None, help="uda only: normal images of the source domain")
     p.add_argument("--clusters", type=int, default=None, help="uda only: k-means clusters K (default 8)")
     p.add_argument("--image-size", default=None, help="uda only: encoder input size (default 224)")
+    p.add_argument("--encoder", choices=("frozen", "phi", "clip"), default=None, help="uda only: clustering encoder psi (default frozen)")
+    p.add_argument("--clip-checkpoint", default=None, help="uda --encoder clip: local open_clip weights file")
+    p.add_argument("--clip-model", default=None, help="uda --encoder clip: its architecture, e.g. ViT-B-32 (default), or a JSON config")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--augment", default=None, help="views: rot90 (default), flip, dihedral or none")
@@ -75,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="admin API key (prefer PATCHSHIFT_ADMIN_KEY: arguments show in ps)")
     p.add_argument("--read-key", default=None, help="read-scope API key (prefer PATCHSHIFT_READ_KEY)")
     p.add_argument("--auto-adapt", action="store_true", default=None, help="adapt by itself when drift persists")
+    p.add_argument("--clip-checkpoint", default=None, help="local open_clip weights for uda jobs with encoder=clip")
+    p.add_argument("--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)")
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
 
     p = sub.add_parser("bench", help="run a benchmark: engine, throughput, shift or adapt-speed (options after the name; --help for them)")
@@ -202,8 +207,9 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
     if args.method == "uda":
         return _adapt_uda(args, progress)
-    if args.source_images or args.clusters or args.image_size:
-        raise ConfigError("--source-images, --clusters and --image-size belong to --method uda")
+    uda_only = ("source_images", "clusters", "image_size", "encoder", "clip_checkpoint", "clip_model")
+    if any(getattr(args, key) for key in uda_only):
+        raise ConfigError("--source-images, --clusters, --image-size, --encoder and --clip-* belong to --method uda")
     options = {"method": args.method}
     for key in ("epochs", "lr", "augment", "views", "bn_mode", "trim"):
         if getattr(args, key) is not None:
@@ -228,18 +234,16 @@ def _adapt_uda(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import read_manifest, save_model
     from patchshift.core.errors import ConfigError
     from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.config import inherited_settings
     from patchshift.core.uda.train import fit_uda
 
     if not args.source_images:
         raise ConfigError("--method uda needs --source-images: normal images of the source domain (the model's bank holds no images)")
     parent = read_manifest(args.model)
-    options = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "clusters": args.clusters,
-                                 "image_size": args.image_size}.items() if v is not None}
-    if parent.kind == "patchcore":
-        options.setdefault("backbone", parent.backbone)
-        if parent.config.get("weights"):
-            options.setdefault("weights", parent.config["weights"])
-    cfg = UDAConfig(**options)
+    given = {"epochs": args.epochs, "lr": args.lr, "clusters": args.clusters, "image_size": args.image_size,
+             "encoder": args.encoder, "clip_checkpoint": args.clip_checkpoint, "clip_model": args.clip_model}
+    options = {k: v for k, v in given.items() if v is not None}
+    cfg = UDAConfig(**{**inherited_settings(parent.kind, parent.config), **options})
     model, report = fit_uda(_images(args.source_images), _images(args.images), cfg, device=args.device, progress=progress)
     model.provenance.parent = Path(args.model).name
     save_model(model, args.out, overwrite=args.overwrite)
@@ -276,6 +280,7 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
     overrides = {
         "host": args.host, "port": args.port, "models_dir": args.models_dir, "database": args.database,
         "admin_key": args.api_key, "read_key": args.read_key, "auto_adapt": args.auto_adapt, "log_level": args.log_level,
+        "clip_checkpoint": args.clip_checkpoint, "clip_model": args.clip_model,
     }
     if args.device != "auto":
         overrides["device"] = args.device

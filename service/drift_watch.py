@@ -43,8 +43,8 @@ class DriftWatch:
             self.metrics.drift.labels(name).set(statistic)
         self.metrics.drifting.labels(name).set(int(drifting))
         self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
-        if not self.settings.auto_adapt:
-            return
+        if not self.settings.auto_adapt or model.kind != "patchcore":
+            return  # a UDA version's drift is reported, but only a person can start its next adaptation
         if not drifting:  # keep only images of the new condition
             slot.recent_images.clear()
             slot.drifting_streak = 0

@@ -43,12 +43,23 @@ class Settings(BaseSettings):
     auto_adapt_images: int = Field(64, ge=2, description="recent images kept for a self-started adaptation")
     auto_adapt_patience: int = Field(32, ge=1, description="consecutive drifting scores before adapting")
 
+    # UDA's clustering encoder psi = CLIP (adapt with method=uda, encoder=clip): a local open_clip checkpoint.
+    clip_model: str = Field("ViT-B-32", description="open_clip architecture of the checkpoint, or its JSON config file")
+    clip_checkpoint: Path | None = Field(None, description="local open_clip weights file; nothing is downloaded")
+
     log_level: str = "info"
 
     @field_validator("models_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("clip_checkpoint")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError(f"CLIP checkpoint {value} does not exist")
+        return value.expanduser().resolve() if value is not None else None
 
     @property
     def database_path(self) -> Path:

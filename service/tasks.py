@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -15,11 +14,14 @@ from patchshift.core.config import ModelConfig
 from patchshift.core.drift import drift_statistic
 from patchshift.core.patchcore import PatchCoreModel, Provenance, fit
 from patchshift.core.progress import check_cancel
+from patchshift.core.uda import UDAConfig
+from patchshift.core.uda.config import inherited_settings
+from patchshift.core.uda.train import fit_uda
 
 from .jobs import Job
 from .registry import ModelRegistry
 from .store import ModelStore
-from .worker import stage_progress
+from .worker import JobInputs, stage_progress
 
 log = logging.getLogger("patchshift.service")
 
@@ -27,8 +29,9 @@ ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_DRIFT_REDUCED = "yes", "no", "if-dr
 
 
 def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device):
-    def run_fit(job: Job, images: list[Path], report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+    def run_fit(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
         config = ModelConfig.from_dict(job.params["config"])
+        images = inputs.images
         model = fit(images, config, device=device, progress=stage_progress(report), cancel=cancelled)
         check_cancel(cancelled)
         version = store.allocate_version(job.model)
@@ -38,10 +41,12 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
             registry.activate(job.model, version, model)
         return version, {"activated": activate, "threshold": model.threshold, "bank_size": int(model.bank.shape[0]), "n_images": len(images)}
 
-    def run_adapt(job: Job, images: list[Path], report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+    def run_adapt(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+        if job.params["config"].get("method") == "uda":
+            return run_uda(job, inputs, report, cancelled)
         source = registry.load(job.model, job.params["source_version"])
         cfg = AdaptConfig(**job.params["config"])
-        target = load_target(images, source.config.image_size)
+        target = load_target(inputs.images, source.config.image_size)
         adapted, summary = adapt(source, target, cfg, progress=stage_progress(report), cancel=cancelled)
         check_cancel(cancelled)
         result = {
@@ -61,6 +66,27 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
             registry.activate(job.model, version, adapted)
         result["activated"] = activate
         return version, result
+
+    def run_uda(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+        """A global detector for the new domain; a target without a dominant cluster fails the job with the reason."""
+        source = registry.load(job.model, job.params["source_version"])
+        options = {k: v for k, v in job.params["config"].items() if k != "method"}
+        cfg = UDAConfig(**{**inherited_settings(source.kind, source.config.to_dict()), **options})
+        model, summary = fit_uda(inputs.source_images, inputs.images, cfg, device=device, progress=stage_progress(report), cancel=cancelled)
+        check_cancel(cancelled)
+        model.provenance.parent = source.version
+        version = store.allocate_version(job.model)
+        save_model(model, store.version_dir(job.model, version))
+        report(1.0, "saved")
+        activate = job.params.get("activate", ACTIVATE_ALWAYS) == ACTIVATE_ALWAYS
+        if activate:
+            registry.activate(job.model, version, model)
+        return version, {
+            "method": "uda", "n_images": len(inputs.images), "n_source_images": len(inputs.source_images), "steps": summary.steps,
+            "seconds": round(summary.seconds, 2), "source_version": source.version, "threshold_before": source.threshold,
+            "threshold_after": model.threshold, "cluster_sizes": summary.cluster_sizes, "clustering": summary.message,
+            "activated": activate,
+        }
 
     return {"fit": run_fit, "adapt": run_adapt}
 

@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchshift.core.errors import CancelledError, PatchshiftError
@@ -25,11 +26,22 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger("patchshift.service")
 
-# A task gets (job, image paths, progress(fraction, stage), cancelled()) and returns (version, result).
-Task = Callable[[Job, list[Path], Callable[[float, str], None], Callable[[], bool]], tuple[str | None, dict]]
+SOURCE_PREFIX = "source-"  # uploads of the source domain (UDA) sit beside the job's images
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """A job's stored uploads: the images it works on and, for UDA, normal images of the source domain."""
+
+    images: list[Path]
+    source_images: list[Path] = field(default_factory=list)
+
+
+# A task gets (job, inputs, progress(fraction, stage), cancelled()) and returns (version, result).
+Task = Callable[[Job, JobInputs, Callable[[float, str], None], Callable[[], bool]], tuple[str | None, dict]]
 
 STAGES = {  # where each core stage sits in a job's overall progress
-    "features": (0.0, 0.6), "coreset": (0.6, 0.95), "threshold": (0.95, 1.0), "adapt": (0.05, 0.95),
+    "features": (0.0, 0.6), "coreset": (0.6, 0.95), "threshold": (0.95, 1.0), "adapt": (0.05, 0.95), "uda": (0.05, 0.95),
 }
 
 
@@ -73,7 +85,9 @@ class Worker:
         return self._thread.is_alive()
 
     # submission and cancellation
-    def submit(self, kind: str, model: str, params: dict, files: Sequence[tuple[str, bytes]]) -> Job:
+    def submit(
+        self, kind: str, model: str, params: dict, files: Sequence[tuple[str, bytes]], source_files: Sequence[tuple[str, bytes]] = ()
+    ) -> Job:
         """Store the images, then the record; one unfinished job per model (else 409)."""
         with self._submit_lock:
             busy = self.jobs.unfinished(model)
@@ -83,9 +97,10 @@ class Worker:
                     job_id=busy[0].id,
                 )
             job_id = os.urandom(16).hex()
-            self._write_uploads(job_id, files)
+            self._write_uploads(job_id, files, source_files)
             os.rename(self.uploads / f".{job_id}", self.uploads / job_id)  # a crash before the record: removed at start
-            job = self.jobs.create(kind, model, {**params, "n_images": len(files)}, job_id=job_id)
+            counts = {"n_images": len(files), **({"n_source_images": len(source_files)} if source_files else {})}
+            job = self.jobs.create(kind, model, {**params, **counts}, job_id=job_id)
             self._cancel[job.id] = threading.Event()
             self._queue.put(job.id)
         self._update_depth()
@@ -108,13 +123,14 @@ class Worker:
         return bool(self.jobs.unfinished(model))
 
     # internals
-    def _write_uploads(self, job_id: str, files: Sequence[tuple[str, bytes]]) -> None:
+    def _write_uploads(self, job_id: str, files: Sequence[tuple[str, bytes]], source_files: Sequence[tuple[str, bytes]]) -> None:
         staging = self.uploads / f".{job_id}"
         staging.mkdir(parents=True)
-        for i, (_, data) in enumerate(files):
-            path = staging / f"{i:06d}.img"
-            path.write_bytes(data)
-            fsync_file(path)
+        for prefix, group in (("", files), (SOURCE_PREFIX, source_files)):
+            for i, (_, data) in enumerate(group):
+                path = staging / f"{prefix}{i:06d}.img"
+                path.write_bytes(data)
+                fsync_file(path)
         fsync_dir(staging)
 
     def _discard_uploads(self, job_id: str) -> None:
@@ -145,7 +161,8 @@ class Worker:
         job = self.jobs.get(job_id)
         self.current = job_id
         flag = self._cancel.setdefault(job_id, threading.Event())
-        images = sorted((self.uploads / job_id).glob("*.img"))
+        folder = self.uploads / job_id
+        inputs = JobInputs(sorted(folder.glob("[0-9]*.img")), sorted(folder.glob(f"{SOURCE_PREFIX}*.img")))
         last = [0.0]
 
         def progress(fraction: float, stage: str) -> None:
@@ -156,7 +173,7 @@ class Worker:
         started = time.perf_counter()
         status, error, version, result = FAILED, None, None, {}
         try:
-            version, result = self.tasks[job.kind](job, images, progress, flag.is_set)
+            version, result = self.tasks[job.kind](job, inputs, progress, flag.is_set)
             status = SUCCEEDED
         except CancelledError:
             status, error = CANCELLED, "cancelled by request; no version was written"

@@ -274,6 +274,54 @@ def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
         assert 'status="500"' not in client.get("/metrics").text
 
 
+def test_uda_adaptation_over_http(stored_server: Server, dataset: Path) -> None:
+    source = read(sorted((dataset / "train/good").glob("*.png")))[:8]
+    target = darkened(read(sorted((dataset / "train/good").glob("*.png")))[8:20], 0.6)
+    probe = read(sorted((dataset / "test/good").glob("*.png")))[:2]
+    uda = {"method": "uda", "epochs": "1", "image_size": "64", "clusters": "2"}
+
+    def adapt(files, data, source_files=()):
+        fields = files_field(files) + [("source_files", (n, d, "application/octet-stream")) for n, d in source_files]
+        return client.post("/v1/models/widget/adapt", files=fields, data=data)
+
+    with stored_server.client() as client:
+        # what is wrong with the request is said before any job exists
+        response = adapt(target, uda)
+        assert response.status_code == 422 and "source_files" in response.json()["error"]["message"]
+        response = adapt(target, {"method": "roda"}, source)
+        assert response.status_code == 422 and "belong" in response.json()["error"]["message"]
+        response = adapt(target, {**uda, "encoder": "clip"}, source)
+        assert response.status_code == 422 and "PATCHSHIFT_CLIP_CHECKPOINT" in response.json()["error"]["message"]
+        response = adapt(target, {**uda, "clusters": "1"}, source)
+        assert response.status_code == 422 and "clusters" in response.json()["error"]["message"]
+        response = adapt(target, uda, source[:1] + [("junk.png", b"not an image")])
+        assert response.status_code == 422 and "junk.png" in response.json()["error"]["message"]
+
+        # a target made of two even groups breaks the scarcity assumption: the job says so, nothing is written
+        halves = darkened(target[:6], 0.3) + darkened(target[6:], 1.8)
+        job = wait_job(client, adapt(halves, uda, source).json()["job_id"])
+        assert job["status"] == "failed" and "no cluster dominates" in job["error"], job
+        assert [v["version"] for v in client.get("/v1/models/widget").json()["versions"]] == ["v1"]
+
+        response = adapt(target, uda, source)
+        assert response.status_code == 202, response.text
+        job = wait_job(client, response.json()["job_id"])
+        assert job["status"] == "succeeded", job.get("error")
+        result = job["result"]
+        assert result["method"] == "uda" and result["n_source_images"] == 8 and sum(result["cluster_sizes"]) == 12
+        info = client.get("/v1/models/widget").json()
+        new = next(v for v in info["versions"] if v["version"] == job["result_version"])
+        assert info["active_version"] == new["version"] and new["kind"] == "uda" and new["parent"] == "v1"
+        scores, version = scores_of(client, probe)
+        assert version == new["version"] and np.isfinite(scores).all()
+        assert client.post("/v1/models/widget/score", files=files_field(probe), data={"heatmap": "png"}).status_code == 422
+        # a BatchNorm method cannot adapt the UDA version; rolling back to PatchCore works
+        response = adapt(target, {"method": "bn-stats"})
+        assert response.status_code == 422 and "uda model" in response.json()["error"]["message"]
+        assert client.post("/v1/models/widget/versions/v1/activate").status_code == 200
+        assert scores_of(client, probe)[1] == "v1"
+
+
 def test_auth_scopes(tmp_path: Path, saved_model: Path, dataset: Path) -> None:
     import shutil
 

@@ -33,7 +33,23 @@ def test_no_dominant_cluster_is_reported() -> None:
     rng = np.random.default_rng(1)
     points = torch.tensor(np.concatenate([rng.normal(c, 0.1, (25, 4)) for c in (-5, 5)]), dtype=torch.float32)
     found = dominant_cluster(points, 8, 0.6)
-    assert not found.dominant and found.majority == 0.5 and "no cluster dominates" in found.message
+    assert not found.dominant and found.majority == 0.5 and found.separation > 1.5 and "no cluster dominates" in found.message
+
+
+def test_split_separation_hand_values_and_one_mode_is_never_refused() -> None:
+    from patchshift.core.uda import dominant_cluster
+    from patchshift.core.uda.clustering import split_separation
+
+    # two point masses: the split explains everything and lambda_1 is all the variance -> pi/2
+    masses = torch.tensor([[1.0, 0.0]] * 3 + [[-1.0, 0.0]] * 3)
+    assert split_separation(masses, torch.tensor([0, 0, 0, 1, 1, 1])) == pytest.approx(math.pi / 2)
+    # 1-D uniform points split at the middle: explained 3/4 (variance 1/12 -> within 1/48), lambda_1 share 1
+    line = torch.linspace(-1, 1, 2001).unsqueeze(1)
+    assert split_separation(line, (line[:, 0] > 0).long()) == pytest.approx(0.75 * math.pi / 2, rel=1e-3)
+    # one Gaussian mode splits about evenly, but not into separate groups: adapted, not refused
+    blob = torch.randn(400, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(2, 0.5, 16)
+    found = dominant_cluster(blob, 8, 0.6)
+    assert found.majority < 0.6 and found.separation < 1.2 and found.dominant
 
 
 def test_info_nce_and_dsvdd_hand_computed() -> None:
@@ -132,3 +148,45 @@ def test_uda_version_saves_loads_and_scores_the_same(tmp_path) -> None:
     encoder.write_bytes(encoder.read_bytes()[:-10])
     with pytest.raises(ArtifactError, match="encoder.safetensors"):
         load_model(out, device="cpu")
+
+
+TINY_CLIP = {  # an open_clip architecture small enough for a unit test
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def test_clip_psi_loads_from_a_local_checkpoint_and_stays_frozen(tmp_path) -> None:
+    import json
+
+    open_clip = pytest.importorskip("open_clip")
+    from patchshift.core.errors import ConfigError
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.clip import ClipImageEncoder
+    from patchshift.core.uda.train import fit_uda
+
+    config = tmp_path / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config)
+    reference = open_clip.create_model("tiny-clip")
+    checkpoint = tmp_path / "tiny-clip.pt"
+    torch.save(reference.state_dict(), checkpoint)
+
+    rng = np.random.default_rng(6)
+    cfg = UDAConfig(image_size=64, epochs=1, batch_size=4, clusters=2, embedding_dim=16, encoder="clip",
+                    clip_model=str(config), clip_checkpoint=str(checkpoint))
+    _, report = fit_uda(_images(rng, 6)[..., :64, :64], _images(rng, 10, factor=0.8, defects=1)[..., :64, :64], cfg, device="cpu")
+    assert isinstance(report.psi, ClipImageEncoder) and report.psi.size == (32, 32)
+    loaded = report.psi.clip.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())  # the file's weights, untouched by training
+    assert sum(report.cluster_sizes) == 10
+
+    with pytest.raises(ConfigError, match="needs clip_checkpoint"):
+        UDAConfig(encoder="clip")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    for bad, message in ((tmp_path / "missing.pt", "does not exist"), (broken, "does not load")):
+        bad_cfg = UDAConfig(image_size=64, epochs=1, batch_size=4, clusters=2, encoder="clip", clip_model=str(config), clip_checkpoint=str(bad))
+        with pytest.raises(ConfigError, match=message):
+            fit_uda(_images(rng, 4)[..., :64, :64], _images(rng, 6)[..., :64, :64], bad_cfg, device="cpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,32 +44,49 @@ class DominantCluster:
     members: torch.Tensor  # (N,) bool: images of the largest cluster (the presumed normals)
     sizes: list[int]  # cluster sizes, largest first
     majority: float  # share of the larger side of a two-way split of the target
-    dominant: bool  # the target has a clear majority mode (the scarcity assumption holds visibly)
+    separation: float  # how much more the two-way split explains than it would for one Gaussian mode (1 ~ none, pi/2 max)
+    dominant: bool  # no sign that the target is two even populations
     message: str
 
 
-def dominant_cluster(features: torch.Tensor, k: int, min_majority: float, seed: int = 0) -> DominantCluster:
+def split_separation(points: torch.Tensor, labels: torch.Tensor) -> float:
+    """Variance explained by a two-way split, relative to what 2-means explains for a single Gaussian
+    with the same spectrum, (2/pi) * lambda_1 / sum(lambda). About 1 for one mode (whatever its shape),
+    up to pi/2 for two well-separated groups."""
+    x = (points - points.mean(dim=0)).double()
+    total = float(x.square().sum())
+    if total == 0 or len(torch.unique(labels)) < 2:
+        return 0.0
+    centres = torch.stack([x[labels == c].mean(dim=0) for c in (0, 1)])
+    explained = 1 - float((x - centres[labels]).square().sum()) / total
+    spectrum = torch.linalg.svdvals(x).square()
+    return explained / ((2 / math.pi) * float(spectrum[0] / spectrum.sum()))
+
+
+def dominant_cluster(features: torch.Tensor, k: int, min_majority: float, min_separation: float = 1.45, seed: int = 0) -> DominantCluster:
     """The paper's rule (largest of k clusters = presumed normals) plus a check that it can hold.
 
     k-means with k > the number of natural groups splits the normal mass into several clusters, so
-    comparing cluster sizes says little. The check is a two-way split instead: when defects are
-    rare, the larger side holds most images; when it holds less than `min_majority`, the target
-    has no majority mode and no cluster can be trusted as 'normal'.
+    comparing cluster sizes says little. The check is a two-way split instead: the target is refused
+    when it splits into two clearly separate groups (separation >= `min_separation`) of comparable
+    size (larger side < `min_majority`): two products mixed, or a half-defective batch whose defects
+    look alike. A single mode split down the middle is not refused (its separation stays near 1).
     """
-    k = min(k, len(features))
+    n = len(features)
+    k = min(k, n)
     labels, _ = kmeans(features, k, seed)
     counts = torch.bincount(labels, minlength=k)
     order = torch.argsort(counts, descending=True)
     sizes = [int(c) for c in counts[order]]
-    halves, _ = kmeans(features, 2, seed) if len(features) >= 2 else (torch.zeros(len(features), dtype=torch.long), None)
-    majority = float(torch.bincount(halves, minlength=2).max()) / len(features)
-    dominant = majority >= min_majority
-    n = len(features)
+    halves = kmeans(features, 2, seed)[0] if n >= 2 else torch.zeros(n, dtype=torch.long)
+    majority = float(torch.bincount(halves, minlength=2).max()) / n
+    separation = split_separation(features, halves)
+    dominant = majority >= min_majority or separation < min_separation
     if dominant:
         message = (f"dominant cluster holds {sizes[0]} of {n} target images ({sizes[0] / n:.0%}); cluster sizes {sizes}; "
-                   f"a two-way split puts {majority:.0%} on one side")
+                   f"a two-way split puts {majority:.0%} on one side (separation {separation:.2f})")
     else:
-        message = (f"no cluster dominates: a two-way split of the {n} target images puts only {majority:.0%} on the larger side "
-                   f"(at least {min_majority:.0%} needed; cluster sizes {sizes}). The images do not look mostly alike, so the "
-                   f"assumption that defects are rare fails; adapt with more images of normal parts")
-    return DominantCluster(labels == order[0], sizes, majority, dominant, message)
+        message = (f"no cluster dominates: the {n} target images form two distinct groups of {majority:.0%} and {1 - majority:.0%} "
+                   f"(separation {separation:.2f}; cluster sizes {sizes}). Two kinds of images in comparable numbers break the "
+                   f"assumption that defects are rare; adapt with images of one product and mostly normal parts")
+    return DominantCluster(labels == order[0], sizes, majority, separation, dominant, message)

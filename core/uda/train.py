@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ from ..errors import DatasetError
 from ..patchcore import ImageSource, Provenance, split_holdout
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import quantile_threshold
+from .clip import load_clip_encoder
 from .clustering import dominant_cluster
 from .config import UDAConfig
 from .losses import dsvdd_loss, info_nce
@@ -44,11 +45,24 @@ def _batched(fn, images: torch.Tensor, device: torch.device, batch_size: int) ->
     return torch.cat([fn(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)])
 
 
-def select_normals(psi: Encoder, target: torch.Tensor, cfg: UDAConfig, device: torch.device, report_: UDAReport, use_head: bool) -> torch.Tensor:
+def clustering_encoder(phi: Encoder, cfg: UDAConfig, device: torch.device) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """psi and the features k-means sees: phi's frozen pooled backbone, phi itself, or CLIP."""
+    if cfg.encoder == "phi":
+        return phi, phi
+    if cfg.encoder == "clip":
+        clip = load_clip_encoder(cfg.clip_model, cfg.clip_checkpoint, device)
+        return clip, clip
+    frozen = copy.deepcopy(phi).requires_grad_(False)
+    return frozen, frozen.pooled
+
+
+def select_normals(embed: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, cfg: UDAConfig, device: torch.device,
+                   report_: UDAReport) -> torch.Tensor:
     """Dominant k-means cluster of the target under psi; raises when no cluster dominates."""
-    psi.eval()
-    feats = _batched(psi if use_head else psi.pooled, target, device, cfg.batch_size)
-    found = dominant_cluster(torch.nn.functional.normalize(feats, dim=1), cfg.clusters, cfg.min_majority, cfg.seed)
+    if isinstance(embed, torch.nn.Module):
+        embed.eval()
+    feats = _batched(embed, target, device, cfg.batch_size)
+    found = dominant_cluster(torch.nn.functional.normalize(feats, dim=1), cfg.clusters, cfg.min_majority, cfg.min_separation, cfg.seed)
     report_.cluster_sizes, report_.message = found.sizes, found.message
     report_.dominant_share = found.sizes[0] / len(target)
     if not found.dominant:
@@ -85,8 +99,8 @@ def fit_uda(
     recluster = target_images is not None and selected is None and cfg.encoder == "phi"
     if target_images is not None:
         if selected is None:
-            report_.psi = phi if cfg.encoder == "phi" else copy.deepcopy(phi)
-            selected = select_normals(report_.psi, target_images, cfg, device, report_, use_head=cfg.encoder == "phi")
+            report_.psi, embed = clustering_encoder(phi, cfg, device)
+            selected = select_normals(embed, target_images, cfg, device, report_)
         else:
             report_.message = f"{int(selected.sum())} of {len(selected)} target images given as normal"
         report_.selected = selected.numpy()
@@ -102,7 +116,7 @@ def fit_uda(
     negatives_all = torch.nonzero(~selected).flatten() if target_images is not None else None
     for epoch in range(cfg.epochs):
         if recluster and epoch > 0:  # psi = phi: the clusters follow phi as it learns
-            selected = select_normals(phi, target_images, cfg, device, report_, use_head=True)
+            selected = select_normals(phi, target_images, cfg, device, report_)
             positives_all, negatives_all = torch.nonzero(selected).flatten(), torch.nonzero(~selected).flatten()
             report_.selected = selected.numpy()
         order = torch.randperm(len(src_train), generator=generator)

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 from patchshift.core.adapt import METHODS, AdaptConfig
 from patchshift.core.config import ModelConfig
 from patchshift.core.errors import ConfigError
+from patchshift.core.uda import UDAConfig
+from patchshift.core.uda.config import inherited_settings
 
 from ..auth import ADMIN, READ, require
 from ..errors import Conflict, NotFound, Unprocessable
@@ -114,28 +116,67 @@ async def adapt_model(
     request: Request,
     name: str,
     files: list[UploadFile] = File(..., description="unlabeled images of the new condition (a few may be defective)"),
-    method: str = Form("roda", description="roda, bn-stats, moment-matching, ot-continuous or none"),
+    method: str = Form("roda", description="roda, bn-stats, moment-matching, ot-continuous, none, or uda"),
     epochs: int | None = Form(None),
     lr: float | None = Form(None),
-    augment: str | None = Form(None, description="rot90, flip, dihedral or none"),
+    augment: str | None = Form(None, description="rot90, flip, dihedral or none (BatchNorm methods)"),
+    source_files: list[UploadFile] | None = File(None, description="uda only: normal images of the source domain"),
+    clusters: int | None = Form(None, description="uda only: k-means clusters K (default 8)"),
+    image_size: str | None = Form(None, description="uda only: encoder input size, N or WIDTHxHEIGHT (default 224)"),
+    encoder: str | None = Form(None, description="uda only: frozen, phi or clip (clip needs the server's local checkpoint)"),
     activate: bool = Form(True, description="make the new version active when it is ready (false: keep it for review)"),
 ) -> JobAccepted:
-    """Adapt the active version to a new camera or lighting; scoring continues on it meanwhile."""
+    """Adapt the active version to a new condition; scoring continues on it meanwhile.
+
+    BatchNorm methods adapt a PatchCore version in place of its camera or lighting; `uda` trains a
+    new global detector from the source normals (`source_files`) and the unlabeled target."""
     existing(request, name)
     model = request.app.state.registry.get(name)
-    if model.kind != "patchcore":
-        raise Unprocessable(f"the active version of {name!r} is a {model.kind} model; {method} adapts PatchCore versions")
-    if method not in METHODS:
-        raise Unprocessable(f"unknown adaptation method {method!r}; choose from {', '.join(METHODS)}")
-    options = {"method": method, **{k: v for k, v in {"epochs": epochs, "lr": lr, "augment": augment}.items() if v is not None}}
-    try:
-        AdaptConfig(**options)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise Unprocessable(f"invalid adaptation settings: {exc}") from None
-    uploads = await _validated_uploads(request, files, model.config.image_size)
+    if method not in (*METHODS, "uda"):
+        raise Unprocessable(f"unknown adaptation method {method!r}; choose from {', '.join((*METHODS, 'uda'))}")
+    uda_only = {"source_files": source_files, "clusters": clusters, "image_size": image_size, "encoder": encoder}
+    if method == "uda":
+        options, size = _uda_options(request, model, epochs, lr, clusters, image_size, encoder)
+        if augment is not None:
+            raise Unprocessable("augment belongs to the BatchNorm methods, not to uda")
+        if not source_files:
+            raise Unprocessable("method=uda needs source_files: normal images of the source domain (a model keeps no training images)")
+        sources = await _validated_uploads(request, source_files, size)
+        if len(sources) < 2:
+            raise Unprocessable("method=uda needs at least 2 source images")
+    else:
+        given = [key for key, value in uda_only.items() if value]
+        if given:
+            raise Unprocessable(f"{', '.join(given)} belong(s) to method=uda")
+        if model.kind != "patchcore":
+            raise Unprocessable(f"the active version of {name!r} is a {model.kind} model; {method} adapts PatchCore versions")
+        options = {"method": method, **{k: v for k, v in {"epochs": epochs, "lr": lr, "augment": augment}.items() if v is not None}}
+        try:
+            AdaptConfig(**options)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise Unprocessable(f"invalid adaptation settings: {exc}") from None
+        size, sources = model.config.image_size, []
+    uploads = await _validated_uploads(request, files, size)
     params = {"config": options, "source_version": model.version, "activate": ACTIVATE_ALWAYS if activate else ACTIVATE_NEVER}
-    job = await run_in_threadpool(request.app.state.worker.submit, "adapt", name, params, uploads)
+    job = await run_in_threadpool(request.app.state.worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
+
+
+def _uda_options(request: Request, model, epochs, lr, clusters, image_size, encoder) -> tuple[dict, tuple[int, int]]:
+    """The job's UDA settings (validated now, so a bad one is a 422, not a failed job) and the input size."""
+    settings = request.app.state.settings
+    options = {k: v for k, v in {"epochs": epochs, "lr": lr, "clusters": clusters, "image_size": image_size, "encoder": encoder}.items() if v is not None}
+    if encoder == "clip":
+        if not settings.clip_checkpoint:
+            raise Unprocessable("encoder=clip needs a local open_clip checkpoint on the server (PATCHSHIFT_CLIP_CHECKPOINT)")
+        options.update(clip_model=settings.clip_model, clip_checkpoint=str(settings.clip_checkpoint))
+    try:
+        cfg = UDAConfig(**{**inherited_settings(model.kind, model.config.to_dict()), **options})
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise Unprocessable(f"invalid uda settings: {exc}") from None
+    if "image_size" in options:
+        options["image_size"] = list(cfg.image_size)
+    return {"method": "uda", **options}, cfg.image_size
 
 
 @router.post("/{name}/versions/{version}/activate", response_model=ModelOut, dependencies=[Depends(require(ADMIN))])
