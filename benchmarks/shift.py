@@ -30,6 +30,7 @@ METHODS = {
     "ot-continuous": {"method": "ot-continuous"},
     "roda-no-augment": {"method": "roda", "augment": "none"},
     "roda": {"method": "roda"},
+    "uda": {},  # the alternate adaptation (a global detector trained from train/good and the adaptation split)
 }
 
 
@@ -74,8 +75,28 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict:
     from patchshift.core.metrics import image_auroc, pixel_auroc
 
-    scores, maps = model.score_batches(as_float(images[i : i + 16]) for i in range(0, len(images), 16))
-    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps)}
+    scores, maps = model.score_batches(resize_to(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
+    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None}
+
+
+def resize_to(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Images at a model's input (height, width): the UDA detector runs smaller than the PatchCore model."""
+    import torch.nn.functional as F
+
+    return images if tuple(images.shape[-2:]) == hw else F.interpolate(images, size=hw, mode="area")
+
+
+def adapt_uda(model, root: Path, target: torch.Tensor, args: argparse.Namespace):
+    """UDA from the clean train/good images (source) and the shifted adaptation split (target)."""
+    from patchshift.core.data import train_images
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.train import fit_uda
+
+    width, height = model.config.image_size
+    cfg = UDAConfig(image_size=(width // args.uda_downscale, height // args.uda_downscale), epochs=args.uda_epochs, seed=args.seed)
+    source = as_float(load_images(train_images(root), cfg.image_size))
+    detector, _ = fit_uda(source, resize_to(target, (cfg.image_size[1], cfg.image_size[0])), cfg, device=model.device)
+    return detector
 
 
 def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
@@ -128,6 +149,7 @@ def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: st
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     from patchshift.core.adapt import AdaptConfig, adapt
     from patchshift.core.data import labelled_samples, load_mask
+    from patchshift.core.errors import DatasetError
 
     root = Path(args.data_root) / name
     overrides = {**DATASETS.get(name, {}), **({"image_size": args.image_size} if args.image_size else {})}
@@ -147,10 +169,19 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         for severity in args.severities:
             shifted = corrupt_uint8(clean, corruption, severity, args.seed)
             for method in args.methods:
-                cfg = AdaptConfig(**{**METHODS[method], **epochs_option(args), "seed": args.seed})
                 with PeakMemory() as memory:
                     started = time.perf_counter()
-                    adapted, _ = adapt(model, as_float(shifted[adapt_idx]), cfg)
+                    if method == "uda":
+                        try:
+                            adapted = adapt_uda(model, root, as_float(shifted[adapt_idx]), args)
+                        except DatasetError as exc:  # the scarcity check refusing is a result, not a crash
+                            rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": 0.0,
+                                         "adapt_peak_gib": 0.0, "image_auroc": float("nan"), "pixel_auroc": None, "refused": str(exc)})
+                            print(rows[-1], flush=True)
+                            continue
+                    else:
+                        cfg = AdaptConfig(**{**METHODS[method], **epochs_option(args), "seed": args.seed})
+                        adapted, _ = adapt(model, as_float(shifted[adapt_idx]), cfg)
                     seconds = time.perf_counter() - started
                 metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])
                 rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds, "adapt_peak_gib": memory.peak_gib, **metrics})
@@ -187,6 +218,8 @@ def summary_table(result: dict, key: str) -> str:
     table = []
     for method in methods:
         values = [lookup[(method, c, s)][key] for c, s in conditions]
+        if None in values:  # a global detector has no pixel AUROC
+            continue
         row = {"method": method, **{f"{c} {s}": v * 100 for (c, s), v in zip(conditions, values)}, "mean": np.mean(values) * 100}
         row["gap closed"] = 100 * (np.mean(values) - none_mean) / (upper - none_mean) if none_mean is not None and upper != none_mean else None
         row["adapt s"] = np.mean([lookup[(method, c, s)]["adapt_s"] for c, s in conditions])
@@ -204,8 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--corruptions", nargs="*", default=["gaussian_noise", "defocus_blur", "brightness", "contrast"])
     parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
-    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m != "uda"], help=f"of {', '.join(METHODS)}")
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
+    parser.add_argument("--uda-epochs", type=int, default=3, help="epochs of the uda method")
+    parser.add_argument("--uda-downscale", type=int, default=2, help="uda encoder input = model input size / this")
     parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
     parser.add_argument("--max-eval", type=int, default=0, help="subsample the evaluation split (stratified) to N images")
     parser.add_argument("--no-fig5a", dest="fig5a", action="store_false")

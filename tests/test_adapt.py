@@ -112,6 +112,35 @@ def test_views_keep_shape_for_rectangular_inputs():
     assert all(torch.equal(copies[:, v], batch) for v in range(3))
 
 
+def test_step_size_keeps_the_pixel_budget():
+    from patchshift.core.adapt.base import step_size
+
+    cfg = AdaptConfig(views=4, batch_size=8, max_step_megapixels=4.5)
+    assert step_size(cfg, 224, 576) == 8  # 8 x 4 x 0.129 MP = 4.13 MP fits
+    assert step_size(cfg, 512, 512) == 4  # 1.05 MP per image
+    assert step_size(cfg, 4096, 4096) == 1  # never zero
+
+
+def test_target_views_are_fixed_per_image_and_cached_only_below_the_cut(fitted):
+    from patchshift.core.adapt.base import TargetInputs, make_views
+
+    extractor = fitted.extractor
+    target = torch.rand(5, 3, 64, 64)
+    cfg = AdaptConfig(augment="dihedral", views=3, batch_size=2)
+    inputs = TargetInputs(extractor, target, cfg, 0, cfg.batch_size, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert inputs.cached is None  # nothing frozen below: views made per step, memory independent of the target size
+    expected = torch.cat([make_views(target[s : s + 2], cfg, g) for g in [torch.Generator().manual_seed(3)] for s in range(0, 5, 2)])
+    order = torch.tensor([4, 0, 2])
+    got = inputs.batch(order).reshape(3, 3, 3, 64, 64)
+    torch.testing.assert_close(got, extractor.normalise(expected[order].reshape(-1, 3, 64, 64)).reshape(3, 3, 3, 64, 64))
+    cut = extractor.backbone.first_stage_layer
+    cached = TargetInputs(extractor, target, cfg, cut, cfg.batch_size, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert cached.cached is not None and len(cached.cached) == 5
+    with torch.inference_mode():
+        direct = extractor.backbone.prefix(got.reshape(-1, 3, 64, 64), cut)
+    torch.testing.assert_close(cached.batch(order), direct, rtol=1e-4, atol=1e-5)
+
+
 def test_feature_stage_training_leaves_early_layers_alone(fitted, shifted):
     images, _ = shifted
     cfg = AdaptConfig(method="roda", epochs=1, reestimate_stats=False, trained_layers="feature-stages")

@@ -17,11 +17,13 @@ def test_stratified_split_keeps_both_classes():
 def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
     shift.main([
         "--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
-        "--corruptions", "contrast", "--severities", "5", "--methods", "none", "roda", "--epochs", "1",
+        "--corruptions", "contrast", "--severities", "5", "--methods", "none", "roda", "uda", "--epochs", "1", "--uda-epochs", "1",
         "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
     ])
     result = json.loads((tmp_path / f"shift-{dataset.name}.json").read_text())
-    assert {r["method"] for r in result["rows"]} == {"none", "roda"}
+    assert {r["method"] for r in result["rows"]} == {"none", "roda", "uda"}
+    uda = next(r for r in result["rows"] if r["method"] == "uda")
+    assert uda["pixel_auroc"] is None and "at least 16 target images" in uda["refused"]  # 2 adaptation images: too few to cluster
     assert 0 <= result["assignment_share"]["rot90"] <= 1
     assert [r["defective_share"] for r in result["defect_sweep"]] == [0.0, 0.1, 0.3, 0.5]
     assert "gap closed" in capsys.readouterr().out

@@ -74,17 +74,73 @@ def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], to
     return identity + half_turn + quarter + flips + (diagonal if square else [])
 
 
+def draw_views(cfg: AdaptConfig, n_transforms: int, generator: torch.Generator) -> list[int]:
+    """Indices of cfg.views transforms: the image itself first, then others drawn without replacement."""
+    if cfg.views == 1 or n_transforms == 1:
+        return [0] * cfg.views
+    return [0] + (torch.randperm(n_transforms - 1, generator=generator)[: cfg.views - 1] + 1).tolist()
+
+
 def make_views(batch: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator) -> torch.Tensor:
-    """(B, V, 3, H, W): cfg.views views of every image, the image itself first, then transforms
-    drawn without replacement. With augmentation off the views are plain copies (the paper's
-    'direct copy' ablation).
-    """
+    """(B, V, 3, H, W): cfg.views views of every image. With augmentation off the views are plain
+    copies (the paper's 'direct copy' ablation)."""
     transforms = view_transforms(cfg.augment, batch.shape[-1] == batch.shape[-2])
-    if cfg.views == 1 or len(transforms) == 1:
-        return batch.unsqueeze(1).expand(-1, cfg.views, -1, -1, -1)
-    rest = torch.randperm(len(transforms) - 1, generator=generator)[: cfg.views - 1] + 1
-    chosen = [transforms[0]] + [transforms[i] for i in rest.tolist()]
-    return torch.stack([t(batch) for t in chosen], dim=1)
+    return apply_views(batch, draw_views(cfg, len(transforms), generator), transforms)
+
+
+def apply_views(batch: torch.Tensor, chosen: list[int], transforms: list) -> torch.Tensor:
+    if len(set(chosen)) == 1 and chosen[0] == 0:
+        return batch.unsqueeze(1).expand(-1, len(chosen), -1, -1, -1)
+    return torch.stack([transforms[i](batch) for i in chosen], dim=1)
+
+
+def step_size(cfg: AdaptConfig, height: int, width: int) -> int:
+    """Images per optimiser step: cfg.batch_size, fewer when their views exceed the pixel budget
+    (activation memory grows with the pixels that go through the network with gradient)."""
+    per_image = cfg.views * height * width / 1e6
+    return max(1, min(cfg.batch_size, int(cfg.max_step_megapixels // per_image)))
+
+
+class TargetInputs:
+    """The network inputs of every target image's views.
+
+    Each image's views are drawn once (per chunk of images, in order) and stay fixed across epochs.
+    With frozen layers below the first adapted BatchNorm (`cut` > 0), their output is computed once
+    and cached; otherwise the views are made per step, so memory does not grow with the target set.
+    """
+
+    def __init__(self, extractor: nn.Module, target: torch.Tensor, cfg: AdaptConfig, cut: int, chunk: int,
+                 generator: torch.Generator, device: torch.device) -> None:
+        self.extractor, self.target, self.cut, self.device = extractor, target, cut, device
+        self.transforms = view_transforms(cfg.augment, target.shape[-1] == target.shape[-2])
+        self.chosen = []  # per image, its transform indices
+        for start in range(0, len(target), chunk):
+            picks = draw_views(cfg, len(self.transforms), generator)
+            self.chosen += [picks] * len(target[start : start + chunk])
+        self.cached = self._prefix(torch.arange(len(target))) if cut > 0 else None
+
+    @torch.inference_mode()
+    def _prefix(self, indices: torch.Tensor) -> torch.Tensor:
+        """(N, V, C, h, w): the frozen layers' output for every view, computed once."""
+        out = []
+        for start in range(0, len(indices), 8):
+            views = self._views(indices[start : start + 8])
+            b, v = views.shape[:2]
+            maps = self.extractor.backbone.prefix(views.reshape(b * v, *views.shape[2:]), self.cut)
+            out.append(maps.reshape(b, v, *maps.shape[1:]))
+        return torch.cat(out)
+
+    def _views(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3, H, W) normalised views of the images at `indices`."""
+        groups = [apply_views(self.target[i : i + 1], self.chosen[i], self.transforms) for i in indices.tolist()]
+        views = torch.cat(groups).to(self.device)
+        b, v = views.shape[:2]
+        return self.extractor.normalise(views.reshape(b * v, *views.shape[2:])).reshape(b, v, *views.shape[2:])
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B * V, C, h, w): what enters the layers from `cut` on."""
+        inputs = self.cached[indices.to(self.cached.device)] if self.cached is not None else self._views(indices)
+        return inputs.reshape(-1, *inputs.shape[2:])
 
 
 def affine_parameters(extractor: nn.Module, first_layer: int = 0) -> list[nn.Parameter]:
@@ -127,21 +183,6 @@ def set_batchnorm_mode(extractor: nn.Module, mode: str) -> None:
             layer.train()
 
 
-@torch.inference_mode()
-def cache_inputs(
-    extractor: nn.Module, target: torch.Tensor, cfg: AdaptConfig, cut: int, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    """(N, V, C, h, w): each image's views run through the frozen layers before `cut` once."""
-    chunks = []
-    for start in range(0, len(target), cfg.batch_size):
-        views = make_views(target[start : start + cfg.batch_size], cfg, generator)
-        b, v = views.shape[:2]
-        x = extractor.normalise(views.reshape(b * v, *views.shape[2:]).to(device))
-        out = extractor.backbone.prefix(x, cut)
-        chunks.append(out.reshape(b, v, *out.shape[1:]))
-    return torch.cat(chunks)
-
-
 def train_affine(
     model: PatchCoreModel,
     target: torch.Tensor,
@@ -162,18 +203,20 @@ def train_affine(
     cut = backbone.first_stage_layer if cfg.trained_layers == "feature-stages" else 0
     params = affine_parameters(extractor, cut)
     extractor.eval()
-    cached = cache_inputs(extractor, target, cfg, cut, generator, device)
+    inputs = TargetInputs(extractor, target, cfg, cut, cfg.batch_size, generator, device)
     optimiser = torch.optim.Adam(params, lr=cfg.lr)
-    batches_per_epoch = -(-len(target) // cfg.batch_size)
+    step = step_size(cfg, *target.shape[-2:])
+    batches_per_epoch = -(-len(target) // step)
     total = cfg.epochs * batches_per_epoch
+    report_.details["images_per_step"] = step
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(target), generator=generator)
         for b in range(batches_per_epoch):
             check_cancel(cancel)
-            inputs = cached[order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(cached.device)]
+            batch = inputs.batch(order[b * step : (b + 1) * step])
             set_batchnorm_mode(extractor, cfg.bn_mode)
             with torch.enable_grad():
-                maps = backbone(inputs.reshape(-1, *inputs.shape[2:]), start=cut)
+                maps = backbone(batch, start=cut)
                 feats = extractor.from_maps(maps)
                 loss = loss_fn(feats.reshape(-1, feats.shape[-1]), generator, report_.details)
                 optimiser.zero_grad(set_to_none=True)

@@ -39,6 +39,10 @@ class AdaptConfig:
     # Which BatchNorm affine parameters train: "all", or "feature-stages" (from the layer that
     # outputs the first feature stage on; the frozen layers before it run once and are cached).
     trained_layers: str = "all"
+    # Pixel budget of one optimiser step (images x views x H x W, in millions): large inputs take
+    # fewer images per step, so activation memory stays bounded (8 images of 576x224 with 4 views
+    # fit; at 512x512, 4 images per step).
+    max_step_megapixels: float = 4.5
     threshold_quantile: float = 0.99
     seed: int = 0
 
@@ -57,6 +61,8 @@ class AdaptConfig:
             raise ConfigError(f"discretise must be 'union' or 'mutual', got {self.discretise!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.views < 1 or self.lr <= 0 or self.eps <= 0:
             raise ConfigError("epochs >= 0, batch_size >= 1, views >= 1, lr > 0 and eps > 0 are required")
+        if self.max_step_megapixels <= 0:
+            raise ConfigError(f"max_step_megapixels must be positive, got {self.max_step_megapixels!r}")
         if self.target_patches < 1 or self.bank_rows < 1:
             raise ConfigError("target_patches and bank_rows must be positive")
 

@@ -94,6 +94,9 @@ def fit_uda(
     train_idx, holdout_idx = split_holdout(len(source_images), cfg.holdout_fraction, cfg.seed)
     src_train = source_images[train_idx]
     target_images = load_target(target, cfg.image_size) if target is not None else None
+    if target_images is not None and selected is None and len(target_images) < 2 * cfg.clusters:
+        raise DatasetError(f"UDA needs at least {2 * cfg.clusters} target images to find a dominant cluster among {cfg.clusters} "
+                           f"(2 per cluster), got {len(target_images)}; add images of the new condition or lower clusters")
     phi, weights_path = build_encoder(cfg, device)
 
     recluster = target_images is not None and selected is None and cfg.encoder == "phi"
