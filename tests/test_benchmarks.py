@@ -27,3 +27,16 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
     assert 0 <= result["assignment_share"]["rot90"] <= 1
     assert [r["defective_share"] for r in result["defect_sweep"]] == [0.0, 0.1, 0.3, 0.5]
     assert "gap closed" in capsys.readouterr().out
+
+
+def test_ot_size_benchmark_smoke(dataset, tmp_path, capsys):
+    from patchshift.benchmarks import ot_size
+
+    ot_size.main([
+        "--data-root", str(dataset.parent), "--dataset", dataset.name, "--image-size", "64", "--bank-size", "64",
+        "--corruptions", "contrast", "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
+    ])
+    result = json.loads((tmp_path / f"ot-size-{dataset.name}.json").read_text())
+    assert [r["ot problem"] for r in result["rows"]] == ["no adaptation", "2048 x 4096 (default)", "2048 x 4096, other seed", "full"]
+    assert result["bank_rows"] <= 64 and result["patches_per_step"] == 8 * 4 * 64  # 8 images x 4 views x (64/8)^2 patches
+    assert "OT problem" in capsys.readouterr().out
