@@ -14,7 +14,7 @@ COPY core core
 COPY service service
 COPY benchmarks benchmarks
 RUN pip install --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple torch==2.14.1 torchvision==0.29.1 \
- && pip install .
+ && pip install '.[clip]'
 
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS build-cuda
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
@@ -26,7 +26,7 @@ COPY pyproject.toml README.md ./
 COPY core core
 COPY service service
 COPY benchmarks benchmarks
-RUN pip install torch==2.14.1 torchvision==0.29.1 && pip install '.[gpu]' && pip uninstall -y faiss-cpu
+RUN pip install torch==2.14.1 torchvision==0.29.1 && pip install '.[gpu,clip]' && pip uninstall -y faiss-cpu
 
 FROM build-${VARIANT} AS build
 

@@ -80,6 +80,16 @@ def run_uda(images, labels, parts, cfg, mode: str) -> dict:
     return row
 
 
+def png_bytes(image: torch.Tensor) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def run_patchcore(images, labels, parts, size: int, method: str | None) -> dict:
     from patchshift.core.adapt import AdaptConfig, adapt
     from patchshift.core.config import ModelConfig
@@ -87,7 +97,8 @@ def run_patchcore(images, labels, parts, size: int, method: str | None) -> dict:
     from patchshift.core.patchcore import fit
 
     started = time.perf_counter()
-    model = fit(images[parts["source"]], ModelConfig(image_size=size), device="auto")
+    sources = [png_bytes(image) for image in images[parts["source"]]]  # fit takes image files, as a user gives them
+    model = fit(sources, ModelConfig(image_size=size), device="auto")
     if method:
         model, _ = adapt(model, images[parts["adapt"]], AdaptConfig(method=method))
     scores, _ = model.score_batches(images[parts["eval"]][i : i + 16] for i in range(0, len(parts["eval"]), 16))
