@@ -84,7 +84,7 @@ def test_dockerfile_is_multistage_with_cpu_default_and_cuda_option() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", text, re.M)) >= 3
     assert re.search(r"^ARG VARIANT=cpu", text, re.M)
-    assert "faiss-cpu" in text and "[gpu]" in text
+    assert "faiss-cpu" in text and "[gpu,clip]" in text and "[clip]" in text
     assert re.search(r"^EXPOSE 8000", text, re.M)
     assert 'CMD ["patchshift", "serve"]' in text
     assert "/healthz" in text and "/healthz" in app_routes()
