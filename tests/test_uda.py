@@ -190,3 +190,21 @@ def test_clip_psi_loads_from_a_local_checkpoint_and_stays_frozen(tmp_path) -> No
         bad_cfg = UDAConfig(image_size=64, epochs=1, batch_size=4, clusters=2, encoder="clip", clip_model=str(config), clip_checkpoint=str(bad))
         with pytest.raises(ConfigError, match=message):
             fit_uda(_images(rng, 4)[..., :64, :64], _images(rng, 6)[..., :64, :64], bad_cfg, device="cpu")
+
+
+def test_uda_reports_progress_and_cancels_between_steps() -> None:
+    from patchshift.core.errors import CancelledError
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.train import fit_uda
+
+    rng = np.random.default_rng(7)
+    cfg = UDAConfig(image_size=64, epochs=3, batch_size=4, clusters=2, embedding_dim=16)
+    source, target = _images(rng, 9)[..., :64, :64], _images(rng, 8, factor=0.8)[..., :64, :64]
+    seen: list[tuple[str, int, int]] = []
+    fit_uda(source, target, cfg, device="cpu", progress=lambda stage, done, total: seen.append((stage, done, total)))
+    steps = 3 * 2  # 8 training images (one of 9 held out) in batches of 4, three epochs
+    assert [s for s in seen if s[0] == "uda"] == [("uda", i, steps) for i in range(1, steps + 1)]
+    calls = []
+    with pytest.raises(CancelledError):
+        fit_uda(source, target, cfg, device="cpu", cancel=lambda: calls.append(1) or len(calls) > 2)
+    assert len(calls) == 3  # checked before every step; stopped at the third
