@@ -127,14 +127,14 @@ def test_target_views_are_fixed_per_image_and_cached_only_below_the_cut(fitted):
     extractor = fitted.extractor
     target = torch.rand(5, 3, 64, 64)
     cfg = AdaptConfig(augment="dihedral", views=3, batch_size=2)
-    inputs = TargetInputs(extractor, target, cfg, 0, cfg.batch_size, torch.Generator().manual_seed(3), torch.device("cpu"))
+    inputs = TargetInputs(extractor, target, cfg, 0, torch.Generator().manual_seed(3), torch.device("cpu"))
     assert inputs.cached is None  # nothing frozen below: views made per step, memory independent of the target size
     expected = torch.cat([make_views(target[s : s + 2], cfg, g) for g in [torch.Generator().manual_seed(3)] for s in range(0, 5, 2)])
     order = torch.tensor([4, 0, 2])
     got = inputs.batch(order).reshape(3, 3, 3, 64, 64)
     torch.testing.assert_close(got, extractor.normalise(expected[order].reshape(-1, 3, 64, 64)).reshape(3, 3, 3, 64, 64))
     cut = extractor.backbone.first_stage_layer
-    cached = TargetInputs(extractor, target, cfg, cut, cfg.batch_size, torch.Generator().manual_seed(3), torch.device("cpu"))
+    cached = TargetInputs(extractor, target, cfg, cut, torch.Generator().manual_seed(3), torch.device("cpu"))
     assert cached.cached is not None and len(cached.cached) == 5
     with torch.inference_mode():
         direct = extractor.backbone.prefix(got.reshape(-1, 3, 64, 64), cut)

@@ -109,14 +109,14 @@ class TargetInputs:
     and cached; otherwise the views are made per step, so memory does not grow with the target set.
     """
 
-    def __init__(self, extractor: nn.Module, target: torch.Tensor, cfg: AdaptConfig, cut: int, chunk: int,
+    def __init__(self, extractor: nn.Module, target: torch.Tensor, cfg: AdaptConfig, cut: int,
                  generator: torch.Generator, device: torch.device) -> None:
         self.extractor, self.target, self.cut, self.device = extractor, target, cut, device
         self.transforms = view_transforms(cfg.augment, target.shape[-1] == target.shape[-2])
         self.chosen = []  # per image, its transform indices
-        for start in range(0, len(target), chunk):
+        for start in range(0, len(target), cfg.batch_size):
             picks = draw_views(cfg, len(self.transforms), generator)
-            self.chosen += [picks] * len(target[start : start + chunk])
+            self.chosen += [picks] * len(target[start : start + cfg.batch_size])
         self.cached = self._prefix(torch.arange(len(target))) if cut > 0 else None
 
     @torch.inference_mode()
@@ -203,7 +203,7 @@ def train_affine(
     cut = backbone.first_stage_layer if cfg.trained_layers == "feature-stages" else 0
     params = affine_parameters(extractor, cut)
     extractor.eval()
-    inputs = TargetInputs(extractor, target, cfg, cut, cfg.batch_size, generator, device)
+    inputs = TargetInputs(extractor, target, cfg, cut, generator, device)
     optimiser = torch.optim.Adam(params, lr=cfg.lr)
     step = step_size(cfg, *target.shape[-2:])
     batches_per_epoch = -(-len(target) // step)

@@ -23,7 +23,7 @@ class UDAConfig:
     # Refuse to adapt when a two-way split of the target gives two clearly separate groups
     # (separation >= min_separation; about 1 for one mode, pi/2 at most) of comparable size (larger
     # side < min_majority): two products mixed, a half-defective batch whose defects look alike. On
-    # ELPV a defective share is not visible this way (separation 1.1-1.3 at 10% and 50%), so the
+    # ELPV a defective share is not visible this way (poly targets at 10% and 50%: about 1.1), so the
     # check catches mixed populations, not every failure of the scarcity assumption.
     min_majority: float = 0.6
     min_separation: float = 1.45

@@ -46,21 +46,19 @@ def _batched(fn, images: torch.Tensor, device: torch.device, batch_size: int) ->
 
 
 def clustering_encoder(phi: Encoder, cfg: UDAConfig, device: torch.device) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    """psi and the features k-means sees: phi's frozen pooled backbone, phi itself, or CLIP."""
+    """psi (in eval mode) and the features k-means sees: phi's frozen pooled backbone, phi itself, or CLIP."""
     if cfg.encoder == "phi":
         return phi, phi
     if cfg.encoder == "clip":
         clip = load_clip_encoder(cfg.clip_model, cfg.clip_checkpoint, device)
         return clip, clip
-    frozen = copy.deepcopy(phi).requires_grad_(False)
+    frozen = copy.deepcopy(phi).requires_grad_(False).eval()
     return frozen, frozen.pooled
 
 
 def select_normals(embed: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, cfg: UDAConfig, device: torch.device,
                    report_: UDAReport) -> torch.Tensor:
     """Dominant k-means cluster of the target under psi; raises when no cluster dominates."""
-    if isinstance(embed, torch.nn.Module):
-        embed.eval()
     feats = _batched(embed, target, device, cfg.batch_size)
     found = dominant_cluster(torch.nn.functional.normalize(feats, dim=1), cfg.clusters, cfg.min_majority, cfg.min_separation, cfg.seed)
     report_.cluster_sizes, report_.message = found.sizes, found.message
@@ -88,21 +86,24 @@ def fit_uda(
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     report_ = UDAReport()
+    clusters_target = target is not None and selected is None
+    # The encoders first: a wrong weights file or CLIP checkpoint fails before any image is read.
+    phi, weights_path = build_encoder(cfg, device)
+    if clusters_target:
+        report_.psi, embed = clustering_encoder(phi, cfg, device)
     source_images = load_target(source, cfg.image_size)
     if len(source_images) < 2:
         raise DatasetError("UDA needs at least 2 normal source images")
     train_idx, holdout_idx = split_holdout(len(source_images), cfg.holdout_fraction, cfg.seed)
     src_train = source_images[train_idx]
     target_images = load_target(target, cfg.image_size) if target is not None else None
-    if target_images is not None and selected is None and len(target_images) < 2 * cfg.clusters:
+    if clusters_target and len(target_images) < 2 * cfg.clusters:
         raise DatasetError(f"UDA needs at least {2 * cfg.clusters} target images to find a dominant cluster among {cfg.clusters} "
                            f"(2 per cluster), got {len(target_images)}; add images of the new condition or lower clusters")
-    phi, weights_path = build_encoder(cfg, device)
 
-    recluster = target_images is not None and selected is None and cfg.encoder == "phi"
+    recluster = clusters_target and cfg.encoder == "phi"
     if target_images is not None:
-        if selected is None:
-            report_.psi, embed = clustering_encoder(phi, cfg, device)
+        if clusters_target:
             selected = select_normals(embed, target_images, cfg, device, report_)
         else:
             report_.message = f"{int(selected.sum())} of {len(selected)} target images given as normal"
