@@ -8,7 +8,9 @@ stratified so defects are in it) / 80% evaluation with a fixed seed, adapt with 
 the 20%, evaluate on the 80%. The clean 80% without adaptation is the upper bound.
 Also: the share of anomalous target patches that a bank row picks in the discretised plan,
 with and without augmentation (paper Fig. 5a), and RoDA against the adaptation set's
-defective share. Writes benchmarks/results/shift-<dataset>.json.
+defective share (`--sweep-condition`). Reference rows `refit-target` and `paired-oracle`
+(benchmarks/references.py) bound what is recoverable; they are not adapters.
+Writes benchmarks/results/shift-<dataset>.json.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ METHODS = {
     "roda-no-augment": {"method": "roda", "augment": "none"},
     "roda": {"method": "roda"},
     "uda": {},  # the alternate adaptation (a global detector trained from train/good and the adaptation split)
+    # references, not adapters (benchmarks/references.py): they use what no deployment has
+    "refit-target": {},  # a bank fitted on train/good under the same corruption
+    "paired-oracle": {},  # BatchNorm affine trained onto the clean images' features
 }
+REFERENCES = ("refit-target", "paired-oracle")
 
 
 def epochs_option(args: argparse.Namespace) -> dict:
@@ -179,6 +185,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                                          "adapt_peak_gib": 0.0, "image_auroc": float("nan"), "pixel_auroc": None, "refused": str(exc)})
                             print(rows[-1], flush=True)
                             continue
+                    elif method in REFERENCES:
+                        from .references import reference_model
+
+                        adapted = reference_model(method, model, root, corruption, severity, clean, shifted, adapt_idx, args.seed)
                     else:
                         cfg = AdaptConfig(**{**METHODS[method], **epochs_option(args), "seed": args.seed})
                         adapted, _ = adapt(model, as_float(shifted[adapt_idx]), cfg)
@@ -193,7 +203,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             shares[augment] = assignment_share(model, shifted, masks[adapt_idx], augment, args.seed)
     sweep = []
     if args.defect_sweep:
-        shifted = corrupt_uint8(clean, args.corruptions[0], max(args.severities), args.seed)
+        corruption, severity = args.sweep_condition or (args.corruptions[0], max(args.severities))
+        shifted = corrupt_uint8(clean, corruption, int(severity), args.seed)
         good = adapt_idx[labels[adapt_idx] == 0]
         bad = adapt_idx[labels[adapt_idx] == 1]
         rng = np.random.default_rng(args.seed)
@@ -201,7 +212,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             n_bad = min(len(bad), round(share * len(good)))
             chosen = np.concatenate([rng.permutation(good)[: len(good) - n_bad], rng.permutation(bad)[:n_bad]])
             adapted, _ = adapt(model, as_float(shifted[chosen]), AdaptConfig(method="roda", **epochs_option(args), seed=args.seed))
-            sweep.append({"defective_share": share, "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
+            sweep.append({"condition": f"{corruption} {severity}", "defective_share": share, "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sweep[-1], flush=True)
     return {"dataset": name, "upper_bound": upper, "rows": rows, "assignment_share": shares, "defect_sweep": sweep,
             "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)), "machine": machine()}
@@ -245,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-eval", type=int, default=0, help="subsample the evaluation split (stratified) to N images")
     parser.add_argument("--no-fig5a", dest="fig5a", action="store_false")
     parser.add_argument("--no-defect-sweep", dest="defect_sweep", action="store_false")
+    parser.add_argument("--sweep-condition", nargs=2, metavar=("CORRUPTION", "SEVERITY"), default=None,
+                        help="condition of the defective-share sweep (default: the first corruption at the highest severity)")
     parser.add_argument("--model-cache", default="benchmarks/results/models")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\nanomalous patches picked by a bank row:", {k: round(v, 3) for k, v in result["assignment_share"].items()})
         if result["defect_sweep"]:
             print("\nroda vs defective share of the adaptation set")
-            print(markdown(result["defect_sweep"], [("defective_share", "defective share", ".0%"), ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f")]))
+            print(markdown(result["defect_sweep"], [("condition", "condition", ""), ("defective_share", "defective share", ".0%"), ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f")]))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from patchshift.benchmarks import shift
+from patchshift.core.data import train_images
 
 
 def test_stratified_split_keeps_both_classes():
@@ -17,15 +18,17 @@ def test_stratified_split_keeps_both_classes():
 def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
     shift.main([
         "--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
-        "--corruptions", "contrast", "--severities", "5", "--methods", "none", "roda", "uda", "--epochs", "1", "--uda-epochs", "1",
+        "--corruptions", "contrast", "--severities", "5", "--methods", "none", "roda", "uda", "refit-target", "paired-oracle", "--epochs", "1", "--uda-epochs", "1",
+        "--sweep-condition", "brightness", "3",
         "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
     ])
     result = json.loads((tmp_path / f"shift-{dataset.name}.json").read_text())
-    assert {r["method"] for r in result["rows"]} == {"none", "roda", "uda"}
+    assert {r["method"] for r in result["rows"]} == {"none", "roda", "uda", "refit-target", "paired-oracle"}
     uda = next(r for r in result["rows"] if r["method"] == "uda")
     assert uda["pixel_auroc"] is None and "at least 16 target images" in uda["refused"]  # 2 adaptation images: too few to cluster
     assert 0 <= result["assignment_share"]["rot90"] <= 1
     assert [r["defective_share"] for r in result["defect_sweep"]] == [0.0, 0.1, 0.3, 0.5]
+    assert {r["condition"] for r in result["defect_sweep"]} == {"brightness 3"}
     assert "gap closed" in capsys.readouterr().out
 
 
@@ -40,3 +43,30 @@ def test_ot_size_benchmark_smoke(dataset, tmp_path, capsys):
     assert [r["ot problem"] for r in result["rows"]] == ["no adaptation", "2048 x 4096 (default)", "2048 x 4096, other seed", "full"]
     assert result["bank_rows"] <= 64 and result["patches_per_step"] == 8 * 4 * 64  # 8 images x 4 views x (64/8)^2 patches
     assert "OT problem" in capsys.readouterr().out
+
+
+def test_paired_oracle_pulls_shifted_features_onto_the_clean_ones(fitted, dataset):
+    """The reference trains BatchNorm towards the clean images' features: their distance falls."""
+    import torch
+
+    from patchshift.benchmarks.references import paired_oracle
+
+    clean = shift.load_images(train_images(dataset)[:16], fitted.config.image_size)
+    shifted = shift.corrupt_uint8(clean, "defocus_blur", 5, seed=0)
+
+    def distance(model) -> float:
+        return float((model.features(shift.as_float(shifted)) - fitted.features(shift.as_float(clean))).norm(dim=-1).mean())
+
+    oracle = paired_oracle(fitted, shifted, clean, epochs=3)
+    assert distance(oracle) < 0.8 * distance(fitted)
+    assert torch.equal(oracle.bank, fitted.bank) and oracle.provenance.method == "paired-oracle"
+
+
+def test_refit_reference_fits_a_bank_on_corrupted_normal_images(fitted, dataset):
+    from patchshift.benchmarks.references import refit_on_condition
+
+    refit = refit_on_condition(fitted, dataset, "gaussian_noise", 5, seed=0)
+    clean = shift.load_images(train_images(dataset), fitted.config.image_size)
+    noisy = shift.as_float(shift.corrupt_uint8(clean, "gaussian_noise", 5, seed=0))
+    # noisy normal images are close to the refitted bank and far from the clean one
+    assert refit.score(noisy).scores.mean() < 0.7 * fitted.score(noisy).scores.mean()
