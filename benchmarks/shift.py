@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--corruptions", nargs="*", default=["gaussian_noise", "defocus_blur", "brightness", "contrast"])
     parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
-    parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m != "uda"], help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in ("uda", *REFERENCES)],
+                        help=f"of {', '.join(METHODS)} (default: all but uda and the references)")
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
     parser.add_argument("--uda-epochs", type=int, default=3, help="epochs of the uda method")
     parser.add_argument("--uda-downscale", type=int, default=2, help="uda encoder input = model input size / this")
