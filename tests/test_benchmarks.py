@@ -70,3 +70,17 @@ def test_refit_reference_fits_a_bank_on_corrupted_normal_images(fitted, dataset)
     noisy = shift.as_float(shift.corrupt_uint8(clean, "gaussian_noise", 5, seed=0))
     # noisy normal images are close to the refitted bank and far from the clean one
     assert refit.score(noisy).scores.mean() < 0.7 * fitted.score(noisy).scores.mean()
+
+
+def test_feature_scale_benchmark_smoke(dataset, tmp_path, capsys):
+    from patchshift.benchmarks import feature_scale
+
+    feature_scale.main([
+        "--data-root", str(dataset.parent), "--dataset", dataset.name, "--image-size", "64", "--corruptions", "contrast",
+        "--severities", "5", "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
+    ])
+    result = json.loads((tmp_path / f"feature-scale-{dataset.name}.json").read_text())
+    (row,) = result["rows"]
+    # contrast 5 shrinks the features: without adaptation they are smaller and farther from the bank than clean
+    assert row["scale none"] < 1 and row["distance none"] > 1
+    assert "NN distance / clean" in capsys.readouterr().out
