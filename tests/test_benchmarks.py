@@ -84,3 +84,23 @@ def test_feature_scale_benchmark_smoke(dataset, tmp_path, capsys):
     # contrast 5 shrinks the features: without adaptation they are smaller and farther from the bank than clean
     assert row["scale none"] < 1 and row["distance none"] > 1
     assert "NN distance / clean" in capsys.readouterr().out
+
+
+def test_design_runs_parse_variants_and_run(tmp_path, capsys):
+    from conftest import write_dataset
+
+    from patchshift.benchmarks import design_runs
+
+    dataset = write_dataset(tmp_path / "data" / "widget", n_train=12, n_good=20, n_defect=20)
+
+    assert design_runs.parse_variant("long:epochs=3,lr=0.001,augment=none") == ("long", {"epochs": 3, "lr": 0.001, "augment": "none"})
+    assert design_runs.parse_variant("roda") == ("roda", {})
+    design_runs.main([
+        "--data-root", str(dataset.parent), "--dataset", dataset.name, "--image-size", "64", "--corruptions", "brightness",
+        "--variants", "none:method=none", "roda:epochs=1", "paired-oracle",
+        "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
+    ])
+    result = json.loads((tmp_path / f"design-{dataset.name}.json").read_text())
+    assert [r["variant"] for r in result["rows"]] == ["none", "none", "roda", "paired-oracle"]
+    assert result["rows"][0]["condition"] == "clean"
+    assert "| mean | roda |" in capsys.readouterr().out
