@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
-from .shift import as_float, corrupt_uint8, evaluate_on, get_model, load_images, stratified_split
+from .common import machine, markdown
+from .shift import add_protocol_arguments, as_float, corrupt_uint8, evaluate_on, load_images, protocol_split, stratified_split
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -39,31 +39,18 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
-    from patchshift.core.data import labelled_samples, load_mask
+    from patchshift.core.data import load_mask
 
     from .references import paired_oracle
 
     parser = argparse.ArgumentParser(prog="patchshift bench design-runs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
-    parser.add_argument("--dataset", default="bsd")
-    parser.add_argument("--image-size", default=None)
-    parser.add_argument("--corruptions", nargs="*", default=["gaussian_noise", "defocus_blur", "brightness", "contrast"])
-    parser.add_argument("--severities", nargs="*", type=int, default=[5])
+    add_protocol_arguments(parser, severities=[5])
     parser.add_argument("--variants", nargs="*", default=["none:method=none", "bn-stats:method=bn-stats", "roda", "paired-oracle"])
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variants]
     configs = {label: AdaptConfig(**{"seed": args.seed, **fields}) for label, fields in variants if label != "paired-oracle"}
 
-    root = Path(args.data_root) / args.dataset
-    overrides = {**DATASETS.get(args.dataset, {}), **({"image_size": args.image_size} if args.image_size else {})}
-    model = get_model(args.dataset, root, Path(args.model_cache), args.device, overrides)
-    samples = labelled_samples(root)
-    labels = np.array([s.label for s in samples])
-    adapt_idx, _ = stratified_split(labels, 0.2, args.seed)
+    model, samples, labels, adapt_idx = protocol_split(args)
     first, second = stratified_split(labels[adapt_idx], 0.5, args.seed)
     fit_idx, score_idx = adapt_idx[first], adapt_idx[second]
     if len(np.unique(labels[score_idx])) < 2:

@@ -16,11 +16,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
-from .shift import as_float, corrupt_uint8, get_model, load_images, stratified_split
+from .common import machine, markdown
+from .shift import add_protocol_arguments, as_float, corrupt_uint8, load_images, protocol_split
 
 
 @torch.inference_mode()
@@ -37,26 +36,12 @@ def scale_and_distance(model, images: torch.Tensor) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
-    from patchshift.core.data import labelled_samples
 
     parser = argparse.ArgumentParser(prog="patchshift bench feature-scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
-    parser.add_argument("--dataset", default="bsd")
-    parser.add_argument("--image-size", default=None)
-    parser.add_argument("--corruptions", nargs="*", default=["gaussian_noise", "defocus_blur", "brightness", "contrast"])
-    parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    add_protocol_arguments(parser, severities=[3, 5])
     args = parser.parse_args(argv)
 
-    root = Path(args.data_root) / args.dataset
-    overrides = {**DATASETS.get(args.dataset, {}), **({"image_size": args.image_size} if args.image_size else {})}
-    model = get_model(args.dataset, root, Path(args.model_cache), args.device, overrides)
-    samples = labelled_samples(root)
-    labels = np.array([s.label for s in samples])
-    adapt_idx, _ = stratified_split(labels, 0.2, args.seed)
+    model, samples, labels, adapt_idx = protocol_split(args)
     clean = load_images([samples[i].path for i in adapt_idx], model.config.image_size)
     normal = torch.from_numpy(labels[adapt_idx] == 0)
     bank_norm = float(model.bank.norm(dim=1).mean())

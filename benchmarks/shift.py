@@ -121,6 +121,35 @@ def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
     return model
 
 
+CORRUPTIONS = ["gaussian_noise", "defocus_blur", "brightness", "contrast"]
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int]) -> None:
+    """The options of the one-dataset scripts that reuse this protocol (design-runs, feature-scale)."""
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    parser.add_argument("--dataset", default="bsd")
+    parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
+    parser.add_argument("--corruptions", nargs="*", default=CORRUPTIONS)
+    parser.add_argument("--severities", nargs="*", type=int, default=severities)
+    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default="benchmarks/results")
+
+
+def protocol_split(args: argparse.Namespace):
+    """(model, samples, labels, adaptation indices): the fitted model and the 20% adaptation split."""
+    from patchshift.core.data import labelled_samples
+
+    root = Path(args.data_root) / args.dataset
+    overrides = {**DATASETS.get(args.dataset, {}), **({"image_size": args.image_size} if args.image_size else {})}
+    model = get_model(args.dataset, root, Path(args.model_cache), args.device, overrides)
+    samples = labelled_samples(root)
+    labels = np.array([s.label for s in samples])
+    adapt_idx, _ = stratified_split(labels, 0.2, args.seed)
+    return model, samples, labels, adapt_idx
+
+
 @torch.inference_mode()
 def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: str, seed: int = 0) -> float:
     """Share of anomalous target patches that some bank row picks (column argmax of gamma*)."""
@@ -246,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="patchshift bench shift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--corruptions", nargs="*", default=["gaussian_noise", "defocus_blur", "brightness", "contrast"])
+    parser.add_argument("--corruptions", nargs="*", default=CORRUPTIONS)
     parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
     parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in ("uda", *REFERENCES)],
                         help=f"of {', '.join(METHODS)} (default: all but uda and the references)")
