@@ -72,18 +72,30 @@ def test_refit_reference_fits_a_bank_on_corrupted_normal_images(fitted, dataset)
     assert refit.score(noisy).scores.mean() < 0.7 * fitted.score(noisy).scores.mean()
 
 
-def test_feature_scale_benchmark_smoke(dataset, tmp_path, capsys):
-    from patchshift.benchmarks import feature_scale
+def test_alignment_benchmark_smoke(dataset, tmp_path, capsys):
+    from patchshift.benchmarks import alignment
 
-    feature_scale.main([
+    alignment.main([
         "--data-root", str(dataset.parent), "--dataset", dataset.name, "--image-size", "64", "--corruptions", "contrast",
-        "--severities", "5", "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
+        "--severities", "5", "--methods", "none", "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
     ])
-    result = json.loads((tmp_path / f"feature-scale-{dataset.name}.json").read_text())
+    result = json.loads((tmp_path / f"alignment-{dataset.name}.json").read_text())
     (row,) = result["rows"]
     # contrast 5 shrinks the features: without adaptation they are smaller and farther from the bank than clean
-    assert row["scale none"] < 1 and row["distance none"] > 1
-    assert "NN distance / clean" in capsys.readouterr().out
+    assert row["scale"] < 1 and row["distance"] > 1 and 0 <= row["twin_agreement"] <= 1
+    assert "clean twin" in capsys.readouterr().out
+
+
+def test_twin_agreement_is_one_without_a_shift_and_falls_with_one(fitted, dataset):
+    """Clean images agree with themselves (the column's reference); a strong shift sends patches elsewhere."""
+    from patchshift.benchmarks.alignment import patch_search
+
+    clean = shift.load_images(train_images(dataset)[:4], fitted.config.image_size)
+    _, _, twins = patch_search(fitted, clean, 10)
+    _, _, nearest = patch_search(fitted, clean, 1)
+    assert (twins == nearest).any(dim=1).all()
+    _, _, shifted = patch_search(fitted, shift.corrupt_uint8(clean, "contrast", 5, seed=0), 1)
+    assert (twins == shifted).any(dim=1).float().mean() < 0.9
 
 
 def test_design_runs_parse_variants_and_run(tmp_path, capsys):
