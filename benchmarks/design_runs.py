@@ -40,6 +40,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
     from patchshift.core.data import load_mask
+    from patchshift.core.errors import ConfigError
 
     from .references import paired_oracle
 
@@ -48,7 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=["none:method=none", "bn-stats:method=bn-stats", "roda", "paired-oracle"])
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variants]
-    configs = {label: AdaptConfig(**{"seed": args.seed, **fields}) for label, fields in variants if label != "paired-oracle"}
+    known = set(AdaptConfig.__dataclass_fields__)
+    for label, fields in variants:
+        if set(fields) - known:
+            parser.error(f"variant {label!r}: unknown AdaptConfig field(s) {', '.join(sorted(set(fields) - known))}")
+    try:
+        configs = {label: AdaptConfig(**{"seed": args.seed, **fields}) for label, fields in variants if label != "paired-oracle"}
+    except ConfigError as exc:
+        parser.error(str(exc))
 
     model, samples, labels, adapt_idx = protocol_split(args)
     first, second = stratified_split(labels[adapt_idx], 0.5, args.seed)

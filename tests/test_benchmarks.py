@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from patchshift.benchmarks import shift
 from patchshift.core.data import train_images
@@ -107,6 +108,9 @@ def test_design_runs_parse_variants_and_run(tmp_path, capsys):
 
     assert design_runs.parse_variant("long:epochs=3,lr=0.001,augment=none") == ("long", {"epochs": 3, "lr": 0.001, "augment": "none"})
     assert design_runs.parse_variant("roda") == ("roda", {})
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, not a traceback
+        design_runs.main(["--variants", "typo:epoch=3"])
+    assert "unknown AdaptConfig field(s) epoch" in capsys.readouterr().err
     design_runs.main([
         "--data-root", str(dataset.parent), "--dataset", dataset.name, "--image-size", "64", "--corruptions", "brightness",
         "--variants", "none:method=none", "roda:epochs=1", "paired-oracle",
