@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patchshift.core.corruptions import CORRUPTIONS
+
 from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
 
 METHODS = {
@@ -121,15 +123,12 @@ def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
     return model
 
 
-CORRUPTIONS = ["gaussian_noise", "defocus_blur", "brightness", "contrast"]
-
-
 def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int]) -> None:
-    """The options of the one-dataset scripts that reuse this protocol (design-runs, feature-scale)."""
+    """The options of the one-dataset scripts that reuse this protocol (design-runs, alignment)."""
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--dataset", default="bsd")
     parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
-    parser.add_argument("--corruptions", nargs="*", default=CORRUPTIONS)
+    parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="*", type=int, default=severities)
     parser.add_argument("--model-cache", default="benchmarks/results/models")
     parser.add_argument("--device", default="auto")
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="patchshift bench shift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--corruptions", nargs="*", default=CORRUPTIONS)
+    parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
     parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in ("uda", *REFERENCES)],
                         help=f"of {', '.join(METHODS)} (default: all but uda and the references)")
