@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="benchmarks/results")
     args = parser.parse_args(argv)
+    if args.sweep_condition and (args.sweep_condition[0] not in CORRUPTIONS or args.sweep_condition[1] not in list("12345")):
+        parser.error(f"--sweep-condition takes one of {', '.join(CORRUPTIONS)} and a severity 1-5, got {' '.join(args.sweep_condition)}")
     for name in args.datasets:
         result = run_dataset(name, args)
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)

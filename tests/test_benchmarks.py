@@ -120,3 +120,9 @@ def test_design_runs_parse_variants_and_run(tmp_path, capsys):
     assert [r["variant"] for r in result["rows"]] == ["none", "none", "roda", "paired-oracle"]
     assert result["rows"][0]["condition"] == "clean"
     assert "| mean | roda |" in capsys.readouterr().out
+
+
+def test_sweep_condition_is_checked_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        shift.main(["--sweep-condition", "fog", "3"])
+    assert "--sweep-condition takes one of" in capsys.readouterr().err
