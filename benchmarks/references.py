@@ -1,12 +1,13 @@
 """Reference rows for the shift benchmark: what is recoverable at all, with information no
-deployed adapter has. They bound the adapters from above; they are not adapters.
+deployed adapter has. They are references for the adapters, not adapters.
 
 - `refit-target`: a new bank fitted on the clean train/good images corrupted the same way, i.e.
   what re-collecting normal images under the new camera and refitting from scratch would give.
 - `paired-oracle`: the BatchNorm affine parameters (after AdaBN, as RoDA) trained to map each
   corrupted adaptation image's patch features onto the source model's features of the *clean*
-  image. The best any alignment of these parameters can do with a perfect target; its image
-  AUROC measures how much BatchNorm can undo the shift.
+  image: the same parameters with a perfect target. Its image AUROC shows how much BatchNorm
+  can undo the shift (a strong reference, not a strict bound: AdaBN beats it on pixel AUROC
+  under noise).
 """
 
 from __future__ import annotations
@@ -41,18 +42,19 @@ def paired_oracle(model, shifted: torch.Tensor, clean: torch.Tensor, epochs: int
     from patchshift.core.adapt import AdaptConfig
     from patchshift.core.adapt.base import AdaptReport, affine_parameters, derive_version, reestimate_statistics
 
+    cfg = AdaptConfig(method="paired-oracle", epochs=epochs, lr=lr, seed=seed)
     batch = model.config.batch_size
     shifted, clean = as_float(shifted), as_float(clean)
     goal = torch.cat([model.features(clean[i : i + batch]) for i in range(0, len(clean), batch)]).clone()
     extractor = copy.deepcopy(model.extractor)
     reestimate_statistics(extractor, shifted, batch, model.device)
-    optimiser = torch.optim.Adam(affine_parameters(extractor), lr=lr)
+    optimiser = torch.optim.Adam(affine_parameters(extractor), lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
     report = AdaptReport(method="paired-oracle", n_images=len(shifted))
-    for _ in range(epochs):
+    for _ in range(cfg.epochs):
         order = torch.randperm(len(shifted), generator=generator)
-        for start in range(0, len(order), 8):
-            chosen = order[start : start + 8]
+        for start in range(0, len(order), cfg.batch_size):
+            chosen = order[start : start + cfg.batch_size]
             extractor.eval()
             with torch.enable_grad():
                 feats = extractor(shifted[chosen].to(model.device))
@@ -64,7 +66,7 @@ def paired_oracle(model, shifted: torch.Tensor, clean: torch.Tensor, epochs: int
             report.steps += 1
     for parameter in extractor.parameters():
         parameter.requires_grad_(False)
-    return derive_version(model, extractor.eval(), shifted, report, AdaptConfig(method="paired-oracle", epochs=epochs, lr=lr))
+    return derive_version(model, extractor.eval(), shifted, report, cfg)
 
 
 def reference_model(method: str, model, root: Path, corruption: str, severity: int, clean: torch.Tensor,
