@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from .device import resolve_device
 from .drift import DriftReference
 from .errors import ArtifactError, PatchshiftError
 from .fileio import fsync_dir, fsync_file
+from .finite import count_non_finite, first_non_finite
 from .patchcore import PatchCoreModel, Provenance, build_extractor
 
 FORMAT_VERSION = 1
@@ -39,7 +41,7 @@ ENCODER_FILE = "encoder.safetensors"  # UDA versions: the whole trained encoder
 
 
 class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sha256: str
     bytes: int
 
@@ -47,7 +49,7 @@ class FileEntry(BaseModel):
 class VersionFields(BaseModel):
     """What every version's manifest holds, whatever its kind."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     format_version: Literal[1]
     config: dict
     backbone: str
@@ -142,6 +144,21 @@ def _entries(folder: Path, names: tuple[str, ...]) -> dict[str, FileEntry]:
     return files
 
 
+def refuse_non_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """A version is never written with NaN or infinite values: it would score every image the same."""
+    bad, total = count_non_finite(tensors.values())
+    if bad:
+        raise ArtifactError(f"refusing to save a model whose {what} holds {bad} of {total} non-finite values")
+
+
+def _manifest_json(manifest: VersionFields) -> str:
+    data = manifest.model_dump(mode="python")
+    where = first_non_finite(data)
+    if where is not None:
+        raise ArtifactError(f"refusing to save a model whose manifest field {where} is not a finite number")
+    return json.dumps(data, indent=2, allow_nan=False)
+
+
 def _write_atomically(out_dir: str | os.PathLike[str], overwrite: bool, fill) -> Path:
     """Create the version in a temporary sibling (fill(staging) writes the files and returns the
     manifest), fsync it and rename it into place; a reader sees the whole version or none of it."""
@@ -152,7 +169,7 @@ def _write_atomically(out_dir: str | os.PathLike[str], overwrite: bool, fill) ->
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         manifest = fill(staging)
-        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        (staging / MANIFEST).write_text(_manifest_json(manifest))
         fsync_file(staging / MANIFEST)
         fsync_dir(staging)
         if target.exists():
@@ -173,10 +190,16 @@ def save_model(model, out_dir: str | os.PathLike[str], overwrite: bool = False) 
     """Write a version (PatchCore or UDA) atomically; refuses to replace a directory unless asked."""
     from .uda.model import UDAModel
 
+    _check_threshold(model.threshold)
     if isinstance(model, UDAModel):
+        refuse_non_finite(dict(model.encoder.state_dict()), "encoder")
+        refuse_non_finite({"centre": model.centre}, "centre")
         target = _write_atomically(out_dir, overwrite, lambda staging: _fill_uda(model, staging))
         model.version = target.name
         return target
+
+    refuse_non_finite({"bank": model.bank}, "memory bank")
+    refuse_non_finite(batchnorm_state(model.extractor), "BatchNorm state")
 
     def fill(staging: Path) -> Manifest:
         _write_bank(model, staging / BANK_FILE)
@@ -187,6 +210,11 @@ def save_model(model, out_dir: str | os.PathLike[str], overwrite: bool = False) 
     model.version = target.name
     model.bank_path = target / BANK_FILE
     return target
+
+
+def _check_threshold(threshold: float) -> None:
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise ArtifactError(f"refusing to save a model with threshold {threshold!r}: it must be a finite positive number")
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest | UDAManifest:
@@ -242,12 +270,14 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
             f"(sha256 {backbone.weights_sha256[:12]}..., expected {manifest.weights_sha256[:12]}...)"
         )
     try:
-        load_batchnorm_state(extractor, load_file(str(path / BATCHNORM_FILE)), str(path / BATCHNORM_FILE))
+        batchnorm = load_file(str(path / BATCHNORM_FILE))
+        load_batchnorm_state(extractor, batchnorm, BATCHNORM_FILE)
         bank = load_file(str(path / BANK_FILE))["bank"]
     except PatchshiftError as exc:
         raise ArtifactError(str(exc)) from None
     except Exception as exc:  # safetensors raises its own types for bad headers
         raise ArtifactError(f"{path}: cannot read stored tensors ({exc})") from None
+    _refuse_loading_non_finite(path, {BANK_FILE: bank, BATCHNORM_FILE: batchnorm})
     if tuple(bank.shape) != (manifest.bank_size, config.feature_dim):
         raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest says ({manifest.bank_size}, {config.feature_dim})")
     provenance, reference = _provenance_and_reference(path, manifest)
@@ -256,6 +286,13 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
     )
     model.bank_path = path / BANK_FILE
     return model
+
+
+def _refuse_loading_non_finite(path: Path, files: dict[str, torch.Tensor]) -> None:
+    for name, tensor in files.items():
+        bad, total = count_non_finite(tensor.values() if isinstance(tensor, dict) else [tensor])
+        if bad:
+            raise ArtifactError(f"{path}: {name} holds {bad} of {total} non-finite values; this version cannot score")
 
 
 def _provenance_and_reference(path: Path, manifest: VersionFields) -> tuple[Provenance, DriftReference | None]:
@@ -282,6 +319,9 @@ def _load_uda(path: Path, manifest: UDAManifest, device: str | torch.device | No
     try:
         state = load_file(str(path / ENCODER_FILE))
         encoder.load_state_dict(state)
+        _refuse_loading_non_finite(path, {ENCODER_FILE: state})
+    except ArtifactError:
+        raise
     except Exception as exc:  # safetensors and torch raise their own types
         raise ArtifactError(f"{path}: cannot read {ENCODER_FILE} ({exc})") from None
     if len(manifest.centre) != config.embedding_dim:

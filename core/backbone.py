@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Backbone:
     """A truncated backbone returning the maps of the requested stages, plus what describes it."""
 
     module: nn.Module  # input: normalised (B, 3, H, W); output: dict stage-name -> map
+    name: str  # timm architecture
     stage_names: tuple[str, ...]
     stage_channels: tuple[int, ...]
     mean: tuple[float, float, float]
@@ -184,6 +186,23 @@ def sequential_layers(model: nn.Module, stage_names: tuple[str, ...]) -> list[tu
     raise ConfigError(f"cannot find backbone stages {sorted(remaining)} among the model's top-level layers")
 
 
+@lru_cache(maxsize=16)
+def stage_channels(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
+    """Channels of the stages at `strides`, from the architecture alone (no weights are read), so a
+    request can be checked before any work starts."""
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown backbone architecture {name!r} ({exc})") from None
+    by_stride = {info["reduction"]: int(info["num_chs"]) for info in model.feature_info}
+    missing = [s for s in strides if s not in by_stride]
+    if missing:
+        raise ConfigError(f"backbone {name} has no stage with stride {missing}; available strides: {sorted(by_stride)}")
+    return tuple(by_stride[s] for s in strides)
+
+
 def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> Backbone:
     """Load the model and cut it after the deepest stage needed for the given strides."""
     model, path = load_classifier(name, weights)
@@ -200,6 +219,7 @@ def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> 
     cfg = model.pretrained_cfg
     return Backbone(
         module=module,
+        name=name,
         stage_names=names,
         stage_channels=tuple(int(info["num_chs"]) for info in stages),
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),

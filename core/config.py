@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .options import check_options, option
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -21,17 +22,17 @@ def parse_image_size(text: str | int | tuple[int, int] | list[int]) -> tuple[int
         size = (text, text)
     elif isinstance(text, (tuple, list)):
         if len(text) != 2:
-            raise ConfigError(f"image size must be WIDTHxHEIGHT, got {text!r}")
+            raise ConfigError(f"image_size must be N or WIDTHxHEIGHT, got {text!r}")
         size = (int(text[0]), int(text[1]))
     else:
         match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(text))
         if not match:
-            raise ConfigError(f"image size must be N or WIDTHxHEIGHT (e.g. 256 or 576x224), got {text!r}")
+            raise ConfigError(f"image_size must be N or WIDTHxHEIGHT (e.g. 256 or 576x224), got {text!r}")
         width = int(match.group(1))
         size = (width, int(match.group(2)) if match.group(2) else width)
     for side in size:
         if not 32 <= side <= MAX_INPUT_SIDE:
-            raise ConfigError(f"image size sides must be between 32 and {MAX_INPUT_SIDE} pixels, got {size[0]}x{size[1]}")
+            raise ConfigError(f"image_size sides must be between 32 and {MAX_INPUT_SIDE} pixels, got {size[0]}x{size[1]}")
     return size
 
 
@@ -45,47 +46,36 @@ class ModelConfig:
     # Strides of the backbone stages whose maps become patch features (PatchCore: 8 and 16).
     feature_strides: tuple[int, ...] = (8, 16)
     image_size: tuple[int, int] = (256, 256)  # (width, height) of the model input
-    feature_dim: int = 128  # D: channels per patch after reduction
-    neighbourhood: int = 3  # side of the local averaging window
-    coreset_ratio: float = 0.1
+    # D: channels per patch after reduction; the backbone bounds it further (features.max_feature_dim).
+    feature_dim: int = option(128, "patch feature dimension D", ge=2, le=4096)
+    neighbourhood: int = option(3, "side of the local averaging window (odd)", ge=1, le=15)
+    coreset_ratio: float = option(0.1, "share of training patches kept in the memory bank", gt=0, le=1)
     # Bank rows beyond ~10k cost search time but no measured accuracy (README, bank sweep).
-    coreset_max_size: int | None = 10_000
-    coreset_projection_dim: int = 64  # random projection used only to pick the coreset
+    coreset_max_size: int | None = option(10_000, "upper bound on bank rows", ge=1, le=10_000_000, optional=True)
+    coreset_projection_dim: int = option(64, "random projection used only to pick the coreset", ge=8, le=1024)
     # Nearest-neighbour search: "flat" is exact L2; "ivf" is FAISS IVF (approximate, faster).
-    index: str = "flat"
-    ivf_nprobe: int = 16
+    index: str = option("flat", "exact (flat) or IVF search", choices=("flat", "ivf"))
+    ivf_nprobe: int = option(16, "IVF cells searched per query", ge=1, le=4096)
     # 0 = image score is the max patch distance; b > 0 = PatchCore re-weighting with b neighbours.
-    reweight_neighbours: int = 0
-    blur_sigma: float = 4.0
-    holdout_fraction: float = 0.1  # normal training images kept out of the bank to set the threshold
-    threshold_quantile: float = 0.99
-    seed: int = 0
-    batch_size: int = 16
+    reweight_neighbours: int = option(0, "PatchCore score re-weighting with B neighbours (0: off)", ge=0, le=64)
+    blur_sigma: float = option(4.0, "Gaussian blur of the heatmap, in input pixels", ge=0, le=64)
+    holdout_fraction: float = option(0.1, "share of normal images held out to set the threshold", ge=0, le=0.9)
+    threshold_quantile: float = option(0.99, "quantile of held-out scores used as threshold", gt=0, le=1)
+    seed: int = option(0, "random seed (hold-out split, coreset)", ge=0, le=2**32 - 1)
+    batch_size: int = option(16, "images per forward pass", ge=1, le=256)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
         object.__setattr__(self, "feature_strides", tuple(int(s) for s in self.feature_strides))
         if not self.feature_strides or sorted(self.feature_strides) != list(self.feature_strides):
             raise ConfigError(f"feature_strides must be increasing, got {self.feature_strides}")
-        if self.feature_dim < len(self.feature_strides) or self.feature_dim % len(self.feature_strides):
+        check_options(self)
+        if self.feature_dim % len(self.feature_strides):
             raise ConfigError(
-                f"feature_dim ({self.feature_dim}) must be a positive multiple of the number of stages "
-                f"({len(self.feature_strides)})"
+                f"feature_dim ({self.feature_dim}) must be a multiple of the number of stages ({len(self.feature_strides)})"
             )
-        if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
-            raise ConfigError(f"neighbourhood must be an odd positive size, got {self.neighbourhood}")
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ConfigError(f"coreset ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.coreset_max_size is not None and self.coreset_max_size < 1:
-            raise ConfigError(f"coreset maximum size must be positive, got {self.coreset_max_size}")
-        if self.index not in ("flat", "ivf"):
-            raise ConfigError(f"index must be 'flat' or 'ivf', got {self.index!r}")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError(f"holdout fraction must be in [0, 1), got {self.holdout_fraction}")
-        if not 0.0 < self.threshold_quantile <= 1.0:
-            raise ConfigError(f"threshold quantile must be in (0, 1], got {self.threshold_quantile}")
-        if self.blur_sigma < 0 or self.reweight_neighbours < 0 or self.batch_size < 1:
-            raise ConfigError("blur_sigma, reweight_neighbours must be >= 0 and batch_size >= 1")
+        if self.neighbourhood % 2 == 0:
+            raise ConfigError(f"neighbourhood must be an odd size, got {self.neighbourhood}")
 
     @property
     def input_hw(self) -> tuple[int, int]:

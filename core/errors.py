@@ -31,3 +31,7 @@ class ConfigError(PatchshiftError):
 
 class CancelledError(PatchshiftError):
     """A long-running job was cancelled between two steps; nothing was written."""
+
+
+class AdaptationError(PatchshiftError):
+    """An adaptation could not produce a usable model (diverged, or its target cannot support it)."""

@@ -7,12 +7,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .errors import ConfigError
 
 
 def channel_pooling_matrix(channels: int, out_dim: int) -> torch.Tensor:
     """(channels, out_dim) matrix equal to adaptive average pooling over the channel axis."""
     eye = torch.eye(channels).unsqueeze(1)  # (C, 1, C): each row a one-hot "feature vector"
     return F.adaptive_avg_pool1d(eye, out_dim).squeeze(1)
+
+
+def max_feature_dim(stage_channels: tuple[int, ...]) -> int:
+    """The largest D a backbone provides: each stage's share of D is at most its widest stage's channels
+    (a narrower stage repeats channels to fill its share)."""
+    return len(stage_channels) * max(stage_channels)
+
+
+def check_feature_dim(feature_dim: int, backbone_name: str, stage_channels: tuple[int, ...]) -> None:
+    limit = max_feature_dim(stage_channels)
+    if feature_dim > limit:
+        raise ConfigError(
+            f"feature_dim must be at most {limit} for {backbone_name} ({len(stage_channels)} stages of "
+            f"{'/'.join(map(str, stage_channels))} channels), got {feature_dim}"
+        )
 
 
 class PatchFeatureExtractor(nn.Module):
@@ -31,6 +47,7 @@ class PatchFeatureExtractor(nn.Module):
         self.neighbourhood = neighbourhood
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        check_feature_dim(feature_dim, backbone.name, backbone.stage_channels)
         per_stage = feature_dim // len(backbone.stage_names)
         for i, channels in enumerate(backbone.stage_channels):
             self.register_buffer(f"pool{i}", channel_pooling_matrix(channels, per_stage), persistent=False)

@@ -30,8 +30,9 @@ MAX_PIXELS = 100_000_000
 MAX_SIDE = 30_000
 
 
-def open_image(source: bytes | str | os.PathLike[str], name: str | None = None) -> Image.Image:
-    """Decode a file or bytes into a fully loaded RGB Pillow image, or raise InvalidImageError."""
+def decode_image(source: bytes | str | os.PathLike[str], name: str | None = None) -> Image.Image:
+    """Decode a file or bytes into a fully loaded Pillow image in its own mode (EXIF orientation
+    applied), or raise InvalidImageError. The size check comes before any pixel is decoded."""
     label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
     if isinstance(source, bytes):
         if not source:
@@ -44,27 +45,71 @@ def open_image(source: bytes | str | os.PathLike[str], name: str | None = None) 
         if path.stat().st_size == 0:
             raise InvalidImageError(f"{label}: file is empty (0 bytes)")
         stream = str(path)
+    too_large = (
+        f"{label}: image is {{}} pixels; accepted are up to {MAX_SIDE} pixels a side and {MAX_PIXELS // 1_000_000} megapixels"
+    )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit (MAX_PIXELS) is the one that applies, not Pillow's default of 89.5 MP.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(stream)
             width, height = image.size
             if width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-                raise InvalidImageError(
-                    f"{label}: image is {width}x{height} pixels; accepted are up to {MAX_SIDE} pixels a side "
-                    f"and {MAX_PIXELS // 1_000_000} megapixels"
-                )
+                raise InvalidImageError(too_large.format(f"{width}x{height}"))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
     except InvalidImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(f"{label}: image is too large to decode safely ({exc})") from None
+    except Image.DecompressionBombError:  # over twice Pillow's limit: refused while opening
+        raise InvalidImageError(too_large.format(f"over {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} million")) from None
     except UnidentifiedImageError:
         raise InvalidImageError(f"{label}: not an image (unknown or unsupported format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"{label}: image data is truncated or corrupt ({exc})") from None
-    return to_rgb(image)
+    return image
+
+
+def open_image(source: bytes | str | os.PathLike[str], name: str | None = None) -> Image.Image:
+    """Decode a file or bytes into a fully loaded RGB Pillow image, or raise InvalidImageError."""
+    return to_rgb(decode_image(source, name))
+
+
+# Modes whose resize commutes exactly with the conversion to RGB: resized first, so a huge grey
+# camera frame is never expanded to RGB at full size.
+_RESIZE_FIRST = ("RGB", "L")
+
+
+def resized_rgb(image: Image.Image, size: tuple[int, int], reducing_gap: float | None = None) -> np.ndarray:
+    """Any decoded image -> (H, W, 3) uint8 at (width, height) `size`, the same pixels as
+    resize_rgb(to_rgb(image), size) without a full-size RGB copy where the mode allows."""
+    if image.mode in _RESIZE_FIRST:
+        if image.size != tuple(size):
+            image = image.resize(tuple(size), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
+        return np.asarray(to_rgb(image), dtype=np.uint8)
+    rgb = to_rgb(image)
+    if rgb.size != tuple(size):
+        rgb = rgb.resize(tuple(size), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def preview_size(original: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down so the longer side is at most `max_side` (never up)."""
+    width, height = original
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def decode_for_model(
+    source: bytes | str | os.PathLike[str], size: tuple[int, int], name: str | None = None, preview_side: int | None = None
+) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+    """(model input (H, W, 3) uint8, original (width, height), preview for overlays or None).
+
+    Memory is one decoded image plus small outputs: the preview's longer side is at most
+    `preview_side`, whatever the original size."""
+    image = decode_image(source, name)
+    model_input = resized_rgb(image, size)
+    preview = resized_rgb(image, preview_size(image.size, preview_side), reducing_gap=3.0) if preview_side else None
+    return model_input, image.size, preview
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -106,9 +151,9 @@ def load_batch(
     """Decode and resize a batch; returns the input tensor and each original (width, height)."""
     arrays, sizes = [], []
     for i, source in enumerate(sources):
-        image = open_image(source, names[i] if names else None)
-        sizes.append(image.size)
-        arrays.append(resize_rgb(image, size))
+        array, original, _ = decode_for_model(source, size, names[i] if names else None)
+        sizes.append(original)
+        arrays.append(array)
     return to_tensor(arrays), sizes
 
 
@@ -146,8 +191,8 @@ def iter_batches(
     from concurrent.futures import ThreadPoolExecutor
 
     def decode(source: bytes | str | os.PathLike[str]) -> tuple[np.ndarray, tuple[int, int]]:
-        image = open_image(source)
-        return resize_rgb(image, size), image.size
+        array, original, _ = decode_for_model(source, size)
+        return array, original
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         starts = list(range(0, len(sources), batch_size))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError
+from .options import Bounds
 
 
 def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
@@ -37,3 +38,8 @@ def transfer_threshold(source_scores: np.ndarray, source_threshold: float, targe
         return float(source_threshold)
     z = (source_threshold - source_median) / source_mad
     return float(target_median + z * target_mad)
+
+
+# A threshold given by a person: finite and inside these bounds. Scores are feature distances;
+# a threshold outside them makes every verdict the same (1e308 passes everything, 5e-324 nothing).
+THRESHOLD_BOUNDS = Bounds(ge=1e-6, le=1e6, help="decision threshold on the anomaly score")

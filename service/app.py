@@ -5,7 +5,7 @@ Routers stay thin; they call the objects built here, which live on app.state.
 
 from __future__ import annotations
 
-import json
+import importlib.metadata
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -17,10 +17,11 @@ from patchshift.core.device import resolve_device
 from .auth import Keys
 from .drift_watch import DriftWatch
 from .errors import install_handlers
-from .jobs import JobStore
+from .jobs import JobStore, move_legacy_database
 from .metrics import ServiceMetrics
 from .registry import ModelRegistry
-from .routers import health, jobs, models, score
+from .limits import BodyLimit
+from .routers import docs, health, jobs, models, score
 from .scoring import MicroBatcher
 from .settings import Settings
 from .store import ModelStore
@@ -31,12 +32,11 @@ log = logging.getLogger("patchshift.service")
 
 
 class ObserveRequests:
-    """ASGI middleware: 413 for bodies over the limit, request counters and latency by route template."""
+    """ASGI middleware: request counters and latency by route template (ids never become labels)."""
 
-    def __init__(self, app, metrics: ServiceMetrics, max_bytes: int) -> None:
+    def __init__(self, app, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -49,13 +49,7 @@ class ObserveRequests:
                 status["code"] = message["status"]
             await send(message)
 
-        length = dict(scope.get("headers") or []).get(b"content-length")
         try:
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                body = json.dumps({"error": {"code": "payload_too_large", "message": f"request body of {int(length)} bytes exceeds the {self.max_bytes}-byte limit"}}).encode()
-                await capture({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
             await self.app(scope, receive, capture)
         finally:
             route = scope.get("route")
@@ -63,6 +57,42 @@ class ObserveRequests:
             method = scope.get("method", "")
             self.metrics.requests.labels(template, method, str(status["code"])).inc()
             self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+
+
+def files_per_request(settings: Settings):
+    """Files accepted per multipart field: scoring takes max_files, fit and adapt max_train_files."""
+
+    def limit(path: str) -> int:
+        return settings.max_files if path.rstrip("/").endswith("/score") else settings.max_train_files
+
+    return limit
+
+
+def document_file_limits(app: FastAPI, settings: Settings) -> None:
+    """Write the file-count limits (settings, so not known to the route declarations) into the OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                ref = (operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {}).get("schema", {}).get("$ref"))
+                if not ref:
+                    continue
+                body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+                for field in ("files", "source_files"):
+                    prop = body.get("properties", {}).get(field)
+                    if prop is None:
+                        continue
+                    array = next((p for p in prop.get("anyOf", [prop]) if p.get("type") == "array"), None)
+                    if array is not None:
+                        array["maxItems"] = files_per_request(settings)(path)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -79,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = resolve_device(settings.device)
         metrics.device.labels(device.type).set(1)
         state.store = ModelStore(settings.models_dir)
+        if settings.database is None and (moved := move_legacy_database(settings.models_dir, settings.database_path)):
+            log.warning("moved the job database from %s to %s (a model name could collide with it)", moved, settings.database_path)
         for leftover in state.store.clean_leftovers():
             log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
         state.registry = ModelRegistry(state.store, settings, metrics, device)
@@ -99,12 +131,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="patchshift",
-        version="0.1.0",
+        version=package_version(),
         description="Visual inspection that adapts to camera and lighting shifts: scores, verdicts, heatmaps, adaptation jobs.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # the body limit below counts the parts of each field; FastAPI's own defaults (1000) must not undercut it
+        form_limits={"max_files": 2 * settings.max_train_files + 1, "max_fields": 2 * settings.max_train_files + 64},
     )
     install_handlers(app)
-    for router in (health.router, models.router, score.router, jobs.router):
+    for router in (health.router, models.router, score.router, jobs.router, docs.router):
         app.include_router(router)
-    app.add_middleware(ObserveRequests, metrics=metrics, max_bytes=settings.max_request_bytes)
+    docs.mount_assets(app)
+    document_file_limits(app, settings)
+    app.add_middleware(BodyLimit, max_request_bytes=settings.max_request_bytes, max_file_bytes=settings.max_file_bytes,
+                       max_files=files_per_request(settings))
+    app.add_middleware(ObserveRequests, metrics=metrics)
     return app
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("patchshift")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -9,31 +9,43 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("patchshift")
 
 
+FIT_FIELDS = ("feature_dim", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours", "holdout_fraction",
+              "threshold_quantile", "seed")
+ADAPT_FIELDS = ("epochs", "lr", "augment", "views", "bn_mode", "trim")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.threshold import THRESHOLD_BOUNDS
+
+    from .options import add_flags, bounded_type
+
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm architecture name")
     parser.add_argument("--weights", default=None, help="local weights file (required for non-bundled backbones)")
-    parser.add_argument("--image-size", default="256", help="model input size: N or WIDTHxHEIGHT, e.g. 576x224")
-    parser.add_argument("--feature-dim", type=int, default=128, help="patch feature dimension D")
-    parser.add_argument("--coreset-ratio", type=float, default=0.1, help="share of training patches kept in the bank")
-    parser.add_argument("--coreset-max-size", type=int, default=10_000, help="upper bound on bank rows (0: none)")
-    parser.add_argument("--index", choices=("flat", "ivf"), default="flat", help="exact (flat) or IVF search")
-    parser.add_argument("--reweight", type=int, default=0, metavar="B", help="PatchCore score re-weighting with B neighbours (0: off)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.1, help="normal images held out to set the threshold")
-    parser.add_argument("--threshold-quantile", type=float, default=0.99, help="quantile of held-out scores used as threshold")
-    parser.add_argument("--threshold", type=float, default=None, help="fixed threshold instead of the calibrated one")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", default="256", help="model input size: N or WIDTHxHEIGHT, e.g. 576x224 (sides 32..2048)")
+    add_flags(parser, ModelConfig, FIT_FIELDS, flags={"reweight_neighbours": ("--reweight", "--reweight-neighbours")})
+    parser.add_argument("--threshold", type=bounded_type("threshold", float, THRESHOLD_BOUNDS), default=None,
+                        help=f"fixed threshold instead of the calibrated one ({THRESHOLD_BOUNDS.describe()})")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr, like every other error, and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="patchshift", description="Visual inspection that adapts to camera and lighting shifts.")
+    parser = OneLineParser(prog="patchshift", description="Visual inspection that adapts to camera and lighting shifts.")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=_batch_size_type(), default=16, help="images per forward pass (1..256)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--no-progress", action="store_true", help="never show progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="OUT.json", help="write results as JSON")
     p.add_argument("images", nargs="+", help="image files or folders")
 
+    from patchshift.core.adapt import AdaptConfig
+    from patchshift.core.uda import UDAConfig
+
+    from .options import add_flags
+
     p = sub.add_parser("adapt", help="adapt a model to a new camera or lighting from unlabeled images")
     p.add_argument("--model", required=True, help="source model directory")
     p.add_argument("--images", required=True, nargs="+", help="unlabeled images (files or folders) of the new condition")
@@ -57,24 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--method", default="roda", help="roda (default), bn-stats, moment-matching, ot-continuous, none, or uda")
     p.add_argument("--source-images", nargs="+", default=None, help="uda only: normal images of the source domain")
-    p.add_argument("--clusters", type=int, default=None, help="uda only: k-means clusters K (default 8)")
+    add_flags(p, UDAConfig, ("clusters",))  # uda only
     p.add_argument("--image-size", default=None, help="uda only: encoder input size (default 224)")
-    p.add_argument("--encoder", choices=("frozen", "phi", "clip"), default=None, help="uda only: clustering encoder psi (default frozen)")
+    add_flags(p, UDAConfig, ("encoder",))  # uda only
     p.add_argument("--clip-checkpoint", default=None, help="uda --encoder clip: local open_clip weights file")
     p.add_argument("--clip-model", default=None, help="uda --encoder clip: its architecture, e.g. ViT-B-32 (default), or a JSON config")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--augment", default=None, help="views: rot90 (default), flip, dihedral or none")
+    add_flags(p, AdaptConfig, ADAPT_FIELDS)
     p.add_argument("--no-augment", action="store_true", help="plain copies instead of rotated/flipped views")
-    p.add_argument("--views", type=int, default=None, help="views per image")
-    p.add_argument("--bn-mode", choices=("eval", "train"), default=None)
-    p.add_argument("--trim", type=float, default=None, help="roda: share of the costliest matched pairs left out of the loss (default 0.1; 0 = the paper)")
 
     p = sub.add_parser("serve", help="run the HTTP service (settings also from PATCHSHIFT_* environment variables)")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--models-dir", default=None, help="model store (default ./models)")
-    p.add_argument("--database", default=None, help="SQLite job database (default MODELS_DIR/jobs.sqlite)")
+    p.add_argument("--database", default=None, help="SQLite job database (default MODELS_DIR/.state/jobs.sqlite)")
     p.add_argument("--api-key", default=None, help="admin API key (prefer PATCHSHIFT_ADMIN_KEY: arguments show in ps)")
     p.add_argument("--read-key", default=None, help="read-scope API key (prefer PATCHSHIFT_READ_KEY)")
     p.add_argument("--auto-adapt", action="store_true", default=None, help="adapt by itself when drift persists")
@@ -93,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--severity", type=int, default=5, help="corruption severity 1-5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="OUT.json")
+    for command in sub.choices.values():
+        command.set_defaults(parser=command)  # so a setting out of range is reported as this command's usage error
     return parser
 
 
@@ -127,22 +141,19 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
     from patchshift.core.errors import ArtifactError
     from patchshift.core.patchcore import fit
 
+    from patchshift.core.backbone import stage_channels
+    from patchshift.core.features import check_feature_dim
+
+    from .options import given
+
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
-    config = ModelConfig(
-        backbone=args.backbone,
-        weights=str(Path(args.weights).resolve()) if args.weights else None,
-        image_size=args.image_size,
-        feature_dim=args.feature_dim,
-        coreset_ratio=args.coreset_ratio,
-        coreset_max_size=args.coreset_max_size or None,
-        index=args.index,
-        reweight_neighbours=args.reweight,
-        holdout_fraction=args.holdout_fraction,
-        threshold_quantile=args.threshold_quantile,
-        seed=args.seed,
-        batch_size=args.batch_size,
-    )
+    with usage_errors(args):
+        config = ModelConfig(
+            backbone=args.backbone, weights=str(Path(args.weights).resolve()) if args.weights else None,
+            image_size=args.image_size, batch_size=args.batch_size, **given(args, FIT_FIELDS),
+        )
+        check_feature_dim(config.feature_dim, config.backbone, stage_channels(config.backbone, config.feature_strides))
     images = _normal_images(args.data)
     model = fit(images, config, device=args.device, threshold=args.threshold, progress=progress)
     save_model(model, args.out, overwrite=args.overwrite)
@@ -210,13 +221,13 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     uda_only = ("source_images", "clusters", "image_size", "encoder", "clip_checkpoint", "clip_model")
     if any(getattr(args, key) for key in uda_only):
         raise ConfigError("--source-images, --clusters, --image-size, --encoder and --clip-* belong to --method uda")
-    options = {"method": args.method}
-    for key in ("epochs", "lr", "augment", "views", "bn_mode", "trim"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
+    from .options import given
+
+    options = {"method": args.method, **given(args, ADAPT_FIELDS)}
     if args.no_augment:
         options["augment"] = "none"
-    cfg = AdaptConfig(**options)
+    with usage_errors(args):
+        cfg = AdaptConfig(**options)
     model = load_model(args.model, device=args.device)
     if model.kind != "patchcore":
         raise ConfigError(f"{args.model} is a {model.kind} model; {args.method} adapts PatchCore models")
@@ -243,7 +254,8 @@ def _adapt_uda(args: argparse.Namespace, progress) -> int:
     given = {"epochs": args.epochs, "lr": args.lr, "clusters": args.clusters, "image_size": args.image_size,
              "encoder": args.encoder, "clip_checkpoint": args.clip_checkpoint, "clip_model": args.clip_model}
     options = {k: v for k, v in given.items() if v is not None}
-    cfg = UDAConfig(**{**inherited_settings(parent.kind, parent.config), **options})
+    with usage_errors(args):
+        cfg = UDAConfig(**{**inherited_settings(parent.kind, parent.config), **options})
     model, report = fit_uda(_images(args.source_images), _images(args.images), cfg, device=args.device, progress=progress)
     model.provenance.parent = Path(args.model).name
     save_model(model, args.out, overwrite=args.overwrite)
@@ -307,6 +319,26 @@ def cmd_bench(args: argparse.Namespace, progress) -> int:
 
     importlib.import_module(f"patchshift.benchmarks.{args.name.replace('-', '_')}").main(args.options)
     return 0
+
+
+@contextmanager
+def usage_errors(args: argparse.Namespace) -> Iterator[None]:
+    """A setting out of its range is a usage error (exit 2), like a malformed flag."""
+    from patchshift.core.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        args.parser.error(str(exc))
+
+
+def _batch_size_type():
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.options import options_of
+
+    from .options import bounded_type
+
+    return bounded_type("batch_size", int, options_of(ModelConfig)["batch_size"][1])
 
 
 COMMANDS = {"serve": cmd_serve, "bench": cmd_bench, "fit": cmd_fit, "score": cmd_score, "adapt": cmd_adapt, "eval": cmd_eval}

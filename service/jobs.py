@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -32,6 +33,20 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status);
 """
+
+
+def move_legacy_database(models_dir: Path, path: Path) -> Path | None:
+    """Versions before 0.2 kept the job database at MODELS_DIR/jobs.sqlite, where a model named
+    'jobs.sqlite' collided with it; move it (with its WAL files) to `path` once."""
+    legacy = models_dir / "jobs.sqlite"
+    if not legacy.is_file() or path.exists():
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("-wal", "-shm", ""):
+        old = legacy.with_name(legacy.name + suffix)
+        if old.is_file():
+            os.replace(old, path.with_name(path.name + suffix))
+    return legacy
 
 
 def now() -> str:

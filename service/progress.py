@@ -10,6 +10,8 @@ STAGE_LABELS = {
     "threshold": "calibrating threshold",
     "score": "scoring",
     "adapt": "adapting",
+    "statistics": "re-estimating BatchNorm statistics",
+    "uda": "training the UDA encoder",
 }
 
 

@@ -15,7 +15,7 @@ from patchshift.core.drift import DriftMonitor
 from patchshift.core.errors import ArtifactError
 from patchshift.core.patchcore import PatchCoreModel
 
-from .errors import NotFound, Unavailable
+from .errors import NotFound, Unavailable, redact_paths
 from .metrics import ServiceMetrics
 from .settings import Settings
 from .store import ModelStore
@@ -67,9 +67,12 @@ class ModelRegistry:
         slot = self._slots.get(name)
         if slot is not None and slot.model is not None and slot.model.version == version:
             return slot.model
-        self.store.manifest(name, version)  # NotFound for unknown versions
         started = time.perf_counter()
-        model = load_model(self.store.version_dir(name, version), device=self.device)
+        try:
+            self.store.manifest(name, version)  # NotFound for unknown versions
+            model = load_model(self.store.version_dir(name, version), device=self.device)
+        except ArtifactError as exc:  # named by model and version, never by server path
+            raise ArtifactError(f"model {name!r} version {version} cannot be loaded: {redact_paths(str(exc))}") from None
         self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
         return model
 

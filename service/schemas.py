@@ -5,6 +5,31 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    file: str | None = None  # the upload the error is about
+    files: list[dict] | None = None  # every bad upload of a batch: [{"file", "message"}]
+    job_id: str | None = None  # the unfinished job behind a 409
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_MEANING = {
+    400: "invalid model or version name", 401: "missing or unknown API key", 403: "the key's scope does not allow this",
+    404: "no such model, version or job", 409: "conflict with the model's state or an unfinished job",
+    413: "body, file or file count over the limits", 422: "invalid settings or unreadable images",
+    503: "the model's active version cannot be loaded",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI entries for the error statuses a route really returns (all share ErrorOut)."""
+    return {code: {"model": ErrorOut, "description": ERROR_MEANING[code]} for code in codes}
+
+
 class ScoreItem(BaseModel):
     filename: str
     score: float
@@ -65,12 +90,18 @@ class DriftOut(BaseModel):
     auto_adapt: bool
 
 
+class UnreadableVersion(BaseModel):
+    version: str
+    error: str  # why its manifest cannot be read; it cannot be activated, only deleted
+
+
 class ModelOut(BaseModel):
     name: str
     active_version: str | None
     loaded: bool
     load_error: str | None
     versions: list[VersionOut]
+    unreadable_versions: list[UnreadableVersion] = []
     drift: DriftOut | None
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from patchshift.core.errors import InvalidImageError
-from patchshift.core.images import open_image, resize_rgb, to_tensor
+from patchshift.core.images import decode_for_model, to_tensor
 from patchshift.core.patchcore import PatchCoreModel
 from patchshift.core.uda.model import UDAModel
 
@@ -31,7 +31,7 @@ from .metrics import ServiceMetrics
 @dataclass
 class Decoded:
     names: list[str]
-    photos: list[np.ndarray]  # original RGB, for heatmap overlays
+    photos: list[np.ndarray]  # RGB previews (longer side <= heatmap_max_side) for heatmap overlays
     batch: torch.Tensor  # (N, 3, H, W) at the model input size
 
 
@@ -42,18 +42,21 @@ class Scored:
     descriptors: np.ndarray
 
 
-def decode_uploads(files: list[tuple[str, bytes]], size: tuple[int, int], keep_photos: bool) -> Decoded:
-    """Every file decoded, or one 422 that names every bad file (nothing is scored then)."""
+def decode_uploads(files: list[tuple[str, bytes]], size: tuple[int, int], preview_side: int | None) -> Decoded:
+    """Every file decoded, or one 422 that names every bad file (nothing is scored then).
+
+    With `preview_side`, a preview of each photo is kept for its overlay, scaled down to that
+    longer side: memory stays bounded whatever the uploads' sizes (one full image at a time)."""
     arrays, photos, problems = [], [], []
     for name, data in files:
         try:
-            image = open_image(data, name)
+            array, _, preview = decode_for_model(data, size, name, preview_side)
         except InvalidImageError as exc:
             problems.append({"file": name, "message": str(exc)})
             continue
-        arrays.append(resize_rgb(image, size))
-        if keep_photos:
-            photos.append(np.asarray(image))
+        arrays.append(array)
+        if preview is not None:
+            photos.append(preview)
     if problems:
         summary = problems[0]["message"] + (f" (and {len(problems) - 1} more bad file(s))" if len(problems) > 1 else "")
         raise BadImages(summary, file=problems[0]["file"], files=problems)

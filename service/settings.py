@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     models_dir: Path = Path("models")
-    database: Path | None = Field(None, description="SQLite job database; default MODELS_DIR/jobs.sqlite")
+    database: Path | None = Field(None, description="SQLite job database; default MODELS_DIR/.state/jobs.sqlite")
     device: str = "auto"
 
     # Security: keys arrive as `Authorization: Bearer <key>`; no key configured means auth is off.
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_train_files: int = Field(5000, ge=1, description="images per fit or adapt request")
     max_request_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Heatmap overlays over HTTP are drawn on a preview of the photo, longer side at most this:
+    # memory stays bounded for a 100-megapixel frame (the CLI draws at full size).
+    heatmap_max_side: int = Field(1024, ge=64, le=8192, description="longer side of heatmap_png overlays, in pixels")
 
     # Micro-batching of concurrent score requests.
     max_batch_images: int = Field(32, ge=1)
@@ -63,7 +66,7 @@ class Settings(BaseSettings):
 
     @property
     def database_path(self) -> Path:
-        return self.database or self.models_dir / "jobs.sqlite"
+        return self.database or self.models_dir / ".state" / "jobs.sqlite"
 
     @property
     def uploads_dir(self) -> Path:

@@ -19,15 +19,18 @@ from patchshift.core.artifact import MANIFEST, Manifest, read_manifest
 from patchshift.core.fileio import atomic_write_bytes
 
 from .errors import Conflict, InvalidName, NotFound
+from .names import NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(NAME_PATTERN)
 ACTIVE = "ACTIVE"
 VERSION = re.compile(r"^v(\d+)$")
+# The store's own files live here, where no model name can reach (names start with a letter or digit).
+STATE_DIR = ".state"
 
 
 def check_name(value: str, what: str = "model name") -> str:
-    if not NAME.fullmatch(value) or ".." in value:
-        raise InvalidName(f"{what} {value!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if len(value) > NAME_MAX_LENGTH or not NAME.fullmatch(value):
+        raise InvalidName(f"{what} {value!r} is invalid: {NAME_RULE}")
     return value
 
 
@@ -38,7 +41,10 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def model_dir(self, name: str) -> Path:
-        return self.root / check_name(name)
+        path = self.root / check_name(name)
+        if path.exists() and not path.is_dir():
+            raise InvalidName(f"model name {name!r} is taken by a file in the model store; choose another name")
+        return path
 
     def version_dir(self, name: str, version: str) -> Path:
         return self.model_dir(name) / check_name(version, "version")

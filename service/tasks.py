@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 
@@ -102,18 +103,19 @@ def drift_before_after(source: PatchCoreModel, adapted: PatchCoreModel, target: 
 
 
 def override_threshold(store: ModelStore, registry: ModelRegistry, name: str, threshold: float) -> str:
-    """A new version identical to the active one but for its threshold; activated at once."""
+    """A new version identical to the active one but for its threshold; activated at once.
+
+    The version is validated and written completely before ACTIVE moves, so a refused value
+    leaves the store and the active version as they were."""
     source = registry.get(name)
-    provenance = Provenance(
+    model = copy.copy(source)  # shares the (read-only) networks and bank; any model kind
+    model.threshold = float(threshold)
+    model.version = None
+    model.provenance = Provenance(
         method="threshold-override", parent=source.version, threshold_source="given",
         calibration_scores=list(source.provenance.calibration_scores), n_train_images=source.provenance.n_train_images,
         details={"previous_threshold": source.threshold},
     )
-    model = PatchCoreModel(
-        source.config, source.backbone, source.extractor, source.bank, threshold, provenance, source.device,
-        index=source.index, drift_reference=source.drift_reference,
-    )
-    model.bank_path = source.bank_path
     version = store.allocate_version(name)
     save_model(model, store.version_dir(name, version))
     registry.activate(name, version, model)

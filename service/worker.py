@@ -40,8 +40,10 @@ class JobInputs:
 # A task gets (job, inputs, progress(fraction, stage), cancelled()) and returns (version, result).
 Task = Callable[[Job, JobInputs, Callable[[float, str], None], Callable[[], bool]], tuple[str | None, dict]]
 
-STAGES = {  # where each core stage sits in a job's overall progress
-    "features": (0.0, 0.6), "coreset": (0.6, 0.95), "threshold": (0.95, 1.0), "adapt": (0.05, 0.95), "uda": (0.05, 0.95),
+STAGES = {  # where each core stage sits in a job's overall progress (fit: features, coreset, threshold;
+    # BatchNorm adaptation: statistics, adapt (trained methods only), threshold; uda: uda)
+    "features": (0.0, 0.6), "coreset": (0.6, 0.95), "threshold": (0.95, 1.0),
+    "statistics": (0.0, 0.3), "adapt": (0.3, 0.95), "uda": (0.05, 0.95),
 }
 
 

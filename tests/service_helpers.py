@@ -49,7 +49,8 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                # /healthz answers once start-up (loading every model) is done; readiness is the tests' to check
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -10,7 +10,10 @@ from patchshift.service.cli import main
 
 
 def run(capsys, *argv):
-    code = main(["--no-progress", *argv])
+    try:
+        code = main(["--no-progress", *argv])
+    except SystemExit as exc:  # argparse: usage errors
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -62,7 +65,6 @@ def test_fit_command(dataset, tmp_path, capsys):
         (["score", "--model", "{model}", "{tmp}/missing.png"], "no such file"),
         (["eval", "--model", "{model}", "--data", "{tmp}"], "MVTec AD layout"),
         (["eval", "--model", "{model}", "--data", "{data}", "--corruption", "fog"], "unknown corruption"),
-        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--image-size", "huge"], "image size"),
         (["fit", "--data", "{tmp}/empty", "--out", "{tmp}/x"], "no such folder"),
         (["fit", "--data", "{data}", "--out", "{tmp}/x", "--backbone", "resnet18"], "--weights"),
         (["serve", "--port", "99999"], "port"),
@@ -76,6 +78,33 @@ def test_cli_errors_are_one_line(argv, message, saved_model, dataset, tmp_path, 
     assert code == 1
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--image-size", "huge"], "image_size must be N or WIDTHxHEIGHT"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--image-size", "9000"], "image_size sides must be between 32 and 2048"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--feature-dim", "100000"], "feature_dim must be in [2, 4096]"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--feature-dim", "1000"], "feature_dim must be at most 224 for tf_efficientnet_lite0"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--coreset-ratio", "nan"], "coreset_ratio must be a finite number"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--threshold", "1e309"], "threshold must be a finite number"),
+        (["fit", "--data", "{data}", "--out", "{tmp}/x", "--threshold", "5e-324"], "threshold must be in [1e-06, 1000000]"),
+        (["adapt", "--model", "{model}", "--images", "{data}", "--out", "{tmp}/a", "--lr", "1e308"], "lr must be in (0, 1]"),
+        (["adapt", "--model", "{model}", "--images", "{data}", "--out", "{tmp}/a", "--lr", "nan"], "lr must be a finite number"),
+        (["adapt", "--model", "{model}", "--images", "{data}", "--out", "{tmp}/a", "--epochs", "99999999999999999999999"], "epochs must be in [1, 100]"),
+        (["adapt", "--model", "{model}", "--images", "{data}", "--out", "{tmp}/a", "--epochs", "0"], "epochs must be in [1, 100]"),
+        (["--batch-size", "0", "score", "--model", "{model}", "{data}"], "batch_size must be in [1, 256]"),
+    ],
+)
+def test_out_of_range_settings_are_usage_errors(argv, message, saved_model, dataset, tmp_path, capsys):
+    """Every numeric option is finite and inside its documented range: exit 2 and one line, before any work."""
+    argv = [a.format(tmp=tmp_path, data=dataset, model=saved_model) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "a").exists()
 
 
 def test_installed_command_exit_status(tmp_path):

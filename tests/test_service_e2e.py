@@ -148,7 +148,7 @@ def test_kill9_during_adaptation_and_concurrent_scoring(stored_server: Server, d
     probe = read(sorted((dataset / "test/good").glob("*.png")))[:4]
     with stored_server.client() as client:
         reference, _ = scores_of(client, probe)
-        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "400"})
+        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "100"})
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
         # a second adaptation of the same model is refused while the first is unfinished
@@ -190,7 +190,7 @@ def test_kill9_during_adaptation_and_concurrent_scoring(stored_server: Server, d
         assert not (uploads / job_id).exists()
 
         # cancellation: a running job stops, no version is written
-        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "400"})
+        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "100"})
         job_id = response.json()["job_id"]
         wait_job(client, job_id, until=("running",))
         assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
@@ -255,8 +255,8 @@ def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
         assert score(items).status_code == 200
 
         # a corrupt stored version: reported, refused with the reason, the other model keeps serving
-        ready = client.get("/readyz")
-        assert ready.status_code == 200 and "bank.safetensors" in ready.json()["load_errors"]["broken"]
+        ready = client.get("/readyz")  # not ready while a model cannot serve, and it says which and why
+        assert ready.status_code == 503 and "bank.safetensors" in ready.json()["load_errors"]["broken"]
         response = score(good, model="broken")
         assert response.status_code == 503 and "bank.safetensors" in response.json()["error"]["message"]
         assert "bank.safetensors" in client.get("/v1/models/broken").json()["load_error"]
@@ -270,6 +270,8 @@ def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
         version = client.get("/v1/models/global").json()["versions"][0]
         assert version["kind"] == "uda" and version["bank_size"] is None
 
+        assert client.get("/readyz").status_code == 503
+        assert client.delete("/v1/models/broken").status_code == 204
         assert client.get("/readyz").status_code == 200
         assert 'status="500"' not in client.get("/metrics").text
 

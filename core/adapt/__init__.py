@@ -8,13 +8,16 @@ Only BatchNorm state changes; the bank and every other weight stay byte-identica
 from __future__ import annotations
 
 import copy
+import math
 import logging
 import time
 from collections.abc import Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..backbone import batchnorm_state
+from ..errors import AdaptationError, ConfigError
+from ..finite import refuse_diverged
 from ..patchcore import ImageSource, PatchCoreModel
 from ..progress import CancelFn, ProgressFn, check_cancel
 from .base import AdaptReport, derive_version, load_target, reestimate_statistics, train_affine
@@ -45,7 +48,7 @@ def adapt(
     elif cfg.method == "bn-stats":
         check_cancel(cancel)
         extractor = copy.deepcopy(model.extractor)
-        reestimate_statistics(extractor, target, model.config.batch_size, model.device)
+        reestimate_statistics(extractor, target, model.config.batch_size, model.device, progress, cancel)
     else:
         if cfg.method == "moment-matching":
             loss = moment_loss(model)
@@ -53,7 +56,10 @@ def adapt(
             loss = ot_loss(model, cfg, continuous=cfg.method == "ot-continuous")
         extractor = train_affine(model, target, cfg, loss, report_, progress, cancel)
     check_cancel(cancel)
-    adapted = derive_version(model, extractor, target, report_, cfg)
+    refuse_diverged(batchnorm_state(extractor).values(), "BatchNorm", cfg.lr)
+    adapted = derive_version(model, extractor, target, report_, cfg, progress)
+    if not math.isfinite(adapted.threshold) or adapted.threshold <= 0:
+        raise AdaptationError(f"adaptation gave an unusable threshold ({adapted.threshold!r}); the source version stays as it is")
     report_.seconds = time.perf_counter() - started
     adapted.provenance.details["seconds"] = report_.seconds
     log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)

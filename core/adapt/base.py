@@ -161,7 +161,10 @@ def affine_parameters(extractor: nn.Module, first_layer: int = 0) -> list[nn.Par
 
 
 @torch.inference_mode()
-def reestimate_statistics(extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device) -> None:
+def reestimate_statistics(
+    extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device,
+    progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+) -> None:
     """AdaBN: replace every BatchNorm's running mean/variance by the target's (cumulative average)."""
     layers = batchnorm_layers(extractor)
     momenta = {name: layer.momentum for name, layer in layers.items()}
@@ -170,7 +173,9 @@ def reestimate_statistics(extractor: nn.Module, target: torch.Tensor, batch_size
         layer.momentum = None  # cumulative average over all target batches
     extractor.train()
     for start in range(0, len(target), batch_size):
+        check_cancel(cancel)
         extractor(target[start : start + batch_size].to(device))
+        report(progress, "statistics", min(start + batch_size, len(target)), len(target))
     for name, layer in layers.items():
         layer.momentum = momenta[name]
     extractor.eval()
@@ -198,7 +203,7 @@ def train_affine(
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.reestimate_stats:
         check_cancel(cancel)
-        reestimate_statistics(extractor, target, model.config.batch_size, device)
+        reestimate_statistics(extractor, target, model.config.batch_size, device, progress, cancel)
     backbone = extractor.backbone
     cut = backbone.first_stage_layer if cfg.trained_layers == "feature-stages" else 0
     params = affine_parameters(extractor, cut)
@@ -232,7 +237,8 @@ def train_affine(
 
 
 def derive_version(
-    source: PatchCoreModel, extractor: nn.Module, target: torch.Tensor, report_: AdaptReport, cfg: AdaptConfig
+    source: PatchCoreModel, extractor: nn.Module, target: torch.Tensor, report_: AdaptReport, cfg: AdaptConfig,
+    progress: ProgressFn | None = None,
 ) -> PatchCoreModel:
     """A new model version: adapted BatchNorm, same bank, threshold moved to the target's scores."""
     adapted = PatchCoreModel(
@@ -254,7 +260,13 @@ def derive_version(
     )
     adapted.bank_path = source.bank_path
     step = source.config.batch_size
-    target_scores, _, descriptors = adapted.score_stream(target[s : s + step] for s in range(0, len(target), step))
+
+    def batches():
+        for start in range(0, len(target), step):
+            yield target[start : start + step]
+            report(progress, "threshold", min(start + step, len(target)), len(target))
+
+    target_scores, _, descriptors = adapted.score_stream(batches())
     # The adapted version watches for drift away from the condition it was adapted to.
     adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
     if source.provenance.calibration_scores:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import DEFAULT_BACKBONE, parse_image_size
 from ..errors import ConfigError
+from ..options import check_options, option
 
 
 ENCODERS = ("frozen", "phi", "clip")
@@ -18,42 +19,34 @@ class UDAConfig:
     backbone: str = DEFAULT_BACKBONE  # phi, the trainable encoder
     weights: str | None = None  # local weights file; None: the bundled ones
     image_size: tuple[int, int] = (224, 224)
-    embedding_dim: int = 128  # output of the bias-free projection head
-    clusters: int = 8  # K for k-means on psi(target); the paper finds 8-10 best
+    embedding_dim: int = option(128, "output of the bias-free projection head", ge=2, le=4096)
+    clusters: int = option(8, "k-means clusters K on psi(target); the paper finds 8-10 best", ge=2, le=256)
     # Refuse to adapt when a two-way split of the target gives two clearly separate groups
     # (separation >= min_separation; about 1 for one mode, pi/2 at most) of comparable size (larger
     # side < min_majority): two products mixed, a half-defective batch whose defects look alike. On
     # ELPV a defective share is not visible this way (poly targets at 10% and 50%: about 1.1), so the
     # check catches mixed populations, not every failure of the scarcity assumption.
-    min_majority: float = 0.6
-    min_separation: float = 1.45
+    min_majority: float = option(0.6, "larger side of a two-way split needed to adapt", ge=0.5, le=1)
+    min_separation: float = option(1.45, "separation index above which two groups are refused", gt=0, le=10)
     # psi, the clustering encoder: "frozen" (phi's pretrained backbone, frozen), "phi" (psi = phi,
     # re-clustered as phi learns), or "clip" (an open_clip image tower from a local checkpoint).
-    encoder: str = "frozen"
+    encoder: str = option("frozen", "clustering encoder psi", choices=ENCODERS)
     clip_model: str = "ViT-B-32"  # open_clip architecture name, or the path of its JSON config
     clip_checkpoint: str | None = None  # local weights file; required for encoder="clip"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    tau: float = 0.1  # InfoNCE temperature
-    lambda_dsvdd: float = 1.0
-    lambda_uda: float = 1.0
-    threshold_quantile: float = 0.99
-    holdout_fraction: float = 0.1  # source normals held out to set the threshold
-    seed: int = 0
+    epochs: int = option(10, "passes over the target images", ge=1, le=100)
+    batch_size: int = option(32, "images per step", ge=2, le=256)
+    lr: float = option(1e-4, "learning rate", gt=0, le=1)
+    weight_decay: float = option(1e-4, "weight decay", ge=0, le=1)
+    tau: float = option(0.1, "InfoNCE temperature", gt=0, le=100)
+    lambda_dsvdd: float = option(1.0, "weight of the DSVDD loss", ge=0, le=1000)
+    lambda_uda: float = option(1.0, "weight of the contrastive alignment loss", ge=0, le=1000)
+    threshold_quantile: float = option(0.99, "quantile of held-out source scores used as threshold", gt=0, le=1)
+    holdout_fraction: float = option(0.1, "source normals held out to set the threshold", ge=0, le=0.9)
+    seed: int = option(0, "random seed", ge=0, le=2**32 - 1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
-        checks = {
-            "embedding_dim": self.embedding_dim >= 2, "clusters": self.clusters >= 2, "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 2, "lr": self.lr > 0, "tau": self.tau > 0,
-            "min_majority": 0.5 <= self.min_majority <= 1, "min_separation": self.min_separation > 0, "encoder": self.encoder in ENCODERS,
-            "threshold_quantile": 0 < self.threshold_quantile <= 1, "holdout_fraction": 0 <= self.holdout_fraction < 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"invalid UDA setting(s): {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+        check_options(self)
         if self.encoder == "clip" and not self.clip_checkpoint:
             raise ConfigError("encoder 'clip' needs clip_checkpoint: the local file of an open_clip checkpoint (nothing is downloaded)")
 

@@ -19,6 +19,7 @@ from ..errors import DatasetError
 from ..patchcore import ImageSource, Provenance, split_holdout
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import quantile_threshold
+from ..finite import refuse_diverged
 from .clip import load_clip_encoder
 from .clustering import dominant_cluster
 from .config import UDAConfig
@@ -147,6 +148,7 @@ def fit_uda(
 
     for p in phi.parameters():
         p.requires_grad_(False)
+    refuse_diverged(phi.state_dict().values(), "encoder", cfg.lr)
     model = UDAModel(cfg, phi.eval(), centre, float("inf"), Provenance(method="uda" if target_images is not None else "dsvdd-source-only",
                      threshold_source="holdout-quantile", n_train_images=len(source_images)), device, weights_path)
     # Label-free threshold: the presumed-normal targets when there is a target, else the source holdout.

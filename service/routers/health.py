@@ -14,18 +14,21 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "a model cannot serve, or the worker or batcher stopped"}})
 def readyz(request: Request) -> JSONResponse:
+    """200 only when every model's active version is loaded and the worker and batcher run; else 503
+    naming what is wrong (a model whose active version cannot load can be rolled back through the API)."""
     state = request.app.state
-    failed = {name: state.registry.slot(name).load_error for name in state.registry.names() if state.registry.slot(name).load_error}
-    checks = {"worker": state.worker.alive(), "batcher": state.batcher.alive()}
-    ready = all(checks.values())  # a model that failed to load is reported, not a reason to stop serving the others
-    body = {"status": "ready" if ready else "not ready", "checks": checks, "models": state.registry.names()}
+    registry = state.registry
+    failed = {name: slot.load_error for name in registry.names() if (slot := registry.slot(name)) and slot.load_error}
+    checks = {"worker": state.worker.alive(), "batcher": state.batcher.alive(), "models": not failed}
+    ready = all(checks.values())
+    body = {"status": "ready" if ready else "not ready", "checks": checks, "models": registry.names()}
     if failed:
         body["load_errors"] = failed
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from ..auth import ADMIN, READ, require
 from ..errors import NotFound
-from ..jobs import Job
-from ..schemas import JobOut
+from ..jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from ..names import NAME_MAX_LENGTH, NAME_PATTERN
+from ..schemas import JobOut, error_responses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -18,14 +20,17 @@ def job_out(job: Job) -> JobOut:
     return JobOut(**dataclasses.asdict(job))
 
 
-@router.get("", response_model=list[JobOut], dependencies=[Depends(require(READ))])
+@router.get("", response_model=list[JobOut], dependencies=[Depends(require(READ))], responses=error_responses(401, 403, 422))
 def list_jobs(
-    request: Request, model: str | None = None, status: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    request: Request,
+    model: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)] = None,
+    status: Literal[QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED] | None = None,  # type: ignore[valid-type]
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobOut]:
     return [job_out(j) for j in request.app.state.jobs.list(model, status, limit)]
 
 
-@router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require(READ))])
+@router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require(READ))], responses=error_responses(401, 403, 404))
 def get_job(request: Request, job_id: str) -> JobOut:
     job = request.app.state.jobs.get(job_id)
     if job is None:
@@ -33,7 +38,7 @@ def get_job(request: Request, job_id: str) -> JobOut:
     return job_out(job)
 
 
-@router.delete("/{job_id}", response_model=JobOut, status_code=202, dependencies=[Depends(require(ADMIN))])
+@router.delete("/{job_id}", response_model=JobOut, status_code=202, dependencies=[Depends(require(ADMIN))], responses=error_responses(401, 403, 404))
 def cancel_job(request: Request, job_id: str) -> JobOut:
     """Queued jobs end at once; a running job stops at its next step (poll until 'cancelled')."""
     return job_out(request.app.state.worker.cancel(job_id))

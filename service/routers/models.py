@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from patchshift.core.adapt import METHODS, AdaptConfig
+from patchshift.core.backbone import stage_channels
 from patchshift.core.config import ModelConfig
-from patchshift.core.errors import ConfigError
+from patchshift.core.errors import ArtifactError, ConfigError
+from patchshift.core.features import check_feature_dim
+from patchshift.core.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
 from patchshift.core.uda.config import inherited_settings
 
 from ..auth import ADMIN, READ, require
-from ..errors import Conflict, NotFound, Unprocessable
-from ..schemas import DriftOut, JobAccepted, ModelOut, ModelSummary, VersionOut
+from ..errors import Conflict, NotFound, Unprocessable, redact_paths
+from ..names import NAME_MAX_LENGTH, NAME_PATTERN
+from ..options import form_model, form_values
+from ..schemas import DriftOut, JobAccepted, ModelOut, ModelSummary, UnreadableVersion, VersionOut, error_responses
 from ..scoring import decode_uploads
 from ..store import check_name
 from ..tasks import ACTIVATE_ALWAYS, ACTIVATE_NEVER, override_threshold
@@ -22,14 +29,44 @@ from ..uploads import read_files
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="model name")]
+VersionName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="version, e.g. v3")]
+IMAGE_SIZE_PATTERN = r"^\s*\d{1,5}\s*(?:[xX]\s*\d{1,5}\s*)?$"
+
+FIT_FIELDS = ("feature_dim", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours",
+              "holdout_fraction", "threshold_quantile", "seed")
+ADAPT_FIELDS = ("epochs", "lr", "augment", "views", "trim")
+UDA_FIELDS = ("clusters", "encoder")
+
+
+class FitExtras(BaseModel):
+    image_size: str = Field("256", pattern=IMAGE_SIZE_PATTERN, max_length=16, description="N or WIDTHxHEIGHT, sides 32..2048")
+    activate: bool = Field(True, description="make the new version active when it is ready")
+
+
+class AdaptExtras(BaseModel):
+    method: Literal[(*METHODS, "uda")] = Field("roda", description="roda, bn-stats, moment-matching, ot-continuous, none, or uda")  # type: ignore[valid-type]
+    image_size: str | None = Field(None, pattern=IMAGE_SIZE_PATTERN, max_length=16, description="uda only: encoder input size (default 224)")
+    activate: bool = Field(True, description="make the new version active when it is ready (false: keep it for review)")
+
+
+FitForm = form_model("FitForm", ModelConfig, FIT_FIELDS, with_defaults=True, base=FitExtras)
+# uda only: clusters and encoder (clip needs the server's local checkpoint)
+UDAOptions = form_model("UDAOptions", UDAConfig, UDA_FIELDS, with_defaults=False, base=AdaptExtras)
+AdaptForm = form_model("AdaptForm", AdaptConfig, ADAPT_FIELDS, with_defaults=False, base=UDAOptions)
+
 
 def describe(request: Request, name: str) -> ModelOut:
     state = request.app.state
     store, slot = state.store, state.registry.slot(name)
     active = store.active(name)
-    versions = []
+    versions, unreadable = [], []
     for version in store.versions(name):
-        m = store.manifest(name, version)
+        try:
+            m = store.manifest(name, version)
+        except ArtifactError as exc:
+            unreadable.append(UnreadableVersion(version=version, error=redact_paths(str(exc))))
+            continue
         versions.append(VersionOut(
             version=version, kind=m.kind, active=version == active, parent=m.parent, method=m.method, created=m.created,
             threshold=m.threshold, threshold_source=m.threshold_source, backbone=m.backbone, image_size=m.image_size,
@@ -46,8 +83,13 @@ def describe(request: Request, name: str) -> ModelOut:
         )
     return ModelOut(
         name=name, active_version=active, loaded=slot is not None and slot.model is not None,
-        load_error=slot.load_error if slot else None, versions=versions, drift=drift,
+        load_error=slot.load_error if slot else None, versions=versions, unreadable_versions=unreadable, drift=drift,
     )
+
+
+READ_ERRORS = error_responses(400, 401, 403, 404)
+ADMIN_ERRORS = error_responses(400, 401, 403, 404, 409, 422)
+UPLOAD_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
 
 
 def existing(request: Request, name: str) -> str:
@@ -57,7 +99,7 @@ def existing(request: Request, name: str) -> str:
     return name
 
 
-@router.get("", response_model=list[ModelSummary], dependencies=[Depends(require(READ))])
+@router.get("", response_model=list[ModelSummary], dependencies=[Depends(require(READ))], responses=error_responses(401, 403))
 def list_models(request: Request) -> list[ModelSummary]:
     state = request.app.state
     out = []
@@ -67,64 +109,49 @@ def list_models(request: Request) -> list[ModelSummary]:
     return out
 
 
-@router.get("/{name}", response_model=ModelOut, dependencies=[Depends(require(READ))])
-def get_model(request: Request, name: str) -> ModelOut:
+@router.get("/{name}", response_model=ModelOut, dependencies=[Depends(require(READ))], responses=READ_ERRORS)
+def get_model(request: Request, name: ModelName) -> ModelOut:
     return describe(request, existing(request, name))
 
 
 async def _validated_uploads(request: Request, files: list[UploadFile], size: tuple[int, int]) -> list[tuple[str, bytes]]:
     settings = request.app.state.settings
     uploads = await read_files(files, settings.max_train_files, settings.max_file_bytes)
-    await run_in_threadpool(decode_uploads, uploads, size, False)  # 422 naming bad files before any job exists
+    await run_in_threadpool(decode_uploads, uploads, size, None)  # 422 naming bad files before any job exists
     return uploads
 
 
-@router.post("/{name}/fit", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))])
+@router.post("/{name}/fit", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))], responses=UPLOAD_ERRORS)
 async def fit_model(
     request: Request,
-    name: str,
-    files: list[UploadFile] = File(..., description="normal (defect-free) images"),
-    image_size: str = Form("256", description="N or WIDTHxHEIGHT"),
-    feature_dim: int = Form(128),
-    coreset_ratio: float = Form(0.1),
-    coreset_max_size: int = Form(10_000),
-    index: str = Form("flat", description="flat (exact) or ivf"),
-    holdout_fraction: float = Form(0.1),
-    threshold_quantile: float = Form(0.99),
-    activate: bool = Form(True, description="make the new version active when it is ready"),
+    name: ModelName,
+    options: Annotated[FitForm, Form()],
+    files: Annotated[list[UploadFile], File(min_length=1, description="normal (defect-free) images")],
 ) -> JobAccepted:
     """Fit a new version from normal images (a new model if the name is new)."""
-    check_name(name)
+    request.app.state.store.model_dir(name)  # 400 when the name is taken by a file of the store
     try:
-        config = ModelConfig(
-            image_size=image_size, feature_dim=feature_dim, coreset_ratio=coreset_ratio,
-            coreset_max_size=coreset_max_size or None, index=index, holdout_fraction=holdout_fraction,
-            threshold_quantile=threshold_quantile,
-        )
+        config = ModelConfig(image_size=options.image_size, **form_values(options, ModelConfig, FIT_FIELDS))
+        channels = await run_in_threadpool(stage_channels, config.backbone, config.feature_strides)
+        check_feature_dim(config.feature_dim, config.backbone, channels)
     except (ConfigError, TypeError, ValueError) as exc:
         raise Unprocessable(f"invalid fit settings: {exc}") from None
     uploads = await _validated_uploads(request, files, config.image_size)
     if len(uploads) < 2:
         raise Unprocessable("fitting needs at least 2 normal images (one is held out to set the threshold)")
-    params = {"config": config.to_dict(), "activate": ACTIVATE_ALWAYS if activate else ACTIVATE_NEVER}
+    params = {"config": config.to_dict(), "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER}
     job = await run_in_threadpool(request.app.state.worker.submit, "fit", name, params, uploads)
     return JobAccepted(job_id=job.id, status=job.status)
 
 
-@router.post("/{name}/adapt", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))])
+@router.post("/{name}/adapt", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))],
+             responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503))
 async def adapt_model(
     request: Request,
-    name: str,
-    files: list[UploadFile] = File(..., description="unlabeled images of the new condition (a few may be defective)"),
-    method: str = Form("roda", description="roda, bn-stats, moment-matching, ot-continuous, none, or uda"),
-    epochs: int | None = Form(None),
-    lr: float | None = Form(None),
-    augment: str | None = Form(None, description="rot90, flip, dihedral or none (BatchNorm methods)"),
-    source_files: list[UploadFile] | None = File(None, description="uda only: normal images of the source domain"),
-    clusters: int | None = Form(None, description="uda only: k-means clusters K (default 8)"),
-    image_size: str | None = Form(None, description="uda only: encoder input size, N or WIDTHxHEIGHT (default 224)"),
-    encoder: str | None = Form(None, description="uda only: frozen, phi or clip (clip needs the server's local checkpoint)"),
-    activate: bool = Form(True, description="make the new version active when it is ready (false: keep it for review)"),
+    name: ModelName,
+    options: Annotated[AdaptForm, Form()],
+    files: Annotated[list[UploadFile], File(min_length=1, description="unlabeled images of the new condition (a few may be defective)")],
+    source_files: Annotated[list[UploadFile] | None, File(description="uda only: normal images of the source domain")] = None,
 ) -> JobAccepted:
     """Adapt the active version to a new condition; scoring continues on it meanwhile.
 
@@ -132,13 +159,14 @@ async def adapt_model(
     new global detector from the source normals (`source_files`) and the unlabeled target."""
     existing(request, name)
     model = request.app.state.registry.get(name)
-    if method not in (*METHODS, "uda"):
-        raise Unprocessable(f"unknown adaptation method {method!r}; choose from {', '.join((*METHODS, 'uda'))}")
-    uda_only = {"source_files": source_files, "clusters": clusters, "image_size": image_size, "encoder": encoder}
+    method = options.method
+    trained = form_values(options, AdaptConfig, ADAPT_FIELDS)
+    uda_only = {"source_files": source_files, "clusters": options.clusters, "image_size": options.image_size, "encoder": options.encoder}
     if method == "uda":
-        options, size = _uda_options(request, model, epochs, lr, clusters, image_size, encoder)
-        if augment is not None:
-            raise Unprocessable("augment belongs to the BatchNorm methods, not to uda")
+        others = [key for key in trained if key not in ("epochs", "lr")]
+        if others:
+            raise Unprocessable(f"{', '.join(others)} belong(s) to the BatchNorm methods, not to uda")
+        options_, size = _uda_options(request, model, trained.get("epochs"), trained.get("lr"), options.clusters, options.image_size, options.encoder)
         if not source_files:
             raise Unprocessable("method=uda needs source_files: normal images of the source domain (a model keeps no training images)")
         sources = await _validated_uploads(request, source_files, size)
@@ -150,14 +178,14 @@ async def adapt_model(
             raise Unprocessable(f"{', '.join(given)} belong(s) to method=uda")
         if model.kind != "patchcore":
             raise Unprocessable(f"the active version of {name!r} is a {model.kind} model; {method} adapts PatchCore versions")
-        options = {"method": method, **{k: v for k, v in {"epochs": epochs, "lr": lr, "augment": augment}.items() if v is not None}}
+        options_ = {"method": method, **trained}
         try:
-            AdaptConfig(**options)
+            AdaptConfig(**options_)
         except (ConfigError, TypeError, ValueError) as exc:
             raise Unprocessable(f"invalid adaptation settings: {exc}") from None
         size, sources = model.config.image_size, []
     uploads = await _validated_uploads(request, files, size)
-    params = {"config": options, "source_version": model.version, "activate": ACTIVATE_ALWAYS if activate else ACTIVATE_NEVER}
+    params = {"config": options_, "source_version": model.version, "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER}
     job = await run_in_threadpool(request.app.state.worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
 
@@ -179,8 +207,8 @@ def _uda_options(request: Request, model, epochs, lr, clusters, image_size, enco
     return {"method": "uda", **options}, cfg.image_size
 
 
-@router.post("/{name}/versions/{version}/activate", response_model=ModelOut, dependencies=[Depends(require(ADMIN))])
-async def activate_version(request: Request, name: str, version: str) -> ModelOut:
+@router.post("/{name}/versions/{version}/activate", response_model=ModelOut, dependencies=[Depends(require(ADMIN))], responses=ADMIN_ERRORS)
+async def activate_version(request: Request, name: ModelName, version: VersionName) -> ModelOut:
     """Roll back or forward: the version scores from the next request on."""
     existing(request, name)
     check_name(version, "version")
@@ -189,11 +217,15 @@ async def activate_version(request: Request, name: str, version: str) -> ModelOu
 
 
 class ThresholdIn(BaseModel):
-    threshold: float = Field(..., gt=0, description="new decision threshold on the anomaly score")
+    threshold: float = Field(
+        ..., ge=THRESHOLD_BOUNDS.ge, le=THRESHOLD_BOUNDS.le, allow_inf_nan=False,
+        description=f"new decision threshold on the anomaly score ({THRESHOLD_BOUNDS.describe()})",
+    )
 
 
-@router.put("/{name}/threshold", response_model=ModelOut, dependencies=[Depends(require(ADMIN))])
-async def set_threshold(request: Request, name: str, body: ThresholdIn) -> ModelOut:
+@router.put("/{name}/threshold", response_model=ModelOut, dependencies=[Depends(require(ADMIN))],
+            responses=error_responses(400, 401, 403, 404, 409, 422, 503))
+async def set_threshold(request: Request, name: ModelName, body: Annotated[ThresholdIn, Body()]) -> ModelOut:
     """Override the threshold: writes a new version (parent: the active one) and activates it."""
     existing(request, name)
     state = request.app.state
@@ -201,14 +233,14 @@ async def set_threshold(request: Request, name: str, body: ThresholdIn) -> Model
     return describe(request, name)
 
 
-@router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Depends(require(ADMIN))])
-def delete_version(request: Request, name: str, version: str) -> None:
+@router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Depends(require(ADMIN))], responses=error_responses(400, 401, 403, 404, 409))
+def delete_version(request: Request, name: ModelName, version: VersionName) -> None:
     existing(request, name)
     request.app.state.store.delete_version(name, check_name(version, "version"))
 
 
-@router.delete("/{name}", status_code=204, dependencies=[Depends(require(ADMIN))])
-def delete_model(request: Request, name: str) -> None:
+@router.delete("/{name}", status_code=204, dependencies=[Depends(require(ADMIN))], responses=error_responses(400, 401, 403, 404, 409))
+def delete_model(request: Request, name: ModelName) -> None:
     existing(request, name)
     state = request.app.state
     if state.worker.busy(name):

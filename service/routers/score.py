@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from ..auth import READ, require
 from ..errors import Unprocessable
-from ..schemas import ScoreResponse
+from ..schemas import ScoreResponse, error_responses
 from ..scoring import build_results, decode_uploads
-from ..store import check_name
 from ..uploads import read_files
+from .models import ModelName
 
 router = APIRouter(prefix="/v1/models", tags=["scoring"])
 
 
-@router.post("/{name}/score", response_model=ScoreResponse, response_model_exclude_none=True, dependencies=[Depends(require(READ))])
+@router.post("/{name}/score", response_model=ScoreResponse, response_model_exclude_none=True, dependencies=[Depends(require(READ))],
+             responses=error_responses(400, 401, 403, 404, 413, 422, 503))
 async def score(
     request: Request,
-    name: str,
-    files: list[UploadFile] = File(..., description="1..N images"),
-    heatmap: Literal["none", "png"] = Form("none", description="png: base64 overlay PNG per image"),
+    name: ModelName,
+    files: Annotated[list[UploadFile], File(min_length=1, description="1..PATCHSHIFT_MAX_FILES images")],
+    heatmap: Annotated[Literal["none", "png"], Form(description="png: base64 overlay PNG per image (longer side at most PATCHSHIFT_HEATMAP_MAX_SIDE)")] = "none",
 ) -> ScoreResponse:
     """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422 naming each)."""
     state = request.app.state
-    model = state.registry.get(check_name(name))  # this version scores the whole request
+    model = state.registry.get(name)  # this version scores the whole request
     if heatmap == "png" and model.kind != "patchcore":
         raise Unprocessable(f"model {name!r} version {model.version} is a {model.kind} model, a global detector: no heatmaps (send heatmap=none)")
     uploads = await read_files(files, state.settings.max_files, state.settings.max_file_bytes)
-    decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, heatmap == "png")
+    preview = state.settings.heatmap_max_side if heatmap == "png" else None
+    decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, preview)
     scored = await state.batcher.score(model, decoded.batch)
     results = await run_in_threadpool(build_results, model, decoded, scored, heatmap == "png")
     flags = scored.scores > model.threshold
