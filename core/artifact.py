@@ -213,8 +213,8 @@ def save_model(model, out_dir: str | os.PathLike[str], overwrite: bool = False) 
 
 
 def _check_threshold(threshold: float) -> None:
-    if not math.isfinite(threshold) or threshold <= 0:
-        raise ArtifactError(f"refusing to save a model with threshold {threshold!r}: it must be a finite positive number")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise ArtifactError(f"refusing to save a model with threshold {threshold!r}: it must be a finite number, 0 or more")
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest | UDAManifest:
@@ -263,7 +263,12 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
     except (PatchshiftError, TypeError) as exc:
         raise ArtifactError(f"{path}: stored model configuration is invalid ({exc})") from None
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    backbone, extractor = build_extractor(config, device)
+    try:
+        backbone, extractor = build_extractor(config, device)
+    except ArtifactError:
+        raise
+    except PatchshiftError as exc:  # weights missing or not the ones it was fitted with, unknown backbone
+        raise ArtifactError(f"{path}: cannot build its backbone ({exc})") from None
     if backbone.weights_sha256 != manifest.weights_sha256:
         raise ArtifactError(
             f"{path}: backbone weights file {backbone.weights_path} differs from the one the model was fitted with "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .options import check_options, option
+from .options import option
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -38,7 +38,11 @@ def parse_image_size(text: str | int | tuple[int, int] | list[int]) -> tuple[int
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything that determines a PatchCore model's features, bank and scores."""
+    """Everything that determines a PatchCore model's features, bank and scores.
+
+    Construction checks only consistency; the ranges of the bounded fields are checked where a
+    config comes from a person (CLI, HTTP) and by `fit` (options.check_options), never when a
+    stored version is loaded, so a version made under older ranges keeps loading."""
 
     backbone: str = DEFAULT_BACKBONE
     # Path of a local weights file; None means the weights bundled for the default backbone.
@@ -69,7 +73,6 @@ class ModelConfig:
         object.__setattr__(self, "feature_strides", tuple(int(s) for s in self.feature_strides))
         if not self.feature_strides or sorted(self.feature_strides) != list(self.feature_strides):
             raise ConfigError(f"feature_strides must be increasing, got {self.feature_strides}")
-        check_options(self)
         if self.feature_dim % len(self.feature_strides):
             raise ConfigError(
                 f"feature_dim ({self.feature_dim}) must be a multiple of the number of stages ({len(self.feature_strides)})"

@@ -47,7 +47,6 @@ class PatchFeatureExtractor(nn.Module):
         self.neighbourhood = neighbourhood
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
-        check_feature_dim(feature_dim, backbone.name, backbone.stage_channels)
         per_stage = feature_dim // len(backbone.stage_names)
         for i, channels in enumerate(backbone.stage_channels):
             self.register_buffer(f"pool{i}", channel_pooling_matrix(channels, per_stage), persistent=False)

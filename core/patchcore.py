@@ -24,9 +24,10 @@ from .coreset import coreset_size, kcenter_coreset
 from .device import resolve_device
 from .drift import DriftReference, image_descriptors
 from .errors import ConfigError, DatasetError
-from .features import PatchFeatureExtractor
+from .features import PatchFeatureExtractor, check_feature_dim
 from .images import iter_batches
 from .index import BankIndex
+from .options import check_options
 from .progress import CancelFn, ProgressFn, check_cancel, report
 from .threshold import quantile_threshold
 
@@ -176,9 +177,11 @@ def fit(
         raise DatasetError("no normal images to fit on")
     if config.holdout_fraction <= 0 and threshold is None:
         raise ConfigError("with no held-out images (holdout fraction 0) a threshold must be given")
+    check_options(config)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     torch.manual_seed(config.seed)
     backbone, extractor = build_extractor(config, device)
+    check_feature_dim(config.feature_dim, backbone.name, backbone.stage_channels)
     bank_idx, holdout_idx = split_holdout(len(sources), config.holdout_fraction, config.seed)
     bank_sources = [sources[i] for i in bank_idx]
 

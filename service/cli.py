@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from patchshift.core.options import check_options
+
 log = logging.getLogger("patchshift")
 
 
@@ -153,6 +155,7 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
             backbone=args.backbone, weights=str(Path(args.weights).resolve()) if args.weights else None,
             image_size=args.image_size, batch_size=args.batch_size, **given(args, FIT_FIELDS),
         )
+        check_options(config)
         check_feature_dim(config.feature_dim, config.backbone, stage_channels(config.backbone, config.feature_strides))
     images = _normal_images(args.data)
     model = fit(images, config, device=args.device, threshold=args.threshold, progress=progress)
@@ -228,6 +231,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         options["augment"] = "none"
     with usage_errors(args):
         cfg = AdaptConfig(**options)
+        check_options(cfg)
     model = load_model(args.model, device=args.device)
     if model.kind != "patchcore":
         raise ConfigError(f"{args.model} is a {model.kind} model; {args.method} adapts PatchCore models")
@@ -256,6 +260,7 @@ def _adapt_uda(args: argparse.Namespace, progress) -> int:
     options = {k: v for k, v in given.items() if v is not None}
     with usage_errors(args):
         cfg = UDAConfig(**{**inherited_settings(parent.kind, parent.config), **options})
+        check_options(cfg)
     model, report = fit_uda(_images(args.source_images), _images(args.images), cfg, device=args.device, progress=progress)
     model.provenance.parent = Path(args.model).name
     save_model(model, args.out, overwrite=args.overwrite)

@@ -148,7 +148,8 @@ def install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+            given = {m.strip() for m in headers.get("Allow", "").split(",") if m.strip()}
+            headers["Allow"] = ", ".join(sorted(given | set(allowed_methods(app, request.url.path))))
         return _json(exc.status_code, {"error": {"code": "http_error", "message": str(exc.detail)}}, headers or None)
 
     @app.exception_handler(Exception)

@@ -31,9 +31,14 @@ def _mib(n: int) -> str:
 class MultipartCounter:
     """Counts the bytes of each file part and the parts of each field of a multipart body."""
 
+    # Parts beyond the files of the two file fields (fit, adapt and uda's source_files): form fields.
+    EXTRA_PARTS = 64
+
     def __init__(self, boundary: bytes, max_file_bytes: int, max_files: int) -> None:
         self.max_file_bytes, self.max_files = max_file_bytes, max_files
+        self.max_parts = 2 * max_files + self.EXTRA_PARTS
         self.files_per_field: dict[str, int] = {}
+        self.parts = 0
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
@@ -68,8 +73,11 @@ class MultipartCounter:
         self._part = (field, filename)
         count = self.files_per_field.get(field, 0) + 1
         self.files_per_field[field] = count
+        self.parts += 1
         if count > self.max_files:
             raise BodyTooLarge(f"more than {self.max_files} files in field {field!r}; at most {self.max_files} per request")
+        if self.parts > self.max_parts:
+            raise BodyTooLarge(f"more than {self.max_parts} parts in one request")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         self._part_bytes += end - start
@@ -90,7 +98,9 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
+        headers: dict[bytes, bytes] = {}
+        for key, value in scope.get("headers") or []:  # the first of repeated headers, as Starlette reads them
+            headers.setdefault(key.lower(), value)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
             return await _reply_413(send, f"request body of {int(length)} bytes exceeds the {self.max_request_bytes}-byte limit")

@@ -20,7 +20,7 @@ from pathlib import Path
 from patchshift.core.errors import CancelledError, PatchshiftError
 from patchshift.core.fileio import fsync_dir, fsync_file
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, redact_paths
 from .jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
 from .metrics import ServiceMetrics
 
@@ -180,10 +180,10 @@ class Worker:
         except CancelledError:
             status, error = CANCELLED, "cancelled by request; no version was written"
         except PatchshiftError as exc:
-            error = str(exc)
+            error = redact_paths(str(exc))
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            error = f"internal error ({type(exc).__name__}: {exc})"
+            error = redact_paths(f"internal error ({type(exc).__name__}: {exc})")
         self.jobs.finish(job_id, status, error=error, result_version=version, result=result)
         self.metrics.jobs.labels(job.kind, status).inc()
         self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)

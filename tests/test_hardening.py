@@ -139,6 +139,29 @@ def test_loader_refuses_non_finite_values(saved_model: Path, tmp_path: Path) -> 
         load_model(version, device="cpu")
 
 
+def test_versions_made_under_older_ranges_still_load(saved_model: Path, tmp_path: Path, fitted) -> None:
+    """Ranges bound what a person asks for, not what is stored: an old version outside them loads."""
+    from patchshift.core.artifact import MANIFEST, load_model
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.errors import ConfigError
+    from patchshift.core.features import PatchFeatureExtractor
+    from patchshift.core.patchcore import fit
+
+    version = tmp_path / "v1"
+    shutil.copytree(saved_model, version)
+    manifest = json.loads((version / MANIFEST).read_text())
+    manifest["config"].update(batch_size=512, seed=-1, holdout_fraction=0.95)
+    (version / MANIFEST).write_text(json.dumps(manifest))
+    model = load_model(version, device="cpu")
+    assert model.config.batch_size == 512 and model.threshold == fitted.threshold
+    wide = PatchFeatureExtractor(fitted.backbone, 256, 3)  # more than Lite0 provides: loads, fit refuses it
+    assert wide.feature_dim == 256
+    with pytest.raises(ConfigError, match="feature_dim must be at most 224"):
+        fit([saved_model / "none.png"], ModelConfig(feature_dim=256, image_size=64), device="cpu")
+    with pytest.raises(ConfigError, match="batch_size must be in"):
+        fit([saved_model / "none.png"], ModelConfig(batch_size=512, image_size=64), device="cpu")
+
+
 def test_unloadable_active_version_is_not_ready_and_can_be_rolled_back(store: Path) -> None:
     """An active version that cannot load: /readyz 503 naming it, scoring 503, rollback through the API."""
     from fastapi.testclient import TestClient
@@ -192,6 +215,7 @@ def test_unloadable_active_version_is_not_ready_and_can_be_rolled_back(store: Pa
         ("fit", {"coreset_max_size": "-1"}, "coreset_max_size"),
         ("fit", {"threshold_quantile": "2"}, "threshold_quantile"),
         ("fit", {"holdout_fraction": "1"}, "holdout_fraction"),
+        ("fit", {"holdout_fraction": "0"}, "holdout_fraction must be above 0 over HTTP"),
         ("fit", {"image_size": "100000"}, "image_size"),
         ("fit", {"image_size": "4000x10"}, "image_size"),
     ],
@@ -328,9 +352,26 @@ def test_openapi_describes_names_limits_errors_and_media_types(client) -> None:
     assert threshold["minimum"] == 1e-6 and threshold["maximum"] == 1e6
 
 
+def test_multipart_counting_cannot_be_sidestepped(client) -> None:
+    """A second Content-Type header (Starlette reads the first) or files under other field names
+    still count against the limits."""
+    import httpx
+
+    image = png_bytes(np.full((96, 96, 3), 128, np.uint8))
+    request = httpx.Request("POST", "http://test/v1/models/widget/score", files=files_field([(f"{i}.png", image) for i in range(5)]))
+    body = request.read()
+    headers = [("content-type", request.headers["content-type"]), ("content-type", "text/plain")]
+    response = client.post("/v1/models/widget/score", content=body, headers=headers)
+    # refused by the streaming count ("more than 4 files in field"), not after the body was spooled
+    assert response.status_code == 413 and "more than 4 files in field 'files'" in response.json()["error"]["message"]
+    extra = files_field([("a.png", image)]) + [(f"other{i}", (f"{i}.png", b"x", "application/octet-stream")) for i in range(80)]
+    response = client.post("/v1/models/widget/score", files=extra)
+    assert response.status_code == 413 and "parts in one request" in response.json()["error"]["message"]
+
+
 def test_405_names_every_allowed_method(client) -> None:
     for path, allowed in (("/v1/jobs/abc", {"GET", "DELETE"}), ("/v1/models/widget", {"GET", "DELETE"}),
-                          ("/v1/models/widget/threshold", {"PUT"})):
+                          ("/v1/models/widget/threshold", {"PUT"}), ("/docs", {"GET"})):
         response = client.patch(path)
         assert response.status_code == 405
         assert set(response.headers["allow"].split(", ")) == allowed, (path, response.headers["allow"])

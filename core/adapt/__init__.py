@@ -18,6 +18,7 @@ import torch
 from ..backbone import batchnorm_state
 from ..errors import AdaptationError, ConfigError
 from ..finite import refuse_diverged
+from ..options import check_options
 from ..patchcore import ImageSource, PatchCoreModel
 from ..progress import CancelFn, ProgressFn, check_cancel
 from .base import AdaptReport, derive_version, load_target, reestimate_statistics, train_affine
@@ -40,6 +41,7 @@ def adapt(
     """Adapt `model` to the condition shown by `images`; the source model is never modified."""
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown adaptation method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    check_options(cfg)
     target = load_target(images, model.config.image_size)
     report_ = AdaptReport(method=cfg.method, n_images=len(target))
     started = time.perf_counter()

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..options import check_options, option
+from ..options import option
 
 AUGMENTATIONS = ("none", "rot90", "flip", "dihedral")
 
@@ -47,9 +47,6 @@ class AdaptConfig:
     max_step_megapixels: float = option(4.5, "pixels through the network per optimiser step, in millions", gt=0, le=1000)
     threshold_quantile: float = option(0.99, "unused; kept for stored manifests", gt=0, le=1)
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)
-
-    def __post_init__(self) -> None:
-        check_options(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import DEFAULT_BACKBONE, parse_image_size
 from ..errors import ConfigError
-from ..options import check_options, option
+from ..options import option
 
 
 ENCODERS = ("frozen", "phi", "clip")
@@ -46,7 +46,6 @@ class UDAConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
-        check_options(self)
         if self.encoder == "clip" and not self.clip_checkpoint:
             raise ConfigError("encoder 'clip' needs clip_checkpoint: the local file of an open_clip checkpoint (nothing is downloaded)")
 

@@ -20,6 +20,7 @@ from ..patchcore import ImageSource, Provenance, split_holdout
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import quantile_threshold
 from ..finite import refuse_diverged
+from ..options import check_options
 from .clip import load_clip_encoder
 from .clustering import dominant_cluster
 from .config import UDAConfig
@@ -83,6 +84,7 @@ def fit_uda(
     target=None trains DSVDD on the source alone (the lower bound). `selected` overrides the
     clustering with known target normals (the supervised oracle, or "align all" when all True).
     """
+    check_options(cfg)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()

@@ -13,6 +13,7 @@ from patchshift.core.backbone import stage_channels
 from patchshift.core.config import ModelConfig
 from patchshift.core.errors import ArtifactError, ConfigError
 from patchshift.core.features import check_feature_dim
+from patchshift.core.options import check_options
 from patchshift.core.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
 from patchshift.core.uda.config import inherited_settings
@@ -132,6 +133,10 @@ async def fit_model(
     request.app.state.store.model_dir(name)  # 400 when the name is taken by a file of the store
     try:
         config = ModelConfig(image_size=options.image_size, **form_values(options, ModelConfig, FIT_FIELDS))
+        check_options(config)
+        if config.holdout_fraction == 0:
+            raise ConfigError("holdout_fraction must be above 0 over HTTP: the held-out images set the threshold "
+                              "(set a fixed one afterwards with PUT /v1/models/{name}/threshold)")
         channels = await run_in_threadpool(stage_channels, config.backbone, config.feature_strides)
         check_feature_dim(config.feature_dim, config.backbone, channels)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -180,7 +185,7 @@ async def adapt_model(
             raise Unprocessable(f"the active version of {name!r} is a {model.kind} model; {method} adapts PatchCore versions")
         options_ = {"method": method, **trained}
         try:
-            AdaptConfig(**options_)
+            check_options(AdaptConfig(**options_))
         except (ConfigError, TypeError, ValueError) as exc:
             raise Unprocessable(f"invalid adaptation settings: {exc}") from None
         size, sources = model.config.image_size, []
@@ -200,6 +205,7 @@ def _uda_options(request: Request, model, epochs, lr, clusters, image_size, enco
         options.update(clip_model=settings.clip_model, clip_checkpoint=str(settings.clip_checkpoint))
     try:
         cfg = UDAConfig(**{**inherited_settings(model.kind, model.config.to_dict()), **options})
+        check_options(cfg)
     except (ConfigError, TypeError, ValueError) as exc:
         raise Unprocessable(f"invalid uda settings: {exc}") from None
     if "image_size" in options:
