@@ -134,6 +134,8 @@ MAIN_COLUMNS = [
     ("pixel_auroc", "pixel AUROC", ".3f"),
     ("aupro", "AUPRO", ".3f"),
     ("f1", "F1 @ threshold", ".3f"),
+    ("false_alarm_rate", "false alarms (test/good)", ".3f"),
+    ("recall", "recall (defective)", ".3f"),
     ("fit_s", "fit s", ".0f"),
     ("fit_peak_gib", "fit peak GiB", ".2f"),
 ]
@@ -155,12 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--resolutions", nargs="*", default=[], metavar="DATASET=SIZE", help="extra fits, e.g. bsd=256x256")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings for every fit, e.g. calibration=holdout")
     parser.add_argument("--bank-sweep", nargs="*", type=int, default=[], metavar="ROWS", help="bank sizes to sweep")
     parser.add_argument("--sweep-datasets", nargs="*", default=["bsd"], help="datasets for the bank sweep")
     parser.add_argument("--out", default="benchmarks/results/engine.json")
     args = parser.parse_args(argv)
     root = Path(args.data_root)
-    runs = [(name, dict(DATASETS[name])) for name in args.datasets]
+    from .design_runs import parse_variant
+
+    _, settings = parse_variant("set:" + ",".join(args.set))  # JSON values: calibration=holdout, false_alarm_rate=0.01
+    runs = [(name, {**DATASETS[name], **settings}) for name in args.datasets]
     for spec in args.resolutions:
         name, size = spec.split("=")
         runs.append((name, {**DATASETS[name], "image_size": size}))

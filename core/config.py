@@ -63,8 +63,14 @@ class ModelConfig:
     # 0 = image score is the max patch distance; b > 0 = PatchCore re-weighting with b neighbours.
     reweight_neighbours: int = option(0, "PatchCore score re-weighting with B neighbours (0: off)", ge=0, le=64)
     blur_sigma: float = option(4.0, "Gaussian blur of the heatmap, in input pixels", ge=0, le=64)
-    holdout_fraction: float = option(0.1, "share of normal images held out to set the threshold", ge=0, le=0.9)
-    threshold_quantile: float = option(0.99, "quantile of held-out scores used as threshold", gt=0, le=1)
+    # How the threshold is set from normal images only: "kfold" scores every training image against
+    # the bank without the rows of its fold (many calibration scores; the bank keeps every image),
+    # "holdout" scores a held-out share that the bank never sees (versions before 0.2).
+    calibration: str = option("kfold", "how normal images set the threshold", choices=("kfold", "holdout"))
+    calibration_folds: int = option(5, "folds of k-fold calibration", ge=2, le=20)
+    # The share of normal parts the threshold may flag: the line's accepted false-alarm rate.
+    false_alarm_rate: float = option(0.01, "share of normal images allowed above the threshold", ge=0, le=0.5)
+    holdout_fraction: float = option(0.1, "share of normal images held out to set the threshold (holdout calibration)", ge=0, le=0.9)
     seed: int = option(0, "random seed (hold-out split, coreset)", ge=0, le=2**32 - 1)
     batch_size: int = option(16, "images per forward pass", ge=1, le=256)
 
@@ -94,10 +100,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - known - {"threshold_quantile"}
         if unknown:
             raise ConfigError(f"unknown model config fields: {', '.join(sorted(unknown))}")
         values = dict(data)
+        if "threshold_quantile" in values:  # versions before 0.2: a held-out quantile
+            values["false_alarm_rate"] = 1.0 - float(values.pop("threshold_quantile"))
+            values.setdefault("calibration", "holdout")
         if "feature_strides" in values:
             values["feature_strides"] = tuple(values["feature_strides"])
         if "image_size" in values:
@@ -108,4 +117,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["ModelConfig", "parse_image_size", "DEFAULT_BACKBONE"]
+# The fit settings a person chooses (CLI flags and HTTP form fields are made from these).
+FIT_OPTIONS = ("feature_dim", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours", "calibration",
+               "calibration_folds", "false_alarm_rate", "holdout_fraction", "seed")
+
+__all__ = ["ModelConfig", "parse_image_size", "DEFAULT_BACKBONE", "FIT_OPTIONS"]

@@ -3,7 +3,8 @@
 ROOT/train/good/*.png|jpg            normal training images
 ROOT/test/good/*                     normal test images
 ROOT/test/<defect>/*                 anomalous test images
-ROOT/ground_truth/<defect>/<stem>_mask.png   255 = defect pixel (none for good images)
+ROOT/ground_truth/<defect>/<stem>_mask.png   255 = defect pixel (none for good images; optional:
+                                             most plants label images, not pixels)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Sample:
     path: Path
     label: int  # 0 normal, 1 anomalous
     defect: str  # "good" or the defect type
-    mask_path: Path | None
+    mask_path: Path | None  # None for good images and for defective images labelled without a mask
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -42,7 +43,7 @@ def train_images(root: str | os.PathLike[str]) -> list[Path]:
 
 
 def labelled_samples(root: str | os.PathLike[str]) -> list[Sample]:
-    """All test images with labels and mask paths; a defect image without a mask is an error."""
+    """All test images with labels and, where there is one, the defect's mask path."""
     root = Path(root)
     test_dir = root / "test"
     if not test_dir.is_dir():
@@ -55,11 +56,12 @@ def labelled_samples(root: str | os.PathLike[str]) -> list[Sample]:
                 samples.append(Sample(image, 0, defect, None))
                 continue
             mask = root / "ground_truth" / defect / f"{image.stem}_mask.png"
-            if not mask.is_file():
-                raise DatasetError(f"{image}: its ground-truth mask {mask} is missing")
-            samples.append(Sample(image, 1, defect, mask))
+            samples.append(Sample(image, 1, defect, mask if mask.is_file() else None))
     if not samples:
         raise DatasetError(f"{test_dir} holds no test images")
+    if len({s.label for s in samples}) < 2:
+        kind = "good" if samples[0].label == 0 else "defective"
+        raise DatasetError(f"{test_dir} holds only {kind} images; evaluation needs test/good and at least one test/<defect> folder")
     return samples
 
 

@@ -19,13 +19,16 @@ from .progress import CancelFn, ProgressFn, check_cancel, report
 @dataclass
 class EvalResult:
     image_auroc: float
-    pixel_auroc: float
+    pixel_auroc: float  # NaN (null in JSON) without a mask for every defective image, or for a global detector
     aupro: float
     f1: float
     threshold: float
     n_images: int
     n_anomalous: int
     seconds: float
+    false_alarm_rate: float = float("nan")  # share of good images above the stored threshold
+    recall: float = float("nan")  # share of defective images above it
+    n_masks: int = 0  # defective images with a ground-truth mask
     corruption: str | None = None
     severity: int | None = None
 
@@ -66,7 +69,8 @@ def evaluate(
     started = time.perf_counter()
     scores, maps = score_samples(model, samples, corruption, severity, seed, progress)
     labels = np.array([s.label for s in samples])
-    if maps is None:  # a global detector (UDA): image-level metrics only
+    n_masks = sum(1 for s in samples if s.label == 1 and s.mask_path is not None)
+    if maps is None or n_masks < labels.sum():  # a global detector (UDA), or images labelled without masks
         pixel, pro = float("nan"), float("nan")
     else:
         masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
@@ -76,6 +80,9 @@ def evaluate(
         pixel_auroc=pixel,
         aupro=pro,
         f1=f1_at_threshold(labels, scores, model.threshold),
+        false_alarm_rate=float((scores[labels == 0] > model.threshold).mean()),
+        recall=float((scores[labels == 1] > model.threshold).mean()),
+        n_masks=n_masks,
         threshold=model.threshold,
         n_images=len(samples),
         n_anomalous=int(labels.sum()),

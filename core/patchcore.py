@@ -108,6 +108,14 @@ class PatchCoreModel:
         if tuple(images.shape[-2:]) != expected or images.ndim != 4:
             raise ConfigError(f"expected a (B, 3, {expected[0]}, {expected[1]}) batch, got {tuple(images.shape)}")
         feats = self.features(images)
+        patch_scores, image_scores = self.score_features(feats)
+        maps = anomaly_maps(patch_scores, expected, self.config.blur_sigma)
+        return ScoreResult(image_scores, patch_scores, maps, image_descriptors(feats))
+
+    @torch.inference_mode()
+    def score_features(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w, D) patch features -> patch scores (B, h, w) and image scores (B,)."""
+        feats = feats.to(self.device)
         batch, h, w, dim = feats.shape
         flat = feats.reshape(-1, dim)
         distances, nearest = self.index.search(flat, k=1)
@@ -116,8 +124,7 @@ class PatchCoreModel:
         image_scores = scores.values
         if self.config.reweight_neighbours > 0:
             image_scores = self._reweight(flat.view(batch, h * w, dim), scores.indices, nearest.view(batch, -1), image_scores)
-        maps = anomaly_maps(patch_scores, expected, self.config.blur_sigma)
-        return ScoreResult(image_scores, patch_scores, maps, image_descriptors(feats))
+        return patch_scores, image_scores
 
     def _reweight(
         self, feats: torch.Tensor, worst: torch.Tensor, nearest: torch.Tensor, worst_scores: torch.Tensor
@@ -172,17 +179,21 @@ def fit(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> PatchCoreModel:
-    """Fit on normal images: bank from most of them, threshold from a held-out slice."""
+    """Fit on normal images: a coreset memory bank, and a threshold that flags `false_alarm_rate`
+    of normal images (k-fold or held-out calibration; `threshold` fixes it instead)."""
     if len(sources) == 0:
         raise DatasetError("no normal images to fit on")
-    if config.holdout_fraction <= 0 and threshold is None:
+    kfold = config.calibration == "kfold"
+    if not kfold and config.holdout_fraction <= 0 and threshold is None:
         raise ConfigError("with no held-out images (holdout fraction 0) a threshold must be given")
+    if kfold and threshold is None and len(sources) < 2:
+        raise DatasetError("k-fold calibration needs at least 2 normal images")
     check_options(config)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     torch.manual_seed(config.seed)
     backbone, extractor = build_extractor(config, device)
     check_feature_dim(config.feature_dim, backbone.name, backbone.stage_channels)
-    bank_idx, holdout_idx = split_holdout(len(sources), config.holdout_fraction, config.seed)
+    bank_idx, holdout_idx = split_holdout(len(sources), 0.0 if kfold else config.holdout_fraction, config.seed)
     bank_sources = [sources[i] for i in bank_idx]
 
     chunks: list[torch.Tensor] = []
@@ -192,10 +203,11 @@ def fit(
             check_cancel(cancel)
             feats = extractor(batch.to(device))
             descriptors.append(image_descriptors(feats).cpu())
-            chunks.append(feats.reshape(-1, config.feature_dim).cpu())
+            chunks.append(feats.cpu())
             report(progress, "features", start + len(batch), len(bank_sources))
-    patches = torch.cat(chunks)
+    image_feats = torch.cat(chunks)  # (N, h, w, D): k-fold calibration scores them again
     del chunks
+    patches = image_feats.reshape(-1, config.feature_dim)
     size = coreset_size(len(patches), config.coreset_ratio, config.coreset_max_size)
     log.info("selecting %d of %d patches for the memory bank", size, len(patches))
 
@@ -206,20 +218,49 @@ def fit(
 
     picked = kcenter_coreset(
         patches.to(device), size, config.coreset_projection_dim, config.seed, progress=coreset_progress
-    )
-    bank = patches[picked.cpu()].clone()
-    del patches
+    ).cpu()
+    bank = patches[picked].clone()
     provenance = Provenance(method="fit", n_train_images=len(sources))
     reference = DriftReference.from_descriptors(torch.cat(descriptors).numpy()) if len(bank_sources) >= 2 else None
     model = PatchCoreModel(config, backbone, extractor, bank, math.inf, provenance, device, drift_reference=reference)
-    if threshold is None:
+    if threshold is not None:
+        model.threshold = float(threshold)
+        provenance.threshold_source = "given"
+        return model
+    if kfold:
+        patches_per_image = image_feats.shape[1] * image_feats.shape[2]
+        calibration = kfold_scores(model, image_feats, picked // patches_per_image, cancel)
+        provenance.threshold_source = "kfold-quantile"
+    else:
         holdout = [sources[i] for i in holdout_idx]
         batches = (b for b, _, _ in iter_batches(holdout, config.image_size, config.batch_size))
         calibration, _ = model.score_batches(batches)
-        report(progress, "threshold", len(holdout), len(holdout))
-        model.threshold = quantile_threshold(calibration, config.threshold_quantile)
-        provenance.calibration_scores = [float(s) for s in calibration]
-    else:
-        model.threshold = float(threshold)
-        provenance.threshold_source = "given"
+    report(progress, "threshold", 1, 1)
+    model.threshold = quantile_threshold(calibration, 1.0 - config.false_alarm_rate)
+    provenance.calibration_scores = [float(s) for s in calibration]
     return model
+
+
+def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: torch.Tensor, cancel: CancelFn | None = None) -> np.ndarray:
+    """Out-of-fold score of every training image: its features against the model's bank without
+    the rows that came from its fold's images (so no image is scored against its own patches).
+
+    image_feats: (N, h, w, D); row_image: (M,) the training image each bank row came from."""
+    config = model.config
+    n_images = len(image_feats)
+    folds = min(config.calibration_folds, n_images)
+    fold_of = torch.from_numpy(np.random.default_rng(config.seed).permutation(n_images) % folds)
+    scores = torch.empty(n_images)
+    for fold in range(folds):
+        check_cancel(cancel)
+        keep = fold_of[row_image] != fold
+        members = torch.nonzero(fold_of == fold).flatten()
+        if not keep.any():  # every bank row came from this fold: nothing to score against
+            raise DatasetError("too few distinct normal images for k-fold calibration; add images or use holdout calibration")
+        index = BankIndex(model.bank[keep], config.index, config.ivf_nprobe, model.device)
+        fold_model = PatchCoreModel(config, model.backbone, model.extractor, model.bank[keep], math.inf, model.provenance,
+                                    model.device, index=index)
+        for start in range(0, len(members), config.batch_size):
+            chunk = members[start : start + config.batch_size]
+            scores[chunk] = fold_model.score_features(image_feats[chunk])[1].cpu()
+    return scores.numpy()

@@ -18,13 +18,11 @@ from patchshift.core.options import check_options
 log = logging.getLogger("patchshift")
 
 
-FIT_FIELDS = ("feature_dim", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours", "holdout_fraction",
-              "threshold_quantile", "seed")
 ADAPT_FIELDS = ("epochs", "lr", "augment", "views", "bn_mode", "trim")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from patchshift.core.config import ModelConfig
+    from patchshift.core.config import FIT_OPTIONS, ModelConfig
     from patchshift.core.threshold import THRESHOLD_BOUNDS
 
     from .options import add_flags, bounded_type
@@ -32,7 +30,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm architecture name")
     parser.add_argument("--weights", default=None, help="local weights file (required for non-bundled backbones)")
     parser.add_argument("--image-size", default="256", help="model input size: N or WIDTHxHEIGHT, e.g. 576x224 (sides 32..2048)")
-    add_flags(parser, ModelConfig, FIT_FIELDS, flags={"reweight_neighbours": ("--reweight", "--reweight-neighbours")})
+    add_flags(parser, ModelConfig, FIT_OPTIONS, flags={"reweight_neighbours": ("--reweight", "--reweight-neighbours")})
     parser.add_argument("--threshold", type=bounded_type("threshold", float, THRESHOLD_BOUNDS), default=None,
                         help=f"fixed threshold instead of the calibrated one ({THRESHOLD_BOUNDS.describe()})")
 
@@ -144,6 +142,7 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
     from patchshift.core.patchcore import fit
 
     from patchshift.core.backbone import stage_channels
+    from patchshift.core.config import FIT_OPTIONS
     from patchshift.core.features import check_feature_dim
 
     from .options import given
@@ -153,7 +152,7 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
     with usage_errors(args):
         config = ModelConfig(
             backbone=args.backbone, weights=str(Path(args.weights).resolve()) if args.weights else None,
-            image_size=args.image_size, batch_size=args.batch_size, **given(args, FIT_FIELDS),
+            image_size=args.image_size, batch_size=args.batch_size, **given(args, FIT_OPTIONS),
         )
         check_options(config)
         check_feature_dim(config.feature_dim, config.backbone, stage_channels(config.backbone, config.feature_strides))
@@ -280,7 +279,15 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
     result = evaluate(model, samples, args.corruption, args.severity if args.corruption else None, args.seed, progress)
     shift = f" under {args.corruption} severity {args.severity}" if args.corruption else ""
     print(f"{args.data}{shift}: {result.n_images} images ({result.n_anomalous} anomalous)")
-    print(f"  image AUROC {result.image_auroc:.4f}  pixel AUROC {result.pixel_auroc:.4f}  AUPRO {result.aupro:.4f}  F1 {result.f1:.4f}")
+    print(f"  image AUROC {result.image_auroc:.4f}  F1 {result.f1:.4f}  at threshold {result.threshold:.4f}: "
+          f"false alarms {result.false_alarm_rate:.1%} of good images, recall {result.recall:.1%} of defective ones")
+    if result.pixel_auroc == result.pixel_auroc:
+        print(f"  pixel AUROC {result.pixel_auroc:.4f}  AUPRO {result.aupro:.4f}")
+    elif model.kind != "patchcore":
+        print(f"  pixel metrics: none ({model.kind} is a global detector)")
+    else:
+        print(f"  pixel metrics need a ground-truth mask for every defective image "
+              f"({result.n_anomalous - result.n_masks} of {result.n_anomalous} have none); image metrics above")
     if args.json:
         atomic_write_bytes(args.json, json.dumps(result.to_dict(), indent=2).encode())
     return 0

@@ -159,3 +159,24 @@ def test_adapt_uda_writes_a_global_detector_the_cli_scores_and_evaluates(saved_m
     assert code == 0, err
     result = json.loads(report.read_text())
     assert 0 <= result["image_auroc"] <= 1 and result["pixel_auroc"] is None
+
+
+def test_eval_without_masks_reports_image_metrics_and_says_why_pixel_ones_are_missing(saved_model, dataset, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "nomasks"
+    shutil.copytree(dataset, root)
+    shutil.rmtree(root / "ground_truth")
+    report = tmp_path / "eval.json"
+    code, out, err = run(capsys, "eval", "--model", str(saved_model), "--data", str(root), "--json", str(report))
+    assert code == 0, err
+    assert "pixel metrics need a ground-truth mask for every defective image (6 of 6 have none)" in out
+    result = json.loads(report.read_text())
+    assert result["pixel_auroc"] is None and result["aupro"] is None and result["n_masks"] == 0
+    assert 0.5 < result["image_auroc"] <= 1.0
+    # the verdict rates, by hand from the scores at the stored threshold
+    code, out, _ = run(capsys, "score", "--model", str(saved_model), "--json", str(tmp_path / "s.json"), str(root / "test"))
+    scored = json.loads((tmp_path / "s.json").read_text())["results"]
+    good = [r["anomalous"] for r in scored if "/good/" in r["file"]]
+    bad = [r["anomalous"] for r in scored if "/blob/" in r["file"]]
+    assert result["false_alarm_rate"] == sum(good) / len(good) and result["recall"] == sum(bad) / len(bad)

@@ -32,5 +32,19 @@ def test_layout_errors(tmp_path):
         train_images(tmp_path)
     (tmp_path / "test" / "crack").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "test" / "crack" / "001.png")
-    with pytest.raises(DatasetError, match="mask"):
+    with pytest.raises(DatasetError, match="only defective images"):  # a defect without a mask is fine; no good images is not
         labelled_samples(tmp_path)
+
+
+def test_defects_labelled_without_masks_are_kept_and_one_class_is_refused(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "nomasks"
+    shutil.copytree(dataset, root)
+    shutil.rmtree(root / "ground_truth")
+    samples = labelled_samples(root)
+    defective = [s for s in samples if s.label == 1]
+    assert defective and all(s.mask_path is None for s in defective)
+    shutil.rmtree(root / "test" / "blob")
+    with pytest.raises(DatasetError, match="only good images"):
+        labelled_samples(root)

@@ -157,9 +157,9 @@ def test_versions_made_under_older_ranges_still_load(saved_model: Path, tmp_path
     wide = PatchFeatureExtractor(fitted.backbone, 256, 3)  # more than Lite0 provides: loads, fit refuses it
     assert wide.feature_dim == 256
     with pytest.raises(ConfigError, match="feature_dim must be at most 224"):
-        fit([saved_model / "none.png"], ModelConfig(feature_dim=256, image_size=64), device="cpu")
+        fit([saved_model / "a.png", saved_model / "b.png"], ModelConfig(feature_dim=256, image_size=64), device="cpu")
     with pytest.raises(ConfigError, match="batch_size must be in"):
-        fit([saved_model / "none.png"], ModelConfig(batch_size=512, image_size=64), device="cpu")
+        fit([saved_model / "a.png", saved_model / "b.png"], ModelConfig(batch_size=512, image_size=64), device="cpu")
 
 
 def test_unloadable_active_version_is_not_ready_and_can_be_rolled_back(store: Path) -> None:
@@ -213,9 +213,10 @@ def test_unloadable_active_version_is_not_ready_and_can_be_rolled_back(store: Pa
         ("fit", {"feature_dim": "1000"}, "feature_dim must be at most 224"),
         ("fit", {"coreset_ratio": "nan"}, "coreset_ratio"),
         ("fit", {"coreset_max_size": "-1"}, "coreset_max_size"),
-        ("fit", {"threshold_quantile": "2"}, "threshold_quantile"),
+        ("fit", {"false_alarm_rate": "2"}, "false_alarm_rate"),
+        ("fit", {"calibration": "magic"}, "calibration"),
         ("fit", {"holdout_fraction": "1"}, "holdout_fraction"),
-        ("fit", {"holdout_fraction": "0"}, "holdout_fraction must be above 0 over HTTP"),
+        ("fit", {"holdout_fraction": "0", "calibration": "holdout"}, "holdout_fraction must be above 0 over HTTP"),
         ("fit", {"image_size": "100000"}, "image_size"),
         ("fit", {"image_size": "4000x10"}, "image_size"),
     ],

@@ -10,10 +10,38 @@ from patchshift.core.patchcore import fit, split_holdout
 
 
 def test_bank_and_threshold(fitted, tiny_config):
-    # 24 images, 20% held out -> 19 bank images of 12 x 12 patches, 25% kept
-    assert fitted.bank.shape == (int(np.ceil(19 * 144 * 0.25)), 64)
-    assert len(fitted.provenance.calibration_scores) == 5
+    # k-fold calibration: all 24 images of 12 x 12 patches in the bank, 25% kept; 24 calibration scores
+    assert fitted.bank.shape == (int(np.ceil(24 * 144 * 0.25)), 64)
+    assert len(fitted.provenance.calibration_scores) == 24
     assert fitted.threshold == pytest.approx(np.quantile(fitted.provenance.calibration_scores, 0.99))
+
+
+def test_holdout_calibration_keeps_images_out_of_the_bank(dataset, tiny_config):
+    from patchshift.core.data import train_images
+
+    model = fit(train_images(dataset), tiny_config.replace(calibration="holdout"), device="cpu")
+    # 24 images, 20% held out -> 19 bank images of 12 x 12 patches, 25% kept
+    assert model.bank.shape == (int(np.ceil(19 * 144 * 0.25)), 64)
+    assert len(model.provenance.calibration_scores) == 5
+    assert model.threshold == pytest.approx(np.quantile(model.provenance.calibration_scores, 0.99))
+
+
+def test_kfold_scores_leave_out_the_rows_of_the_images_fold(fitted):
+    """Brute force: each image's score is its patches' worst nearest distance to bank rows of other folds."""
+    from patchshift.core.patchcore import PatchCoreModel, kfold_scores
+
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(6, 2, 3, 64, generator=gen)
+    rows = torch.tensor([0, 5, 7, 13, 20, 26, 31, 35])  # patch indices; 6 patches per image
+    row_image = rows // 6
+    model = PatchCoreModel(fitted.config.replace(calibration_folds=3), fitted.backbone, fitted.extractor,
+                           feats.reshape(-1, 64)[rows], 1.0, fitted.provenance, torch.device("cpu"))
+    scores = kfold_scores(model, feats, row_image)
+    fold_of = np.random.default_rng(0).permutation(6) % 3
+    for image in range(6):
+        others = model.bank[torch.from_numpy(fold_of[row_image.numpy()] != fold_of[image])]
+        expected = torch.cdist(feats[image].reshape(-1, 64), others).min(dim=1).values.max()
+        assert scores[image] == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_planted_defect_scores_above_every_normal_and_heatmap_peaks_inside(fitted):
@@ -59,7 +87,9 @@ def test_fit_errors(tiny_config, tmp_path):
     with pytest.raises(DatasetError):
         fit([], tiny_config)
     with pytest.raises(ConfigError, match="threshold must be given"):
-        fit([tmp_path / "x.png"], tiny_config.replace(holdout_fraction=0.0))
+        fit([tmp_path / "x.png"], tiny_config.replace(calibration="holdout", holdout_fraction=0.0))
+    with pytest.raises(DatasetError, match="at least 2 normal images"):
+        fit([tmp_path / "x.png"], tiny_config)
 
 
 def test_fit_with_given_threshold_and_no_holdout(tmp_path, tiny_config):
@@ -71,3 +101,39 @@ def test_fit_with_given_threshold_and_no_holdout(tmp_path, tiny_config):
     model = fit(paths, tiny_config.replace(holdout_fraction=0.0, coreset_max_size=50), threshold=1.5)
     assert model.threshold == 1.5 and model.bank.shape[0] == 50
     assert model.provenance.threshold_source == "given"
+
+
+def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(tmp_path):
+    """Calibrated on training images only, the threshold flags about the requested share of new
+    normal images: the count on 150 fresh ones lies in the 99.9% binomial interval."""
+    from scipy.stats import binom
+
+    from conftest import normal_image
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.patchcore import fit
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"{i:03d}.png"
+        Image.fromarray(normal_image(rng)).save(path)
+        paths.append(path)
+    rate = 0.1
+    config = ModelConfig(image_size=96, feature_dim=64, coreset_ratio=0.25, batch_size=16, false_alarm_rate=rate)
+    model = fit(paths, config, device="cpu")
+    assert model.provenance.threshold_source == "kfold-quantile" and len(model.provenance.calibration_scores) == 40
+    fresh = torch.stack([torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(150)]).float() / 255
+    flagged = int(sum((model.score(fresh[i : i + 50]).scores > model.threshold).sum() for i in range(0, 150, 50)))
+    low, high = binom.interval(0.999, 150, rate)
+    assert low <= flagged <= high, (flagged, low, high)
+
+
+def test_versions_before_kfold_calibration_read_as_holdout():
+    from patchshift.core.config import ModelConfig
+
+    old = ModelConfig().to_dict()
+    for key in ("calibration", "calibration_folds", "false_alarm_rate"):
+        old.pop(key)
+    old["threshold_quantile"] = 0.95
+    config = ModelConfig.from_dict(old)
+    assert config.calibration == "holdout" and abs(config.false_alarm_rate - 0.05) < 1e-12

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from patchshift.core.adapt import METHODS, AdaptConfig
 from patchshift.core.backbone import stage_channels
-from patchshift.core.config import ModelConfig
+from patchshift.core.config import FIT_OPTIONS, ModelConfig
 from patchshift.core.errors import ArtifactError, ConfigError
 from patchshift.core.features import check_feature_dim
 from patchshift.core.options import check_options
@@ -34,8 +34,6 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH
 VersionName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="version, e.g. v3")]
 IMAGE_SIZE_PATTERN = r"^\s*\d{1,5}\s*(?:[xX]\s*\d{1,5}\s*)?$"
 
-FIT_FIELDS = ("feature_dim", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours",
-              "holdout_fraction", "threshold_quantile", "seed")
 ADAPT_FIELDS = ("epochs", "lr", "augment", "views", "trim")
 UDA_FIELDS = ("clusters", "encoder")
 
@@ -51,7 +49,7 @@ class AdaptExtras(BaseModel):
     activate: bool = Field(True, description="make the new version active when it is ready (false: keep it for review)")
 
 
-FitForm = form_model("FitForm", ModelConfig, FIT_FIELDS, with_defaults=True, base=FitExtras)
+FitForm = form_model("FitForm", ModelConfig, FIT_OPTIONS, with_defaults=True, base=FitExtras)
 # uda only: clusters and encoder (clip needs the server's local checkpoint)
 UDAOptions = form_model("UDAOptions", UDAConfig, UDA_FIELDS, with_defaults=False, base=AdaptExtras)
 AdaptForm = form_model("AdaptForm", AdaptConfig, ADAPT_FIELDS, with_defaults=False, base=UDAOptions)
@@ -132,9 +130,9 @@ async def fit_model(
     """Fit a new version from normal images (a new model if the name is new)."""
     request.app.state.store.model_dir(name)  # 400 when the name is taken by a file of the store
     try:
-        config = ModelConfig(image_size=options.image_size, **form_values(options, ModelConfig, FIT_FIELDS))
+        config = ModelConfig(image_size=options.image_size, **form_values(options, ModelConfig, FIT_OPTIONS))
         check_options(config)
-        if config.holdout_fraction == 0:
+        if config.calibration == "holdout" and config.holdout_fraction == 0:
             raise ConfigError("holdout_fraction must be above 0 over HTTP: the held-out images set the threshold "
                               "(set a fixed one afterwards with PUT /v1/models/{name}/threshold)")
         channels = await run_in_threadpool(stage_channels, config.backbone, config.feature_strides)

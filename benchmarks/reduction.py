@@ -1,0 +1,156 @@
+"""Feature reduction study: how the patch features are reduced and weighed, on every dataset.
+
+    python -m patchshift.benchmarks.reduction [--datasets bsd deeppcb] [--variants ...]
+
+Raw features are extracted once per dataset (every channel of each stage, neighbourhood-averaged
+and upsampled to the finest grid: 40 + 112 = 152 channels for EfficientNet-Lite0 at strides 8 and
+16); each variant then reduces them, selects its coreset (ratio 0.1, cap 10,000, as `fit`) and
+scores the test set with exact search. Variants:
+  average-D  today's reduction: each stage pooled to D/2 channels (stages weigh equally by width)
+  none       all raw channels concatenated (the deeper stage, 112 channels, dominates distances)
+  balanced   all raw channels, each stage divided by its mean patch norm on the training patches
+  random-D   a fixed Gaussian projection of the raw channels to D
+  pca-D      PCA of the raw channels fitted on the training patches, D components
+Prints a markdown table and writes benchmarks/results/reduction.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+
+VARIANTS = ("average-128", "average-224", "none", "balanced", "random-128", "pca-128", "pca-64")
+
+
+def raw_extractor(config, device):
+    """The model's extractor with identity channel maps: (B, h, w, sum of stage channels)."""
+    from patchshift.core.patchcore import build_extractor
+
+    backbone, extractor = build_extractor(config, device)
+    for i, channels in enumerate(backbone.stage_channels):
+        setattr(extractor, f"pool{i}", torch.eye(channels, device=device))
+    return backbone, extractor
+
+
+def projection(variant: str, train: torch.Tensor, stage_channels: tuple[int, ...], seed: int) -> torch.Tensor:
+    """(C, D) matrix that maps raw features to the variant's features."""
+    from patchshift.core.features import channel_pooling_matrix
+
+    c = train.shape[1]
+    kind, _, dim = variant.partition("-")
+    if kind == "average":
+        per_stage = int(dim) // len(stage_channels)
+        return torch.block_diag(*[channel_pooling_matrix(ch, per_stage) for ch in stage_channels])
+    if kind == "none":
+        return torch.eye(c)
+    if kind == "balanced":
+        scales, start = [], 0
+        sample = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:200_000]]
+        for ch in stage_channels:
+            norm = sample[:, start : start + ch].norm(dim=1).mean()
+            scales.append(torch.full((ch,), 1.0 / float(norm)))
+            start += ch
+        return torch.diag(torch.cat(scales))
+    if kind == "random":
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(c, int(dim), generator=g) / int(dim) ** 0.5
+    if kind == "pca":
+        sample = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:200_000]].double()
+        centred = sample - sample.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        return v[: int(dim)].T.float().contiguous()
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def run_dataset(name: str, root: Path, variants: list[str], device: str) -> list[dict]:
+    from patchshift.core.anomaly_map import anomaly_maps
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.coreset import coreset_size, kcenter_coreset
+    from patchshift.core.data import labelled_samples, load_mask, train_images
+    from patchshift.core.device import resolve_device
+    from patchshift.core.images import iter_batches
+    from patchshift.core.index import BankIndex
+    from patchshift.core.metrics import aupro, image_auroc, pixel_auroc
+    from patchshift.core.patchcore import split_holdout
+
+    config = ModelConfig(**DATASETS[name])
+    dev = resolve_device(device)
+    backbone, extractor = raw_extractor(config, dev)
+    train = train_images(root)
+    bank_idx, _ = split_holdout(len(train), config.holdout_fraction, config.seed)
+    samples = labelled_samples(root)
+
+    @torch.inference_mode()
+    def features(paths):
+        return torch.cat([extractor(b.to(dev)).cpu() for b, _, _ in iter_batches(paths, config.image_size, 16)])
+
+    started = time.perf_counter()
+    raw_train = features([train[i] for i in bank_idx])
+    extract_s = time.perf_counter() - started
+    raw_train = raw_train.reshape(-1, raw_train.shape[-1])
+    raw_test = features([s.path for s in samples])
+    n, h, w, c = raw_test.shape
+    labels = np.array([s.label for s in samples])
+    masks = np.stack([load_mask(s, config.image_size) for s in samples])
+    print(f"{name}: {len(raw_train)} training patches, {n} test images, {c} raw channels; extraction {extract_s:.0f} s", flush=True)
+    rows = []
+    for variant in variants:
+        started = time.perf_counter()
+        matrix = projection(variant, raw_train, backbone.stage_channels, config.seed)
+        patches = raw_train @ matrix
+        size = coreset_size(len(patches), config.coreset_ratio, config.coreset_max_size)
+        picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
+        reduce_s = time.perf_counter() - started
+        bank = patches[picked].contiguous()
+        del patches
+        index = BankIndex(bank, "flat", config.ivf_nprobe, dev)
+        test = (raw_test.reshape(-1, c) @ matrix).contiguous()
+        started = time.perf_counter()
+        dist, _ = index.search(test)
+        search_s = time.perf_counter() - started
+        del test
+        patch_scores = dist.view(n, h, w)
+        maps = np.concatenate([anomaly_maps(patch_scores[i : i + 32], config.input_hw, config.blur_sigma).numpy() for i in range(0, n, 32)])
+        rows.append({
+            "dataset": name, "input": "x".join(map(str, config.image_size)), "variant": variant, "dim": int(matrix.shape[1]),
+            "image_auroc": image_auroc(labels, patch_scores.flatten(1).max(1).values.numpy()),
+            "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
+            "fit_s": extract_s + reduce_s, "search_ms_per_image": 1000 * search_s / n, "bank_mib": bank.numel() * 4 / 2**20,
+        })
+        print(markdown(rows[-1:], COLUMNS), flush=True)
+    return rows
+
+
+COLUMNS = [
+    ("dataset", "dataset", ""), ("input", "input", ""), ("variant", "reduction", ""), ("dim", "D", "d"),
+    ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"), ("aupro", "AUPRO", ".3f"),
+    ("fit_s", "fit s", ".0f"), ("search_ms_per_image", "search ms/img", ".1f"), ("bank_mib", "bank MiB", ".1f"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="patchshift bench reduction", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="benchmarks/results/reduction.json")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.datasets:
+        rows += run_dataset(name, Path(args.data_root) / name, args.variants, args.device)
+    print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
+    print(markdown(rows, COLUMNS))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
