@@ -15,6 +15,7 @@ the condition changed. It is a two-sample z-test of the means, averaged over cha
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -71,7 +72,10 @@ def drift_statistic(reference: DriftReference, descriptors: np.ndarray) -> float
 
 
 class DriftMonitor:
-    """A sliding window of recent descriptors and verdicts against one reference."""
+    """A sliding window of recent descriptors and verdicts against one reference.
+
+    Thread-safe: the service adds from the request path, resets from the job worker and reads from
+    request threads; one lock guards the window, and the statistic is computed on a snapshot."""
 
     def __init__(self, reference: DriftReference | None, window: int, threshold: float) -> None:
         if window < 2:
@@ -81,11 +85,13 @@ class DriftMonitor:
         self.threshold = threshold
         self._descriptors: deque[np.ndarray] = deque(maxlen=window)
         self._flags: deque[bool] = deque(maxlen=window)
+        self._lock = threading.Lock()
 
     def add(self, descriptors: np.ndarray, anomalous: np.ndarray) -> None:
-        for row, flag in zip(np.asarray(descriptors), np.asarray(anomalous)):
-            self._descriptors.append(row)
-            self._flags.append(bool(flag))
+        with self._lock:
+            for row, flag in zip(np.asarray(descriptors), np.asarray(anomalous)):
+                self._descriptors.append(row)
+                self._flags.append(bool(flag))
 
     @property
     def n_recent(self) -> int:
@@ -93,9 +99,12 @@ class DriftMonitor:
 
     def statistic(self) -> float | None:
         """None until the window is full (a half-empty window would be noisy) or without a reference."""
-        if self.reference is None or len(self._descriptors) < self.window:
-            return None
-        return drift_statistic(self.reference, np.stack(self._descriptors))
+        with self._lock:
+            reference = self.reference
+            if reference is None or len(self._descriptors) < self.window:
+                return None
+            window = list(self._descriptors)
+        return drift_statistic(reference, np.stack(window))
 
     def verdict(self) -> tuple[float | None, bool]:
         """(statistic, drifting) from one computation of the statistic."""
@@ -106,9 +115,12 @@ class DriftMonitor:
         return self.verdict()[1]
 
     def anomalous_share(self) -> float | None:
-        return float(np.mean(self._flags)) if self._flags else None
+        with self._lock:
+            flags = list(self._flags)
+        return float(np.mean(flags)) if flags else None
 
     def reset(self, reference: DriftReference | None) -> None:
-        self.reference = reference
-        self._descriptors.clear()
-        self._flags.clear()
+        with self._lock:
+            self.reference = reference
+            self._descriptors.clear()
+            self._flags.clear()

@@ -252,6 +252,32 @@ def test_diverged_adaptation_fails_and_writes_nothing(client, store: Path, datas
     assert [v for v in store_state(store)[0] if not v.startswith(".")] == ["v1"]
 
 
+def test_threshold_change_waits_for_the_models_unfinished_job(client, dataset: Path, monkeypatch) -> None:
+    """A job held in 'running' by the test (no timing assumptions): the threshold route answers 409."""
+    import threading
+
+    import patchshift.core.adapt as adapt_module
+
+    release = threading.Event()
+
+    def held(model, target, cfg, loss, report_, progress, cancel):
+        assert release.wait(60), "the test never released the job"
+        return copy.deepcopy(model.extractor)
+
+    monkeypatch.setattr(adapt_module, "train_affine", held)
+    images = read(sorted((dataset / "train/good").glob("*.png"))[:4])
+    job_id = client.post("/v1/models/widget/adapt", files=files_field(images), data={"method": "roda", "activate": "false"}).json()["job_id"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    response = client.put("/v1/models/widget/threshold", json={"threshold": 9.0})
+    assert response.status_code == 409 and "unfinished job" in response.json()["error"]["message"]
+    release.set()
+    assert wait_job(client, job_id)["status"] == "succeeded"
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 9.0}).status_code == 200
+
+
 def test_bn_stats_reports_progress_and_stage(fitted, dataset: Path) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
 

@@ -117,3 +117,37 @@ def test_keys_and_scopes(tmp_path: Path) -> None:
         Keys.from_settings(Settings(keys_file=keys_file))
     with pytest.raises(ConfigError, match="8 characters"):
         Keys.from_settings(Settings(admin_key="short"))
+
+
+def test_drift_monitor_is_safe_under_concurrent_add_reset_and_verdict() -> None:
+    """The worker resets, the event loop adds and request threads read the same monitor."""
+    import threading
+
+    from patchshift.core.drift import DriftMonitor, DriftReference
+
+    rng = np.random.default_rng(0)
+    reference = DriftReference.from_descriptors(rng.normal(size=(50, 64)))
+    monitor = DriftMonitor(reference, window=256, threshold=10.0)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def run(action) -> None:
+        try:
+            while not stop.is_set():
+                action()
+        except BaseException as exc:  # noqa: BLE001 - any exception is the finding
+            errors.append(exc)
+            stop.set()
+
+    rows = rng.normal(size=(8, 64))
+    flags = np.zeros(8, dtype=bool)
+    actions = [lambda: monitor.add(rows, flags), lambda: monitor.add(rows, flags), monitor.verdict, monitor.verdict,
+               monitor.anomalous_share, lambda: monitor.reset(reference)]
+    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    stop.wait(3.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert errors == []

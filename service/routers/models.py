@@ -230,9 +230,14 @@ class ThresholdIn(BaseModel):
 @router.put("/{name}/threshold", response_model=ModelOut, dependencies=[Depends(require(ADMIN))],
             responses=error_responses(400, 401, 403, 404, 409, 422, 503))
 async def set_threshold(request: Request, name: ModelName, body: Annotated[ThresholdIn, Body()]) -> ModelOut:
-    """Override the threshold: writes a new version (parent: the active one) and activates it."""
+    """Override the threshold: writes a new version (parent: the active one) and activates it.
+
+    Refused (409) while the model has an unfinished job: an adaptation that ends later would
+    otherwise replace the operator's threshold version without a word."""
     existing(request, name)
     state = request.app.state
+    if state.worker.busy(name):
+        raise Conflict(f"model {name!r} has an unfinished job; wait for it or cancel it, then set the threshold")
     await run_in_threadpool(override_threshold, state.store, state.registry, name, body.threshold)
     return describe(request, name)
 
