@@ -41,6 +41,11 @@ def patch_search(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     return torch.cat(norms), torch.cat(distances), torch.cat(rows)
 
 
+def twin_agreement(twin_rows: torch.Tensor, nearest: torch.Tensor) -> float:
+    """Share of patches whose nearest bank row (nearest: (P, 1)) is among their clean twin's rows (P, k)."""
+    return float((twin_rows == nearest).any(dim=1).float().mean())
+
+
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
 
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             for method in args.methods:
                 adapted, _ = adapt(model, as_float(shifted), AdaptConfig(method=method, seed=args.seed))
                 norms, distances, nearest = patch_search(adapted, shifted[normal], 1)
-                agreement = (twin_rows == nearest).any(dim=1).float().mean()
+                agreement = twin_agreement(twin_rows, nearest)
                 rows.append({"condition": f"{corruption} {severity}", "method": method, "scale": float(norms.mean()) / bank_norm,
                              "distance": float(distances.mean()) / clean_distance, "twin_agreement": float(agreement)})
                 print(rows[-1], flush=True)

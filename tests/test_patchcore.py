@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -63,12 +65,11 @@ def test_reweighting_damps_scores(fitted):
     rng = np.random.default_rng(5)
     batch = to_tensor([plant_defect(normal_image(rng), rng)[0] for _ in range(3)])
     plain = fitted.score(batch).scores
-    fitted.config = fitted.config.replace(reweight_neighbours=3)
-    try:
-        weighted = fitted.score(batch).scores
-    finally:
-        fitted.config = fitted.config.replace(reweight_neighbours=0)
-    assert (weighted <= plain + 1e-6).all() and (weighted > 0).all()
+    reweighting = copy.copy(fitted)  # the session's model stays as it is
+    reweighting.config = fitted.config.replace(reweight_neighbours=3)
+    weighted = reweighting.score(batch).scores
+    assert (weighted <= plain + 1e-6).all() and (weighted > 0).all() and (weighted < plain).any()
+    assert fitted.config.reweight_neighbours == 0
 
 
 def test_score_rejects_wrong_input_size(fitted):
