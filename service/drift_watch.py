@@ -10,6 +10,7 @@ reference condition.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
@@ -32,8 +33,15 @@ class DriftWatch:
         self.settings = settings
         self.metrics = metrics
         self._attempted: set[tuple[str, str]] = set()
+        # observe runs in request threads (never on the event loop: starting a job writes files);
+        # one lock owns the policy state (streaks, kept images, attempts)
+        self._lock = threading.Lock()
 
     def observe(self, name: str, model: PatchCoreModel, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
+        with self._lock:
+            self._observe(name, model, descriptors, anomalous, files)
+
+    def _observe(self, name: str, model: PatchCoreModel, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
         slot = self.registry.slot(name)
         if slot is None or slot.model is not model:
             return  # scored by a version that is no longer active

@@ -522,3 +522,26 @@ def test_worst_allowed_score_request_has_bounded_memory(tmp_path: Path, saved_mo
         assert growth < 1536, growth
     finally:
         server.stop()
+
+
+def test_drift_observation_runs_off_the_event_loop(client, monkeypatch) -> None:
+    """Starting a self-adaptation writes up to 64 files: that must never stall every request."""
+    import asyncio
+
+    from patchshift.service.drift_watch import DriftWatch
+
+    seen: list[bool] = []
+    original = DriftWatch.observe
+
+    def recording(self, *args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DriftWatch, "observe", recording)
+    image = png_bytes(np.full((96, 96, 3), 128, np.uint8))
+    assert client.post("/v1/models/widget/score", files=files_field([("a.png", image)])).status_code == 200
+    assert seen == [False]

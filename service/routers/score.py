@@ -41,5 +41,6 @@ async def score(
     state.metrics.anomalies.labels(name, version).inc(int(flags.sum()))
     for value in scored.scores:
         state.metrics.score_ratio.labels(name).observe(float(value) / model.threshold if model.threshold > 0 else 0.0)
-    state.drift.observe(name, model, scored.descriptors, flags, uploads if state.settings.auto_adapt else [])
+    # off the event loop: a self-started adaptation writes its images before the answer goes out
+    await run_in_threadpool(state.drift.observe, name, model, scored.descriptors, flags, uploads if state.settings.auto_adapt else [])
     return ScoreResponse(model=name, version=version, results=results)
