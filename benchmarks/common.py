@@ -67,3 +67,11 @@ class PeakMemory:
     @property
     def peak_gib(self) -> float:
         return (self.peak - self.start) / 2**30
+
+
+@torch.inference_mode()
+def extract_features(extractor: torch.nn.Module, paths: list, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(N, h, w, D) patch features of image files, on the CPU (batches of 16)."""
+    from patchshift.core.images import iter_batches
+
+    return torch.cat([extractor(batch.to(device)).cpu() for batch, _, _ in iter_batches(paths, size, 16)])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, extract_features, machine, markdown
 
 def peak_resident_gib() -> float:
     """VmHWM: this process's peak resident memory since its exec (ru_maxrss would also count
@@ -74,7 +74,6 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
     from patchshift.core.coreset import kcenter_coreset
     from patchshift.core.data import labelled_samples, load_mask, train_images
     from patchshift.core.device import resolve_device
-    from patchshift.core.images import iter_batches
     from patchshift.core.index import BankIndex
     from patchshift.core.metrics import aupro, image_auroc, pixel_auroc
     from patchshift.core.patchcore import build_extractor, split_holdout
@@ -86,9 +85,8 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
     bank_idx, _ = split_holdout(len(train), config.holdout_fraction, config.seed)
     samples = labelled_samples(root)
 
-    @torch.inference_mode()
     def features(paths):
-        return torch.cat([extractor(b.to(dev)).cpu() for b, _, _ in iter_batches(paths, config.image_size, 16)])
+        return extract_features(extractor, paths, config.image_size, dev)
 
     patches = features([train[i] for i in bank_idx]).reshape(-1, config.feature_dim)
     test = features([s.path for s in samples])

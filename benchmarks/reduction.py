@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, extract_features, machine, markdown
 
 VARIANTS = ("average-128", "average-224", "none", "balanced", "random-128", "pca-128", "pca-64")
 
@@ -69,27 +69,25 @@ def projection(variant: str, train: torch.Tensor, stage_channels: tuple[int, ...
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def run_dataset(name: str, root: Path, variants: list[str], device: str) -> list[dict]:
+def run_dataset(name: str, root: Path, variants: list[str], device: str, overrides: dict | None = None) -> list[dict]:
     from patchshift.core.anomaly_map import anomaly_maps
     from patchshift.core.config import ModelConfig
     from patchshift.core.coreset import coreset_size, kcenter_coreset
     from patchshift.core.data import labelled_samples, load_mask, train_images
     from patchshift.core.device import resolve_device
-    from patchshift.core.images import iter_batches
     from patchshift.core.index import BankIndex
     from patchshift.core.metrics import aupro, image_auroc, pixel_auroc
     from patchshift.core.patchcore import split_holdout
 
-    config = ModelConfig(**DATASETS[name])
+    config = ModelConfig(**(overrides if overrides is not None else DATASETS[name]))
     dev = resolve_device(device)
     backbone, extractor = raw_extractor(config, dev)
     train = train_images(root)
     bank_idx, _ = split_holdout(len(train), config.holdout_fraction, config.seed)
     samples = labelled_samples(root)
 
-    @torch.inference_mode()
     def features(paths):
-        return torch.cat([extractor(b.to(dev)).cpu() for b, _, _ in iter_batches(paths, config.image_size, 16)])
+        return extract_features(extractor, paths, config.image_size, dev)
 
     started = time.perf_counter()
     raw_train = features([train[i] for i in bank_idx])

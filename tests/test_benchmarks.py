@@ -133,3 +133,28 @@ def test_sweep_condition_is_checked_before_any_work(capsys):
     with pytest.raises(SystemExit):
         shift.main(["--sweep-condition", "fog", "3"])
     assert "--sweep-condition takes one of" in capsys.readouterr().err
+
+
+def test_reduction_study_measures_what_fit_builds(fitted, dataset):
+    """The study's 'average' variant applied to raw features equals the model's own features, and
+    every variant runs end to end on generated images."""
+    from patchshift.benchmarks import reduction
+    from patchshift.core.images import load_batch
+    from patchshift.core.data import train_images
+
+    config = fitted.config.replace(feature_dim=128)
+    backbone, raw = reduction.raw_extractor(config, torch.device("cpu"))
+    from patchshift.core.patchcore import build_extractor
+
+    _, reduced = build_extractor(config, torch.device("cpu"))
+    batch, _ = load_batch(train_images(dataset)[:2], config.image_size)
+    with torch.inference_mode():
+        raw_feats = raw(batch)
+        expected = reduced(batch)
+    assert raw_feats.shape[-1] == sum(backbone.stage_channels) == 152
+    matrix = reduction.projection("average-128", raw_feats.reshape(-1, 152), backbone.stage_channels, 0)
+    torch.testing.assert_close(raw_feats @ matrix, expected, rtol=1e-4, atol=1e-4)
+    rows = reduction.run_dataset("widget", dataset, ["average-128", "none", "balanced", "pca-16"], "cpu",
+                                 {"image_size": config.image_size, "coreset_ratio": 0.25})
+    assert [r["dim"] for r in rows] == [128, 152, 152, 16]
+    assert all(0.0 <= r["image_auroc"] <= 1.0 and r["bank_mib"] > 0 for r in rows)
