@@ -545,3 +545,27 @@ def test_drift_observation_runs_off_the_event_loop(client, monkeypatch) -> None:
     image = png_bytes(np.full((96, 96, 3), 128, np.uint8))
     assert client.post("/v1/models/widget/score", files=files_field([("a.png", image)])).status_code == 200
     assert seen == [False]
+
+
+def test_threshold_override_works_for_a_uda_version(store: Path) -> None:
+    """Any model kind takes a threshold: a new version, same detector, the given threshold (was a 500 for UDA)."""
+    from fastapi.testclient import TestClient
+
+    from conftest import normal_image
+    from patchshift.core.artifact import load_model, save_model
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.train import fit_uda
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    rng = np.random.default_rng(0)
+    source = torch.stack([torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(8)]).float() / 255
+    uda, _ = fit_uda(source[..., :64, :64], None, UDAConfig(image_size=64, epochs=1, batch_size=4, embedding_dim=16), device="cpu")
+    save_model(uda, store / "global" / "v1")
+    with TestClient(create_app(Settings(models_dir=store, device="cpu"))) as client:
+        response = client.put("/v1/models/global/threshold", json={"threshold": 0.25})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["active_version"] == "v2" and body["versions"][1]["kind"] == "uda" and body["versions"][1]["threshold"] == 0.25
+    reloaded = load_model(store / "global" / "v2", device="cpu")
+    assert reloaded.threshold == 0.25 and torch.equal(reloaded.centre, uda.centre)
