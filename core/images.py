@@ -79,19 +79,6 @@ def open_image(source: bytes | str | os.PathLike[str], name: str | None = None) 
 _RESIZE_FIRST = ("RGB", "L")
 
 
-def resized_rgb(image: Image.Image, size: tuple[int, int], reducing_gap: float | None = None) -> np.ndarray:
-    """Any decoded image -> (H, W, 3) uint8 at (width, height) `size`, the same pixels as
-    resize_rgb(to_rgb(image), size) without a full-size RGB copy where the mode allows."""
-    if image.mode in _RESIZE_FIRST:
-        if image.size != tuple(size):
-            image = image.resize(tuple(size), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
-        return np.asarray(to_rgb(image), dtype=np.uint8)
-    rgb = to_rgb(image)
-    if rgb.size != tuple(size):
-        rgb = rgb.resize(tuple(size), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
 def preview_size(original: tuple[int, int], max_side: int) -> tuple[int, int]:
     """(width, height) scaled down so the longer side is at most `max_side` (never up)."""
     width, height = original
@@ -107,8 +94,8 @@ def decode_for_model(
     Memory is one decoded image plus small outputs: the preview's longer side is at most
     `preview_side`, whatever the original size."""
     image = decode_image(source, name)
-    model_input = resized_rgb(image, size)
-    preview = resized_rgb(image, preview_size(image.size, preview_side), reducing_gap=3.0) if preview_side else None
+    model_input = resize_rgb(image, size)
+    preview = resize_rgb(image, preview_size(image.size, preview_side), reducing_gap=3.0) if preview_side else None
     return model_input, image.size, preview
 
 
@@ -130,11 +117,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Resize to (width, height); returns an (H, W, 3) uint8 array."""
+def resize_rgb(image: Image.Image, size: tuple[int, int], reducing_gap: float | None = None) -> np.ndarray:
+    """Any decoded image -> (H, W, 3) uint8 at (width, height) `size`: converted to RGB, resized
+    (bilinear); modes where the two commute are resized first (no full-size RGB copy)."""
+    if image.mode not in _RESIZE_FIRST:
+        image = to_rgb(image)
     if image.size != tuple(size):
-        image = image.resize(tuple(size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+        image = image.resize(tuple(size), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
+    return np.asarray(to_rgb(image), dtype=np.uint8)
 
 
 def to_tensor(arrays: Sequence[np.ndarray]) -> torch.Tensor:

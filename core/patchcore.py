@@ -257,9 +257,7 @@ def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: to
         members = torch.nonzero(fold_of == fold).flatten()
         if not keep.any():  # every bank row came from this fold: nothing to score against
             raise DatasetError("too few distinct normal images for k-fold calibration; add images or use holdout calibration")
-        index = BankIndex(model.bank[keep], config.index, config.ivf_nprobe, model.device)
-        fold_model = PatchCoreModel(config, model.backbone, model.extractor, model.bank[keep], math.inf, model.provenance,
-                                    model.device, index=index)
+        fold_model = PatchCoreModel(config, model.backbone, model.extractor, model.bank[keep], math.inf, model.provenance, model.device)
         for start in range(0, len(members), config.batch_size):
             chunk = members[start : start + config.batch_size]
             scores[chunk] = fold_model.score_features(image_feats[chunk])[1].cpu()
