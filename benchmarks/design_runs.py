@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         if set(fields) - known:
             parser.error(f"variant {label!r}: unknown AdaptConfig field(s) {', '.join(sorted(set(fields) - known))}")
     try:
-        configs = {label: AdaptConfig(**{"seed": args.seed, **fields}) for label, fields in variants if label != "paired-oracle"}
+        configs = {label: AdaptConfig(**{"seed": args.seed, "method": "roda", **fields}) for label, fields in variants if label != "paired-oracle"}
     except ConfigError as exc:
         parser.error(str(exc))
 

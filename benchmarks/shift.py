@@ -34,6 +34,10 @@ METHODS = {
     "ot-continuous": {"method": "ot-continuous"},
     "roda-no-augment": {"method": "roda", "augment": "none"},
     "roda": {"method": "roda"},
+    "target-memory": {"method": "target-memory"},
+    "target-memory-alone": {"method": "target-memory", "memory": "target"},
+    "target-memory-adabn": {"method": "target-memory", "memory_bn": "stats"},
+    "target-memory-roda": {"method": "target-memory", "memory_bn": "roda"},
     "uda": {},  # the alternate adaptation (a global detector trained from train/good and the adaptation split)
     # references, not adapters (benchmarks/references.py): they use what no deployment has
     "refit-target": {},  # a bank fitted on train/good under the same corruption
@@ -218,11 +222,20 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 
                         adapted = reference_model(method, model, root, corruption, severity, clean, shifted, adapt_idx, args.seed)
                     else:
-                        cfg = AdaptConfig(**{**METHODS[method], **epochs_option(args), "seed": args.seed})
-                        adapted, _ = adapt(model, as_float(shifted[adapt_idx]), cfg)
+                        cfg = AdaptConfig(**{**METHODS[method], **epochs_option(args), **args.adapt_settings, "seed": args.seed})
+                        adapted, summary = adapt(model, as_float(shifted[adapt_idx]), cfg)
                     seconds = time.perf_counter() - started
                 metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])
-                rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds, "adapt_peak_gib": memory.peak_gib, **metrics})
+                extra = {}
+                if args.gate and method not in ("uda", *REFERENCES):
+                    from patchshift.core.adapt import gate
+                    from patchshift.core.adapt.target_memory import filter_settings
+
+                    verdict = gate(model, as_float(shifted[adapt_idx]), summary.target_scores, filter_settings(cfg), reference=summary.reference_ranking)
+                    extra = {"gate_before": verdict.agreement_before, "gate_after": verdict.agreement_after, "gate_better": verdict.better,
+                             "details": {k: v for k, v in summary.details.items() if k != "adapt_config" and not isinstance(v, list)}}
+                rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds,
+                             "adapt_peak_gib": memory.peak_gib, **metrics, **extra})
                 print(rows[-1], flush=True)
     shares = {}
     if args.fig5a:
@@ -279,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in ("uda", *REFERENCES)],
                         help=f"of {', '.join(METHODS)} (default: all but uda and the references)")
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="adaptation settings for every method, e.g. filter_cut_z=2")
+    parser.add_argument("--no-gate", dest="gate", action="store_false", help="skip the activation gate's verdict per row")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--uda-epochs", type=int, default=3, help="epochs of the uda method")
     parser.add_argument("--uda-downscale", type=int, default=2, help="uda encoder input = model input size / this")
     parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
@@ -292,12 +308,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="benchmarks/results")
     args = parser.parse_args(argv)
+    from .design_runs import parse_variant
+
+    _, args.adapt_settings = parse_variant("set:" + ",".join(args.set))
     if args.sweep_condition and (args.sweep_condition[0] not in CORRUPTIONS or args.sweep_condition[1] not in list("12345")):
         parser.error(f"--sweep-condition takes one of {', '.join(CORRUPTIONS)} and a severity 1-5, got {' '.join(args.sweep_condition)}")
     for name in args.datasets:
         result = run_dataset(name, args)
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.out_dir) / f"shift-{name}.json").write_text(json.dumps(result, indent=2))
+        (Path(args.out_dir) / f"shift-{name}{args.tag}.json").write_text(json.dumps(result, indent=2))
         print(f"\n{name} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
         print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
         print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))

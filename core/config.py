@@ -70,6 +70,11 @@ class ModelConfig:
     calibration_folds: int = option(5, "folds of k-fold calibration", ge=2, le=20)
     # The share of normal parts the threshold may flag: the line's accepted false-alarm rate.
     false_alarm_rate: float = option(0.01, "share of normal images allowed above the threshold", ge=0, le=0.5)
+    # "auto": the training images may hold some defects; patches that the other training images do
+    # not vouch for are left out of the bank, and images with such patches out of the calibration
+    # (core.contamination). Off by default: it costs a pass over all pairs of images.
+    contamination: str = option("off", "training images may include defects: filter them out (auto) or not (off)",
+                                choices=("off", "auto"))
     holdout_fraction: float = option(0.1, "share of normal images held out to set the threshold (holdout calibration)", ge=0, le=0.9)
     seed: int = option(0, "random seed (hold-out split, coreset)", ge=0, le=2**32 - 1)
     batch_size: int = option(16, "images per forward pass", ge=1, le=256)
@@ -119,6 +124,6 @@ class ModelConfig:
 
 # The fit settings a person chooses (CLI flags and HTTP form fields are made from these).
 FIT_OPTIONS = ("feature_dim", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours", "calibration",
-               "calibration_folds", "false_alarm_rate", "holdout_fraction", "seed")
+               "calibration_folds", "false_alarm_rate", "contamination", "holdout_fraction", "seed")
 
 __all__ = ["ModelConfig", "parse_image_size", "DEFAULT_BACKBONE", "FIT_OPTIONS"]

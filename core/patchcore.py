@@ -20,6 +20,7 @@ import torch
 from .anomaly_map import anomaly_maps
 from .backbone import Backbone, build_backbone
 from .config import ModelConfig
+from .contamination import FilterSettings, filter_patches
 from .coreset import coreset_size, kcenter_coreset
 from .device import resolve_device
 from .drift import DriftReference, image_descriptors
@@ -207,7 +208,16 @@ def fit(
             report(progress, "features", start + len(batch), len(bank_sources))
     image_feats = torch.cat(chunks)  # (N, h, w, D): k-fold calibration scores them again
     del chunks
+    n_images, h, w, _ = image_feats.shape
     patches = image_feats.reshape(-1, config.feature_dim)
+    patch_image = torch.arange(n_images).repeat_interleave(h * w)  # the image each patch came from
+    clean_images = torch.ones(n_images, dtype=torch.bool)
+    if config.contamination == "auto":
+        kept = filter_patches(image_feats.reshape(n_images, h * w, -1), FilterSettings(seed=config.seed), progress, cancel)
+        patches, patch_image = patches[kept.keep.flatten()], patch_image[kept.keep.flatten()]
+        clean_images = kept.keep.all(dim=1)
+        log.info("contamination filter: kept %.1f%% of patches; %d of %d images hold a dropped patch",
+                 100 * kept.kept_share, int((~clean_images).sum()), n_images)
     size = coreset_size(len(patches), config.coreset_ratio, config.coreset_max_size)
     log.info("selecting %d of %d patches for the memory bank", size, len(patches))
 
@@ -221,6 +231,9 @@ def fit(
     ).cpu()
     bank = patches[picked].clone()
     provenance = Provenance(method="fit", n_train_images=len(sources))
+    if config.contamination == "auto":
+        provenance.details.update(kept_patch_share=round(float(len(patches)) / (n_images * h * w), 4),
+                                  images_with_dropped_patches=int((~clean_images).sum()))
     reference = DriftReference.from_descriptors(torch.cat(descriptors).numpy()) if len(bank_sources) >= 2 else None
     model = PatchCoreModel(config, backbone, extractor, bank, math.inf, provenance, device, drift_reference=reference)
     if threshold is not None:
@@ -228,8 +241,9 @@ def fit(
         provenance.threshold_source = "given"
         return model
     if kfold:
-        patches_per_image = image_feats.shape[1] * image_feats.shape[2]
-        calibration = kfold_scores(model, image_feats, picked // patches_per_image, cancel)
+        calibration = kfold_scores(model, image_feats, patch_image[picked], cancel)
+        if not clean_images.all() and clean_images.any():  # images the filter found defects in do not calibrate
+            calibration = calibration[clean_images.numpy()]
         provenance.threshold_source = "kfold-quantile"
     else:
         holdout = [sources[i] for i in holdout_idx]
@@ -245,7 +259,8 @@ def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: to
     """Out-of-fold score of every training image: its features against the model's bank without
     the rows that came from its fold's images (so no image is scored against its own patches).
 
-    image_feats: (N, h, w, D); row_image: (M,) the training image each bank row came from."""
+    image_feats: (N, h, w, D); row_image: (M,) the image each bank row came from, -1 for rows
+    that came from none of them (they stay in every fold's bank)."""
     config = model.config
     n_images = len(image_feats)
     folds = min(config.calibration_folds, n_images)
@@ -253,7 +268,7 @@ def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: to
     scores = torch.empty(n_images)
     for fold in range(folds):
         check_cancel(cancel)
-        keep = fold_of[row_image] != fold
+        keep = (row_image < 0) | (fold_of[row_image.clamp_min(0)] != fold)
         members = torch.nonzero(fold_of == fold).flatten()
         if not keep.any():  # every bank row came from this fold: nothing to score against
             raise DatasetError("too few distinct normal images for k-fold calibration; add images or use holdout calibration")

@@ -18,7 +18,6 @@ from patchshift.core.options import check_options
 log = logging.getLogger("patchshift")
 
 
-ADAPT_FIELDS = ("epochs", "lr", "augment", "views", "bn_mode", "trim")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="OUT.json", help="write results as JSON")
     p.add_argument("images", nargs="+", help="image files or folders")
 
-    from patchshift.core.adapt import AdaptConfig
+    from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig
+    from patchshift.core.adapt.config import ADAPT_OPTIONS
     from patchshift.core.uda import UDAConfig
 
     from .options import add_flags
@@ -72,14 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, nargs="+", help="unlabeled images (files or folders) of the new condition")
     p.add_argument("--out", required=True, help="new model directory (a complete model; its parent is the source)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--method", default="roda", help="roda (default), bn-stats, moment-matching, ot-continuous, none, or uda")
+    p.add_argument("--method", default=RECOMMENDED, choices=(*METHODS, "uda"), metavar="METHOD",
+                   help=f"one of {', '.join((*METHODS, 'uda'))} (default: {RECOMMENDED}, the recommended one)")
     p.add_argument("--source-images", nargs="+", default=None, help="uda only: normal images of the source domain")
     add_flags(p, UDAConfig, ("clusters",))  # uda only
     p.add_argument("--image-size", default=None, help="uda only: encoder input size (default 224)")
     add_flags(p, UDAConfig, ("encoder",))  # uda only
     p.add_argument("--clip-checkpoint", default=None, help="uda --encoder clip: local open_clip weights file")
     p.add_argument("--clip-model", default=None, help="uda --encoder clip: its architecture, e.g. ViT-B-32 (default), or a JSON config")
-    add_flags(p, AdaptConfig, ADAPT_FIELDS)
+    add_flags(p, AdaptConfig, ADAPT_OPTIONS)
     p.add_argument("--no-augment", action="store_true", help="plain copies instead of rotated/flipped views")
 
     p = sub.add_parser("serve", help="run the HTTP service (settings also from PATCHSHIFT_* environment variables)")
@@ -223,9 +224,11 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     uda_only = ("source_images", "clusters", "image_size", "encoder", "clip_checkpoint", "clip_model")
     if any(getattr(args, key) for key in uda_only):
         raise ConfigError("--source-images, --clusters, --image-size, --encoder and --clip-* belong to --method uda")
+    from patchshift.core.adapt.config import ADAPT_OPTIONS
+
     from .options import given
 
-    options = {"method": args.method, **given(args, ADAPT_FIELDS)}
+    options = {"method": args.method, **given(args, ADAPT_OPTIONS)}
     if args.no_augment:
         options["augment"] = "none"
     with usage_errors(args):

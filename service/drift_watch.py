@@ -20,7 +20,7 @@ from .errors import Conflict
 from .metrics import ServiceMetrics
 from .registry import ModelRegistry
 from .settings import Settings
-from .tasks import ACTIVATE_IF_DRIFT_REDUCED
+from .tasks import ACTIVATE_IF_BETTER
 from .worker import Worker
 
 log = logging.getLogger("patchshift.service")
@@ -66,7 +66,7 @@ class DriftWatch:
             return
         self._attempted.add(key)
         params = {
-            "source_version": model.version, "activate": ACTIVATE_IF_DRIFT_REDUCED, "trigger": "drift",
+            "source_version": model.version, "activate": ACTIVATE_IF_BETTER, "trigger": "drift",
             "config": {"method": self.settings.auto_adapt_method}, "drift_at_trigger": statistic,
         }
         try:

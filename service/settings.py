@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from patchshift.core.adapt import METHODS, RECOMMENDED
 from patchshift.core.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 
 
@@ -42,7 +43,7 @@ class Settings(BaseSettings):
     drift_window: int = Field(DEFAULT_WINDOW, ge=2)
     drift_threshold: float = Field(DEFAULT_THRESHOLD, gt=0)
     auto_adapt: bool = False
-    auto_adapt_method: str = "roda"
+    auto_adapt_method: str = Field(RECOMMENDED, description="adaptation method of self-started jobs (default: the recommended one)")
     auto_adapt_images: int = Field(64, ge=2, description="recent images kept for a self-started adaptation")
     auto_adapt_patience: int = Field(32, ge=1, description="consecutive drifting scores before adapting")
 
@@ -56,6 +57,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("auto_adapt_method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:  # uda needs source images, which a running service does not keep
+            raise ValueError(f"unknown adaptation method {value!r} for auto-adapt; choose from {', '.join(METHODS)}")
+        return value
 
     @field_validator("clip_checkpoint")
     @classmethod

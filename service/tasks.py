@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import torch
 
-from patchshift.core.adapt import AdaptConfig, adapt
+from patchshift.core.adapt import AdaptConfig, GateVerdict, adapt, gate
+from patchshift.core.adapt.target_memory import filter_settings
 from patchshift.core.adapt.base import load_target
 from patchshift.core.artifact import save_model
 from patchshift.core.config import ModelConfig
@@ -26,7 +27,15 @@ from .worker import JobInputs, stage_progress
 
 log = logging.getLogger("patchshift.service")
 
-ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_DRIFT_REDUCED = "yes", "no", "if-drift-reduced"
+ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_BETTER = "true", "false", "if-better"
+ACTIVATION_POLICIES = (ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_BETTER)
+_LEGACY_POLICIES = {"yes": ACTIVATE_ALWAYS, "no": ACTIVATE_NEVER, "if-drift-reduced": ACTIVATE_IF_BETTER}
+
+
+def activation_policy(params: dict, default: str = ACTIVATE_ALWAYS) -> str:
+    """The job's activation policy; jobs queued by an older release used yes/no/if-drift-reduced."""
+    value = params.get("activate", default)
+    return _LEGACY_POLICIES.get(value, value)
 
 
 def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device):
@@ -37,7 +46,7 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
         check_cancel(cancelled)
         version = store.allocate_version(job.model)
         save_model(model, store.version_dir(job.model, version))
-        activate = job.params.get("activate", ACTIVATE_ALWAYS) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
+        activate = activation_policy(job.params) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
         if activate:
             registry.activate(job.model, version, model)
         return version, {"activated": activate, "threshold": model.threshold, "bank_size": int(model.bank.shape[0]), "n_images": len(images)}
@@ -48,18 +57,21 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
         source = registry.load(job.model, job.params["source_version"])
         cfg = AdaptConfig(**job.params["config"])
         target = load_target(inputs.images, source.config.image_size)
-        adapted, summary = adapt(source, target, cfg, progress=stage_progress(report), cancel=cancelled)
+        policy = activation_policy(job.params)
+        adapted, summary = adapt(source, target, cfg, progress=stage_progress(report), cancel=cancelled,
+                                 judge=policy == ACTIVATE_IF_BETTER)
         check_cancel(cancelled)
         result = {
             "method": cfg.method, "n_images": summary.n_images, "steps": summary.steps, "seconds": round(summary.seconds, 2),
             "source_version": source.version, "threshold_before": source.threshold, "threshold_after": adapted.threshold,
+            "bank_rows": int(adapted.bank.shape[0]), "own_bank": adapted.bank is not source.bank,
         }
-        policy = job.params.get("activate", ACTIVATE_ALWAYS)
+        if source.drift_reference is not None:  # for people; not comparable enough across versions to decide on
+            result["drift_before"], result["drift_after"] = drift_before_after(source, adapted, target)
         activate = policy == ACTIVATE_ALWAYS
-        if policy == ACTIVATE_IF_DRIFT_REDUCED and source.drift_reference is not None:
-            before, after = drift_before_after(source, adapted, target)
-            result.update(drift_before=before, drift_after=after)
-            activate = after < before
+        if summary.gate is not None:
+            result["gate"] = summary.gate.to_dict()
+            activate = summary.gate.better
         version = store.allocate_version(job.model)
         save_model(adapted, store.version_dir(job.model, version))
         report(1.0, "saved")
@@ -75,14 +87,22 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
         cfg = UDAConfig(**{**inherited_settings(source.kind, source.config.to_dict()), **options})
         model, summary = fit_uda(inputs.source_images, inputs.images, cfg, device=device, progress=stage_progress(report), cancel=cancelled)
         check_cancel(cancelled)
+        policy = activation_policy(job.params)
+        verdict = None
+        if policy == ACTIVATE_IF_BETTER and source.kind == "patchcore":
+            after = load_target(inputs.images, cfg.image_size)
+            scores, _ = model.score_batches(after[i : i + 16] for i in range(0, len(after), 16))
+            verdict = gate(source, load_target(inputs.images, source.config.image_size), scores, filter_settings(AdaptConfig()), cancelled)
+        elif policy == ACTIVATE_IF_BETTER:
+            verdict = GateVerdict(False, None, None, f"no label-free check for a {source.kind} parent; activate the new version by hand")
         model.provenance.parent = source.version
         version = store.allocate_version(job.model)
         save_model(model, store.version_dir(job.model, version))
         report(1.0, "saved")
-        activate = job.params.get("activate", ACTIVATE_ALWAYS) == ACTIVATE_ALWAYS
+        activate = policy == ACTIVATE_ALWAYS or (verdict is not None and verdict.better)
         if activate:
             registry.activate(job.model, version, model)
-        return version, {
+        return version, {**({"gate": verdict.to_dict()} if verdict else {}),
             "method": "uda", "n_images": len(inputs.images), "n_source_images": len(inputs.source_images), "steps": summary.steps,
             "seconds": round(summary.seconds, 2), "source_version": source.version, "threshold_before": source.threshold,
             "threshold_after": model.threshold, "cluster_sizes": summary.cluster_sizes, "clustering": summary.message,

@@ -132,7 +132,7 @@ def test_adapt_command_makes_a_complete_child_version(saved_model, dataset, tmp_
     code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(tmp_path / "none"), "--out", str(tmp_path / "x"))
     assert code == 1 and "no such file" in err
     code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset), "--out", str(tmp_path / "y"), "--method", "magic")
-    assert code == 1 and "unknown adaptation method" in err
+    assert code == 2 and "magic" in err and "target-memory" in err and len(err.strip().splitlines()) == 1
 
 
 def test_adapt_uda_writes_a_global_detector_the_cli_scores_and_evaluates(saved_model, dataset, tmp_path, capsys):

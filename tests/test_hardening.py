@@ -240,7 +240,7 @@ def test_diverged_adaptation_fails_and_writes_nothing(client, store: Path, datas
             layer.weight.data.fill_(float("inf"))
         return extractor
 
-    monkeypatch.setattr(adapt_module, "train_affine", diverging)
+    monkeypatch.setattr(adapt_module.batchnorm, "train_affine", diverging)
     before = store_state(store)
     images = read(sorted((dataset / "train/good").glob("*.png"))[:6])
     response = client.post("/v1/models/widget/adapt", files=files_field(images), data={"method": "roda", "lr": "1"})
@@ -264,7 +264,7 @@ def test_threshold_change_waits_for_the_models_unfinished_job(client, dataset: P
         assert release.wait(60), "the test never released the job"
         return copy.deepcopy(model.extractor)
 
-    monkeypatch.setattr(adapt_module, "train_affine", held)
+    monkeypatch.setattr(adapt_module.batchnorm, "train_affine", held)
     images = read(sorted((dataset / "train/good").glob("*.png"))[:4])
     job_id = client.post("/v1/models/widget/adapt", files=files_field(images), data={"method": "roda", "activate": "false"}).json()["job_id"]
     deadline = time.monotonic() + 30

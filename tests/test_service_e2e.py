@@ -78,7 +78,7 @@ def test_fit_score_adapt_rollback_drift_restart(tmp_path: Path, dataset: Path) -
             # adaptation to a darker camera: new active version, parent v1, different scores
             shifted_good = darkened(good)
             before, _ = scores_of(client, shifted_good)
-            response = client.post("/v1/models/widget/adapt", files=files_field(darkened(train)), data={"method": "bn-stats"})
+            response = client.post("/v1/models/widget/adapt", files=files_field(darkened(train)), data={"method": "bn-stats", "activate": "true"})
             assert response.status_code == 202, response.text
             job = wait_job(client, response.json()["job_id"])
             assert job["status"] == "succeeded" and job["result_version"] == "v2" and job["result"]["activated"], job
@@ -362,7 +362,7 @@ def test_persistent_drift_starts_one_adaptation_that_goes_live_only_if_it_helps(
 
     models = tmp_path / "models"
     shutil.copytree(saved_model, models / "widget" / "v1")
-    env = {"PATCHSHIFT_AUTO_ADAPT": "1", "PATCHSHIFT_AUTO_ADAPT_METHOD": "bn-stats", "PATCHSHIFT_DRIFT_WINDOW": "8",
+    env = {"PATCHSHIFT_AUTO_ADAPT": "1", "PATCHSHIFT_DRIFT_WINDOW": "8",
            "PATCHSHIFT_AUTO_ADAPT_PATIENCE": "8", "PATCHSHIFT_AUTO_ADAPT_IMAGES": "16"}
     server = Server(models, env=env).start()
     rng = np.random.default_rng(11)
@@ -377,14 +377,68 @@ def test_persistent_drift_starts_one_adaptation_that_goes_live_only_if_it_helps(
                 scores_of(client, dark[start : start + 8])
             jobs = client.get("/v1/jobs").json()
             assert len(jobs) == 1 and jobs[0]["params"]["trigger"] == "drift", jobs  # one job, however long drift lasts
+            assert jobs[0]["params"]["config"]["method"] == "target-memory"  # the recommended method by default
             job = wait_job(client, jobs[0]["id"])
             assert job["status"] == "succeeded", job
             result = job["result"]
-            assert result["n_images"] == 16 and {"drift_before", "drift_after"} <= set(result), result
-            # the gate: live only if the kept images drift less from v1's reference under the new version
-            assert result["activated"] == (result["drift_after"] < result["drift_before"]), result
+            assert result["n_images"] == 16 and result["own_bank"] and result["bank_rows"] > 0, result
+            gate = result["gate"]  # the label-free verdict decides, and says why
+            assert result["activated"] == gate["better"] and gate["reason"], result
             info = client.get("/v1/models/widget").json()
             assert job["result_version"] == "v2" and info["active_version"] == ("v2" if result["activated"] else "v1")
-            assert info["versions"][1]["parent"] == "v1" and info["versions"][1]["method"] == "bn-stats"
+            assert info["versions"][1]["parent"] == "v1" and info["versions"][1]["method"] == "target-memory"
+            assert info["versions"][1]["details"]["gate"] == gate
+    finally:
+        server.stop()
+
+
+def test_default_adaptation_moves_the_memory_and_versions_keep_their_banks(tmp_path: Path, saved_model: Path) -> None:
+    """The default method over HTTP: a version with its own bank, gated, rolled back, reloaded."""
+    import shutil
+
+    from conftest import texture_defect
+    from patchshift.core.corruptions import corrupt
+    from patchshift.core.images import to_tensor
+
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    rng = np.random.default_rng(0)
+    images = [normal_image(rng) for _ in range(24)] + [texture_defect(normal_image(rng), rng) for _ in range(6)]
+    blurred = (corrupt(to_tensor(images), "defocus_blur", 5, seed=1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    target = [(f"b{i}.png", png_bytes(image)) for i, image in enumerate(blurred)]
+    server = Server(models).start()
+    try:
+        with server.client() as client:
+            before, _ = scores_of(client, target)
+            response = client.post("/v1/models/widget/adapt", files=files_field(target))  # every field at its default
+            assert response.status_code == 202, response.text
+            job = wait_job(client, response.json()["job_id"])
+            assert job["status"] == "succeeded", job
+            result = job["result"]
+            assert result["method"] == "target-memory" and result["own_bank"], result
+            assert result["gate"]["better"] and result["activated"], result  # this shift: the new version ranks better
+            v1, v2 = models / "widget" / "v1", models / "widget" / "v2"
+            assert (v2 / "bank.safetensors").stat().st_ino != (v1 / "bank.safetensors").stat().st_ino
+            info = client.get("/v1/models/widget").json()
+            sizes = {v["version"]: v["bank_size"] for v in info["versions"]}
+            assert sizes["v2"] == result["bank_rows"] > sizes["v1"]
+            after, version = scores_of(client, target)
+            assert version == "v2" and not np.allclose(after, before)
+            # a threshold override of v2 shares v2's bank, not v1's
+            assert client.put("/v1/models/widget/threshold", json={"threshold": 3.0}).status_code == 200
+            v3 = models / "widget" / "v3"
+            assert (v3 / "bank.safetensors").stat().st_ino == (v2 / "bank.safetensors").stat().st_ino
+            # roll back to the parent: its own bank again
+            assert client.post("/v1/models/widget/versions/v1/activate").status_code == 200
+            again, version = scores_of(client, target)
+            assert version == "v1"
+            np.testing.assert_allclose(again, before, rtol=1e-5)
+            assert client.post("/v1/models/widget/versions/v2/activate").status_code == 200
+        server.stop()
+        server.start()  # v2 reloads from its own bank
+        with server.client() as client:
+            reloaded, version = scores_of(client, target)
+            assert version == "v2"
+            np.testing.assert_allclose(reloaded, after, rtol=1e-4, atol=1e-4)
     finally:
         server.stop()

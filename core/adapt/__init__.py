@@ -1,34 +1,36 @@
 """Test-time adaptation of a PatchCore model to a new camera or lighting, from unlabeled images.
 
-One interface: adapt(model, images, cfg, progress, cancel) -> (new model version, report).
-Methods: none, bn-stats (AdaBN), moment-matching (TTT++), ot-continuous, roda.
-Only BatchNorm state changes; the bank and every other weight stay byte-identical.
+One interface: adapt(model, images, cfg, progress, cancel, judge) -> (new model version, report).
+Methods live in one registry (core.adapt.registry): the BatchNorm adapters (roda, bn-stats,
+moment-matching, ot-continuous, none) change only BatchNorm state; target-memory moves the bank.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import logging
+import math
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-from ..backbone import batchnorm_state
-from ..errors import AdaptationError, ConfigError
-from ..finite import refuse_diverged
+from ..contamination import MIN_IMAGES, FilterSettings
+from ..errors import AdaptationError
 from ..options import check_options
 from ..patchcore import ImageSource, PatchCoreModel
 from ..progress import CancelFn, ProgressFn, check_cancel
-from .base import AdaptReport, derive_version, load_target, reestimate_statistics, train_affine
-from .baselines import moment_loss
+from . import batchnorm, target_memory  # noqa: F401  (register the adapters)
+from .base import AdaptReport, load_target
 from .config import AdaptConfig
-from .roda import ot_loss
+from .gate import GateVerdict, judge as judge_versions, reference_ranking
+from .registry import Adapter, adapter_names, get_adapter
+from .target_memory import filter_settings, target_features
 
 log = logging.getLogger(__name__)
 
-METHODS = ("roda", "bn-stats", "moment-matching", "ot-continuous", "none")
+METHODS = adapter_names()
+RECOMMENDED = AdaptConfig().method
 
 
 def adapt(
@@ -37,35 +39,45 @@ def adapt(
     cfg: AdaptConfig,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    judge: bool = False,
 ) -> tuple[PatchCoreModel, AdaptReport]:
-    """Adapt `model` to the condition shown by `images`; the source model is never modified."""
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown adaptation method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    """Adapt `model` to the condition shown by `images`; the source model is never modified.
+
+    With `judge`, the report carries the label-free verdict on whether the new version ranks the
+    target images better than the source (report.gate)."""
+    adapter = get_adapter(cfg.method)
     check_options(cfg)
     target = load_target(images, model.config.image_size)
     report_ = AdaptReport(method=cfg.method, n_images=len(target))
     started = time.perf_counter()
-    if cfg.method == "none":
-        extractor = copy.deepcopy(model.extractor)
-    elif cfg.method == "bn-stats":
-        check_cancel(cancel)
-        extractor = copy.deepcopy(model.extractor)
-        reestimate_statistics(extractor, target, model.config.batch_size, model.device, progress, cancel)
-    else:
-        if cfg.method == "moment-matching":
-            loss = moment_loss(model)
-        else:
-            loss = ot_loss(model, cfg, continuous=cfg.method == "ot-continuous")
-        extractor = train_affine(model, target, cfg, loss, report_, progress, cancel)
+    adapted = adapter.run(model, target, cfg, report_, progress, cancel)
     check_cancel(cancel)
-    refuse_diverged(batchnorm_state(extractor).values(), "BatchNorm", cfg.lr)
-    adapted = derive_version(model, extractor, target, report_, cfg, progress)
     if not math.isfinite(adapted.threshold) or adapted.threshold <= 0:
         raise AdaptationError(f"adaptation gave an unusable threshold ({adapted.threshold!r}); the source version stays as it is")
     report_.seconds = time.perf_counter() - started
     adapted.provenance.details["seconds"] = report_.seconds
+    if judge:
+        report_.gate = gate(model, target, report_.target_scores, filter_settings(cfg), cancel, report_.reference_ranking)
+        adapted.provenance.details["gate"] = report_.gate.to_dict()
     log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)
     return adapted, report_
 
 
-__all__ = ["adapt", "AdaptConfig", "AdaptReport", "METHODS"]
+def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, settings: FilterSettings,
+         cancel: CancelFn | None = None, reference: np.ndarray | None = None) -> GateVerdict:
+    """Does a new version, which scored the (N, 3, H, W) target images `after_scores`, rank them
+    better than `model` does? (core.adapt.gate)"""
+    if len(target) < MIN_IMAGES:
+        return GateVerdict(False, None, None, f"{len(target)} image(s) are too few for the label-free check (at least "
+                           f"{MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
+    feats = target_features(model.extractor, target, model.config.batch_size, model.device, cancel)
+    before = np.concatenate([
+        model.score_features(feats[i : i + model.config.batch_size])[1].cpu().numpy()
+        for i in range(0, len(feats), model.config.batch_size)
+    ])
+    if reference is None:
+        reference = reference_ranking(feats, settings)
+    return judge_versions(reference, before, np.asarray(after_scores))
+
+
+__all__ = ["adapt", "gate", "Adapter", "AdaptConfig", "AdaptReport", "GateVerdict", "METHODS", "RECOMMENDED", "get_adapter"]

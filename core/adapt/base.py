@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import transfer_threshold
 from .config import AdaptConfig
 
+if TYPE_CHECKING:
+    from .gate import GateVerdict
+
 # loss(features (N, D) with grad, generator) -> scalar; may record diagnostics in `stats`.
 LossFn = Callable[[torch.Tensor, torch.Generator, dict], torch.Tensor]
 
@@ -31,6 +35,11 @@ class AdaptReport:
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    # What the new version scores the target images (out-of-fold where they built its memory).
+    target_scores: np.ndarray | None = None
+    gate: "GateVerdict | None" = None  # set by adapt(judge=True)
+    # The gate's reference ranking, when the adapter computed it on the source features anyway.
+    reference_ranking: np.ndarray | None = None
 
 
 def load_target(images: Sequence[ImageSource] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -273,4 +282,5 @@ def derive_version(
         adapted.threshold = transfer_threshold(np.array(source.provenance.calibration_scores), source.threshold, target_scores)
     # The target's scores calibrate the next transfer (median and MAD keep the same z-score).
     adapted.provenance.calibration_scores = [float(s) for s in target_scores]
+    report_.target_scores = target_scores
     return adapted

@@ -9,11 +9,15 @@ from typing import Any
 from ..options import option
 
 AUGMENTATIONS = ("none", "rot90", "flip", "dihedral")
+# The settings a person may give (CLI flags and HTTP fields are generated from these); the rest
+# are research knobs for the benchmarks.
+ADAPT_OPTIONS = ("epochs", "lr", "augment", "views", "bn_mode", "trim", "memory", "memory_bn", "filter_cut_z")
 
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    method: str = "roda"
+    # The recommended method (docs/adaptation.md has the measurements that chose it).
+    method: str = "target-memory"
     # One short, strong pass (lr 1e-2, 1 epoch) beat the paper's lr 1e-3 x 3 epochs on held-out
     # halves of the adaptation split (README, design runs) and costs a third of the time.
     epochs: int = option(1, "passes over the target images", ge=1, le=100)
@@ -45,6 +49,15 @@ class AdaptConfig:
     # fewer images per step, so activation memory stays bounded (8 images of 576x224 with 4 views
     # fit; at 512x512, 4 images per step).
     max_step_megapixels: float = option(4.5, "pixels through the network per optimiser step, in millions", gt=0, le=1000)
+    # Target memory (method "target-memory"): the patches of the target images that other target
+    # images vouch for, as a bank of its own or joined to the source bank.
+    memory: str = option("union", "the new version's bank: the filtered target memory alone, or joined to the source bank",
+                         choices=("target", "union"))
+    memory_bn: str = option("none", "BatchNorm step before the target memory: none, AdaBN (stats) or RoDA",
+                            choices=("none", "stats", "roda"))
+    filter_references: int = option(10, "other target images each target image's patches are compared with", ge=1, le=1000)
+    filter_closest_share: float = option(0.5, "share of those images whose distances count (the closest ones)", gt=0, le=1)
+    filter_cut_z: float = option(3.0, "drop patches above median + z robust deviations of the mutual scores", gt=0, le=100)
     threshold_quantile: float = option(0.99, "unused; kept for stored manifests", gt=0, le=1)
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)
 

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Body, Depends, File, Form, Path, Request, UploadF
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from patchshift.core.adapt import METHODS, AdaptConfig
+from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig
+from patchshift.core.adapt.config import ADAPT_OPTIONS
 from patchshift.core.backbone import stage_channels
 from patchshift.core.config import FIT_OPTIONS, ModelConfig
 from patchshift.core.errors import ArtifactError, ConfigError
@@ -25,7 +26,7 @@ from ..options import form_model, form_values
 from ..schemas import DriftOut, JobAccepted, ModelOut, ModelSummary, UnreadableVersion, VersionOut, error_responses
 from ..scoring import decode_uploads
 from ..store import check_name
-from ..tasks import ACTIVATE_ALWAYS, ACTIVATE_NEVER, override_threshold
+from ..tasks import ACTIVATE_ALWAYS, ACTIVATE_IF_BETTER, ACTIVATE_NEVER, ACTIVATION_POLICIES, override_threshold
 from ..uploads import read_files
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -34,7 +35,6 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH
 VersionName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="version, e.g. v3")]
 IMAGE_SIZE_PATTERN = r"^\s*\d{1,5}\s*(?:[xX]\s*\d{1,5}\s*)?$"
 
-ADAPT_FIELDS = ("epochs", "lr", "augment", "views", "trim")
 UDA_FIELDS = ("clusters", "encoder")
 
 
@@ -44,15 +44,17 @@ class FitExtras(BaseModel):
 
 
 class AdaptExtras(BaseModel):
-    method: Literal[(*METHODS, "uda")] = Field("roda", description="roda, bn-stats, moment-matching, ot-continuous, none, or uda")  # type: ignore[valid-type]
+    method: Literal[(*METHODS, "uda")] = Field(RECOMMENDED, description=f"one of {', '.join((*METHODS, 'uda'))}; default: the recommended one")  # type: ignore[valid-type]
     image_size: str | None = Field(None, pattern=IMAGE_SIZE_PATTERN, max_length=16, description="uda only: encoder input size (default 224)")
-    activate: bool = Field(True, description="make the new version active when it is ready (false: keep it for review)")
+    activate: Literal[ACTIVATION_POLICIES] = Field(  # type: ignore[valid-type]
+        ACTIVATE_IF_BETTER, description="true: make the new version active when it is ready; false: keep it for review; "
+        "if-better: only if a label-free check finds it ranks the new images better than the active version")
 
 
 FitForm = form_model("FitForm", ModelConfig, FIT_OPTIONS, with_defaults=True, base=FitExtras)
 # uda only: clusters and encoder (clip needs the server's local checkpoint)
 UDAOptions = form_model("UDAOptions", UDAConfig, UDA_FIELDS, with_defaults=False, base=AdaptExtras)
-AdaptForm = form_model("AdaptForm", AdaptConfig, ADAPT_FIELDS, with_defaults=False, base=UDAOptions)
+AdaptForm = form_model("AdaptForm", AdaptConfig, ADAPT_OPTIONS, with_defaults=False, base=UDAOptions)
 
 
 def describe(request: Request, name: str) -> ModelOut:
@@ -163,7 +165,7 @@ async def adapt_model(
     existing(request, name)
     model = request.app.state.registry.get(name)
     method = options.method
-    trained = form_values(options, AdaptConfig, ADAPT_FIELDS)
+    trained = form_values(options, AdaptConfig, ADAPT_OPTIONS)
     uda_only = {"source_files": source_files, "clusters": options.clusters, "image_size": options.image_size, "encoder": options.encoder}
     if method == "uda":
         others = [key for key in trained if key not in ("epochs", "lr")]
@@ -188,7 +190,7 @@ async def adapt_model(
             raise Unprocessable(f"invalid adaptation settings: {exc}") from None
         size, sources = model.config.image_size, []
     uploads = await _validated_uploads(request, files, size)
-    params = {"config": options_, "source_version": model.version, "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER}
+    params = {"config": options_, "source_version": model.version, "activate": options.activate}
     job = await run_in_threadpool(request.app.state.worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
 

@@ -1,0 +1,56 @@
+"""The BatchNorm adapters: only BatchNorm state changes; the bank and every other weight stay byte-identical."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..backbone import batchnorm_state
+from ..finite import refuse_diverged
+from ..patchcore import PatchCoreModel
+from ..progress import CancelFn, ProgressFn, check_cancel
+from .base import AdaptReport, derive_version, reestimate_statistics, train_affine
+from .baselines import moment_loss
+from .config import AdaptConfig
+from .registry import Adapter, register
+from .roda import ot_loss
+
+
+def batchnorm_step(
+    model: PatchCoreModel, target: torch.Tensor, step: str, cfg: AdaptConfig, report_: AdaptReport,
+    progress: ProgressFn | None, cancel: CancelFn | None,
+) -> nn.Module:
+    """A copy of the model's extractor with its BatchNorm moved to the target by `step`:
+    none, stats (AdaBN), moment-matching, ot-continuous or roda."""
+    check_cancel(cancel)
+    if step == "none":
+        return copy.deepcopy(model.extractor)
+    if step == "stats":
+        extractor = copy.deepcopy(model.extractor)
+        reestimate_statistics(extractor, target, model.config.batch_size, model.device, progress, cancel)
+    else:
+        loss = moment_loss(model) if step == "moment-matching" else ot_loss(model, cfg, continuous=step == "ot-continuous")
+        extractor = train_affine(model, target, cfg, loss, report_, progress, cancel)
+    check_cancel(cancel)
+    refuse_diverged(batchnorm_state(extractor).values(), "BatchNorm", cfg.lr)
+    return extractor
+
+
+def _batchnorm_adapter(step: str):
+    def run(model, target, cfg, report_, progress, cancel) -> PatchCoreModel:
+        extractor = batchnorm_step(model, target, step, cfg, report_, progress, cancel)
+        return derive_version(model, extractor, target, report_, cfg, progress)
+
+    return run
+
+
+for _name, _step, _summary in (
+    ("roda", "roda", "BatchNorm aligned to the bank by discretised optimal transport (RoDA); the bank stays"),
+    ("bn-stats", "stats", "AdaBN: BatchNorm statistics re-estimated on the target; seconds, no training"),
+    ("moment-matching", "moment-matching", "BatchNorm trained to match the bank's feature moments (TTT++ baseline)"),
+    ("ot-continuous", "ot-continuous", "RoDA's loss on the continuous transport plan (baseline)"),
+    ("none", "none", "no change but the threshold, moved to the target's scores"),
+):
+    register(Adapter(_name, _summary, _batchnorm_adapter(_step)))

@@ -1,0 +1,60 @@
+"""Label-free check that a new version fits the target condition better than its parent.
+
+No labels exist at adaptation time, so the versions are compared against the target batch's own
+zero-shot ranking: each target image's mutual score (core.contamination: how far its worst patch
+is from the patches of the other target images). A version that ranks the target images the way
+the batch itself does (Spearman correlation of its scores with the mutual scores) separates the
+odd images from the bulk; one that ranks them by the shift's noise does not. The new version goes
+live only if its agreement beats the parent's by `margin`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..contamination import FilterSettings, mutual_scores
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    better: bool
+    agreement_before: float | None  # Spearman correlation of the parent's target scores with the mutual scores
+    agreement_after: float | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ranks_a = np.argsort(np.argsort(a)).astype(np.float64)
+    ranks_b = np.argsort(np.argsort(b)).astype(np.float64)
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def reference_ranking(feats: torch.Tensor, settings: FilterSettings) -> np.ndarray:
+    """feats (N, h, w, D) through the source extractor -> (N,) each image's worst patch's mutual score."""
+    n = feats.shape[0]
+    return ranking_of(mutual_scores(feats.reshape(n, -1, feats.shape[-1]), settings))
+
+
+def ranking_of(mutual: torch.Tensor) -> np.ndarray:
+    """(N, P) mutual patch scores -> (N,) image scores of the reference ranking."""
+    return mutual.amax(dim=1).numpy()
+
+
+def judge(reference: np.ndarray, before: np.ndarray, after: np.ndarray, margin: float = 0.0) -> GateVerdict:
+    """Compare two versions' scores of the same target images against the reference ranking."""
+    agree_before, agree_after = spearman(before, reference), spearman(after, reference)
+    better = agree_after > agree_before + margin
+    reason = (
+        f"the new version ranks the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f})"
+        if better else
+        f"the new version does not rank the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f}); the parent stays active"
+    )
+    return GateVerdict(better, agree_before, agree_after, reason)

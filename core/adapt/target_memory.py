@@ -1,0 +1,102 @@
+"""Target memory: the bank moves to the new condition, from unlabeled target images with defects.
+
+Patch features of the target images (through the source backbone, or after a BatchNorm step),
+the patches that other target images vouch for (core.contamination), a coreset of them as the
+target memory, alone or joined to the source bank. The threshold is re-calibrated from the
+target images scored against the memory built without their own fold, and moved by the source
+threshold's robust z-score, so defective target images do not raise it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..contamination import FilterSettings, filter_patches
+from ..coreset import coreset_size, kcenter_coreset
+from ..drift import DriftReference, image_descriptors
+from ..patchcore import PatchCoreModel, Provenance, kfold_scores
+from ..progress import CancelFn, ProgressFn, check_cancel, report
+from ..threshold import transfer_threshold
+from .base import AdaptReport
+from .batchnorm import batchnorm_step
+from .config import AdaptConfig
+from .gate import ranking_of
+from .registry import Adapter, register
+
+
+@torch.inference_mode()
+def target_features(extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device,
+                    cancel: CancelFn | None = None) -> torch.Tensor:
+    """(N, h, w, D) patch features of the target images, on the CPU."""
+    extractor.eval()
+    chunks = []
+    for start in range(0, len(target), batch_size):
+        check_cancel(cancel)
+        chunks.append(extractor(target[start : start + batch_size].to(device)).cpu())
+    return torch.cat(chunks)
+
+
+def filter_settings(cfg: AdaptConfig) -> FilterSettings:
+    return FilterSettings(cfg.filter_references, cfg.filter_closest_share, cfg.filter_cut_z, cfg.seed)
+
+
+def adapt_memory(
+    model: PatchCoreModel, target: torch.Tensor, cfg: AdaptConfig, report_: AdaptReport,
+    progress: ProgressFn | None, cancel: CancelFn | None,
+) -> PatchCoreModel:
+    config = model.config
+    extractor = batchnorm_step(model, target, cfg.memory_bn, cfg, report_, progress, cancel)
+    feats = target_features(extractor, target, config.batch_size, model.device, cancel)
+    n, h, w, dim = feats.shape
+    patches = feats.reshape(n, h * w, dim)
+    kept = filter_patches(patches, filter_settings(cfg), progress, cancel)
+    candidates = patches[kept.keep]  # (K, D)
+    candidate_image = torch.arange(n).unsqueeze(1).expand(n, h * w)[kept.keep]
+    size = coreset_size(len(candidates), config.coreset_ratio, config.coreset_max_size)
+
+    def coreset_progress(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            check_cancel(cancel)
+            report(progress, "coreset", done, total)
+
+    picked = kcenter_coreset(candidates.to(model.device), size, config.coreset_projection_dim, cfg.seed,
+                             progress=coreset_progress).cpu()
+    memory, memory_image = candidates[picked], candidate_image[picked]
+    if cfg.memory == "union":
+        memory = torch.cat([model.bank, memory])
+        memory_image = torch.cat([torch.full((len(model.bank),), -1, dtype=torch.long), memory_image])
+    adapted = PatchCoreModel(
+        config, model.backbone, extractor, memory, model.threshold,
+        Provenance(method=report_.method, parent=model.version, threshold_source="target-kfold-transferred",
+                   n_train_images=model.provenance.n_train_images),
+        model.device, drift_reference=DriftReference.from_descriptors(image_descriptors(feats).numpy()),
+    )
+    # Every target image against the memory without its own fold's patches: scores a deployed
+    # version would give them, so the threshold holds on the first image after activation.
+    scores = kfold_scores(adapted, feats, memory_image, cancel)
+    report(progress, "threshold", 1, 1)
+    if model.provenance.calibration_scores:
+        adapted.threshold = transfer_threshold(np.array(model.provenance.calibration_scores), model.threshold, scores)
+    adapted.provenance.calibration_scores = [float(s) for s in scores]
+    report_.target_scores = scores
+    if cfg.memory_bn == "none":  # the filter ran on the source features: the gate's reference is at hand
+        report_.reference_ranking = ranking_of(kept.scores)
+    report_.details.update({
+        "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4),
+        "filter_cut": kept.cut, "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
+    })
+    if not math.isfinite(adapted.threshold):
+        report_.details["threshold_fallback"] = "source"
+        adapted.threshold = model.threshold
+    return adapted
+
+
+register(Adapter(
+    "target-memory",
+    "the bank itself moves: target patches that other target images vouch for join the memory; for camera or lighting changes",
+    adapt_memory, moves_memory=True,
+))

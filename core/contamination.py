@@ -1,0 +1,96 @@
+"""Label-free removal of defect patches from a set of images that may hold some defects.
+
+Anomaly scarcity holds at the patch level where it fails at the image level: half of a batch may
+show a defect, but a defect covers few of its patches. A normal patch finds close matches in
+many other images of the batch; a defect patch does not. Every patch is scored by its distance
+to the nearest patch of each of R other images, aggregated over the closest share of those R
+distances (a defect that recurs in a few images must not vouch for itself), and patches far
+above the bulk of these scores are dropped (median + z * MAD, so the cut follows the data, not a
+fixed share).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import DatasetError
+from .progress import CancelFn, ProgressFn, check_cancel, report
+
+# Below this many images a patch has too few other images to be vouched for.
+MIN_IMAGES = 5
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """How patches are scored against other images and where the cut lies."""
+
+    references: int = 10  # R: other images each image is compared with
+    closest_share: float = 0.5  # aggregate the closest ceil(share * R) of the R distances
+    cut_z: float = 3.0  # drop patches above median + cut_z * 1.4826 * MAD of the scores
+    seed: int = 0
+
+
+@dataclass
+class FilterResult:
+    scores: torch.Tensor  # (N, P) each patch's mutual score
+    keep: torch.Tensor  # (N, P) bool: the patches judged normal
+    cut: float  # the score above which patches were dropped
+
+    @property
+    def kept_share(self) -> float:
+        return float(self.keep.float().mean())
+
+
+def reference_choice(n_images: int, references: int, seed: int) -> torch.Tensor:
+    """(N, R) indices of other images: each row draws R images other than its own, without repeats."""
+    r = min(references, n_images - 1)
+    generator = torch.Generator().manual_seed(seed)
+    # A random permutation of the others per image: shift by 1..N-1 from the image itself.
+    offsets = torch.stack([torch.randperm(n_images - 1, generator=generator)[:r] + 1 for _ in range(n_images)])
+    return (torch.arange(n_images).unsqueeze(1) + offsets) % n_images
+
+
+@torch.inference_mode()
+def mutual_scores(
+    feats: torch.Tensor, settings: FilterSettings, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+) -> torch.Tensor:
+    """feats (N, P, D) patch features of N images -> (N, P) robust distance to the other images.
+
+    One (P, R*P) distance matrix per image: no loop over patches."""
+    n_images, n_patches, _ = feats.shape
+    if n_images < MIN_IMAGES:
+        raise DatasetError(f"{n_images} image(s) are too few to tell defects from normal patches; give at least {MIN_IMAGES}")
+    chosen = reference_choice(n_images, settings.references, settings.seed)
+    r = chosen.shape[1]
+    closest = max(1, math.ceil(settings.closest_share * r))
+    norms = feats.square().sum(-1)  # (N, P)
+    scores = torch.empty(n_images, n_patches, dtype=feats.dtype, device=feats.device)
+    for i in range(n_images):
+        if i % 8 == 0:
+            check_cancel(cancel)
+        refs = feats[chosen[i]].reshape(-1, feats.shape[-1])  # (R*P, D)
+        squared = (feats[i] @ refs.T).mul_(-2).add_(norms[i].unsqueeze(1)).add_(norms[chosen[i]].reshape(1, -1))
+        nearest = squared.view(n_patches, r, n_patches).amin(dim=2).clamp_min_(0).sqrt_()  # (P, R)
+        scores[i] = nearest.topk(closest, dim=1, largest=False).values.mean(dim=1)
+        report(progress, "filter", i + 1, n_images)
+    return scores
+
+
+def robust_cut(scores: torch.Tensor, z: float) -> float:
+    """median + z * sigma, sigma estimated as 1.4826 * MAD (robust to the defect tail)."""
+    flat = scores.flatten().double()
+    median = flat.median()
+    mad = (flat - median).abs().median()
+    return float(median + z * 1.4826 * mad)
+
+
+def filter_patches(
+    feats: torch.Tensor, settings: FilterSettings, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+) -> FilterResult:
+    """feats (N, P, D) -> which patches to keep as normal."""
+    scores = mutual_scores(feats, settings, progress, cancel)
+    cut = robust_cut(scores, settings.cut_z)
+    return FilterResult(scores=scores, keep=scores <= cut, cut=cut)

@@ -1,0 +1,183 @@
+"""The target memory: contamination filter, adapter, gate, versions with their own bank."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import normal_image, plant_defect, texture_defect
+from patchshift.core.adapt import AdaptConfig, adapt, get_adapter
+from patchshift.core.adapt.gate import judge, spearman
+from patchshift.core.contamination import MIN_IMAGES, FilterSettings, filter_patches, mutual_scores, reference_choice, robust_cut
+from patchshift.core.corruptions import corrupt
+from patchshift.core.errors import ConfigError, DatasetError
+from patchshift.core.images import to_tensor
+from patchshift.core.metrics import image_auroc
+
+
+def test_references_are_other_images_without_repeats():
+    chosen = reference_choice(7, 4, seed=0)
+    assert chosen.shape == (7, 4)
+    for image, row in enumerate(chosen.tolist()):
+        assert image not in row and len(set(row)) == 4
+    assert reference_choice(3, 10, seed=0).shape == (3, 2)  # never more than the others
+
+
+def test_mutual_scores_by_hand():
+    # 5 images of 2 one-dimensional patches: every image has a patch at 0; image 0's other patch
+    # sits at 10, the others' at 1. Each patch is compared with all 4 other images (R = 4), and
+    # the closest ceil(0.5 * 4) = 2 distances are averaged.
+    feats = torch.tensor([[[0.0], [10.0]]] + [[[0.0], [1.0]]] * 4)
+    scores = mutual_scores(feats, FilterSettings(references=4, closest_share=0.5))
+    assert torch.allclose(scores[:, 0], torch.zeros(5))
+    assert scores[0, 1].item() == pytest.approx(9.0)  # |10 - 1| to each other image
+    assert torch.allclose(scores[1:, 1], torch.zeros(4))  # each finds a 1 in the other images 1-4
+
+
+def test_a_defect_shared_by_a_few_images_does_not_vouch_for_itself():
+    # The same odd patch in 2 of 9 images: with R = 8 and the closest half (4) averaged, 3 of
+    # the 4 distances are large, so it stays far above the normal patches.
+    feats = torch.zeros(9, 4, 1)
+    feats[:, :, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    feats[0, 3, 0] = feats[1, 3, 0] = 50.0
+    scores = mutual_scores(feats, FilterSettings(references=8, closest_share=0.5))
+    assert scores[0, 3] > 30 and scores[1, 3] > 30
+    assert scores[2:].max() == 0
+
+
+def test_robust_cut_ignores_the_tail():
+    # 0, 1, ..., 8 and two far outliers: median 5, absolute deviations 5,4,3,2,1,0,1,2,3,95,995 -> MAD 3
+    scores = torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 100, 1000])
+    assert robust_cut(scores, 2.0) == pytest.approx(5 + 2 * 1.4826 * 3)
+
+
+def test_too_few_images_is_a_clear_error(fitted):
+    rng = np.random.default_rng(1)
+    images = to_tensor([normal_image(rng) for _ in range(MIN_IMAGES - 1)])
+    with pytest.raises(DatasetError, match=f"at least {MIN_IMAGES}"):
+        adapt(fitted, images, AdaptConfig(method="target-memory"))
+
+
+def test_unknown_method_names_the_choices():
+    with pytest.raises(ConfigError, match="target-memory"):
+        get_adapter("tgt-memory")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """20 normal images, 6 of them (30%) with a dark blob, and the blob masks."""
+    rng = np.random.default_rng(5)
+    images, masks = [], []
+    for i in range(20):
+        image, mask = normal_image(rng), np.zeros((96, 96), bool)
+        if i < 6:
+            image, mask = plant_defect(image, rng)
+        images.append(image)
+        masks.append(mask)
+    return to_tensor(images), torch.from_numpy(np.stack(masks)).float()
+
+
+def test_filter_drops_planted_defects_and_keeps_normal_patches(fitted, planted):
+    images, masks = planted
+    feats = fitted.features(images)
+    n, h, w, d = feats.shape
+    kept = filter_patches(feats.reshape(n, h * w, d), FilterSettings()).keep
+    coverage = F.adaptive_avg_pool2d(masks.unsqueeze(1), (h, w)).flatten(1)
+    defect, normal = coverage >= 0.5, coverage == 0
+    assert defect.sum() > 20
+    assert kept[defect].float().mean() < 0.05
+    assert kept[normal].float().mean() > 0.80
+
+
+@pytest.fixture(scope="module")
+def blurred():
+    """24 normal and 6 texture-defect images under defocus blur 5: the source model ranks them poorly."""
+    rng = np.random.default_rng(0)
+    images = [normal_image(rng) for _ in range(24)] + [texture_defect(normal_image(rng), rng) for _ in range(6)]
+    return corrupt(to_tensor(images), "defocus_blur", 5, seed=1), np.array([0] * 24 + [1] * 6)
+
+
+def test_target_memory_beats_none_and_adabn_under_a_shift(fitted, blurred):
+    images, labels = blurred
+    auroc = {}
+    for method in ("none", "bn-stats", "target-memory"):
+        adapted, _ = adapt(fitted, images, AdaptConfig(method=method))
+        auroc[method] = image_auroc(labels, adapted.score(images).scores.numpy())
+    assert auroc["none"] < 0.8, auroc
+    assert auroc["target-memory"] > auroc["none"] + 0.2 and auroc["target-memory"] > auroc["bn-stats"] + 0.1, auroc
+
+
+def test_target_memory_version_has_its_own_bank_and_leaves_the_source_alone(fitted, blurred):
+    images, _ = blurred
+    bank = fitted.bank.clone()
+    adapted, report = adapt(fitted, images, AdaptConfig(method="target-memory", memory="union"), judge=True)
+    assert torch.equal(fitted.bank, bank)
+    assert adapted.bank.shape[0] > fitted.bank.shape[0] and torch.equal(adapted.bank[: len(bank)], bank)
+    assert adapted.index is not fitted.index and adapted.bank_path is None
+    assert adapted.provenance.parent == fitted.version and adapted.provenance.method == "target-memory"
+    assert len(report.target_scores) == len(images) and np.isfinite(adapted.threshold)
+    assert report.gate is not None and adapted.provenance.details["gate"] == report.gate.to_dict()
+    alone, _ = adapt(fitted, images, AdaptConfig(method="target-memory", memory="target"))
+    assert alone.bank.shape[0] == report.details["memory_rows"]
+
+
+def test_only_defective_target_images_give_a_result_not_a_crash(fitted):
+    rng = np.random.default_rng(3)
+    images = to_tensor([texture_defect(normal_image(rng), rng) for _ in range(8)])
+    adapted, report = adapt(fitted, images, AdaptConfig(method="target-memory"), judge=True)
+    assert np.isfinite(adapted.threshold) and report.gate is not None
+
+
+def test_spearman_and_judge_by_hand():
+    assert spearman(np.array([1, 2, 3]), np.array([10, 20, 30])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
+    reference = np.array([0.0, 1.0, 2.0, 3.0])
+    verdict = judge(reference, before=np.array([3.0, 2.0, 1.0, 0.0]), after=np.array([0.0, 1.0, 3.0, 2.0]))
+    assert verdict.better and verdict.agreement_before == pytest.approx(-1.0) and verdict.agreement_after == pytest.approx(0.8)
+    assert not judge(reference, before=reference, after=reference).better  # a tie keeps the parent
+
+
+def test_gate_passes_a_version_that_ranks_the_shifted_images_better(fitted, blurred):
+    images, labels = blurred
+    adapted, report = adapt(fitted, images, AdaptConfig(method="target-memory"), judge=True)
+    assert image_auroc(labels, adapted.score(images).scores.numpy()) > image_auroc(labels, fitted.score(images).scores.numpy())
+    assert report.gate.better and report.gate.agreement_after > report.gate.agreement_before
+
+
+def test_gate_blocks_a_version_that_changes_nothing(fitted, blurred):
+    images, _ = blurred
+    _, report = adapt(fitted, images, AdaptConfig(method="none"), judge=True)
+    assert not report.gate.better and "stays active" in report.gate.reason
+
+
+def test_fit_with_contamination_auto_keeps_planted_defects_out_of_the_bank(tiny_config):
+    from patchshift.core.patchcore import fit
+
+    rng = np.random.default_rng(8)
+    normal = [normal_image(rng) for _ in range(20)]
+    dirty = [plant_defect(normal_image(rng), rng)[0] for _ in range(4)]  # 17% of the training set
+    held_out = to_tensor([plant_defect(normal_image(rng), rng)[0] for _ in range(4)])
+    good = to_tensor([normal_image(rng) for _ in range(4)])
+    sources = [png(image) for image in normal + dirty]
+    plain = fit(sources, tiny_config.replace(calibration="kfold"), device="cpu")
+    filtered = fit(sources, tiny_config.replace(calibration="kfold", contamination="auto"), device="cpu")
+    assert filtered.provenance.details["images_with_dropped_patches"] >= 4
+    assert filtered.score(held_out).scores.min() > 1.5 * plain.score(held_out).scores.max()
+    assert (filtered.score(held_out).scores > filtered.threshold).all()  # the defects are flagged
+    assert (filtered.score(good).scores <= filtered.threshold).all()
+
+
+def png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_gate_with_too_few_images_keeps_the_parent_and_says_why(fitted, blurred):
+    images, _ = blurred
+    _, report = adapt(fitted, images[:MIN_IMAGES - 1], AdaptConfig(method="bn-stats"), judge=True)
+    assert not report.gate.better and "too few" in report.gate.reason and report.gate.agreement_after is None
