@@ -46,6 +46,15 @@ METHODS = {
 REFERENCES = ("refit-target", "paired-oracle")
 
 
+def method_settings(method: str) -> dict:
+    """A row's AdaptConfig fields: a named row above, or 'label:field=value,...' (e.g. 'tm-z1:method=target-memory,filter_cut_z=1')."""
+    if method in METHODS:
+        return METHODS[method]
+    from .design_runs import parse_variant
+
+    return parse_variant(method)[1]
+
+
 def epochs_option(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs} if args.epochs is not None else {}
 
@@ -222,7 +231,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 
                         adapted = reference_model(method, model, root, corruption, severity, clean, shifted, adapt_idx, args.seed)
                     else:
-                        cfg = AdaptConfig(**{**METHODS[method], **epochs_option(args), **args.adapt_settings, "seed": args.seed})
+                        cfg = AdaptConfig(**{**method_settings(method), **epochs_option(args), **args.adapt_settings, "seed": args.seed})
                         adapted, summary = adapt(model, as_float(shifted[adapt_idx]), cfg)
                     seconds = time.perf_counter() - started
                 metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])
@@ -290,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
     parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in ("uda", *REFERENCES)],
-                        help=f"of {', '.join(METHODS)} (default: all but uda and the references)")
+                        help=f"of {', '.join(METHODS)}, or LABEL:FIELD=VALUE,... (default: all but uda and the references)")
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="adaptation settings for every method, e.g. filter_cut_z=2")
     parser.add_argument("--no-gate", dest="gate", action="store_false", help="skip the activation gate's verdict per row")

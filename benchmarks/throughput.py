@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--fit-images", type=int, default=120)
     parser.add_argument("--indexes", nargs="*", default=["flat", "ivf"])
+    parser.add_argument("--model", nargs="*", default=[], metavar="DATASET=DIR",
+                        help="score with a stored version instead of fitting one (its own index kind; --indexes is ignored)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
+    stored = dict(item.split("=", 1) for item in args.model)
     rows = []
     for name in args.datasets:
         root = Path(args.data_root) / name
@@ -87,10 +90,14 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         batch, _ = load_batch(paths, ModelConfig(**DATASETS[name]).image_size)
         decode_ms = 1000 * (time.perf_counter() - started) / len(paths)
-        for index in args.indexes:
-            config = ModelConfig(**DATASETS[name], index=index)
-            model = fit(train_images(root)[: args.fit_images], config, device=args.device)
-            row = {"dataset": name, "input": DATASETS[name]["image_size"], "index": index, "bank_rows": len(model.bank), "device": str(model.device), "decode_ms_per_image": decode_ms}
+        for index in ([None] if name in stored else args.indexes):
+            if name in stored:
+                from patchshift.core.artifact import load_model
+
+                model = load_model(stored[name], device=args.device)
+            else:
+                model = fit(train_images(root)[: args.fit_images], ModelConfig(**DATASETS[name], index=index), device=args.device)
+            row = {"dataset": name, "input": DATASETS[name]["image_size"], "index": f"{model.config.index} ({model.index.backend})", "bank_rows": len(model.bank), "device": str(model.device), "decode_ms_per_image": decode_ms}
             row.update(breakdown(model, batch))
             rows.append(row)
             print(row, flush=True)

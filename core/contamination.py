@@ -39,6 +39,9 @@ class FilterResult:
     keep: torch.Tensor  # (N, P) bool: the patches judged normal
     cut: float  # the score above which patches were dropped
 
+    def to(self, device: str | torch.device) -> "FilterResult":
+        return FilterResult(self.scores.to(device), self.keep.to(device), self.cut)
+
     @property
     def kept_share(self) -> float:
         return float(self.keep.float().mean())
@@ -68,6 +71,7 @@ def mutual_scores(
     closest = max(1, math.ceil(settings.closest_share * r))
     norms = feats.square().sum(-1)  # (N, P)
     scores = torch.empty(n_images, n_patches, dtype=feats.dtype, device=feats.device)
+    chosen = chosen.to(feats.device)
     for i in range(n_images):
         if i % 8 == 0:
             check_cancel(cancel)

@@ -1,4 +1,9 @@
-"""Nearest-neighbour search of patch features against the memory bank (FAISS, GPU when present)."""
+"""Nearest-neighbour search of patch features against the memory bank (FAISS, GPU when present).
+
+On a CUDA device without faiss-gpu (the PyPI faiss-gpu wheels trail CUDA releases), exact search
+runs as batched matrix products in torch on the GPU; it returns the same neighbours as FAISS's
+flat index up to float rounding.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,37 @@ import torch
 
 from .errors import ConfigError
 
+# Queries per distance matrix on the GPU: bounds its memory at 64k x M floats.
+TORCH_QUERY_CHUNK = 65_536
+
 
 def faiss_gpu_available() -> bool:
-    import faiss
-
+    try:
+        import faiss
+    except ImportError:
+        return False
     return hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available() and faiss.get_num_gpus() > 0
+
+
+class TorchFlatIndex:
+    """Exact L2 search in torch on the bank's device (the GPU path when faiss-gpu is missing)."""
+
+    def __init__(self, data: np.ndarray, device: torch.device) -> None:
+        self.bank = torch.from_numpy(data).to(device)
+        self.norms = self.bank.square().sum(1)
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries (N, D) -> squared distances and indices (N, k)."""
+        queries = queries.to(self.bank.device)
+        k = min(k, len(self.bank))
+        out_d, out_i = [], []
+        for start in range(0, len(queries), TORCH_QUERY_CHUNK):
+            chunk = queries[start : start + TORCH_QUERY_CHUNK]
+            squared = (chunk @ self.bank.T).mul_(-2).add_(self.norms).add_(chunk.square().sum(1, keepdim=True))
+            values, indices = squared.topk(k, dim=1, largest=False)
+            out_d.append(values)
+            out_i.append(indices)
+        return torch.cat(out_d), torch.cat(out_i)
 
 
 class BankIndex:
@@ -25,38 +56,50 @@ class BankIndex:
     def __init__(
         self, bank: torch.Tensor, kind: str = "flat", nprobe: int = 16, device: torch.device | str = "cpu"
     ) -> None:
-        import faiss
-
         if bank.ndim != 2 or bank.shape[0] < 1:
             raise ConfigError(f"memory bank must be a non-empty (M, D) matrix, got shape {tuple(bank.shape)}")
+        if kind not in ("flat", "ivf"):
+            raise ConfigError(f"unknown index kind {kind!r}; use 'flat' or 'ivf'")
         data = np.ascontiguousarray(bank.detach().to("cpu", torch.float32).numpy())
+        self.kind = kind
+        self.size, self.dim = data.shape
+        on_cuda = torch.device(device).type == "cuda"
+        self.use_gpu = on_cuda and faiss_gpu_available()
+        self.torch_index = TorchFlatIndex(data, torch.device(device)) if on_cuda and kind == "flat" and not self.use_gpu else None
+        if self.torch_index is not None:
+            self.index = None
+            return
+        import faiss
+
         dim = data.shape[1]
         if kind == "flat":
             index = faiss.IndexFlatL2(dim)
-        elif kind == "ivf":
+        else:
             # ~4 sqrt(M) lists, at least 39 training points per list (FAISS's own minimum).
             nlist = max(1, min(int(4 * math.sqrt(len(data))), len(data) // 39))
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             index.train(data)
             index.nprobe = min(nprobe, nlist)
-        else:
-            raise ConfigError(f"unknown index kind {kind!r}; use 'flat' or 'ivf'")
         index.add(data)
         # Search where the features live: on the GPU only for a CUDA model with faiss-gpu installed.
-        self.use_gpu = torch.device(device).type == "cuda" and faiss_gpu_available()
         if self.use_gpu:
             import faiss.contrib.torch_utils  # noqa: F401  (lets FAISS take torch tensors)
 
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, torch.cuda.current_device(), index)
         self.index = index
-        self.kind = kind
-        self.size, self.dim = data.shape
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.torch_index is not None else ("faiss-gpu" if self.use_gpu else "faiss")
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (N, D) -> (distances (N, k), indices (N, k)) on the queries' device."""
         device = queries.device
         queries = queries.detach().to(torch.float32)
+        if self.torch_index is not None:
+            squared, indices = self.torch_index.search(queries, k)
+            return squared.clamp_min_(0).sqrt_().to(device), indices.to(device)
         if self.use_gpu:
             squared, indices = self.index.search(queries.to("cuda").contiguous(), k)
             return squared.clamp_min_(0).sqrt_().to(device), indices.to(device)

@@ -213,7 +213,7 @@ def fit(
     patch_image = torch.arange(n_images).repeat_interleave(h * w)  # the image each patch came from
     clean_images = torch.ones(n_images, dtype=torch.bool)
     if config.contamination == "auto":
-        kept = filter_patches(image_feats.reshape(n_images, h * w, -1), FilterSettings(seed=config.seed), progress, cancel)
+        kept = filter_patches(image_feats.reshape(n_images, h * w, -1).to(device), FilterSettings(seed=config.seed), progress, cancel).to("cpu")
         patches, patch_image = patches[kept.keep.flatten()], patch_image[kept.keep.flatten()]
         clean_images = kept.keep.all(dim=1)
         log.info("contamination filter: kept %.1f%% of patches; %d of %d images hold a dropped patch",

@@ -18,6 +18,21 @@ def test_flat_index_is_exact():
     assert torch.equal(indices[:, 0], expected_idx[:, 0])
 
 
+def test_torch_flat_index_matches_faiss(monkeypatch):
+    """The GPU path without faiss-gpu (torch matrix products), run here on the CPU; chunked queries too."""
+    import patchshift.core.index as index_module
+    from patchshift.core.index import TorchFlatIndex
+
+    monkeypatch.setattr(index_module, "TORCH_QUERY_CHUNK", 64)
+    generator = torch.Generator().manual_seed(1)
+    bank = torch.randn(700, 24, generator=generator)
+    queries = torch.randn(300, 24, generator=generator)
+    squared, indices = TorchFlatIndex(bank.numpy(), torch.device("cpu")).search(queries, k=3)
+    distances, expected = BankIndex(bank, "flat").search(queries, k=3)
+    assert torch.equal(indices, expected)
+    assert torch.allclose(squared.clamp_min(0).sqrt(), distances, atol=1e-4)
+
+
 def test_ivf_index_is_close():
     generator = torch.Generator().manual_seed(0)
     bank = torch.randn(4000, 8, generator=generator)

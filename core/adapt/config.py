@@ -57,7 +57,7 @@ class AdaptConfig:
                             choices=("none", "stats", "roda"))
     filter_references: int = option(10, "other target images each target image's patches are compared with", ge=1, le=1000)
     filter_closest_share: float = option(0.5, "share of those images whose distances count (the closest ones)", gt=0, le=1)
-    filter_cut_z: float = option(3.0, "drop patches above median + z robust deviations of the mutual scores", gt=0, le=100)
+    filter_cut_z: float = option(3.0, "drop patches above median + z robust deviations of the mutual scores", ge=0, le=100)
     threshold_quantile: float = option(0.99, "unused; kept for stored manifests", gt=0, le=1)
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)
 

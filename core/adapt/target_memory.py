@@ -53,7 +53,7 @@ def adapt_memory(
     feats = target_features(extractor, target, config.batch_size, model.device, cancel)
     n, h, w, dim = feats.shape
     patches = feats.reshape(n, h * w, dim)
-    kept = filter_patches(patches, filter_settings(cfg), progress, cancel)
+    kept = filter_patches(patches.to(model.device), filter_settings(cfg), progress, cancel).to("cpu")
     candidates = patches[kept.keep]  # (K, D)
     candidate_image = torch.arange(n).unsqueeze(1).expand(n, h * w)[kept.keep]
     size = coreset_size(len(candidates), config.coreset_ratio, config.coreset_max_size)
