@@ -59,6 +59,12 @@ def epochs_option(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs} if args.epochs is not None else {}
 
 
+def sweep_config(args: argparse.Namespace):
+    from patchshift.core.adapt import AdaptConfig
+
+    return AdaptConfig(**{**method_settings(args.sweep_method), **epochs_option(args), **args.adapt_settings, "seed": args.seed})
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(adaptation, evaluation) indices; each class split at `fraction`."""
     rng = np.random.default_rng(seed)
@@ -261,10 +267,22 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         for share in (0.0, 0.1, 0.3, 0.5):
             n_bad = min(len(bad), round(share * len(good)))
             chosen = np.concatenate([rng.permutation(good)[: len(good) - n_bad], rng.permutation(bad)[:n_bad]])
-            adapted, _ = adapt(model, as_float(shifted[chosen]), AdaptConfig(method="roda", **epochs_option(args), seed=args.seed))
-            sweep.append({"condition": f"{corruption} {severity}", "defective_share": share, "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
+            adapted, _ = adapt(model, as_float(shifted[chosen]), sweep_config(args))
+            sweep.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "defective_share": share,
+                          "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sweep[-1], flush=True)
-    return {"dataset": name, "upper_bound": upper, "rows": rows, "assignment_share": shares, "defect_sweep": sweep,
+    sizes = []
+    if args.size_sweep:
+        corruption, severity = args.sweep_condition or (args.corruptions[0], max(args.severities))
+        shifted = corrupt_uint8(clean, corruption, int(severity), args.seed)
+        for n in [*args.size_sweep, len(adapt_idx)]:
+            keep, _ = stratified_split(labels[adapt_idx], min(1.0, n / len(adapt_idx)), args.seed + 2)
+            chosen = adapt_idx[keep][:n]
+            adapted, _ = adapt(model, as_float(shifted[chosen]), sweep_config(args))
+            sizes.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "n_images": len(chosen),
+                          "defective_share": float(labels[chosen].mean()), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
+            print(sizes[-1], flush=True)
+    return {"dataset": name, "upper_bound": upper, "rows": rows, "assignment_share": shares, "defect_sweep": sweep, "size_sweep": sizes,
             "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)), "machine": machine()}
 
 
@@ -310,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-eval", type=int, default=0, help="subsample the evaluation split (stratified) to N images")
     parser.add_argument("--no-fig5a", dest="fig5a", action="store_false")
     parser.add_argument("--no-defect-sweep", dest="defect_sweep", action="store_false")
+    parser.add_argument("--sweep-method", default="target-memory", help="the method of the sweeps (a row name or LABEL:FIELD=VALUE,...)")
+    parser.add_argument("--size-sweep", nargs="*", type=int, default=[], metavar="N",
+                        help="adaptation-set sizes to sweep (stratified subsets of the split; all of it is added)")
     parser.add_argument("--sweep-condition", nargs=2, metavar=("CORRUPTION", "SEVERITY"), default=None,
                         help="condition of the defective-share sweep (default: the first corruption at the highest severity)")
     parser.add_argument("--model-cache", default="benchmarks/results/models")
@@ -331,9 +352,14 @@ def main(argv: list[str] | None = None) -> None:
         print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))
         if result["assignment_share"]:
             print("\nanomalous patches picked by a bank row:", {k: round(v, 3) for k, v in result["assignment_share"].items()})
+        sweep_columns = [("condition", "condition", ""), ("method", "method", ""), ("defective_share", "defective share", ".0%"),
+                         ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f")]
         if result["defect_sweep"]:
-            print("\nroda vs defective share of the adaptation set")
-            print(markdown(result["defect_sweep"], [("condition", "condition", ""), ("defective_share", "defective share", ".0%"), ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f")]))
+            print(f"\n{args.sweep_method} vs defective share of the adaptation set")
+            print(markdown(result["defect_sweep"], sweep_columns))
+        if result["size_sweep"]:
+            print(f"\n{args.sweep_method} vs number of adaptation images")
+            print(markdown(result["size_sweep"], sweep_columns))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ flat index up to float rounding.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -86,6 +87,7 @@ class BankIndex:
             import faiss.contrib.torch_utils  # noqa: F401  (lets FAISS take torch tensors)
 
             self._resources = faiss.StandardGpuResources()
+            self._gpu_lock = threading.Lock()  # FAISS GPU indexes are not safe for concurrent searches
             index = faiss.index_cpu_to_gpu(self._resources, torch.cuda.current_device(), index)
         self.index = index
 
@@ -101,7 +103,8 @@ class BankIndex:
             squared, indices = self.torch_index.search(queries, k)
             return squared.clamp_min_(0).sqrt_().to(device), indices.to(device)
         if self.use_gpu:
-            squared, indices = self.index.search(queries.to("cuda").contiguous(), k)
+            with self._gpu_lock:  # the batcher and the worker may search one shared index at once
+                squared, indices = self.index.search(queries.to("cuda").contiguous(), k)
             return squared.clamp_min_(0).sqrt_().to(device), indices.to(device)
         squared, indices = self.index.search(np.ascontiguousarray(queries.cpu().numpy()), k)
         distances = torch.from_numpy(squared).clamp_min_(0).sqrt_()

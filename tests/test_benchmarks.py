@@ -21,7 +21,7 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
     shift.main([
         "--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
         "--corruptions", "contrast", "--severities", "5", "--methods", "none", "roda", "uda", "refit-target", "paired-oracle", "--epochs", "1", "--uda-epochs", "1",
-        "--sweep-condition", "brightness", "3",
+        "--sweep-condition", "brightness", "3", "--sweep-method", "roda", "--size-sweep", "1",
         "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path),
     ])
     result = json.loads((tmp_path / f"shift-{dataset.name}.json").read_text())
@@ -31,6 +31,7 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
     assert 0 <= result["assignment_share"]["rot90"] <= 1
     assert [r["defective_share"] for r in result["defect_sweep"]] == [0.0, 0.1, 0.3, 0.5]
     assert {r["condition"] for r in result["defect_sweep"]} == {"brightness 3"}
+    assert [r["n_images"] for r in result["size_sweep"]] == [1, result["n_adapt"]]
     assert "gap closed" in capsys.readouterr().out
 
 
@@ -158,3 +159,26 @@ def test_reduction_study_measures_what_fit_builds(fitted, dataset):
                                  {"image_size": config.image_size, "coreset_ratio": 0.25})
     assert [r["dim"] for r in rows] == [128, 152, 152, 16]
     assert all(0.0 <= r["image_auroc"] <= 1.0 and r["bank_mib"] > 0 for r in rows)
+
+
+def test_contamination_benchmark_smoke(dataset, tmp_path, capsys):
+    from patchshift.benchmarks import contamination
+
+    contamination.main(["--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
+                        "--shares", "0.125", "--device", "cpu", "--out", str(tmp_path / "c.json")])
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [(r["contamination"], r["n_defective"]) for r in rows] == [("off", 3), ("auto", 3)]
+    assert rows[1]["details"]["images_with_dropped_patches"] >= 1
+    assert "filter" in capsys.readouterr().out
+
+
+def test_contaminated_split_moves_defects_out_of_evaluation(dataset):
+    from patchshift.benchmarks.contamination import contaminated_split
+    from patchshift.core.data import labelled_samples, train_images
+
+    train, samples = train_images(dataset), labelled_samples(dataset)
+    sources, evaluation = contaminated_split(train, samples, 0.25, seed=0)
+    moved = set(sources) - set(train)
+    assert len(sources) == len(train) and len(moved) == 6
+    assert all(s.label == 1 for s in samples if s.path in moved)
+    assert not moved & {s.path for s in evaluation} and len(evaluation) == len(samples) - 6
