@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,13 @@ from conftest import normal_image
 from service_helpers import Server, files_field, png_bytes, png_header_only, wait_job
 
 FIT_FORM = {"image_size": "96", "feature_dim": "64", "coreset_ratio": "0.25", "holdout_fraction": "0.2"}
+
+
+def held_adapter_env(tmp_path: Path) -> dict[str, str]:
+    """The test-only `test-hold` method (tests/held_adapter.py): running until tmp_path/release exists."""
+    tests_dir = str(Path(__file__).parent)
+    return {"PATCHSHIFT_ADAPTER_PLUGINS": "held_adapter", "PATCHSHIFT_TEST_RELEASE": str(tmp_path / "release"),
+            "PYTHONPATH": tests_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def read(paths: list[Path]) -> list[tuple[str, bytes]]:
@@ -138,7 +146,8 @@ def stored_server(tmp_path: Path, saved_model: Path):
     source = torch.stack([torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(8)]).float() / 255
     uda, _ = fit_uda(source[..., :64, :64], None, UDAConfig(image_size=64, epochs=1, batch_size=4, embedding_dim=16), device="cpu")
     save_model(uda, models / "global" / "v1")
-    server = Server(models, env={"PATCHSHIFT_MAX_FILES": "4", "PATCHSHIFT_MAX_REQUEST_BYTES": str(2 * 1024 * 1024)}).start()
+    server = Server(models, env={"PATCHSHIFT_MAX_FILES": "4", "PATCHSHIFT_MAX_REQUEST_BYTES": str(2 * 1024 * 1024),
+                                 **held_adapter_env(tmp_path)}).start()
     yield server
     server.stop()
 
@@ -148,7 +157,7 @@ def test_kill9_during_adaptation_and_concurrent_scoring(stored_server: Server, d
     probe = read(sorted((dataset / "test/good").glob("*.png")))[:4]
     with stored_server.client() as client:
         reference, _ = scores_of(client, probe)
-        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "100"})
+        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "test-hold"})
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
         # a second adaptation of the same model is refused while the first is unfinished
@@ -190,7 +199,7 @@ def test_kill9_during_adaptation_and_concurrent_scoring(stored_server: Server, d
         assert not (uploads / job_id).exists()
 
         # cancellation: a running job stops, no version is written
-        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "roda", "epochs": "100"})
+        response = client.post("/v1/models/widget/adapt", files=files_field(train), data={"method": "test-hold"})
         job_id = response.json()["job_id"]
         wait_job(client, job_id, until=("running",))
         assert client.delete(f"/v1/jobs/{job_id}").status_code == 202

@@ -181,3 +181,10 @@ def test_gate_with_too_few_images_keeps_the_parent_and_says_why(fitted, blurred)
     images, _ = blurred
     _, report = adapt(fitted, images[:MIN_IMAGES - 1], AdaptConfig(method="bn-stats"), judge=True)
     assert not report.gate.better and "too few" in report.gate.reason and report.gate.agreement_after is None
+
+
+def test_an_unimportable_adapter_plugin_is_named():
+    from patchshift.core.adapt.registry import load_plugins
+
+    with pytest.raises(ConfigError, match="no_such_plugin"):
+        load_plugins("no_such_plugin")

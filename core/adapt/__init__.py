@@ -24,11 +24,12 @@ from . import batchnorm, target_memory  # noqa: F401  (register the adapters)
 from .base import AdaptReport, load_target
 from .config import AdaptConfig
 from .gate import GateVerdict, judge as judge_versions, reference_ranking
-from .registry import Adapter, adapter_names, get_adapter
+from .registry import Adapter, adapter_names, get_adapter, load_plugins
 from .target_memory import filter_settings, target_features
 
 log = logging.getLogger(__name__)
 
+load_plugins()
 METHODS = adapter_names()
 RECOMMENDED = AdaptConfig().method
 

@@ -3,10 +3,15 @@
 An adapter takes the source model, the target batch (N, 3, H, W) and the config, and returns a
 new model version (the source is never modified). Adding a method means registering it here; the
 CLI, the HTTP route, the worker and the benchmarks list and call methods through this registry.
+Modules named in PATCHSHIFT_ADAPTER_PLUGINS (comma-separated, importable) are imported once the
+built-in adapters are registered, so a site or a test can add a method without touching the
+service.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,3 +53,13 @@ def get_adapter(name: str) -> Adapter:
 
 def adapter_names() -> tuple[str, ...]:
     return tuple(_ADAPTERS)
+
+
+def load_plugins(spec: str | None = None) -> None:
+    """Import the plugin modules (they call `register`); an unimportable one is an error naming it."""
+    spec = os.environ.get("PATCHSHIFT_ADAPTER_PLUGINS", "") if spec is None else spec
+    for name in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"adapter plugin {name!r} (PATCHSHIFT_ADAPTER_PLUGINS) cannot be imported: {exc}") from None
