@@ -108,3 +108,26 @@ def test_overwrite_replaces_whole_version(fitted, tmp_path):
     save_model(fitted, target, overwrite=True)
     assert not (target / "stray.txt").exists()
     assert load_model(target).bank.shape == fitted.bank.shape
+
+
+def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_identically(saved_model, tmp_path, dataset):
+    """A 0.1-era manifest (a held-out quantile, no calibration, false-alarm or contamination fields)."""
+    import json
+    import shutil
+
+    from patchshift.core.artifact import load_model
+    from patchshift.core.data import labelled_samples
+    from patchshift.core.images import load_batch
+
+    old = tmp_path / "old-v1"
+    shutil.copytree(saved_model, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for key in ("calibration", "calibration_folds", "false_alarm_rate", "contamination"):
+        manifest["config"].pop(key)
+    manifest["config"]["threshold_quantile"] = 0.99
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    current, legacy = load_model(saved_model, device="cpu"), load_model(old, device="cpu")
+    assert legacy.config.calibration == "holdout" and legacy.threshold == current.threshold
+    batch, _ = load_batch([s.path for s in labelled_samples(dataset)], legacy.config.image_size)
+    a, b = current.score(batch), legacy.score(batch)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.anomaly_maps, b.anomaly_maps)
