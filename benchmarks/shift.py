@@ -310,6 +310,25 @@ def summary_table(result: dict, key: str) -> str:
     return markdown(table, columns)
 
 
+def gate_table(result: dict, tolerance: float = 0.01) -> str:
+    """How often the activation gate was right, per method: a version is 'better' when its image AUROC
+    beats no adaptation's on the same condition by more than `tolerance`, 'worse' when it falls
+    more than `tolerance` below it (in between: a tie, where either verdict is harmless)."""
+    rows = [r for r in result["rows"] if "gate_better" in r]
+    none = {(r["corruption"], r["severity"]): r["image_auroc"] for r in rows if r["method"] == "none"}
+    table = []
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
+        mine = [r for r in rows if r["method"] == method and (r["corruption"], r["severity"]) in none]
+        delta = [r["image_auroc"] - none[(r["corruption"], r["severity"])] for r in mine]
+        table.append({
+            "method": method, "conditions": len(mine), "activated": sum(r["gate_better"] for r in mine),
+            "worse let through": sum(r["gate_better"] and d < -tolerance for r, d in zip(mine, delta)),
+            "better blocked": sum(not r["gate_better"] and d > tolerance for r, d in zip(mine, delta)),
+        })
+    return markdown(table, [("method", "method", ""), ("conditions", "conditions", "d"), ("activated", "activated", "d"),
+                            ("worse let through", "worse let through", "d"), ("better blocked", "better blocked", "d")])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="patchshift bench shift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
@@ -350,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{name} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
         print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
         print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))
+        if any("gate_better" in r for r in result["rows"]):
+            print("\nthe activation gate against no adaptation (image AUROC, tolerance 0.01)\n" + gate_table(result))
         if result["assignment_share"]:
             print("\nanomalous patches picked by a bank row:", {k: round(v, 3) for k, v in result["assignment_share"].items()})
         sweep_columns = [("condition", "condition", ""), ("method", "method", ""), ("defective_share", "defective share", ".0%"),

@@ -182,3 +182,16 @@ def test_contaminated_split_moves_defects_out_of_evaluation(dataset):
     assert len(sources) == len(train) and len(moved) == 6
     assert all(s.label == 1 for s in samples if s.path in moved)
     assert not moved & {s.path for s in evaluation} and len(evaluation) == len(samples) - 6
+
+
+def test_gate_table_counts_by_hand():
+    rows = [
+        {"corruption": "c", "severity": 5, "method": "none", "image_auroc": 0.60, "gate_better": False},
+        {"corruption": "c", "severity": 5, "method": "a", "image_auroc": 0.50, "gate_better": True},   # worse, let through
+        {"corruption": "b", "severity": 5, "method": "none", "image_auroc": 0.60, "gate_better": False},
+        {"corruption": "b", "severity": 5, "method": "a", "image_auroc": 0.70, "gate_better": False},  # better, blocked
+        {"corruption": "d", "severity": 5, "method": "none", "image_auroc": 0.60, "gate_better": False},
+        {"corruption": "d", "severity": 5, "method": "a", "image_auroc": 0.605, "gate_better": True},  # a tie
+    ]
+    table = shift.gate_table({"rows": rows})
+    assert "| a | 3 | 2 | 1 | 1 |" in table
