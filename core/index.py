@@ -15,8 +15,8 @@ import torch
 
 from .errors import ConfigError
 
-# Queries per distance matrix on the GPU: bounds its memory at 64k x M floats.
-TORCH_QUERY_CHUNK = 65_536
+# Bytes of one query-chunk x bank distance matrix on the GPU.
+TORCH_CHUNK_BYTES = 512 * 1024 * 1024
 
 
 def faiss_gpu_available() -> bool:
@@ -39,8 +39,9 @@ class TorchFlatIndex:
         queries = queries.to(self.bank.device)
         k = min(k, len(self.bank))
         out_d, out_i = [], []
-        for start in range(0, len(queries), TORCH_QUERY_CHUNK):
-            chunk = queries[start : start + TORCH_QUERY_CHUNK]
+        step = max(1, TORCH_CHUNK_BYTES // (4 * len(self.bank)))
+        for start in range(0, len(queries), step):
+            chunk = queries[start : start + step]
             squared = (chunk @ self.bank.T).mul_(-2).add_(self.norms).add_(chunk.square().sum(1, keepdim=True))
             values, indices = squared.topk(k, dim=1, largest=False)
             out_d.append(values)

@@ -20,7 +20,7 @@ import torch
 from .anomaly_map import anomaly_maps
 from .backbone import Backbone, build_backbone
 from .config import ModelConfig
-from .contamination import FilterSettings, filter_patches
+from .contamination import FilterSettings, filter_patches, robust_cut
 from .coreset import coreset_size, kcenter_coreset
 from .device import resolve_device
 from .drift import DriftReference, image_descriptors
@@ -215,8 +215,8 @@ def fit(
     if config.contamination == "auto":
         kept = filter_patches(image_feats.reshape(n_images, h * w, -1).to(device), FilterSettings(seed=config.seed), progress, cancel).to("cpu")
         patches, patch_image = patches[kept.keep.flatten()], patch_image[kept.keep.flatten()]
-        clean_images = kept.keep.all(dim=1)
-        log.info("contamination filter: kept %.1f%% of patches; %d of %d images hold a dropped patch",
+        clean_images = suspect_free_images(kept.scores)
+        log.info("contamination filter: kept %.1f%% of patches; %d of %d images left out of the calibration",
                  100 * kept.kept_share, int((~clean_images).sum()), n_images)
     size = coreset_size(len(patches), config.coreset_ratio, config.coreset_max_size)
     log.info("selecting %d of %d patches for the memory bank", size, len(patches))
@@ -233,7 +233,7 @@ def fit(
     provenance = Provenance(method="fit", n_train_images=len(sources))
     if config.contamination == "auto":
         provenance.details.update(kept_patch_share=round(float(len(patches)) / (n_images * h * w), 4),
-                                  images_with_dropped_patches=int((~clean_images).sum()))
+                                  images_left_out_of_calibration=int((~clean_images).sum()))
     reference = DriftReference.from_descriptors(torch.cat(descriptors).numpy()) if len(bank_sources) >= 2 else None
     model = PatchCoreModel(config, backbone, extractor, bank, math.inf, provenance, device, drift_reference=reference)
     if threshold is not None:
@@ -242,8 +242,7 @@ def fit(
         return model
     if kfold:
         calibration = kfold_scores(model, image_feats, patch_image[picked], cancel)
-        if not clean_images.all() and clean_images.any():  # images the filter found defects in do not calibrate
-            calibration = calibration[clean_images.numpy()]
+        calibration = calibration[clean_images.numpy()]  # images that look defective do not calibrate
         provenance.threshold_source = "kfold-quantile"
     else:
         holdout = [sources[i] for i in holdout_idx]
@@ -253,6 +252,15 @@ def fit(
     model.threshold = quantile_threshold(calibration, 1.0 - config.false_alarm_rate)
     provenance.calibration_scores = [float(s) for s in calibration]
     return model
+
+
+def suspect_free_images(mutual: torch.Tensor, z: float = 3.0) -> torch.Tensor:
+    """(N, P) mutual patch scores -> (N,) bool: images whose worst patch is not an outlier among
+    the images' worst patches (median + z robust deviations). Every image when fewer than half
+    would remain: a calibration set is not cut down to the few most typical images."""
+    worst = mutual.amax(dim=1)
+    clean = worst <= robust_cut(worst, z)
+    return clean if int(clean.sum()) * 2 >= len(clean) else torch.ones_like(clean)
 
 
 def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: torch.Tensor, cancel: CancelFn | None = None) -> np.ndarray:

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from patchshift.core.adapt import METHODS, RECOMMENDED
+from patchshift.core.contamination import MIN_IMAGES
 from patchshift.core.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 
 
@@ -44,7 +45,7 @@ class Settings(BaseSettings):
     drift_threshold: float = Field(DEFAULT_THRESHOLD, gt=0)
     auto_adapt: bool = False
     auto_adapt_method: str = Field(RECOMMENDED, description="adaptation method of self-started jobs (default: the recommended one)")
-    auto_adapt_images: int = Field(64, ge=2, description="recent images kept for a self-started adaptation")
+    auto_adapt_images: int = Field(64, ge=MIN_IMAGES, description="recent images kept for a self-started adaptation")
     auto_adapt_patience: int = Field(32, ge=1, description="consecutive drifting scores before adapting")
 
     # UDA's clustering encoder psi = CLIP (adapt with method=uda, encoder=clip): a local open_clip checkpoint.

@@ -66,6 +66,7 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
             "source_version": source.version, "threshold_before": source.threshold, "threshold_after": adapted.threshold,
             "bank_rows": int(adapted.bank.shape[0]), "own_bank": adapted.bank is not source.bank,
         }
+        check_cancel(cancelled)
         if source.drift_reference is not None:  # for people; not comparable enough across versions to decide on
             result["drift_before"], result["drift_after"] = drift_before_after(source, adapted, target)
         activate = policy == ACTIVATE_ALWAYS

@@ -168,7 +168,7 @@ def test_contamination_benchmark_smoke(dataset, tmp_path, capsys):
                         "--shares", "0.125", "--device", "cpu", "--out", str(tmp_path / "c.json")])
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert [(r["contamination"], r["n_defective"]) for r in rows] == [("off", 3), ("auto", 3)]
-    assert rows[1]["details"]["images_with_dropped_patches"] >= 1
+    assert rows[1]["details"]["images_left_out_of_calibration"] >= 1
     assert "filter" in capsys.readouterr().out
 
 

@@ -570,3 +570,25 @@ def test_threshold_override_works_for_a_uda_version(store: Path) -> None:
         assert body["active_version"] == "v2" and body["versions"][1]["kind"] == "uda" and body["versions"][1]["threshold"] == 0.25
     reloaded = load_model(store / "global" / "v2", device="cpu")
     assert reloaded.threshold == 0.25 and torch.equal(reloaded.centre, uda.centre)
+
+
+def test_too_few_images_for_the_target_memory_is_a_422_before_any_job(client, dataset: Path) -> None:
+    images = read(sorted((dataset / "train/good").glob("*.png"))[:3])
+    response = client.post("/v1/models/widget/adapt", files=files_field(images))  # the default method
+    assert response.status_code == 422 and "at least 5 images" in response.json()["error"]["message"], response.text
+    assert client.get("/v1/jobs").json() == []
+
+
+@pytest.mark.parametrize(("sent", "policy"), [("True", "true"), ("yes", "true"), ("0", "false"), ("if-better", "if-better")])
+def test_activate_takes_the_boolean_spellings_of_before(client, dataset: Path, sent: str, policy: str) -> None:
+    images = read(sorted((dataset / "train/good").glob("*.png"))[:2])
+    response = client.post("/v1/models/widget/adapt", files=files_field(images), data={"method": "none", "activate": sent})
+    assert response.status_code == 202, response.text
+    assert client.get(f"/v1/jobs/{response.json()['job_id']}").json()["params"]["activate"] == policy
+    wait_job(client, response.json()["job_id"])
+
+
+def test_activate_refuses_anything_else(client, dataset: Path) -> None:
+    images = read(sorted((dataset / "train/good").glob("*.png"))[:2])
+    response = client.post("/v1/models/widget/adapt", files=files_field(images), data={"method": "none", "activate": "maybe"})
+    assert response.status_code == 422 and "activate" in response.text

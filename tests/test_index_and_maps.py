@@ -23,7 +23,7 @@ def test_torch_flat_index_matches_faiss(monkeypatch):
     import patchshift.core.index as index_module
     from patchshift.core.index import TorchFlatIndex
 
-    monkeypatch.setattr(index_module, "TORCH_QUERY_CHUNK", 64)
+    monkeypatch.setattr(index_module, "TORCH_CHUNK_BYTES", 64 * 700 * 4)  # 64 queries per chunk
     generator = torch.Generator().manual_seed(1)
     bank = torch.randn(700, 24, generator=generator)
     queries = torch.randn(300, 24, generator=generator)

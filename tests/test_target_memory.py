@@ -161,7 +161,7 @@ def test_fit_with_contamination_auto_keeps_planted_defects_out_of_the_bank(tiny_
     sources = [png(image) for image in normal + dirty]
     plain = fit(sources, tiny_config.replace(calibration="kfold"), device="cpu")
     filtered = fit(sources, tiny_config.replace(calibration="kfold", contamination="auto"), device="cpu")
-    assert filtered.provenance.details["images_with_dropped_patches"] >= 4
+    assert filtered.provenance.details["images_left_out_of_calibration"] >= 4
     assert filtered.score(held_out).scores.min() > 1.5 * plain.score(held_out).scores.max()
     assert (filtered.score(held_out).scores > filtered.threshold).all()  # the defects are flagged
     assert (filtered.score(good).scores <= filtered.threshold).all()
@@ -188,3 +188,22 @@ def test_an_unimportable_adapter_plugin_is_named():
 
     with pytest.raises(ConfigError, match="no_such_plugin"):
         load_plugins("no_such_plugin")
+
+
+def test_spearman_averages_ties_and_the_gate_refuses_unusable_scores():
+    assert spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(np.sqrt(3) / 2)
+    reference = np.array([0.0, 1.0, 2.0, 3.0])
+    before = np.array([3.0, 2.0, 1.0, 0.0])  # agreement -1: anything would look better
+    for after in (None, np.full(4, 7.0), np.array([0.0, 1.0, np.nan, 3.0]), np.array([0.0, 1.0])):
+        verdict = judge(reference, before, after)
+        assert not verdict.better and "no usable scores" in verdict.reason
+
+
+def test_suspect_images_leave_the_calibration_only_when_most_remain():
+    from patchshift.core.patchcore import suspect_free_images
+
+    mutual = torch.zeros(10, 4)
+    mutual[:, 0] = torch.tensor([1.0, 1.1, 0.9, 1.0, 1.2, 0.8, 1.0, 1.1, 9.0, 1.0])  # image 8 has an odd patch
+    assert suspect_free_images(mutual).tolist() == [True] * 8 + [False, True]
+    mutual[:6, 0] = 50.0  # most images odd: keep them all rather than calibrate on a few
+    assert suspect_free_images(mutual).all()

@@ -77,8 +77,8 @@ def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, 
         for i in range(0, len(feats), model.config.batch_size)
     ])
     if reference is None:
-        reference = reference_ranking(feats, settings)
-    return judge_versions(reference, before, np.asarray(after_scores))
+        reference = reference_ranking(feats.to(model.device), settings)
+    return judge_versions(reference, before, None if after_scores is None else np.asarray(after_scores, dtype=np.float64))
 
 
 __all__ = ["adapt", "gate", "Adapter", "AdaptConfig", "AdaptReport", "GateVerdict", "METHODS", "RECOMMENDED", "get_adapter"]

@@ -30,11 +30,17 @@ class GateVerdict:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ranks_a = np.argsort(np.argsort(a)).astype(np.float64)
-    ranks_b = np.argsort(np.argsort(b)).astype(np.float64)
+    """Rank correlation, ties averaged; 0 when either side is constant."""
+    from scipy.stats import rankdata
+
+    ranks_a, ranks_b = rankdata(a), rankdata(b)
     if ranks_a.std() == 0 or ranks_b.std() == 0:
         return 0.0
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def usable(scores: np.ndarray | None, n: int) -> bool:
+    return scores is not None and len(scores) == n and bool(np.all(np.isfinite(scores))) and np.ptp(scores) > 0
 
 
 def reference_ranking(feats: torch.Tensor, settings: FilterSettings) -> np.ndarray:
@@ -45,12 +51,17 @@ def reference_ranking(feats: torch.Tensor, settings: FilterSettings) -> np.ndarr
 
 def ranking_of(mutual: torch.Tensor) -> np.ndarray:
     """(N, P) mutual patch scores -> (N,) image scores of the reference ranking."""
-    return mutual.amax(dim=1).numpy()
+    return mutual.amax(dim=1).cpu().numpy()
 
 
 def judge(reference: np.ndarray, before: np.ndarray, after: np.ndarray, margin: float = 0.0) -> GateVerdict:
     """Compare two versions' scores of the same target images against the reference ranking."""
-    agree_before, agree_after = spearman(before, reference), spearman(after, reference)
+    n = len(reference)
+    if not usable(after, n):
+        return GateVerdict(False, None, None, "the new version gave no usable scores of the target images "
+                           "(missing, not finite or all equal); the parent stays active")
+    agree_before = spearman(before, reference) if usable(before, n) else 0.0
+    agree_after = spearman(after, reference)
     better = agree_after > agree_before + margin
     reason = (
         f"the new version ranks the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f})"

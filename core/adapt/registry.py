@@ -32,6 +32,7 @@ class Adapter:
     summary: str  # one line: when to pick it
     run: AdaptFn
     moves_memory: bool = False  # the new version carries its own bank
+    min_images: int = 1  # fewer target images are refused before any work
 
 
 _ADAPTERS: dict[str, Adapter] = {}

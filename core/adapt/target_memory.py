@@ -9,15 +9,14 @@ threshold's robust z-score, so defective target images do not raise it.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..contamination import FilterSettings, filter_patches
+from ..contamination import MIN_IMAGES, FilterSettings, filter_patches
 from ..coreset import coreset_size, kcenter_coreset
 from ..drift import DriftReference, image_descriptors
+from ..errors import AdaptationError
 from ..patchcore import PatchCoreModel, Provenance, kfold_scores
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import transfer_threshold
@@ -78,6 +77,8 @@ def adapt_memory(
     # Every target image against the memory without its own fold's patches: scores a deployed
     # version would give them, so the threshold holds on the first image after activation.
     scores = kfold_scores(adapted, feats, memory_image, cancel)
+    if not np.all(np.isfinite(scores)):
+        raise AdaptationError(f"{int((~np.isfinite(scores)).sum())} target image(s) got a non-finite score; the source version stays as it is")
     report(progress, "threshold", 1, 1)
     if model.provenance.calibration_scores:
         adapted.threshold = transfer_threshold(np.array(model.provenance.calibration_scores), model.threshold, scores)
@@ -89,14 +90,11 @@ def adapt_memory(
         "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4),
         "filter_cut": kept.cut, "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
     })
-    if not math.isfinite(adapted.threshold):
-        report_.details["threshold_fallback"] = "source"
-        adapted.threshold = model.threshold
     return adapted
 
 
 register(Adapter(
     "target-memory",
     "the bank itself moves: target patches that other target images vouch for join the memory; for camera or lighting changes",
-    adapt_memory, moves_memory=True,
+    adapt_memory, moves_memory=True, min_images=MIN_IMAGES,
 ))

@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, File, Form, Path, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
-from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig
+from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig, get_adapter
 from patchshift.core.adapt.config import ADAPT_OPTIONS
 from patchshift.core.backbone import stage_channels
 from patchshift.core.config import FIT_OPTIONS, ModelConfig
@@ -43,10 +43,16 @@ class FitExtras(BaseModel):
     activate: bool = Field(True, description="make the new version active when it is ready")
 
 
+def activation_spelling(value):
+    """The boolean spellings a form sends (True, 1, yes, on, ...) mean true/false, as before if-better existed."""
+    text = str(value).strip().lower()
+    return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(text, text)
+
+
 class AdaptExtras(BaseModel):
     method: Literal[(*METHODS, "uda")] = Field(RECOMMENDED, description=f"one of {', '.join((*METHODS, 'uda'))}; default: the recommended one")  # type: ignore[valid-type]
     image_size: str | None = Field(None, pattern=IMAGE_SIZE_PATTERN, max_length=16, description="uda only: encoder input size (default 224)")
-    activate: Literal[ACTIVATION_POLICIES] = Field(  # type: ignore[valid-type]
+    activate: Annotated[Literal[ACTIVATION_POLICIES], BeforeValidator(activation_spelling)] = Field(  # type: ignore[valid-type]
         ACTIVATE_IF_BETTER, description="true: make the new version active when it is ready; false: keep it for review; "
         "if-better: only if a label-free check finds it ranks the new images better than the active version")
 
@@ -190,6 +196,9 @@ async def adapt_model(
             raise Unprocessable(f"invalid adaptation settings: {exc}") from None
         size, sources = model.config.image_size, []
     uploads = await _validated_uploads(request, files, size)
+    needed = get_adapter(method).min_images if method != "uda" else 1
+    if len(uploads) < needed:
+        raise Unprocessable(f"method={method} needs at least {needed} images of the new condition, got {len(uploads)}")
     params = {"config": options_, "source_version": model.version, "activate": options.activate}
     job = await run_in_threadpool(request.app.state.worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
