@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from .common import DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
-from .shift import METHODS, as_float, corrupt_uint8, get_model, load_images
+from .protocol import as_float, corrupt_uint8, get_model, load_images
+from .shift import METHODS
 
 
 def main(argv: list[str] | None = None) -> None:

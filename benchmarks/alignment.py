@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .common import machine, markdown
-from .shift import add_protocol_arguments, as_float, corrupt_uint8, load_images, protocol_split
+from .protocol import add_protocol_arguments, as_float, corrupt_uint8, load_images, protocol_split
 
 TWIN_ROWS = 10
 

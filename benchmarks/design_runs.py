@@ -21,20 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .common import machine, markdown
-from .shift import add_protocol_arguments, as_float, corrupt_uint8, evaluate_on, load_images, protocol_split, stratified_split
+from .protocol import (  # noqa: F401  (parse_variant: the variant syntax, used by other scripts too)
+    add_protocol_arguments, as_float, corrupt_uint8, evaluate_on, load_images, parse_variant, protocol_split, stratified_split,
+)
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """'label:epochs=3,lr=0.001' -> ('label', {'epochs': 3, 'lr': 0.001})."""
-    label, _, spec = text.partition(":")
-    fields = {}
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            fields[key] = json.loads(value)
-        except json.JSONDecodeError:
-            fields[key] = value
-    return label, fields
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
-from .shift import as_float, corrupt_uint8, get_model, load_images
+from .protocol import as_float, corrupt_uint8, get_model, load_images
 
 
 def descriptors_of(model, images) -> np.ndarray:

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results/engine.json")
     args = parser.parse_args(argv)
     root = Path(args.data_root)
-    from .design_runs import parse_variant
+    from .protocol import parse_variant
 
     _, settings = parse_variant("set:" + ",".join(args.set))  # JSON values: calibration=holdout, false_alarm_rate=0.01
     runs = [(name, {**DATASETS[name], **settings}) for name in args.datasets]

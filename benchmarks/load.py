@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from patchshift.core.data import labelled_samples
 
-    from .shift import get_model
+    from .protocol import get_model
 
     parser = argparse.ArgumentParser(prog="patchshift bench load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
-from .shift import as_float, corrupt_uint8, evaluate_on, get_model, load_images, stratified_split
+from .protocol import as_float, corrupt_uint8, evaluate_on, get_model, load_images, stratified_split
 
 FULL = 10**9  # more than any minibatch or bank: sample_rows then takes every row
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .shift import as_float, corrupt_uint8, load_images
+from .protocol import as_float, corrupt_uint8, load_images
 
 
 def refit_on_condition(model, root: Path, corruption: str, severity: int, seed: int):

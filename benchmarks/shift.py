@@ -26,6 +26,10 @@ import torch
 from patchshift.core.corruptions import CORRUPTIONS
 
 from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
+from .protocol import (  # noqa: F401  (re-exported for the scripts and tests that used them from here)
+    add_protocol_arguments, as_float, corrupt_uint8, evaluate_on, get_model, load_images, parse_variant, protocol_split,
+    resize_to, stratified_split,
+)
 
 METHODS = {
     "none": {"method": "none"},
@@ -50,8 +54,6 @@ def method_settings(method: str) -> dict:
     """A row's AdaptConfig fields: a named row above, or 'label:field=value,...' (e.g. 'tm-z1:method=target-memory,filter_cut_z=1')."""
     if method in METHODS:
         return METHODS[method]
-    from .design_runs import parse_variant
-
     return parse_variant(method)[1]
 
 
@@ -65,54 +67,6 @@ def sweep_config(args: argparse.Namespace):
     return AdaptConfig(**{**method_settings(args.sweep_method), **epochs_option(args), **args.adapt_settings, "seed": args.seed})
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(adaptation, evaluation) indices; each class split at `fraction`."""
-    rng = np.random.default_rng(seed)
-    adapt_idx = []
-    for value in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == value))
-        adapt_idx.extend(members[: max(1, round(len(members) * fraction))])
-    adapt_idx = np.sort(np.array(adapt_idx))
-    return adapt_idx, np.setdiff1d(np.arange(len(labels)), adapt_idx)
-
-
-def load_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
-    """All images as one uint8 (N, 3, H, W) tensor at the model input size."""
-    from patchshift.core.images import iter_batches
-
-    return torch.cat([(b * 255).round().to(torch.uint8) for b, _, _ in iter_batches(paths, size, 32)])
-
-
-def corrupt_uint8(images: torch.Tensor, name: str | None, severity: int, seed: int) -> torch.Tensor:
-    from patchshift.core.corruptions import corrupt
-
-    if not name:
-        return images
-    out = []
-    for start in range(0, len(images), 32):
-        batch = images[start : start + 32].float() / 255
-        out.append((corrupt(batch, name, severity, seed=seed + start) * 255).round().to(torch.uint8))
-    return torch.cat(out)
-
-
-def as_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255
-
-
-def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict:
-    from patchshift.core.metrics import image_auroc, pixel_auroc
-
-    scores, maps = model.score_batches(resize_to(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
-    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None}
-
-
-def resize_to(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Images at a model's input (height, width): the UDA detector runs smaller than the PatchCore model."""
-    import torch.nn.functional as F
-
-    return images if tuple(images.shape[-2:]) == hw else F.interpolate(images, size=hw, mode="area")
-
-
 def adapt_uda(model, root: Path, target: torch.Tensor, args: argparse.Namespace):
     """UDA from the clean train/good images (source) and the shifted adaptation split (target)."""
     from patchshift.core.data import train_images
@@ -124,48 +78,6 @@ def adapt_uda(model, root: Path, target: torch.Tensor, args: argparse.Namespace)
     source = as_float(load_images(train_images(root), cfg.image_size))
     detector, _ = fit_uda(source, resize_to(target, (cfg.image_size[1], cfg.image_size[0])), cfg, device=model.device)
     return detector
-
-
-def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
-    """Fit on clean train/good once; later runs load the cached version."""
-    from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.config import ModelConfig
-    from patchshift.core.data import train_images
-    from patchshift.core.patchcore import fit
-
-    config = ModelConfig(**overrides)
-    target = cache / f"{name}-{config.image_size[0]}x{config.image_size[1]}-{config.feature_dim}"
-    if (target / "manifest.json").is_file():
-        return load_model(target, device=device)
-    model = fit(train_images(root), config, device=device)
-    save_model(model, target, overwrite=True)
-    return model
-
-
-def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int]) -> None:
-    """The options of the one-dataset scripts that reuse this protocol (design-runs, alignment)."""
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
-    parser.add_argument("--dataset", default="bsd")
-    parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
-    parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
-    parser.add_argument("--severities", nargs="*", type=int, default=severities)
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
-
-
-def protocol_split(args: argparse.Namespace):
-    """(model, samples, labels, adaptation indices): the fitted model and the 20% adaptation split."""
-    from patchshift.core.data import labelled_samples
-
-    root = Path(args.data_root) / args.dataset
-    overrides = {**DATASETS.get(args.dataset, {}), **({"image_size": args.image_size} if args.image_size else {})}
-    model = get_model(args.dataset, root, Path(args.model_cache), args.device, overrides)
-    samples = labelled_samples(root)
-    labels = np.array([s.label for s in samples])
-    adapt_idx, _ = stratified_split(labels, 0.2, args.seed)
-    return model, samples, labels, adapt_idx
 
 
 @torch.inference_mode()
@@ -357,8 +269,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="benchmarks/results")
     args = parser.parse_args(argv)
-    from .design_runs import parse_variant
-
     _, args.adapt_settings = parse_variant("set:" + ",".join(args.set))
     if args.sweep_condition and (args.sweep_condition[0] not in CORRUPTIONS or args.sweep_condition[1] not in list("12345")):
         parser.error(f"--sweep-condition takes one of {', '.join(CORRUPTIONS)} and a severity 1-5, got {' '.join(args.sweep_condition)}")

@@ -1,0 +1,118 @@
+"""The shift benchmarks' shared protocol: splits, images as uint8, corruptions, evaluation, the cached
+source model, and the options of the one-dataset scripts that reuse it (no benchmark imports another's main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchshift.core.corruptions import CORRUPTIONS
+
+from .common import DATASETS, DEFAULT_DATA_ROOT
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(adaptation, evaluation) indices; each class split at `fraction`."""
+    rng = np.random.default_rng(seed)
+    adapt_idx = []
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        adapt_idx.extend(members[: max(1, round(len(members) * fraction))])
+    adapt_idx = np.sort(np.array(adapt_idx))
+    return adapt_idx, np.setdiff1d(np.arange(len(labels)), adapt_idx)
+
+
+def load_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
+    """All images as one uint8 (N, 3, H, W) tensor at the model input size."""
+    from patchshift.core.images import iter_batches
+
+    return torch.cat([(b * 255).round().to(torch.uint8) for b, _, _ in iter_batches(paths, size, 32)])
+
+
+def corrupt_uint8(images: torch.Tensor, name: str | None, severity: int, seed: int) -> torch.Tensor:
+    from patchshift.core.corruptions import corrupt
+
+    if not name:
+        return images
+    out = []
+    for start in range(0, len(images), 32):
+        batch = images[start : start + 32].float() / 255
+        out.append((corrupt(batch, name, severity, seed=seed + start) * 255).round().to(torch.uint8))
+    return torch.cat(out)
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255
+
+
+def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict:
+    from patchshift.core.metrics import image_auroc, pixel_auroc
+
+    scores, maps = model.score_batches(resize_to(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
+    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None}
+
+
+def resize_to(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Images at a model's input (height, width): the UDA detector runs smaller than the PatchCore model."""
+    import torch.nn.functional as F
+
+    return images if tuple(images.shape[-2:]) == hw else F.interpolate(images, size=hw, mode="area")
+
+
+def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
+    """Fit on clean train/good once; later runs load the cached version."""
+    from patchshift.core.artifact import load_model, save_model
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.data import train_images
+    from patchshift.core.patchcore import fit
+
+    config = ModelConfig(**overrides)
+    target = cache / f"{name}-{config.image_size[0]}x{config.image_size[1]}-{config.feature_dim}"
+    if (target / "manifest.json").is_file():
+        return load_model(target, device=device)
+    model = fit(train_images(root), config, device=device)
+    save_model(model, target, overwrite=True)
+    return model
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int]) -> None:
+    """The options of the one-dataset scripts that reuse this protocol (design-runs, alignment)."""
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    parser.add_argument("--dataset", default="bsd")
+    parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
+    parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
+    parser.add_argument("--severities", nargs="*", type=int, default=severities)
+    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default="benchmarks/results")
+
+
+def protocol_split(args: argparse.Namespace):
+    """(model, samples, labels, adaptation indices): the fitted model and the 20% adaptation split."""
+    from patchshift.core.data import labelled_samples
+
+    root = Path(args.data_root) / args.dataset
+    overrides = {**DATASETS.get(args.dataset, {}), **({"image_size": args.image_size} if args.image_size else {})}
+    model = get_model(args.dataset, root, Path(args.model_cache), args.device, overrides)
+    samples = labelled_samples(root)
+    labels = np.array([s.label for s in samples])
+    adapt_idx, _ = stratified_split(labels, 0.2, args.seed)
+    return model, samples, labels, adapt_idx
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'label:epochs=3,lr=0.001' -> ('label', {'epochs': 3, 'lr': 0.001})."""
+    label, _, spec = text.partition(":")
+    fields = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    return label, fields
