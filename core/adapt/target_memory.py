@@ -74,8 +74,9 @@ def adapt_memory(
                    n_train_images=model.provenance.n_train_images),
         model.device, drift_reference=DriftReference.from_descriptors(image_descriptors(feats).numpy()),
     )
-    # Every target image against the memory without its own fold's patches: scores a deployed
-    # version would give them, so the threshold holds on the first image after activation.
+    # Every target image against the memory without its own fold's patches: the scores a deployed
+    # version would give them. Moving the threshold onto them by the robust z-score is the known
+    # weak point on heavily defective batches (docs/adaptation.md, "Known problems").
     scores = kfold_scores(adapted, feats, memory_image, cancel)
     if not np.all(np.isfinite(scores)):
         raise AdaptationError(f"{int((~np.isfinite(scores)).sum())} target image(s) got a non-finite score; the source version stays as it is")
