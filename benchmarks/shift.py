@@ -150,17 +150,16 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                         adapted = reference_model(method, model, root, corruption, severity, clean, shifted, adapt_idx, args.seed)
                     else:
                         cfg = AdaptConfig(**{**method_settings(method), **epochs_option(args), **args.adapt_settings, "seed": args.seed})
-                        adapted, summary = adapt(model, as_float(shifted[adapt_idx]), cfg)
+                        adapted, summary = adapt(model, as_float(shifted[adapt_idx]), cfg, judge=args.gate)
                     seconds = time.perf_counter() - started
                 metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])
                 extra = {}
-                if args.gate and method not in ("uda", *REFERENCES):
-                    from patchshift.core.adapt import gate
-                    from patchshift.core.adapt.target_memory import filter_settings
-
-                    verdict = gate(model, as_float(shifted[adapt_idx]), summary.target_scores, filter_settings(cfg), reference=summary.reference_ranking)
-                    extra = {"gate_before": verdict.agreement_before, "gate_after": verdict.agreement_after, "gate_better": verdict.better,
-                             "details": {k: v for k, v in summary.details.items() if k != "adapt_config" and not isinstance(v, list)}}
+                if method not in ("uda", *REFERENCES):
+                    seconds = summary.seconds  # the adaptation alone, without the gate
+                    extra = {"details": {k: v for k, v in summary.details.items() if k != "adapt_config" and not isinstance(v, list)}}
+                    if summary.gate is not None:
+                        verdict = summary.gate
+                        extra.update(gate_before=verdict.agreement_before, gate_after=verdict.agreement_after, gate_better=verdict.better)
                 rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds,
                              "adapt_peak_gib": memory.peak_gib, **metrics, **extra})
                 print(rows[-1], flush=True)

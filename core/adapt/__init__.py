@@ -58,20 +58,25 @@ def adapt(
     report_.seconds = time.perf_counter() - started
     adapted.provenance.details["seconds"] = report_.seconds
     if judge:
-        report_.gate = gate(model, target, report_.target_scores, filter_settings(cfg), cancel, report_.reference_ranking)
+        report_.gate = gate(model, target, report_.target_scores, filter_settings(cfg), cancel,
+                            report_.reference_ranking, report_.source_features)
         adapted.provenance.details["gate"] = report_.gate.to_dict()
+    report_.source_features = None  # large; only the gate needed it
     log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)
     return adapted, report_
 
 
 def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, settings: FilterSettings,
-         cancel: CancelFn | None = None, reference: np.ndarray | None = None) -> GateVerdict:
+         cancel: CancelFn | None = None, reference: np.ndarray | None = None,
+         feats: torch.Tensor | None = None) -> GateVerdict:
     """Does a new version, which scored the (N, 3, H, W) target images `after_scores`, rank them
-    better than `model` does? (core.adapt.gate)"""
+    better than `model` does? (core.adapt.gate) `reference` and `feats` (the target's features
+    through `model`'s extractor) are computed here unless the adapter already had them."""
     if len(target) < MIN_IMAGES:
         return GateVerdict(False, None, None, f"{len(target)} image(s) are too few for the label-free check (at least "
                            f"{MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
-    feats = target_features(model.extractor, target, model.config.batch_size, model.device, cancel)
+    if feats is None:
+        feats = target_features(model.extractor, target, model.config.batch_size, model.device, cancel)
     before = np.concatenate([
         model.score_features(feats[i : i + model.config.batch_size])[1].cpu().numpy()
         for i in range(0, len(feats), model.config.batch_size)

@@ -38,7 +38,9 @@ class AdaptReport:
     # What the new version scores the target images (out-of-fold where they built its memory).
     target_scores: np.ndarray | None = None
     gate: "GateVerdict | None" = None  # set by adapt(judge=True)
-    # The gate's reference ranking, when the adapter computed it on the source features anyway.
+    # What the adapter already computed on the source backbone, so the gate does not redo it:
+    # the target's patch features (N, h, w, D) and their mutual ranking (N,). Dropped after the gate.
+    source_features: torch.Tensor | None = None
     reference_ranking: np.ndarray | None = None
 
 

@@ -85,8 +85,8 @@ def adapt_memory(
         adapted.threshold = transfer_threshold(np.array(model.provenance.calibration_scores), model.threshold, scores)
     adapted.provenance.calibration_scores = [float(s) for s in scores]
     report_.target_scores = scores
-    if cfg.memory_bn == "none":  # the filter ran on the source features: the gate's reference is at hand
-        report_.reference_ranking = ranking_of(kept.scores)
+    if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
+        report_.source_features, report_.reference_ranking = feats, ranking_of(kept.scores)
     report_.details.update({
         "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4),
         "filter_cut": kept.cut, "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
