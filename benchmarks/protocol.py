@@ -49,11 +49,20 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255
 
 
-def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict:
+def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray, keep_scores: bool = False) -> dict:
+    """Ranking (image and pixel AUROC) and the verdicts at the model's own threshold: the share of good
+    images it flags (false alarms) and of defective images it catches (recall)."""
     from patchshift.core.metrics import image_auroc, pixel_auroc
 
     scores, maps = model.score_batches(resize_to(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
-    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None}
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    flagged = scores > model.threshold
+    result = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None,
+              "false_alarm_rate": float(flagged[labels == 0].mean()) if (labels == 0).any() else None,
+              "recall": float(flagged[labels == 1].mean()) if (labels == 1).any() else None, "threshold": float(model.threshold)}
+    if keep_scores:
+        result["scores"] = [round(float(s), 4) for s in scores]
+    return result
 
 
 def resize_to(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

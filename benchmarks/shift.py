@@ -42,12 +42,13 @@ METHODS = {
     "target-memory-alone": {"method": "target-memory", "memory": "target"},
     "target-memory-adabn": {"method": "target-memory", "memory_bn": "stats"},
     "target-memory-roda": {"method": "target-memory", "memory_bn": "roda"},
-    "uda": {},  # the alternate adaptation (a global detector trained from train/good and the adaptation split)
+    "uda": {"method": "uda"},  # the alternate adaptation (a global detector trained from train/good and the adaptation split)
     # references, not adapters (benchmarks/references.py): they use what no deployment has
     "refit-target": {},  # a bank fitted on train/good under the same corruption
     "paired-oracle": {},  # BatchNorm affine trained onto the clean images' features
 }
 REFERENCES = ("refit-target", "paired-oracle")
+CLEAN = "clean"  # a condition without a shift: adapting to it must be harmless
 
 
 def method_settings(method: str) -> dict:
@@ -61,23 +62,25 @@ def epochs_option(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs} if args.epochs is not None else {}
 
 
-def sweep_config(args: argparse.Namespace):
-    from patchshift.core.adapt import AdaptConfig
+def row_config(model, method: str, args: argparse.Namespace):
+    """A row's config: its fields, then --epochs and --set (uda: its own epochs and a downscaled input)."""
+    from patchshift.core.adapt import RECOMMENDED, get_adapter
 
-    return AdaptConfig(**{**method_settings(args.sweep_method), **epochs_option(args), **args.adapt_settings, "seed": args.seed})
+    fields = dict(method_settings(method))
+    adapter = get_adapter(fields.pop("method", RECOMMENDED))
+    if adapter.own_input_size:  # a detector of its own (uda): smaller input, its own epochs
+        width, height = model.config.image_size
+        fields = {"image_size": (width // args.uda_downscale, height // args.uda_downscale), "epochs": args.uda_epochs, **fields}
+    else:
+        fields = {**fields, **epochs_option(args), **args.adapt_settings}
+    return adapter.make_config(adapter.name, model, {**fields, "seed": args.seed})
 
 
-def adapt_uda(model, root: Path, target: torch.Tensor, args: argparse.Namespace):
-    """UDA from the clean train/good images (source) and the shifted adaptation split (target)."""
+def source_images(root: Path, cfg) -> torch.Tensor:
+    """The clean train/good images, for the methods that learn from source images."""
     from patchshift.core.data import train_images
-    from patchshift.core.uda import UDAConfig
-    from patchshift.core.uda.train import fit_uda
 
-    width, height = model.config.image_size
-    cfg = UDAConfig(image_size=(width // args.uda_downscale, height // args.uda_downscale), epochs=args.uda_epochs, seed=args.seed)
-    source = as_float(load_images(train_images(root), cfg.image_size))
-    detector, _ = fit_uda(source, resize_to(target, (cfg.image_size[1], cfg.image_size[0])), cfg, device=model.device)
-    return detector
+    return as_float(load_images(train_images(root), cfg.image_size))
 
 
 @torch.inference_mode()
@@ -112,7 +115,7 @@ def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: st
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
-    from patchshift.core.adapt import AdaptConfig, adapt
+    from patchshift.core.adapt import adapt, get_adapter
     from patchshift.core.data import labelled_samples, load_mask
     from patchshift.core.errors import DatasetError
 
@@ -128,41 +131,42 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     clean = load_images([s.path for s in samples], model.config.image_size)
     masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
     print(f"{name}: {len(adapt_idx)} adaptation images ({labels[adapt_idx].sum()} defective), {len(eval_idx)} evaluation", flush=True)
-    upper = evaluate_on(model, clean[eval_idx], labels[eval_idx], masks[eval_idx])
+    upper = evaluate_on(model, clean[eval_idx], labels[eval_idx], masks[eval_idx], args.keep_scores)
     rows = []
     for corruption in args.corruptions:
         for severity in args.severities:
-            shifted = corrupt_uint8(clean, corruption, severity, args.seed)
+            shifted = corrupt_uint8(clean, None if corruption == CLEAN else corruption, severity, args.seed)
             for method in args.methods:
                 with PeakMemory() as memory:
                     started = time.perf_counter()
-                    if method == "uda":
-                        try:
-                            adapted = adapt_uda(model, root, as_float(shifted[adapt_idx]), args)
-                        except DatasetError as exc:  # the scarcity check refusing is a result, not a crash
-                            rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": 0.0,
-                                         "adapt_peak_gib": 0.0, "image_auroc": float("nan"), "pixel_auroc": None, "refused": str(exc)})
-                            print(rows[-1], flush=True)
-                            continue
-                    elif method in REFERENCES:
+                    if method in REFERENCES:
                         from .references import reference_model
 
                         adapted = reference_model(method, model, root, corruption, severity, clean, shifted, adapt_idx, args.seed)
                     else:
-                        cfg = AdaptConfig(**{**method_settings(method), **epochs_option(args), **args.adapt_settings, "seed": args.seed})
-                        adapted, summary = adapt(model, as_float(shifted[adapt_idx]), cfg, judge=args.gate)
+                        cfg = row_config(model, method, args)
+                        source = source_images(root, cfg) if get_adapter(cfg.method).min_source_images else None
+                        try:
+                            adapted, summary = adapt(model, as_float(shifted[adapt_idx]), cfg, judge=args.gate, source_images=source)
+                        except DatasetError as exc:  # a method refusing the batch (uda's scarcity check) is a result, not a crash
+                            rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": 0.0,
+                                         "adapt_peak_gib": 0.0, "image_auroc": float("nan"), "pixel_auroc": None, "refused": str(exc)})
+                            print(rows[-1], flush=True)
+                            continue
                     seconds = time.perf_counter() - started
-                metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])
+                metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx], args.keep_scores)
                 extra = {}
-                if method not in ("uda", *REFERENCES):
+                if method not in REFERENCES:
                     seconds = summary.seconds  # the adaptation alone, without the gate
                     extra = {"details": {k: v for k, v in summary.details.items() if k != "adapt_config" and not isinstance(v, list)}}
                     if summary.gate is not None:
                         verdict = summary.gate
                         extra.update(gate_before=verdict.agreement_before, gate_after=verdict.agreement_after, gate_better=verdict.better)
+                    if args.keep_scores and summary.target_scores is not None:
+                        extra.update(target_scores=[round(float(v), 4) for v in summary.target_scores])
                 rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds,
                              "adapt_peak_gib": memory.peak_gib, **metrics, **extra})
-                print(rows[-1], flush=True)
+                print({k: v for k, v in rows[-1].items() if not isinstance(v, list)}, flush=True)
     shares = {}
     if args.fig5a:
         shifted = corrupt_uint8(clean[adapt_idx], args.corruptions[0], max(args.severities), args.seed)
@@ -178,7 +182,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         for share in (0.0, 0.1, 0.3, 0.5):
             n_bad = min(len(bad), round(share * len(good)))
             chosen = np.concatenate([rng.permutation(good)[: len(good) - n_bad], rng.permutation(bad)[:n_bad]])
-            adapted, _ = adapt(model, as_float(shifted[chosen]), sweep_config(args))
+            adapted, _ = adapt(model, as_float(shifted[chosen]), row_config(model, args.sweep_method, args))
             sweep.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "defective_share": share,
                           "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sweep[-1], flush=True)
@@ -189,11 +193,12 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         for n in [*args.size_sweep, len(adapt_idx)]:
             keep, _ = stratified_split(labels[adapt_idx], min(1.0, n / len(adapt_idx)), args.seed + 2)
             chosen = adapt_idx[keep][:n]
-            adapted, _ = adapt(model, as_float(shifted[chosen]), sweep_config(args))
+            adapted, _ = adapt(model, as_float(shifted[chosen]), row_config(model, args.sweep_method, args))
             sizes.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "n_images": len(chosen),
                           "defective_share": float(labels[chosen].mean()), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sizes[-1], flush=True)
-    return {"dataset": name, "upper_bound": upper, "rows": rows, "assignment_share": shares, "defect_sweep": sweep, "size_sweep": sizes,
+    return {"dataset": name, "upper_bound": upper, "adapt_labels": labels[adapt_idx].tolist(), "eval_labels": labels[eval_idx].tolist(),
+            "source_calibration_scores": list(model.provenance.calibration_scores or []), "rows": rows, "assignment_share": shares, "defect_sweep": sweep, "size_sweep": sizes,
             "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)), "machine": machine()}
 
 
@@ -244,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="patchshift bench shift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
+    parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS), help=f"of {', '.join(CORRUPTIONS)}, or {CLEAN} (no shift)")
     parser.add_argument("--severities", nargs="*", type=int, default=[3, 5])
+    parser.add_argument("--keep-scores", action="store_true", help="store every image score in the results file (threshold studies)")
     parser.add_argument("--methods", nargs="*", default=[m for m in METHODS if m not in ("uda", *REFERENCES)],
                         help=f"of {', '.join(METHODS)}, or LABEL:FIELD=VALUE,... (default: all but uda and the references)")
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")

@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImageError
+from .errors import DatasetError, InvalidImageError
+
+# An image as a caller may hand it over: encoded bytes or a file path.
+ImageSource = bytes | str | os.PathLike[str]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Largest accepted image: 100 megapixels (a 10k x 10k camera frame) and 30k pixels a side.
@@ -136,7 +139,7 @@ def to_tensor(arrays: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def load_batch(
-    sources: Sequence[bytes | str | os.PathLike[str]], size: tuple[int, int], names: Sequence[str] | None = None
+    sources: Sequence[ImageSource], size: tuple[int, int], names: Sequence[str] | None = None
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Decode and resize a batch; returns the input tensor and each original (width, height)."""
     arrays, sizes = [], []
@@ -172,7 +175,7 @@ def list_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def iter_batches(
-    sources: Sequence[bytes | str | os.PathLike[str]], size: tuple[int, int], batch_size: int, workers: int = 2
+    sources: Sequence[ImageSource], size: tuple[int, int], batch_size: int, workers: int = 2
 ) -> Iterable[tuple[torch.Tensor, list[tuple[int, int]], int]]:
     """Yield (batch tensor, original sizes, offset of the batch) while the next batch decodes.
 
@@ -193,3 +196,30 @@ def iter_batches(
                 nxt = starts[i + 2]
                 pending.append(pool.submit(lambda s=nxt: [decode(x) for x in sources[s : s + batch_size]]))
             yield to_tensor([a for a, _ in decoded]), [s for _, s in decoded], start
+
+
+def load_target(images: Sequence[ImageSource] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A set of images (adaptation targets, UDA sources) as one (N, 3, H, W) tensor at `size` (width, height);
+    unreadable files are an error naming them."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise DatasetError(f"adaptation needs a non-empty (N, 3, H, W) batch, got {tuple(images.shape)}")
+        hw = (size[1], size[0])
+        return images if tuple(images.shape[-2:]) == hw else torch.nn.functional.interpolate(images, size=hw, mode="area")
+    if len(images) == 0:
+        raise DatasetError("adaptation needs at least one image of the new condition")
+    bad = []
+    batches = []
+    for start in range(0, len(images), 32):
+        chunk = images[start : start + 32]
+        try:
+            batches.append(load_batch(chunk, size)[0])
+        except InvalidImageError:
+            for source in chunk:  # find every bad file, not just the first
+                try:
+                    load_batch([source], size)
+                except InvalidImageError as exc:
+                    bad.append(str(exc))
+    if bad:
+        raise InvalidImageError(f"{len(bad)} adaptation image(s) unusable: " + "; ".join(bad[:3]))
+    return torch.cat(batches)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .device import resolve_device
 from .drift import DriftReference, image_descriptors
 from .errors import ConfigError, DatasetError
 from .features import PatchFeatureExtractor, check_feature_dim
-from .images import iter_batches
+from .images import ImageSource, iter_batches
 from .index import BankIndex
 from .options import check_options
 from .progress import CancelFn, ProgressFn, check_cancel, report
@@ -34,7 +33,6 @@ from .threshold import quantile_threshold
 
 log = logging.getLogger(__name__)
 
-ImageSource = bytes | str | os.PathLike[str]
 
 
 @dataclass
@@ -65,7 +63,10 @@ def build_extractor(config: ModelConfig, device: torch.device) -> tuple[Backbone
 
 
 class PatchCoreModel:
+    """A memory bank of normal patch features: image scores and pixel heatmaps (core.detector.Detector)."""
+
     kind = "patchcore"
+    gives_heatmaps = True
 
     def __init__(
         self,

@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, nargs="+", help="unlabeled images (files or folders) of the new condition")
     p.add_argument("--out", required=True, help="new model directory (a complete model; its parent is the source)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--method", default=RECOMMENDED, choices=(*METHODS, "uda"), metavar="METHOD",
-                   help=f"one of {', '.join((*METHODS, 'uda'))} (default: {RECOMMENDED}, the recommended one)")
+    p.add_argument("--method", default=RECOMMENDED, choices=METHODS, metavar="METHOD",
+                   help=f"one of {', '.join(METHODS)} (default: {RECOMMENDED}, the recommended one)")
     p.add_argument("--source-images", nargs="+", default=None, help="uda only: normal images of the source domain")
     add_flags(p, UDAConfig, ("clusters",))  # uda only
     p.add_argument("--image-size", default=None, help="uda only: encoder input size (default 224)")
@@ -178,7 +178,7 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
     model = load_model(args.model, device=args.device)
     paths = _images(args.images)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
-    if heat_dir is not None and model.kind != "patchcore":
+    if heat_dir is not None and not model.gives_heatmaps:
         from patchshift.core.errors import ConfigError
 
         raise ConfigError(f"{args.model} is a {model.kind} model, a global detector: it gives scores but no heatmaps")
@@ -213,61 +213,35 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace, progress) -> int:
-    from patchshift.core.adapt import AdaptConfig, adapt
+    from patchshift.core.adapt import adapt, get_adapter
+    from patchshift.core.adapt.config import ADAPT_OPTIONS
+    from patchshift.core.adapt.uda import UDA_OPTIONS
     from patchshift.core.artifact import load_model, save_model
     from patchshift.core.errors import ArtifactError, ConfigError
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
-    if args.method == "uda":
-        return _adapt_uda(args, progress)
-    uda_only = ("source_images", "clusters", "image_size", "encoder", "clip_checkpoint", "clip_model")
-    if any(getattr(args, key) for key in uda_only):
-        raise ConfigError("--source-images, --clusters, --image-size, --encoder and --clip-* belong to --method uda")
-    from patchshift.core.adapt.config import ADAPT_OPTIONS
-
     from .options import given
 
-    options = {"method": args.method, **given(args, ADAPT_OPTIONS)}
+    if Path(args.out).exists() and not args.overwrite:
+        raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
+    adapter = get_adapter(args.method)
+    settings = given(args, dict.fromkeys((*ADAPT_OPTIONS, *UDA_OPTIONS)))
     if args.no_augment:
-        options["augment"] = "none"
-    with usage_errors(args):
-        cfg = AdaptConfig(**options)
-        check_options(cfg)
+        settings["augment"] = "none"
     model = load_model(args.model, device=args.device)
-    if model.kind != "patchcore":
-        raise ConfigError(f"{args.model} is a {model.kind} model; {args.method} adapts PatchCore models")
-    images = _images(args.images)
-    adapted, report = adapt(model, images, cfg, progress=progress)
+    adapter.check_parent(model, str(args.model))
+    with usage_errors(args):
+        cfg = adapter.configure(model, settings)
+    if adapter.min_source_images and not args.source_images:
+        raise ConfigError(f"--method {adapter.name} needs --source-images: normal images of the source domain (a model keeps no training images)")
+    source = _images(args.source_images) if args.source_images else None
+    adapted, report = adapt(model, _images(args.images), cfg, progress=progress, source_images=source)
     save_model(adapted, args.out, overwrite=args.overwrite)
+    extra = "" if adapted.gives_heatmaps else " (a global detector: scores, no heatmaps)"
     print(
         f"adapted {args.model} -> {args.out} with {cfg.method}: {report.n_images} images, {report.steps} steps, "
-        f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}"
+        f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}{extra}"
+        + (f"\n  {report.message}" if report.message else "")
     )
-    return 0
-
-
-def _adapt_uda(args: argparse.Namespace, progress) -> int:
-    from patchshift.core.artifact import read_manifest, save_model
-    from patchshift.core.errors import ConfigError
-    from patchshift.core.uda import UDAConfig
-    from patchshift.core.uda.config import inherited_settings
-    from patchshift.core.uda.train import fit_uda
-
-    if not args.source_images:
-        raise ConfigError("--method uda needs --source-images: normal images of the source domain (the model's bank holds no images)")
-    parent = read_manifest(args.model)
-    given = {"epochs": args.epochs, "lr": args.lr, "clusters": args.clusters, "image_size": args.image_size,
-             "encoder": args.encoder, "clip_checkpoint": args.clip_checkpoint, "clip_model": args.clip_model}
-    options = {k: v for k, v in given.items() if v is not None}
-    with usage_errors(args):
-        cfg = UDAConfig(**{**inherited_settings(parent.kind, parent.config), **options})
-        check_options(cfg)
-    model, report = fit_uda(_images(args.source_images), _images(args.images), cfg, device=args.device, progress=progress)
-    model.provenance.parent = Path(args.model).name
-    save_model(model, args.out, overwrite=args.overwrite)
-    print(f"adapted {args.model} -> {args.out} with uda: {report.message}; {report.steps} steps, {report.seconds:.1f} s; "
-          f"threshold {model.threshold:.4f} (global detector: scores, no heatmaps)")
     return 0
 
 
@@ -286,7 +260,7 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
           f"false alarms {result.false_alarm_rate:.1%} of good images, recall {result.recall:.1%} of defective ones")
     if result.pixel_auroc == result.pixel_auroc:
         print(f"  pixel AUROC {result.pixel_auroc:.4f}  AUPRO {result.aupro:.4f}")
-    elif model.kind != "patchcore":
+    elif not model.gives_heatmaps:
         print(f"  pixel metrics: none ({model.kind} is a global detector)")
     else:
         print(f"  pixel metrics need a ground-truth mask for every defective image "

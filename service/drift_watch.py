@@ -14,7 +14,8 @@ import threading
 
 import numpy as np
 
-from patchshift.core.patchcore import PatchCoreModel
+from patchshift.core.adapt import get_adapter
+from patchshift.core.detector import Detector
 
 from .errors import Conflict
 from .metrics import ServiceMetrics
@@ -37,11 +38,11 @@ class DriftWatch:
         # one lock owns the policy state (streaks, kept images, attempts)
         self._lock = threading.Lock()
 
-    def observe(self, name: str, model: PatchCoreModel, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
+    def observe(self, name: str, model: Detector, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
         with self._lock:
             self._observe(name, model, descriptors, anomalous, files)
 
-    def _observe(self, name: str, model: PatchCoreModel, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
+    def _observe(self, name: str, model: Detector, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
         slot = self.registry.slot(name)
         if slot is None or slot.model is not model:
             return  # scored by a version that is no longer active
@@ -51,8 +52,8 @@ class DriftWatch:
             self.metrics.drift.labels(name).set(statistic)
         self.metrics.drifting.labels(name).set(int(drifting))
         self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
-        if not self.settings.auto_adapt or model.kind != "patchcore":
-            return  # a UDA version's drift is reported, but only a person can start its next adaptation
+        if not self.settings.auto_adapt or not get_adapter(self.settings.auto_adapt_method).accepts(model):
+            return  # drift is reported; a version the method cannot adapt waits for a person
         if not drifting:  # keep only images of the new condition
             slot.recent_images.clear()
             slot.drifting_streak = 0

@@ -13,7 +13,7 @@ import torch
 from patchshift.core.artifact import load_model
 from patchshift.core.drift import DriftMonitor
 from patchshift.core.errors import ArtifactError
-from patchshift.core.patchcore import PatchCoreModel
+from patchshift.core.detector import Detector
 
 from .errors import NotFound, Unavailable, redact_paths
 from .metrics import ServiceMetrics
@@ -28,7 +28,7 @@ class Slot:
     """One model's serving state; `model` is replaced whole, never mutated, so readers need no lock."""
 
     name: str
-    model: PatchCoreModel | None
+    model: Detector | None
     monitor: DriftMonitor
     load_error: str | None = None
     recent_images: deque = field(default_factory=deque)  # (filename, bytes) kept for self-adaptation
@@ -62,7 +62,7 @@ class ModelRegistry:
                 )
             return self._slots[name]
 
-    def load(self, name: str, version: str) -> PatchCoreModel:
+    def load(self, name: str, version: str) -> Detector:
         """A version loaded from the store (the active one is reused)."""
         slot = self._slots.get(name)
         if slot is not None and slot.model is not None and slot.model.version == version:
@@ -76,7 +76,7 @@ class ModelRegistry:
         self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
         return model
 
-    def activate(self, name: str, version: str, model: PatchCoreModel | None = None) -> PatchCoreModel:
+    def activate(self, name: str, version: str, model: Detector | None = None) -> Detector:
         """Make `version` the one that scores: load it, persist the pointer, swap, restart drift watch."""
         model = model or self.load(name, version)
         self.store.set_active(name, version)
@@ -90,7 +90,7 @@ class ModelRegistry:
         log.info("model %s: version %s active", name, version)
         return model
 
-    def get(self, name: str) -> PatchCoreModel:
+    def get(self, name: str) -> Detector:
         slot = self._slots.get(name)
         if slot is None or slot.model is None:
             if slot is not None and slot.load_error:

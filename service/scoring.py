@@ -18,10 +18,7 @@ import torch
 
 from patchshift.core.errors import InvalidImageError
 from patchshift.core.images import decode_for_model, to_tensor
-from patchshift.core.patchcore import PatchCoreModel
-from patchshift.core.uda.model import UDAModel
-
-ScoringModel = PatchCoreModel | UDAModel
+from patchshift.core.detector import Detector
 from patchshift.core.visualize import heatmap_png
 
 from .errors import BadImages
@@ -89,7 +86,7 @@ class MicroBatcher:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def score(self, model: ScoringModel, batch: torch.Tensor) -> Scored:
+    async def score(self, model: Detector, batch: torch.Tensor) -> Scored:
         future = asyncio.get_running_loop().create_future()
         self._waiting += len(batch)
         self.metrics.score_queue_depth.set(self._waiting)
@@ -140,13 +137,13 @@ class MicroBatcher:
             start = end
 
 
-def _score(model: ScoringModel, batch: torch.Tensor) -> Scored:
+def _score(model: Detector, batch: torch.Tensor) -> Scored:
     result = model.score(batch)
     maps = result.anomaly_maps.cpu().numpy() if result.anomaly_maps is not None else None
     return Scored(result.scores.cpu().numpy(), maps, result.descriptors.cpu().numpy())
 
 
-def build_results(model: ScoringModel, decoded: Decoded, scored: Scored, heatmaps: bool) -> list[dict]:
+def build_results(model: Detector, decoded: Decoded, scored: Scored, heatmaps: bool) -> list[dict]:
     results = []
     for i, name in enumerate(decoded.names):
         score = float(scored.scores[i])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import normal_image, texture_defect
-from patchshift.core.adapt import METHODS, AdaptConfig, adapt
+from patchshift.core.adapt import METHODS, AdaptConfig, adapt, get_adapter
 from patchshift.core.backbone import batchnorm_state
 from patchshift.core.corruptions import corrupt
 from patchshift.core.errors import CancelledError, ConfigError, DatasetError, InvalidImageError
@@ -59,7 +59,7 @@ def test_bn_stats_only_changes_running_statistics(fitted, shifted):
     assert all(torch.equal(before[k], after[k]) for k in before if k.endswith((".weight", ".bias")))
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("roda", "target-memory")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "roda" and get_adapter(m).config_type is AdaptConfig and not get_adapter(m).moves_memory])
 def test_every_batchnorm_method_runs_on_one_image(fitted, shifted, method):
     images, _ = shifted
     adapted, report = adapt(fitted, images[:1], AdaptConfig(method=method, epochs=1))
@@ -154,3 +154,22 @@ def test_feature_stage_training_leaves_early_layers_alone(fitted, shifted):
         layer = name.split(".")[1]
         if names.index(layer) < cut:
             assert torch.equal(parameter, before[name]), name
+
+
+def test_a_config_of_another_method_kind_is_refused_by_name(fitted, shifted):
+    images, _ = shifted
+    with pytest.raises(ConfigError, match="method uda takes a UDAConfig"):
+        adapt(fitted, images[:4], AdaptConfig(method="uda"))
+
+
+def test_each_method_takes_only_its_own_settings_and_parents(fitted):
+    uda, roda = get_adapter("uda"), get_adapter("roda")
+    with pytest.raises(ConfigError, match="augment is not a setting of method uda"):
+        uda.configure(fitted, {"augment": "none", "epochs": 1})
+    with pytest.raises(ConfigError, match="clusters is not a setting of method roda"):
+        roda.configure(fitted, {"clusters": 4})
+    cfg = uda.configure(fitted, {"epochs": 2, "image_size": "64"})
+    assert cfg.method == "uda" and cfg.epochs == 2 and cfg.image_size == (64, 64)
+    assert cfg.backbone == fitted.config.backbone  # inherited from the parent version
+    assert roda.configure(fitted, {"epochs": 3}) == AdaptConfig(method="roda", epochs=3)
+    assert uda.accepts(object()) and roda.accepts(fitted) and not roda.accepts(object())

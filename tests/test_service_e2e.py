@@ -301,6 +301,8 @@ def test_uda_adaptation_over_http(stored_server: Server, dataset: Path) -> None:
         assert response.status_code == 422 and "source_files" in response.json()["error"]["message"]
         response = adapt(target, {"method": "roda"}, source)
         assert response.status_code == 422 and "belong" in response.json()["error"]["message"]
+        response = adapt(target, {**uda, "augment": "flip"}, source)  # a setting of the BatchNorm methods
+        assert response.status_code == 422 and "augment is not a setting of method uda" in response.json()["error"]["message"]
         response = adapt(target, {**uda, "encoder": "clip"}, source)
         assert response.status_code == 422 and "PATCHSHIFT_CLIP_CHECKPOINT" in response.json()["error"]["message"]
         response = adapt(target, {**uda, "clusters": "1"}, source)

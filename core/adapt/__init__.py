@@ -18,14 +18,17 @@ import torch
 from ..contamination import MIN_IMAGES, FilterSettings
 from ..errors import AdaptationError
 from ..options import check_options
-from ..patchcore import ImageSource, PatchCoreModel
+from ..detector import Detector
+from ..images import ImageSource, load_target
+from ..patchcore import PatchCoreModel
+from ..uda import UDAConfig
 from ..progress import CancelFn, ProgressFn, check_cancel
-from . import batchnorm, target_memory  # noqa: F401  (register the adapters)
-from .base import AdaptReport, load_target
+from . import batchnorm, target_memory, uda  # noqa: F401  (register the adapters)
+from .base import AdaptReport
 from .config import AdaptConfig
 from .gate import GateVerdict, judge as judge_versions, reference_ranking
 from .registry import Adapter, adapter_names, get_adapter, load_plugins
-from .target_memory import filter_settings, target_features
+from .target_memory import target_features
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +38,42 @@ RECOMMENDED = AdaptConfig().method
 
 
 def adapt(
-    model: PatchCoreModel,
+    model: Detector,
     images: Sequence[ImageSource] | torch.Tensor,
-    cfg: AdaptConfig,
+    cfg: AdaptConfig | UDAConfig,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     judge: bool = False,
-) -> tuple[PatchCoreModel, AdaptReport]:
-    """Adapt `model` to the condition shown by `images`; the source model is never modified.
+    source_images: Sequence[ImageSource] | torch.Tensor | None = None,
+) -> tuple[Detector, AdaptReport]:
+    """Adapt `model` to the condition shown by `images` with the method `cfg.method` names; the
+    source model is never modified. `source_images` are normal images of the source domain, for
+    the methods that need them (uda).
 
     With `judge`, the report carries the label-free verdict on whether the new version ranks the
     target images better than the source (report.gate)."""
     adapter = get_adapter(cfg.method)
+    adapter.check_config(cfg)
+    adapter.check_parent(model, f"version {model.version or '(unsaved)'}")
     check_options(cfg)
-    target = load_target(images, model.config.image_size)
+    target = load_target(images, adapter.input_size(model, cfg))
+    adapter.check_counts(len(target), len(source_images) if source_images is not None else 0)
     report_ = AdaptReport(method=cfg.method, n_images=len(target))
     started = time.perf_counter()
-    adapted = adapter.run(model, target, cfg, report_, progress, cancel)
+    adapted = adapter.run(model, target, cfg, report_, progress, cancel, source_images if adapter.min_source_images else None)
     check_cancel(cancel)
     if not math.isfinite(adapted.threshold) or adapted.threshold <= 0:
         raise AdaptationError(f"adaptation gave an unusable threshold ({adapted.threshold!r}); the source version stays as it is")
     report_.seconds = time.perf_counter() - started
     adapted.provenance.details["seconds"] = report_.seconds
     if judge:
-        report_.gate = gate(model, target, report_.target_scores, filter_settings(cfg), cancel,
-                            report_.reference_ranking, report_.source_features)
+        if not isinstance(model, PatchCoreModel):  # the check ranks patches on the parent's bank
+            report_.gate = GateVerdict(False, None, None, f"no label-free check for a {model.kind} parent; activate the new version by hand")
+        else:
+            same_size = tuple(adapter.input_size(model, cfg)) == tuple(model.config.image_size)
+            parent_view = target if same_size else load_target(images, model.config.image_size)
+            report_.gate = gate(model, parent_view, report_.target_scores, FilterSettings(seed=cfg.seed), cancel,
+                                report_.reference_ranking, report_.source_features)
         adapted.provenance.details["gate"] = report_.gate.to_dict()
     report_.source_features = None  # large; only the gate needed it
     log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)

@@ -1,9 +1,9 @@
-"""What every BatchNorm adapter shares: target loading, views, the training loop, the new version."""
+"""What every BatchNorm adapter shares: views, the training loop, the new version."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,9 +13,8 @@ from torch import nn
 
 from ..backbone import batchnorm_layers
 from ..drift import DriftReference
-from ..errors import ConfigError, DatasetError, InvalidImageError
-from ..images import load_batch
-from ..patchcore import ImageSource, PatchCoreModel, Provenance
+from ..errors import ConfigError
+from ..patchcore import PatchCoreModel, Provenance
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import transfer_threshold
 from .config import AdaptConfig
@@ -35,6 +34,7 @@ class AdaptReport:
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    message: str = ""  # what a person should read about the run (uda: which cluster it trusted)
     # What the new version scores the target images (out-of-fold where they built its memory).
     target_scores: np.ndarray | None = None
     gate: "GateVerdict | None" = None  # set by adapt(judge=True)
@@ -42,31 +42,6 @@ class AdaptReport:
     # the target's patch features (N, h, w, D) and their mutual ranking (N,). Dropped after the gate.
     source_features: torch.Tensor | None = None
     reference_ranking: np.ndarray | None = None
-
-
-def load_target(images: Sequence[ImageSource] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The target set as one (N, 3, H, W) tensor; unreadable files are an error naming them."""
-    if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[0] == 0:
-            raise DatasetError(f"adaptation needs a non-empty (N, 3, H, W) batch, got {tuple(images.shape)}")
-        return images
-    if len(images) == 0:
-        raise DatasetError("adaptation needs at least one image of the new condition")
-    bad = []
-    batches = []
-    for start in range(0, len(images), 32):
-        chunk = images[start : start + 32]
-        try:
-            batches.append(load_batch(chunk, size)[0])
-        except InvalidImageError:
-            for source in chunk:  # find every bad file, not just the first
-                try:
-                    load_batch([source], size)
-                except InvalidImageError as exc:
-                    bad.append(str(exc))
-    if bad:
-        raise InvalidImageError(f"{len(bad)} adaptation image(s) unusable: " + "; ".join(bad[:3]))
-    return torch.cat(batches)
 
 
 def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:

@@ -45,7 +45,7 @@ def filter_settings(cfg: AdaptConfig) -> FilterSettings:
 
 def adapt_memory(
     model: PatchCoreModel, target: torch.Tensor, cfg: AdaptConfig, report_: AdaptReport,
-    progress: ProgressFn | None, cancel: CancelFn | None,
+    progress: ProgressFn | None, cancel: CancelFn | None, source: None = None,
 ) -> PatchCoreModel:
     config = model.config
     extractor = batchnorm_step(model, target, cfg.memory_bn, cfg, report_, progress, cancel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config import DEFAULT_BACKBONE, parse_image_size
 from ..errors import ConfigError
@@ -16,6 +16,7 @@ ENCODERS = ("frozen", "phi", "clip")
 
 @dataclass(frozen=True)
 class UDAConfig:
+    method: ClassVar[str] = "uda"  # the adapter that makes UDA versions (core.adapt.uda)
     backbone: str = DEFAULT_BACKBONE  # phi, the trainable encoder
     weights: str | None = None  # local weights file; None: the bundled ones
     image_size: tuple[int, int] = (224, 224)

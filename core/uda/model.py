@@ -50,7 +50,10 @@ def build_encoder(cfg: UDAConfig, device: torch.device) -> tuple[Encoder, str]:
 
 
 class UDAModel:
+    """A global detector (distance of an image embedding to a centre): scores, no heatmaps (core.detector.Detector)."""
+
     kind = "uda"
+    gives_heatmaps = False
 
     def __init__(self, config: UDAConfig, encoder: Encoder, centre: torch.Tensor, threshold: float, provenance: Provenance,
                  device: torch.device, weights_path: str = "", version: str | None = None) -> None:

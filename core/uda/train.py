@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..adapt.base import load_target
 from ..device import resolve_device
 from ..drift import DriftReference
 from ..errors import DatasetError
-from ..patchcore import ImageSource, Provenance, split_holdout
+from ..images import ImageSource, load_target
+from ..patchcore import Provenance, split_holdout
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import quantile_threshold
 from ..finite import refuse_diverged

@@ -12,12 +12,11 @@ from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig, get_adapter
 from patchshift.core.adapt.config import ADAPT_OPTIONS
 from patchshift.core.backbone import stage_channels
 from patchshift.core.config import FIT_OPTIONS, ModelConfig
-from patchshift.core.errors import ArtifactError, ConfigError
+from patchshift.core.errors import ArtifactError, ConfigError, DatasetError
 from patchshift.core.features import check_feature_dim
 from patchshift.core.options import check_options
 from patchshift.core.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
-from patchshift.core.uda.config import inherited_settings
 
 from ..auth import ADMIN, READ, require
 from ..errors import Conflict, NotFound, Unprocessable, redact_paths
@@ -50,7 +49,7 @@ def activation_spelling(value):
 
 
 class AdaptExtras(BaseModel):
-    method: Literal[(*METHODS, "uda")] = Field(RECOMMENDED, description=f"one of {', '.join((*METHODS, 'uda'))}; default: the recommended one")  # type: ignore[valid-type]
+    method: Literal[METHODS] = Field(RECOMMENDED, description=f"one of {', '.join(METHODS)}; default: the recommended one")  # type: ignore[valid-type]
     image_size: str | None = Field(None, pattern=IMAGE_SIZE_PATTERN, max_length=16, description="uda only: encoder input size (default 224)")
     activate: Annotated[Literal[ACTIVATION_POLICIES], BeforeValidator(activation_spelling)] = Field(  # type: ignore[valid-type]
         ACTIVATE_IF_BETTER, description="true: make the new version active when it is ready; false: keep it for review; "
@@ -166,60 +165,38 @@ async def adapt_model(
 ) -> JobAccepted:
     """Adapt the active version to a new condition; scoring continues on it meanwhile.
 
-    BatchNorm methods adapt a PatchCore version in place of its camera or lighting; `uda` trains a
-    new global detector from the source normals (`source_files`) and the unlabeled target."""
+    The PatchCore methods adapt a version to its new camera or lighting; `uda` trains a new global
+    detector from the source normals (`source_files`) and the unlabeled target."""
     existing(request, name)
     model = request.app.state.registry.get(name)
-    method = options.method
-    trained = form_values(options, AdaptConfig, ADAPT_OPTIONS)
-    uda_only = {"source_files": source_files, "clusters": options.clusters, "image_size": options.image_size, "encoder": options.encoder}
-    if method == "uda":
-        others = [key for key in trained if key not in ("epochs", "lr")]
-        if others:
-            raise Unprocessable(f"{', '.join(others)} belong(s) to the BatchNorm methods, not to uda")
-        options_, size = _uda_options(request, model, trained.get("epochs"), trained.get("lr"), options.clusters, options.image_size, options.encoder)
-        if not source_files:
-            raise Unprocessable("method=uda needs source_files: normal images of the source domain (a model keeps no training images)")
-        sources = await _validated_uploads(request, source_files, size)
-        if len(sources) < 2:
-            raise Unprocessable("method=uda needs at least 2 source images")
-    else:
-        given = [key for key, value in uda_only.items() if value]
-        if given:
-            raise Unprocessable(f"{', '.join(given)} belong(s) to method=uda")
-        if model.kind != "patchcore":
-            raise Unprocessable(f"the active version of {name!r} is a {model.kind} model; {method} adapts PatchCore versions")
-        options_ = {"method": method, **trained}
-        try:
-            check_options(AdaptConfig(**options_))
-        except (ConfigError, TypeError, ValueError) as exc:
-            raise Unprocessable(f"invalid adaptation settings: {exc}") from None
-        size, sources = model.config.image_size, []
+    adapter = get_adapter(options.method)
+    settings = {**form_values(options, AdaptConfig, ADAPT_OPTIONS), **form_values(options, UDAConfig, UDA_FIELDS)}
+    if options.image_size is not None:
+        settings["image_size"] = options.image_size
+    if settings.get("encoder") == "clip":
+        server = request.app.state.settings
+        if not server.clip_checkpoint:
+            raise Unprocessable("encoder=clip needs a local open_clip checkpoint on the server (PATCHSHIFT_CLIP_CHECKPOINT)")
+        settings.update(clip_model=server.clip_model, clip_checkpoint=str(server.clip_checkpoint))
+    if source_files and not adapter.min_source_images:
+        raise Unprocessable(f"source_files belong to methods that learn from source images (uda), not to {adapter.name}")
+    try:
+        adapter.check_parent(model, f"the active version of {name!r}")
+        cfg = adapter.configure(model, settings)
+    except ConfigError as exc:
+        raise Unprocessable(str(exc)) from None
+    size = adapter.input_size(model, cfg)
+    sources = await _validated_uploads(request, source_files, size) if source_files else []
     uploads = await _validated_uploads(request, files, size)
-    needed = get_adapter(method).min_images if method != "uda" else 1
-    if len(uploads) < needed:
-        raise Unprocessable(f"method={method} needs at least {needed} images of the new condition, got {len(uploads)}")
-    params = {"config": options_, "source_version": model.version, "activate": options.activate}
+    if adapter.min_source_images and not sources:
+        raise Unprocessable(f"method={adapter.name} needs source_files: normal images of the source domain (a model keeps no training images)")
+    try:
+        adapter.check_counts(len(uploads), len(sources))
+    except DatasetError as exc:
+        raise Unprocessable(str(exc)) from None
+    params = {"config": {"method": adapter.name, **settings}, "source_version": model.version, "activate": options.activate}
     job = await run_in_threadpool(request.app.state.worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
-
-
-def _uda_options(request: Request, model, epochs, lr, clusters, image_size, encoder) -> tuple[dict, tuple[int, int]]:
-    """The job's UDA settings (validated now, so a bad one is a 422, not a failed job) and the input size."""
-    settings = request.app.state.settings
-    options = {k: v for k, v in {"epochs": epochs, "lr": lr, "clusters": clusters, "image_size": image_size, "encoder": encoder}.items() if v is not None}
-    if encoder == "clip":
-        if not settings.clip_checkpoint:
-            raise Unprocessable("encoder=clip needs a local open_clip checkpoint on the server (PATCHSHIFT_CLIP_CHECKPOINT)")
-        options.update(clip_model=settings.clip_model, clip_checkpoint=str(settings.clip_checkpoint))
-    try:
-        cfg = UDAConfig(**{**inherited_settings(model.kind, model.config.to_dict()), **options})
-        check_options(cfg)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise Unprocessable(f"invalid uda settings: {exc}") from None
-    if "image_size" in options:
-        options["image_size"] = list(cfg.image_size)
-    return {"method": "uda", **options}, cfg.image_size
 
 
 @router.post("/{name}/versions/{version}/activate", response_model=ModelOut, dependencies=[Depends(require(ADMIN))], responses=ADMIN_ERRORS)

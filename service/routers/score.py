@@ -28,7 +28,7 @@ async def score(
     """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422 naming each)."""
     state = request.app.state
     model = state.registry.get(name)  # this version scores the whole request
-    if heatmap == "png" and model.kind != "patchcore":
+    if heatmap == "png" and not model.gives_heatmaps:
         raise Unprocessable(f"model {name!r} version {model.version} is a {model.kind} model, a global detector: no heatmaps (send heatmap=none)")
     uploads = await read_files(files, state.settings.max_files, state.settings.max_file_bytes)
     preview = state.settings.heatmap_max_side if heatmap == "png" else None
