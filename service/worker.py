@@ -13,7 +13,8 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,17 @@ class Worker:
             self._cancel.setdefault(job_id, threading.Event()).set()
         self._update_depth()
         return self.jobs.get(job_id)
+
+    @contextmanager
+    def exclusive(self, model: str, what: str) -> Iterator[None]:
+        """Hold `model`'s job slot for a change made outside a job (a threshold, a deletion): no
+        job can be queued for it meanwhile, and it is refused (409) while one is unfinished."""
+        with self._submit_lock:
+            busy = self.jobs.unfinished(model)
+            if busy:
+                raise Conflict(f"model {model!r} has an unfinished job ({busy[0].kind}, {busy[0].status}); wait for it or cancel it, "
+                               f"then {what}", job_id=busy[0].id)
+            yield
 
     def busy(self, model: str) -> bool:
         return bool(self.jobs.unfinished(model))

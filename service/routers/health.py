@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..deps import BatcherDep, MetricsDep, RegistryDep, WorkerDep
 
 router = APIRouter(tags=["operations"])
 
@@ -15,13 +17,11 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", responses={503: {"description": "a model cannot serve, or the worker or batcher stopped"}})
-def readyz(request: Request) -> JSONResponse:
+def readyz(registry: RegistryDep, worker: WorkerDep, batcher: BatcherDep) -> JSONResponse:
     """200 only when every model's active version is loaded and the worker and batcher run; else 503
     naming what is wrong (a model whose active version cannot load can be rolled back through the API)."""
-    state = request.app.state
-    registry = state.registry
     failed = {name: slot.load_error for name in registry.names() if (slot := registry.slot(name)) and slot.load_error}
-    checks = {"worker": state.worker.alive(), "batcher": state.batcher.alive(), "models": not failed}
+    checks = {"worker": worker.alive(), "batcher": batcher.alive(), "models": not failed}
     ready = all(checks.values())
     body = {"status": "ready" if ready else "not ready", "checks": checks, "models": registry.names()}
     if failed:
@@ -30,5 +30,5 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
-def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+def metrics(service_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from ..auth import ADMIN, READ, require
+from ..deps import JobsDep, WorkerDep
 from ..errors import NotFound
 from ..jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from ..names import NAME_MAX_LENGTH, NAME_PATTERN
@@ -22,23 +23,23 @@ def job_out(job: Job) -> JobOut:
 
 @router.get("", response_model=list[JobOut], dependencies=[Depends(require(READ))], responses=error_responses(401, 403, 422))
 def list_jobs(
-    request: Request,
+    jobs: JobsDep,
     model: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)] = None,
     status: Literal[QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED] | None = None,  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobOut]:
-    return [job_out(j) for j in request.app.state.jobs.list(model, status, limit)]
+    return [job_out(j) for j in jobs.list(model, status, limit)]
 
 
 @router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require(READ))], responses=error_responses(401, 403, 404))
-def get_job(request: Request, job_id: str) -> JobOut:
-    job = request.app.state.jobs.get(job_id)
+def get_job(job_id: str, jobs: JobsDep) -> JobOut:
+    job = jobs.get(job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job_out(job)
 
 
 @router.delete("/{job_id}", response_model=JobOut, status_code=202, dependencies=[Depends(require(ADMIN))], responses=error_responses(401, 403, 404))
-def cancel_job(request: Request, job_id: str) -> JobOut:
+def cancel_job(job_id: str, worker: WorkerDep) -> JobOut:
     """Queued jobs end at once; a running job stops at its next step (poll until 'cancelled')."""
-    return job_out(request.app.state.worker.cancel(job_id))
+    return job_out(worker.cancel(job_id))

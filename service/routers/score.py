@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from ..auth import READ, require
+from ..deps import BatcherDep, DriftDep, MetricsDep, RegistryDep, SettingsDep
 from ..errors import Unprocessable
 from ..schemas import ScoreResponse, error_responses
 from ..scoring import build_results, decode_uploads
@@ -20,27 +21,26 @@ router = APIRouter(prefix="/v1/models", tags=["scoring"])
 @router.post("/{name}/score", response_model=ScoreResponse, response_model_exclude_none=True, dependencies=[Depends(require(READ))],
              responses=error_responses(400, 401, 403, 404, 413, 422, 503))
 async def score(
-    request: Request,
     name: ModelName,
+    registry: RegistryDep, settings: SettingsDep, batcher: BatcherDep, metrics: MetricsDep, drift: DriftDep,
     files: Annotated[list[UploadFile], File(min_length=1, description="1..PATCHSHIFT_MAX_FILES images")],
     heatmap: Annotated[Literal["none", "png"], Form(description="png: base64 overlay PNG per image (longer side at most PATCHSHIFT_HEATMAP_MAX_SIDE)")] = "none",
 ) -> ScoreResponse:
     """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422 naming each)."""
-    state = request.app.state
-    model = state.registry.get(name)  # this version scores the whole request
+    model = registry.get(name)  # this version scores the whole request
     if heatmap == "png" and not model.gives_heatmaps:
         raise Unprocessable(f"model {name!r} version {model.version} is a {model.kind} model, a global detector: no heatmaps (send heatmap=none)")
-    uploads = await read_files(files, state.settings.max_files, state.settings.max_file_bytes)
-    preview = state.settings.heatmap_max_side if heatmap == "png" else None
+    uploads = await read_files(files, settings.max_files, settings.max_file_bytes)
+    preview = settings.heatmap_max_side if heatmap == "png" else None
     decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, preview)
-    scored = await state.batcher.score(model, decoded.batch)
+    scored = await batcher.score(model, decoded.batch)
     results = await run_in_threadpool(build_results, model, decoded, scored, heatmap == "png")
     flags = scored.scores > model.threshold
     version = model.version or ""
-    state.metrics.images_scored.labels(name, version).inc(len(results))
-    state.metrics.anomalies.labels(name, version).inc(int(flags.sum()))
+    metrics.images_scored.labels(name, version).inc(len(results))
+    metrics.anomalies.labels(name, version).inc(int(flags.sum()))
     for value in scored.scores:
-        state.metrics.score_ratio.labels(name).observe(float(value) / model.threshold if model.threshold > 0 else 0.0)
+        metrics.score_ratio.labels(name).observe(float(value) / model.threshold if model.threshold > 0 else 0.0)
     # off the event loop: a self-started adaptation writes its images before the answer goes out
-    await run_in_threadpool(state.drift.observe, name, model, scored.descriptors, flags, uploads if state.settings.auto_adapt else [])
+    await run_in_threadpool(drift.observe, name, model, scored.descriptors, flags, uploads if settings.auto_adapt else [])
     return ScoreResponse(model=name, version=version, results=results)

@@ -1,0 +1,118 @@
+"""In-process route tests over typed dependencies: the app is real, the worker is replaced through
+`app.dependency_overrides`, so what each route hands to the worker is checked without running jobs."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from patchshift.core.adapt import METHODS, get_adapter
+from patchshift.service.errors import Conflict
+
+ADAPT_URL = "/v1/models/widget/adapt"
+
+
+class RecordingWorker:
+    """Takes submissions and keeps them; runs nothing."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, str, dict, int, int]] = []
+
+    def submit(self, kind, model, params, files, source_files=()):
+        from patchshift.service.jobs import QUEUED, Job
+
+        self.submitted.append((kind, model, params, len(files), len(source_files)))
+        return Job(f"job{len(self.submitted)}", kind, model, QUEUED, 0.0, None, params, "now")
+
+
+@pytest.fixture()
+def app_and_worker(tmp_path: Path, saved_model: Path):
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.deps import get_worker
+    from patchshift.service.settings import Settings
+
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    app = create_app(Settings(models_dir=models, device="cpu"))
+    worker = RecordingWorker()
+    app.dependency_overrides[get_worker] = lambda: worker
+    with TestClient(app) as client:
+        yield client, worker
+
+
+def images(dataset: Path, n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    paths = sorted((dataset / "train" / "good").glob("*.png"))[:n]
+    return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+
+
+def sources(dataset: Path, n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("source_files", item) for _, item in images(dataset, n)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_reaches_the_worker_with_only_what_was_set(app_and_worker, dataset, method):
+    client, worker = app_and_worker
+    adapter = get_adapter(method)
+    extra = sources(dataset, 2) if adapter.min_source_images else []
+    data = {"method": method, "epochs": "2", "activate": "false"}
+    if adapter.own_input_size:
+        data["image_size"] = "64"
+    response = client.post(ADAPT_URL, files=images(dataset, max(adapter.min_images, 5)) + extra, data=data)
+    assert response.status_code == 202, response.text
+    kind, model, params, n_files, n_sources = worker.submitted[-1]
+    assert (kind, model, n_files, n_sources) == ("adapt", "widget", max(adapter.min_images, 5), len(extra))
+    assert params["config"] == {"method": method, "epochs": 2, **({"image_size": "64"} if adapter.own_input_size else {})}
+    assert params["activate"] == "false" and params["source_version"] == "v1"
+    # what the worker stores, the worker can turn back into the config the route validated
+    source = client.app.state.registry.get("widget")
+    settings = {k: v for k, v in params["config"].items() if k != "method"}
+    assert adapter.configure(source, settings).epochs == 2
+
+
+@pytest.mark.parametrize(("data", "extra_sources", "message"), [
+    ({"method": "roda", "clusters": "4"}, 0, "clusters is not a setting of method roda"),
+    ({"method": "uda", "augment": "flip"}, 2, "augment is not a setting of method uda"),
+    ({"method": "uda"}, 0, "needs source_files"),
+    ({"method": "bn-stats"}, 2, "source_files belong to methods that learn from source images"),
+    ({"method": "target-memory"}, 0, "needs at least 5 images"),
+    ({"method": "no-such-method"}, 0, "method"),
+])
+def test_a_bad_adaptation_request_is_refused_before_the_worker(app_and_worker, dataset, data, extra_sources, message):
+    client, worker = app_and_worker
+    n = 3 if data["method"] == "target-memory" else 5
+    response = client.post(ADAPT_URL, files=images(dataset, n) + sources(dataset, extra_sources), data=data)
+    assert response.status_code == 422 and message in response.text, response.text
+    assert worker.submitted == []
+
+
+def test_a_threshold_change_holds_the_job_slot(tmp_path: Path):
+    """While a threshold version is written no job can be queued for the model (and the other way round)."""
+    from patchshift.service.jobs import JobStore
+    from patchshift.service.metrics import ServiceMetrics
+    from patchshift.service.worker import Worker
+
+    worker = Worker(JobStore(tmp_path / "jobs.sqlite"), tmp_path / "uploads", ServiceMetrics(), {})
+    (tmp_path / "uploads").mkdir()
+    queued_at: list[float] = []
+
+    def submit_now():
+        worker.submit("adapt", "widget", {}, [("a.png", b"x")])
+        queued_at.append(time.monotonic())
+
+    with worker.exclusive("widget", "set the threshold"):
+        racer = threading.Thread(target=submit_now)
+        racer.start()
+        time.sleep(0.3)
+        assert queued_at == [] and worker.jobs.unfinished("widget") == []  # the submission waits
+        released_at = time.monotonic()
+    racer.join(5)
+    assert queued_at and queued_at[0] >= released_at
+    with pytest.raises(Conflict, match="unfinished job"):  # and now the queued job holds the slot
+        with worker.exclusive("widget", "set the threshold"):
+            pass
