@@ -198,7 +198,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                           "defective_share": float(labels[chosen].mean()), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sizes[-1], flush=True)
     return {"dataset": name, "upper_bound": upper, "adapt_labels": labels[adapt_idx].tolist(), "eval_labels": labels[eval_idx].tolist(),
-            "source_calibration_scores": list(model.provenance.calibration_scores or []), "rows": rows, "assignment_share": shares, "defect_sweep": sweep, "size_sweep": sizes,
+            "source_calibration_scores": list(model.provenance.calibration_scores or []), "source_threshold": model.threshold, "rows": rows, "assignment_share": shares, "defect_sweep": sweep, "size_sweep": sizes,
             "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)), "machine": machine()}
 
 
@@ -224,6 +224,20 @@ def summary_table(result: dict, key: str) -> str:
     columns = [("method", "method", "")] + [(f"{c} {s}", f"{c} {s}", ".1f") for c, s in conditions]
     columns += [("mean", "mean", ".1f"), ("gap closed", "gap closed %", ".0f"), ("adapt s", "adapt s", ".1f"), ("peak GiB", "adapt peak GiB", ".2f")]
     return markdown(table, columns)
+
+
+def verdict_table(result: dict) -> str:
+    """The verdicts at each version's own threshold over the conditions: the share of good images
+    flagged (goal: the fit's false-alarm rate) and of defective images caught."""
+    table = []
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["method"] == method and r.get("false_alarm_rate") is not None]
+        if rows:
+            alarms = [r["false_alarm_rate"] for r in rows]
+            table.append({"method": method, "conditions": len(rows), "fa": 100 * np.mean(alarms), "fa max": 100 * max(alarms),
+                          "recall": 100 * np.mean([r["recall"] for r in rows])})
+    return markdown(table, [("method", "method", ""), ("conditions", "conditions", "d"), ("fa", "false alarms % (mean)", ".1f"),
+                            ("fa max", "false alarms % (worst)", ".1f"), ("recall", "recall % (mean)", ".1f")])
 
 
 def gate_table(result: dict, tolerance: float = 0.01) -> str:
@@ -284,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{name} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
         print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
         print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))
+        if any(r.get("false_alarm_rate") is not None for r in result["rows"]):
+            print("\nverdicts at each version's own threshold\n" + verdict_table(result))
         if any("gate_better" in r for r in result["rows"]):
             print("\nthe activation gate against no adaptation (image AUROC, tolerance 0.01)\n" + gate_table(result))
         if result["assignment_share"]:

@@ -231,13 +231,22 @@ def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> 
 
 @torch.inference_mode()
 def _check_sequential(model: nn.Module, staged: StagedBackbone, names: tuple[str, ...], arch: str) -> None:
-    """Refuse architectures whose forward is not the plain sequence of their children."""
-    from timm.models._features_fx import create_feature_extractor
+    """Refuse architectures whose forward is not the plain sequence of their children.
 
+    The reference outputs come from forward hooks on the stage modules of the intact model: hooks
+    belong to one module, where tracing (torch.fx) patches every module's __call__ for the whole
+    process and breaks forward passes running in other threads (a version loaded while serving)."""
     probe = torch.linspace(-1, 1, 3 * 64 * 64).view(1, 3, 64, 64)
-    reference = create_feature_extractor(model, return_nodes={n: n for n in names})(probe)
+    modules = dict(model.named_modules())
+    reference: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: reference.__setitem__(n, out)) for n in names]
+    try:
+        model.eval()(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
     ours = staged(probe)
-    if any(not torch.allclose(reference[n], ours[n], atol=1e-4) for n in names):
+    if any(n not in reference or not torch.allclose(reference[n], ours[n], atol=1e-4) for n in names):
         raise ConfigError(f"backbone {arch} is not a sequential CNN that patchshift can cut into stages")
 
 

@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)")
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
 
-    p = sub.add_parser("bench", help="run a benchmark: engine, throughput, shift, adapt-speed, contamination, ot-size, drift, load, uda, alignment or design-runs (options after the name; --help for them)")
-    p.add_argument("name", choices=("engine", "throughput", "shift", "adapt-speed", "contamination", "ot-size", "drift", "load", "uda", "alignment", "design-runs"))
+    benchmarks = ("engine", "throughput", "shift", "threshold-rules", "adapt-speed", "contamination", "ot-size", "drift", "load", "uda",
+                  "alignment", "design-runs")
+    p = sub.add_parser("bench", help=f"run a benchmark: {', '.join(benchmarks)} (options after the name; --help for them)")
+    p.add_argument("name", choices=benchmarks)
     p.add_argument("options", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set")

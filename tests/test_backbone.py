@@ -119,3 +119,25 @@ def test_batchnorm_state_round_trip():
     assert all(torch.equal(after[k], changed[k]) for k in state)
     with pytest.raises(WeightsError):
         load_batchnorm_state(backbone.module, dict(list(changed.items())[:-5]), "test")
+
+
+class _SkipNet(torch.nn.Module):
+    """Children a, b, but forward changes what b sees: not the plain sequence of its children."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y + x.mean(dim=1, keepdim=True))
+
+
+def test_a_backbone_whose_forward_is_not_its_children_in_order_is_refused():
+    from patchshift.core.backbone import StagedBackbone, _check_sequential
+
+    model = _SkipNet()
+    _check_sequential(model, StagedBackbone([("a", model.a), ("b", model.b)], ("a",)), ("a",), "skipnet")  # stage a is exact
+    with pytest.raises(ConfigError, match="not a sequential CNN"):
+        _check_sequential(model, StagedBackbone([("a", model.a), ("b", model.b)], ("b",)), ("b",), "skipnet")

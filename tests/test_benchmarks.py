@@ -195,3 +195,24 @@ def test_gate_table_counts_by_hand():
     ]
     table = shift.gate_table({"rows": rows})
     assert "| a | 3 | 2 | 1 | 1 |" in table
+
+
+def test_verdict_table_by_hand():
+    rows = [
+        {"corruption": "c", "severity": 5, "method": "a", "false_alarm_rate": 0.02, "recall": 0.5},
+        {"corruption": "b", "severity": 5, "method": "a", "false_alarm_rate": 0.10, "recall": 0.7},
+        {"corruption": "b", "severity": 5, "method": "uda", "false_alarm_rate": None, "recall": None},
+    ]
+    table = shift.verdict_table({"rows": rows})
+    assert "| a | 2 | 6.0 | 10.0 | 60.0 |" in table and "uda" not in table
+
+
+def test_threshold_rules_by_hand():
+    from patchshift.benchmarks import threshold_rules
+
+    result = {"source_calibration_scores": [10, 11, 12, 13, 14], "eval_labels": [0, 0, 1, 1],
+              "rows": [{"corruption": "c", "severity": 5, "method": "m", "target_scores": [20, 21, 22, 30, 40], "scores": [24, 26, 30, 27]}]}
+    rows = {r["rule"]: r for r in threshold_rules.rule_rows(result, 15.0)}
+    assert rows["quartile shift"]["threshold"] == pytest.approx(25.0) and (rows["quartile shift"]["fa"], rows["quartile shift"]["recall"]) == (50, 100)
+    assert rows["robust z-score"]["threshold"] == pytest.approx(28.0) and (rows["robust z-score"]["fa"], rows["robust z-score"]["recall"]) == (0, 50)
+    assert rows["source kept"]["threshold"] == 15.0 and rows["source kept"]["fa"] == 100

@@ -76,3 +76,26 @@ def test_pixel_metrics_survive_an_extreme_pixel():
     masks[0, 0, 0] = True
     exact = auroc(masks.ravel(), maps.ravel())
     assert pixel_auroc(masks, maps) == pytest.approx(exact, abs=1e-4)
+
+
+def test_threshold_transfer_by_hand():
+    from patchshift.core.threshold import transfer_threshold
+
+    source = np.array([10.0, 11.0, 12.0, 13.0, 14.0])  # lower quartile 11
+    target = np.array([20.0, 21.0, 22.0, 30.0, 40.0])  # lower quartile 21; two high (defective) scores
+    assert transfer_threshold(source, 15.0, target) == pytest.approx(25.0)  # 15 + (21 - 11), spread not carried over
+    assert transfer_threshold(source, 15.0, np.array([])) == 15.0
+
+
+def test_threshold_transfer_ignores_a_defective_majority():
+    """60% of the target images are defective (high scores): the threshold follows the normal 40%."""
+    from patchshift.core.threshold import transfer_threshold
+
+    rng = np.random.default_rng(0)
+    source = rng.normal(10.0, 1.0, 400)
+    threshold = float(np.quantile(source, 0.99))
+    normal = rng.normal(20.0, 1.0, 40)  # the same spread, shifted by 10
+    defective = rng.normal(40.0, 8.0, 60)
+    moved = transfer_threshold(source, threshold, np.concatenate([normal, defective]))
+    assert abs(moved - (threshold + 10.0)) < 1.0, moved
+    assert (normal > moved).mean() <= 0.05 and (defective > moved).mean() >= 0.9

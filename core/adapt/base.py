@@ -257,7 +257,7 @@ def derive_version(
     adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
     if source.provenance.calibration_scores:
         adapted.threshold = transfer_threshold(np.array(source.provenance.calibration_scores), source.threshold, target_scores)
-    # The target's scores calibrate the next transfer (median and MAD keep the same z-score).
+    # The target's scores calibrate the next transfer (their lower quartile is its anchor).
     adapted.provenance.calibration_scores = [float(s) for s in target_scores]
     report_.target_scores = target_scores
     return adapted

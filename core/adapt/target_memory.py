@@ -3,8 +3,8 @@
 Patch features of the target images (through the source backbone, or after a BatchNorm step),
 the patches that other target images vouch for (core.contamination), a coreset of them as the
 target memory, alone or joined to the source bank. The threshold is re-calibrated from the
-target images scored against the memory built without their own fold, and moved by the source
-threshold's robust z-score, so defective target images do not raise it.
+target images scored against the memory built without their own fold, and moved by the shift of
+their lower quartile (core.threshold.transfer_threshold), so defective target images do not raise it.
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ def adapt_memory(
         model.device, drift_reference=DriftReference.from_descriptors(image_descriptors(feats).numpy()),
     )
     # Every target image against the memory without its own fold's patches: the scores a deployed
-    # version would give them. Moving the threshold onto them by the robust z-score is the known
-    # weak point on heavily defective batches (docs/adaptation.md, "Known problems").
+    # version would give them.
     scores = kfold_scores(adapted, feats, memory_image, cancel)
     if not np.all(np.isfinite(scores)):
         raise AdaptationError(f"{int((~np.isfinite(scores)).sum())} target image(s) got a non-finite score; the source version stays as it is")

@@ -1,0 +1,88 @@
+"""How a version's threshold is carried to a new condition, compared on stored shift-benchmark scores.
+
+Reads a results file written with `patchshift bench shift --keep-scores` (every image's score, the
+target images' out-of-fold scores and the source's calibration scores) and prints, per rule, the
+share of held-out good images flagged (false alarms) and of defective images caught (recall):
+  quartile shift   the rule in use (core.threshold.transfer_threshold)
+  robust z-score   the rule before it: median and MAD of the target scores
+  source kept      the source threshold unchanged
+  oracle 1%        the 99th percentile of the held-out good images' scores (needs labels)
+
+  python -m benchmarks.threshold_rules benchmarks/results/shift-bsd-thr.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from patchshift.core.threshold import transfer_threshold
+
+from .common import markdown
+
+
+def robust_z_transfer(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
+    """The rule before the quartile shift: keep the robust z-score (median, MAD)."""
+    source_mad = np.median(np.abs(source - np.median(source)))
+    target_mad = np.median(np.abs(target - np.median(target)))
+    if source_mad <= 0 or target_mad <= 0:
+        return threshold
+    return float(np.median(target) + (threshold - np.median(source)) / source_mad * target_mad)
+
+
+RULES = {
+    "quartile shift": transfer_threshold,
+    "robust z-score": robust_z_transfer,
+    "source kept": lambda source, threshold, target: threshold,
+}
+
+
+def rule_rows(result: dict, source_threshold: float) -> list[dict]:
+    """One row per (condition, method, rule) with its threshold, false alarms and recall."""
+    source = np.asarray(result["source_calibration_scores"], dtype=np.float64)
+    labels = np.asarray(result["eval_labels"])
+    rows = []
+    for row in result["rows"]:
+        if "target_scores" not in row or "scores" not in row:
+            continue
+        scores, target = np.asarray(row["scores"]), np.asarray(row["target_scores"])
+        good, bad = scores[labels == 0], scores[labels == 1]
+        thresholds = {name: rule(source, source_threshold, target) for name, rule in RULES.items()}
+        thresholds["oracle 1%"] = float(np.quantile(good, 0.99))
+        for name, value in thresholds.items():
+            rows.append({"condition": f"{row['corruption']} {row['severity']}", "method": row["method"], "rule": name,
+                         "threshold": value, "fa": 100 * float((good > value).mean()), "recall": 100 * float((bad > value).mean())})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for rule in dict.fromkeys(r["rule"] for r in rows):
+            chosen = [r for r in rows if r["method"] == method and r["rule"] == rule]
+            out.append({"method": method, "rule": rule, "fa": np.mean([r["fa"] for r in chosen]),
+                        "fa max": max(r["fa"] for r in chosen), "recall": np.mean([r["recall"] for r in chosen])})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="patchshift bench threshold-rules", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="shift results files written with --keep-scores")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the source threshold (default: the one stored, else its calibration's 99th percentile)")
+    args = parser.parse_args(argv)
+    for path in args.results:
+        result = json.loads(open(path).read())
+        if "source_calibration_scores" not in result:
+            parser.error(f"{path} holds no scores; run the shift benchmark with --keep-scores")
+        threshold = args.threshold or result.get("source_threshold") or float(np.quantile(result["source_calibration_scores"], 0.99))
+        rows = rule_rows(result, threshold)
+        print(f"\n{path}: source threshold {threshold:.2f}\n")
+        print(markdown(summary(rows), [("method", "method", ""), ("rule", "rule", ""), ("fa", "false alarms % (mean)", ".1f"),
+                                       ("fa max", "false alarms % (worst)", ".1f"), ("recall", "recall % (mean)", ".1f")]))
+
+
+if __name__ == "__main__":
+    main()
