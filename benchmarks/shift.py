@@ -163,7 +163,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                         verdict = summary.gate
                         extra.update(gate_before=verdict.agreement_before, gate_after=verdict.agreement_after, gate_better=verdict.better)
                     if args.keep_scores and summary.target_scores is not None:
-                        extra.update(target_scores=[round(float(v), 4) for v in summary.target_scores])
+                        extra.update(target_scores=[round(float(v), 4) for v in summary.target_scores],
+                                     target_index=None if summary.target_index is None else summary.target_index.tolist())
                 rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds,
                              "adapt_peak_gib": memory.peak_gib, **metrics, **extra})
                 print({k: v for k, v in rows[-1].items() if not isinstance(v, list)}, flush=True)

@@ -264,25 +264,28 @@ def suspect_free_images(mutual: torch.Tensor, z: float = 3.0) -> torch.Tensor:
     return clean if int(clean.sum()) * 2 >= len(clean) else torch.ones_like(clean)
 
 
-def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: torch.Tensor, cancel: CancelFn | None = None) -> np.ndarray:
+def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: torch.Tensor, cancel: CancelFn | None = None,
+                 scored: torch.Tensor | None = None) -> np.ndarray:
     """Out-of-fold score of every training image: its features against the model's bank without
     the rows that came from its fold's images (so no image is scored against its own patches).
 
     image_feats: (N, h, w, D); row_image: (M,) the image each bank row came from, -1 for rows
-    that came from none of them (they stay in every fold's bank)."""
+    that came from none of them (they stay in every fold's bank); scored: the indices of the
+    images to score (default: all), in the order of the result."""
     config = model.config
     n_images = len(image_feats)
+    scored = torch.arange(n_images) if scored is None else scored
     folds = min(config.calibration_folds, n_images)
     fold_of = torch.from_numpy(np.random.default_rng(config.seed).permutation(n_images) % folds)
-    scores = torch.empty(n_images)
+    scores = torch.full((n_images,), math.nan)
     for fold in range(folds):
         check_cancel(cancel)
         keep = (row_image < 0) | (fold_of[row_image.clamp_min(0)] != fold)
-        members = torch.nonzero(fold_of == fold).flatten()
+        members = scored[fold_of[scored] == fold]
         if not keep.any():  # every bank row came from this fold: nothing to score against
             raise DatasetError("too few distinct normal images for k-fold calibration; add images or use holdout calibration")
         fold_model = PatchCoreModel(config, model.backbone, model.extractor, model.bank[keep], math.inf, model.provenance, model.device)
         for start in range(0, len(members), config.batch_size):
             chunk = members[start : start + config.batch_size]
             scores[chunk] = fold_model.score_features(image_feats[chunk])[1].cpu()
-    return scores.numpy()
+    return scores[scored].numpy()

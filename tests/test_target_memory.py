@@ -207,3 +207,14 @@ def test_suspect_images_leave_the_calibration_only_when_most_remain():
     assert suspect_free_images(mutual).tolist() == [True] * 8 + [False, True]
     mutual[:6, 0] = 50.0  # most images odd: keep them all rather than calibrate on a few
     assert suspect_free_images(mutual).all()
+
+
+def test_the_threshold_is_moved_from_a_subset_scored_exactly_as_in_the_full_run(fitted, blurred):
+    images, _ = blurred  # 30 images
+    full, full_report = adapt(fitted, images, AdaptConfig(method="target-memory", threshold_images=0), judge=True)
+    part, part_report = adapt(fitted, images, AdaptConfig(method="target-memory", threshold_images=12), judge=True)
+    index = part_report.target_index
+    assert full_report.target_index.tolist() == list(range(30)) and len(index) == 12 and len(set(index.tolist())) == 12
+    np.testing.assert_allclose(part_report.target_scores, full_report.target_scores[index], rtol=1e-5)
+    assert torch.equal(part.bank, full.bank)  # the memory does not depend on how many images set the threshold
+    assert part_report.gate.agreement_after is not None and np.isfinite(part.threshold)

@@ -73,7 +73,7 @@ def adapt(
             same_size = tuple(adapter.input_size(model, cfg)) == tuple(model.config.image_size)
             parent_view = target if same_size else load_target(images, model.config.image_size)
             report_.gate = gate(model, parent_view, report_.target_scores, FilterSettings(seed=cfg.seed), cancel,
-                                report_.reference_ranking, report_.source_features)
+                                report_.reference_ranking, report_.source_features, report_.target_index)
         adapted.provenance.details["gate"] = report_.gate.to_dict()
     report_.source_features = None  # large; only the gate needed it
     log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)
@@ -82,21 +82,24 @@ def adapt(
 
 def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, settings: FilterSettings,
          cancel: CancelFn | None = None, reference: np.ndarray | None = None,
-         feats: torch.Tensor | None = None) -> GateVerdict:
+         feats: torch.Tensor | None = None, index: np.ndarray | None = None) -> GateVerdict:
     """Does a new version, which scored the (N, 3, H, W) target images `after_scores`, rank them
     better than `model` does? (core.adapt.gate) `reference` and `feats` (the target's features
-    through `model`'s extractor) are computed here unless the adapter already had them."""
+    through `model`'s extractor) are computed here unless the adapter already had them; with
+    `index`, `after_scores` are of those images only, and the check compares on them."""
     if len(target) < MIN_IMAGES:
         return GateVerdict(False, None, None, f"{len(target)} image(s) are too few for the label-free check (at least "
                            f"{MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
     if feats is None:
         feats = target_features(model.extractor, target, model.config.batch_size, model.device, cancel)
+    if reference is None:  # each image against the others: from every image, whichever are compared
+        reference = reference_ranking(feats.to(model.device), settings)
+    if index is not None:
+        feats, reference = feats[torch.as_tensor(index)], np.asarray(reference)[index]
     before = np.concatenate([
         model.score_features(feats[i : i + model.config.batch_size])[1].cpu().numpy()
         for i in range(0, len(feats), model.config.batch_size)
     ])
-    if reference is None:
-        reference = reference_ranking(feats.to(model.device), settings)
     return judge_versions(reference, before, None if after_scores is None else np.asarray(after_scores, dtype=np.float64))
 
 

@@ -37,6 +37,7 @@ class AdaptReport:
     message: str = ""  # what a person should read about the run (uda: which cluster it trusted)
     # What the new version scores the target images (out-of-fold where they built its memory).
     target_scores: np.ndarray | None = None
+    target_index: np.ndarray | None = None  # which target images target_scores are of (None: all, in order)
     gate: "GateVerdict | None" = None  # set by adapt(judge=True)
     # What the adapter already computed on the source backbone, so the gate does not redo it:
     # the target's patch features (N, h, w, D) and their mutual ranking (N,). Dropped after the gate.

@@ -43,6 +43,13 @@ def filter_settings(cfg: AdaptConfig) -> FilterSettings:
     return FilterSettings(cfg.filter_references, cfg.filter_closest_share, cfg.filter_cut_z, cfg.seed)
 
 
+def scored_images(n_images: int, limit: int, seed: int) -> torch.Tensor:
+    """Sorted indices of the target images whose out-of-fold scores move the threshold."""
+    if limit <= 0 or n_images <= limit:
+        return torch.arange(n_images)
+    return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n_images)[:limit]))
+
+
 def adapt_memory(
     model: PatchCoreModel, target: torch.Tensor, cfg: AdaptConfig, report_: AdaptReport,
     progress: ProgressFn | None, cancel: CancelFn | None, source: None = None,
@@ -76,14 +83,15 @@ def adapt_memory(
     )
     # Every target image against the memory without its own fold's patches: the scores a deployed
     # version would give them.
-    scores = kfold_scores(adapted, feats, memory_image, cancel)
+    scored = scored_images(n, cfg.threshold_images, cfg.seed)
+    scores = kfold_scores(adapted, feats, memory_image, cancel, scored)
     if not np.all(np.isfinite(scores)):
         raise AdaptationError(f"{int((~np.isfinite(scores)).sum())} target image(s) got a non-finite score; the source version stays as it is")
     report(progress, "threshold", 1, 1)
     if model.provenance.calibration_scores:
         adapted.threshold = transfer_threshold(np.array(model.provenance.calibration_scores), model.threshold, scores)
     adapted.provenance.calibration_scores = [float(s) for s in scores]
-    report_.target_scores = scores
+    report_.target_scores, report_.target_index = scores, scored.numpy()
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
         report_.source_features, report_.reference_ranking = feats, ranking_of(kept.scores)
     report_.details.update({
