@@ -39,8 +39,13 @@ RULES = {
 }
 
 
-def rule_rows(result: dict, source_threshold: float) -> list[dict]:
-    """One row per (condition, method, rule) with its threshold, false alarms and recall."""
+def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0) -> list[dict]:
+    """One row per (condition, method, rule) with its threshold, false alarms and recall.
+
+    threshold_images > 0 keeps the out-of-fold scores of the subset the target memory would score
+    (they are the full run's scores of those images), for files that scored every image."""
+    from patchshift.core.adapt.target_memory import scored_images
+
     source = np.asarray(result["source_calibration_scores"], dtype=np.float64)
     labels = np.asarray(result["eval_labels"])
     rows = []
@@ -48,6 +53,8 @@ def rule_rows(result: dict, source_threshold: float) -> list[dict]:
         if "target_scores" not in row or "scores" not in row:
             continue
         scores, target = np.asarray(row["scores"]), np.asarray(row["target_scores"])
+        if threshold_images and row.get("target_index") is None and row["method"] != "none":
+            target = target[scored_images(len(target), threshold_images, seed).numpy()]
         good, bad = scores[labels == 0], scores[labels == 1]
         thresholds = {name: rule(source, source_threshold, target) for name, rule in RULES.items()}
         thresholds["oracle 1%"] = float(np.quantile(good, 0.99))
@@ -70,6 +77,7 @@ def summary(rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="patchshift bench threshold-rules", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="shift results files written with --keep-scores")
+    parser.add_argument("--threshold-images", type=int, default=0, help="emulate the target memory scoring only this many images")
     parser.add_argument("--threshold", type=float, default=None,
                         help="the source threshold (default: the one stored, else its calibration's 99th percentile)")
     args = parser.parse_args(argv)
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         if "source_calibration_scores" not in result:
             parser.error(f"{path} holds no scores; run the shift benchmark with --keep-scores")
         threshold = args.threshold or result.get("source_threshold") or float(np.quantile(result["source_calibration_scores"], 0.99))
-        rows = rule_rows(result, threshold)
+        rows = rule_rows(result, threshold, args.threshold_images)
         print(f"\n{path}: source threshold {threshold:.2f}\n")
         print(markdown(summary(rows), [("method", "method", ""), ("rule", "rule", ""), ("fa", "false alarms % (mean)", ".1f"),
                                        ("fa max", "false alarms % (worst)", ".1f"), ("recall", "recall % (mean)", ".1f")]))
