@@ -208,3 +208,14 @@ def test_uda_reports_progress_and_cancels_between_steps() -> None:
     with pytest.raises(CancelledError):
         fit_uda(source, target, cfg, device="cpu", cancel=lambda: calls.append(1) or len(calls) > 2)
     assert len(calls) == 3  # checked before every step; stopped at the third
+
+
+def test_a_uda_version_inherits_the_encoder_and_from_a_uda_parent_its_input_size():
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.config import inherited_settings
+
+    from_patchcore = inherited_settings(ModelConfig(backbone="tf_efficientnet_lite0", image_size=320))
+    assert from_patchcore == {"backbone": "tf_efficientnet_lite0", "weights": None}  # the PatchCore input size is not the encoder's
+    from_uda = inherited_settings(UDAConfig(image_size=(96, 64), weights="/w.pth"))
+    assert from_uda["image_size"] == (96, 64) and from_uda["weights"] == "/w.pth"

@@ -20,7 +20,7 @@ UDA_OPTIONS = ("epochs", "lr", "clusters", "image_size", "encoder", "clip_checkp
 
 
 def uda_config(name: str, parent: Any, options: dict[str, Any]) -> UDAConfig:
-    return UDAConfig(**{**inherited_settings(parent.kind, parent.config.to_dict()), **options})
+    return UDAConfig(**{**inherited_settings(parent.config), **options})
 
 
 def adapt_uda(parent: Any, target: torch.Tensor, cfg: UDAConfig, report_: AdaptReport, progress: ProgressFn | None,

@@ -64,10 +64,10 @@ class UDAConfig:
         return cls(**data)
 
 
-def inherited_settings(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    """What a UDA version keeps from the version it replaces (its stored config): the encoder
-    family and weights file, and for a UDA parent its input size, unless the user says otherwise."""
-    inherited = {"backbone": config.get("backbone", DEFAULT_BACKBONE), "weights": config.get("weights")}
-    if kind == "uda":
-        inherited["image_size"] = tuple(config["image_size"])
+def inherited_settings(parent_config: Any) -> dict[str, Any]:
+    """What a UDA version keeps from the version it replaces (that version's config): the encoder
+    family and weights file, and from a UDA parent its input size, unless the user says otherwise."""
+    inherited = {"backbone": getattr(parent_config, "backbone", DEFAULT_BACKBONE), "weights": getattr(parent_config, "weights", None)}
+    if isinstance(parent_config, UDAConfig):
+        inherited["image_size"] = tuple(parent_config.image_size)
     return inherited
