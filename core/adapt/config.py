@@ -64,7 +64,6 @@ class AdaptConfig:
     # The threshold needs the lower quartile of the target's out-of-fold scores, which 64 images
     # estimate well; scoring every image was the largest share of the target memory's time.
     threshold_images: int = option(64, "target images scored out-of-fold to move the threshold (a random subset; 0: all)", ge=0, le=10**6)
-    threshold_quantile: float = option(0.99, "unused; kept for stored manifests", gt=0, le=1)
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)
 
     def to_dict(self) -> dict[str, Any]:
