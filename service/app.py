@@ -21,7 +21,7 @@ from .jobs import JobStore, move_legacy_database
 from .metrics import ServiceMetrics
 from .registry import ModelRegistry
 from .limits import BodyLimit
-from .routers import docs, health, jobs, models, score
+from .routers import console, docs, health, jobs, models, score
 from .scoring import MicroBatcher
 from .settings import Settings
 from .store import ModelStore
@@ -140,9 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form_limits={"max_files": 2 * settings.max_train_files + 1, "max_fields": 2 * settings.max_train_files + 64},
     )
     install_handlers(app)
-    for router in (health.router, models.router, score.router, jobs.router, docs.router):
+    for router in (health.router, models.router, score.router, jobs.router, docs.router, console.router):
         app.include_router(router)
     docs.mount_assets(app)
+    console.mount_assets(app)
     document_file_limits(app, settings)
     app.add_middleware(BodyLimit, max_request_bytes=settings.max_request_bytes, max_file_bytes=settings.max_file_bytes,
                        max_files=files_per_request(settings))

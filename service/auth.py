@@ -51,6 +51,32 @@ class Keys:
         return ADMIN if is_admin else READ if is_read else None
 
 
+MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
+
+
+def _presented_scope(request: Request, keys: Keys) -> str | None:
+    """The scope of the request's key; None when it carries none; 401 for a key that is not one."""
+    kind, _, token = request.headers.get("authorization", "").partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        return None
+    granted = keys.scope_of(token.strip())
+    if granted is None:
+        raise Unauthorized("invalid API key", headers=CHALLENGE)
+    return granted
+
+
+def granted_scope(request: Request) -> str:
+    """What the request may do: admin or read by its key, read without a key where reads are
+    open, admin for everyone when no key is configured; no key otherwise is 401."""
+    keys: Keys = request.app.state.keys
+    if not keys.enabled:
+        return ADMIN
+    granted = _presented_scope(request, keys)
+    if granted is None and not keys.open_reads:
+        raise Unauthorized(MISSING_KEY, headers=CHALLENGE)
+    return granted or READ
+
+
 def require(scope: str):
     """A FastAPI dependency: the request must carry a key with `scope` (admin keys can also read)."""
 
@@ -58,13 +84,9 @@ def require(scope: str):
         keys: Keys = request.app.state.keys
         if not keys.enabled or (scope == READ and keys.open_reads):
             return
-        header = request.headers.get("authorization", "")
-        kind, _, token = header.partition(" ")
-        if kind.lower() != "bearer" or not token.strip():
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", headers=CHALLENGE)
-        granted = keys.scope_of(token.strip())
+        granted = _presented_scope(request, keys)
         if granted is None:
-            raise Unauthorized("invalid API key", headers=CHALLENGE)
+            raise Unauthorized(MISSING_KEY, headers=CHALLENGE)
         if scope == ADMIN and granted != ADMIN:
             raise Forbidden("this API key may read and score but not change models or jobs (admin scope needed)")
 

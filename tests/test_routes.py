@@ -116,3 +116,29 @@ def test_a_threshold_change_holds_the_job_slot(tmp_path: Path):
     with pytest.raises(Conflict, match="unfinished job"):  # and now the queued job holds the slot
         with worker.exclusive("widget", "set the threshold"):
             pass
+
+
+@pytest.mark.parametrize(("settings", "key", "expected"), [
+    ({}, None, (200, "admin")),  # no keys configured: everyone is admin
+    ({"admin_key": "admin-key-123", "read_key": "read-key-123"}, "admin-key-123", (200, "admin")),
+    ({"admin_key": "admin-key-123", "read_key": "read-key-123"}, "read-key-123", (200, "read")),
+    ({"admin_key": "admin-key-123", "read_key": "read-key-123"}, None, (401, None)),
+    ({"admin_key": "admin-key-123", "read_key": "read-key-123"}, "wrong-key-123", (401, None)),
+    ({"admin_key": "admin-key-123", "open_reads": True}, None, (200, "read")),
+])
+def test_the_session_says_what_the_key_may_do(tmp_path: Path, settings, key, expected):
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    app = create_app(Settings(models_dir=tmp_path / "models", device="cpu", **settings))
+    with TestClient(app) as client:
+        response = client.get("/v1/session", headers={"Authorization": f"Bearer {key}"} if key else {})
+        assert response.status_code == expected[0], response.text
+        if expected[1]:
+            assert response.json() == {"scope": expected[1], "auth": bool(settings)}
+        methods = client.get("/v1/methods", headers={"Authorization": f"Bearer {key}"} if key else {})
+        if expected[0] == 200:
+            names = [m["name"] for m in methods.json()]
+            assert names[0] == "target-memory" and set(names) == set(METHODS) and methods.json()[0]["recommended"]

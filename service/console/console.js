@@ -1,0 +1,357 @@
+// The operator console: plain JavaScript over the HTTP API (no framework, no build step, no CDN).
+"use strict";
+
+const KEY_STORAGE = "patchshift-key";
+const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", scope: null, auth: false, inspected: {}, methods: null, onInspected: null };
+const FINISHED = ["succeeded", "failed", "cancelled"];
+
+// ---- small helpers -------------------------------------------------------------------------
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function toast(message) {
+  const box = document.getElementById("toast");
+  box.textContent = message;
+  box.classList.add("show");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => box.classList.remove("show"), 4000);
+}
+
+const fmt = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+const isAdmin = () => state.scope === "admin";
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, { method = "GET", form = null, json = null } = {}) {
+  const headers = {};
+  if (state.key) headers.Authorization = "Bearer " + state.key;
+  let body = form;
+  if (json !== null) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
+  const response = await fetch(path, { method, headers, body });
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = data && data.error ? data.error : {};
+    let message = detail.message || response.statusText;
+    if (detail.files) message += "\n" + detail.files.map((f) => `${f.file}: ${f.message}`).join("\n");
+    if (response.status === 401) showKeyForm(message);
+    throw new ApiError(response.status, message);
+  }
+  return data;
+}
+
+async function waitForJob(jobId, onUpdate) {
+  for (;;) {
+    const job = await api(`/v1/jobs/${jobId}`);
+    onUpdate(job);
+    if (FINISHED.includes(job.status)) return job;
+    await new Promise((resolve) => setTimeout(resolve, 400));
+  }
+}
+
+function filesForm(input, field = "files", extra = {}) {
+  const form = new FormData();
+  for (const file of input.files) form.append(field, file, file.name);
+  for (const [name, value] of Object.entries(extra)) if (value !== "" && value !== null) form.append(name, value);
+  return form;
+}
+
+// ---- session and key -----------------------------------------------------------------------
+function showKeyForm(message) {
+  document.getElementById("key-form").hidden = false;
+  document.getElementById("key-error").textContent = message || "";
+}
+
+async function loadSession() {
+  try {
+    const session = await api("/v1/session");
+    state.scope = session.scope;
+    state.auth = session.auth;
+    document.getElementById("key-form").hidden = true;
+    document.getElementById("scope").textContent = !session.auth ? "no API keys configured: full access"
+      : session.scope === "admin" ? "admin key" : "read-only key: viewing and scoring";
+    document.getElementById("forget-key").hidden = !state.key;
+    return true;
+  } catch (error) {
+    if (error.status !== 401) toast(error.message);
+    return false;
+  }
+}
+
+document.getElementById("key-entry").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  state.key = document.getElementById("key-input").value.trim();
+  sessionStorage.setItem(KEY_STORAGE, state.key);
+  if (await loadSession()) render();
+});
+
+document.getElementById("forget-key").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_STORAGE);
+  location.reload();
+});
+
+// ---- models list ---------------------------------------------------------------------------
+function driftTag(drift) {
+  if (!drift) return el("span", { class: "muted", text: "not loaded" });
+  if (drift.statistic === null) return el("span", { class: "muted", text: `collecting (${drift.recent_images} of ${drift.window} images)` });
+  return el("span", {},
+    el("span", { class: "tag " + (drift.drifting ? "drifting" : "quiet"), text: drift.drifting ? "DRIFTING" : "quiet" }),
+    ` ${fmt(drift.statistic, 2)} against ${fmt(drift.threshold, 2)}`);
+}
+
+async function renderModels(view) {
+  document.getElementById("crumb").textContent = "models";
+  const models = await api("/v1/models");
+  const details = await Promise.all(models.map((m) => api(`/v1/models/${encodeURIComponent(m.name)}`).catch(() => null)));
+  const rows = models.map((m, i) => {
+    const info = details[i];
+    const active = info && info.versions.find((v) => v.active);
+    return el("tr", { "data-model": m.name },
+      el("td", {}, el("a", { href: `#/models/${encodeURIComponent(m.name)}`, text: m.name })),
+      el("td", { text: m.active_version || "none" }),
+      el("td", { text: active ? active.kind : "–" }),
+      el("td", { text: active ? fmt(active.threshold) : "–" }),
+      el("td", { text: active && active.bank_size !== null ? active.bank_size : "–" }),
+      el("td", {}, info ? driftTag(info.drift) : "–"),
+      el("td", { text: info && info.drift && info.drift.recent_anomalous_share !== null ? `${Math.round(100 * info.drift.recent_anomalous_share)}%` : "–" }),
+      el("td", { text: m.loaded ? "loaded" : (info && info.load_error) || "not loaded" }));
+  });
+  view.replaceChildren(
+    el("section", { class: "card" },
+      el("h2", { text: "Models" }),
+      models.length === 0 ? el("p", { class: "muted", text: "No models yet." }) :
+        el("table", { id: "models" },
+          el("thead", {}, el("tr", {}, ["model", "active version", "kind", "threshold", "bank rows", "drift (statistic against its threshold)", "recent images flagged", "state"].map((t) => el("th", { text: t })))),
+          el("tbody", {}, rows))),
+    isAdmin() ? fitCard() : "");
+}
+
+function fitCard() {
+  const name = el("input", { id: "fit-name", placeholder: "model name", pattern: "[A-Za-z0-9][A-Za-z0-9._-]*", required: true });
+  const files = el("input", { id: "fit-files", type: "file", multiple: true, accept: "image/*", required: true });
+  const size = el("input", { id: "fit-size", value: "256", size: 8, title: "input size: N or WIDTHxHEIGHT" });
+  const status = el("div", { id: "fit-status" });
+  const start = el("button", { class: "primary", id: "fit-start", text: "Fit", onclick: async () => {
+    if (!name.value || files.files.length === 0) { toast("a name and normal images are needed"); return; }
+    start.disabled = true;
+    try {
+      const job = await api(`/v1/models/${encodeURIComponent(name.value)}/fit`, { method: "POST", form: filesForm(files, "files", { image_size: size.value }) });
+      await followJob(job.job_id, status);
+      render();
+    } catch (error) { status.replaceChildren(el("p", { class: "error", text: error.message })); }
+    start.disabled = false;
+  } });
+  return el("section", { class: "card" }, el("h2", { text: "New model (or a new version) from normal images" }),
+    el("div", { class: "row" }, name, files, el("label", {}, "input size ", size), start), status);
+}
+
+// ---- one model -----------------------------------------------------------------------------
+function versionRows(name, versions) {
+  const byName = Object.fromEntries(versions.map((v) => [v.version, v]));
+  const children = {};
+  for (const v of versions) {
+    const parent = v.parent && byName[v.parent] ? v.parent : "";
+    (children[parent] = children[parent] || []).push(v);
+  }
+  const rows = [];
+  const visit = (v, depth) => {
+    rows.push(el("tr", { "data-version": v.version, class: v.active ? "active" : "" },
+      el("td", {}, el("span", { class: "indent", style: `padding-left:${depth * 1.2}rem` }, depth ? "└ " : "", v.version), " ",
+        v.active ? el("span", { class: "tag active", text: "ACTIVE" }) : ""),
+      el("td", { text: v.method }), el("td", { text: v.kind }), el("td", { text: fmt(v.threshold) }),
+      el("td", { text: v.details && v.details.gate ? (v.details.gate.better ? "ranks better" : "not better") : "–",
+        title: v.details && v.details.gate ? v.details.gate.reason : "" }),
+      el("td", { text: v.created.replace("T", " ").slice(0, 19) }),
+      el("td", {}, isAdmin() && !v.active ? el("button", { text: "Activate", "data-action": "activate", onclick: () => activate(name, v.version) }) : "",
+        " ", isAdmin() && !v.active ? el("button", { class: "danger", text: "Delete", "data-action": "delete", onclick: () => removeVersion(name, v.version) }) : "")));
+    for (const child of children[v.version] || []) visit(child, depth + 1);
+  };
+  for (const root of children[""] || []) visit(root, 0);
+  return rows;
+}
+
+async function activate(name, version) {
+  if (!confirm(`Make ${version} the active version of ${name}? It scores from the next image on.`)) return;
+  try { await api(`/v1/models/${encodeURIComponent(name)}/versions/${version}/activate`, { method: "POST" }); toast(`${version} is active`); render(); }
+  catch (error) { toast(error.message); }
+}
+
+async function removeVersion(name, version) {
+  if (!confirm(`Delete ${version} of ${name} for good?`)) return;
+  try { await api(`/v1/models/${encodeURIComponent(name)}/versions/${version}`, { method: "DELETE" }); toast(`${version} deleted`); render(); }
+  catch (error) { toast(error.message); }
+}
+
+async function renderModel(view, name) {
+  document.getElementById("crumb").textContent = `models / ${name}`;
+  const info = await api(`/v1/models/${encodeURIComponent(name)}`);
+  const active = info.versions.find((v) => v.active);
+  if (!state.methods) state.methods = await api("/v1/methods");
+  view.replaceChildren(
+    el("section", { class: "card" },
+      el("h2", { text: `${name}: versions` }),
+      info.load_error ? el("p", { class: "error", text: `the active version cannot be loaded: ${info.load_error}` }) : "",
+      el("table", { id: "versions" },
+        el("thead", {}, el("tr", {}, ["version", "method", "kind", "threshold", "label-free check", "created", ""].map((t) => el("th", { text: t })))),
+        el("tbody", {}, versionRows(name, info.versions)))),
+    el("section", { class: "card", id: "drift" }, el("h2", { text: "Drift" }),
+      info.drift ? el("p", {}, driftTag(info.drift), el("br"),
+        `${info.drift.recent_images} recent images; ${info.drift.recent_anomalous_share === null ? "–" : Math.round(100 * info.drift.recent_anomalous_share) + "%"} of them flagged; ` +
+        `auto-adapt ${info.drift.auto_adapt ? "on" : "off"}`) : el("p", { class: "muted", text: "no active version loaded" })),
+    inspectCard(name, active),
+    active ? thresholdCard(name, active) : "",
+    isAdmin() && active ? adaptCard(name) : "",
+    await jobsCard(name));
+}
+
+function verdictText(item) {
+  return item.anomalous ? "DEFECT: score above threshold" : "OK: score below threshold";
+}
+
+function inspectCard(name, active) {
+  const files = el("input", { id: "inspect-files", type: "file", multiple: true, accept: "image/*" });
+  const results = el("div", { id: "inspect-results", class: "grid" });
+  const heatmaps = active && active.kind === "patchcore";
+  const go = el("button", { class: "primary", id: "inspect-start", text: "Score", onclick: async () => {
+    if (files.files.length === 0) { toast("choose one or more images"); return; }
+    go.disabled = true;
+    try {
+      const response = await api(`/v1/models/${encodeURIComponent(name)}/score`, { method: "POST", form: filesForm(files, "files", { heatmap: heatmaps ? "png" : "none" }) });
+      state.inspected[name] = response.results.map((r) => r.score);
+      results.replaceChildren(...response.results.map((r) => el("figure", { class: "result" },
+        r.heatmap_png ? el("img", { src: "data:image/png;base64," + r.heatmap_png, alt: `heatmap of ${r.filename}` }) : "",
+        el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: verdictText(r) }), el("br"),
+          `${r.filename}: score ${fmt(r.score)}, threshold ${fmt(r.threshold)} (version ${response.version})`))));
+      document.dispatchEvent(new Event("inspected"));
+    } catch (error) { results.replaceChildren(el("p", { class: "error", id: "inspect-error", text: error.message })); }
+    go.disabled = false;
+  } });
+  return el("section", { class: "card" }, el("h2", { text: "Inspect images" }),
+    el("p", { class: "muted", text: heatmaps ? "Each image gets its score, its verdict and a heatmap of where the defect is." : "A global detector: scores and verdicts, no heatmaps." }),
+    el("div", { class: "row" }, files, go), results);
+}
+
+function thresholdCard(name, active) {
+  const value = el("input", { id: "threshold-value", type: "number", step: "any", min: "0", value: Number(active.threshold.toPrecision(6)) });
+  const preview = el("p", { id: "threshold-preview", class: "muted" });
+  const update = () => {
+    const scores = state.inspected[name] || [];
+    const proposed = Number(value.value);
+    if (scores.length === 0) { preview.textContent = "Score some images above to see how many this value would flag."; return; }
+    const now = scores.filter((s) => s > active.threshold).length;
+    const then = scores.filter((s) => s > proposed).length;
+    preview.textContent = `Of the ${scores.length} images inspected here, ${then} would be flagged at ${proposed} (${now} at the current ${fmt(active.threshold)}).`;
+  };
+  value.addEventListener("input", update);
+  state.onInspected = update;  // the page's one listener calls the card on screen now
+  update();
+  const save = isAdmin() ? el("button", { text: "Save as a new version", id: "threshold-save", onclick: async () => {
+    if (!confirm(`Write a new version of ${name} with threshold ${value.value} and make it active?`)) return;
+    try { await api(`/v1/models/${encodeURIComponent(name)}/threshold`, { method: "PUT", json: { threshold: Number(value.value) } }); toast("threshold saved"); render(); }
+    catch (error) { toast(error.message); }
+  } }) : "";
+  return el("section", { class: "card" }, el("h2", { text: "Threshold" }), el("div", { class: "row" }, value, save), preview);
+}
+
+function adaptCard(name) {
+  const files = el("input", { id: "adapt-files", type: "file", multiple: true, accept: "image/*" });
+  const sources = el("input", { id: "adapt-sources", type: "file", multiple: true, accept: "image/*" });
+  const sourceRow = el("div", { class: "row", hidden: true }, el("label", { text: "normal images of the old condition: " }), sources);
+  const method = el("select", { id: "adapt-method" }, state.methods.map((m) => el("option", { value: m.name, text: m.name + (m.recommended ? " (recommended)" : "") })));
+  const summary = el("p", { class: "muted", id: "adapt-summary" });
+  const policy = el("select", { id: "adapt-activate" },
+    el("option", { value: "if-better", text: "activate if a label-free check finds it better" }),
+    el("option", { value: "false", text: "keep it for review" }),
+    el("option", { value: "true", text: "activate when ready" }));
+  const describe = () => {
+    const chosen = state.methods.find((m) => m.name === method.value);
+    summary.textContent = `${chosen.summary}. At least ${chosen.min_images} image${chosen.min_images === 1 ? "" : "s"}.`;
+    sourceRow.hidden = !chosen.needs_source_images;
+  };
+  method.addEventListener("change", describe);
+  describe();
+  const status = el("div", { id: "adapt-status" });
+  const start = el("button", { class: "primary", id: "adapt-start", text: "Adapt", onclick: async () => {
+    if (files.files.length === 0) { toast("choose images of the new condition"); return; }
+    start.disabled = true;
+    const form = filesForm(files, "files", { method: method.value, activate: policy.value });
+    for (const file of sources.files) form.append("source_files", file, file.name);
+    try {
+      const job = await api(`/v1/models/${encodeURIComponent(name)}/adapt`, { method: "POST", form });
+      const done = await followJob(job.job_id, status);
+      if (done.status === "succeeded") status.append(adaptResult(name, done));
+      await refreshVersions(name);
+    } catch (error) { status.replaceChildren(el("p", { class: "error", id: "adapt-error", text: error.message })); }
+    start.disabled = false;
+  } });
+  return el("section", { class: "card" }, el("h2", { text: "Adapt to a new condition" }),
+    el("p", { class: "muted", text: "Images of the new camera or lighting, as the line delivers them (defective parts included). No labels." }),
+    el("div", { class: "row" }, files, method, policy, start), sourceRow, summary, status);
+}
+
+async function followJob(jobId, box) {
+  const bar = el("progress", { max: 1, value: 0, id: "job-progress" });
+  const line = el("p", { id: "job-stage" });
+  const cancel = isAdmin() ? el("button", { class: "danger", text: "Cancel", id: "job-cancel", onclick: () => api(`/v1/jobs/${jobId}`, { method: "DELETE" }).catch((e) => toast(e.message)) }) : "";
+  box.replaceChildren(bar, el("div", { class: "row" }, line, cancel));
+  const job = await waitForJob(jobId, (j) => {
+    bar.value = j.progress;
+    line.textContent = `${j.kind} ${j.status}${j.stage ? ": " + j.stage : ""} (${Math.round(100 * j.progress)}%)`;
+  });
+  if (cancel) cancel.remove();
+  if (job.status !== "succeeded") box.append(el("p", { class: "error", id: "job-error", text: `${job.status}: ${job.error || ""}` }));
+  return job;
+}
+
+function adaptResult(name, job) {
+  const r = job.result;
+  const gate = r.gate ? `${r.gate.better ? "ranks the new images better" : "not better"}: ${r.gate.reason}` : "not checked";
+  return el("div", { id: "adapt-result" },
+    el("p", {}, `New version ${job.result_version} (${r.method}): threshold ${fmt(r.threshold_before)} → ${fmt(r.threshold_after)}; `,
+      `label-free check: ${gate}; `, el("strong", { text: r.activated ? "activated" : "not activated" })),
+    !r.activated && isAdmin() ? el("button", { class: "primary", id: "adapt-activate-new", text: `Activate ${job.result_version}`, onclick: () => activate(name, job.result_version) }) : "");
+}
+
+async function refreshVersions(name) {
+  const info = await api(`/v1/models/${encodeURIComponent(name)}`);
+  document.querySelector("#versions tbody").replaceChildren(...versionRows(name, info.versions));
+}
+
+async function jobsCard(name) {
+  const jobs = await api(`/v1/jobs?model=${encodeURIComponent(name)}&limit=10`);
+  return el("section", { class: "card" }, el("h2", { text: "Recent jobs" }),
+    jobs.length === 0 ? el("p", { class: "muted", text: "none" }) :
+      el("table", { id: "jobs" }, el("thead", {}, el("tr", {}, ["created", "kind", "status", "progress", "result or reason"].map((t) => el("th", { text: t })))),
+        el("tbody", {}, jobs.map((j) => el("tr", {}, el("td", { text: j.created.replace("T", " ").slice(0, 19) }), el("td", { text: j.kind }),
+          el("td", { text: j.status }), el("td", { text: `${Math.round(100 * j.progress)}%` }),
+          el("td", { text: j.error || (j.result_version ? `version ${j.result_version}` : "") }))))));
+}
+
+// ---- routing -------------------------------------------------------------------------------
+async function render() {
+  const view = document.getElementById("view");
+  const match = location.hash.match(/^#\/models\/([^/]+)$/);
+  try {
+    if (match) await renderModel(view, decodeURIComponent(match[1]));
+    else await renderModels(view);
+  } catch (error) {
+    if (error.status !== 401) view.replaceChildren(el("p", { class: "error", text: error.message }));
+  }
+}
+
+window.addEventListener("hashchange", render);
+document.addEventListener("inspected", () => state.onInspected && state.onInspected());
+loadSession().then((ok) => { if (ok) render(); });

@@ -1,0 +1,139 @@
+"""The operator console in a real headless Chromium (the distribution's chromium and chromedriver,
+driven by Selenium; nothing is downloaded) against the real server on 127.0.0.1.
+
+Screenshots of every step go to test-output/console/ (git-ignored): look at them. Where the browser
+is not installed the tests skip, unless PATCHSHIFT_REQUIRE_BROWSER=1 (CI sets it) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service_helpers import Server
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "console"
+ADMIN, READER = "admin-key-for-console", "read-key-for-console"
+
+if not (CHROMIUM and CHROMEDRIVER):
+    if os.environ.get("PATCHSHIFT_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("the browser tests need chromium and chromedriver (apt-get install chromium chromium-driver)")
+    pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture()
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture()
+def server(tmp_path: Path, saved_model: Path):
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    running = Server(models, env={"PATCHSHIFT_ADMIN_KEY": ADMIN, "PATCHSHIFT_READ_KEY": READER}).start()
+    yield running
+    running.stop()
+
+
+def shot(driver, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def wait(driver, seconds: float = 60) -> WebDriverWait:
+    return WebDriverWait(driver, seconds)
+
+
+def sign_in(driver, server: Server, key: str) -> None:
+    driver.get(server.url + "/")
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "key-input"))).send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-entry button").click()
+    wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models tr[data-model='widget']")))
+
+
+def active_version(driver) -> str:
+    return driver.find_element(By.CSS_SELECTOR, "#versions tr.active").get_attribute("data-version")
+
+
+def test_inspect_adapt_activate_and_roll_back_in_the_browser(browser, server, dataset):
+    driver = browser
+    sign_in(driver, server, ADMIN)
+    assert "admin key" in driver.find_element(By.ID, "scope").text
+    shot(driver, "01-models")
+    driver.find_element(By.LINK_TEXT, "widget").click()
+    wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v1']")))
+    assert active_version(driver) == "v1"
+
+    probes = [str(p) for p in sorted((dataset / "test" / "good").glob("*.png"))[:1] + sorted((dataset / "test" / "blob").glob("*.png"))[:1]]
+    driver.find_element(By.ID, "inspect-files").send_keys("\n".join(probes))
+    driver.find_element(By.ID, "inspect-start").click()
+    wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#inspect-results figure")) == 2)
+    verdicts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#inspect-results .verdict")]
+    assert all(v.startswith(("OK", "DEFECT")) for v in verdicts), verdicts  # in words, not colour alone
+    images = driver.find_elements(By.CSS_SELECTOR, "#inspect-results img")
+    assert len(images) == 2 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+    assert "Of the 2 images inspected here" in driver.find_element(By.ID, "threshold-preview").text
+    shot(driver, "02-inspected")
+
+    targets = [str(p) for p in sorted((dataset / "train" / "good").glob("*.png"))[:6]]
+    driver.find_element(By.ID, "adapt-files").send_keys("\n".join(targets))
+    driver.find_element(By.CSS_SELECTOR, "#adapt-method option[value='bn-stats']").click()
+    driver.find_element(By.CSS_SELECTOR, "#adapt-activate option[value='false']").click()
+    driver.find_element(By.ID, "adapt-start").click()
+    wait(driver).until(ec.presence_of_element_located((By.ID, "job-progress")))
+    shot(driver, "03-adapting")
+    wait(driver, 180).until(ec.presence_of_element_located((By.ID, "adapt-result")))
+    assert "not activated" in driver.find_element(By.ID, "adapt-result").text
+    shot(driver, "04-adapted")
+    wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v2']")))
+
+    driver.find_element(By.ID, "adapt-activate-new").click()
+    driver.switch_to.alert.accept()
+    wait(driver).until(lambda d: active_version(d) == "v2")
+    shot(driver, "05-activated")
+    driver.find_element(By.CSS_SELECTOR, "#versions tr[data-version='v1'] button[data-action='activate']").click()
+    driver.switch_to.alert.accept()
+    wait(driver).until(lambda d: active_version(d) == "v1")
+    shot(driver, "06-rolled-back")
+    with server.client(ADMIN) as client:  # the page's view is the service's
+        assert client.get("/v1/models/widget").json()["active_version"] == "v1"
+
+
+def test_a_read_key_sees_no_admin_controls_and_a_forged_admin_call_is_refused(browser, server, dataset):
+    driver = browser
+    sign_in(driver, server, READER)
+    assert "read-only" in driver.find_element(By.ID, "scope").text
+    driver.find_element(By.LINK_TEXT, "widget").click()
+    wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v1']")))
+    for admin_only in ("adapt-start", "threshold-save"):
+        assert not driver.find_elements(By.ID, admin_only), admin_only
+    assert not driver.find_elements(By.CSS_SELECTOR, "button[data-action]")
+    status = driver.execute_async_script(
+        "const done = arguments[0];"
+        "fetch('/v1/models/widget/versions/v1/activate', {method: 'POST', headers: {Authorization: 'Bearer ' + sessionStorage.getItem('patchshift-key')}})"
+        ".then(r => done(r.status));")
+    assert status == 403
+    bad = Path(driver.execute_script("return 1") and dataset.parent / "not-an-image.png")
+    bad.write_text("this is text, not a picture")
+    driver.find_element(By.ID, "inspect-files").send_keys(str(bad))
+    driver.find_element(By.ID, "inspect-start").click()
+    message = wait(driver).until(ec.presence_of_element_located((By.ID, "inspect-error"))).text
+    assert "not-an-image.png" in message, message  # the API's own message, naming the file
+    shot(driver, "07-read-key")
