@@ -1,29 +1,63 @@
-"""Heatmap overlays a person can read: colour map over the photo, outline where it fails."""
+"""Heatmap overlays a person can read: the photo untouched where it looks normal, colour only
+where the anomaly map nears or passes the threshold, the failing regions outlined, the worst
+spot marked, and on request a legend in the picture."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+# Colour starts at this share of the threshold (yellow) and is full red at FULL x threshold, so a
+# colour means the same on every image of a model.
+START, FULL = 0.75, 1.5
+YELLOW, RED = np.array([255, 214, 0], np.float32), np.array([214, 0, 0], np.float32)
+OPACITY = 0.6
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8 image + (H, W) heatmap at the same size -> (H, W, 3) uint8 overlay.
 
-    Colours span [0.5, 1.5] x threshold on every image, so colours compare across images:
-    blue is well below the threshold, red above it; regions above the threshold are outlined.
-    """
-    low, high = 0.5 * threshold, 1.5 * threshold
-    scaled = np.clip((heatmap - low) / max(high - low, 1e-12), 0.0, 1.0)
-    colours = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    # Opacity grows with the score, so normal areas keep the photo readable.
-    weight = (0.15 + (alpha - 0.15) * scaled)[..., None] if alpha > 0.15 else np.full((*scaled.shape, 1), alpha)
-    blended = (rgb.astype(np.float32) * (1 - weight) + colours.astype(np.float32) * weight).astype(np.uint8)
+def colour_scale(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) map -> colours (H, W, 3) float and opacity (H, W): 0 below START x threshold."""
+    level = np.clip((values - START * threshold) / max((FULL - START) * threshold, 1e-12), 0.0, 1.0)
+    shown = values >= START * threshold
+    colours = YELLOW + (RED - YELLOW) * level[..., None]
+    opacity = np.where(shown, 0.35 + (OPACITY - 0.35) * level, 0.0)
+    return colours, opacity
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float, legend: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 photo + (H, W) heatmap at the same size -> (H', W, 3) uint8 overlay
+    (H' = H, or more with a legend strip below the photo)."""
+    colours, opacity = colour_scale(heatmap, threshold)
+    blended = rgb.astype(np.float32) * (1 - opacity[..., None]) + colours * opacity[..., None]
+    out = np.ascontiguousarray(blended.astype(np.uint8))
+    line = max(1, round(max(rgb.shape[:2]) / 300))
     above = (heatmap > threshold).astype(np.uint8)
     contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    thickness = max(1, round(max(rgb.shape[:2]) / 300))
-    blended = np.ascontiguousarray(blended)
-    cv2.drawContours(blended, contours, -1, (255, 255, 255), thickness)
-    return blended
+    cv2.drawContours(out, contours, -1, (0, 0, 0), 3 * line)  # dark under light: visible on any photo
+    cv2.drawContours(out, contours, -1, (255, 255, 255), line)
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    radius = max(6, round(max(rgb.shape[:2]) / 40))
+    cv2.circle(out, (int(x), int(y)), radius, (0, 0, 0), 3 * line)
+    cv2.circle(out, (int(x), int(y)), radius, (0, 255, 255), line)
+    return np.concatenate([out, legend_strip(rgb.shape[1], threshold)]) if legend else out
+
+
+def legend_strip(width: int, threshold: float) -> np.ndarray:
+    """A strip to put under an overlay: the colour ramp with the values it stands for."""
+    height = max(36, width // 12)
+    strip = np.full((height, width, 3), 255, np.uint8)
+    left, right, top = width // 20, width - width // 20, height // 8
+    values = np.linspace(START * threshold, FULL * threshold, max(right - left, 2))
+    colours, opacity = colour_scale(values[None, :], threshold)
+    ramp = (255 * (1 - opacity[..., None]) + colours * opacity[..., None]).astype(np.uint8)
+    strip[top : height // 2, left:right] = np.repeat(ramp, height // 2 - top, axis=0)[:, : right - left]
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, width / 1600)
+    for share in (START, 1.0, FULL):
+        x = left + round((share - START) / (FULL - START) * (right - left - 1))
+        cv2.line(strip, (x, top), (x, height // 2 + 2), (0, 0, 0), 1)
+        label = "threshold" if share == 1.0 else f"{share:g}x"
+        size = cv2.getTextSize(label, font, scale, 1)[0]
+        cv2.putText(strip, label, (min(max(x - size[0] // 2, 0), width - size[0]), height - height // 8), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -33,9 +67,9 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def heatmap_png(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> bytes:
+def heatmap_png(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float, legend: bool = False) -> bytes:
     """The overlay PNG at the photo's own size from a heatmap at the model's input size."""
     from .images import map_to_original
 
     heatmap = map_to_original(anomaly_map, (rgb.shape[1], rgb.shape[0]))
-    return encode_png(overlay(rgb, heatmap, threshold))
+    return encode_png(overlay(rgb, heatmap, threshold, legend))

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score images: score, threshold, verdict (and heatmaps)")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write heatmap overlay PNGs here")
+    p.add_argument("--heatmap-legend", action="store_true", help="add a colour legend under each overlay")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write results as JSON")
     p.add_argument("images", nargs="+", help="image files or folders")
 
@@ -197,7 +198,7 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
                 "anomalous": bool(score > model.threshold),
             }
             if heat_dir is not None:
-                picture = heatmap_png(np.asarray(open_image(path)), scored.anomaly_maps[i].cpu().numpy(), model.threshold)
+                picture = heatmap_png(np.asarray(open_image(path)), scored.anomaly_maps[i].cpu().numpy(), model.threshold, args.heatmap_legend)
                 name = f"{path.stem}_heatmap.png"
                 n = 2
                 while name in used_names:

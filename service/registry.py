@@ -43,6 +43,8 @@ class ModelRegistry:
         self.device = device
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
+        self._review: dict[str, Detector] = {}  # the last version scored for review, per model
+        self._review_lock = threading.Lock()
 
     def load_all(self) -> None:
         for name in self.store.models():
@@ -76,6 +78,19 @@ class ModelRegistry:
         self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
         return model
 
+    def for_review(self, name: str, version: str) -> Detector:
+        """`version` to score with outside the line: the active one, or a loaded copy of another
+        (the last one reviewed per model is kept, so comparing a candidate costs one load)."""
+        slot = self._slots.get(name)
+        if slot is not None and slot.model is not None and slot.model.version == version:
+            return slot.model
+        self.store.manifest(name, version)  # NotFound for a version deleted since it was cached
+        with self._review_lock:
+            cached = self._review.get(name)
+            if cached is None or cached.version != version:
+                cached = self._review[name] = self.load(name, version)
+            return cached
+
     def activate(self, name: str, version: str, model: Detector | None = None) -> Detector:
         """Make `version` the one that scores: load it, persist the pointer, swap, restart drift watch."""
         model = model or self.load(name, version)
@@ -107,4 +122,6 @@ class ModelRegistry:
     def forget(self, name: str) -> None:
         with self._lock:
             self._slots.pop(name, None)
+        with self._review_lock:
+            self._review.pop(name, None)
         self.metrics.forget_model(name)

@@ -143,12 +143,12 @@ def _score(model: Detector, batch: torch.Tensor) -> Scored:
     return Scored(result.scores.cpu().numpy(), maps, result.descriptors.cpu().numpy())
 
 
-def build_results(model: Detector, decoded: Decoded, scored: Scored, heatmaps: bool) -> list[dict]:
+def build_results(model: Detector, decoded: Decoded, scored: Scored, heatmaps: bool, legend: bool = False) -> list[dict]:
     results = []
     for i, name in enumerate(decoded.names):
         score = float(scored.scores[i])
         entry = {"filename": name, "score": score, "threshold": model.threshold, "anomalous": bool(score > model.threshold)}
         if heatmaps:
-            entry["heatmap_png"] = base64.b64encode(heatmap_png(decoded.photos[i], scored.maps[i], model.threshold)).decode()
+            entry["heatmap_png"] = base64.b64encode(heatmap_png(decoded.photos[i], scored.maps[i], model.threshold, legend)).decode()
         results.append(entry)
     return results

@@ -104,7 +104,15 @@ def test_inspect_adapt_activate_and_roll_back_in_the_browser(browser, server, da
     shot(driver, "04-adapted")
     wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v2']")))
 
-    driver.find_element(By.ID, "adapt-activate-new").click()
+    driver.find_element(By.ID, "adapt-review").click()  # the candidate against the live version, on the images inspected above
+    driver.find_element(By.ID, "review-start").click()
+    wait(driver, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#review-table tbody tr")) == 2)
+    strips = [e.get_attribute("aria-label") for e in driver.find_elements(By.CSS_SELECTOR, "#review svg.strip")]
+    assert len(strips) == 2 and strips[0].startswith("v1 (active)") and strips[1].startswith("v2 (candidate)"), strips
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#review-table img")) == 4
+    driver.execute_script("document.getElementById('review').scrollIntoView()")
+    shot(driver, "04b-review")
+    driver.find_element(By.ID, "review-activate").click()
     driver.switch_to.alert.accept()
     wait(driver).until(lambda d: active_version(d) == "v2")
     shot(driver, "05-activated")

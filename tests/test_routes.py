@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from contextlib import contextmanager
 import time
 from pathlib import Path
 
@@ -27,6 +28,10 @@ class RecordingWorker:
 
         self.submitted.append((kind, model, params, len(files), len(source_files)))
         return Job(f"job{len(self.submitted)}", kind, model, QUEUED, 0.0, None, params, "now")
+
+    @contextmanager
+    def exclusive(self, model, what):
+        yield
 
 
 @pytest.fixture()
@@ -142,3 +147,17 @@ def test_the_session_says_what_the_key_may_do(tmp_path: Path, settings, key, exp
         if expected[0] == 200:
             names = [m["name"] for m in methods.json()]
             assert names[0] == "target-memory" and set(names) == set(METHODS) and methods.json()[0]["recommended"]
+
+
+def test_scoring_with_a_given_version_is_for_review_only(app_and_worker, dataset):
+    client, _ = app_and_worker
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 1e-3}).status_code == 200  # v2, active, flags all
+    probe = images(dataset, 2)
+    old = client.post("/v1/models/widget/versions/v1/score", files=probe)
+    assert old.status_code == 200 and old.json()["version"] == "v1"
+    assert [r["anomalous"] for r in old.json()["results"]] == [False, False]  # v1's own threshold, not the active one's
+    assert all(r["anomalous"] for r in client.post("/v1/models/widget/score", files=probe).json()["results"])
+    assert client.get("/v1/models/widget").json()["drift"]["recent_images"] == 2  # only the line's call fed drift
+    assert client.post("/v1/models/widget/versions/v9/score", files=probe).status_code == 404
+    assert client.delete("/v1/models/widget/versions/v1").status_code == 204
+    assert client.post("/v1/models/widget/versions/v1/score", files=probe).status_code == 404  # deleted: not served from the cache

@@ -2,7 +2,7 @@
 "use strict";
 
 const KEY_STORAGE = "patchshift-key";
-const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", scope: null, auth: false, inspected: {}, methods: null, onInspected: null };
+const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", scope: null, auth: false, inspected: {}, inspectedFiles: {}, methods: null, onInspected: null, versions: {} };
 const FINISHED = ["succeeded", "failed", "cancelled"];
 
 // ---- small helpers -------------------------------------------------------------------------
@@ -175,7 +175,8 @@ function versionRows(name, versions) {
       el("td", { text: v.details && v.details.gate ? (v.details.gate.better ? "ranks better" : "not better") : "–",
         title: v.details && v.details.gate ? v.details.gate.reason : "" }),
       el("td", { text: v.created.replace("T", " ").slice(0, 19) }),
-      el("td", {}, isAdmin() && !v.active ? el("button", { text: "Activate", "data-action": "activate", onclick: () => activate(name, v.version) }) : "",
+      el("td", {}, !v.active ? el("button", { text: "Review", "data-review": v.version, onclick: () => openReview(name, v.version) }) : "", " ",
+        isAdmin() && !v.active ? el("button", { text: "Activate", "data-action": "activate", onclick: () => activate(name, v.version) }) : "",
         " ", isAdmin() && !v.active ? el("button", { class: "danger", text: "Delete", "data-action": "delete", onclick: () => removeVersion(name, v.version) }) : "")));
     for (const child of children[v.version] || []) visit(child, depth + 1);
   };
@@ -199,8 +200,10 @@ async function renderModel(view, name) {
   document.getElementById("crumb").textContent = `models / ${name}`;
   const info = await api(`/v1/models/${encodeURIComponent(name)}`);
   const active = info.versions.find((v) => v.active);
+  state.versions[name] = info.versions;
   if (!state.methods) state.methods = await api("/v1/methods");
   view.replaceChildren(
+    el("section", { class: "card", id: "review", hidden: true }),
     el("section", { class: "card" },
       el("h2", { text: `${name}: versions` }),
       info.load_error ? el("p", { class: "error", text: `the active version cannot be loaded: ${info.load_error}` }) : "",
@@ -221,6 +224,13 @@ function verdictText(item) {
   return item.anomalous ? "DEFECT: score above threshold" : "OK: score below threshold";
 }
 
+function heatmapLegend() {
+  return el("div", { class: "legend", id: "heatmap-legend" },
+    el("span", { class: "ramp", title: "colour by the map's value against the threshold" }),
+    el("span", { text: "photo untouched below 0.75 × threshold; yellow at 0.75 ×, red from 1.5 × threshold; " +
+      "white outline: above the threshold; cyan circle: the highest value" }));
+}
+
 function inspectCard(name, active) {
   const files = el("input", { id: "inspect-files", type: "file", multiple: true, accept: "image/*" });
   const results = el("div", { id: "inspect-results", class: "grid" });
@@ -231,6 +241,7 @@ function inspectCard(name, active) {
     try {
       const response = await api(`/v1/models/${encodeURIComponent(name)}/score`, { method: "POST", form: filesForm(files, "files", { heatmap: heatmaps ? "png" : "none" }) });
       state.inspected[name] = response.results.map((r) => r.score);
+      state.inspectedFiles[name] = Array.from(files.files);
       results.replaceChildren(...response.results.map((r) => el("figure", { class: "result" },
         r.heatmap_png ? el("img", { src: "data:image/png;base64," + r.heatmap_png, alt: `heatmap of ${r.filename}` }) : "",
         el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: verdictText(r) }), el("br"),
@@ -241,7 +252,7 @@ function inspectCard(name, active) {
   } });
   return el("section", { class: "card" }, el("h2", { text: "Inspect images" }),
     el("p", { class: "muted", text: heatmaps ? "Each image gets its score, its verdict and a heatmap of where the defect is." : "A global detector: scores and verdicts, no heatmaps." }),
-    el("div", { class: "row" }, files, go), results);
+    el("div", { class: "row" }, files, go), heatmaps ? heatmapLegend() : "", results);
 }
 
 function thresholdCard(name, active) {
@@ -322,11 +333,13 @@ function adaptResult(name, job) {
   return el("div", { id: "adapt-result" },
     el("p", {}, `New version ${job.result_version} (${r.method}): threshold ${fmt(r.threshold_before)} → ${fmt(r.threshold_after)}; `,
       `label-free check: ${gate}; `, el("strong", { text: r.activated ? "activated" : "not activated" })),
+    !r.activated ? el("button", { id: "adapt-review", text: `Review ${job.result_version} against the active version`, onclick: () => openReview(name, job.result_version, r) }) : "", " ",
     !r.activated && isAdmin() ? el("button", { class: "primary", id: "adapt-activate-new", text: `Activate ${job.result_version}`, onclick: () => activate(name, job.result_version) }) : "");
 }
 
 async function refreshVersions(name) {
   const info = await api(`/v1/models/${encodeURIComponent(name)}`);
+  state.versions[name] = info.versions;
   document.querySelector("#versions tbody").replaceChildren(...versionRows(name, info.versions));
 }
 
@@ -338,6 +351,73 @@ async function jobsCard(name) {
         el("tbody", {}, jobs.map((j) => el("tr", {}, el("td", { text: j.created.replace("T", " ").slice(0, 19) }), el("td", { text: j.kind }),
           el("td", { text: j.status }), el("td", { text: `${Math.round(100 * j.progress)}%` }),
           el("td", { text: j.error || (j.result_version ? `version ${j.result_version}` : "") }))))));
+}
+
+
+// ---- review a candidate against the active version -----------------------------------------
+function scoreStrip(scores, threshold, label) {
+  // every score as a tick on one axis, the threshold as a line: what each version would flag
+  const width = 460, height = 56, pad = 12;
+  const values = scores.concat([threshold]);
+  const low = Math.min(...values), high = Math.max(...values);
+  const x = (v) => pad + ((v - low) / (high - low || 1)) * (width - 2 * pad);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "strip");
+  svg.setAttribute("role", "img");
+  const flagged = scores.filter((v) => v > threshold).length;
+  svg.setAttribute("aria-label", `${label}: ${flagged} of ${scores.length} above the threshold ${fmt(threshold)}`);
+  const add = (tag, attrs) => { const n = document.createElementNS(svg.namespaceURI, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); svg.append(n); return n; };
+  add("line", { x1: pad, x2: width - pad, y1: 30, y2: 30, stroke: "#98a2ad" });
+  for (const v of scores) add("circle", { cx: x(v), cy: 30, r: 5, fill: v > threshold ? "#a3261b" : "#1f6f43", "fill-opacity": 0.75 });
+  add("line", { x1: x(threshold), x2: x(threshold), y1: 10, y2: 50, stroke: "#1d232a", "stroke-width": 2, "stroke-dasharray": "4 3" });
+  add("text", { x: Math.min(x(threshold) + 4, width - 120), y: 12, "font-size": 11 }).textContent = `threshold ${fmt(threshold)}`;
+  return el("figure", { class: "strip-box" }, svg, el("figcaption", { text: `${label}: ${flagged} of ${scores.length} flagged` }));
+}
+
+function openReview(name, candidate, result = null) {
+  const box = document.getElementById("review");
+  const versions = state.versions[name] || [];
+  const active = versions.find((v) => v.active);
+  const cand = versions.find((v) => v.version === candidate);
+  if (!active || !cand) { toast("the version list changed; reload the page"); return; }
+  const files = el("input", { id: "review-files", type: "file", multiple: true, accept: "image/*" });
+  const known = state.inspectedFiles[name] || [];
+  const out = el("div", { id: "review-results" });
+  const drift = result && result.drift_before !== undefined
+    ? el("p", { text: `Drift of these images from the active version's condition: ${fmt(result.drift_before, 2)} seen by the active version, ${fmt(result.drift_after, 2)} by ${candidate}.` }) : "";
+  const go = el("button", { class: "primary", id: "review-start", text: "Compare", onclick: async () => {
+    const chosen = files.files.length ? Array.from(files.files) : known;
+    if (chosen.length === 0) { toast("choose images, or inspect some first"); return; }
+    go.disabled = true;
+    try {
+      const scoreWith = (version) => {
+        const form = new FormData();
+        for (const f of chosen) form.append("files", f, f.name);
+        form.append("heatmap", version.kind === "patchcore" ? "png" : "none");
+        return api(`/v1/models/${encodeURIComponent(name)}/versions/${version.version}/score`, { method: "POST", form });
+      };
+      const [before, after] = await Promise.all([scoreWith(active), scoreWith(cand)]);
+      const cell = (r, version) => el("figure", { class: "result" },
+        r.heatmap_png ? el("img", { src: "data:image/png;base64," + r.heatmap_png, alt: `${version}: heatmap of ${r.filename}` }) : "",
+        el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: verdictText(r) }), el("br"),
+          `${version}: score ${fmt(r.score)}, threshold ${fmt(r.threshold)}`));
+      out.replaceChildren(
+        el("div", { class: "grid2" }, scoreStrip(before.results.map((r) => r.score), active.threshold, `${active.version} (active)`),
+          scoreStrip(after.results.map((r) => r.score), cand.threshold, `${candidate} (candidate)`)),
+        el("table", { id: "review-table" }, el("thead", {}, el("tr", {}, el("th", { text: `${active.version} (active)` }), el("th", { text: `${candidate} (candidate)` }))),
+          el("tbody", {}, before.results.map((r, i) => el("tr", {}, el("td", {}, cell(r, active.version)), el("td", {}, cell(after.results[i], candidate)))))));
+    } catch (error) { out.replaceChildren(el("p", { class: "error", id: "review-error", text: error.message })); }
+    go.disabled = false;
+  } });
+  box.replaceChildren(el("h2", { text: `Review ${candidate} (${cand.method}) against the active ${active.version}` }),
+    el("p", { class: "muted", text: known.length ? `Compares on the ${known.length} images inspected on this page, or on images you choose.` : "Choose images of the new condition to compare on." }),
+    el("div", { class: "row" }, files, go,
+      isAdmin() ? el("button", { id: "review-activate", text: `Activate ${candidate}`, onclick: () => activate(name, candidate) }) : "",
+      el("button", { text: "Close", onclick: () => { box.hidden = true; } })),
+    drift, out);
+  box.hidden = false;
+  box.scrollIntoView();
 }
 
 // ---- routing -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""POST /v1/models/{name}/score: the line controller's call."""
+"""POST /v1/models/{name}/score: the line controller's call; and scoring with a given version, for review."""
 
 from __future__ import annotations
 
@@ -8,33 +8,50 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from ..auth import READ, require
-from ..deps import BatcherDep, DriftDep, MetricsDep, RegistryDep, SettingsDep
+from patchshift.core.detector import Detector
+
+from ..deps import BatcherDep, DriftDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
 from ..errors import Unprocessable
 from ..schemas import ScoreResponse, error_responses
 from ..scoring import build_results, decode_uploads
 from ..uploads import read_files
-from .models import ModelName
+from ..operations import require_model
+from ..scoring import MicroBatcher
+from ..settings import Settings
+from ..store import check_name
+from .models import ModelName, VersionName
 
 router = APIRouter(prefix="/v1/models", tags=["scoring"])
+
+
+Heatmap = Annotated[Literal["none", "png", "png-legend"], Form(
+    description="png: base64 overlay PNG per image (longer side at most PATCHSHIFT_HEATMAP_MAX_SIDE); png-legend: with a colour legend below it")]
+Files = Annotated[list[UploadFile], File(min_length=1, description="1..PATCHSHIFT_MAX_FILES images")]
+
+
+async def score_with(model: Detector, name: str, files: list[UploadFile], heatmap: str, settings: Settings, batcher: MicroBatcher):
+    """(uploads, scored, results) of one request, all by `model`."""
+    wanted = heatmap != "none"
+    if wanted and not model.gives_heatmaps:
+        raise Unprocessable(f"model {name!r} version {model.version} is a {model.kind} model, a global detector: no heatmaps (send heatmap=none)")
+    uploads = await read_files(files, settings.max_files, settings.max_file_bytes)
+    preview = settings.heatmap_max_side if wanted else None
+    decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, preview)
+    scored = await batcher.score(model, decoded.batch)
+    results = await run_in_threadpool(build_results, model, decoded, scored, wanted, heatmap == "png-legend")
+    return uploads, scored, results
 
 
 @router.post("/{name}/score", response_model=ScoreResponse, response_model_exclude_none=True, dependencies=[Depends(require(READ))],
              responses=error_responses(400, 401, 403, 404, 413, 422, 503))
 async def score(
-    name: ModelName,
+    name: ModelName, files: Files,
     registry: RegistryDep, settings: SettingsDep, batcher: BatcherDep, metrics: MetricsDep, drift: DriftDep,
-    files: Annotated[list[UploadFile], File(min_length=1, description="1..PATCHSHIFT_MAX_FILES images")],
-    heatmap: Annotated[Literal["none", "png"], Form(description="png: base64 overlay PNG per image (longer side at most PATCHSHIFT_HEATMAP_MAX_SIDE)")] = "none",
+    heatmap: Heatmap = "none",
 ) -> ScoreResponse:
     """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422 naming each)."""
     model = registry.get(name)  # this version scores the whole request
-    if heatmap == "png" and not model.gives_heatmaps:
-        raise Unprocessable(f"model {name!r} version {model.version} is a {model.kind} model, a global detector: no heatmaps (send heatmap=none)")
-    uploads = await read_files(files, settings.max_files, settings.max_file_bytes)
-    preview = settings.heatmap_max_side if heatmap == "png" else None
-    decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, preview)
-    scored = await batcher.score(model, decoded.batch)
-    results = await run_in_threadpool(build_results, model, decoded, scored, heatmap == "png")
+    uploads, scored, results = await score_with(model, name, files, heatmap, settings, batcher)
     flags = scored.scores > model.threshold
     version = model.version or ""
     metrics.images_scored.labels(name, version).inc(len(results))
@@ -43,4 +60,20 @@ async def score(
         metrics.score_ratio.labels(name).observe(float(value) / model.threshold if model.threshold > 0 else 0.0)
     # off the event loop: a self-started adaptation writes its images before the answer goes out
     await run_in_threadpool(drift.observe, name, model, scored.descriptors, flags, uploads if settings.auto_adapt else [])
+    return ScoreResponse(model=name, version=version, results=results)
+
+
+@router.post("/{name}/versions/{version}/score", response_model=ScoreResponse, response_model_exclude_none=True,
+             dependencies=[Depends(require(READ))], responses=error_responses(400, 401, 403, 404, 413, 422, 503))
+async def score_version(
+    name: ModelName, version: VersionName, files: Files,
+    store: StoreDep, registry: RegistryDep, settings: SettingsDep, batcher: BatcherDep,
+    heatmap: Heatmap = "none",
+) -> ScoreResponse:
+    """Score with any version, active or not, to review a candidate before activating it. It is not
+    the line's scoring: no drift observation and no line metrics; the last version reviewed per
+    model stays loaded."""
+    require_model(store, name)
+    model = await run_in_threadpool(registry.for_review, name, check_name(version, "version"))
+    _, _, results = await score_with(model, name, files, heatmap, settings, batcher)
     return ScoreResponse(model=name, version=version, results=results)
