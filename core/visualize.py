@@ -1,6 +1,6 @@
 """Heatmap overlays a person can read: the photo untouched where it looks normal, colour only
 where the anomaly map nears or passes the threshold, the failing regions outlined, the worst
-spot marked, and on request a legend in the picture."""
+spot circled when it nears the threshold, and on request a legend in the picture."""
 
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float, legend: bool
     cv2.drawContours(out, contours, -1, (0, 0, 0), 3 * line)  # dark under light: visible on any photo
     cv2.drawContours(out, contours, -1, (255, 255, 255), line)
     y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    radius = max(6, round(max(rgb.shape[:2]) / 40))
-    cv2.circle(out, (int(x), int(y)), radius, (0, 0, 0), 3 * line)
-    cv2.circle(out, (int(x), int(y)), radius, (0, 255, 255), line)
+    if heatmap[y, x] >= START * threshold:  # the worst spot, where there is one worth a look
+        radius = max(6, round(max(rgb.shape[:2]) / 40))
+        cv2.circle(out, (int(x), int(y)), radius, (0, 0, 0), 3 * line)
+        cv2.circle(out, (int(x), int(y)), radius, (0, 255, 255), line)
     return np.concatenate([out, legend_strip(rgb.shape[1], threshold)]) if legend else out
 
 
@@ -64,6 +65,13 @@ def encode_png(rgb: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise RuntimeError("PNG encoding failed")
+    return data.tobytes()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
     return data.tobytes()
 
 

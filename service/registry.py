@@ -15,6 +15,7 @@ from patchshift.core.drift import DriftMonitor
 from patchshift.core.errors import ArtifactError
 from patchshift.core.detector import Detector
 
+from .history import History
 from .errors import NotFound, Unavailable, redact_paths
 from .metrics import ServiceMetrics
 from .settings import Settings
@@ -33,6 +34,7 @@ class Slot:
     load_error: str | None = None
     recent_images: deque = field(default_factory=deque)  # (filename, bytes) kept for self-adaptation
     drifting_streak: int = 0
+    history: History = field(default_factory=lambda: History(0, 0, 0))  # what the console shows of the line
 
 
 class ModelRegistry:
@@ -61,6 +63,7 @@ class ModelRegistry:
                 self._slots[name] = Slot(
                     name, None, DriftMonitor(None, self.settings.drift_window, self.settings.drift_threshold),
                     recent_images=deque(maxlen=self.settings.auto_adapt_images),
+                    history=History(self.settings.history_scores, self.settings.history_drift_points, self.settings.recent_images),
                 )
             return self._slots[name]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from patchshift.core.adapt import METHODS, RECOMMENDED
+from patchshift.core.adapt import METHODS, RECOMMENDED, get_adapter
 from patchshift.core.contamination import MIN_IMAGES
 from patchshift.core.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 
@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     auto_adapt_images: int = Field(64, ge=MIN_IMAGES, description="recent images kept for a self-started adaptation")
     auto_adapt_patience: int = Field(32, ge=1, description="consecutive drifting scores before adapting")
 
+    # What the console shows of the line, per model, in memory only (lost on restart, never written
+    # to disk): recent scores, drift points, and small overlay thumbnails of the latest images
+    # (0 turns the thumbnails off, for lines whose images must not be kept at all).
+    history_scores: int = Field(1000, ge=0, le=100_000, description="recent image scores kept per model for the console")
+    history_drift_points: int = Field(500, ge=0, le=100_000, description="drift statistics kept per model, one per score request")
+    recent_images: int = Field(24, ge=0, le=1000, description="latest scored images kept per model as overlay thumbnails (0: none)")
+
     # UDA's clustering encoder psi = CLIP (adapt with method=uda, encoder=clip): a local open_clip checkpoint.
     clip_model: str = Field("ViT-B-32", description="open_clip architecture of the checkpoint, or its JSON config file")
     clip_checkpoint: Path | None = Field(None, description="local open_clip weights file; nothing is downloaded")
@@ -62,7 +69,7 @@ class Settings(BaseSettings):
     @field_validator("auto_adapt_method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value not in METHODS:  # uda needs source images, which a running service does not keep
+        if value not in METHODS or get_adapter(value).min_source_images:  # a running service keeps no source images
             raise ValueError(f"unknown adaptation method {value!r} for auto-adapt; choose from {', '.join(METHODS)}")
         return value
 

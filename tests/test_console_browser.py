@@ -74,12 +74,19 @@ def active_version(driver) -> str:
 
 def test_inspect_adapt_activate_and_roll_back_in_the_browser(browser, server, dataset):
     driver = browser
+    with server.client(ADMIN) as line:  # the line has been scoring for a while
+        for start in range(0, 8, 4):
+            files = [("files", (p.name, p.read_bytes(), "image/png")) for p in sorted((dataset / "train" / "good").glob("*.png"))[start : start + 4]]
+            assert line.post("/v1/models/widget/score", files=files).status_code == 200
     sign_in(driver, server, ADMIN)
     assert "admin key" in driver.find_element(By.ID, "scope").text
     shot(driver, "01-models")
     driver.find_element(By.LINK_TEXT, "widget").click()
     wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v1']")))
     assert active_version(driver) == "v1"
+    assert "8 recent scores" in driver.find_element(By.CSS_SELECTOR, "#score-histogram figcaption").text
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#recent-images img")) == 8  # what the line saw, newest first
+    shot(driver, "01b-model")
 
     probes = [str(p) for p in sorted((dataset / "test" / "good").glob("*.png"))[:1] + sorted((dataset / "test" / "blob").glob("*.png"))[:1]]
     driver.find_element(By.ID, "inspect-files").send_keys("\n".join(probes))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import threading
 from contextlib import contextmanager
@@ -161,3 +162,37 @@ def test_scoring_with_a_given_version_is_for_review_only(app_and_worker, dataset
     assert client.post("/v1/models/widget/versions/v9/score", files=probe).status_code == 404
     assert client.delete("/v1/models/widget/versions/v1").status_code == 204
     assert client.post("/v1/models/widget/versions/v1/score", files=probe).status_code == 404  # deleted: not served from the cache
+
+
+def test_history_keeps_what_the_line_saw_bounded(tmp_path: Path, saved_model: Path, dataset):
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    app = create_app(Settings(models_dir=models, device="cpu", history_scores=5, recent_images=3, drift_window=2))
+    with TestClient(app) as client:
+        for _ in range(2):
+            assert client.post("/v1/models/widget/score", files=images(dataset, 3)).status_code == 200
+        client.post("/v1/models/widget/versions/v1/score", files=images(dataset, 3))  # review scoring is not the line's
+        history = client.get("/v1/models/widget/history").json()
+        assert len(history["scores"]) == 5 and len(history["recent_images"]) == 3  # bounded rings
+        assert len(history["drift"]) == 2 and all(p["statistic"] > 0 and p["version"] == "v1" for p in history["drift"])
+        newest = history["recent_images"][0]
+        assert newest["filename"] == images(dataset, 3)[-1][1][0] and base64.b64decode(newest["thumbnail_jpeg"])[:2] == b"\xff\xd8"
+        assert client.get("/v1/models/nobody/history").status_code == 404
+    quiet = create_app(Settings(models_dir=models, device="cpu", recent_images=0))
+    with TestClient(quiet) as client:
+        client.post("/v1/models/widget/score", files=images(dataset, 2))
+        assert client.get("/v1/models/widget/history").json()["recent_images"] == []  # kept nowhere when turned off
+
+
+def test_auto_adapt_cannot_name_a_method_that_needs_source_images():
+    from pydantic import ValidationError
+
+    from patchshift.service.settings import Settings
+
+    with pytest.raises(ValidationError, match="auto-adapt"):
+        Settings(auto_adapt_method="uda")

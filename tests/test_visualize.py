@@ -25,7 +25,8 @@ def test_only_what_nears_the_threshold_is_coloured_and_the_rest_is_the_photo():
 def test_the_peak_is_marked_and_the_legend_is_a_strip_below():
     photo = np.full((120, 160, 3), 90, np.uint8)
     heatmap = np.zeros((120, 160), np.float32)
-    heatmap[30, 100] = 0.5  # the worst spot, even below the threshold
+    assert (overlay(photo, heatmap + 0.5, threshold=1.0) == 90).all()  # nothing near the threshold: the photo as it is
+    heatmap[30, 100] = 0.8  # the worst spot, near the threshold
     out = overlay(photo, heatmap, threshold=1.0)
     ring = out[30 - 8 : 30 + 9, 100 - 8 : 100 + 9]
     assert (ring[..., 2] == 255).any() and (ring[..., 0] == 0).any()  # the cyan circle around it

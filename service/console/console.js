@@ -214,6 +214,7 @@ async function renderModel(view, name) {
       info.drift ? el("p", {}, driftTag(info.drift), el("br"),
         `${info.drift.recent_images} recent images; ${info.drift.recent_anomalous_share === null ? "–" : Math.round(100 * info.drift.recent_anomalous_share) + "%"} of them flagged; ` +
         `auto-adapt ${info.drift.auto_adapt ? "on" : "off"}`) : el("p", { class: "muted", text: "no active version loaded" })),
+    await historyCard(name, active),
     inspectCard(name, active),
     active ? thresholdCard(name, active) : "",
     isAdmin() && active ? adaptCard(name) : "",
@@ -228,7 +229,7 @@ function heatmapLegend() {
   return el("div", { class: "legend", id: "heatmap-legend" },
     el("span", { class: "ramp", title: "colour by the map's value against the threshold" }),
     el("span", { text: "photo untouched below 0.75 × threshold; yellow at 0.75 ×, red from 1.5 × threshold; " +
-      "white outline: above the threshold; cyan circle: the highest value" }));
+      "white outline: above the threshold; cyan circle: the highest value, where it nears the threshold" }));
 }
 
 function inspectCard(name, active) {
@@ -239,7 +240,8 @@ function inspectCard(name, active) {
     if (files.files.length === 0) { toast("choose one or more images"); return; }
     go.disabled = true;
     try {
-      const response = await api(`/v1/models/${encodeURIComponent(name)}/score`, { method: "POST", form: filesForm(files, "files", { heatmap: heatmaps ? "png" : "none" }) });
+      // the active version's review scoring: a person's images do not count as the line's (drift, metrics, history)
+      const response = await api(`/v1/models/${encodeURIComponent(name)}/versions/${active.version}/score`, { method: "POST", form: filesForm(files, "files", { heatmap: heatmaps ? "png" : "none" }) });
       state.inspected[name] = response.results.map((r) => r.score);
       state.inspectedFiles[name] = Array.from(files.files);
       results.replaceChildren(...response.results.map((r) => el("figure", { class: "result" },
@@ -251,7 +253,8 @@ function inspectCard(name, active) {
     go.disabled = false;
   } });
   return el("section", { class: "card" }, el("h2", { text: "Inspect images" }),
-    el("p", { class: "muted", text: heatmaps ? "Each image gets its score, its verdict and a heatmap of where the defect is." : "A global detector: scores and verdicts, no heatmaps." }),
+    el("p", { class: "muted", text: (heatmaps ? "Each image gets its score, its verdict and a heatmap of where the defect is." : "A global detector: scores and verdicts, no heatmaps.") +
+      " Images inspected here do not count as the line's (drift, metrics)." }),
     el("div", { class: "row" }, files, go), heatmaps ? heatmapLegend() : "", results);
 }
 
@@ -353,6 +356,76 @@ async function jobsCard(name) {
           el("td", { text: j.error || (j.result_version ? `version ${j.result_version}` : "") }))))));
 }
 
+
+
+// ---- what the line saw -----------------------------------------------------------------------
+function svgEl(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function driftChart(points) {
+  // the drift statistic per score request, with its threshold: above the line, the images no longer look like the version's condition
+  const width = 560, height = 160, pad = 30;
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
+    "aria-label": `drift statistic over the last ${points.length} requests; ${points.filter((p) => p.drifting).length} of them drifting` });
+  const top = Math.max(...points.map((p) => Math.max(p.statistic, p.threshold))) * 1.1;
+  const x = (i) => pad + (i / Math.max(points.length - 1, 1)) * (width - 2 * pad);
+  const y = (v) => height - pad + 10 - (v / top) * (height - pad - 10);
+  svg.append(svgEl("line", { x1: pad, x2: width - pad, y1: y(0), y2: y(0), stroke: "#98a2ad" }));
+  const threshold = points[points.length - 1].threshold;
+  svg.append(svgEl("line", { x1: pad, x2: width - pad, y1: y(threshold), y2: y(threshold), stroke: "#a3261b", "stroke-dasharray": "5 4" }));
+  const label = svgEl("text", { x: pad, y: y(threshold) - 4, "font-size": 11 }); label.textContent = `drift threshold ${fmt(threshold, 1)}`; svg.append(label);
+  svg.append(svgEl("polyline", { points: points.map((p, i) => `${x(i)},${y(p.statistic)}`).join(" "), fill: "none", stroke: "#1e5aa8", "stroke-width": 2 }));
+  const axis = svgEl("text", { x: width - pad, y: height - 4, "font-size": 11, "text-anchor": "end" });
+  axis.textContent = `last ${points.length} requests →`; svg.append(axis);
+  return el("figure", { class: "strip-box", id: "drift-chart" }, svg, el("figcaption", { text: "drift statistic per score request" }));
+}
+
+function scoreHistogram(scores, threshold) {
+  // recent scores in bins, the active threshold as a line: how close the line runs to it
+  const width = 560, height = 160, pad = 30, bins = 30;
+  const values = scores.map((s) => s.score);
+  const low = Math.min(...values, threshold), high = Math.max(...values, threshold);
+  const span = high - low || 1;
+  const counts = new Array(bins).fill(0), flagged = new Array(bins).fill(0);
+  for (const s of scores) {
+    const b = Math.min(bins - 1, Math.floor(((s.score - low) / span) * bins));
+    counts[b] += 1; if (s.anomalous) flagged[b] += 1;
+  }
+  const most = Math.max(...counts, 1);
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
+    "aria-label": `${scores.length} recent scores, ${scores.filter((s) => s.anomalous).length} above their threshold` });
+  const bw = (width - 2 * pad) / bins;
+  counts.forEach((c, i) => {
+    const h = (c / most) * (height - 2 * pad);
+    svg.append(svgEl("rect", { x: pad + i * bw + 1, y: height - pad - h, width: bw - 2, height: h, fill: flagged[i] ? "#a3261b" : "#1f6f43", "fill-opacity": 0.7 }));
+  });
+  const tx = pad + ((threshold - low) / span) * (width - 2 * pad);
+  svg.append(svgEl("line", { x1: tx, x2: tx, y1: pad - 10, y2: height - pad, stroke: "#1d232a", "stroke-width": 2, "stroke-dasharray": "4 3" }));
+  const label = svgEl("text", { x: Math.min(tx + 4, width - 110), y: pad - 12, "font-size": 11 }); label.textContent = `threshold ${fmt(threshold)}`; svg.append(label);
+  for (const [v, anchor] of [[low, "start"], [high, "end"]]) {
+    const t = svgEl("text", { x: v === low ? pad : width - pad, y: height - pad + 14, "font-size": 11, "text-anchor": anchor }); t.textContent = fmt(v, 1); svg.append(t);
+  }
+  return el("figure", { class: "strip-box", id: "score-histogram" }, svg,
+    el("figcaption", { text: `${scores.length} recent scores (red: flagged), active threshold dashed` }));
+}
+
+async function historyCard(name, active) {
+  const history = await api(`/v1/models/${encodeURIComponent(name)}/history`);
+  const body = [];
+  if (history.drift.length > 1) body.push(driftChart(history.drift));
+  if (history.scores.length && active) body.push(scoreHistogram(history.scores, active.threshold));
+  const charts = body.length ? el("div", { class: "grid2" }, body) : el("p", { class: "muted", text: "Nothing scored on the line since the service started." });
+  const images = history.recent_images.length ? el("div", { class: "grid", id: "recent-images" }, history.recent_images.map((r) => el("figure", { class: "result" },
+    el("img", { src: "data:image/jpeg;base64," + r.thumbnail_jpeg, alt: `latest image ${r.filename}` }),
+    el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: r.anomalous ? "DEFECT" : "OK" }),
+      ` ${r.filename}: ${fmt(r.score)} (threshold ${fmt(r.threshold)}, ${r.version}) ${new Date(r.time * 1000).toLocaleTimeString()}`)))) : "";
+  return el("section", { class: "card", id: "line-history" }, el("h2", { text: "What the line saw" }),
+    el("p", { class: "muted", text: "Kept in the service's memory only, a bounded number per model (PATCHSHIFT_HISTORY_SCORES, PATCHSHIFT_RECENT_IMAGES); lost on restart." }),
+    charts, images);
+}
 
 // ---- review a candidate against the active version -----------------------------------------
 function scoreStrip(scores, threshold, label) {

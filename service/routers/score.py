@@ -15,6 +15,7 @@ from ..errors import Unprocessable
 from ..schemas import ScoreResponse, error_responses
 from ..scoring import build_results, decode_uploads
 from ..uploads import read_files
+from ..history import record_line
 from ..operations import require_model
 from ..scoring import MicroBatcher
 from ..settings import Settings
@@ -30,7 +31,7 @@ Files = Annotated[list[UploadFile], File(min_length=1, description="1..PATCHSHIF
 
 
 async def score_with(model: Detector, name: str, files: list[UploadFile], heatmap: str, settings: Settings, batcher: MicroBatcher):
-    """(uploads, scored, results) of one request, all by `model`."""
+    """(uploads, decoded, scored, results) of one request, all by `model`."""
     wanted = heatmap != "none"
     if wanted and not model.gives_heatmaps:
         raise Unprocessable(f"model {name!r} version {model.version} is a {model.kind} model, a global detector: no heatmaps (send heatmap=none)")
@@ -39,7 +40,7 @@ async def score_with(model: Detector, name: str, files: list[UploadFile], heatma
     decoded = await run_in_threadpool(decode_uploads, uploads, model.config.image_size, preview)
     scored = await batcher.score(model, decoded.batch)
     results = await run_in_threadpool(build_results, model, decoded, scored, wanted, heatmap == "png-legend")
-    return uploads, scored, results
+    return uploads, decoded, scored, results
 
 
 @router.post("/{name}/score", response_model=ScoreResponse, response_model_exclude_none=True, dependencies=[Depends(require(READ))],
@@ -51,15 +52,18 @@ async def score(
 ) -> ScoreResponse:
     """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422 naming each)."""
     model = registry.get(name)  # this version scores the whole request
-    uploads, scored, results = await score_with(model, name, files, heatmap, settings, batcher)
+    uploads, decoded, scored, results = await score_with(model, name, files, heatmap, settings, batcher)
     flags = scored.scores > model.threshold
     version = model.version or ""
     metrics.images_scored.labels(name, version).inc(len(results))
     metrics.anomalies.labels(name, version).inc(int(flags.sum()))
     for value in scored.scores:
         metrics.score_ratio.labels(name).observe(float(value) / model.threshold if model.threshold > 0 else 0.0)
-    # off the event loop: a self-started adaptation writes its images before the answer goes out
-    await run_in_threadpool(drift.observe, name, model, scored.descriptors, flags, uploads if settings.auto_adapt else [])
+    def observe() -> None:  # off the event loop: a self-started adaptation writes its images before the answer goes out
+        drift.observe(name, model, scored.descriptors, flags, uploads if settings.auto_adapt else [])
+        record_line(registry.slot(name), model, decoded.names, decoded.batch.numpy(), scored, flags)
+
+    await run_in_threadpool(observe)
     return ScoreResponse(model=name, version=version, results=results)
 
 
@@ -75,5 +79,14 @@ async def score_version(
     model stays loaded."""
     require_model(store, name)
     model = await run_in_threadpool(registry.for_review, name, check_name(version, "version"))
-    _, _, results = await score_with(model, name, files, heatmap, settings, batcher)
+    _, _, _, results = await score_with(model, name, files, heatmap, settings, batcher)
     return ScoreResponse(model=name, version=version, results=results)
+
+
+@router.get("/{name}/history", dependencies=[Depends(require(READ))], responses=error_responses(400, 401, 403, 404))
+def history(name: ModelName, store: StoreDep, registry: RegistryDep) -> dict:
+    """What the line showed lately (in memory, bounded per model, lost on restart): scores, drift
+    statistics, and the latest images as overlay thumbnails (PATCHSHIFT_RECENT_IMAGES, 0: none)."""
+    require_model(store, name)
+    slot = registry.slot(name)
+    return slot.history.snapshot() if slot is not None else {"scores": [], "drift": [], "recent_images": []}

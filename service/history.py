@@ -1,0 +1,93 @@
+"""What the line saw, per model, for the console: bounded rings in memory (never on disk).
+
+Written by request threads after each line score request, read by GET /v1/models/{name}/history;
+one lock per model's history, so a reader never sees a ring mid-append.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from patchshift.core.visualize import encode_jpeg, overlay
+
+THUMBNAIL_SIDE = 240  # longer side of a kept image, in pixels
+
+
+@dataclass(frozen=True)
+class RecentImage:
+    time: float
+    filename: str
+    version: str
+    score: float
+    threshold: float
+    anomalous: bool
+    thumbnail: bytes  # JPEG: the photo as the model saw it, with its overlay when the model gives heatmaps
+
+
+class History:
+    def __init__(self, scores: int, drift_points: int, images: int) -> None:
+        self._lock = threading.Lock()
+        self._scores: deque[tuple[float, str, float, float, bool]] = deque(maxlen=scores)
+        self._drift: deque[tuple[float, str, float, float, bool]] = deque(maxlen=drift_points)
+        self._images: deque[RecentImage] = deque(maxlen=images)
+
+    @property
+    def image_capacity(self) -> int:
+        return self._images.maxlen or 0
+
+    def record(self, version: str, threshold: float, names: list[str], scores: np.ndarray, flags: np.ndarray,
+               drift: tuple[float, float, bool] | None, thumbnails: list[bytes]) -> None:
+        """One score request: its scores, the drift verdict after it (statistic, threshold,
+        drifting) and the thumbnails of its last images (as many as are kept)."""
+        now = time.time()
+        with self._lock:
+            self._scores.extend((now, version, float(s), threshold, bool(f)) for s, f in zip(scores, flags))
+            if drift is not None:
+                self._drift.append((now, version, *drift))
+            offset = len(names) - len(thumbnails)
+            for i, picture in enumerate(thumbnails):
+                j = offset + i
+                self._images.append(RecentImage(now, names[j], version, float(scores[j]), threshold, bool(flags[j]), picture))
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            scores, drift, images = list(self._scores), list(self._drift), list(self._images)
+        return {
+            "scores": [{"time": t, "version": v, "score": s, "threshold": th, "anomalous": a} for t, v, s, th, a in scores],
+            "drift": [{"time": t, "version": v, "statistic": s, "threshold": th, "drifting": d} for t, v, s, th, d in drift],
+            "recent_images": [{"time": r.time, "filename": r.filename, "version": r.version, "score": r.score, "threshold": r.threshold,
+                               "anomalous": r.anomalous, "thumbnail_jpeg": base64.b64encode(r.thumbnail).decode()} for r in reversed(images)],
+        }
+
+
+def thumbnails(batch: np.ndarray, maps: np.ndarray | None, threshold: float, keep: int) -> list[bytes]:
+    """JPEG thumbnails of the last `keep` images of a (N, 3, H, W) float batch in [0, 1], each
+    with its overlay when `maps` (N, H, W) are given."""
+    out = []
+    for i in range(max(0, len(batch) - keep), len(batch)):
+        rgb = np.ascontiguousarray((np.clip(batch[i].transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8))
+        if maps is not None:
+            rgb = overlay(rgb, maps[i], threshold)
+        scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
+        if scale < 1:
+            rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+        out.append(encode_jpeg(rgb))
+    return out
+
+
+def record_line(slot, model, names: list[str], batch: np.ndarray, scored, flags: np.ndarray) -> None:
+    """Keep what one line score request showed, if `model` is still the slot's active version."""
+    if slot is None or slot.model is not model:
+        return
+    statistic, drifting = slot.monitor.verdict()
+    drift = None if statistic is None else (float(statistic), float(slot.monitor.threshold), bool(drifting))
+    keep = slot.history.image_capacity
+    pictures = thumbnails(batch, scored.maps, model.threshold, keep) if keep else []
+    slot.history.record(model.version or "", model.threshold, names, scored.scores, flags, drift, pictures)
