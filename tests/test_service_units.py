@@ -151,3 +151,45 @@ def test_drift_monitor_is_safe_under_concurrent_add_reset_and_verdict() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_history_is_safe_under_concurrent_records_and_snapshots() -> None:
+    import threading
+
+    from patchshift.service.history import History
+
+    history = History(scores=50, drift_points=20, images=5)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def write(k: int) -> None:
+        try:
+            for i in range(2000):
+                history.record(f"v{k}-{i}", 1.0, [f"a{i}", f"b{i}"], np.array([0.5, 2.0]), np.array([False, True]), (1.0 + i, 10.0, False), [b"\xff\xd8jpeg"])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                snap = history.snapshot()
+                assert len(snap["scores"]) <= 50 and len(snap["drift"]) <= 20 and len(snap["recent_images"]) <= 5
+                if snap["scores"]:  # a request is seen whole or not at all
+                    newest = {snap["scores"][-1]["version"], snap["drift"][-1]["version"], snap["recent_images"][0]["version"]}
+                    assert len(newest) == 1, newest
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write, args=(k,)) for k in range(3)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors[:3]
+    snap = history.snapshot()
+    assert len(snap["scores"]) == 50 and len(snap["drift"]) == 20 and len(snap["recent_images"]) == 5
+    assert all(r["filename"].startswith("b") for r in snap["recent_images"])  # the last image of each request
