@@ -152,3 +152,24 @@ def test_a_read_key_sees_no_admin_controls_and_a_forged_admin_call_is_refused(br
     message = wait(driver).until(ec.presence_of_element_located((By.ID, "inspect-error"))).text
     assert "not-an-image.png" in message, message  # the API's own message, naming the file
     shot(driver, "07-read-key")
+
+
+def test_a_first_model_is_fitted_from_the_page(browser, tmp_path, dataset):
+    server = Server(tmp_path / "empty-models").start()  # no keys: the page has full access and says so
+    try:
+        driver = browser
+        driver.get(server.url + "/")
+        wait(driver).until(ec.text_to_be_present_in_element((By.ID, "scope"), "no API keys configured"))
+        assert "No models yet" in driver.find_element(By.ID, "view").text
+        driver.find_element(By.ID, "fit-name").send_keys("gadget")
+        driver.find_element(By.ID, "fit-files").send_keys("\n".join(str(p) for p in sorted((dataset / "train" / "good").glob("*.png"))[:8]))
+        size = driver.find_element(By.ID, "fit-size")
+        size.clear()
+        size.send_keys("64")
+        driver.find_element(By.ID, "fit-start").click()
+        wait(driver, 180).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models tr[data-model='gadget']")))
+        shot(driver, "08-fitted")
+        driver.find_element(By.LINK_TEXT, "gadget").click()
+        wait(driver).until(lambda d: active_version(d) == "v1")
+    finally:
+        server.stop()
