@@ -25,6 +25,8 @@ def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
 # held-out good images (goal 1%; worst condition 11%); carrying the robust z-score over (median
 # and MAD) gave thresholds above every image: 0 alarms and 0 defects caught (docs/adaptation.md).
 TRANSFER_QUANTILE = 0.25
+# Below this many target images their quartile is one or two images' scores: the threshold stays.
+MIN_TRANSFER_IMAGES = 5
 
 
 def transfer_threshold(source_scores: np.ndarray, source_threshold: float, target_scores: np.ndarray) -> float:
@@ -34,11 +36,11 @@ def transfer_threshold(source_scores: np.ndarray, source_threshold: float, targe
     held-out normal scores' quartile is replaced by the target's. Only a shift is carried over,
     not a change of spread: any spread measured on a contaminated batch is widened by its defects
     (a robust z-score moved the threshold beyond every score on bsd). Falls back to the source
-    threshold when either set of scores is empty.
+    threshold when there are no source scores or fewer than MIN_TRANSFER_IMAGES target scores.
     """
     source = np.asarray(source_scores, dtype=np.float64).ravel()
     target = np.asarray(target_scores, dtype=np.float64).ravel()
-    if source.size == 0 or target.size == 0:
+    if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
         return float(source_threshold)
     shift = np.quantile(target, TRANSFER_QUANTILE) - np.quantile(source, TRANSFER_QUANTILE)
     return float(source_threshold + shift)
@@ -47,3 +49,10 @@ def transfer_threshold(source_scores: np.ndarray, source_threshold: float, targe
 # A threshold given by a person: finite and inside these bounds. Scores are feature distances;
 # a threshold outside them makes every verdict the same (1e308 passes everything, 5e-324 nothing).
 THRESHOLD_BOUNDS = Bounds(ge=1e-6, le=1e6, help="decision threshold on the anomaly score")
+
+
+def transferred_calibration(source_scores: list[float], target_scores: np.ndarray) -> list[float]:
+    """The scores a new version keeps to anchor its own next transfer: the target's, once there are
+    enough of them to have moved the threshold; else the source's, as the threshold stayed."""
+    target = [float(v) for v in np.asarray(target_scores, dtype=np.float64).ravel()]
+    return target if len(target) >= MIN_TRANSFER_IMAGES else list(source_scores)

@@ -234,6 +234,8 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     adapter.check_parent(model, str(args.model))
     with usage_errors(args):
         cfg = adapter.configure(model, settings)
+    if args.source_images and not adapter.min_source_images:
+        raise ConfigError(f"--source-images belongs to methods that learn from source images (uda), not to {adapter.name}")
     if adapter.min_source_images and not args.source_images:
         raise ConfigError(f"--method {adapter.name} needs --source-images: normal images of the source domain (a model keeps no training images)")
     source = _images(args.source_images) if args.source_images else None

@@ -103,9 +103,11 @@ def set_threshold(store: ModelStore, registry: ModelRegistry, worker: Worker, na
         return override_threshold(store, registry, name, threshold)
 
 
-def delete_version(store: ModelStore, name: str, version: str) -> None:
+def delete_version(store: ModelStore, registry: ModelRegistry, worker: Worker, name: str, version: str) -> None:
+    """Refused (409) while the model has an unfinished job (it may have started from this version)."""
     require_model(store, name)
-    store.delete_version(name, check_name(version, "version"))
+    with worker.exclusive(name, "delete a version"):
+        registry.delete_version(name, check_name(version, "version"))
 
 
 def delete_model(store: ModelStore, registry: ModelRegistry, worker: Worker, name: str) -> None:

@@ -47,6 +47,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._review: dict[str, Detector] = {}  # the last version scored for review, per model
         self._review_lock = threading.Lock()
+        self._activation = threading.RLock()  # the ACTIVE pointer: activation, conditional activation, deletion
 
     def load_all(self) -> None:
         for name in self.store.models():
@@ -81,6 +82,23 @@ class ModelRegistry:
         self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
         return model
 
+    def activate_if_active(self, name: str, expected: str | None, version: str, model: Detector) -> bool:
+        """Activate `version` only if `expected` is still the active version: a job started from it
+        must not undo an activation or a rollback made while it ran."""
+        with self._activation:
+            if self.store.active(name) != expected:
+                return False
+            self._activate(name, version, model)
+            return True
+
+    def delete_version(self, name: str, version: str) -> None:
+        """Delete a stored version (never the active one), under the same lock as activation."""
+        with self._activation:
+            self.store.delete_version(name, version)
+        with self._review_lock:
+            if (cached := self._review.get(name)) is not None and cached.version == version:
+                del self._review[name]
+
     def for_review(self, name: str, version: str) -> Detector:
         """`version` to score with outside the line: the active one, or a loaded copy of another
         (the last one reviewed per model is kept, so comparing a candidate costs one load)."""
@@ -96,7 +114,17 @@ class ModelRegistry:
 
     def activate(self, name: str, version: str, model: Detector | None = None) -> Detector:
         """Make `version` the one that scores: load it, persist the pointer, swap, restart drift watch."""
+        if model is None:
+            with self._review_lock:  # a reviewed candidate is already loaded
+                cached = self._review.get(name)
+                if cached is not None and cached.version == version:
+                    model = self._review.pop(name)
         model = model or self.load(name, version)
+        with self._activation:
+            return self._activate(name, version, model)
+
+    def _activate(self, name: str, version: str, model: Detector) -> Detector:
+        self.store.manifest(name, version)  # NotFound if it was deleted meanwhile
         self.store.set_active(name, version)
         slot = self._slot(name)
         slot.model, slot.load_error, slot.drifting_streak = model, None, 0

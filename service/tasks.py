@@ -14,7 +14,7 @@ from patchshift.core.config import ModelConfig
 from patchshift.core.detector import Detector, with_threshold
 from patchshift.core.images import load_target
 from patchshift.core.drift import drift_statistic
-from patchshift.core.patchcore import Provenance, fit
+from patchshift.core.patchcore import PatchCoreModel, Provenance, fit
 from patchshift.core.progress import check_cancel
 
 from .jobs import Job
@@ -62,7 +62,9 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
             "source_version": source.version, "threshold_before": source.threshold, "threshold_after": adapted.threshold,
             "own_bank": adapter.moves_memory, **public_details(summary.details),
         }
-        if source.drift_reference is not None:  # for people; not used to decide
+        # for people, not used to decide; only where both describe images the same way (PatchCore
+        # channel statistics: a UDA encoder's embeddings are another space, and a retrained one)
+        if source.drift_reference is not None and isinstance(source, PatchCoreModel) and isinstance(adapted, PatchCoreModel):
             result.update(drift_before_after(source, adapted, inputs.images))
         check_cancel(cancelled)
         activate = policy == ACTIVATE_ALWAYS
@@ -72,8 +74,10 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
         version = store.allocate_version(job.model)
         save_model(adapted, store.version_dir(job.model, version))
         report(1.0, "saved")
-        if activate:
-            registry.activate(job.model, version, adapted)
+        if activate and not registry.activate_if_active(job.model, source.version, version, adapted):
+            activate = False
+            result["not_activated"] = (f"the active version changed from {source.version} to {store.active(job.model)} while this job "
+                                       f"ran; {version} is kept for review")
         result["activated"] = activate
         return version, result
 
@@ -87,13 +91,11 @@ def public_details(details: dict) -> dict:
 
 def drift_before_after(source: Detector, adapted: Detector, images: list) -> dict:
     """The target images' drift from the source's reference condition, seen through the source and
-    through the new version; empty where the new version describes images differently (another kind)."""
+    through the new version."""
     values = []
     for model in (source, adapted):
         target = load_target(images, model.config.image_size)
         descriptors = np.concatenate([model.score(target[i : i + 16]).descriptors.cpu().numpy() for i in range(0, len(target), 16)])
-        if descriptors.shape[1] != source.drift_reference.mean.shape[0]:
-            return {}
         values.append(drift_statistic(source.drift_reference, descriptors))
     return {"drift_before": values[0], "drift_after": values[1]}
 

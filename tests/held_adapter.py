@@ -13,7 +13,7 @@ from patchshift.core.adapt.registry import Adapter, register
 from patchshift.core.progress import check_cancel, report
 
 
-def hold(model, target, cfg, report_, progress, cancel, source=None):
+def hold(model, target, cfg, report_, progress, cancel):
     release = Path(os.environ["PATCHSHIFT_TEST_RELEASE"])
     deadline = time.monotonic() + 600  # never hang a test run for good
     step = 0

@@ -99,3 +99,14 @@ def test_threshold_transfer_ignores_a_defective_majority():
     moved = transfer_threshold(source, threshold, np.concatenate([normal, defective]))
     assert abs(moved - (threshold + 10.0)) < 1.0, moved
     assert (normal > moved).mean() <= 0.05 and (defective > moved).mean() >= 0.9
+
+
+def test_threshold_stays_when_too_few_target_images_score():
+    from patchshift.core.threshold import MIN_TRANSFER_IMAGES, transfer_threshold, transferred_calibration
+
+    source = np.array([10.0, 11.0, 12.0, 13.0, 14.0])
+    few = np.array([30.0] * (MIN_TRANSFER_IMAGES - 1))
+    assert transfer_threshold(source, 15.0, few) == 15.0  # one defective image must not move it by its own score
+    assert transferred_calibration(list(source), few) == list(source)  # and the next transfer starts from the source's
+    enough = np.full(MIN_TRANSFER_IMAGES, 30.0)
+    assert transfer_threshold(source, 15.0, enough) == pytest.approx(34.0) and transferred_calibration(list(source), enough) == list(enough)

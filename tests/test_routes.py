@@ -196,3 +196,13 @@ def test_auto_adapt_cannot_name_a_method_that_needs_source_images():
 
     with pytest.raises(ValidationError, match="auto-adapt"):
         Settings(auto_adapt_method="uda")
+
+
+def test_a_job_does_not_undo_an_activation_made_while_it_ran(app_and_worker):
+    client, _ = app_and_worker
+    registry, store = client.app.state.registry, client.app.state.store
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 3.0}).status_code == 200  # v2 active now
+    finished = registry.load("widget", "v1")  # what a job started from v1 would hand over
+    assert not registry.activate_if_active("widget", "v1", "v1", finished)
+    assert store.active("widget") == "v2" and registry.get("widget").version == "v2"
+    assert registry.activate_if_active("widget", "v2", "v1", finished) and store.active("widget") == "v1"

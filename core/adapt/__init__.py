@@ -60,7 +60,9 @@ def adapt(
     adapter.check_counts(len(target), len(source_images) if source_images is not None else 0)
     report_ = AdaptReport(method=cfg.method, n_images=len(target))
     started = time.perf_counter()
-    adapted = adapter.run(model, target, cfg, report_, progress, cancel, source_images if adapter.min_source_images else None)
+    # source images only to the adapters that ask for them (older plugins take six arguments)
+    extra = (source_images,) if adapter.min_source_images else ()
+    adapted = adapter.run(model, target, cfg, report_, progress, cancel, *extra)
     check_cancel(cancel)
     if not math.isfinite(adapted.threshold) or adapted.threshold <= 0:
         raise AdaptationError(f"adaptation gave an unusable threshold ({adapted.threshold!r}); the source version stays as it is")

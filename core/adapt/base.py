@@ -16,7 +16,7 @@ from ..drift import DriftReference
 from ..errors import ConfigError
 from ..patchcore import PatchCoreModel, Provenance
 from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import transfer_threshold
+from ..threshold import transfer_threshold, transferred_calibration
 from .config import AdaptConfig
 
 if TYPE_CHECKING:
@@ -259,6 +259,6 @@ def derive_version(
     if source.provenance.calibration_scores:
         adapted.threshold = transfer_threshold(np.array(source.provenance.calibration_scores), source.threshold, target_scores)
     # The target's scores calibrate the next transfer (their lower quartile is its anchor).
-    adapted.provenance.calibration_scores = [float(s) for s in target_scores]
+    adapted.provenance.calibration_scores = transferred_calibration(source.provenance.calibration_scores, target_scores)
     report_.target_scores = target_scores
     return adapted

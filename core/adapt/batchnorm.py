@@ -39,7 +39,7 @@ def batchnorm_step(
 
 
 def _batchnorm_adapter(step: str):
-    def run(model, target, cfg, report_, progress, cancel, source=None) -> PatchCoreModel:
+    def run(model, target, cfg, report_, progress, cancel) -> PatchCoreModel:
         extractor = batchnorm_step(model, target, step, cfg, report_, progress, cancel)
         return derive_version(model, extractor, target, report_, cfg, progress)
 

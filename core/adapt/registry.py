@@ -27,8 +27,8 @@ from ..progress import CancelFn, ProgressFn
 from .base import AdaptReport
 from .config import ADAPT_OPTIONS, AdaptConfig
 
-# run(parent, target (N, 3, H, W), config, report, progress, cancel, source) -> the new version.
-# `source` is what the adapter asked for with min_source_images (raw images), else None.
+# run(parent, target (N, 3, H, W), config, report, progress, cancel[, source]) -> the new version;
+# `source` (normal images of the source domain) is passed only to adapters with min_source_images.
 AdaptFn = Callable[[Any, torch.Tensor, Any, AdaptReport, ProgressFn | None, CancelFn | None, Any], Any]
 
 
@@ -74,7 +74,8 @@ class Adapter:
     def check_parent(self, parent: Any, label: str) -> None:
         """A clear refusal when `parent` (named `label` in the message) is not a kind this method adapts."""
         if not self.accepts(parent):
-            raise ConfigError(f"{label} is a {parent.kind} model; {self.name} adapts {self.parent.kind} versions")
+            wanted = getattr(self.parent, "kind", self.parent.__name__)
+            raise ConfigError(f"{label} is a {getattr(parent, 'kind', type(parent).__name__)} model; {self.name} adapts {wanted} versions")
 
     def check_counts(self, n_images: int, n_source_images: int) -> None:
         if n_images < self.min_images:

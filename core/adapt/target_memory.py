@@ -19,7 +19,7 @@ from ..drift import DriftReference, image_descriptors
 from ..errors import AdaptationError
 from ..patchcore import PatchCoreModel, Provenance, kfold_scores
 from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import transfer_threshold
+from ..threshold import transfer_threshold, transferred_calibration
 from .base import AdaptReport
 from .batchnorm import batchnorm_step
 from .config import AdaptConfig
@@ -52,7 +52,7 @@ def scored_images(n_images: int, limit: int, seed: int) -> torch.Tensor:
 
 def adapt_memory(
     model: PatchCoreModel, target: torch.Tensor, cfg: AdaptConfig, report_: AdaptReport,
-    progress: ProgressFn | None, cancel: CancelFn | None, source: None = None,
+    progress: ProgressFn | None, cancel: CancelFn | None,
 ) -> PatchCoreModel:
     config = model.config
     extractor = batchnorm_step(model, target, cfg.memory_bn, cfg, report_, progress, cancel)
@@ -90,7 +90,7 @@ def adapt_memory(
     report(progress, "threshold", 1, 1)
     if model.provenance.calibration_scores:
         adapted.threshold = transfer_threshold(np.array(model.provenance.calibration_scores), model.threshold, scores)
-    adapted.provenance.calibration_scores = [float(s) for s in scores]
+    adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)
     report_.target_scores, report_.target_index = scores, scored.numpy()
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
         report_.source_features, report_.reference_ranking = feats, ranking_of(kept.scores)

@@ -215,7 +215,7 @@ async function renderModel(view, name) {
         `${info.drift.recent_images} recent images; ${info.drift.recent_anomalous_share === null ? "–" : Math.round(100 * info.drift.recent_anomalous_share) + "%"} of them flagged; ` +
         `auto-adapt ${info.drift.auto_adapt ? "on" : "off"}`) : el("p", { class: "muted", text: "no active version loaded" })),
     await historyCard(name, active),
-    inspectCard(name, active),
+    active ? inspectCard(name, active) : "",
     active ? thresholdCard(name, active) : "",
     isAdmin() && active ? adaptCard(name) : "",
     await jobsCard(name));
@@ -370,7 +370,7 @@ function driftChart(points) {
   const width = 560, height = 160, pad = 30;
   const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
     "aria-label": `drift statistic over the last ${points.length} requests; ${points.filter((p) => p.drifting).length} of them drifting` });
-  const top = Math.max(...points.map((p) => Math.max(p.statistic, p.threshold))) * 1.1;
+  const top = points.reduce((m, p) => Math.max(m, p.statistic, p.threshold), 0) * 1.1;
   const x = (i) => pad + (i / Math.max(points.length - 1, 1)) * (width - 2 * pad);
   const y = (v) => height - pad + 10 - (v / top) * (height - pad - 10);
   svg.append(svgEl("line", { x1: pad, x2: width - pad, y1: y(0), y2: y(0), stroke: "#98a2ad" }));
@@ -387,14 +387,14 @@ function scoreHistogram(scores, threshold) {
   // recent scores in bins, the active threshold as a line: how close the line runs to it
   const width = 560, height = 160, pad = 30, bins = 30;
   const values = scores.map((s) => s.score);
-  const low = Math.min(...values, threshold), high = Math.max(...values, threshold);
+  const low = values.reduce((m, v) => Math.min(m, v), threshold), high = values.reduce((m, v) => Math.max(m, v), threshold);
   const span = high - low || 1;
   const counts = new Array(bins).fill(0), flagged = new Array(bins).fill(0);
   for (const s of scores) {
     const b = Math.min(bins - 1, Math.floor(((s.score - low) / span) * bins));
     counts[b] += 1; if (s.anomalous) flagged[b] += 1;
   }
-  const most = Math.max(...counts, 1);
+  const most = counts.reduce((m, c) => Math.max(m, c), 1);
   const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
     "aria-label": `${scores.length} recent scores, ${scores.filter((s) => s.anomalous).length} above their threshold` });
   const bw = (width - 2 * pad) / bins;
@@ -431,8 +431,7 @@ async function historyCard(name, active) {
 function scoreStrip(scores, threshold, label) {
   // every score as a tick on one axis, the threshold as a line: what each version would flag
   const width = 460, height = 56, pad = 12;
-  const values = scores.concat([threshold]);
-  const low = Math.min(...values), high = Math.max(...values);
+  const low = scores.reduce((m, v) => Math.min(m, v), threshold), high = scores.reduce((m, v) => Math.max(m, v), threshold);
   const x = (v) => pad + ((v - low) / (high - low || 1)) * (width - 2 * pad);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);

@@ -170,8 +170,8 @@ async def set_threshold(name: ModelName, body: Annotated[ThresholdIn, Body()], s
 
 
 @router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Depends(require(ADMIN))], responses=error_responses(400, 401, 403, 404, 409))
-def delete_version(name: ModelName, version: VersionName, store: StoreDep) -> None:
-    operations.delete_version(store, name, version)
+def delete_version(name: ModelName, version: VersionName, store: StoreDep, registry: RegistryDep, worker: WorkerDep) -> None:
+    operations.delete_version(store, registry, worker, name, version)
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Depends(require(ADMIN))], responses=error_responses(400, 401, 403, 404, 409))
