@@ -6,7 +6,8 @@ The app's lifespan builds them once (service.app); routes name what they use in 
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -20,37 +21,18 @@ from .store import ModelStore
 from .worker import Worker
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _from_state(name: str) -> Callable[[Request], Any]:
+    """The dependency that hands a route the object the lifespan put on app.state under `name`."""
+
+    def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    dependency.__name__ = f"get_{name}"
+    return dependency
 
 
-def get_store(request: Request) -> ModelStore:
-    return request.app.state.store
-
-
-def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
-
-
-def get_worker(request: Request) -> Worker:
-    return request.app.state.worker
-
-
-def get_jobs(request: Request) -> JobStore:
-    return request.app.state.jobs
-
-
-def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
-
-
-def get_batcher(request: Request) -> MicroBatcher:
-    return request.app.state.batcher
-
-
-def get_drift(request: Request) -> DriftWatch:
-    return request.app.state.drift
-
+get_settings, get_store, get_registry, get_worker = (_from_state(n) for n in ("settings", "store", "registry", "worker"))
+get_jobs, get_metrics, get_batcher, get_drift = (_from_state(n) for n in ("jobs", "metrics", "batcher", "drift"))
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
