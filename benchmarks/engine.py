@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+from queue import Empty
 import tempfile
 import time
 from pathlib import Path
@@ -35,13 +36,16 @@ def _fit_child(root: str, overrides: dict, out_dir: str, device: str, queue) -> 
     from patchshift.core.data import train_images
     from patchshift.core.patchcore import fit
 
-    started = time.perf_counter()
-    images = train_images(root)
-    model = fit(images, ModelConfig(**overrides), device=device)
-    seconds = time.perf_counter() - started
-    save_model(model, out_dir, overwrite=True)
-    peak_gib = peak_resident_gib()
-    queue.put({"fit_s": seconds, "fit_peak_gib": peak_gib, "n_train": len(images), "bank_size": int(model.bank.shape[0])})
+    try:
+        started = time.perf_counter()
+        images = train_images(root)
+        model = fit(images, ModelConfig(**overrides), device=device)
+        seconds = time.perf_counter() - started
+        save_model(model, out_dir, overwrite=True)
+        peak_gib = peak_resident_gib()
+        queue.put({"fit_s": seconds, "fit_peak_gib": peak_gib, "n_train": len(images), "bank_size": int(model.bank.shape[0])})
+    except Exception as exc:  # the parent waits on the queue: it must hear of a failure, not hang
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
 def fit_in_child(root: str, overrides: dict, out_dir: str, device: str) -> dict:
@@ -49,8 +53,16 @@ def fit_in_child(root: str, overrides: dict, out_dir: str, device: str) -> dict:
     queue = ctx.Queue()
     child = ctx.Process(target=_fit_child, args=(root, overrides, out_dir, device, queue))
     child.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not child.is_alive():  # killed (out of memory) before it could say anything
+                raise SystemExit(f"fitting {root} failed: the fitting process died with exit code {child.exitcode}") from None
     child.join()
+    if "error" in result:
+        raise SystemExit(f"fitting {root} failed: {result['error']}")
     return result
 
 
