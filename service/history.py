@@ -37,6 +37,7 @@ class History:
         self._scores: deque[tuple[float, str, float, float, bool]] = deque(maxlen=scores)
         self._drift: deque[tuple[float, str, float, float, bool]] = deque(maxlen=drift_points)
         self._images: deque[RecentImage] = deque(maxlen=images)
+        self.images_scored = 0  # since the service started; grows under the lock
 
     @property
     def image_capacity(self) -> int:
@@ -48,6 +49,7 @@ class History:
         drifting) and the thumbnails of its last images (as many as are kept)."""
         now = time.time()
         with self._lock:
+            self.images_scored += len(names)
             self._scores.extend((now, version, float(s), threshold, bool(f)) for s, f in zip(scores, flags))
             if drift is not None:
                 self._drift.append((now, version, *drift))

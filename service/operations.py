@@ -63,6 +63,7 @@ def describe_model(store: ModelStore, registry: ModelRegistry, settings: Setting
     return ModelOut(
         name=name, active_version=active, loaded=slot is not None and slot.model is not None,
         load_error=slot.load_error if slot else None, versions=versions, unreadable_versions=unreadable, drift=drift,
+        images_scored=slot.history.images_scored if slot else 0,
     )
 
 

@@ -103,6 +103,7 @@ class ModelOut(BaseModel):
     versions: list[VersionOut]
     unreadable_versions: list[UnreadableVersion] = []
     drift: DriftOut | None
+    images_scored: int = 0  # line images scored since the service started (every version)
 
 
 class ModelSummary(BaseModel):

@@ -80,6 +80,8 @@ def test_inspect_adapt_activate_and_roll_back_in_the_browser(browser, server, da
             assert line.post("/v1/models/widget/score", files=files).status_code == 200
     sign_in(driver, server, ADMIN)
     assert "admin key" in driver.find_element(By.ID, "scope").text
+    cells = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#models tr[data-model='widget'] td")]
+    assert cells[0] == "widget" and cells[1] == "v1" and "8" in cells  # 8 line images scored
     shot(driver, "01-models")
     driver.find_element(By.LINK_TEXT, "widget").click()
     wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v1']")))

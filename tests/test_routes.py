@@ -179,6 +179,7 @@ def test_history_keeps_what_the_line_saw_bounded(tmp_path: Path, saved_model: Pa
         client.post("/v1/models/widget/versions/v1/score", files=images(dataset, 3))  # review scoring is not the line's
         history = client.get("/v1/models/widget/history").json()
         assert len(history["scores"]) == 5 and len(history["recent_images"]) == 3  # bounded rings
+        assert client.get("/v1/models/widget").json()["images_scored"] == 6  # the line's images only, all of them
         assert len(history["drift"]) == 2 and all(p["statistic"] > 0 and p["version"] == "v1" for p in history["drift"])
         newest = history["recent_images"][0]
         assert newest["filename"] == images(dataset, 3)[-1][1][0] and base64.b64decode(newest["thumbnail_jpeg"])[:2] == b"\xff\xd8"

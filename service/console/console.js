@@ -126,6 +126,7 @@ async function renderModels(view) {
       el("td", { text: active ? fmt(active.threshold) : "–" }),
       el("td", { text: active && active.bank_size !== null ? active.bank_size : "–" }),
       el("td", {}, info ? driftTag(info.drift) : "–"),
+      el("td", { text: info ? info.images_scored : "–" }),
       el("td", { text: info && info.drift && info.drift.recent_anomalous_share !== null ? `${Math.round(100 * info.drift.recent_anomalous_share)}%` : "–" }),
       el("td", { text: m.loaded ? "loaded" : (info && info.load_error) || "not loaded" }));
   });
@@ -134,7 +135,7 @@ async function renderModels(view) {
       el("h2", { text: "Models" }),
       models.length === 0 ? el("p", { class: "muted", text: "No models yet." }) :
         el("table", { id: "models" },
-          el("thead", {}, el("tr", {}, ["model", "active version", "kind", "threshold", "bank rows", "drift (statistic against its threshold)", "recent images flagged", "state"].map((t) => el("th", { text: t })))),
+          el("thead", {}, el("tr", {}, ["model", "active version", "kind", "threshold", "bank rows", "drift (statistic against its threshold)", "images scored", "recent images flagged", "state"].map((t) => el("th", { text: t })))),
           el("tbody", {}, rows))),
     isAdmin() ? fitCard() : "");
 }
