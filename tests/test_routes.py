@@ -143,7 +143,7 @@ def test_the_session_says_what_the_key_may_do(tmp_path: Path, settings, key, exp
         response = client.get("/v1/session", headers={"Authorization": f"Bearer {key}"} if key else {})
         assert response.status_code == expected[0], response.text
         if expected[1]:
-            assert response.json() == {"scope": expected[1], "auth": bool(settings)}
+            assert response.json() == {"scope": expected[1], "auth": bool(settings), "device": "cpu"}
         methods = client.get("/v1/methods", headers={"Authorization": f"Bearer {key}"} if key else {})
         if expected[0] == 200:
             names = [m["name"] for m in methods.json()]

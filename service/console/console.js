@@ -81,8 +81,8 @@ async function loadSession() {
     state.scope = session.scope;
     state.auth = session.auth;
     document.getElementById("key-form").hidden = true;
-    document.getElementById("scope").textContent = !session.auth ? "no API keys configured: full access"
-      : session.scope === "admin" ? "admin key" : "read-only key: viewing and scoring";
+    document.getElementById("scope").textContent = (!session.auth ? "no API keys configured: full access"
+      : session.scope === "admin" ? "admin key" : "read-only key: viewing and scoring") + ` · scoring on ${session.device}`;
     document.getElementById("forget-key").hidden = !state.key;
     return true;
   } catch (error) {

@@ -34,12 +34,13 @@ def console_page() -> FileResponse:
 class Session(BaseModel):
     scope: str  # admin or read
     auth: bool  # whether keys are configured at all
+    device: str  # where models score: cpu or cuda
 
 
 @router.get("/v1/session", response_model=Session, tags=["console"], responses=error_responses(401))
 def session(request: Request) -> Session:
-    """What the caller's key may do (admin, read); 401 for a missing or wrong key where one is needed."""
-    return Session(scope=granted_scope(request), auth=request.app.state.keys.enabled)
+    """What the caller's key may do (admin, read) and where models score; 401 for a missing or wrong key where one is needed."""
+    return Session(scope=granted_scope(request), auth=request.app.state.keys.enabled, device=str(request.app.state.registry.device))
 
 
 class MethodOut(BaseModel):
