@@ -86,7 +86,7 @@ def test_inspect_adapt_activate_and_roll_back_in_the_browser(browser, server, da
     driver.find_element(By.LINK_TEXT, "widget").click()
     wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v1']")))
     assert active_version(driver) == "v1"
-    assert "8 recent scores" in driver.find_element(By.CSS_SELECTOR, "#score-histogram figcaption").text
+    assert "8 recent scores by v1" in driver.find_element(By.CSS_SELECTOR, "#score-histogram figcaption").text
     assert len(driver.find_elements(By.CSS_SELECTOR, "#recent-images img")) == 8  # what the line saw, newest first
     shot(driver, "01b-model")
 

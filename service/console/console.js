@@ -384,7 +384,7 @@ function driftChart(points) {
   return el("figure", { class: "strip-box", id: "drift-chart" }, svg, el("figcaption", { text: "drift statistic per score request" }));
 }
 
-function scoreHistogram(scores, threshold) {
+function scoreHistogram(scores, threshold, version) {
   // recent scores in bins, the active threshold as a line: how close the line runs to it
   const width = 560, height = 160, pad = 30, bins = 30;
   const values = scores.map((s) => s.score);
@@ -410,14 +410,19 @@ function scoreHistogram(scores, threshold) {
     const t = svgEl("text", { x: v === low ? pad : width - pad, y: height - pad + 14, "font-size": 11, "text-anchor": anchor }); t.textContent = fmt(v, 1); svg.append(t);
   }
   return el("figure", { class: "strip-box", id: "score-histogram" }, svg,
-    el("figcaption", { text: `${scores.length} recent scores (red: flagged), active threshold dashed` }));
+    el("figcaption", { text: `${scores.length} recent scores by ${version} (red: flagged), its threshold dashed` }));
 }
 
 async function historyCard(name, active) {
   const history = await api(`/v1/models/${encodeURIComponent(name)}/history`);
   const body = [];
   if (history.drift.length > 1) body.push(driftChart(history.drift));
-  if (history.scores.length && active) body.push(scoreHistogram(history.scores, active.threshold));
+  if (history.scores.length && active) {
+    // each score against the threshold of the version that gave it: the active one's if it scored any
+    const current = history.scores.filter((x) => x.version === active.version);
+    const shown = current.length ? current : history.scores.filter((x) => x.version === history.scores[history.scores.length - 1].version);
+    body.push(scoreHistogram(shown, shown[shown.length - 1].threshold, shown[0].version));
+  }
   const charts = body.length ? el("div", { class: "grid2" }, body) : el("p", { class: "muted", text: "Nothing scored on the line since the service started." });
   const images = history.recent_images.length ? el("div", { class: "grid", id: "recent-images" }, history.recent_images.map((r) => el("figure", { class: "result" },
     el("img", { src: "data:image/jpeg;base64," + r.thumbnail_jpeg, alt: `latest image ${r.filename}` }),
