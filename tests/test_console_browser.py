@@ -170,6 +170,8 @@ def test_a_first_model_is_fitted_from_the_page(browser, tmp_path, dataset):
         size.send_keys("64")
         driver.find_element(By.ID, "fit-start").click()
         wait(driver, 180).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models tr[data-model='gadget']")))
+        rows = driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")  # every model's jobs, on the models list
+        assert len(rows) == 1 and "gadget" in rows[0].text and "succeeded" in rows[0].text, [r.text for r in rows]
         shot(driver, "08-fitted")
         driver.find_element(By.LINK_TEXT, "gadget").click()
         wait(driver).until(lambda d: active_version(d) == "v1")

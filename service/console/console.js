@@ -137,7 +137,8 @@ async function renderModels(view) {
         el("table", { id: "models" },
           el("thead", {}, el("tr", {}, ["model", "active version", "kind", "threshold", "bank rows", "drift (statistic against its threshold)", "images scored", "recent images flagged", "state"].map((t) => el("th", { text: t })))),
           el("tbody", {}, rows))),
-    isAdmin() ? fitCard() : "");
+    isAdmin() ? fitCard() : "",
+    await jobsCard());
 }
 
 function fitCard() {
@@ -347,12 +348,15 @@ async function refreshVersions(name) {
   document.querySelector("#versions tbody").replaceChildren(...versionRows(name, info.versions));
 }
 
-async function jobsCard(name) {
-  const jobs = await api(`/v1/jobs?model=${encodeURIComponent(name)}&limit=10`);
-  return el("section", { class: "card" }, el("h2", { text: "Recent jobs" }),
+async function jobsCard(name = null) {
+  // one model's jobs on its page; every model's on the models list
+  const jobs = await api(name ? `/v1/jobs?model=${encodeURIComponent(name)}&limit=10` : "/v1/jobs?limit=20");
+  const columns = ["created", ...(name ? [] : ["model"]), "kind", "status", "progress", "result or reason"];
+  return el("section", { class: "card" }, el("h2", { text: name ? "Recent jobs" : "Recent jobs, every model" }),
     jobs.length === 0 ? el("p", { class: "muted", text: "none" }) :
-      el("table", { id: "jobs" }, el("thead", {}, el("tr", {}, ["created", "kind", "status", "progress", "result or reason"].map((t) => el("th", { text: t })))),
-        el("tbody", {}, jobs.map((j) => el("tr", {}, el("td", { text: j.created.replace("T", " ").slice(0, 19) }), el("td", { text: j.kind }),
+      el("table", { id: "jobs" }, el("thead", {}, el("tr", {}, columns.map((t) => el("th", { text: t })))),
+        el("tbody", {}, jobs.map((j) => el("tr", { "data-job": j.id }, el("td", { text: j.created.replace("T", " ").slice(0, 19) }),
+          name ? "" : el("td", {}, el("a", { href: `#/models/${encodeURIComponent(j.model)}`, text: j.model })), el("td", { text: j.kind }),
           el("td", { text: j.status }), el("td", { text: `${Math.round(100 * j.progress)}%` }),
           el("td", { text: j.error || (j.result_version ? `version ${j.result_version}` : "") }))))));
 }
