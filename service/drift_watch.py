@@ -38,20 +38,24 @@ class DriftWatch:
         # one lock owns the policy state (streaks, kept images, attempts)
         self._lock = threading.Lock()
 
-    def observe(self, name: str, model: Detector, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
+    def observe(self, name: str, model: Detector, descriptors: np.ndarray, anomalous: np.ndarray,
+                files: list[tuple[str, bytes]]) -> tuple[float | None, bool] | None:
+        """The drift verdict (statistic, drifting) after these images; None when `model` is no longer active."""
         with self._lock:
-            self._observe(name, model, descriptors, anomalous, files)
+            slot = self.registry.slot(name)
+            if slot is None or slot.model is not model:
+                return None  # scored by a version that is no longer active
+            slot.monitor.add(descriptors, anomalous)
+            statistic, drifting = slot.monitor.verdict()
+            if statistic is not None:
+                self.metrics.drift.labels(name).set(statistic)
+            self.metrics.drifting.labels(name).set(int(drifting))
+            self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
+            self._consider_adapting(name, model, slot, statistic, drifting, files)
+            return statistic, drifting
 
-    def _observe(self, name: str, model: Detector, descriptors: np.ndarray, anomalous: np.ndarray, files: list[tuple[str, bytes]]) -> None:
-        slot = self.registry.slot(name)
-        if slot is None or slot.model is not model:
-            return  # scored by a version that is no longer active
-        slot.monitor.add(descriptors, anomalous)
-        statistic, drifting = slot.monitor.verdict()
-        if statistic is not None:
-            self.metrics.drift.labels(name).set(statistic)
-        self.metrics.drifting.labels(name).set(int(drifting))
-        self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
+    def _consider_adapting(self, name: str, model: Detector, slot, statistic: float | None, drifting: bool,
+                           files: list[tuple[str, bytes]]) -> None:
         if not self.settings.auto_adapt or not get_adapter(self.settings.auto_adapt_method).accepts(model):
             return  # drift is reported; a version the method cannot adapt waits for a person
         if not drifting:  # keep only images of the new condition

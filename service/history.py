@@ -75,20 +75,23 @@ def thumbnails(batch: np.ndarray, maps: np.ndarray | None, threshold: float, kee
     out = []
     for i in range(max(0, len(batch) - keep), len(batch)):
         rgb = np.ascontiguousarray((np.clip(batch[i].transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8))
-        if maps is not None:
-            rgb = overlay(rgb, maps[i], threshold)
+        heatmap = maps[i] if maps is not None else None
         scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
-        if scale < 1:
-            rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-        out.append(encode_jpeg(rgb))
+        if scale < 1:  # shrink first: the overlay is then drawn on the thumbnail, not the full input
+            size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            heatmap = cv2.resize(heatmap, size, interpolation=cv2.INTER_AREA) if heatmap is not None else None
+        out.append(encode_jpeg(overlay(rgb, heatmap, threshold) if heatmap is not None else rgb))
     return out
 
 
-def record_line(slot, model, names: list[str], batch: np.ndarray, scored, flags: np.ndarray) -> None:
-    """Keep what one line score request showed, if `model` is still the slot's active version."""
-    if slot is None or slot.model is not model:
+def record_line(slot, model, names: list[str], batch: np.ndarray, scored, flags: np.ndarray,
+                verdict: tuple[float | None, bool] | None) -> None:
+    """Keep what one line score request showed, with the drift verdict the drift watch reached on it
+    (None: `model` is no longer the slot's active version, so nothing is kept)."""
+    if slot is None or verdict is None:
         return
-    statistic, drifting = slot.monitor.verdict()
+    statistic, drifting = verdict
     drift = None if statistic is None else (float(statistic), float(slot.monitor.threshold), bool(drifting))
     keep = slot.history.image_capacity
     pictures = thumbnails(batch, scored.maps, model.threshold, keep) if keep else []

@@ -105,8 +105,7 @@ class ModelRegistry:
         slot = self._slots.get(name)
         if slot is not None and slot.model is not None and slot.model.version == version:
             return slot.model
-        self.store.manifest(name, version)  # NotFound for a version deleted since it was cached
-        with self._review_lock:
+        with self._review_lock:  # delete_version evicts a deleted version, so a cached one still exists
             cached = self._review.get(name)
             if cached is None or cached.version != version:
                 cached = self._review[name] = self.load(name, version)

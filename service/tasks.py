@@ -93,8 +93,8 @@ def drift_before_after(source: Detector, adapted: Detector, images: list) -> dic
     """The target images' drift from the source's reference condition, seen through the source and
     through the new version."""
     values = []
+    target = load_target(images, source.config.image_size)  # both PatchCore versions of one model: one input size
     for model in (source, adapted):
-        target = load_target(images, model.config.image_size)
         descriptors = np.concatenate([model.score(target[i : i + 16]).descriptors.cpu().numpy() for i in range(0, len(target), 16)])
         values.append(drift_statistic(source.drift_reference, descriptors))
     return {"drift_before": values[0], "drift_after": values[1]}

@@ -93,12 +93,7 @@ class Worker:
     ) -> Job:
         """Store the images, then the record; one unfinished job per model (else 409)."""
         with self._submit_lock:
-            busy = self.jobs.unfinished(model)
-            if busy:
-                raise Conflict(
-                    f"model {model!r} already has an unfinished {busy[0].kind} job ({busy[0].status}); wait for it or cancel it",
-                    job_id=busy[0].id,
-                )
+            self._refuse_if_busy(model, "submit it again")
             job_id = os.urandom(16).hex()
             self._write_uploads(job_id, files, source_files)
             os.rename(self.uploads / f".{job_id}", self.uploads / job_id)  # a crash before the record: removed at start
@@ -127,11 +122,15 @@ class Worker:
         """Hold `model`'s job slot for a change made outside a job (a threshold, a deletion): no
         job can be queued for it meanwhile, and it is refused (409) while one is unfinished."""
         with self._submit_lock:
-            busy = self.jobs.unfinished(model)
-            if busy:
-                raise Conflict(f"model {model!r} has an unfinished job ({busy[0].kind}, {busy[0].status}); wait for it or cancel it, "
-                               f"then {what}", job_id=busy[0].id)
+            self._refuse_if_busy(model, what)
             yield
+
+    def _refuse_if_busy(self, model: str, what: str) -> None:
+        """409 naming the model's unfinished job; call holding the submit lock."""
+        busy = self.jobs.unfinished(model)
+        if busy:
+            raise Conflict(f"model {model!r} has an unfinished job ({busy[0].kind}, {busy[0].status}); wait for it or cancel it, "
+                           f"then {what}", job_id=busy[0].id)
 
     def busy(self, model: str) -> bool:
         return bool(self.jobs.unfinished(model))

@@ -60,8 +60,8 @@ async def score(
     for value in scored.scores:
         metrics.score_ratio.labels(name).observe(float(value) / model.threshold if model.threshold > 0 else 0.0)
     def observe() -> None:  # off the event loop: a self-started adaptation writes its images before the answer goes out
-        drift.observe(name, model, scored.descriptors, flags, uploads if settings.auto_adapt else [])
-        record_line(registry.slot(name), model, decoded.names, decoded.batch.numpy(), scored, flags)
+        verdict = drift.observe(name, model, scored.descriptors, flags, uploads if settings.auto_adapt else [])
+        record_line(registry.slot(name), model, decoded.names, decoded.batch.numpy(), scored, flags, verdict)
 
     await run_in_threadpool(observe)
     return ScoreResponse(model=name, version=version, results=results)
