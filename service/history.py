@@ -29,6 +29,7 @@ class RecentImage:
     threshold: float
     anomalous: bool
     thumbnail: bytes  # JPEG: the photo as the model saw it, with its overlay when the model gives heatmaps
+    pixels: np.ndarray  # (H, W, 3) uint8 at the model input size: what a candidate version is reviewed on
 
 
 class History:
@@ -44,9 +45,9 @@ class History:
         return self._images.maxlen or 0
 
     def record(self, version: str, threshold: float, names: list[str], scores: np.ndarray, flags: np.ndarray,
-               drift: tuple[float, float, bool] | None, thumbnails: list[bytes]) -> None:
+               drift: tuple[float, float, bool] | None, thumbnails: list[bytes], pixels: list[np.ndarray]) -> None:
         """One score request: its scores, the drift verdict after it (statistic, threshold,
-        drifting) and the thumbnails of its last images (as many as are kept)."""
+        drifting) and the thumbnails and model inputs of its last images (as many as are kept)."""
         now = time.time()
         with self._lock:
             self.images_scored += len(names)
@@ -56,7 +57,12 @@ class History:
             offset = len(names) - len(thumbnails)
             for i, picture in enumerate(thumbnails):
                 j = offset + i
-                self._images.append(RecentImage(now, names[j], version, float(scores[j]), threshold, bool(flags[j]), picture))
+                self._images.append(RecentImage(now, names[j], version, float(scores[j]), threshold, bool(flags[j]), picture, pixels[i]))
+
+    def recent(self) -> list[RecentImage]:
+        """The kept line images, newest first (one consistent snapshot)."""
+        with self._lock:
+            return list(reversed(self._images))
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -69,12 +75,17 @@ class History:
         }
 
 
-def thumbnails(batch: np.ndarray, maps: np.ndarray | None, threshold: float, keep: int) -> list[bytes]:
-    """JPEG thumbnails of the last `keep` images of a (N, 3, H, W) float batch in [0, 1], each
-    with its overlay when `maps` (N, H, W) are given."""
+def model_inputs(batch: np.ndarray, keep: int) -> list[np.ndarray]:
+    """The last `keep` images of a (N, 3, H, W) float batch in [0, 1] as (H, W, 3) uint8 arrays."""
+    return [np.ascontiguousarray((np.clip(image.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8))
+            for image in batch[max(0, len(batch) - keep):]]
+
+
+def thumbnails(pixels: list[np.ndarray], maps: np.ndarray | None, threshold: float) -> list[bytes]:
+    """JPEG thumbnails of (H, W, 3) uint8 images, each with its overlay when `maps` (one (H, W) map
+    per image) are given."""
     out = []
-    for i in range(max(0, len(batch) - keep), len(batch)):
-        rgb = np.ascontiguousarray((np.clip(batch[i].transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8))
+    for i, rgb in enumerate(pixels):
         heatmap = maps[i] if maps is not None else None
         scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
         if scale < 1:  # shrink first: the overlay is then drawn on the thumbnail, not the full input
@@ -94,5 +105,7 @@ def record_line(slot, model, names: list[str], batch: np.ndarray, scored, flags:
     statistic, drifting = verdict
     drift = None if statistic is None else (float(statistic), float(slot.monitor.threshold), bool(drifting))
     keep = slot.history.image_capacity
-    pictures = thumbnails(batch, scored.maps, model.threshold, keep) if keep else []
-    slot.history.record(model.version or "", model.threshold, names, scored.scores, flags, drift, pictures)
+    pixels = model_inputs(batch, keep) if keep else []
+    maps = scored.maps[len(batch) - len(pixels):] if scored.maps is not None else None
+    pictures = thumbnails(pixels, maps, model.threshold)
+    slot.history.record(model.version or "", model.threshold, names, scored.scores, flags, drift, pictures, pixels)

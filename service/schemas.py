@@ -44,6 +44,20 @@ class ScoreResponse(BaseModel):
     results: list[ScoreItem]
 
 
+class ReviewItem(BaseModel):
+    filename: str
+    time: float  # when the line sent it (Unix seconds)
+    active: ScoreItem
+    candidate: ScoreItem
+
+
+class ReviewResponse(BaseModel):
+    model: str
+    active_version: str
+    candidate_version: str
+    images: list[ReviewItem]  # the line's kept images, newest first
+
+
 class JobAccepted(BaseModel):
     job_id: str
     status: str

@@ -143,6 +143,19 @@ def _score(model: Detector, batch: torch.Tensor) -> Scored:
     return Scored(result.scores.cpu().numpy(), maps, result.descriptors.cpu().numpy())
 
 
+def recent_as_decoded(images) -> Decoded:
+    """The line's kept images (history.RecentImage) as one batch; each is its own overlay photo."""
+    pixels = [r.pixels for r in images]
+    return Decoded([r.filename for r in images], pixels, to_tensor(pixels))
+
+
+def at_input_size(batch: torch.Tensor, model: Detector) -> torch.Tensor:
+    """A batch kept at one version's input size, at another's (a UDA version has its own)."""
+    if tuple(batch.shape[-2:]) == tuple(model.input_hw):
+        return batch
+    return torch.nn.functional.interpolate(batch, size=tuple(model.input_hw), mode="bilinear", antialias=True, align_corners=False)
+
+
 def build_results(model: Detector, decoded: Decoded, scored: Scored, heatmaps: bool, legend: bool = False) -> list[dict]:
     results = []
     for i, name in enumerate(decoded.names):

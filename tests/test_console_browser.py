@@ -121,6 +121,16 @@ def test_inspect_adapt_activate_and_roll_back_in_the_browser(browser, server, da
     assert len(driver.find_elements(By.CSS_SELECTOR, "#review-table img")) == 4
     driver.execute_script("document.getElementById('review').scrollIntoView()")
     shot(driver, "04b-review")
+    driver.find_element(By.ID, "review-recent").click()  # the same comparison on the 8 images the line sent
+    wait(driver, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#review-table tbody tr")) == 8)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#review-table img")) == 16
+    shot(driver, "04c-review-line")
+    for width, height in ((1366, 768), (1920, 1080)):  # a laptop and a control-room monitor: nothing runs off the side
+        driver.set_window_size(width, height)
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"the page is {overflow} px wider than a {width}x{height} window"
+        shot(driver, f"04d-review-{width}x{height}")
+    driver.set_window_size(1400, 1000)
     driver.find_element(By.ID, "review-activate").click()
     driver.switch_to.alert.accept()
     wait(driver).until(lambda d: active_version(d) == "v2")

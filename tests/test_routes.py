@@ -190,6 +190,41 @@ def test_history_keeps_what_the_line_saw_bounded(tmp_path: Path, saved_model: Pa
         assert client.get("/v1/models/widget/history").json()["recent_images"] == []  # kept nowhere when turned off
 
 
+def test_a_candidate_is_reviewed_against_the_active_version_on_the_line_s_own_images(tmp_path: Path, saved_model: Path, dataset):
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    app = create_app(Settings(models_dir=models, device="cpu", recent_images=3))
+    with TestClient(app) as client:
+        assert client.post("/v1/models/widget/versions/v1/review").status_code == 409  # nothing seen yet: says so
+        line = images(dataset, 4)
+        assert client.post("/v1/models/widget/score", files=line).status_code == 200
+        assert client.put("/v1/models/widget/threshold", json={"threshold": 1e-3}).status_code == 200  # v2 flags everything
+        review = client.post("/v1/models/widget/versions/v1/review", data={"heatmap": "png"})
+        assert review.status_code == 200, review.text
+        body = review.json()
+        assert body["active_version"] == "v2" and body["candidate_version"] == "v1"
+        assert [i["filename"] for i in body["images"]] == [name for _, (name, _, _) in line[1:]][::-1]  # the 3 kept, newest first
+        kept = [("files", f) for _, f in line[1:]][::-1]
+        direct = client.post("/v1/models/widget/versions/v1/score", files=kept).json()["results"]
+        for image, expected in zip(body["images"], direct):  # the kept model inputs score as the uploads did
+            assert image["candidate"]["score"] == pytest.approx(expected["score"], rel=1e-4)
+            assert image["active"]["score"] == pytest.approx(image["candidate"]["score"], rel=1e-6)  # same bank, other threshold
+            assert image["active"]["anomalous"] and not image["candidate"]["anomalous"]
+            assert base64.b64decode(image["candidate"]["heatmap_png"])[:4] == b"\x89PNG"
+        assert client.get("/v1/models/widget/history").json()["scores"].__len__() == 4  # reviewing is not the line's scoring
+        assert client.post("/v1/models/widget/versions/v9/review").status_code == 404
+    quiet = create_app(Settings(models_dir=models, device="cpu", recent_images=0))
+    with TestClient(quiet) as client:
+        client.post("/v1/models/widget/score", files=images(dataset, 2))
+        refused = client.post("/v1/models/widget/versions/v1/review")
+        assert refused.status_code == 409 and "PATCHSHIFT_RECENT_IMAGES" in refused.json()["error"]["message"]
+
+
 def test_auto_adapt_cannot_name_a_method_that_needs_source_images():
     from pydantic import ValidationError
 

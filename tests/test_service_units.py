@@ -165,7 +165,8 @@ def test_history_is_safe_under_concurrent_records_and_snapshots() -> None:
     def write(k: int) -> None:
         try:
             for i in range(2000):
-                history.record(f"v{k}-{i}", 1.0, [f"a{i}", f"b{i}"], np.array([0.5, 2.0]), np.array([False, True]), (1.0 + i, 10.0, False), [b"\xff\xd8jpeg"])
+                history.record(f"v{k}-{i}", 1.0, [f"a{i}", f"b{i}"], np.array([0.5, 2.0]), np.array([False, True]), (1.0 + i, 10.0, False), [b"\xff\xd8jpeg"],
+                               [np.zeros((2, 2, 3), np.uint8)])
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

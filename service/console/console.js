@@ -468,33 +468,46 @@ function openReview(name, candidate, result = null) {
   const out = el("div", { id: "review-results" });
   const drift = result && result.drift_before !== undefined
     ? el("p", { text: `Drift of these images from the active version's condition: ${fmt(result.drift_before, 2)} seen by the active version, ${fmt(result.drift_after, 2)} by ${candidate}.` }) : "";
-  const go = el("button", { class: "primary", id: "review-start", text: "Compare", onclick: async () => {
+  const show = (pairs) => {  // pairs: [{filename, active: result, candidate: result}], the same images under both versions
+    const cell = (r, version) => el("figure", { class: "result" },
+      r.heatmap_png ? el("img", { src: "data:image/png;base64," + r.heatmap_png, alt: `${version}: heatmap of ${r.filename}` }) : "",
+      el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: verdictText(r) }), el("br"),
+        `${version}: score ${fmt(r.score)}, threshold ${fmt(r.threshold)}`));
+    out.replaceChildren(
+      el("div", { class: "grid2" }, scoreStrip(pairs.map((p) => p.active.score), active.threshold, `${active.version} (active)`),
+        scoreStrip(pairs.map((p) => p.candidate.score), cand.threshold, `${candidate} (candidate)`)),
+      el("table", { id: "review-table" }, el("thead", {}, el("tr", {}, el("th", { text: `${active.version} (active)` }), el("th", { text: `${candidate} (candidate)` }))),
+        el("tbody", {}, pairs.map((p) => el("tr", {}, el("td", {}, cell(p.active, active.version)), el("td", {}, cell(p.candidate, candidate)))))));
+  };
+  const run = (button, work) => async () => {
+    button.disabled = true;
+    try { show(await work()); } catch (error) { out.replaceChildren(el("p", { class: "error", id: "review-error", text: error.message })); }
+    button.disabled = false;
+  };
+  const onLine = el("button", { class: "primary", id: "review-recent", text: "Compare on the line's recent images" });
+  onLine.onclick = run(onLine, async () => {
+    const form = new FormData();
+    form.append("heatmap", "png");
+    const review = await api(`/v1/models/${encodeURIComponent(name)}/versions/${candidate}/review`, { method: "POST", form });
+    return review.images;
+  });
+  const go = el("button", { id: "review-start", text: "Compare on chosen images" });
+  go.onclick = run(go, async () => {
     const chosen = files.files.length ? Array.from(files.files) : known;
-    if (chosen.length === 0) { toast("choose images, or inspect some first"); return; }
-    go.disabled = true;
-    try {
-      const scoreWith = (version) => {
-        const form = new FormData();
-        for (const f of chosen) form.append("files", f, f.name);
-        form.append("heatmap", version.kind === "patchcore" ? "png" : "none");
-        return api(`/v1/models/${encodeURIComponent(name)}/versions/${version.version}/score`, { method: "POST", form });
-      };
-      const [before, after] = await Promise.all([scoreWith(active), scoreWith(cand)]);
-      const cell = (r, version) => el("figure", { class: "result" },
-        r.heatmap_png ? el("img", { src: "data:image/png;base64," + r.heatmap_png, alt: `${version}: heatmap of ${r.filename}` }) : "",
-        el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: verdictText(r) }), el("br"),
-          `${version}: score ${fmt(r.score)}, threshold ${fmt(r.threshold)}`));
-      out.replaceChildren(
-        el("div", { class: "grid2" }, scoreStrip(before.results.map((r) => r.score), active.threshold, `${active.version} (active)`),
-          scoreStrip(after.results.map((r) => r.score), cand.threshold, `${candidate} (candidate)`)),
-        el("table", { id: "review-table" }, el("thead", {}, el("tr", {}, el("th", { text: `${active.version} (active)` }), el("th", { text: `${candidate} (candidate)` }))),
-          el("tbody", {}, before.results.map((r, i) => el("tr", {}, el("td", {}, cell(r, active.version)), el("td", {}, cell(after.results[i], candidate)))))));
-    } catch (error) { out.replaceChildren(el("p", { class: "error", id: "review-error", text: error.message })); }
-    go.disabled = false;
-  } });
+    if (chosen.length === 0) throw new Error("choose images, or inspect some first");
+    const scoreWith = (version) => {
+      const form = new FormData();
+      for (const f of chosen) form.append("files", f, f.name);
+      form.append("heatmap", version.kind === "patchcore" ? "png" : "none");
+      return api(`/v1/models/${encodeURIComponent(name)}/versions/${version.version}/score`, { method: "POST", form });
+    };
+    const [before, after] = await Promise.all([scoreWith(active), scoreWith(cand)]);
+    return before.results.map((r, i) => ({ filename: r.filename, active: r, candidate: after.results[i] }));
+  });
   box.replaceChildren(el("h2", { text: `Review ${candidate} (${cand.method}) against the active ${active.version}` }),
-    el("p", { class: "muted", text: known.length ? `Compares on the ${known.length} images inspected on this page, or on images you choose.` : "Choose images of the new condition to compare on." }),
-    el("div", { class: "row" }, files, go,
+    el("p", { class: "muted", text: "Both versions score the same images: the line's recent ones (kept in the service's memory), " +
+      (known.length ? `the ${known.length} images inspected on this page, or images you choose.` : "or images you choose.") }),
+    el("div", { class: "row" }, onLine, files, go,
       isAdmin() ? el("button", { id: "review-activate", text: `Activate ${candidate}`, onclick: () => activate(name, candidate) }) : "",
       el("button", { text: "Close", onclick: () => { box.hidden = true; } })),
     drift, out);

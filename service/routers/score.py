@@ -11,9 +11,9 @@ from ..auth import READ, require
 from patchshift.core.detector import Detector
 
 from ..deps import BatcherDep, DriftDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
-from ..errors import Unprocessable
-from ..schemas import ScoreResponse, error_responses
-from ..scoring import build_results, decode_uploads
+from ..errors import Conflict, Unprocessable
+from ..schemas import ReviewResponse, ScoreResponse, error_responses
+from ..scoring import at_input_size, build_results, decode_uploads, recent_as_decoded
 from ..uploads import read_files
 from ..history import record_line
 from ..operations import require_model
@@ -81,6 +81,34 @@ async def score_version(
     model = await run_in_threadpool(registry.for_review, name, check_name(version, "version"))
     _, _, _, results = await score_with(model, name, files, heatmap, settings, batcher)
     return ScoreResponse(model=name, version=version, results=results)
+
+
+@router.post("/{name}/versions/{version}/review", response_model=ReviewResponse, response_model_exclude_none=True,
+             dependencies=[Depends(require(READ))], responses=error_responses(400, 401, 403, 404, 409, 503))
+async def review_on_line_images(
+    name: ModelName, version: VersionName,
+    store: StoreDep, registry: RegistryDep, batcher: BatcherDep,
+    heatmap: Heatmap = "none",
+) -> ReviewResponse:
+    """A candidate version against the active one, both scoring the same images: the ones the line
+    sent lately (kept in memory, PATCHSHIFT_RECENT_IMAGES per model). Like review scoring, it counts
+    nothing as the line's. Overlays come for each version that gives heatmaps."""
+    require_model(store, name)
+    candidate = await run_in_threadpool(registry.for_review, name, check_name(version, "version"))
+    active = registry.get(name)
+    slot = registry.slot(name)
+    kept = slot.history.recent() if slot is not None else []
+    if not kept:
+        raise Conflict(f"no line images are kept for model {name!r} yet: score some on the line first "
+                       "(the service keeps none when PATCHSHIFT_RECENT_IMAGES is 0), or compare on uploaded images")
+    decoded = await run_in_threadpool(recent_as_decoded, kept)
+    results = []
+    for model in (active, candidate):
+        scored = await batcher.score(model, at_input_size(decoded.batch, model))
+        wanted = heatmap != "none" and model.gives_heatmaps
+        results.append(await run_in_threadpool(build_results, model, decoded, scored, wanted, heatmap == "png-legend"))
+    images = [{"filename": r.filename, "time": r.time, "active": a, "candidate": c} for r, a, c in zip(kept, *results)]
+    return ReviewResponse(model=name, active_version=active.version or "", candidate_version=version, images=images)
 
 
 @router.get("/{name}/history", dependencies=[Depends(require(READ))], responses=error_responses(400, 401, 403, 404))
