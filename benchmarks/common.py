@@ -16,6 +16,15 @@ DATASETS = {
     "deeppcb": {"image_size": "512"},
 }
 
+# Generated products (benchmarks/generated.py), to check that defaults hold beyond the real datasets.
+GENERATED = {"tiles": {"image_size": "256"}}
+
+
+def dataset_settings(name: str) -> dict:
+    """The model settings a benchmark uses for a dataset (real or generated); {} for others."""
+    return dict({**DATASETS, **GENERATED}.get(name, {}))
+
+
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -67,6 +76,25 @@ class PeakMemory:
     @property
     def peak_gib(self) -> float:
         return (self.peak - self.start) / 2**30
+
+
+class StageClock:
+    """A progress callback (core.progress) that notes when each stage last reported, so a fit's
+    seconds split by stage: each stage runs from the previous stage's end to its own last report."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.last: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.last[stage] = time.perf_counter()
+
+    def seconds(self) -> dict[str, float]:
+        out, previous = {}, self.started
+        for stage, end in sorted(self.last.items(), key=lambda item: item[1]):
+            out[stage] = end - previous
+            previous = end
+        return out
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, extract_features, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, StageClock, dataset_settings, extract_features, machine, markdown
 
 def peak_resident_gib() -> float:
     """VmHWM: this process's peak resident memory since its exec (ru_maxrss would also count
@@ -39,11 +39,13 @@ def _fit_child(root: str, overrides: dict, out_dir: str, device: str, queue) -> 
     try:
         started = time.perf_counter()
         images = train_images(root)
-        model = fit(images, ModelConfig(**overrides), device=device)
+        clock = StageClock()
+        model = fit(images, ModelConfig(**overrides), device=device, progress=clock)
         seconds = time.perf_counter() - started
         save_model(model, out_dir, overwrite=True)
         peak_gib = peak_resident_gib()
-        queue.put({"fit_s": seconds, "fit_peak_gib": peak_gib, "n_train": len(images), "bank_size": int(model.bank.shape[0])})
+        stages = {f"fit_{stage}_s": s for stage, s in clock.seconds().items()}
+        queue.put({"fit_s": seconds, **stages, "fit_peak_gib": peak_gib, "n_train": len(images), "bank_size": int(model.bank.shape[0])})
     except Exception as exc:  # the parent waits on the queue: it must hear of a failure, not hang
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
@@ -147,6 +149,9 @@ MAIN_COLUMNS = [
     ("false_alarm_rate", "false alarms (test/good)", ".3f"),
     ("recall", "recall (defective)", ".3f"),
     ("fit_s", "fit s", ".0f"),
+    ("fit_features_s", "features s", ".0f"),
+    ("fit_coreset_s", "coreset s", ".0f"),
+    ("fit_threshold_s", "threshold s", ".0f"),
     ("fit_peak_gib", "fit peak GiB", ".2f"),
 ]
 SWEEP_COLUMNS = [
@@ -176,10 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     from .protocol import parse_variant
 
     _, settings = parse_variant("set:" + ",".join(args.set))  # JSON values: calibration=holdout, false_alarm_rate=0.01
-    runs = [(name, {**DATASETS[name], **settings}) for name in args.datasets]
+    runs = [(name, {**dataset_settings(name), **settings}) for name in args.datasets]
     for spec in args.resolutions:
         name, size = spec.split("=")
-        runs.append((name, {**DATASETS[name], "image_size": size}))
+        runs.append((name, {**dataset_settings(name), "image_size": size}))
     rows, sweep = [], []
     with tempfile.TemporaryDirectory() as workdir:
         for name, overrides in runs:
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             print(markdown(rows[-1:], MAIN_COLUMNS), flush=True)
     if args.bank_sweep:
         for name in args.sweep_datasets:
-            sweep += bank_sweep(name, root / name, DATASETS[name], args.device, args.bank_sweep)
+            sweep += bank_sweep(name, root / name, dataset_settings(name), args.device, args.bank_sweep)
     print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
     print(markdown(rows, MAIN_COLUMNS))
     if sweep:

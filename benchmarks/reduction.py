@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, extract_features, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, dataset_settings, extract_features, machine, markdown
 
 VARIANTS = ("average-128", "average-224", "none", "balanced", "random-128", "pca-128", "pca-64")
 
@@ -79,7 +79,7 @@ def run_dataset(name: str, root: Path, variants: list[str], device: str, overrid
     from patchshift.core.metrics import aupro, image_auroc, pixel_auroc
     from patchshift.core.patchcore import split_holdout
 
-    config = ModelConfig(**(overrides if overrides is not None else DATASETS[name]))
+    config = ModelConfig(**(overrides if overrides is not None else dataset_settings(name)))
     dev = resolve_device(device)
     backbone, extractor = raw_extractor(config, dev)
     train = train_images(root)

@@ -57,8 +57,9 @@ class ModelConfig:
     # Bank rows beyond ~10k cost search time but no measured accuracy (README, bank sweep).
     coreset_max_size: int | None = option(10_000, "upper bound on bank rows", ge=1, le=10_000_000, optional=True)
     coreset_projection_dim: int = option(64, "random projection used only to pick the coreset", ge=8, le=1024)
-    # Nearest-neighbour search: "flat" is exact L2; "ivf" is FAISS IVF (approximate, faster).
-    index: str = option("flat", "exact (flat) or IVF search", choices=("flat", "ivf"))
+    # Nearest-neighbour search: "flat" is exact L2; "ivf" is FAISS IVF (approximate, faster); "auto"
+    # picks by bank size (core/index.py, resolve_kind). Stored versions keep the kind they were fitted with.
+    index: str = option("auto", "nearest-neighbour search: auto (by bank size), flat (exact) or ivf", choices=("auto", "flat", "ivf"))
     ivf_nprobe: int = option(16, "IVF cells searched per query", ge=1, le=4096)
     # 0 = image score is the max patch distance; b > 0 = PatchCore re-weighting with b neighbours.
     reweight_neighbours: int = option(0, "PatchCore score re-weighting with B neighbours (0: off)", ge=0, le=64)

@@ -120,7 +120,7 @@ class PatchCoreModel:
         feats = feats.to(self.device)
         batch, h, w, dim = feats.shape
         flat = feats.reshape(-1, dim)
-        distances, nearest = self.index.search(flat, k=1)
+        distances, nearest = self.index.search_images(feats.reshape(batch, h * w, dim))
         patch_scores = distances.view(batch, h, w)
         scores = patch_scores.flatten(1).max(dim=1)
         image_scores = scores.values

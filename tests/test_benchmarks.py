@@ -216,3 +216,31 @@ def test_threshold_rules_by_hand():
     assert rows["quartile shift"]["threshold"] == pytest.approx(25.0) and (rows["quartile shift"]["fa"], rows["quartile shift"]["recall"]) == (50, 100)
     assert rows["robust z-score"]["threshold"] == pytest.approx(28.0) and (rows["robust z-score"]["fa"], rows["robust z-score"]["recall"]) == (0, 50)
     assert rows["source kept"]["threshold"] == 15.0 and rows["source kept"]["fa"] == 100
+
+
+def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
+    from patchshift.benchmarks import peer
+
+    stderr = ("Selecting Coreset Indices.:   0%|          | 0/10000 [00:00<?, ?it/s]\r"
+              "Selecting Coreset Indices.:  12%|#2        | 1234/10000 [01:00<07:06, 20.5it/s]\r")
+    assert peer.coreset_progress(stderr) == (1234, 10000)
+    assert peer.coreset_progress("no progress printed") is None
+    row = {"dataset": "d", "input": "512", "implementation": "anomalib", "bank_rows": 10000, "features_s": 100.0,
+           "capped_after_s": 600.0, "coreset_rows_chosen": "1234 of 10000", "coreset_s_estimate": 4052.0}
+    cells = peer.display(row)
+    assert cells["fit s"] == "> 600" and cells["coreset s"] == "> 500 (1234 of 10000 rows; ~4052 at that pace)"
+    assert cells["image AUROC"] == ""  # never reached: no number is made up
+
+
+def test_generated_tiles_are_an_mvtec_layout_with_small_masked_defects(tmp_path):
+    from patchshift.benchmarks import generated
+    from patchshift.core.data import labelled_samples, load_mask, train_images
+
+    root = generated.write(tmp_path / "tiles", seed=1, n_train=3, n_good=2, n_per_defect=2)
+    assert len(train_images(root)) == 3
+    samples = labelled_samples(root)
+    assert sorted({s.defect for s in samples}) == ["good", "pit", "scratch", "stain"]
+    for sample in samples:
+        mask = load_mask(sample, (256, 256))
+        share = mask.mean()
+        assert (share == 0) if sample.label == 0 else (0 < share < 0.01), (sample.path, share)  # small defects, each masked

@@ -43,6 +43,35 @@ def test_ivf_index_is_close():
     assert (distances - exact).abs().mean() < 0.05
 
 
+def test_ivf_image_scores_are_exact_after_re_ranking_each_image_s_farthest_patches():
+    generator = torch.Generator().manual_seed(3)
+    bank = torch.randn(5000, 32, generator=generator)
+    feats = torch.randn(6, 300, 32, generator=generator)  # 6 images of 300 patches, far from most rows
+    ivf, flat = BankIndex(bank, "ivf", nprobe=1), BankIndex(bank, "flat")
+    exact, _ = flat.search(feats.reshape(-1, 32))
+    exact_max = exact.view(6, 300).amax(1)
+    rough, _ = ivf.search(feats.reshape(-1, 32))
+    assert not torch.allclose(rough.view(6, 300).amax(1), exact_max, atol=1e-4)  # one probe alone misses
+    distances, nearest = ivf.search_images(feats)
+    assert torch.allclose(distances.amax(1), exact_max, atol=1e-4)  # the image scores are exact again
+    farthest = distances.argmax(1)
+    rows = feats[torch.arange(6), farthest]
+    assert torch.allclose(torch.linalg.vector_norm(rows - bank[nearest[torch.arange(6), farthest]], dim=1), exact_max, atol=1e-4)
+
+
+@pytest.mark.parametrize(("rows", "dim", "torch_gpu", "expected"), [
+    (3000, 128, False, "flat"), (3001, 128, False, "ivf"), (10_000, 128, False, "ivf"), (10_000, 32, False, "flat"),
+    (10_000, 128, True, "flat"),  # a GPU without faiss-gpu searches exactly in torch
+])
+def test_auto_index_is_chosen_by_bank_size(rows, dim, torch_gpu, expected):
+    from patchshift.core.index import resolve_kind
+
+    assert resolve_kind("auto", rows, dim, torch_gpu) == expected
+    assert resolve_kind("flat", rows, dim) == "flat" and resolve_kind("ivf", 10, 4) == "ivf"  # a stated kind is kept
+    with pytest.raises(ConfigError, match="unknown index kind"):
+        resolve_kind("hnsw", rows, dim)
+
+
 def test_index_rejects_empty_bank():
     with pytest.raises(ConfigError):
         BankIndex(torch.zeros(0, 4))
