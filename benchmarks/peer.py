@@ -64,13 +64,13 @@ def timed_scoring(score_batch, paths: list, size: tuple[int, int]) -> tuple[np.n
     return np.concatenate(scores), np.concatenate(maps), len(paths) / seconds
 
 
-def run_patchshift(root: Path, size_text: str) -> dict:
+def run_patchshift(root: Path, size_text: str, limit: int | None = None) -> dict:
     from patchshift.core.config import ModelConfig, parse_image_size
     from patchshift.core.data import train_images
     from patchshift.core.patchcore import fit
 
     config = ModelConfig(image_size=parse_image_size(size_text))
-    train = train_images(root)
+    train = train_images(root)[:limit]
     clock = StageClock()
     model = fit(train, config, device="cpu", progress=clock)
     fit_s = time.perf_counter() - clock.started
@@ -89,7 +89,7 @@ def run_patchshift(root: Path, size_text: str) -> dict:
             "patches": len(train) * h * w, "n_train": len(train), **accuracy(labels, masks, scores, maps)}
 
 
-def anomalib_child(root: Path, size_text: str, bank_rows: int) -> None:
+def anomalib_child(root: Path, size_text: str, bank_rows: int, limit: int | None) -> None:
     """Runs in its own process (see run_anomalib): prints one JSON line per finished phase."""
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
@@ -108,7 +108,7 @@ def anomalib_child(root: Path, size_text: str, bank_rows: int) -> None:
     reference = build_backbone(config.backbone, config.weights, config.feature_strides)
     mean = torch.tensor(reference.mean).view(1, 3, 1, 1)
     std = torch.tensor(reference.std).view(1, 3, 1, 1)
-    train = train_images(root)
+    train = train_images(root)[:limit]
     report = lambda **fields: print(json.dumps(fields), flush=True)  # noqa: E731
 
     started = time.perf_counter()
@@ -118,7 +118,7 @@ def anomalib_child(root: Path, size_text: str, bank_rows: int) -> None:
             model((batch - mean) / std)
     features_s = time.perf_counter() - started
     n_patches = sum(len(e) for e in model.embedding_store)
-    report(phase="features", seconds=features_s, patches=n_patches)
+    report(phase="features", seconds=features_s, patches=n_patches, n_train=len(train))
     coreset_started = time.perf_counter()
     model.subsample_embedding((bank_rows + 0.5) / n_patches)  # int(n * ratio) == bank_rows
     coreset_s = time.perf_counter() - coreset_started
@@ -141,7 +141,7 @@ def coreset_progress(stderr: str) -> tuple[int, int] | None:
     return (int(done[-1][0]), int(done[-1][1])) if done else None
 
 
-def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: float) -> dict:
+def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: float, limit: int | None = None) -> dict:
     row = {"implementation": "anomalib 2.x PatchcoreModel", "bank_rows": bank_rows}
     try:
         import anomalib
@@ -149,7 +149,7 @@ def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: f
         row["implementation"] = f"anomalib {anomalib.__version__} PatchcoreModel"
     except ImportError:
         return {**row, "note": "anomalib is not installed (pip install -e '.[peer]')"}
-    command = [sys.executable, "-m", "patchshift.benchmarks.peer", "--child", name, str(root), size_text, str(bank_rows)]
+    command = [sys.executable, "-m", "patchshift.benchmarks.peer", "--child", name, str(root), size_text, str(bank_rows), str(limit or 0)]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -178,23 +178,24 @@ def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: f
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _, name, root, size_text, bank_rows = argv
-        anomalib_child(Path(root), size_text, int(bank_rows))
+        _, name, root, size_text, bank_rows, limit = argv
+        anomalib_child(Path(root), size_text, int(bank_rows), int(limit) or None)
         return
     parser = argparse.ArgumentParser(prog="patchshift bench peer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--cap-s", type=float, default=900.0, help="wall-clock cap of anomalib's run per dataset")
+    parser.add_argument("--train-limit", type=int, default=None, help="fit both on the first N training images (where anomalib's coreset finishes)")
     parser.add_argument("--out", default="benchmarks/results/peer.json")
     args = parser.parse_args(argv)
     rows = []
     for name in args.datasets:
         root = Path(args.data_root) / name
         size_text = DATASETS[name]["image_size"]
-        ours = {"dataset": name, "input": size_text, **run_patchshift(root, size_text)}
+        ours = {"dataset": name, "input": size_text, **run_patchshift(root, size_text, args.train_limit)}
         rows.append(ours)
         print(ours, flush=True)
-        peer = {"dataset": name, "input": size_text, **run_anomalib(name, root, size_text, ours["bank_rows"], args.cap_s)}
+        peer = {"dataset": name, "input": size_text, **run_anomalib(name, root, size_text, ours["bank_rows"], args.cap_s, args.train_limit)}
         rows.append(peer)
         print(peer, flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +210,8 @@ def display(row: dict) -> dict:
         value = row.get(key)
         return "" if value is None else f"{value:.{digits}f}"
 
-    cells = {"dataset": row["dataset"], "input": row["input"], "implementation": row["implementation"], "bank rows": str(row["bank_rows"]),
+    cells = {"dataset": row["dataset"], "input": row["input"], "implementation": row["implementation"],
+             "train imgs": str(row.get("n_train", "")), "bank rows": str(row["bank_rows"]),
              "fit s": num("fit_s", 0), "features s": num("features_s", 0), "coreset s": num("coreset_s", 1), "calibration s": num("calibration_s", 0),
              "score img/s": num("score_images_per_s", 1), "image AUROC": num("image_auroc", 3), "pixel AUROC": num("pixel_auroc", 3)}
     if "capped_after_s" in row:

@@ -43,13 +43,13 @@ def breakdown(model, batch: torch.Tensor, repeats: int = 5) -> dict:
     extractor = model.extractor
     feats = extractor(x)
     b, h, w, d = feats.shape
-    flat = feats.reshape(-1, d)
-    patch = model.index.search(flat)[0].view(b, h, w)
+    per_image = feats.reshape(b, h * w, d)
+    patch = model.index.search_images(per_image)[0].view(b, h, w)
     dev = model.device
     times = {
         "backbone": median_seconds(lambda: extractor.backbone(extractor.normalise(x)), repeats, dev),
         "features": median_seconds(lambda: extractor(x), repeats, dev),
-        "search": median_seconds(lambda: model.index.search(flat), repeats, dev),
+        "search": median_seconds(lambda: model.index.search_images(per_image), repeats, dev),
         "heatmaps": median_seconds(lambda: anomaly_maps(patch, model.config.input_hw, model.config.blur_sigma), repeats, dev),
         "score": median_seconds(lambda: model.score(x), repeats, dev),
     }
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--fit-images", type=int, default=120)
-    parser.add_argument("--indexes", nargs="*", default=["flat", "ivf"])
+    parser.add_argument("--indexes", nargs="*", default=["auto", "flat"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (the median is kept)")
     parser.add_argument("--model", nargs="*", default=[], metavar="DATASET=DIR",
                         help="score with a stored version instead of fitting one (its own index kind; --indexes is ignored)")
     parser.add_argument("--device", default="auto")
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                 model = load_model(stored[name], device=args.device)
             else:
                 model = fit(train_images(root)[: args.fit_images], ModelConfig(**DATASETS[name], index=index), device=args.device)
-            row = {"dataset": name, "input": DATASETS[name]["image_size"], "index": f"{model.config.index} ({model.index.backend})", "bank_rows": len(model.bank), "device": str(model.device), "decode_ms_per_image": decode_ms}
-            row.update(breakdown(model, batch))
+            row = {"dataset": name, "input": DATASETS[name]["image_size"], "index": f"{model.config.index}: {model.index.kind} ({model.index.backend})", "bank_rows": len(model.bank), "device": str(model.device), "decode_ms_per_image": decode_ms}
+            row.update(breakdown(model, batch, args.repeats))
             rows.append(row)
             print(row, flush=True)
     columns = [
