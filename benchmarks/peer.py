@@ -136,9 +136,10 @@ def anomalib_child(root: Path, size_text: str, bank_rows: int, limit: int | None
 
 
 def coreset_progress(stderr: str) -> tuple[int, int] | None:
-    """(rows chosen, rows to choose) from the last progress line anomalib's coreset printed."""
+    """(rows chosen, rows to choose) from the last progress line anomalib's coreset printed (its loop
+    counts the rows after the first, random one)."""
     done = re.findall(r"Selecting Coreset Indices\.:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)", stderr)
-    return (int(done[-1][0]), int(done[-1][1])) if done else None
+    return (int(done[-1][0]) + 1, int(done[-1][1]) + 1) if done else None
 
 
 def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: float, limit: int | None = None) -> dict:

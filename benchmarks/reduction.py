@@ -69,7 +69,8 @@ def projection(variant: str, train: torch.Tensor, stage_channels: tuple[int, ...
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def run_dataset(name: str, root: Path, variants: list[str], device: str, overrides: dict | None = None) -> list[dict]:
+def run_dataset(name: str, root: Path, variants: list[str], device: str, overrides: dict | None = None,
+                train_limit: int | None = None) -> list[dict]:
     from patchshift.core.anomaly_map import anomaly_maps
     from patchshift.core.config import ModelConfig
     from patchshift.core.coreset import coreset_size, kcenter_coreset
@@ -82,7 +83,7 @@ def run_dataset(name: str, root: Path, variants: list[str], device: str, overrid
     config = ModelConfig(**(overrides if overrides is not None else dataset_settings(name)))
     dev = resolve_device(device)
     backbone, extractor = raw_extractor(config, dev)
-    train = train_images(root)
+    train = train_images(root)[:train_limit]
     bank_idx, _ = split_holdout(len(train), config.holdout_fraction, config.seed)
     samples = labelled_samples(root)
 
@@ -139,11 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--train-limit", type=int, default=None, help="the first N training images only (few-image products)")
     parser.add_argument("--out", default="benchmarks/results/reduction.json")
     args = parser.parse_args(argv)
     rows = []
     for name in args.datasets:
-        rows += run_dataset(name, Path(args.data_root) / name, args.variants, args.device)
+        rows += run_dataset(name, Path(args.data_root) / name, args.variants, args.device, train_limit=args.train_limit)
     print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
     print(markdown(rows, COLUMNS))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

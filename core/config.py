@@ -53,6 +53,9 @@ class ModelConfig:
     # D: channels per patch after reduction; the backbone bounds it further (features.max_feature_dim).
     feature_dim: int = option(128, "patch feature dimension D", ge=2, le=4096)
     neighbourhood: int = option(3, "side of the local averaging window (odd)", ge=1, le=15)
+    # What the averaging window counts beyond the feature map's edge (core/features.py, BORDERS).
+    neighbourhood_border: str = option("zeros", "cells beyond the edge in the averaging window: zeros (PatchCore) or inside (average only inside)",
+                                       choices=("zeros", "inside"))
     coreset_ratio: float = option(0.1, "share of training patches kept in the memory bank", gt=0, le=1)
     # Bank rows beyond ~10k cost search time but no measured accuracy (README, bank sweep).
     coreset_max_size: int | None = option(10_000, "upper bound on bank rows", ge=1, le=10_000_000, optional=True)
@@ -110,6 +113,7 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown model config fields: {', '.join(sorted(unknown))}")
         values = dict(data)
+        values.setdefault("neighbourhood_border", "inside")  # versions fitted before the setting averaged inside the edge only
         if "threshold_quantile" in values:  # versions before 0.2: a held-out quantile
             values["false_alarm_rate"] = 1.0 - float(values.pop("threshold_quantile"))
             values.setdefault("calibration", "holdout")

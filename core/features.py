@@ -31,6 +31,12 @@ def check_feature_dim(feature_dim: int, backbone_name: str, stage_channels: tupl
         )
 
 
+# How the k x k neighbourhood average treats cells outside the feature map: "zeros" counts them
+# as zero (PatchCore's and anomalib's zero-padded average pooling), "inside" averages only the
+# cells inside (versions fitted before this setting existed). Measured in docs/engine-study.md ("Borders").
+BORDERS = ("zeros", "inside")
+
+
 class PatchFeatureExtractor(nn.Module):
     """Normalise, run the truncated backbone, and turn its stage maps into patch features.
 
@@ -40,11 +46,14 @@ class PatchFeatureExtractor(nn.Module):
     linear, so they are applied in the cheapest order. Differentiable: adaptation reuses it.
     """
 
-    def __init__(self, backbone: Backbone, feature_dim: int, neighbourhood: int) -> None:
+    def __init__(self, backbone: Backbone, feature_dim: int, neighbourhood: int, border: str = "zeros") -> None:
         super().__init__()
+        if border not in BORDERS:
+            raise ConfigError(f"neighbourhood border must be one of {', '.join(BORDERS)}, got {border!r}")
         self.backbone = backbone.module
         self.stage_names = backbone.stage_names
         self.neighbourhood = neighbourhood
+        self.border = border
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         per_stage = feature_dim // len(backbone.stage_names)
@@ -67,7 +76,7 @@ class PatchFeatureExtractor(nn.Module):
             stage = torch.einsum("bchw,cd->bdhw", maps[name], getattr(self, f"pool{i}"))
             if self.neighbourhood > 1:
                 pad = self.neighbourhood // 2
-                stage = F.avg_pool2d(stage, self.neighbourhood, stride=1, padding=pad, count_include_pad=False)
+                stage = F.avg_pool2d(stage, self.neighbourhood, stride=1, padding=pad, count_include_pad=self.border == "zeros")
             if grid is None:
                 grid = (stage.shape[-2], stage.shape[-1])
             elif stage.shape[-2:] != grid:

