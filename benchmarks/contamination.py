@@ -48,15 +48,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--shares", nargs="*", type=float, default=[0.0, 0.1, 0.2])
     parser.add_argument("--image-size", default=None, help="override the datasets' model input size")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings for every fit")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/contamination.json")
     args = parser.parse_args(argv)
+    from .protocol import parse_variant
+
+    _, extra = parse_variant("set:" + ",".join(args.set))
     rows = []
     for name in args.datasets:
         root = Path(args.data_root) / name
         train, samples = train_images(root), labelled_samples(root)
-        settings = {**DATASETS.get(name, {}), **({"image_size": args.image_size} if args.image_size else {})}
+        settings = {**DATASETS.get(name, {}), **({"image_size": args.image_size} if args.image_size else {}), **extra}
         for share in args.shares:
             sources, evaluation = contaminated_split(train, samples, share, args.seed)
             for contamination in ("off", "auto"):

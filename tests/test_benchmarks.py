@@ -165,7 +165,8 @@ def test_contamination_benchmark_smoke(dataset, tmp_path, capsys):
     from patchshift.benchmarks import contamination
 
     contamination.main(["--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
-                        "--shares", "0.125", "--device", "cpu", "--out", str(tmp_path / "c.json")])
+                        "--shares", "0.125", "--device", "cpu", "--set", "neighbourhood_border=\"inside\"",  # tiny images: conftest.tiny_config
+                        "--out", str(tmp_path / "c.json")])
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert [(r["contamination"], r["n_defective"]) for r in rows] == [("off", 3), ("auto", 3)]
     assert rows[1]["details"]["images_left_out_of_calibration"] >= 1

@@ -120,7 +120,8 @@ def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(t
         Image.fromarray(normal_image(rng)).save(path)
         paths.append(path)
     rate = 0.1
-    config = ModelConfig(image_size=96, feature_dim=64, coreset_ratio=0.25, batch_size=16, false_alarm_rate=rate)
+    config = ModelConfig(image_size=96, feature_dim=64, coreset_ratio=0.25, batch_size=16, false_alarm_rate=rate,
+                         neighbourhood_border="inside")  # 96-px images: see conftest.tiny_config
     model = fit(paths, config, device="cpu")
     assert model.provenance.threshold_source == "kfold-quantile" and len(model.provenance.calibration_scores) == 40
     fresh = torch.stack([torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(150)]).float() / 255
