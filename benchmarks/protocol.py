@@ -52,9 +52,10 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray, keep_scores: bool = False) -> dict:
     """Ranking (image and pixel AUROC) and the verdicts at the model's own threshold: the share of good
     images it flags (false alarms) and of defective images it catches (recall)."""
+    from patchshift.core.images import resize_batch
     from patchshift.core.metrics import image_auroc, pixel_auroc
 
-    scores, maps = model.score_batches(resize_to(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
+    scores, maps = model.score_batches(resize_batch(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     flagged = scores > model.threshold
     result = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None,
@@ -63,13 +64,6 @@ def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarr
     if keep_scores:
         result["scores"] = [round(float(s), 4) for s in scores]
     return result
-
-
-def resize_to(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Images at a model's input (height, width): the UDA detector runs smaller than the PatchCore model."""
-    import torch.nn.functional as F
-
-    return images if tuple(images.shape[-2:]) == hw else F.interpolate(images, size=hw, mode="area")
 
 
 def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):

@@ -28,7 +28,7 @@ from patchshift.core.corruptions import CORRUPTIONS
 from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
 from .protocol import (  # noqa: F401  (re-exported for the scripts and tests that used them from here)
     add_protocol_arguments, as_float, corrupt_uint8, evaluate_on, get_model, load_images, parse_variant, protocol_split,
-    resize_to, stratified_split,
+    stratified_split,
 )
 
 METHODS = {

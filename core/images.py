@@ -198,14 +198,20 @@ def iter_batches(
             yield to_tensor([a for a, _ in decoded]), [s for _, s in decoded], start
 
 
+def resize_batch(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A (N, 3, H, W) batch at (height, width) `hw` (area resampling); unchanged when already there.
+    For batches kept at one input size and scored by a model with another (UDA has its own)."""
+    hw = tuple(hw)
+    return images if tuple(images.shape[-2:]) == hw else torch.nn.functional.interpolate(images, size=hw, mode="area")
+
+
 def load_target(images: Sequence[ImageSource] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A set of images (adaptation targets, UDA sources) as one (N, 3, H, W) tensor at `size` (width, height);
     unreadable files are an error naming them."""
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[0] == 0:
             raise DatasetError(f"adaptation needs a non-empty (N, 3, H, W) batch, got {tuple(images.shape)}")
-        hw = (size[1], size[0])
-        return images if tuple(images.shape[-2:]) == hw else torch.nn.functional.interpolate(images, size=hw, mode="area")
+        return resize_batch(images, (size[1], size[0]))
     if len(images) == 0:
         raise DatasetError("adaptation needs at least one image of the new condition")
     bad = []

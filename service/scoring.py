@@ -149,13 +149,6 @@ def recent_as_decoded(images) -> Decoded:
     return Decoded([r.filename for r in images], pixels, to_tensor(pixels))
 
 
-def at_input_size(batch: torch.Tensor, model: Detector) -> torch.Tensor:
-    """A batch kept at one version's input size, at another's (a UDA version has its own)."""
-    if tuple(batch.shape[-2:]) == tuple(model.input_hw):
-        return batch
-    return torch.nn.functional.interpolate(batch, size=tuple(model.input_hw), mode="bilinear", antialias=True, align_corners=False)
-
-
 def build_results(model: Detector, decoded: Decoded, scored: Scored, heatmaps: bool, legend: bool = False) -> list[dict]:
     results = []
     for i, name in enumerate(decoded.names):

@@ -9,11 +9,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..auth import READ, require
 from patchshift.core.detector import Detector
+from patchshift.core.images import resize_batch
 
 from ..deps import BatcherDep, DriftDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
 from ..errors import Conflict, Unprocessable
 from ..schemas import ReviewResponse, ScoreResponse, error_responses
-from ..scoring import at_input_size, build_results, decode_uploads, recent_as_decoded
+from ..scoring import build_results, decode_uploads, recent_as_decoded
 from ..uploads import read_files
 from ..history import record_line
 from ..operations import require_model
@@ -104,7 +105,7 @@ async def review_on_line_images(
     decoded = await run_in_threadpool(recent_as_decoded, kept)
     results = []
     for model in (active, candidate):
-        scored = await batcher.score(model, at_input_size(decoded.batch, model))
+        scored = await batcher.score(model, resize_batch(decoded.batch, model.input_hw))
         wanted = heatmap != "none" and model.gives_heatmaps
         results.append(await run_in_threadpool(build_results, model, decoded, scored, wanted, heatmap == "png-legend"))
     images = [{"filename": r.filename, "time": r.time, "active": a, "candidate": c} for r, a, c in zip(kept, *results)]
