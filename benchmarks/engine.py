@@ -81,7 +81,11 @@ def run_dataset(name: str, root: Path, overrides: dict, device: str, workdir: Pa
     return {"dataset": name, **overrides, **fitted, **result.to_dict()}
 
 
-def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[int]) -> list[dict]:
+SWEEP_INDEXES = {"flat": ("flat", True), "ivf": ("ivf", True), "ivf-no-re-search": ("ivf", False)}
+
+
+def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[int],
+               indexes: tuple[str, ...] = tuple(SWEEP_INDEXES)) -> list[dict]:
     """Features extracted once; coreset size and index kind varied on the same features."""
     from patchshift.core.anomaly_map import anomaly_maps
     from patchshift.core.config import ModelConfig
@@ -113,7 +117,8 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
         picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
         coreset_s = time.perf_counter() - started
         # IVF as scoring uses it (each image's farthest patches searched again exactly) and without that
-        for label, kind, per_image in (("flat", "flat", True), ("ivf", "ivf", True), ("ivf, no re-search", "ivf", False)):
+        for label in indexes:
+            kind, per_image = SWEEP_INDEXES[label]
             index = BankIndex(patches[picked], kind, config.ivf_nprobe, dev)
             started = time.perf_counter()
             if per_image:
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings for every fit, e.g. calibration=holdout")
     parser.add_argument("--bank-sweep", nargs="*", type=int, default=[], metavar="ROWS", help="bank sizes to sweep")
     parser.add_argument("--sweep-datasets", nargs="*", default=["bsd"], help="datasets for the bank sweep")
+    parser.add_argument("--sweep-indexes", nargs="*", default=list(SWEEP_INDEXES), choices=list(SWEEP_INDEXES),
+                        help="searches of the bank sweep (exact search of a large bank is slow on a CPU)")
     parser.add_argument("--out", default="benchmarks/results/engine.json")
     args = parser.parse_args(argv)
     root = Path(args.data_root)
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             print(markdown(rows[-1:], MAIN_COLUMNS), flush=True)
     if args.bank_sweep:
         for name in args.sweep_datasets:
-            sweep += bank_sweep(name, root / name, dataset_settings(name), args.device, args.bank_sweep)
+            sweep += bank_sweep(name, root / name, dataset_settings(name), args.device, args.bank_sweep, tuple(args.sweep_indexes))
     print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
     print(markdown(rows, MAIN_COLUMNS))
     if sweep:

@@ -6,11 +6,11 @@ Raw features are extracted once per dataset (every channel of each stage, neighb
 and upsampled to the finest grid: 40 + 112 = 152 channels for EfficientNet-Lite0 at strides 8 and
 16); each variant then reduces them, selects its coreset (ratio 0.1, cap 10,000, as `fit`) and
 scores the test set with exact search. Variants:
-  average-D  today's reduction: each stage pooled to D/2 channels (stages weigh equally by width)
+  KIND-D     a feature_reduction of core/reduction.py (average, random, pca) with feature_dim D
   none       all raw channels concatenated (the deeper stage, 112 channels, dominates distances)
   balanced   all raw channels, each stage divided by its mean patch norm on the training patches
-  random-D   a fixed Gaussian projection of the raw channels to D
-  pca-D      PCA of the raw channels fitted on the training patches, D components
+(`fit` fits balanced and pca on up to 64 training images; the study on every bank image's patches,
+200,000 of them sampled.)
 Prints a markdown table and writes benchmarks/results/reduction.json.
 """
 
@@ -30,43 +30,19 @@ VARIANTS = ("average-128", "average-224", "none", "balanced", "random-128", "pca
 
 
 def raw_extractor(config, device):
-    """The model's extractor with identity channel maps: (B, h, w, sum of stage channels)."""
+    """The model's extractor keeping every channel: (B, h, w, sum of stage channels)."""
     from patchshift.core.patchcore import build_extractor
 
-    backbone, extractor = build_extractor(config, device)
-    for i, channels in enumerate(backbone.stage_channels):
-        setattr(extractor, f"pool{i}", torch.eye(channels, device=device))
-    return backbone, extractor
+    return build_extractor(config.replace(feature_reduction="none"), device)
 
 
 def projection(variant: str, train: torch.Tensor, stage_channels: tuple[int, ...], seed: int) -> torch.Tensor:
-    """(C, D) matrix that maps raw features to the variant's features."""
-    from patchshift.core.features import channel_pooling_matrix
+    """(C, D) matrix that maps raw features to the variant's features: the reduction `fit` builds
+    (core.reduction), fitted on the same training patches."""
+    from patchshift.core.reduction import fit_reduction
 
-    c = train.shape[1]
     kind, _, dim = variant.partition("-")
-    if kind == "average":
-        per_stage = int(dim) // len(stage_channels)
-        return torch.block_diag(*[channel_pooling_matrix(ch, per_stage) for ch in stage_channels])
-    if kind == "none":
-        return torch.eye(c)
-    if kind == "balanced":
-        scales, start = [], 0
-        sample = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:200_000]]
-        for ch in stage_channels:
-            norm = sample[:, start : start + ch].norm(dim=1).mean()
-            scales.append(torch.full((ch,), 1.0 / float(norm)))
-            start += ch
-        return torch.diag(torch.cat(scales))
-    if kind == "random":
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(c, int(dim), generator=g) / int(dim) ** 0.5
-    if kind == "pca":
-        sample = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:200_000]].double()
-        centred = sample - sample.mean(0)
-        _, _, v = torch.linalg.svd(centred, full_matrices=False)
-        return v[: int(dim)].T.float().contiguous()
-    raise ValueError(f"unknown variant {variant!r}")
+    return fit_reduction(kind, train, int(dim) if dim else sum(stage_channels), stage_channels, seed).matrix()
 
 
 def run_dataset(name: str, root: Path, variants: list[str], device: str, overrides: dict | None = None,

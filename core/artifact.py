@@ -4,6 +4,8 @@ Layout of a version directory:
   manifest.json          schema below (format_version 1), with a sha256 for every file
   bank.safetensors       the memory bank, float32 (M, D)
   batchnorm.safetensors  every BatchNorm tensor of the backbone (affine and running statistics)
+  reduction.safetensors  the feature reduction's matrices (core.reduction), for every reduction but
+                         `average` (whose matrices follow from the config; versions before it have none)
 The backbone's other weights are not copied: the manifest names the weights file and its sha256,
 and loading refuses a different file. Saving writes a temporary sibling directory, fsyncs it and
 renames it into place, so a reader sees the whole version or none of it.
@@ -32,11 +34,13 @@ from .errors import ArtifactError, PatchshiftError
 from .fileio import fsync_dir, fsync_file
 from .finite import count_non_finite, first_non_finite
 from .patchcore import PatchCoreModel, Provenance, build_extractor
+from .reduction import STORED, Reduction
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BANK_FILE = "bank.safetensors"
 BATCHNORM_FILE = "batchnorm.safetensors"
+REDUCTION_FILE = "reduction.safetensors"
 ENCODER_FILE = "encoder.safetensors"  # UDA versions: the whole trained encoder
 
 
@@ -114,7 +118,7 @@ def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manife
         image_size=list(cfg.image_size),
         mean=list(model.backbone.mean),
         std=list(model.backbone.std),
-        feature_dim=cfg.feature_dim,
+        feature_dim=model.extractor.feature_dim,
         coreset_ratio=cfg.coreset_ratio,
         bank_size=int(model.bank.shape[0]),
         threshold=model.threshold,
@@ -200,11 +204,18 @@ def save_model(model, out_dir: str | os.PathLike[str], overwrite: bool = False) 
 
     refuse_non_finite({"bank": model.bank}, "memory bank")
     refuse_non_finite(batchnorm_state(model.extractor), "BatchNorm state")
+    stored_reduction = model.config.feature_reduction in STORED
+    reduction = model.extractor.reduction().state() if stored_reduction else {}
+    refuse_non_finite(reduction, "feature reduction")
 
     def fill(staging: Path) -> Manifest:
         _write_bank(model, staging / BANK_FILE)
         save_file(batchnorm_state(model.extractor), str(staging / BATCHNORM_FILE))
-        return build_manifest(model, _entries(staging, (BANK_FILE, BATCHNORM_FILE)))
+        files = (BANK_FILE, BATCHNORM_FILE)
+        if stored_reduction:
+            save_file(reduction, str(staging / REDUCTION_FILE))
+            files += (REDUCTION_FILE,)
+        return build_manifest(model, _entries(staging, files))
 
     target = _write_atomically(out_dir, overwrite, fill)
     model.version = target.name
@@ -278,13 +289,20 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
         batchnorm = load_file(str(path / BATCHNORM_FILE))
         load_batchnorm_state(extractor, batchnorm, BATCHNORM_FILE)
         bank = load_file(str(path / BANK_FILE))["bank"]
+        if config.feature_reduction in STORED:
+            if REDUCTION_FILE not in manifest.files:
+                raise ArtifactError(f"{path}: {REDUCTION_FILE} is missing (its {config.feature_reduction} feature reduction was fitted)")
+            reduction = load_file(str(path / REDUCTION_FILE))
+            _refuse_loading_non_finite(path, {REDUCTION_FILE: reduction})
+            extractor.set_reduction(Reduction.from_state(reduction, extractor.stage_channels))
     except PatchshiftError as exc:
-        raise ArtifactError(str(exc)) from None
+        raise ArtifactError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
     except Exception as exc:  # safetensors raises its own types for bad headers
         raise ArtifactError(f"{path}: cannot read stored tensors ({exc})") from None
     _refuse_loading_non_finite(path, {BANK_FILE: bank, BATCHNORM_FILE: batchnorm})
-    if tuple(bank.shape) != (manifest.bank_size, config.feature_dim):
-        raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest says ({manifest.bank_size}, {config.feature_dim})")
+    dim = extractor.feature_dim
+    if tuple(bank.shape) != (manifest.bank_size, dim) or manifest.feature_dim != dim:
+        raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest and features say ({manifest.bank_size}, {dim})")
     provenance, reference = _provenance_and_reference(path, manifest)
     model = PatchCoreModel(
         config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name, drift_reference=reference

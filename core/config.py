@@ -50,8 +50,13 @@ class ModelConfig:
     # Strides of the backbone stages whose maps become patch features (PatchCore: 8 and 16).
     feature_strides: tuple[int, ...] = (8, 16)
     image_size: tuple[int, int] = (256, 256)  # (width, height) of the model input
-    # D: channels per patch after reduction; the backbone bounds it further (features.max_feature_dim).
+    # D: channels per patch after reduction; the backbone and the reduction bound it further (reduction.check_reduction).
     feature_dim: int = option(128, "patch feature dimension D", ge=2, le=4096)
+    # How stage channels become the D feature channels (core/reduction.py, REDUCTIONS); fitted
+    # reductions are stored in the artifact. Measured in docs/engine-study.md ("Feature reduction").
+    feature_reduction: str = option("average", "how stage channels become D: average (each stage pooled to D/stages), none or balanced "
+                                    "(every channel; D = their sum), random (Gaussian projection) or pca (fitted on training patches)",
+                                    choices=("average", "none", "balanced", "random", "pca"))
     neighbourhood: int = option(3, "side of the local averaging window (odd)", ge=1, le=15)
     # What the averaging window counts beyond the feature map's edge (core/features.py, BORDERS).
     neighbourhood_border: str = option("zeros", "cells beyond the edge in the averaging window: zeros (PatchCore) or inside (average only inside)",
@@ -128,7 +133,7 @@ class ModelConfig:
 
 
 # The fit settings a person chooses (CLI flags and HTTP form fields are made from these).
-FIT_OPTIONS = ("feature_dim", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours", "calibration",
+FIT_OPTIONS = ("feature_dim", "feature_reduction", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours", "calibration",
                "calibration_folds", "false_alarm_rate", "contamination", "holdout_fraction", "seed")
 
 __all__ = ["ModelConfig", "parse_image_size", "DEFAULT_BACKBONE", "FIT_OPTIONS"]

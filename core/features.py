@@ -8,27 +8,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .errors import ConfigError
-
-
-def channel_pooling_matrix(channels: int, out_dim: int) -> torch.Tensor:
-    """(channels, out_dim) matrix equal to adaptive average pooling over the channel axis."""
-    eye = torch.eye(channels).unsqueeze(1)  # (C, 1, C): each row a one-hot "feature vector"
-    return F.adaptive_avg_pool1d(eye, out_dim).squeeze(1)
-
-
-def max_feature_dim(stage_channels: tuple[int, ...]) -> int:
-    """The largest D a backbone provides: each stage's share of D is at most its widest stage's channels
-    (a narrower stage repeats channels to fill its share)."""
-    return len(stage_channels) * max(stage_channels)
-
-
-def check_feature_dim(feature_dim: int, backbone_name: str, stage_channels: tuple[int, ...]) -> None:
-    limit = max_feature_dim(stage_channels)
-    if feature_dim > limit:
-        raise ConfigError(
-            f"feature_dim must be at most {limit} for {backbone_name} ({len(stage_channels)} stages of "
-            f"{'/'.join(map(str, stage_channels))} channels), got {feature_dim}"
-        )
+from .reduction import Reduction, initial_reduction
 
 
 # How the k x k neighbourhood average treats cells outside the feature map: "zeros" counts them
@@ -40,26 +20,38 @@ BORDERS = ("zeros", "inside")
 class PatchFeatureExtractor(nn.Module):
     """Normalise, run the truncated backbone, and turn its stage maps into patch features.
 
-    Each stage is reduced to D / n_stages channels by adaptive average pooling (so stages weigh
-    equally), averaged over a k x k neighbourhood, and upsampled to the first (finest) stage's
-    grid; the stages are then concatenated. Reduction, averaging and bilinear upsampling are all
-    linear, so they are applied in the cheapest order. Differentiable: adaptation reuses it.
+    Each stage's channels are mapped by its reduction matrix (core.reduction; by default pooled to
+    D / n_stages channels, so stages weigh equally), averaged over a k x k neighbourhood, and
+    upsampled to the first (finest) stage's grid; the stages are then concatenated (and mixed, for
+    the reductions that mix them). Reduction, averaging and bilinear upsampling are all linear, so
+    they are applied in the cheapest order. Differentiable: adaptation reuses it.
     """
 
-    def __init__(self, backbone: Backbone, feature_dim: int, neighbourhood: int, border: str = "zeros") -> None:
+    def __init__(self, backbone: Backbone, feature_dim: int, neighbourhood: int, border: str = "zeros",
+                 reduction: str = "average", seed: int = 0) -> None:
         super().__init__()
         if border not in BORDERS:
             raise ConfigError(f"neighbourhood border must be one of {', '.join(BORDERS)}, got {border!r}")
         self.backbone = backbone.module
         self.stage_names = backbone.stage_names
+        self.stage_channels = tuple(backbone.stage_channels)
         self.neighbourhood = neighbourhood
         self.border = border
+        self.reduction_kind = reduction
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
-        per_stage = feature_dim // len(backbone.stage_names)
-        for i, channels in enumerate(backbone.stage_channels):
-            self.register_buffer(f"pool{i}", channel_pooling_matrix(channels, per_stage), persistent=False)
-        self.feature_dim = feature_dim
+        self.set_reduction(initial_reduction(reduction, feature_dim, self.stage_channels, seed))
+
+    def set_reduction(self, reduction: Reduction) -> None:
+        """Install the channel maps (core.reduction); D follows them."""
+        device = self.mean.device
+        for i, matrix in enumerate(reduction.stage_maps):
+            self.register_buffer(f"pool{i}", matrix.to(device), persistent=False)
+        self.register_buffer("mix", reduction.mix.to(device) if reduction.mix is not None else None, persistent=False)
+        self.feature_dim = reduction.dim
+
+    def reduction(self) -> Reduction:
+        return Reduction([getattr(self, f"pool{i}") for i in range(len(self.stage_names))], self.mix)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -82,4 +74,5 @@ class PatchFeatureExtractor(nn.Module):
             elif stage.shape[-2:] != grid:
                 stage = F.interpolate(stage, size=grid, mode="bilinear", align_corners=False)
             parts.append(stage)
-        return torch.cat(parts, dim=1).permute(0, 2, 3, 1).contiguous()
+        feats = torch.cat(parts, dim=1).permute(0, 2, 3, 1)
+        return (feats @ self.mix if self.mix is not None else feats).contiguous()

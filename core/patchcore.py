@@ -24,11 +24,12 @@ from .coreset import coreset_size, kcenter_coreset
 from .device import resolve_device
 from .drift import DriftReference, image_descriptors
 from .errors import ConfigError, DatasetError
-from .features import PatchFeatureExtractor, check_feature_dim
+from .features import PatchFeatureExtractor
 from .images import ImageSource, iter_batches
 from .index import BankIndex
 from .options import check_options
 from .progress import CancelFn, ProgressFn, check_cancel, report
+from .reduction import FITTED, check_reduction, fit_reduction
 from .threshold import quantile_threshold
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class Provenance:
 
 def build_extractor(config: ModelConfig, device: torch.device) -> tuple[Backbone, PatchFeatureExtractor]:
     backbone = build_backbone(config.backbone, config.weights, config.feature_strides)
-    extractor = PatchFeatureExtractor(backbone, config.feature_dim, config.neighbourhood, config.neighbourhood_border)
+    extractor = PatchFeatureExtractor(backbone, config.feature_dim, config.neighbourhood, config.neighbourhood_border,
+                                      config.feature_reduction, config.seed)
     return backbone, extractor.to(device).eval()
 
 
@@ -156,7 +158,7 @@ class PatchCoreModel:
             maps.append(result.anomaly_maps.cpu().numpy())
             descriptors.append(result.descriptors.cpu().numpy())
         if not scores:
-            return np.zeros(0), np.zeros((0, *self.config.input_hw)), np.zeros((0, 2 * self.config.feature_dim))
+            return np.zeros(0), np.zeros((0, *self.config.input_hw)), np.zeros((0, 2 * self.extractor.feature_dim))
         return np.concatenate(scores), np.concatenate(maps), np.concatenate(descriptors)
 
 
@@ -194,9 +196,11 @@ def fit(
     device = device if isinstance(device, torch.device) else resolve_device(device)
     torch.manual_seed(config.seed)
     backbone, extractor = build_extractor(config, device)
-    check_feature_dim(config.feature_dim, backbone.name, backbone.stage_channels)
+    check_reduction(config.feature_reduction, config.feature_dim, backbone.name, backbone.stage_channels)
     bank_idx, holdout_idx = split_holdout(len(sources), 0.0 if kfold else config.holdout_fraction, config.seed)
     bank_sources = [sources[i] for i in bank_idx]
+    if config.feature_reduction in FITTED:
+        fit_extractor_reduction(extractor, bank_sources, config, device, cancel)
 
     chunks: list[torch.Tensor] = []
     descriptors: list[torch.Tensor] = []
@@ -210,7 +214,7 @@ def fit(
     image_feats = torch.cat(chunks)  # (N, h, w, D): k-fold calibration scores them again
     del chunks
     n_images, h, w, _ = image_feats.shape
-    patches = image_feats.reshape(-1, config.feature_dim)
+    patches = image_feats.reshape(-1, image_feats.shape[-1])
     patch_image = torch.arange(n_images).repeat_interleave(h * w)  # the image each patch came from
     clean_images = torch.ones(n_images, dtype=torch.bool)
     if config.contamination == "auto":
@@ -253,6 +257,24 @@ def fit(
     model.threshold = quantile_threshold(calibration, 1.0 - config.false_alarm_rate)
     provenance.calibration_scores = [float(s) for s in calibration]
     return model
+
+
+REDUCTION_FIT_IMAGES = 64  # training images whose raw patches fit a balanced or pca reduction
+
+
+def fit_extractor_reduction(extractor: PatchFeatureExtractor, sources: Sequence[ImageSource], config: ModelConfig,
+                            device: torch.device, cancel: CancelFn | None = None) -> None:
+    """Fit the extractor's reduction on the raw patch features (every channel) of up to
+    REDUCTION_FIT_IMAGES training images, chosen by the seed; one extra forward pass over them."""
+    pick = np.sort(np.random.default_rng(config.seed).permutation(len(sources))[:REDUCTION_FIT_IMAGES])
+    chunks = []
+    with torch.inference_mode():
+        for batch, _, _ in iter_batches([sources[i] for i in pick], config.image_size, config.batch_size):
+            check_cancel(cancel)
+            feats = extractor(batch.to(device))
+            chunks.append(feats.reshape(-1, feats.shape[-1]))
+    reduction = fit_reduction(config.feature_reduction, torch.cat(chunks), config.feature_dim, extractor.stage_channels, config.seed)
+    extractor.set_reduction(reduction)
 
 
 def suspect_free_images(mutual: torch.Tensor, z: float = 3.0) -> torch.Tensor:

@@ -147,7 +147,7 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
 
     from patchshift.core.backbone import stage_channels
     from patchshift.core.config import FIT_OPTIONS
-    from patchshift.core.features import check_feature_dim
+    from patchshift.core.reduction import check_reduction
 
     from .options import given
 
@@ -159,7 +159,8 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
             image_size=args.image_size, batch_size=args.batch_size, **given(args, FIT_OPTIONS),
         )
         check_options(config)
-        check_feature_dim(config.feature_dim, config.backbone, stage_channels(config.backbone, config.feature_strides))
+        check_reduction(config.feature_reduction, config.feature_dim, config.backbone,
+                        stage_channels(config.backbone, config.feature_strides))
     images = _normal_images(args.data)
     model = fit(images, config, device=args.device, threshold=args.threshold, progress=progress)
     save_model(model, args.out, overwrite=args.overwrite)

@@ -4,7 +4,8 @@ import torch
 from patchshift.core.backbone import build_backbone
 from patchshift.core.config import ModelConfig
 from patchshift.core.errors import ConfigError
-from patchshift.core.features import PatchFeatureExtractor, channel_pooling_matrix
+from patchshift.core.features import PatchFeatureExtractor
+from patchshift.core.reduction import channel_pooling_matrix
 
 
 def test_channel_pooling_matrix_by_hand():

@@ -211,6 +211,8 @@ def test_unloadable_active_version_is_not_ready_and_can_be_rolled_back(store: Pa
         ("adapt", {"method": "uda", "clusters": "100000"}, "clusters"),
         ("fit", {"feature_dim": "100000"}, "feature_dim"),
         ("fit", {"feature_dim": "1000"}, "feature_dim must be at most 224"),
+        ("fit", {"feature_reduction": "pca", "feature_dim": "200"}, "feature_dim must be at most 152 with pca"),
+        ("fit", {"feature_reduction": "svd"}, "feature_reduction"),
         ("fit", {"coreset_ratio": "nan"}, "coreset_ratio"),
         ("fit", {"coreset_max_size": "-1"}, "coreset_max_size"),
         ("fit", {"false_alarm_rate": "2"}, "false_alarm_rate"),

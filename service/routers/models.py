@@ -13,7 +13,7 @@ from patchshift.core.adapt.config import ADAPT_OPTIONS
 from patchshift.core.backbone import stage_channels
 from patchshift.core.config import FIT_OPTIONS, ModelConfig
 from patchshift.core.errors import ConfigError
-from patchshift.core.features import check_feature_dim
+from patchshift.core.reduction import check_reduction
 from patchshift.core.options import check_options
 from patchshift.core.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
@@ -101,7 +101,7 @@ async def fit_model(
             raise ConfigError("holdout_fraction must be above 0 over HTTP: the held-out images set the threshold "
                               "(set a fixed one afterwards with PUT /v1/models/{name}/threshold)")
         channels = await run_in_threadpool(stage_channels, config.backbone, config.feature_strides)
-        check_feature_dim(config.feature_dim, config.backbone, channels)
+        check_reduction(config.feature_reduction, config.feature_dim, config.backbone, channels)
     except (ConfigError, TypeError, ValueError) as exc:
         raise Unprocessable(f"invalid fit settings: {exc}") from None
     uploads = await _validated_uploads(settings, files, config.image_size)
