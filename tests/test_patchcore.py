@@ -117,14 +117,13 @@ def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(t
     paths = []
     for i in range(40):
         path = tmp_path / f"{i:03d}.png"
-        Image.fromarray(normal_image(rng)).save(path)
+        Image.fromarray(normal_image(rng, 256)).save(path)
         paths.append(path)
     rate = 0.1
-    config = ModelConfig(image_size=96, feature_dim=64, coreset_ratio=0.25, batch_size=16, false_alarm_rate=rate,
-                         neighbourhood_border="inside")  # 96-px images: see conftest.tiny_config
+    config = ModelConfig(false_alarm_rate=rate)  # every other setting at its default
     model = fit(paths, config, device="cpu")
     assert model.provenance.threshold_source == "kfold-quantile" and len(model.provenance.calibration_scores) == 40
-    fresh = torch.stack([torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(150)]).float() / 255
+    fresh = torch.stack([torch.from_numpy(normal_image(rng, 256)).permute(2, 0, 1) for _ in range(150)]).float() / 255
     flagged = int(sum((model.score(fresh[i : i + 50]).scores > model.threshold).sum() for i in range(0, 150, 50)))
     low, high = binom.interval(0.999, 150, rate)
     assert low <= flagged <= high, (flagged, low, high)
@@ -139,3 +138,26 @@ def test_versions_before_kfold_calibration_read_as_holdout():
     old["threshold_quantile"] = 0.95
     config = ModelConfig.from_dict(old)
     assert config.calibration == "holdout" and abs(config.false_alarm_rate - 0.05) < 1e-12
+
+
+def test_a_small_planted_defect_is_found_by_the_default_configuration(tmp_path):
+    """Every setting at its default (256 px input, zero-bordered neighbourhoods, k-fold calibration
+    at 1% false alarms): a 10-px blob on a fresh image is flagged, and its heatmap peaks on it."""
+    from conftest import normal_image, plant_defect
+    from patchshift.core.config import ModelConfig
+    from patchshift.core.patchcore import fit
+
+    rng = np.random.default_rng(11)
+    paths = []
+    for i in range(16):
+        paths.append(tmp_path / f"{i:03d}.png")
+        Image.fromarray(normal_image(rng, 256)).save(paths[-1])
+    model = fit(paths, ModelConfig(), device="cpu")
+    normals = [normal_image(rng, 256) for _ in range(6)]
+    defects, masks = zip(*(plant_defect(normal_image(rng, 256), rng, side=10) for _ in range(3)))
+    result = model.score(to_tensor(normals + list(defects)))
+    scores = result.scores.numpy()
+    assert (scores[6:] > model.threshold).all() and scores[6:].min() > scores[:6].max(), (scores, model.threshold)
+    for i, mask in enumerate(masks):
+        heat = result.anomaly_maps[6 + i].numpy()
+        assert mask[np.unravel_index(heat.argmax(), heat.shape)], f"defect {i}: heatmap peak outside the defect"
