@@ -85,7 +85,7 @@ SWEEP_INDEXES = {"flat": ("flat", True), "ivf": ("ivf", True), "ivf-no-re-search
 
 
 def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[int],
-               indexes: tuple[str, ...] = tuple(SWEEP_INDEXES)) -> list[dict]:
+               indexes: tuple[str, ...] = tuple(SWEEP_INDEXES), nprobes: tuple[int, ...] = ()) -> list[dict]:
     """Features extracted once; coreset size and index kind varied on the same features."""
     from patchshift.core.anomaly_map import anomaly_maps
     from patchshift.core.config import ModelConfig
@@ -117,9 +117,11 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
         picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
         coreset_s = time.perf_counter() - started
         # IVF as scoring uses it (each image's farthest patches searched again exactly) and without that
-        for label in indexes:
+        searches = [(label, probes) for label in indexes
+                    for probes in ((nprobes or (config.ivf_nprobe,)) if SWEEP_INDEXES[label][0] == "ivf" else (None,))]
+        for label, probes in searches:
             kind, per_image = SWEEP_INDEXES[label]
-            index = BankIndex(patches[picked], kind, config.ivf_nprobe, dev)
+            index = BankIndex(patches[picked], kind, probes or config.ivf_nprobe, dev)
             started = time.perf_counter()
             if per_image:
                 dist = torch.cat([index.search_images(test[i : i + 32].reshape(-1, h * w, d))[0] for i in range(0, n, 32)])
@@ -134,7 +136,7 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
                 {
                     "dataset": name,
                     "bank_size": len(picked),
-                    "index": label,
+                    "index": label if probes is None else f"{label}, {probes} probes",
                     "coreset_s": coreset_s,
                     "search_ms_per_image": 1000 * search_s / n,
                     "image_auroc": image_auroc(labels, patch_scores.flatten(1).max(1).values.numpy()),
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-datasets", nargs="*", default=["bsd"], help="datasets for the bank sweep")
     parser.add_argument("--sweep-indexes", nargs="*", default=list(SWEEP_INDEXES), choices=list(SWEEP_INDEXES),
                         help="searches of the bank sweep (exact search of a large bank is slow on a CPU)")
+    parser.add_argument("--sweep-nprobes", nargs="*", type=int, default=[], help="IVF probes to sweep (default: the model's)")
     parser.add_argument("--out", default="benchmarks/results/engine.json")
     args = parser.parse_args(argv)
     root = Path(args.data_root)
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
             print(markdown(rows[-1:], MAIN_COLUMNS), flush=True)
     if args.bank_sweep:
         for name in args.sweep_datasets:
-            sweep += bank_sweep(name, root / name, dataset_settings(name), args.device, args.bank_sweep, tuple(args.sweep_indexes))
+            sweep += bank_sweep(name, root / name, dataset_settings(name), args.device, args.bank_sweep, tuple(args.sweep_indexes),
+                                tuple(args.sweep_nprobes))
     print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
     print(markdown(rows, MAIN_COLUMNS))
     if sweep:

@@ -56,7 +56,19 @@ def _bin_edges(maps: np.ndarray) -> np.ndarray:
     sample = np.concatenate([np.asarray(m, dtype=np.float64).ravel()[::stride] for m in maps])
     if not np.all(np.isfinite(sample)):
         raise ConfigError("heatmaps contain non-finite values")
-    return np.unique(np.quantile(sample, np.linspace(0, 1, PIXEL_BINS + 1)[1:-1]))
+    return np.unique(sorted_quantiles(sample, np.linspace(0, 1, PIXEL_BINS + 1)[1:-1]))
+
+
+def sorted_quantiles(values: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """np.quantile(values, q) (linear interpolation, the same floats) by one sort: numpy partitions
+    once per requested quantile, which takes seconds for 65,535 of them."""
+    ordered = np.sort(values)
+    position = (len(ordered) - 1) * q
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, len(ordered) - 1)
+    t = position - low
+    a, b = ordered[low], ordered[high]
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
 
 
 def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -245,3 +245,15 @@ def test_generated_tiles_are_an_mvtec_layout_with_small_masked_defects(tmp_path)
         mask = load_mask(sample, (256, 256))
         share = mask.mean()
         assert (share == 0) if sample.label == 0 else (0 < share < 0.01), (sample.path, share)  # small defects, each masked
+
+
+def test_bank_sweep_scores_every_size_index_and_probe_count(dataset, tiny_config):
+    from patchshift.benchmarks.engine import bank_sweep
+
+    overrides = {"image_size": tiny_config.image_size, "neighbourhood_border": "inside"}
+    rows = bank_sweep("widget", dataset, overrides, "cpu", [40, 80], ("flat", "ivf"), (1, 4))
+    assert [(r["bank_size"], r["index"]) for r in rows] == [
+        (40, "flat"), (40, "ivf, 1 probes"), (40, "ivf, 4 probes"), (80, "flat"), (80, "ivf, 1 probes"), (80, "ivf, 4 probes")]
+    flat = {r["bank_size"]: r["image_auroc"] for r in rows if r["index"] == "flat"}
+    # IVF with the exact re-search gives exact image scores whatever the probes
+    assert all(r["image_auroc"] == flat[r["bank_size"]] for r in rows)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from patchshift.core.errors import ConfigError
-from patchshift.core.metrics import aupro, auroc, f1_at_threshold, image_auroc, pixel_auroc
+from patchshift.core.metrics import aupro, auroc, f1_at_threshold, image_auroc, pixel_auroc, sorted_quantiles
 
 
 def test_auroc_by_hand():
@@ -110,3 +110,11 @@ def test_threshold_stays_when_too_few_target_images_score():
     assert transferred_calibration(list(source), few) == list(source)  # and the next transfer starts from the source's
     enough = np.full(MIN_TRANSFER_IMAGES, 30.0)
     assert transfer_threshold(source, 15.0, enough) == pytest.approx(34.0) and transferred_calibration(list(source), enough) == list(enough)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 5000])
+def test_sorted_quantiles_are_numpys_linear_quantiles_to_the_bit(n):
+    values = np.random.default_rng(n).gamma(2.0, size=n)
+    values[::3] = values[0]  # ties
+    q = np.linspace(0, 1, 1001)
+    assert np.array_equal(sorted_quantiles(values, q), np.quantile(values, q))
