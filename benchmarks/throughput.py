@@ -80,9 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (the median is kept)")
     parser.add_argument("--model", nargs="*", default=[], metavar="DATASET=DIR",
                         help="score with a stored version instead of fitting one (its own index kind; --indexes is ignored)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings for the fits, e.g. ivf_nprobe=8")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
+    from .protocol import parse_variant
+
+    _, settings = parse_variant("set:" + ",".join(args.set))
     stored = dict(item.split("=", 1) for item in args.model)
     rows = []
     for name in args.datasets:
@@ -97,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
 
                 model = load_model(stored[name], device=args.device)
             else:
-                model = fit(train_images(root)[: args.fit_images], ModelConfig(**DATASETS[name], index=index), device=args.device)
-            row = {"dataset": name, "input": DATASETS[name]["image_size"], "index": f"{model.config.index}: {model.index.kind} ({model.index.backend})", "bank_rows": len(model.bank), "device": str(model.device), "decode_ms_per_image": decode_ms}
+                model = fit(train_images(root)[: args.fit_images], ModelConfig(**{**DATASETS[name], **settings, "index": index}), device=args.device)
+            row = {"dataset": name, "input": DATASETS[name]["image_size"], "index": f"{model.config.index}: {model.index.kind} ({model.index.backend})"
+                   + (f", {model.config.ivf_nprobe} probes" if model.index.kind == "ivf" else ""), "bank_rows": len(model.bank), "device": str(model.device), "decode_ms_per_image": decode_ms}
             row.update(breakdown(model, batch, args.repeats))
             rows.append(row)
             print(row, flush=True)
