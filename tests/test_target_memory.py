@@ -218,3 +218,24 @@ def test_the_threshold_is_moved_from_a_subset_scored_exactly_as_in_the_full_run(
     np.testing.assert_allclose(part_report.target_scores, full_report.target_scores[index], rtol=1e-5)
     assert torch.equal(part.bank, full.bank)  # the memory does not depend on how many images set the threshold
     assert part_report.gate.agreement_after is not None and np.isfinite(part.threshold)
+
+
+def test_judge_keeps_the_parent_when_the_target_scores_like_its_normal_images_by_hand():
+    reference = np.arange(8.0)
+    after = np.arange(8.0)  # agrees perfectly: alone it would go live
+    calibration = np.arange(20.0)  # 5th percentile 0.95, 75th 14.25
+    unshifted = np.array([4.0, 5.0, 5.0, 6.0, 7.0, 8.0, 30.0, 40.0])  # lower quartile 5.0
+    verdict = judge(reference, unshifted, after, calibration=calibration)
+    assert not verdict.better and "no shift to adapt to" in verdict.reason and "5" in verdict.reason
+    assert verdict.agreement_after == pytest.approx(1.0)  # still reported
+    shifted = unshifted + 20.0  # lower quartile 25.0: above the bulk
+    assert judge(reference, shifted, after, calibration=calibration).better
+    assert judge(reference, unshifted, after).better  # no calibration scores: no opinion on the shift
+    assert judge(reference, unshifted - 10.0, after, calibration=calibration).better  # below the bulk: shifted too
+
+
+def test_gate_keeps_the_parent_on_images_of_its_own_condition(fitted):
+    rng = np.random.default_rng(21)
+    images = to_tensor([normal_image(rng) for _ in range(12)] + [plant_defect(normal_image(rng), rng)[0] for _ in range(4)])
+    _, report = adapt(fitted, images, AdaptConfig(method="target-memory"), judge=True)
+    assert not report.gate.better and "no shift to adapt to" in report.gate.reason

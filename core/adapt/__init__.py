@@ -86,7 +86,7 @@ def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, 
          cancel: CancelFn | None = None, reference: np.ndarray | None = None,
          feats: torch.Tensor | None = None, index: np.ndarray | None = None) -> GateVerdict:
     """Does a new version, which scored the (N, 3, H, W) target images `after_scores`, rank them
-    better than `model` does? (core.adapt.gate) `reference` and `feats` (the target's features
+    better than `model` does, and is there a shift at all? (core.adapt.gate) `reference` and `feats` (the target's features
     through `model`'s extractor) are computed here unless the adapter already had them; with
     `index`, `after_scores` are of those images only, and the check compares on them."""
     if len(target) < MIN_IMAGES:
@@ -102,7 +102,9 @@ def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, 
         model.score_features(feats[i : i + model.config.batch_size])[1].cpu().numpy()
         for i in range(0, len(feats), model.config.batch_size)
     ])
-    return judge_versions(reference, before, None if after_scores is None else np.asarray(after_scores, dtype=np.float64))
+    calibration = np.asarray(model.provenance.calibration_scores, dtype=np.float64)
+    return judge_versions(reference, before, None if after_scores is None else np.asarray(after_scores, dtype=np.float64),
+                          calibration=calibration)
 
 
 __all__ = ["adapt", "gate", "Adapter", "AdaptConfig", "AdaptReport", "GateVerdict", "METHODS", "RECOMMENDED", "get_adapter"]

@@ -6,6 +6,13 @@ is from the patches of the other target images). A version that ranks the target
 the batch itself does (Spearman correlation of its scores with the mutual scores) separates the
 odd images from the bulk; one that ranks them by the shift's noise does not. The new version goes
 live only if its agreement beats the parent's by `margin`.
+
+Before that, a batch with no shift is recognised: when the target images' lower quartile, scored
+by the parent, lies in the bulk of the parent's own calibration scores (normal images it never
+saw), most of the batch already looks normal to the parent, and there is nothing to adapt to.
+Adapting then can only cost accuracy (measured: docs/benchmarks.md, "The gate"), so the parent
+stays active. Defective images score high, so the lower quartile stays among the normal ones
+while fewer than three quarters of the batch are defective.
 """
 
 from __future__ import annotations
@@ -54,14 +61,37 @@ def ranking_of(mutual: torch.Tensor) -> np.ndarray:
     return mutual.amax(dim=1).cpu().numpy()
 
 
-def judge(reference: np.ndarray, before: np.ndarray, after: np.ndarray, margin: float = 0.0) -> GateVerdict:
-    """Compare two versions' scores of the same target images against the reference ranking."""
+# The bulk of the parent's calibration scores: a target lower quartile inside it means no shift.
+NO_SHIFT_BAND = (0.05, 0.75)
+MIN_CALIBRATION_SCORES = 10
+
+
+def no_shift_reason(before: np.ndarray, calibration: np.ndarray | None) -> str | None:
+    """Why the parent already fits the target images, or None when it does not (or cannot tell)."""
+    if calibration is None or len(calibration) < MIN_CALIBRATION_SCORES or not np.all(np.isfinite(before)) or not len(before):
+        return None
+    low, high = np.quantile(np.asarray(calibration, dtype=np.float64), NO_SHIFT_BAND)
+    lower_quartile = float(np.quantile(before, 0.25))
+    if not low <= lower_quartile <= high:
+        return None
+    return (f"the target images already score like the parent's own normal images (their lower quartile, "
+            f"{lower_quartile:.3g}, lies between the {100 * NO_SHIFT_BAND[0]:.0f}th and {100 * NO_SHIFT_BAND[1]:.0f}th "
+            f"percentiles of its calibration scores, {low:.3g} to {high:.3g}): no shift to adapt to; the parent stays active")
+
+
+def judge(reference: np.ndarray, before: np.ndarray, after: np.ndarray, margin: float = 0.0,
+          calibration: np.ndarray | None = None) -> GateVerdict:
+    """Compare two versions' scores of the same target images against the reference ranking;
+    with the parent's `calibration` scores, first check that there is a shift at all."""
     n = len(reference)
     if not usable(after, n):
         return GateVerdict(False, None, None, "the new version gave no usable scores of the target images "
                            "(missing, not finite or all equal); the parent stays active")
     agree_before = spearman(before, reference) if usable(before, n) else 0.0
     agree_after = spearman(after, reference)
+    unshifted = no_shift_reason(before, calibration)
+    if unshifted is not None:
+        return GateVerdict(False, agree_before, agree_after, unshifted)
     better = agree_after > agree_before + margin
     reason = (
         f"the new version ranks the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f})"
