@@ -161,7 +161,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                     extra = {"details": {k: v for k, v in summary.details.items() if k != "adapt_config" and not isinstance(v, list)}}
                     if summary.gate is not None:
                         verdict = summary.gate
-                        extra.update(gate_before=verdict.agreement_before, gate_after=verdict.agreement_after, gate_better=verdict.better)
+                        extra.update(gate_before=verdict.agreement_before, gate_after=verdict.agreement_after, gate_better=verdict.better,
+                                     gate_shift_percentile=verdict.shift_percentile)
                     if args.keep_scores and summary.target_scores is not None:
                         extra.update(target_scores=[round(float(v), 4) for v in summary.target_scores],
                                      target_index=None if summary.target_index is None else summary.target_index.tolist())

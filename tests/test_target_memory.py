@@ -226,7 +226,8 @@ def test_judge_keeps_the_parent_when_the_target_scores_like_its_normal_images_by
     calibration = np.arange(20.0)  # 5th percentile 0.95, 75th 14.25
     unshifted = np.array([4.0, 5.0, 5.0, 6.0, 7.0, 8.0, 30.0, 40.0])  # lower quartile 5.0
     verdict = judge(reference, unshifted, after, calibration=calibration)
-    assert not verdict.better and "no shift to adapt to" in verdict.reason and "5" in verdict.reason
+    assert not verdict.better and "no shift to adapt to" in verdict.reason and "25th percentile" in verdict.reason
+    assert verdict.shift_percentile == 25.0  # 5 of the 20 calibration scores are below the lower quartile, 5.0
     assert verdict.agreement_after == pytest.approx(1.0)  # still reported
     shifted = unshifted + 20.0  # lower quartile 25.0: above the bulk
     assert judge(reference, shifted, after, calibration=calibration).better

@@ -31,6 +31,7 @@ class GateVerdict:
     agreement_before: float | None  # Spearman correlation of the parent's target scores with the mutual scores
     agreement_after: float | None
     reason: str
+    shift_percentile: float | None = None  # the target's lower quartile among the parent's calibration scores, %
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,22 +62,26 @@ def ranking_of(mutual: torch.Tensor) -> np.ndarray:
     return mutual.amax(dim=1).cpu().numpy()
 
 
-# The bulk of the parent's calibration scores: a target lower quartile inside it means no shift.
-NO_SHIFT_BAND = (0.05, 0.75)
+# The bulk of the parent's calibration scores, in percentiles: a target lower quartile inside it means no shift.
+NO_SHIFT_BAND = (5.0, 75.0)
 MIN_CALIBRATION_SCORES = 10
 
 
-def no_shift_reason(before: np.ndarray, calibration: np.ndarray | None) -> str | None:
+def shift_percentile(before: np.ndarray, calibration: np.ndarray | None) -> float | None:
+    """Where the target's lower quartile (scored by the parent) falls among the parent's calibration
+    scores, in percent; None when there are too few of them to tell."""
+    if calibration is None or len(calibration) < MIN_CALIBRATION_SCORES or not len(before) or not np.all(np.isfinite(before)):
+        return None
+    return float(100.0 * np.mean(np.asarray(calibration, dtype=np.float64) < np.quantile(before, 0.25)))
+
+
+def no_shift_reason(percentile: float | None) -> str | None:
     """Why the parent already fits the target images, or None when it does not (or cannot tell)."""
-    if calibration is None or len(calibration) < MIN_CALIBRATION_SCORES or not np.all(np.isfinite(before)) or not len(before):
+    if percentile is None or not NO_SHIFT_BAND[0] <= percentile <= NO_SHIFT_BAND[1]:
         return None
-    low, high = np.quantile(np.asarray(calibration, dtype=np.float64), NO_SHIFT_BAND)
-    lower_quartile = float(np.quantile(before, 0.25))
-    if not low <= lower_quartile <= high:
-        return None
-    return (f"the target images already score like the parent's own normal images (their lower quartile, "
-            f"{lower_quartile:.3g}, lies between the {100 * NO_SHIFT_BAND[0]:.0f}th and {100 * NO_SHIFT_BAND[1]:.0f}th "
-            f"percentiles of its calibration scores, {low:.3g} to {high:.3g}): no shift to adapt to; the parent stays active")
+    return (f"the target images already score like the parent's own normal images (their lower quartile is at the "
+            f"{percentile:.0f}th percentile of its calibration scores, inside its normal bulk, the {NO_SHIFT_BAND[0]:.0f}th "
+            f"to {NO_SHIFT_BAND[1]:.0f}th): no shift to adapt to; the parent stays active")
 
 
 def judge(reference: np.ndarray, before: np.ndarray, after: np.ndarray, margin: float = 0.0,
@@ -89,13 +94,14 @@ def judge(reference: np.ndarray, before: np.ndarray, after: np.ndarray, margin: 
                            "(missing, not finite or all equal); the parent stays active")
     agree_before = spearman(before, reference) if usable(before, n) else 0.0
     agree_after = spearman(after, reference)
-    unshifted = no_shift_reason(before, calibration)
+    percentile = shift_percentile(before, calibration)
+    unshifted = no_shift_reason(percentile)
     if unshifted is not None:
-        return GateVerdict(False, agree_before, agree_after, unshifted)
+        return GateVerdict(False, agree_before, agree_after, unshifted, percentile)
     better = agree_after > agree_before + margin
     reason = (
         f"the new version ranks the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f})"
         if better else
         f"the new version does not rank the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f}); the parent stays active"
     )
-    return GateVerdict(better, agree_before, agree_after, reason)
+    return GateVerdict(better, agree_before, agree_after, reason, percentile)
