@@ -12,6 +12,11 @@ from .options import option
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
+# The choices of two settings, declared here so that the config stays free of torch; what each one
+# does is in core/reduction.py and core/features.py, which take these tuples from here.
+FEATURE_REDUCTIONS = ("average", "none", "balanced", "random", "pca")
+NEIGHBOURHOOD_BORDERS = ("zeros", "inside")
+
 # Largest side accepted for the model input; bigger inputs are almost always a typo.
 MAX_INPUT_SIDE = 2048
 
@@ -56,11 +61,11 @@ class ModelConfig:
     # reductions are stored in the artifact. Measured in docs/engine-study.md ("Feature reduction").
     feature_reduction: str = option("average", "how stage channels become D: average (each stage pooled to D/stages), none or balanced "
                                     "(every channel; D = their sum), random (Gaussian projection) or pca (fitted on training patches)",
-                                    choices=("average", "none", "balanced", "random", "pca"))
+                                    choices=FEATURE_REDUCTIONS)
     neighbourhood: int = option(3, "side of the local averaging window (odd)", ge=1, le=15)
     # What the averaging window counts beyond the feature map's edge (core/features.py, BORDERS).
     neighbourhood_border: str = option("zeros", "cells beyond the edge in the averaging window: zeros (PatchCore) or inside (average only inside)",
-                                       choices=("zeros", "inside"))
+                                       choices=NEIGHBOURHOOD_BORDERS)
     coreset_ratio: float = option(0.1, "share of training patches kept in the memory bank", gt=0, le=1)
     # Bank rows beyond ~10k cost search time but no measured accuracy (README, bank sweep).
     coreset_max_size: int | None = option(10_000, "upper bound on bank rows", ge=1, le=10_000_000, optional=True)

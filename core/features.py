@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .config import NEIGHBOURHOOD_BORDERS
 from .errors import ConfigError
 from .reduction import Reduction, initial_reduction
 
@@ -14,7 +15,7 @@ from .reduction import Reduction, initial_reduction
 # How the k x k neighbourhood average treats cells outside the feature map: "zeros" counts them
 # as zero (PatchCore's and anomalib's zero-padded average pooling), "inside" averages only the
 # cells inside (versions fitted before this setting existed). Measured in docs/engine-study.md ("Borders").
-BORDERS = ("zeros", "inside")
+BORDERS = NEIGHBOURHOOD_BORDERS
 
 
 class PatchFeatureExtractor(nn.Module):
@@ -37,7 +38,6 @@ class PatchFeatureExtractor(nn.Module):
         self.stage_channels = tuple(backbone.stage_channels)
         self.neighbourhood = neighbourhood
         self.border = border
-        self.reduction_kind = reduction
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         self.set_reduction(initial_reduction(reduction, feature_dim, self.stage_channels, seed))

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import FEATURE_REDUCTIONS
 from .errors import ConfigError
 
-REDUCTIONS = ("average", "none", "balanced", "random", "pca")
+REDUCTIONS = FEATURE_REDUCTIONS
 FITTED = ("balanced", "pca")  # need training patches
 STORED = ("none", "balanced", "random", "pca")  # matrices written beside the bank (average: none, as before)
 FIT_MAX_PATCHES = 200_000  # training patches sampled to fit balanced or pca
@@ -78,15 +79,14 @@ def channel_pooling_matrix(channels: int, out_dim: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(eye, out_dim).squeeze(1)
 
 
-def output_dim(kind: str, feature_dim: int, stage_channels: tuple[int, ...]) -> int:
-    """D of the patch features: `feature_dim`, except for the kinds that keep every channel."""
-    return sum(stage_channels) if kind in ("none", "balanced") else feature_dim
+def check_kind(kind: str) -> None:
+    if kind not in REDUCTIONS:
+        raise ConfigError(f"feature_reduction must be one of {', '.join(REDUCTIONS)}, got {kind!r}")
 
 
 def check_reduction(kind: str, feature_dim: int, backbone_name: str, stage_channels: tuple[int, ...]) -> None:
     """Refuse a D the reduction cannot give, naming the limit."""
-    if kind not in REDUCTIONS:
-        raise ConfigError(f"feature_reduction must be one of {', '.join(REDUCTIONS)}, got {kind!r}")
+    check_kind(kind)
     shape = f"{len(stage_channels)} stages of {'/'.join(map(str, stage_channels))} channels"
     if kind == "average" and feature_dim > len(stage_channels) * max(stage_channels):
         limit = len(stage_channels) * max(stage_channels)
@@ -101,12 +101,11 @@ def initial_reduction(kind: str, feature_dim: int, stage_channels: tuple[int, ..
     if kind == "average":
         per_stage = feature_dim // len(stage_channels)
         return Reduction([channel_pooling_matrix(c, per_stage) for c in stage_channels])
+    check_kind(kind)
     identity = Reduction([torch.eye(c) for c in stage_channels])
     if kind == "random":
         generator = torch.Generator().manual_seed(seed)
         identity.mix = torch.randn(sum(stage_channels), feature_dim, generator=generator) / feature_dim**0.5
-    elif kind not in REDUCTIONS:
-        raise ConfigError(f"feature_reduction must be one of {', '.join(REDUCTIONS)}, got {kind!r}")
     return identity
 
 
@@ -136,6 +135,6 @@ def fit_reduction(kind: str, raw: torch.Tensor, feature_dim: int, stage_channels
 
 
 __all__ = [
-    "REDUCTIONS", "FITTED", "STORED", "Reduction", "channel_pooling_matrix", "output_dim", "check_reduction",
+    "REDUCTIONS", "FITTED", "STORED", "Reduction", "channel_pooling_matrix", "check_kind", "check_reduction",
     "initial_reduction", "fit_reduction",
 ]
