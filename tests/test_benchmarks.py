@@ -254,6 +254,6 @@ def test_bank_sweep_scores_every_size_index_and_probe_count(dataset, tiny_config
     rows = bank_sweep("widget", dataset, overrides, "cpu", [40, 80], ("flat", "ivf"), (1, 4))
     assert [(r["bank_size"], r["index"]) for r in rows] == [
         (40, "flat"), (40, "ivf, 1 probes"), (40, "ivf, 4 probes"), (80, "flat"), (80, "ivf, 1 probes"), (80, "ivf, 4 probes")]
-    flat = {r["bank_size"]: r["image_auroc"] for r in rows if r["index"] == "flat"}
-    # IVF with the exact re-search gives exact image scores whatever the probes
-    assert all(r["image_auroc"] == flat[r["bank_size"]] for r in rows)
+    # that IVF's image scores equal exact search's is proven where IVF is approximate, in
+    # test_index_and_maps.py: on 40-80 rows the two may agree whatever the code does
+    assert all(0.0 <= r["image_auroc"] <= 1.0 and r["search_ms_per_image"] > 0 for r in rows)
