@@ -67,14 +67,18 @@ def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarr
 
 
 def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
-    """Fit on clean train/good once; later runs load the cached version."""
+    """Fit on clean train/good once; later runs load the cached version. The cache is keyed by the
+    whole config, so a changed default (backbone, folds, border...) fits anew."""
+    import hashlib
+
     from patchshift.core.artifact import load_model, save_model
     from patchshift.core.config import ModelConfig
     from patchshift.core.data import train_images
     from patchshift.core.patchcore import fit
 
     config = ModelConfig(**overrides)
-    target = cache / f"{name}-{config.image_size[0]}x{config.image_size[1]}-{config.feature_dim}"
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    target = cache / f"{name}-{config.image_size[0]}x{config.image_size[1]}-{config.feature_dim}-{digest}"
     if (target / "manifest.json").is_file():
         return load_model(target, device=device)
     model = fit(train_images(root), config, device=device)

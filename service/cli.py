@@ -26,7 +26,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
     from .options import add_flags, bounded_type
 
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm architecture name")
+    parser.add_argument("--backbone", default=ModelConfig.backbone, help="timm architecture name; tf_efficientnet_lite0/1/2 "
+                        "need no --weights when their package is installed (lite0 and lite1 are dependencies)")
     parser.add_argument("--weights", default=None, help="local weights file (required for non-bundled backbones)")
     parser.add_argument("--image-size", default="256", help="model input size: N or WIDTHxHEIGHT, e.g. 576x224 (sides 32..2048)")
     add_flags(parser, ModelConfig, FIT_OPTIONS, flags={"reweight_neighbours": ("--reweight", "--reweight-neighbours")})

@@ -60,7 +60,8 @@ def tiny_config():
     # cells, and zero borders (the default for real inputs, docs/engine-study.md "Borders") change
     # the mechanisms these fixtures were built to show. The defaults are tested at 256 px in
     # tests/test_patchcore.py (a planted defect found; the k-fold false-alarm rate on fresh normals).
-    return ModelConfig(image_size=(SIZE, SIZE), feature_dim=64, coreset_ratio=0.25, batch_size=8, holdout_fraction=0.2,
+    # Lite0, the default before Lite1: the cheapest bundled backbone keeps these fixtures fast.
+    return ModelConfig(backbone="tf_efficientnet_lite0", image_size=(SIZE, SIZE), feature_dim=64, coreset_ratio=0.25, batch_size=8, holdout_fraction=0.2,
                        neighbourhood_border="inside")
 
 

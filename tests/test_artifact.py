@@ -128,12 +128,14 @@ def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_ide
     stated = json.loads((explicit / "manifest.json").read_text())
     stated["config"]["neighbourhood_border"] = "inside"
     (explicit / "manifest.json").write_text(json.dumps(stated))
-    for key in ("calibration", "calibration_folds", "false_alarm_rate", "contamination", "neighbourhood_border"):
+    assert manifest["config"]["backbone"] == "tf_efficientnet_lite0"  # every version before Lite1 had it
+    for key in ("backbone", "calibration", "calibration_folds", "false_alarm_rate", "contamination", "neighbourhood_border"):
         manifest["config"].pop(key)
     manifest["config"]["threshold_quantile"] = 0.99
     (old / "manifest.json").write_text(json.dumps(manifest))
     current, legacy = load_model(explicit, device="cpu"), load_model(old, device="cpu")
     assert legacy.config.calibration == "holdout" and legacy.threshold == current.threshold
+    assert legacy.config.backbone == "tf_efficientnet_lite0"
     assert legacy.config.neighbourhood_border == "inside" and legacy.extractor.border == "inside"
     batch, _ = load_batch([s.path for s in labelled_samples(dataset)], legacy.config.image_size)
     a, b = current.score(batch), legacy.score(batch)

@@ -6,18 +6,21 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..config import DEFAULT_BACKBONE, parse_image_size
+from ..config import parse_image_size
 from ..errors import ConfigError
 from ..options import option
 
 
 ENCODERS = ("frozen", "phi", "clip")
+# phi when no PatchCore parent says otherwise: the encoder UDA was measured with (it is trained, so its
+# cost counts twice); a UDA version made from a PatchCore version inherits that version's backbone.
+UDA_BACKBONE = "tf_efficientnet_lite0"
 
 
 @dataclass(frozen=True)
 class UDAConfig:
     method: ClassVar[str] = "uda"  # the adapter that makes UDA versions (core.adapt.uda)
-    backbone: str = DEFAULT_BACKBONE  # phi, the trainable encoder
+    backbone: str = UDA_BACKBONE  # phi, the trainable encoder
     weights: str | None = None  # local weights file; None: the bundled ones
     image_size: tuple[int, int] = (224, 224)
     embedding_dim: int = option(128, "output of the bias-free projection head", ge=2, le=4096)
@@ -67,7 +70,7 @@ class UDAConfig:
 def inherited_settings(parent_config: Any) -> dict[str, Any]:
     """What a UDA version keeps from the version it replaces (that version's config): the encoder
     family and weights file, and from a UDA parent its input size, unless the user says otherwise."""
-    inherited = {"backbone": getattr(parent_config, "backbone", DEFAULT_BACKBONE), "weights": getattr(parent_config, "weights", None)}
+    inherited = {"backbone": getattr(parent_config, "backbone", UDA_BACKBONE), "weights": getattr(parent_config, "weights", None)}
     if isinstance(parent_config, UDAConfig):
         inherited["image_size"] = tuple(parent_config.image_size)
     return inherited
