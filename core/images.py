@@ -31,6 +31,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Largest accepted image: 100 megapixels (a 10k x 10k camera frame) and 30k pixels a side.
 MAX_PIXELS = 100_000_000
 MAX_SIDE = 30_000
+# Our limit (MAX_PIXELS), checked before any pixel is decoded, is the one that applies, so Pillow's
+# warning above its own 89.5 MP default is silenced once for the process. Not per call: the service
+# decodes on many threads and warnings.catch_warnings() is not thread-safe (tests/test_images.py).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def decode_image(source: bytes | str | os.PathLike[str], name: str | None = None) -> Image.Image:
@@ -52,15 +56,12 @@ def decode_image(source: bytes | str | os.PathLike[str], name: str | None = None
         f"{label}: image is {{}} pixels; accepted are up to {MAX_SIDE} pixels a side and {MAX_PIXELS // 1_000_000} megapixels"
     )
     try:
-        with warnings.catch_warnings():
-            # Our own limit (MAX_PIXELS) is the one that applies, not Pillow's default of 89.5 MP.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            width, height = image.size
-            if width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-                raise InvalidImageError(too_large.format(f"{width}x{height}"))
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
+        image = Image.open(stream)
+        width, height = image.size
+        if width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+            raise InvalidImageError(too_large.format(f"{width}x{height}"))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
     except InvalidImageError:
         raise
     except Image.DecompressionBombError:  # over twice Pillow's limit: refused while opening

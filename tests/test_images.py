@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from patchshift.core.errors import InvalidImageError
-from patchshift.core.images import list_images, load_batch, map_to_original, open_image, to_tensor
+from patchshift.core.images import decode_image, list_images, load_batch, map_to_original, open_image, to_tensor
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -117,3 +117,31 @@ def test_list_images(tmp_path):
     assert [p.name for p in list_images([tmp_path])] == ["b.png", "a.jpg"]
     with pytest.raises(InvalidImageError):
         list_images([tmp_path / "missing"])
+
+
+def test_decoding_from_many_threads_leaves_the_warning_filters_alone():
+    """The service decodes uploads on a thread pool. warnings.catch_warnings() is not thread-safe:
+    one thread restoring the filters it saved can leave another's temporary filter in place for the
+    whole process, so decoding must not touch the filters at all."""
+    import threading
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    before = list(warnings.filters)
+    start = threading.Barrier(8)
+    decoded = []
+
+    def decode_many():
+        start.wait()
+        for _ in range(600):
+            decoded.append(decode_image(data).size)
+
+    threads = [threading.Thread(target=decode_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert decoded == [(64, 64)] * 4800
+    assert list(warnings.filters) == before
