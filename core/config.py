@@ -69,8 +69,9 @@ class ModelConfig:
     neighbourhood_border: str = option("zeros", "cells beyond the edge in the averaging window: zeros (PatchCore) or inside (average only inside)",
                                        choices=NEIGHBOURHOOD_BORDERS)
     coreset_ratio: float = option(0.1, "share of training patches kept in the memory bank", gt=0, le=1)
-    # Bank rows beyond ~10k cost search time but no measured accuracy (README, bank sweep).
-    coreset_max_size: int | None = option(10_000, "upper bound on bank rows", ge=1, le=10_000_000, optional=True)
+    # 20k rows: on deeppcb and the generated tiles the 10k cap cost accuracy, and 20k stays inside the
+    # scoring budget on both datasets in shared/data (docs/engine-study.md, "Coreset and bank").
+    coreset_max_size: int | None = option(20_000, "upper bound on bank rows", ge=1, le=10_000_000, optional=True)
     coreset_projection_dim: int = option(64, "random projection used only to pick the coreset", ge=8, le=1024)
     # Nearest-neighbour search: "flat" is exact L2; "ivf" is FAISS IVF (approximate, faster); "auto"
     # picks by bank size (core/index.py, resolve_kind). Stored versions keep the kind they were fitted with.
