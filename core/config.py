@@ -10,9 +10,12 @@ from typing import Any
 from .errors import ConfigError
 from .options import option
 
-# Chosen on bsd, deeppcb and generated tiles (docs/engine-study.md, "Backbones"): never far from the best
-# on any of them, where Lite0 was 0.08 image AUROC behind on the tiles. Versions record their backbone.
+# Chosen on bsd, deeppcb and generated tiles (docs/engine-study.md, "Backbones" and "Speed"): at most
+# 0.026 image AUROC from the best on each (Lite0: 0.109 on the tiles) and inside the fit and scoring
+# budgets, which Lite2, closer still, misses by a few percent. Versions record their backbone;
+# manifests without one are Lite0's, the default before.
 DEFAULT_BACKBONE = "tf_efficientnet_lite1"
+PREVIOUS_DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 # The choices of two settings, declared here so that the config stays free of torch; what each one
 # does is in core/reduction.py and core/features.py, which take these tuples from here.
@@ -126,7 +129,7 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown model config fields: {', '.join(sorted(unknown))}")
         values = dict(data)
-        values.setdefault("backbone", "tf_efficientnet_lite0")  # the default of every version before Lite1
+        values.setdefault("backbone", PREVIOUS_DEFAULT_BACKBONE)
         values.setdefault("neighbourhood_border", "inside")  # versions fitted before the setting averaged inside the edge only
         if "threshold_quantile" in values:  # versions before 0.2: a held-out quantile
             values["false_alarm_rate"] = 1.0 - float(values.pop("threshold_quantile"))
