@@ -5,6 +5,7 @@ target images' out-of-fold scores and the source's calibration scores) and print
 share of held-out good images flagged (false alarms) and of defective images caught (recall):
   quartile shift   the rule in use (core.threshold.transfer_threshold)
   median shift     the same anchored at the median
+  lower-band spread  the distance above the 30th percentile scaled by the 10th-30th band's width
   robust z-score   the rule before it: median and MAD of the target scores
   source kept      the source threshold unchanged
   oracle 1%        the 99th percentile of the held-out good images' scores (needs labels)
@@ -38,9 +39,20 @@ def median_shift(source: np.ndarray, threshold: float, target: np.ndarray) -> fl
     return float(threshold + np.median(target) - np.median(source))
 
 
+def lower_spread_transfer(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
+    """A spread-aware variant: the distance above the 30th percentile scaled by the width of the
+    10th-30th percentile band, a part of the batch that stays normal while a defective share is high."""
+    low_s, high_s = np.quantile(source, [0.1, 0.3])
+    low_t, high_t = np.quantile(target, [0.1, 0.3])
+    if high_s <= low_s or high_t <= low_t:
+        return threshold
+    return float(high_t + (threshold - high_s) * (high_t - low_t) / (high_s - low_s))
+
+
 RULES = {
     "quartile shift": transfer_threshold,
     "median shift": median_shift,
+    "lower-band spread": lower_spread_transfer,
     "robust z-score": robust_z_transfer,
     "source kept": lambda source, threshold, target: threshold,
 }

@@ -34,6 +34,18 @@ def test_mutual_scores_by_hand():
     assert torch.allclose(scores[1:, 1], torch.zeros(4))  # each finds a 1 in the other images 1-4
 
 
+@pytest.mark.parametrize("block_elements", [1, 7, 48, 2**26])
+def test_mutual_scores_are_the_same_in_any_block_size(block_elements):
+    # 12 images of 16 patches against 5 references each: blocks of one distance, of a part of one
+    # reference, of several whole references, and all at once give the same scores.
+    feats = torch.randn(12, 16, 3, generator=torch.Generator().manual_seed(0))
+    settings = FilterSettings(references=5, closest_share=0.4)
+    refs = reference_choice(12, 5, 0)
+    exact = torch.stack([torch.cdist(feats[i], feats[refs[i]].reshape(-1, 3)).view(16, 5, 16).amin(2).topk(2, 1, largest=False).values.mean(1)
+                         for i in range(12)])
+    assert torch.allclose(mutual_scores(feats, settings, block_elements=block_elements), exact, atol=1e-5)
+
+
 def test_a_defect_shared_by_a_few_images_does_not_vouch_for_itself():
     # The same odd patch in 2 of 9 images: with R = 8 and the closest half (4) averaged, 3 of
     # the 4 distances are large, so it stays far above the normal patches.
@@ -240,3 +252,18 @@ def test_gate_keeps_the_parent_on_images_of_its_own_condition(fitted):
     images = to_tensor([normal_image(rng) for _ in range(12)] + [plant_defect(normal_image(rng), rng)[0] for _ in range(4)])
     _, report = adapt(fitted, images, AdaptConfig(method="target-memory"), judge=True)
     assert not report.gate.better and "no shift to adapt to" in report.gate.reason
+
+
+def test_bank_alignment_by_hand_and_by_moments():
+    from patchshift.core.adapt.target_memory import aligned_bank
+
+    bank = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    target = torch.tensor([[10.0, 10.0], [12.0, 14.0]])
+    assert torch.equal(aligned_bank(bank, target, "none"), bank)
+    assert torch.allclose(aligned_bank(bank, target, "mean"), torch.tensor([[10.0, 11.0], [12.0, 13.0]]))
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(4000, 6, generator=g) @ torch.randn(6, 6, generator=g) + 3
+    shifted = torch.randn(3000, 6, generator=g) @ torch.randn(6, 6, generator=g) - 1
+    moved = aligned_bank(source, shifted, "coral")
+    assert torch.allclose(moved.mean(0), shifted.mean(0), atol=1e-4)
+    assert torch.allclose(torch.cov(moved.T), torch.cov(shifted.T), rtol=0.05, atol=0.05 * torch.cov(shifted.T).abs().max().item())

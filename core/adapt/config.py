@@ -53,6 +53,10 @@ class AdaptConfig:
     # images vouch for, as a bank of its own or joined to the source bank.
     memory: str = option("union", "the new version's bank: the filtered target memory alone, or joined to the source bank",
                          choices=("target", "union"))
+    # Research knob: the source bank's rows moved to the target memory's mean ("mean") or mean and
+    # covariance ("coral") before the union, so the source's coverage of normal variation follows the shift.
+    align_bank: str = option("none", "how the source bank's rows are moved to the target memory's moments before the union",
+                             choices=("none", "mean", "coral"))
     memory_bn: str = option("none", "BatchNorm step before the target memory: none, AdaBN (stats) or RoDA",
                             choices=("none", "stats", "roda"))
     filter_references: int = option(10, "other target images each target image's patches are compared with", ge=1, le=1000)

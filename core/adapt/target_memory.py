@@ -50,6 +50,24 @@ def scored_images(n_images: int, limit: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n_images)[:limit]))
 
 
+def aligned_bank(bank: torch.Tensor, target: torch.Tensor, how: str) -> torch.Tensor:
+    """bank (M, D), target memory (K, D) -> the bank's rows moved to the target's first ("mean") or
+    first and second moments ("coral"); both memories are coresets, so their moments compare."""
+    if how == "none":
+        return bank
+    source64, target64 = bank.double(), target.double()
+    mu_s, mu_t = source64.mean(0), target64.mean(0)
+    if how == "mean":
+        return (source64 - mu_s + mu_t).to(bank.dtype)
+
+    def power(cov: torch.Tensor, exponent: float) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh(cov + 1e-3 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
+        return (vectors * values.clamp_min(1e-12).pow(exponent)) @ vectors.T
+
+    cov_s, cov_t = torch.cov(source64.T), torch.cov(target64.T)
+    return ((source64 - mu_s) @ power(cov_s, -0.5) @ power(cov_t, 0.5) + mu_t).to(bank.dtype)
+
+
 def adapt_memory(
     model: PatchCoreModel, target: torch.Tensor, cfg: AdaptConfig, report_: AdaptReport,
     progress: ProgressFn | None, cancel: CancelFn | None,
@@ -73,7 +91,7 @@ def adapt_memory(
                              progress=coreset_progress).cpu()
     memory, memory_image = candidates[picked], candidate_image[picked]
     if cfg.memory == "union":
-        memory = torch.cat([model.bank, memory])
+        memory = torch.cat([aligned_bank(model.bank, memory, cfg.align_bank), memory])
         memory_image = torch.cat([torch.full((len(model.bank),), -1, dtype=torch.long), memory_image])
     adapted = PatchCoreModel(
         config, model.backbone, extractor, memory, model.threshold,
