@@ -1,9 +1,9 @@
 """Adaptation wall time and peak memory: 150 images at 256 x 256 px (the issue's budget case).
 
-    python -m patchshift.benchmarks.adapt_speed [--dataset bsd] [--images 150] [--methods ...]
+    python -m patchshift.benchmarks.adapt_speed [--dataset bsd] [--images 150] [--image-size 256] [--methods ...]
 
-The model is fitted on the dataset's train/good at 256 px; the target set is its first test
-images under gaussian_noise severity 5.
+The model is fitted on the dataset's train/good at `--image-size` (256 px: the budget case);
+the target set is its first test images under gaussian_noise severity 5.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--dataset", default="bsd")
     parser.add_argument("--images", type=int, default=150)
+    parser.add_argument("--image-size", default="256", help="model input size, N or WxH")
     parser.add_argument("--methods", nargs="*", default=["bn-stats", "moment-matching", "ot-continuous", "roda", "target-memory",
                                                             "target-memory-adabn", "target-memory-roda"])
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results/adapt-speed.json")
     args = parser.parse_args(argv)
     root = Path(args.data_root) / args.dataset
-    model = get_model(args.dataset, root, Path(args.model_cache), args.device, {"image_size": "256"})
+    model = get_model(args.dataset, root, Path(args.model_cache), args.device, {"image_size": args.image_size})
     paths = [s.path for s in labelled_samples(root)][: args.images]
     target = as_float(corrupt_uint8(load_images(paths, model.config.image_size), "gaussian_noise", 5, 0))
     rows = []
