@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.config import ModelConfig
     from patchshift.core.data import labelled_samples, train_images
     from patchshift.core.evaluate import evaluate
+    from patchshift.core.fileio import atomic_write_bytes
     from patchshift.core.patchcore import fit
 
     parser = argparse.ArgumentParser(prog="patchshift bench contamination", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> None:
 
     _, extra = parse_variant("set:" + ",".join(args.set))
     rows = []
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def save(rows: list[dict], complete: bool) -> None:
+        atomic_write_bytes(args.out, json.dumps({"machine": machine(), "rows": rows, "complete": complete}, indent=2).encode())
+
     for name in args.datasets:
         root = Path(args.data_root) / name
         train, samples = train_images(root), labelled_samples(root)
@@ -72,10 +78,10 @@ def main(argv: list[str] | None = None) -> None:
                              "fit_s": fit_s, **{k: result[k] for k in ("image_auroc", "pixel_auroc", "aupro", "false_alarm_rate", "recall")},
                              "details": model.provenance.details})
                 print(rows[-1], flush=True)
+                save(rows, complete=False)  # a long run keeps the fits it finished
     print(f"\n{machine()}\n")
     print(markdown(rows, COLUMNS))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    save(rows, complete=True)
 
 
 if __name__ == "__main__":

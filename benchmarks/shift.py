@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from patchshift.core.corruptions import CORRUPTIONS
+from patchshift.core.fileio import atomic_write_bytes
 
 from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
 from .protocol import (  # noqa: F401  (re-exported for the scripts and tests that used them from here)
@@ -114,7 +115,8 @@ def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: st
     return picked / total if total else float("nan")
 
 
-def run_dataset(name: str, args: argparse.Namespace) -> dict:
+def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
+    """The dataset's rows; `save(result)` after each row keeps a long run's finished rows ("complete": false)."""
     from patchshift.core.adapt import adapt, get_adapter
     from patchshift.core.data import labelled_samples, load_mask
     from patchshift.core.errors import DatasetError
@@ -132,7 +134,12 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
     print(f"{name}: {len(adapt_idx)} adaptation images ({labels[adapt_idx].sum()} defective), {len(eval_idx)} evaluation", flush=True)
     upper = evaluate_on(model, clean[eval_idx], labels[eval_idx], masks[eval_idx], args.keep_scores)
-    rows = []
+    rows, shares, sweep, sizes = [], {}, [], []
+    result = {"dataset": name, "upper_bound": upper, "adapt_labels": labels[adapt_idx].tolist(), "eval_labels": labels[eval_idx].tolist(),
+              "source_calibration_scores": list(model.provenance.calibration_scores or []), "source_threshold": model.threshold,
+              "rows": rows, "assignment_share": shares, "defect_sweep": sweep, "size_sweep": sizes,
+              "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)), "machine": machine(), "complete": False}
+    checkpoint = save or (lambda _: None)
     for corruption in args.corruptions:
         for severity in args.severities:
             shifted = corrupt_uint8(clean, None if corruption == CLEAN else corruption, severity, args.seed)
@@ -152,6 +159,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                             rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": 0.0,
                                          "adapt_peak_gib": 0.0, "image_auroc": float("nan"), "pixel_auroc": None, "refused": str(exc)})
                             print(rows[-1], flush=True)
+                            checkpoint(result)
                             continue
                     seconds = time.perf_counter() - started
                 metrics = evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx], args.keep_scores)
@@ -169,12 +177,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                 rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds,
                              "adapt_peak_gib": memory.peak_gib, **metrics, **extra})
                 print({k: v for k, v in rows[-1].items() if not isinstance(v, list)}, flush=True)
-    shares = {}
+                checkpoint(result)
     if args.fig5a:
         shifted = corrupt_uint8(clean[adapt_idx], args.corruptions[0], max(args.severities), args.seed)
         for augment in ("rot90", "none"):
             shares[augment] = assignment_share(model, shifted, masks[adapt_idx], augment, args.seed)
-    sweep = []
     if args.defect_sweep:
         corruption, severity = args.sweep_condition or (args.corruptions[0], max(args.severities))
         shifted = corrupt_uint8(clean, corruption, int(severity), args.seed)
@@ -188,7 +195,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             sweep.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "defective_share": share,
                           "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sweep[-1], flush=True)
-    sizes = []
+            checkpoint(result)
     if args.size_sweep:
         corruption, severity = args.sweep_condition or (args.corruptions[0], max(args.severities))
         shifted = corrupt_uint8(clean, corruption, int(severity), args.seed)
@@ -199,9 +206,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             sizes.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "n_images": len(chosen),
                           "defective_share": float(labels[chosen].mean()), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sizes[-1], flush=True)
-    return {"dataset": name, "upper_bound": upper, "adapt_labels": labels[adapt_idx].tolist(), "eval_labels": labels[eval_idx].tolist(),
-            "source_calibration_scores": list(model.provenance.calibration_scores or []), "source_threshold": model.threshold, "rows": rows, "assignment_share": shares, "defect_sweep": sweep, "size_sweep": sizes,
-            "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)), "machine": machine()}
+            checkpoint(result)
+    result["complete"] = True
+    return result
 
 
 def summary_table(result: dict, key: str) -> str:
@@ -293,10 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     _, args.adapt_settings = parse_variant("set:" + ",".join(args.set))
     if args.sweep_condition and (args.sweep_condition[0] not in CORRUPTIONS or args.sweep_condition[1] not in list("12345")):
         parser.error(f"--sweep-condition takes one of {', '.join(CORRUPTIONS)} and a severity 1-5, got {' '.join(args.sweep_condition)}")
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
-        result = run_dataset(name, args)
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.out_dir) / f"shift-{name}{args.tag}.json").write_text(json.dumps(result, indent=2))
+        path = Path(args.out_dir) / f"shift-{name}{args.tag}.json"
+        result = run_dataset(name, args, save=lambda partial: atomic_write_bytes(path, json.dumps(partial, indent=2).encode()))
+        atomic_write_bytes(path, json.dumps(result, indent=2).encode())
         print(f"\n{name} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
         print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
         print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))

@@ -17,7 +17,10 @@ def test_stratified_split_keeps_both_classes():
     assert not set(adapt) & set(evaluate) and len(adapt) + len(evaluate) == 80
 
 
-def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
+def test_shift_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
+    written = []
+    write = shift.atomic_write_bytes
+    monkeypatch.setattr(shift, "atomic_write_bytes", lambda path, data: (written.append(json.loads(data)), write(path, data)))
     shift.main([
         "--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
         "--corruptions", "contrast", "--severities", "5", "--methods", "none", "roda", "uda", "refit-target", "paired-oracle", "--epochs", "1", "--uda-epochs", "1",
@@ -33,6 +36,9 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys):
     assert {r["condition"] for r in result["defect_sweep"]} == {"brightness 3"}
     assert [r["n_images"] for r in result["size_sweep"]] == [1, result["n_adapt"]]
     assert "gap closed" in capsys.readouterr().out
+    # A long run keeps what it finished: the file is rewritten after every row, marked incomplete until the end.
+    assert [len(w["rows"]) for w in written[:5]] == [1, 2, 3, 4, 5] and not written[0]["complete"]
+    assert written[-1]["complete"] and written[-1] == result
 
 
 def test_ot_size_benchmark_smoke(dataset, tmp_path, capsys):
@@ -161,9 +167,13 @@ def test_reduction_study_measures_what_fit_builds(fitted, dataset):
     assert all(0.0 <= r["image_auroc"] <= 1.0 and r["bank_mib"] > 0 for r in rows)
 
 
-def test_contamination_benchmark_smoke(dataset, tmp_path, capsys):
+def test_contamination_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
     from patchshift.benchmarks import contamination
+    from patchshift.core import fileio
 
+    written = []
+    write = fileio.atomic_write_bytes
+    monkeypatch.setattr(fileio, "atomic_write_bytes", lambda path, data: (written.append(json.loads(data)), write(path, data)))
     contamination.main(["--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64",
                         "--shares", "0.125", "--device", "cpu", "--set", "neighbourhood_border=\"inside\"",  # tiny images: conftest.tiny_config
                         "--out", str(tmp_path / "c.json")])
@@ -171,6 +181,7 @@ def test_contamination_benchmark_smoke(dataset, tmp_path, capsys):
     assert [(r["contamination"], r["n_defective"]) for r in rows] == [("off", 3), ("auto", 3)]
     assert rows[1]["details"]["images_left_out_of_calibration"] >= 1
     assert "filter" in capsys.readouterr().out
+    assert [(len(w["rows"]), w["complete"]) for w in written] == [(1, False), (2, False), (2, True)]
 
 
 def test_contaminated_split_moves_defects_out_of_evaluation(dataset):
