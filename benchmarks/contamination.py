@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
-    def save(rows: list[dict], complete: bool) -> None:
+    def save(complete: bool) -> None:
         atomic_write_bytes(args.out, json.dumps({"machine": machine(), "rows": rows, "complete": complete}, indent=2).encode())
 
     for name in args.datasets:
@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> None:
                              "fit_s": fit_s, **{k: result[k] for k in ("image_auroc", "pixel_auroc", "aupro", "false_alarm_rate", "recall")},
                              "details": model.provenance.details})
                 print(rows[-1], flush=True)
-                save(rows, complete=False)  # a long run keeps the fits it finished
+                save(complete=False)  # a long run keeps the fits it finished
     print(f"\n{machine()}\n")
     print(markdown(rows, COLUMNS))
-    save(rows, complete=True)
+    save(complete=True)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def nearest_in_images(query: torch.Tensor, query_norms: torch.Tensor, refs: torc
     n_refs, n_patches, dim = refs.shape
     nearest = torch.empty(len(query), n_refs, dtype=query.dtype, device=query.device)
     refs_per_block = max(1, block_elements // (len(query) * n_patches))
-    rows_per_block = len(query) if refs_per_block > 1 else max(1, block_elements // n_patches)
+    rows_per_block = max(1, min(len(query), block_elements // n_patches))  # all rows unless one reference overflows
     for r0 in range(0, n_refs, refs_per_block):
         block, block_norms = refs[r0 : r0 + refs_per_block], ref_norms[r0 : r0 + refs_per_block]
         flat, flat_norms = block.reshape(-1, dim), block_norms.reshape(1, -1)
