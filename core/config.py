@@ -95,6 +95,10 @@ class ModelConfig:
     # (core.contamination). Off by default: it costs a pass over all pairs of images.
     contamination: str = option("off", "training images may include defects: filter them out (auto) or not (off)",
                                 choices=("off", "auto"))
+    # Where contamination=auto cuts: patches whose mutual score is above median + z * 1.4826 * MAD are
+    # left out of the bank. Lower is stricter (drops more defect patches and more rare normal ones).
+    contamination_cut_z: float = option(3.0, "with contamination auto: drop patches scored above median + z x MAD (lower is stricter)",
+                                        ge=0, le=100)
     holdout_fraction: float = option(0.1, "share of normal images held out to set the threshold (holdout calibration)", ge=0, le=0.9)
     seed: int = option(0, "random seed (hold-out split, coreset)", ge=0, le=2**32 - 1)
     batch_size: int = option(16, "images per forward pass", ge=1, le=256)
@@ -146,6 +150,6 @@ class ModelConfig:
 
 # The fit settings a person chooses (CLI flags and HTTP form fields are made from these).
 FIT_OPTIONS = ("feature_dim", "feature_reduction", "coreset_ratio", "coreset_max_size", "index", "reweight_neighbours", "calibration",
-               "calibration_folds", "false_alarm_rate", "contamination", "holdout_fraction", "seed")
+               "calibration_folds", "false_alarm_rate", "contamination", "contamination_cut_z", "holdout_fraction", "seed")
 
 __all__ = ["ModelConfig", "parse_image_size", "DEFAULT_BACKBONE", "FIT_OPTIONS"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 from .progress import CancelFn, ProgressFn, check_cancel, report
 
 # Below this many images a patch has too few other images to be vouched for.
@@ -34,6 +34,9 @@ class FilterSettings:
     closest_share: float = 0.5  # aggregate the closest ceil(share * R) of the R distances
     cut_z: float = 3.0  # drop patches above median + cut_z * 1.4826 * MAD of the scores
     seed: int = 0
+    # Per-position scoring (SoftPatch, for aligned parts): a patch is compared only with the patches
+    # within `window` grid cells of its own position in the other images. None: anywhere.
+    window: int | None = None
 
 
 @dataclass
@@ -60,9 +63,11 @@ def reference_choice(n_images: int, references: int, seed: int) -> torch.Tensor:
 
 
 def nearest_in_images(query: torch.Tensor, query_norms: torch.Tensor, refs: torch.Tensor, ref_norms: torch.Tensor,
-                      block_elements: int) -> torch.Tensor:
+                      block_elements: int, positions: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
     """query (Q, D), refs (R, P, D) with squared norms (Q,), (R, P) -> (Q, R) distance of each query
-    row to its nearest patch in each reference image, in blocks of at most `block_elements` distances."""
+    row to its nearest patch in each reference image, in blocks of at most `block_elements` distances.
+    With `positions` (P, 2), the grid cell of every patch (query row q is patch q), and `window`, only
+    reference patches within `window` cells of the query's own cell count."""
     n_refs, n_patches, dim = refs.shape
     nearest = torch.empty(len(query), n_refs, dtype=query.dtype, device=query.device)
     refs_per_block = max(1, block_elements // (len(query) * n_patches))
@@ -73,19 +78,25 @@ def nearest_in_images(query: torch.Tensor, query_norms: torch.Tensor, refs: torc
         for q0 in range(0, len(query), rows_per_block):
             q = query[q0 : q0 + rows_per_block]
             squared = (q @ flat.T).mul_(-2).add_(query_norms[q0 : q0 + rows_per_block].unsqueeze(1)).add_(flat_norms)
-            nearest[q0 : q0 + len(q), r0 : r0 + len(block)] = squared.view(len(q), len(block), n_patches).amin(dim=2)
+            squared = squared.view(len(q), len(block), n_patches)
+            if window is not None and positions is not None:
+                apart = (positions[q0 : q0 + len(q), None, :] - positions[None, :, :]).abs().amax(dim=-1)  # (q, P) cells
+                squared.masked_fill_((apart > window).unsqueeze(1), math.inf)
+            nearest[q0 : q0 + len(q), r0 : r0 + len(block)] = squared.amin(dim=2)
     return nearest.clamp_min_(0).sqrt_()
 
 
 @torch.inference_mode()
 def mutual_scores(
     feats: torch.Tensor, settings: FilterSettings, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-    block_elements: int = DISTANCE_BLOCK_ELEMENTS,
+    block_elements: int = DISTANCE_BLOCK_ELEMENTS, grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """feats (N, P, D) patch features of N images -> (N, P) robust distance to the other images.
+    """feats (N, P, D) patch features of N images on an h x w = P `grid` -> (N, P) robust distance
+    to the other images.
 
     Per image, its patches against all patches of its R reference images as matrix products, in
-    blocks of at most `block_elements` distances: no loop over patches."""
+    blocks of at most `block_elements` distances: no loop over patches. `grid` is needed only for
+    per-position scoring (settings.window)."""
     n_images, n_patches, _ = feats.shape
     if n_images < MIN_IMAGES:
         raise DatasetError(f"{n_images} image(s) are too few to tell defects from normal patches; give at least {MIN_IMAGES}")
@@ -94,10 +105,17 @@ def mutual_scores(
     norms = feats.square().sum(-1)  # (N, P)
     scores = torch.empty(n_images, n_patches, dtype=feats.dtype, device=feats.device)
     chosen = chosen.to(feats.device)
+    positions = None
+    if settings.window is not None:
+        if grid is None or grid[0] * grid[1] != n_patches:
+            raise ConfigError(f"per-position scoring needs the patch grid of the {n_patches} patches, got {grid}")
+        rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+        positions = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(feats.device)
     for i in range(n_images):
         if i % 8 == 0:
             check_cancel(cancel)
-        nearest = nearest_in_images(feats[i], norms[i], feats[chosen[i]], norms[chosen[i]], block_elements)  # (P, R)
+        nearest = nearest_in_images(feats[i], norms[i], feats[chosen[i]], norms[chosen[i]], block_elements,
+                                    positions, settings.window)  # (P, R)
         scores[i] = nearest.topk(closest, dim=1, largest=False).values.mean(dim=1)
         report(progress, "filter", i + 1, n_images)
     return scores

@@ -218,7 +218,8 @@ def fit(
     patch_image = torch.arange(n_images).repeat_interleave(h * w)  # the image each patch came from
     clean_images = torch.ones(n_images, dtype=torch.bool)
     if config.contamination == "auto":
-        kept = filter_patches(image_feats.reshape(n_images, h * w, -1).to(device), FilterSettings(seed=config.seed), progress, cancel).to("cpu")
+        settings = FilterSettings(cut_z=config.contamination_cut_z, seed=config.seed)
+        kept = filter_patches(image_feats.reshape(n_images, h * w, -1).to(device), settings, progress, cancel).to("cpu")
         patches, patch_image = patches[kept.keep.flatten()], patch_image[kept.keep.flatten()]
         clean_images = suspect_free_images(kept.scores)
         log.info("contamination filter: kept %.1f%% of patches; %d of %d images left out of the calibration",

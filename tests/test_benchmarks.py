@@ -268,3 +268,32 @@ def test_bank_sweep_scores_every_size_index_and_probe_count(dataset, tiny_config
     # that IVF's image scores equal exact search's is proven where IVF is approximate, in
     # test_index_and_maps.py: on 40-80 rows the two may agree whatever the code does
     assert all(0.0 <= r["image_auroc"] <= 1.0 and r["search_ms_per_image"] > 0 for r in rows)
+
+
+def test_filter_masks_counts_patches_by_hand():
+    from patchshift.benchmarks import filter_masks
+
+    masks = np.zeros((2, 4, 4), bool)
+    masks[1, 0, 0] = True  # one defect pixel: the top-left cell of a 2 x 2 grid
+    defect = filter_masks.cell_masks(masks, (2, 2))
+    assert defect.tolist() == [[False] * 4, [True, False, False, False]]
+    normal = np.array([[True] * 4, [False] * 4])
+    scores = np.array([[1.0, 2.0, 3.0, 4.0], [2.5, 1.0, 1.0, 1.0]])
+    shares = filter_masks.kept_shares(scores, defect, normal, cut=2.5)
+    assert shares == {"kept": 6 / 8, "defect_kept": 1.0, "normal_kept": 0.5, "images_with_defect_kept": 1.0}
+    assert filter_masks.kept_shares(scores, defect, normal, cut=2.0)["defect_kept"] == 0.0
+
+
+def test_filter_masks_smoke(dataset, tmp_path, capsys):
+    from patchshift.benchmarks import filter_masks
+
+    out = tmp_path / "fm.json"
+    filter_masks.main(["--data-root", str(dataset.parent), "--datasets", dataset.name, "--image-size", "64", "--normal", "4",
+                       "--defective", "2", "--cuts", "0", "100", "--window", "1", "--model-cache", str(tmp_path / "models"), "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["cut_z"] for r in rows] == [0, 100] and rows[0]["n_defective"] == 2 and rows[0]["defect_patches"] > 0
+    assert rows[1]["kept"] == 1.0 and rows[0]["kept"] <= 0.5 + 1e-9  # cut 0 keeps at most the lower half
+    images = json.loads(out.read_text())["images"][0]
+    assert 0 <= images["worst_patch_auroc"] <= 1 and 0 <= images["defective_left_out"] <= 1 and images["window"] == 1
+    assert 0 <= images["patch_auroc"] <= 1
+    assert "defect patches kept" in capsys.readouterr().out

@@ -46,6 +46,33 @@ def test_mutual_scores_are_the_same_in_any_block_size(block_elements):
     assert torch.allclose(mutual_scores(feats, settings, block_elements=block_elements), exact, atol=1e-5)
 
 
+def test_per_position_scoring_compares_a_patch_only_with_its_own_place_by_hand():
+    # Five aligned images on a 1 x 4 grid whose patch at position p has the value p; image 0 shows
+    # at position 0 what belongs at position 3. Anywhere, it finds a 3 in every other image (score
+    # 0); with window 0 it meets only their 0s (score 3); with window 2, their 2s (score 1).
+    feats = torch.arange(4.0).view(1, 4, 1).repeat(5, 1, 1)
+    feats[0, 0, 0] = 3.0
+    anywhere = mutual_scores(feats, FilterSettings(references=4, closest_share=0.5))
+    own_place = mutual_scores(feats, FilterSettings(references=4, closest_share=0.5, window=0), grid=(1, 4))
+    near = mutual_scores(feats, FilterSettings(references=4, closest_share=0.5, window=2), grid=(1, 4))
+    assert anywhere[0, 0] == 0.0 and own_place[0, 0] == 3.0 and near[0, 0] == 1.0
+    assert torch.equal(own_place[1:], torch.zeros(4, 4))  # the others match in place
+    with pytest.raises(ConfigError, match="patch grid"):
+        mutual_scores(feats, FilterSettings(window=1))
+
+
+@pytest.mark.parametrize("block_elements", [1, 7, 2**26])
+def test_per_position_scores_are_the_same_in_any_block_size(block_elements):
+    feats = torch.randn(8, 12, 3, generator=torch.Generator().manual_seed(1))  # a 3 x 4 grid
+    rows, cols = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+    apart = torch.maximum((rows.flatten()[:, None] - rows.flatten()[None]).abs(), (cols.flatten()[:, None] - cols.flatten()[None]).abs())
+    refs = reference_choice(8, 4, 0)
+    distances = torch.stack([torch.cdist(feats[i], feats[refs[i]].reshape(-1, 3)).view(12, 4, 12) for i in range(8)])
+    exact = distances.masked_fill((apart > 1)[None, :, None, :], float("inf")).amin(3).topk(2, 2, largest=False).values.mean(2)
+    settings = FilterSettings(references=4, closest_share=0.5, window=1)
+    assert torch.allclose(mutual_scores(feats, settings, block_elements=block_elements, grid=(3, 4)), exact, atol=1e-5)
+
+
 def test_a_defect_shared_by_a_few_images_does_not_vouch_for_itself():
     # The same odd patch in 2 of 9 images: with R = 8 and the closest half (4) averaged, 3 of
     # the 4 distances are large, so it stays far above the normal patches.
@@ -177,6 +204,17 @@ def test_fit_with_contamination_auto_keeps_planted_defects_out_of_the_bank(tiny_
     assert filtered.score(held_out).scores.min() > 1.5 * plain.score(held_out).scores.max()
     assert (filtered.score(held_out).scores > filtered.threshold).all()  # the defects are flagged
     assert (filtered.score(good).scores <= filtered.threshold).all()
+
+
+def test_fit_contamination_cut_sets_how_many_patches_the_bank_may_draw_from(tiny_config):
+    from patchshift.core.patchcore import fit
+
+    rng = np.random.default_rng(9)
+    sources = [png(normal_image(rng)) for _ in range(8)]
+    strict = fit(sources, tiny_config.replace(contamination="auto", contamination_cut_z=0.0), device="cpu")
+    lenient = fit(sources, tiny_config.replace(contamination="auto", contamination_cut_z=100.0), device="cpu")
+    assert strict.provenance.details["kept_patch_share"] <= 0.5 + 1e-6  # z = 0 cuts at the median
+    assert lenient.provenance.details["kept_patch_share"] == 1.0
 
 
 def png(image: np.ndarray) -> bytes:
