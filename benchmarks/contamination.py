@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--shares", nargs="*", type=float, default=[0.0, 0.1, 0.2])
     parser.add_argument("--image-size", default=None, help="override the datasets' model input size")
-    parser.add_argument("--filters", nargs="*", default=["off", "auto"], choices=["off", "auto"], help="which fits to run per share")
+    parser.add_argument("--filters", nargs="+", default=["off", "auto"], choices=["off", "auto"], help="which fits to run per share")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings for every fit")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)

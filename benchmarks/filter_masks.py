@@ -8,7 +8,9 @@ A set of `--normal` train/good images and `--defective` defective test images (s
 a contaminated training set or a batch of the new condition (`--corruption`), goes through the
 source model's backbone and the filter (core.contamination). Each patch is labelled from the masks
 at the feature grid: a defect patch has a defect pixel in its cell, a normal patch is one of a
-good image. For each cut z: the share of defect patches kept, of normal patches kept, and of
+good image. Patches of defective images more than FAR_CELLS cells from any defect patch are
+counted apart: normal patches drawn from the same population as the defects (train/good and the
+test set may differ). For each cut z: the share of defect patches kept, of normal patches kept, and of
 defective images with at least one defect patch kept. One filter pass serves every cut. Per image:
 how well its worst patch's score ranks defective images above good ones (AUROC), and which
 images `fit --contamination auto` would leave out of the calibration (core.patchcore.suspect_free_images).
@@ -28,9 +30,11 @@ import numpy as np
 
 from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
 
+FAR_CELLS = 4  # a defective image's patch this many cells or more away from its defects counts as normal
 COLUMNS = [
     ("dataset", "dataset", ""), ("condition", "condition", ""), ("window", "window", ""), ("cut_z", "cut z", ".1f"), ("kept", "patches kept", ".1%"),
     ("defect_kept", "defect patches kept", ".1%"), ("normal_kept", "normal patches kept", ".1%"),
+    ("far_normal_kept", f"patches of defective images >{FAR_CELLS} cells from a defect kept", ".1%"),
     ("images_with_defect_kept", "defective images with a defect patch kept", ".0%"),
 ]
 IMAGE_COLUMNS = [
@@ -49,12 +53,27 @@ def cell_masks(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return pooled.flatten(1).numpy() > 0
 
 
-def kept_shares(scores: np.ndarray, defect: np.ndarray, normal: np.ndarray, cut: float) -> dict:
-    """scores (N, P), defect/normal (N, P) bool -> shares kept at `cut`."""
+def far_from_defects(defect: np.ndarray, grid: tuple[int, int], cells: int) -> np.ndarray:
+    """(N, h*w) defect patches -> (N, h*w) bool: patches of defective images at least `cells + 1`
+    grid cells from any defect patch (normal patches of the same population as the defects)."""
+    import torch
+    import torch.nn.functional as F
+
+    cell_grid = torch.from_numpy(defect).float().view(-1, 1, *grid)
+    near = F.max_pool2d(cell_grid, 2 * cells + 1, stride=1, padding=cells).flatten(1).numpy() > 0
+    return ~near & defect.any(axis=1, keepdims=True)
+
+
+def kept_shares(scores: np.ndarray, defect: np.ndarray, normal: np.ndarray, cut: float, far: np.ndarray | None = None) -> dict:
+    """scores (N, P), defect/normal/far (N, P) bool -> shares kept at `cut` (None where a class is empty)."""
     keep = scores <= cut
+
+    def share(members: np.ndarray | None) -> float | None:
+        return float(keep[members].mean()) if members is not None and members.any() else None
+
     has_defect = defect.any(axis=1)
-    return {"kept": float(keep.mean()), "defect_kept": float(keep[defect].mean()), "normal_kept": float(keep[normal].mean()),
-            "images_with_defect_kept": float((keep & defect).any(axis=1)[has_defect].mean())}
+    return {"kept": float(keep.mean()), "defect_kept": share(defect), "normal_kept": share(normal), "far_normal_kept": share(far),
+            "images_with_defect_kept": float((keep & defect).any(axis=1)[has_defect].mean()) if has_defect.any() else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--image-size", default=None, help="override the datasets' model input size")
     parser.add_argument("--normal", type=int, default=100)
-    parser.add_argument("--defective", type=int, default=25)
+    parser.add_argument("--defective", type=int, default=25, help="defective test images (at least 1)")
     parser.add_argument("--corruption", default=None)
     parser.add_argument("--severity", type=int, default=5)
     parser.add_argument("--cuts", nargs="*", type=float, default=[0.0, 0.5, 1.0, 2.0, 3.0])
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/filter-masks.json")
     args = parser.parse_args(argv)
+    if args.defective < 1 or args.normal < 1:
+        parser.error("--normal and --defective need at least one image each")
     rows, image_rows = [], []
     for name in args.datasets:
         rng = np.random.default_rng(args.seed)  # the same draws whatever other datasets run
@@ -104,13 +125,14 @@ def main(argv: list[str] | None = None) -> None:
                                FilterSettings(args.references, args.closest_share, seed=args.seed, window=args.window),
                                grid=tuple(feats.shape[1:3])).cpu()
         defect = cell_masks(pixel_masks, tuple(feats.shape[1:3]))
+        far = far_from_defects(defect, tuple(feats.shape[1:3]), FAR_CELLS)
         normal = np.zeros_like(defect)
         normal[: len(good_paths)] = True
         condition = f"{args.corruption} {args.severity}" if args.corruption else "clean"
         window = "anywhere" if args.window is None else args.window
         for z in args.cuts:
             rows.append({"dataset": name, "condition": condition, "window": window, "cut_z": z, "n_normal": len(good_paths), "n_defective": len(bad),
-                         "defect_patches": int(defect.sum()), **kept_shares(scores.numpy(), defect, normal, robust_cut(scores, z))})
+                         "defect_patches": int(defect.sum()), **kept_shares(scores.numpy(), defect, normal, robust_cut(scores, z), far)})
             print(rows[-1], flush=True)
         is_defective = np.arange(n) >= len(good_paths)
         left_out = ~suspect_free_images(scores).numpy()

@@ -97,8 +97,8 @@ class ModelConfig:
                                 choices=("off", "auto"))
     # Where contamination=auto cuts: patches whose mutual score is above median + z * 1.4826 * MAD are
     # left out of the bank. Lower is stricter (drops more defect patches and more rare normal ones).
-    contamination_cut_z: float = option(3.0, "with contamination auto: drop patches scored above median + z x MAD (lower is stricter)",
-                                        ge=0, le=100)
+    contamination_cut_z: float = option(3.0, "with contamination auto: drop patches scored more than z robust standard deviations "
+                                        "(1.4826 x MAD) above the median (lower is stricter)", ge=0, le=100)
     holdout_fraction: float = option(0.1, "share of normal images held out to set the threshold (holdout calibration)", ge=0, le=0.9)
     seed: int = option(0, "random seed (hold-out split, coreset)", ge=0, le=2**32 - 1)
     batch_size: int = option(16, "images per forward pass", ge=1, le=256)

@@ -38,6 +38,10 @@ class FilterSettings:
     # within `window` grid cells of its own position in the other images. None: anywhere.
     window: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 0:
+            raise ConfigError(f"the per-position window must be 0 or more grid cells, got {self.window}")
+
 
 @dataclass
 class FilterResult:
@@ -62,6 +66,13 @@ def reference_choice(n_images: int, references: int, seed: int) -> torch.Tensor:
     return (torch.arange(n_images).unsqueeze(1) + offsets) % n_images
 
 
+def outside_window(query_cells: torch.Tensor, cells: torch.Tensor, window: int) -> torch.Tensor:
+    """(Q, 2) and (P, 2) int32 grid cells -> (Q, P) bool: farther apart than `window` rows or columns.
+    One byte per pair (plus two int32 transients), a quarter of the distances it masks."""
+    rows = (query_cells[:, :1] - cells[:, 0]).abs_() > window
+    return rows.logical_or_((query_cells[:, 1:] - cells[:, 1]).abs_() > window)
+
+
 def nearest_in_images(query: torch.Tensor, query_norms: torch.Tensor, refs: torch.Tensor, ref_norms: torch.Tensor,
                       block_elements: int, positions: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
     """query (Q, D), refs (R, P, D) with squared norms (Q,), (R, P) -> (Q, R) distance of each query
@@ -72,16 +83,15 @@ def nearest_in_images(query: torch.Tensor, query_norms: torch.Tensor, refs: torc
     nearest = torch.empty(len(query), n_refs, dtype=query.dtype, device=query.device)
     refs_per_block = max(1, block_elements // (len(query) * n_patches))
     rows_per_block = max(1, min(len(query), block_elements // n_patches))  # all rows unless one reference overflows
-    for r0 in range(0, n_refs, refs_per_block):
-        block, block_norms = refs[r0 : r0 + refs_per_block], ref_norms[r0 : r0 + refs_per_block]
-        flat, flat_norms = block.reshape(-1, dim), block_norms.reshape(1, -1)
-        for q0 in range(0, len(query), rows_per_block):
-            q = query[q0 : q0 + rows_per_block]
-            squared = (q @ flat.T).mul_(-2).add_(query_norms[q0 : q0 + rows_per_block].unsqueeze(1)).add_(flat_norms)
-            squared = squared.view(len(q), len(block), n_patches)
-            if window is not None and positions is not None:
-                apart = (positions[q0 : q0 + len(q), None, :] - positions[None, :, :]).abs().amax(dim=-1)  # (q, P) cells
-                squared.masked_fill_((apart > window).unsqueeze(1), math.inf)
+    for q0 in range(0, len(query), rows_per_block):
+        q = query[q0 : q0 + rows_per_block]
+        outside = None if window is None or positions is None else outside_window(positions[q0 : q0 + len(q)], positions, window)
+        for r0 in range(0, n_refs, refs_per_block):
+            block, block_norms = refs[r0 : r0 + refs_per_block], ref_norms[r0 : r0 + refs_per_block]
+            squared = (q @ block.reshape(-1, dim).T).mul_(-2).add_(query_norms[q0 : q0 + len(q)].unsqueeze(1))
+            squared = squared.add_(block_norms.reshape(1, -1)).view(len(q), len(block), n_patches)
+            if outside is not None:
+                squared.masked_fill_(outside.unsqueeze(1), math.inf)
             nearest[q0 : q0 + len(q), r0 : r0 + len(block)] = squared.amin(dim=2)
     return nearest.clamp_min_(0).sqrt_()
 
@@ -110,7 +120,7 @@ def mutual_scores(
         if grid is None or grid[0] * grid[1] != n_patches:
             raise ConfigError(f"per-position scoring needs the patch grid of the {n_patches} patches, got {grid}")
         rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-        positions = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(feats.device)
+        positions = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(feats.device, torch.int32)
     for i in range(n_images):
         if i % 8 == 0:
             check_cancel(cancel)

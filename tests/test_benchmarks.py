@@ -280,8 +280,15 @@ def test_filter_masks_counts_patches_by_hand():
     normal = np.array([[True] * 4, [False] * 4])
     scores = np.array([[1.0, 2.0, 3.0, 4.0], [2.5, 1.0, 1.0, 1.0]])
     shares = filter_masks.kept_shares(scores, defect, normal, cut=2.5)
-    assert shares == {"kept": 6 / 8, "defect_kept": 1.0, "normal_kept": 0.5, "images_with_defect_kept": 1.0}
+    assert shares == {"kept": 6 / 8, "defect_kept": 1.0, "normal_kept": 0.5, "far_normal_kept": None, "images_with_defect_kept": 1.0}
     assert filter_masks.kept_shares(scores, defect, normal, cut=2.0)["defect_kept"] == 0.0
+    # On a 1 x 5 grid with a defect in cell 0, the cells more than 1 away are 2, 3 and 4; a good image has none.
+    line = np.array([[False] * 5, [True, False, False, False, False]])
+    far = filter_masks.far_from_defects(line, (1, 5), cells=1)
+    assert far.tolist() == [[False] * 5, [False, False, True, True, True]]
+    far_scores = np.array([[0.0] * 5, [9.0, 9.0, 1.0, 1.0, 9.0]])
+    good_rows = np.array([[True] * 5, [False] * 5])
+    assert filter_masks.kept_shares(far_scores, line, good_rows, cut=2.0, far=far)["far_normal_kept"] == 2 / 3
 
 
 def test_filter_masks_smoke(dataset, tmp_path, capsys):

@@ -59,9 +59,11 @@ def test_per_position_scoring_compares_a_patch_only_with_its_own_place_by_hand()
     assert torch.equal(own_place[1:], torch.zeros(4, 4))  # the others match in place
     with pytest.raises(ConfigError, match="patch grid"):
         mutual_scores(feats, FilterSettings(window=1))
+    with pytest.raises(ConfigError, match="0 or more"):
+        FilterSettings(window=-1)
 
 
-@pytest.mark.parametrize("block_elements", [1, 7, 2**26])
+@pytest.mark.parametrize("block_elements", [1, 36, 288, 2**26])  # a row; 3 rows; 2 whole references; all at once
 def test_per_position_scores_are_the_same_in_any_block_size(block_elements):
     feats = torch.randn(8, 12, 3, generator=torch.Generator().manual_seed(1))  # a 3 x 4 grid
     rows, cols = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
