@@ -25,6 +25,11 @@ def dataset_settings(name: str) -> dict:
     return dict({**DATASETS, **GENERATED}.get(name, {}))
 
 
+def model_settings(name: str, image_size: str | None) -> dict:
+    """dataset_settings(name), with the input size a benchmark's `--image-size` overrides (None: the dataset's)."""
+    return {**dataset_settings(name), **({"image_size": image_size} if image_size else {})}
+
+
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown, model_settings
 
 COLUMNS = [
     ("dataset", "dataset", ""), ("share", "defective share of train", ".0%"), ("n_defective", "defective in train", "d"),
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         root = Path(args.data_root) / name
         train, samples = train_images(root), labelled_samples(root)
-        settings = {**DATASETS.get(name, {}), **({"image_size": args.image_size} if args.image_size else {}), **extra}
+        settings = {**model_settings(name, args.image_size), **extra}
         for share in args.shares:
             sources, evaluation = contaminated_split(train, samples, share, args.seed)
             for contamination in args.filters:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown, model_settings
 
 FAR_CELLS = 4  # a defective image's patch this many cells or more away from its defects counts as normal
 COLUMNS = [
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         rng = np.random.default_rng(args.seed)  # the same draws whatever other datasets run
         root = Path(args.data_root) / name
-        model = get_model(name, root, Path(args.model_cache), args.device,
-                          {**DATASETS.get(name, {}), **({"image_size": args.image_size} if args.image_size else {})})
+        model = get_model(name, root, Path(args.model_cache), args.device, model_settings(name, args.image_size))
         train, samples = train_images(root), labelled_samples(root)
         defective = [s for s in samples if s.label == 1]
         good_paths = [train[i] for i in np.sort(rng.permutation(len(train))[: args.normal])]
@@ -120,12 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         images = corrupt_uint8(load_images(good_paths + [s.path for s in bad], size), args.corruption, args.severity, args.seed)
         pixel_masks = np.concatenate([np.zeros((len(good_paths), size[1], size[0]), bool), np.stack([load_mask(s, size) for s in bad])])
         feats = torch.cat([model.features(as_float(images[i : i + 8]).to(model.device)).cpu() for i in range(0, len(images), 8)])
-        n = len(feats)
+        n, grid = len(feats), tuple(feats.shape[1:3])
         scores = mutual_scores(feats.reshape(n, -1, feats.shape[-1]).to(model.device),
-                               FilterSettings(args.references, args.closest_share, seed=args.seed, window=args.window),
-                               grid=tuple(feats.shape[1:3])).cpu()
-        defect = cell_masks(pixel_masks, tuple(feats.shape[1:3]))
-        far = far_from_defects(defect, tuple(feats.shape[1:3]), FAR_CELLS)
+                               FilterSettings(args.references, args.closest_share, seed=args.seed, window=args.window), grid=grid).cpu()
+        defect = cell_masks(pixel_masks, grid)
+        far = far_from_defects(defect, grid, FAR_CELLS)
         normal = np.zeros_like(defect)
         normal[: len(good_paths)] = True
         condition = f"{args.corruption} {args.severity}" if args.corruption else "clean"

@@ -12,7 +12,7 @@ import torch
 
 from patchshift.core.corruptions import CORRUPTIONS
 
-from .common import DATASETS, DEFAULT_DATA_ROOT
+from .common import DEFAULT_DATA_ROOT, model_settings
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +104,7 @@ def protocol_split(args: argparse.Namespace):
     from patchshift.core.data import labelled_samples
 
     root = Path(args.data_root) / args.dataset
-    overrides = {**DATASETS.get(args.dataset, {}), **({"image_size": args.image_size} if args.image_size else {})}
+    overrides = model_settings(args.dataset, args.image_size)
     model = get_model(args.dataset, root, Path(args.model_cache), args.device, overrides)
     samples = labelled_samples(root)
     labels = np.array([s.label for s in samples])
