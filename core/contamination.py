@@ -37,10 +37,15 @@ class FilterSettings:
     # Per-position scoring (SoftPatch, for aligned parts): a patch is compared only with the patches
     # within `window` grid cells of its own position in the other images. None: anywhere.
     window: int | None = None
+    # Share of the images, those whose worst patch scores lowest, kept whole: patches that are rare
+    # but normal (a layout few other images show) survive in images that look defect-free.
+    trusted_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 0:
             raise ConfigError(f"the per-position window must be 0 or more grid cells, got {self.window}")
+        if not 0.0 <= self.trusted_share <= 1.0:
+            raise ConfigError(f"the share of images kept whole must be between 0 and 1, got {self.trusted_share}")
 
 
 @dataclass
@@ -139,10 +144,17 @@ def robust_cut(scores: torch.Tensor, z: float) -> float:
     return float(median + z * 1.4826 * mad)
 
 
+def trusted_images(scores: torch.Tensor, share: float) -> torch.Tensor:
+    """scores (N, P) -> indices of the floor(share * N) images whose worst patch scores lowest."""
+    return scores.amax(dim=1).argsort()[: int(share * len(scores))]
+
+
 def filter_patches(
     feats: torch.Tensor, settings: FilterSettings, progress: ProgressFn | None = None, cancel: CancelFn | None = None
 ) -> FilterResult:
-    """feats (N, P, D) -> which patches to keep as normal."""
+    """feats (N, P, D) -> which patches to keep as normal: those below the cut, and every patch of the trusted images."""
     scores = mutual_scores(feats, settings, progress, cancel)
     cut = robust_cut(scores, settings.cut_z)
-    return FilterResult(scores=scores, keep=scores <= cut, cut=cut)
+    keep = scores <= cut
+    keep[trusted_images(scores, settings.trusted_share)] = True
+    return FilterResult(scores=scores, keep=keep, cut=cut)

@@ -86,6 +86,25 @@ def test_a_defect_shared_by_a_few_images_does_not_vouch_for_itself():
     assert scores[2:].max() == 0
 
 
+def test_trusted_images_keep_their_rare_normal_patches_by_hand():
+    # 6 images of 3 one-dimensional patches at 0, 1, 2; image 1 also shows a rare but normal patch
+    # (5: 3 from the 2s), image 4 a defect (20: 15 from image 1's 5, 18 from the others' 2s). With
+    # R = 5 and the closest 3 averaged, the rare patch scores 3, the defect (15 + 18 + 18) / 3 = 17;
+    # everything else 0. The cut (MAD 0) drops both; trusting
+    # the 5 images whose worst patch is lowest keeps image 1 whole, and only the defect goes.
+    feats = torch.tensor([[[0.0], [1.0], [2.0]]] * 6)
+    feats[1, 2, 0], feats[4, 2, 0] = 5.0, 20.0
+    settings = FilterSettings(references=5, closest_share=0.5, cut_z=1.0)
+    strict = filter_patches(feats, settings)
+    assert strict.scores[1, 2] == pytest.approx(3.0) and strict.scores[4, 2] == pytest.approx(17.0)
+    assert strict.keep.sum() == 16 and not strict.keep[1, 2] and not strict.keep[4, 2]
+    trusting = filter_patches(feats, FilterSettings(references=5, closest_share=0.5, cut_z=1.0, trusted_share=5 / 6))
+    assert trusting.keep.sum() == 17 and trusting.keep[1, 2] and not trusting.keep[4, 2]
+    assert filter_patches(feats, FilterSettings(references=5, cut_z=1.0, trusted_share=1.0)).keep.all()
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        FilterSettings(trusted_share=1.5)
+
+
 def test_robust_cut_ignores_the_tail():
     # 0, 1, ..., 8 and two far outliers: median 5, absolute deviations 5,4,3,2,1,0,1,2,3,95,995 -> MAD 3
     scores = torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 100, 1000])

@@ -40,7 +40,8 @@ def target_features(extractor: nn.Module, target: torch.Tensor, batch_size: int,
 
 
 def filter_settings(cfg: AdaptConfig) -> FilterSettings:
-    return FilterSettings(cfg.filter_references, cfg.filter_closest_share, cfg.filter_cut_z, cfg.seed)
+    return FilterSettings(cfg.filter_references, cfg.filter_closest_share, cfg.filter_cut_z, cfg.seed,
+                          trusted_share=cfg.filter_trusted_share)
 
 
 def scored_images(n_images: int, limit: int, seed: int) -> torch.Tensor:
