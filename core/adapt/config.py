@@ -65,6 +65,8 @@ class AdaptConfig:
     # datasets and beat 1.5-3 by 0.05-0.13 on bsd (docs/benchmarks.md, "Target memory"): the k-center
     # coreset picks the rarest kept patches first, so a defect patch that slips through is likely kept.
     filter_cut_z: float = option(0.5, "drop patches above median + z robust deviations of the mutual scores", ge=0, le=100)
+    # Research setting, not adopted: keeping the least suspicious images whole did not recover the rare
+    # normal patches the cut drops on deeppcb (docs/benchmarks.md, "Where deeppcb's gap is lost").
     filter_trusted_share: float = option(0.0, "share of the target images, the least suspicious by their worst patch, kept whole",
                                          ge=0, le=1)
     # The threshold needs the lower quartile of the target's out-of-fold scores, which 64 images
