@@ -77,8 +77,7 @@ def kept_shares(scores: np.ndarray, defect: np.ndarray, normal: np.ndarray, cut:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import torch
-
+    from patchshift.core.adapt.target_memory import target_features
     from patchshift.core.contamination import FilterSettings, mutual_scores, robust_cut
     from patchshift.core.data import labelled_samples, load_mask, train_images
     from patchshift.core.fileio import atomic_write_bytes
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         size = model.config.image_size
         images = corrupt_uint8(load_images(good_paths + [s.path for s in bad], size), args.corruption, args.severity, args.seed)
         pixel_masks = np.concatenate([np.zeros((len(good_paths), size[1], size[0]), bool), np.stack([load_mask(s, size) for s in bad])])
-        feats = torch.cat([model.features(as_float(images[i : i + 8]).to(model.device)).cpu() for i in range(0, len(images), 8)])
+        feats = target_features(model.extractor, as_float(images), model.config.batch_size, model.device)
         n, grid = len(feats), tuple(feats.shape[1:3])
         scores = mutual_scores(feats.reshape(n, -1, feats.shape[-1]).to(model.device),
                                FilterSettings(args.references, args.closest_share, seed=args.seed, window=args.window), grid=grid).cpu()

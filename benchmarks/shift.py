@@ -26,7 +26,7 @@ import torch
 from patchshift.core.corruptions import CORRUPTIONS
 from patchshift.core.fileio import atomic_write_bytes
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown, model_settings
 from .protocol import (  # noqa: F401  (re-exported for the scripts and tests that used them from here)
     add_protocol_arguments, as_float, corrupt_uint8, evaluate_on, get_model, load_images, parse_variant, protocol_split,
     stratified_split,
@@ -122,8 +122,7 @@ def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
     from patchshift.core.errors import DatasetError
 
     root = Path(args.data_root) / name
-    overrides = {**DATASETS.get(name, {}), **({"image_size": args.image_size} if args.image_size else {})}
-    model = get_model(name, root, Path(args.model_cache), args.device, overrides)
+    model = get_model(name, root, Path(args.model_cache), args.device, model_settings(name, args.image_size))
     samples = labelled_samples(root)
     labels = np.array([s.label for s in samples])
     adapt_idx, eval_idx = stratified_split(labels, 0.2, args.seed)
