@@ -8,7 +8,11 @@ import torch.nn.functional as F
 from conftest import normal_image, plant_defect, texture_defect
 from patchshift.core.adapt import AdaptConfig, adapt, get_adapter
 from patchshift.core.adapt.gate import judge, spearman
-from patchshift.core.contamination import MIN_IMAGES, FilterSettings, filter_patches, mutual_scores, reference_choice, robust_cut
+from patchshift.core.adapt.target_memory import filter_settings
+from patchshift.core.contamination import (
+    MIN_IMAGES, NORMAL_TAIL_SHARE, FilterSettings, filter_patches, mutual_scores, outlier_tail, peak_contrast, reference_choice,
+    robust_cut,
+)
 from patchshift.core.corruptions import corrupt
 from patchshift.core.errors import ConfigError, DatasetError
 from patchshift.core.images import to_tensor
@@ -105,6 +109,79 @@ def test_trusted_images_keep_their_rare_normal_patches_by_hand():
         FilterSettings(trusted_share=1.5)
 
 
+def test_peak_contrast_by_hand():
+    # One raised cell (24) in the middle of a 5 x 5 grid of zeros, 3 x 3 windows: the cell stands 24
+    # above its 8 neighbours' mean (0); each neighbour 0 - 24 / 8 = -3 above its own; a corner cell
+    # of the grid has 3 neighbours inside it, a cell two away from the peak none of them raised.
+    scores = torch.zeros(1, 25)
+    scores[0, 12] = 24.0
+    contrast = peak_contrast(scores, (5, 5), 3).view(5, 5)
+    expected = torch.zeros(5, 5)
+    expected[1:4, 1:4] = -3.0
+    expected[2, 2] = 24.0
+    assert torch.equal(contrast, expected)
+    corner = torch.zeros(1, 4)
+    corner[0, 0] = 6.0  # 2 x 2 grid: the corner has 3 neighbours, each sees the 6 among its 3
+    assert peak_contrast(corner, (2, 2), 3).flatten().tolist() == [6.0, -2.0, -2.0, -2.0]
+
+
+def test_rescue_keeps_a_rare_region_and_drops_a_compact_defect_by_hand():
+    # 8 images on a 6 x 6 grid of two-dimensional patches, all at the origin (mutual score 0),
+    # except: images 0 and 1 show a rare but normal 4 x 4 region at (4, 0) (all 7 other images as
+    # references, the closest 4 averaged: (0 + 4 + 4 + 4) / 4 = 3), image 2 a one-cell defect at
+    # (0, 4) (score 4). The cut (MAD 0) drops both. A 3 x 3 neighbourhood: the region's 2 x 2 inner
+    # cells stand out from theirs by exactly 0, the median contrast, and are kept; its rim and the
+    # defect stand above their neighbours and stay dropped.
+    feats = torch.zeros(8, 6, 6, 2)
+    feats[:2, 1:5, 1:5, 0] = 4.0
+    feats[2, 3, 3, 1] = 4.0
+    feats = feats.reshape(8, 36, 2)
+    strict = filter_patches(feats, FilterSettings(references=7, cut_z=1.0))
+    assert strict.scores[0, 7] == 3.0 and strict.scores[2, 21] == 4.0
+    region = torch.zeros(6, 6, dtype=torch.bool)
+    region[1:5, 1:5] = True
+    inner = torch.zeros(6, 6, dtype=torch.bool)
+    inner[2:4, 2:4] = True
+    assert not strict.keep[:2, region.flatten()].any() and not strict.keep[2, 21]
+    assert strict.keep.sum() == 8 * 36 - 2 * 16 - 1
+    rescued = filter_patches(feats, FilterSettings(references=7, cut_z=1.0, rescue_window=3), grid=(6, 6))
+    assert torch.equal(rescued.keep[:2].view(2, 6, 6), ~region.logical_and(~inner).expand(2, 6, 6))
+    assert not rescued.keep[2, 21] and rescued.keep.sum() == 8 * 36 - 2 * 12 - 1
+    with pytest.raises(ConfigError, match="odd number"):
+        FilterSettings(rescue_window=4)
+    with pytest.raises(ConfigError, match="patch grid"):
+        filter_patches(feats, FilterSettings(references=7, rescue_window=3))
+
+
+def test_outlier_tail_by_hand():
+    # 0..8 and two far scores: median 5, MAD 3, so 3 robust deviations end at 5 + 3 * 1.4826 * 3 = 18.3:
+    # 2 of the 11 scores lie beyond.
+    assert outlier_tail(torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 100, 1000])) == pytest.approx(2 / 11)
+    assert outlier_tail(torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 18, 18.5])) == pytest.approx(1 / 11)
+
+
+def test_the_cut_waits_for_an_outlier_tail_by_hand():
+    # 6 images of 4 one-dimensional patches at 100 j + o_i, o = 0, 1, 3, 6, 10, 15; each patch's nearest
+    # patch in another image (closest_share 0.2 of R = 5: the nearest one) is its neighbour offset:
+    # scores 1, 1, 2, 3, 4, 5 per image. Median 2, MAD 1: nothing beyond 2 + 3 * 1.4826, no outlier
+    # tail, so every patch is kept; told to cut always, z 0.5 (2.74) drops images 3 to 5.
+    offsets = torch.tensor([0.0, 1, 3, 6, 10, 15])
+    feats = (torch.arange(4.0) * 100).view(1, 4, 1) + offsets.view(6, 1, 1)
+    settings = FilterSettings(references=5, closest_share=0.2, cut_z=0.5, tail_share=NORMAL_TAIL_SHARE)
+    calm = filter_patches(feats, settings)
+    assert calm.scores[:, 0].tolist() == [1, 1, 2, 3, 4, 5]
+    assert calm.tail == 0 and calm.cut == float("inf") and calm.keep.all()
+    always = filter_patches(feats, FilterSettings(references=5, closest_share=0.2, cut_z=0.5, tail_share=0.0))
+    assert always.cut == pytest.approx(2 + 0.5 * 1.4826) and always.keep[:3].all() and not always.keep[3:].any()
+    # A defect far from everything (image 2's last patch at 1000: the nearest patch of another image, 315, is 685 away) is a tail
+    # of 1 in 24 scores, more than an outlier-free batch's share: the cut applies and drops it.
+    feats[2, 3, 0] = 1000.0
+    tailed = filter_patches(feats, settings)
+    assert tailed.tail == pytest.approx(1 / 24) and tailed.cut < float("inf") and not tailed.keep[2, 3]
+    with pytest.raises(ConfigError, match="outlier tail"):
+        FilterSettings(tail_share=1.0)
+
+
 def test_robust_cut_ignores_the_tail():
     # 0, 1, ..., 8 and two far outliers: median 5, absolute deviations 5,4,3,2,1,0,1,2,3,95,995 -> MAD 3
     scores = torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 100, 1000])
@@ -147,6 +224,10 @@ def test_filter_drops_planted_defects_and_keeps_normal_patches(fitted, planted):
     assert defect.sum() > 20
     assert kept[defect].float().mean() < 0.05
     assert kept[normal].float().mean() > 0.80
+    # The target memory's own settings: the planted blobs are an outlier tail, so its stricter cut applies.
+    adapting = filter_patches(feats.reshape(n, h * w, d), filter_settings(AdaptConfig()), grid=(h, w))
+    assert adapting.tail > AdaptConfig().filter_tail_share and adapting.cut < float("inf")
+    assert adapting.keep[defect].float().mean() < 0.05
 
 
 @pytest.fixture(scope="module")

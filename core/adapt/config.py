@@ -6,12 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..contamination import NORMAL_TAIL_SHARE
 from ..options import option
 
 AUGMENTATIONS = ("none", "rot90", "flip", "dihedral")
 # The settings a person may give (CLI flags and HTTP fields are generated from these); the rest
 # are research knobs for the benchmarks.
-ADAPT_OPTIONS = ("epochs", "lr", "augment", "views", "bn_mode", "trim", "memory", "memory_bn", "filter_cut_z")
+ADAPT_OPTIONS = ("epochs", "lr", "augment", "views", "bn_mode", "trim", "memory", "memory_bn", "filter_cut_z", "filter_tail_share")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,16 @@ class AdaptConfig:
     # normal patches the cut drops on deeppcb (docs/benchmarks.md, "Where deeppcb's gap is lost").
     filter_trusted_share: float = option(0.0, "share of the target images, the least suspicious by their worst patch, kept whole",
                                          ge=0, le=1)
+    # Opt-in: boards' scores have no outlier tail (deeppcb: 63% of the gap with 0.00135 against 38%), screws'
+    # do (bsd unchanged); not the default, because on deeppcb's clean batch it costs 0.024 and the gate lets it
+    # through (docs/benchmarks.md, "The outlier tail").
+    filter_tail_share: float = option(0.0, "cut only if more than this share of the mutual scores lies beyond median + 3 robust "
+                                      f"deviations ({NORMAL_TAIL_SHARE}: a normal distribution's; 0: always cut)", ge=0, lt=1)
+    filter_rescue_window: int = option(0, "a dropped patch is kept if it stands out from the window x window grid cells around it "
+                                       "no more than the median patch does (odd; 0: off)", ge=0, le=99)
+    # Research setting: rescue up to median + z robust deviations of that contrast instead of the median.
+    filter_rescue_z: float = option(0.0, "how far above the median contrast a rescued patch may stand, in robust deviations",
+                                    ge=-10, le=100)
     # The threshold needs the lower quartile of the target's out-of-fold scores, which 64 images
     # estimate well; scoring every image was the largest share of the target memory's time.
     threshold_images: int = option(64, "target images scored out-of-fold to move the threshold (a random subset; 0: all)", ge=0, le=10**6)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..contamination import MIN_IMAGES, FilterSettings, filter_patches
+from ..contamination import MIN_IMAGES, TAIL_Z, FilterResult, FilterSettings, filter_patches
 from ..coreset import coreset_size, kcenter_coreset
 from ..drift import DriftReference, image_descriptors
 from ..errors import AdaptationError
@@ -41,7 +41,17 @@ def target_features(extractor: nn.Module, target: torch.Tensor, batch_size: int,
 
 def filter_settings(cfg: AdaptConfig) -> FilterSettings:
     return FilterSettings(cfg.filter_references, cfg.filter_closest_share, cfg.filter_cut_z, cfg.seed,
-                          trusted_share=cfg.filter_trusted_share)
+                          trusted_share=cfg.filter_trusted_share,
+                          rescue_window=cfg.filter_rescue_window, rescue_z=cfg.filter_rescue_z, tail_share=cfg.filter_tail_share)
+
+
+def filter_verdict(kept: FilterResult, cfg: AdaptConfig) -> str:
+    """The filter's decision in words, for the job result."""
+    beyond = f"{kept.tail:.2%} of the patches' mutual scores lie beyond {TAIL_Z:g} robust deviations"
+    if not np.isfinite(kept.cut):
+        return (f"every patch kept: {beyond}, no more than the {cfg.filter_tail_share:.3%} of an outlier-free batch; "
+                "nothing stands out from the normal variation")
+    return f"kept {kept.kept_share:.1%} of the patches: {beyond} (an outlier tail), cut at z {cfg.filter_cut_z:g}"
 
 
 def scored_images(n_images: int, limit: int, seed: int) -> torch.Tensor:
@@ -78,7 +88,7 @@ def adapt_memory(
     feats = target_features(extractor, target, config.batch_size, model.device, cancel)
     n, h, w, dim = feats.shape
     patches = feats.reshape(n, h * w, dim)
-    kept = filter_patches(patches.to(model.device), filter_settings(cfg), progress, cancel).to("cpu")
+    kept = filter_patches(patches.to(model.device), filter_settings(cfg), progress, cancel, grid=(h, w)).to("cpu")
     candidates = patches[kept.keep]  # (K, D)
     candidate_image = torch.arange(n).unsqueeze(1).expand(n, h * w)[kept.keep]
     size = coreset_size(len(candidates), config.coreset_ratio, config.coreset_max_size)
@@ -114,8 +124,8 @@ def adapt_memory(
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
         report_.source_features, report_.reference_ranking = feats, ranking_of(kept.scores)
     report_.details.update({
-        "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4),
-        "filter_cut": kept.cut, "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
+        "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4), "filter": filter_verdict(kept, cfg),
+        "filter_cut": kept.cut if np.isfinite(kept.cut) else None, "filter_tail": round(kept.tail, 4), "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
     })
     return adapted
 
