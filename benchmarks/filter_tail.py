@@ -24,7 +24,7 @@ COLUMNS = [("dataset", "dataset", ""), ("condition", "condition", ""), ("images"
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt.target_memory import target_features
-    from patchshift.core.contamination import NORMAL_TAIL_SHARE, FilterSettings, mutual_scores, outlier_tail
+    from patchshift.core.contamination import NORMAL_TAIL_SHARE, FilterSettings, cut_applies, mutual_scores, outlier_tail
     from patchshift.core.fileio import atomic_write_bytes
 
     parser = argparse.ArgumentParser(prog="patchshift bench filter-tail", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
             n, h, w, d = feats.shape
             tail = outlier_tail(mutual_scores(feats.reshape(n, h * w, d).to(model.device), FilterSettings(seed=args.seed)))
             rows.append({"dataset": args.dataset, "condition": corruption if severity is None else f"{corruption} {severity}",
-                         "images": n, "tail": tail, "cut": "yes" if tail > NORMAL_TAIL_SHARE else "no: every patch kept"})
+                         "images": n, "tail": tail, "cut": "yes" if cut_applies(tail, NORMAL_TAIL_SHARE) else "no: every patch kept"})
             print(rows[-1], flush=True)
     out = Path(args.out_dir) / f"filter-tail-{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -169,6 +169,11 @@ def outlier_tail(scores: torch.Tensor) -> float:
     return float((scores.double() > robust_cut(scores, TAIL_Z)).double().mean())
 
 
+def cut_applies(tail: float, tail_share: float) -> bool:
+    """Whether the cut drops patches: always when tail_share is 0, else only above an outlier tail that large."""
+    return tail_share == 0 or tail > tail_share
+
+
 def trusted_images(scores: torch.Tensor, share: float) -> torch.Tensor:
     """scores (N, P) -> indices of the floor(share * N) images whose worst patch scores lowest."""
     return scores.amax(dim=1).argsort()[: int(share * len(scores))]
@@ -192,13 +197,13 @@ def filter_patches(
     """feats (N, P, D) on an h x w = P `grid` -> which patches to keep as normal: those below the cut, those
     that do not stand out from their neighbourhood (settings.rescue_window, which needs the grid), and every
     patch of the trusted images."""
+    if settings.rescue_window and (grid is None or grid[0] * grid[1] != feats.shape[1]):
+        raise ConfigError(f"rescuing patches by their neighbourhood needs the patch grid of the {feats.shape[1]} patches, got {grid}")
     scores = mutual_scores(feats, settings, progress, cancel)
     tail = outlier_tail(scores)
-    cut = robust_cut(scores, settings.cut_z) if settings.tail_share == 0 or tail > settings.tail_share else math.inf
+    cut = robust_cut(scores, settings.cut_z) if cut_applies(tail, settings.tail_share) else math.inf
     keep = scores <= cut
     if settings.rescue_window:
-        if grid is None or grid[0] * grid[1] != scores.shape[1]:
-            raise ConfigError(f"rescuing patches by their neighbourhood needs the patch grid of the {scores.shape[1]} patches, got {grid}")
         contrast = peak_contrast(scores, grid, settings.rescue_window)
         keep |= contrast <= robust_cut(contrast, settings.rescue_z)
     keep[trusted_images(scores, settings.trusted_share)] = True

@@ -248,6 +248,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         f"adapted {args.model} -> {args.out} with {cfg.method}: {report.n_images} images, {report.steps} steps, "
         f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}{extra}"
         + (f"\n  {report.message}" if report.message else "")
+        + (f"\n  filter: {report.details['filter']}" if "filter" in report.details else "")
     )
     return 0
 
