@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .common import DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
 from .protocol import as_float, corrupt_uint8, get_model, load_images
-from .shift import METHODS
+from .shift import method_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="bsd")
     parser.add_argument("--images", type=int, default=150)
     parser.add_argument("--image-size", default="256", help="model input size, N or WxH")
-    parser.add_argument("--methods", nargs="*", default=["bn-stats", "moment-matching", "ot-continuous", "roda", "target-memory",
+    parser.add_argument("--methods", nargs="*", help="named rows of the shift benchmark or LABEL:FIELD=VALUE,...", default=["bn-stats", "moment-matching", "ot-continuous", "roda", "target-memory",
                                                             "target-memory-adabn", "target-memory-roda"])
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
     parser.add_argument("--trained-layers", default="all", choices=("all", "feature-stages"))
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     target = as_float(corrupt_uint8(load_images(paths, model.config.image_size), "gaussian_noise", 5, 0))
     rows = []
     for method in args.methods:
-        cfg = AdaptConfig(**{**METHODS[method], **({"epochs": args.epochs} if args.epochs is not None else {}), "trained_layers": args.trained_layers})
+        cfg = AdaptConfig(**{**method_settings(method), **({"epochs": args.epochs} if args.epochs is not None else {}), "trained_layers": args.trained_layers})
         with PeakMemory() as memory:
             started = time.perf_counter()
             _, report = adapt(model, target, cfg, judge=True)

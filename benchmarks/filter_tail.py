@@ -6,7 +6,9 @@ The shift benchmark's adaptation batch (the same 20% split and seed), corrupted,
 backbone and the contamination filter's scoring: the share of the mutual scores beyond median + 3 robust
 deviations (core.contamination.outlier_tail), which decides whether the target memory's cut applies
 with `filter_tail_share` 0.00135 (NORMAL_TAIL_SHARE: a normal distribution's share there). Label-free: no mask is read.
-Writes benchmarks/results/filter-tail-<dataset>.json.
+Next to it, how well the activation gate's reference ranking (each image's worst mutual score,
+core.adapt.gate.BatchRanking) separates the batch's defective images from its good ones: image AUROC, the
+only use of the labels here. Writes benchmarks/results/filter-tail-<dataset>.json.
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ from .common import machine, markdown
 from .protocol import add_protocol_arguments, as_float, corrupt_uint8, load_images, protocol_split
 
 COLUMNS = [("dataset", "dataset", ""), ("condition", "condition", ""), ("images", "images", "d"),
-           ("tail", "scores beyond 3 robust deviations", ".2%"), ("cut", "the rule cuts", "")]
+           ("tail", "scores beyond 3 robust deviations", ".2%"), ("cut", "the rule cuts", ""),
+           ("reference_auroc", "gate's reference ranking, image AUROC", ".3f")]
 
 
 def main(argv: list[str] | None = None) -> None:
+    from patchshift.core.adapt.gate import BatchRanking
     from patchshift.core.adapt.target_memory import target_features
+    from patchshift.core.metrics import auroc
     from patchshift.core.contamination import NORMAL_TAIL_SHARE, FilterSettings, cut_applies, mutual_scores, outlier_tail
     from patchshift.core.fileio import atomic_write_bytes
 
     parser = argparse.ArgumentParser(prog="patchshift bench filter-tail", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_protocol_arguments(parser, severities=[5, 3])
     args = parser.parse_args(argv)
-    model, samples, _, adapt_idx = protocol_split(args)
+    model, samples, labels, adapt_idx = protocol_split(args)
     clean = load_images([samples[i].path for i in adapt_idx], model.config.image_size)
     rows = []
     for corruption in args.corruptions:
@@ -38,9 +43,11 @@ def main(argv: list[str] | None = None) -> None:
             images = clean if severity is None else corrupt_uint8(clean, corruption, severity, args.seed)
             feats = target_features(model.extractor, as_float(images), model.config.batch_size, model.device)
             n, h, w, d = feats.shape
-            tail = outlier_tail(mutual_scores(feats.reshape(n, h * w, d).to(model.device), FilterSettings(seed=args.seed)))
+            mutual = mutual_scores(feats.reshape(n, h * w, d).to(model.device), FilterSettings(seed=args.seed))
+            tail = outlier_tail(mutual)
             rows.append({"dataset": args.dataset, "condition": corruption if severity is None else f"{corruption} {severity}",
-                         "images": n, "tail": tail, "cut": "yes" if cut_applies(tail, NORMAL_TAIL_SHARE) else "no: every patch kept"})
+                         "images": n, "tail": tail, "cut": "yes" if cut_applies(tail, NORMAL_TAIL_SHARE) else "no: every patch kept",
+                         "reference_auroc": auroc(labels[adapt_idx], BatchRanking.of(mutual).scores)})
             print(rows[-1], flush=True)
     out = Path(args.out_dir) / f"filter-tail-{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,8 @@ def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
                     if summary.gate is not None:
                         verdict = summary.gate
                         extra.update(gate_before=verdict.agreement_before, gate_after=verdict.agreement_after, gate_better=verdict.better,
-                                     gate_shift_percentile=verdict.shift_percentile)
+                                     gate_shift_percentile=verdict.shift_percentile, gate_ranking_tail=verdict.ranking_tail,
+                                     gate_reason=verdict.reason)
                     if args.keep_scores and summary.target_scores is not None:
                         extra.update(target_scores=[round(float(v), 4) for v in summary.target_scores],
                                      target_index=None if summary.target_index is None else summary.target_index.tolist())

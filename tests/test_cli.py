@@ -131,11 +131,14 @@ def test_adapt_command_makes_a_complete_child_version(saved_model, dataset, tmp_
     assert (out_dir / "bank.safetensors").stat().st_ino == (saved_model / "bank.safetensors").stat().st_ino
     code, out, err = run(capsys, "score", "--model", str(out_dir), str(dataset / "test" / "good"))
     assert code == 0, err
-    # the target memory says what its filter did, and the opt-in tail rule is a flag
-    code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset / "test" / "good"), "--out", str(tmp_path / "tm"),
-                         "--filter-tail-share", "0.00135")
+    # the target memory says what its filter did; the tail rule is a flag (0: always cut)
+    code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset / "test" / "good"), "--out", str(tmp_path / "tm"))
     assert code == 0, err
     assert "filter: " in out and "robust deviations" in out
+    code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset / "test" / "good"), "--out", str(tmp_path / "tm0"),
+                         "--filter-tail-share", "0")
+    assert code == 0, err
+    assert "filter: kept" in out and "cut at z 0.5" in out
     code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(tmp_path / "none"), "--out", str(tmp_path / "x"))
     assert code == 1 and "no such file" in err
     code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset), "--out", str(tmp_path / "y"), "--method", "magic")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import normal_image, plant_defect, texture_defect
 from patchshift.core.adapt import AdaptConfig, adapt, get_adapter
-from patchshift.core.adapt.gate import judge, spearman
+from patchshift.core.adapt.gate import BatchRanking, judge, spearman
 from patchshift.core.adapt.target_memory import filter_settings
 from patchshift.core.contamination import (
     MIN_IMAGES, NORMAL_TAIL_SHARE, FilterSettings, filter_patches, mutual_scores, outlier_tail, peak_contrast, reference_choice,
@@ -375,16 +375,66 @@ def test_the_threshold_is_moved_from_a_subset_scored_exactly_as_in_the_full_run(
 def test_judge_keeps_the_parent_when_the_target_scores_like_its_normal_images_by_hand():
     reference = np.arange(8.0)
     after = np.arange(8.0)  # agrees perfectly: alone it would go live
-    calibration = np.arange(20.0)  # 5th percentile 0.95, 75th 14.25
+    calibration = np.arange(20.0)  # 5th percentile 0.95, 95th 18.05
     unshifted = np.array([4.0, 5.0, 5.0, 6.0, 7.0, 8.0, 30.0, 40.0])  # lower quartile 5.0
     verdict = judge(reference, unshifted, after, calibration=calibration)
     assert not verdict.better and "no shift to adapt to" in verdict.reason and "25th percentile" in verdict.reason
     assert verdict.shift_percentile == 25.0  # 5 of the 20 calibration scores are below the lower quartile, 5.0
     assert verdict.agreement_after == pytest.approx(1.0)  # still reported
+    mild = np.array([17.0, 17.5, 18.0, 18.0, 18.0, 30.0, 40.0, 50.0])  # lower quartile 17.875: 18 of 20 below
+    assert judge(reference, mild, after, calibration=calibration).shift_percentile == 90.0
+    assert not judge(reference, mild, after, calibration=calibration).better  # test parts a little above training's
     shifted = unshifted + 20.0  # lower quartile 25.0: above the bulk
     assert judge(reference, shifted, after, calibration=calibration).better
     assert judge(reference, unshifted, after).better  # no calibration scores: no opinion on the shift
     assert judge(reference, unshifted - 10.0, after, calibration=calibration).better  # below the bulk: shifted too
+
+
+def test_batch_ranking_by_hand():
+    mutual = torch.ones(4, 1000)
+    mutual[1, 0], mutual[2, :3] = 50.0, 40.0  # 4 of 4000 scores far out: a 0.1% tail
+    ranking = BatchRanking.of(mutual)
+    assert ranking.scores.tolist() == [1.0, 50.0, 40.0, 1.0] and ranking.tail == pytest.approx(0.001)
+    assert not ranking.informative  # below a normal distribution's 0.135%
+    mutual[3, :10] = 30.0  # 14 of 4000: 0.35%
+    assert BatchRanking.of(mutual).informative and BatchRanking(np.zeros(3)).informative  # unknown tail: judged as before
+    assert BatchRanking.of(mutual).subset(np.array([3, 1])).scores.tolist() == [30.0, 50.0]
+
+
+def test_judge_without_an_outlier_tail_by_hand():
+    scores = np.arange(8.0)
+    before, after = scores, scores[::-1].copy()  # the parent agrees with the batch's ranking, the new version does not
+    calibration = np.arange(20.0)
+    shifted = before + 30.0  # lower quartile above every calibration score: 100th percentile
+    ranked = BatchRanking(scores, tail=0.01)
+    assert not judge(ranked, shifted, after, calibration=calibration, trust_unranked=True).better  # the ranking judges
+    unranked = BatchRanking(scores, tail=0.0005)
+    trusted = judge(unranked, shifted, after, calibration=calibration, trust_unranked=True)
+    assert trusted.better and "cannot tell" in trusted.reason and "100.0th percentile" in trusted.reason
+    assert trusted.agreement_after == pytest.approx(-1.0)  # still reported
+    untrusted = judge(unranked, shifted, after, calibration=calibration)
+    assert not untrusted.better and "cannot tell" in untrusted.reason and "stays active" in untrusted.reason
+    assert not judge(unranked, shifted, after, trust_unranked=True).better  # no calibration scores: the shift is not known
+    unshifted = np.array([4.0, 5.0, 5.0, 6.0, 7.0, 8.0, 30.0, 40.0])  # 25th percentile: no shift comes first
+    assert "no shift" in judge(unranked, unshifted, after, calibration=calibration, trust_unranked=True).reason
+
+
+def test_the_gate_takes_the_adapters_trust_in_a_batch_without_a_tail(fitted, blurred, monkeypatch):
+    import patchshift.core.adapt as adapt_module
+
+    images, _ = blurred
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["trust"] = kwargs["trust_unranked"]
+        return judge(*args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "judge_versions", spy)
+    adapt(fitted, images, AdaptConfig(method="target-memory"), judge=True)
+    assert seen["trust"] is True
+    adapt(fitted, images, AdaptConfig(method="bn-stats"), judge=True)
+    assert seen["trust"] is False
+    assert get_adapter("target-memory").trusted_when_unranked and not get_adapter("roda").trusted_when_unranked
 
 
 def test_gate_keeps_the_parent_on_images_of_its_own_condition(fitted):

@@ -26,7 +26,7 @@ from ..progress import CancelFn, ProgressFn, check_cancel
 from . import batchnorm, target_memory, uda  # noqa: F401  (register the adapters)
 from .base import AdaptReport
 from .config import AdaptConfig
-from .gate import GateVerdict, judge as judge_versions, reference_ranking
+from .gate import BatchRanking, GateVerdict, judge as judge_versions, reference_ranking
 from .registry import Adapter, adapter_names, get_adapter, load_plugins
 from .target_memory import target_features
 
@@ -75,7 +75,8 @@ def adapt(
             same_size = tuple(adapter.input_size(model, cfg)) == tuple(model.config.image_size)
             parent_view = target if same_size else load_target(images, model.config.image_size)
             report_.gate = gate(model, parent_view, report_.target_scores, FilterSettings(seed=cfg.seed), cancel,
-                                report_.reference_ranking, report_.source_features, report_.target_index)
+                                report_.reference_ranking, report_.source_features, report_.target_index,
+                                adapter.trusted_when_unranked)
         adapted.provenance.details["gate"] = report_.gate.to_dict()
     report_.source_features = None  # large; only the gate needed it
     log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)
@@ -83,12 +84,13 @@ def adapt(
 
 
 def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, settings: FilterSettings,
-         cancel: CancelFn | None = None, reference: np.ndarray | None = None,
-         feats: torch.Tensor | None = None, index: np.ndarray | None = None) -> GateVerdict:
+         cancel: CancelFn | None = None, reference: BatchRanking | None = None,
+         feats: torch.Tensor | None = None, index: np.ndarray | None = None, trust_unranked: bool = False) -> GateVerdict:
     """Does a new version, which scored the (N, 3, H, W) target images `after_scores`, rank them
     better than `model` does, and is there a shift at all? (core.adapt.gate) `reference` and `feats` (the target's features
     through `model`'s extractor) are computed here unless the adapter already had them; with
-    `index`, `after_scores` are of those images only, and the check compares on them."""
+    `index`, `after_scores` are of those images only, and the check compares on them. `trust_unranked`:
+    the adapter built the new memory from the batch (Adapter.trusted_when_unranked)."""
     if len(target) < MIN_IMAGES:
         return GateVerdict(False, None, None, f"{len(target)} image(s) are too few for the label-free check (at least "
                            f"{MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
@@ -97,14 +99,14 @@ def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, 
     if reference is None:  # each image against the others: from every image, whichever are compared
         reference = reference_ranking(feats.to(model.device), settings)
     if index is not None:
-        feats, reference = feats[torch.as_tensor(index)], np.asarray(reference)[index]
+        feats, reference = feats[torch.as_tensor(index)], reference.subset(index)
     before = np.concatenate([
         model.score_features(feats[i : i + model.config.batch_size])[1].cpu().numpy()
         for i in range(0, len(feats), model.config.batch_size)
     ])
     calibration = np.asarray(model.provenance.calibration_scores, dtype=np.float64)
     return judge_versions(reference, before, None if after_scores is None else np.asarray(after_scores, dtype=np.float64),
-                          calibration=calibration)
+                          calibration=calibration, trust_unranked=trust_unranked)
 
 
 __all__ = ["adapt", "gate", "Adapter", "AdaptConfig", "AdaptReport", "GateVerdict", "METHODS", "RECOMMENDED", "get_adapter"]

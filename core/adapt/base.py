@@ -20,7 +20,7 @@ from ..threshold import transfer_threshold, transferred_calibration
 from .config import AdaptConfig
 
 if TYPE_CHECKING:
-    from .gate import GateVerdict
+    from .gate import BatchRanking, GateVerdict
 
 # loss(features (N, D) with grad, generator) -> scalar; may record diagnostics in `stats`.
 LossFn = Callable[[torch.Tensor, torch.Generator, dict], torch.Tensor]
@@ -40,9 +40,9 @@ class AdaptReport:
     target_index: np.ndarray | None = None  # which target images target_scores are of (None: all, in order)
     gate: "GateVerdict | None" = None  # set by adapt(judge=True)
     # What the adapter already computed on the source backbone, so the gate does not redo it:
-    # the target's patch features (N, h, w, D) and their mutual ranking (N,). Dropped after the gate.
+    # the target's patch features (N, h, w, D) and the batch's own ranking. Dropped after the gate.
     source_features: torch.Tensor | None = None
-    reference_ranking: np.ndarray | None = None
+    reference_ranking: "BatchRanking | None" = None
 
 
 def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:

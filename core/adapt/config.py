@@ -70,11 +70,12 @@ class AdaptConfig:
     # normal patches the cut drops on deeppcb (docs/benchmarks.md, "Where deeppcb's gap is lost").
     filter_trusted_share: float = option(0.0, "share of the target images, the least suspicious by their worst patch, kept whole",
                                          ge=0, le=1)
-    # Opt-in: boards' scores have no outlier tail (deeppcb: 63% of the gap with 0.00135 against 38%), screws'
-    # do (bsd unchanged); not the default, because on deeppcb's clean batch it costs 0.024 and the gate lets it
-    # through (docs/benchmarks.md, "The outlier tail").
-    filter_tail_share: float = option(0.0, "cut only if more than this share of the mutual scores lies beyond median + 3 robust "
-                                      f"deviations ({NORMAL_TAIL_SHARE}: a normal distribution's; 0: always cut)", ge=0, lt=1)
+    # Boards' scores have no outlier tail and their rare layouts are what the cut would drop (deeppcb: 63% of the
+    # gap against 38% when always cutting); screws' do (bsd: the cut applies on every condition, unchanged).
+    # docs/benchmarks.md, "The outlier tail".
+    filter_tail_share: float = option(NORMAL_TAIL_SHARE, "cut only if more than this share of the mutual scores lies beyond "
+                                      f"median + 3 robust deviations ({NORMAL_TAIL_SHARE}: a normal distribution's; 0: always cut)",
+                                      ge=0, lt=1)
     filter_rescue_window: int = option(0, "a dropped patch is kept if it stands out from the window x window grid cells around it "
                                        "no more than the median patch does (odd; 0: off)", ge=0, le=99)
     # Research setting: rescue up to median + z robust deviations of that contrast instead of the median.

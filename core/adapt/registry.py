@@ -50,6 +50,10 @@ class Adapter:
     make_config: Callable[[str, Any, dict[str, Any]], Any] = adapt_config
     config_type: type = AdaptConfig  # what make_config returns
     own_input_size: bool = False  # target images at config.image_size, not the parent's input size
+    # Under a shift, its version may go live where the batch's own ranking cannot judge (core.adapt.gate):
+    # a memory built from the batch's patches; never worse than no adaptation on a shifted batch without
+    # an outlier tail in any measured row (docs/benchmarks.md, "The gate").
+    trusted_when_unranked: bool = False
 
     def configure(self, parent: Any, options: dict[str, Any]) -> Any:
         """The config of an adaptation of `parent` with the settings a person gave (the others default)."""
