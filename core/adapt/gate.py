@@ -19,9 +19,9 @@ while fewer than three quarters of the batch are defective.
 The batch's ranking can only judge when some of its patches stand out: where the mutual scores
 have no outlier tail (boards: every image shows layouts few others show, and the defects are no
 farther), each image's worst patch is normal variation and ranks the defective images near chance
-(image AUROC 0.56-0.57 on deeppcb's batches without a tail, 0.71-0.80 on bsd's with one). Then a
-version from an adapter that builds its memory from the batch itself (`trusted_when_unranked`)
-goes live under a shift, and any other keeps the parent.
+(image AUROC 0.46-0.59 on deeppcb's batches without a tail; 0.71-0.80 on bsd's, which all have one,
+0.58 under heavy noise). Then a version from an adapter that builds its memory from the batch
+itself (`trusted_when_unranked`) goes live under a shift, and any other keeps the parent.
 """
 
 from __future__ import annotations
