@@ -390,6 +390,13 @@ def test_judge_keeps_the_parent_when_the_target_scores_like_its_normal_images_by
     assert judge(reference, unshifted - 10.0, after, calibration=calibration).better  # below the bulk: shifted too
 
 
+def test_percentiles_read_as_ordinals():
+    from patchshift.core.adapt.gate import ordinal
+
+    assert [ordinal(p) for p in (1, 2, 3, 11, 12, 13, 21, 22, 83, 95, 99.8, 100)] == [
+        "1st", "2nd", "3rd", "11th", "12th", "13th", "21st", "22nd", "83rd", "95th", "99.8th", "100th"]
+
+
 def test_batch_ranking_by_hand():
     mutual = torch.ones(4, 1000)
     mutual[1, 0], mutual[2, :3] = 50.0, 40.0  # 4 of 4000 scores far out: a 0.1% tail
@@ -410,7 +417,7 @@ def test_judge_without_an_outlier_tail_by_hand():
     assert not judge(ranked, shifted, after, calibration=calibration, trust_unranked=True).better  # the ranking judges
     unranked = BatchRanking(scores, tail=0.0005)
     trusted = judge(unranked, shifted, after, calibration=calibration, trust_unranked=True)
-    assert trusted.better and "cannot tell" in trusted.reason and "100.0th percentile" in trusted.reason
+    assert trusted.better and "cannot tell" in trusted.reason and "100th percentile" in trusted.reason
     assert trusted.agreement_after == pytest.approx(-1.0)  # still reported
     untrusted = judge(unranked, shifted, after, calibration=calibration)
     assert not untrusted.better and "cannot tell" in untrusted.reason and "stays active" in untrusted.reason

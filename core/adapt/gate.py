@@ -101,13 +101,21 @@ def shift_percentile(before: np.ndarray, calibration: np.ndarray | None) -> floa
     return float(100.0 * np.mean(np.asarray(calibration, dtype=np.float64) < np.quantile(before, 0.25)))
 
 
+def ordinal(percentile: float) -> str:
+    """83 -> '83rd', 99.8 -> '99.8th': a percentile as a person reads it."""
+    if 99.5 <= percentile < 100:
+        return f"{percentile:.1f}th"
+    n = int(round(percentile))
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def no_shift_reason(percentile: float | None) -> str | None:
     """Why the parent already fits the target images, or None when it does not (or cannot tell)."""
     if percentile is None or not NO_SHIFT_BAND[0] <= percentile <= NO_SHIFT_BAND[1]:
         return None
     return (f"the target images already score like the parent's own normal images (their lower quartile is at the "
-            f"{percentile:.0f}th percentile of its calibration scores, inside the central 90% of them, the {NO_SHIFT_BAND[0]:.0f}th "
-            f"to {NO_SHIFT_BAND[1]:.0f}th): no shift to adapt to; the parent stays active")
+            f"{ordinal(percentile)} percentile of its calibration scores, inside the central 90% of them, the "
+            f"{ordinal(NO_SHIFT_BAND[0])} to {ordinal(NO_SHIFT_BAND[1])}): no shift to adapt to; the parent stays active")
 
 
 def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.ndarray, margin: float = 0.0,
@@ -132,7 +140,7 @@ def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.nd
                     f"{TAIL_Z:g} robust deviations), so the batch's own ranking cannot tell which version ranks it better")
         if trust_unranked and percentile is not None:
             return GateVerdict(True, agree_before, agree_after, f"{unranked}; the parent scores most of the batch above its normal "
-                               f"images (their lower quartile at the {percentile:.1f}th percentile of its calibration scores) and "
+                               f"images (their lower quartile at the {ordinal(percentile)} percentile of its calibration scores) and "
                                "the new version's memory was built from the batch: it goes live", percentile, ranking.tail)
         return GateVerdict(False, agree_before, agree_after, f"{unranked}; the parent stays active (activate the new version "
                            "by hand if it is wanted)", percentile, ranking.tail)
