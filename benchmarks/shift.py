@@ -59,6 +59,11 @@ def method_settings(method: str) -> dict:
     return parse_variant(method)[1]
 
 
+def filter_record(summary) -> dict:
+    """What a target memory's filter did in a sweep row (nothing for other methods)."""
+    return {key: summary.details[key] for key in ("filter_tail", "kept_patch_share") if key in summary.details}
+
+
 def epochs_option(args: argparse.Namespace) -> dict:
     return {"epochs": args.epochs} if args.epochs is not None else {}
 
@@ -191,9 +196,9 @@ def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
         for share in (0.0, 0.1, 0.3, 0.5):
             n_bad = min(len(bad), round(share * len(good)))
             chosen = np.concatenate([rng.permutation(good)[: len(good) - n_bad], rng.permutation(bad)[:n_bad]])
-            adapted, _ = adapt(model, as_float(shifted[chosen]), row_config(model, args.sweep_method, args))
+            adapted, summary = adapt(model, as_float(shifted[chosen]), row_config(model, args.sweep_method, args))
             sweep.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "defective_share": share,
-                          "n_images": len(chosen), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
+                          "n_images": len(chosen), **filter_record(summary), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sweep[-1], flush=True)
             checkpoint(result)
     if args.size_sweep:
@@ -202,9 +207,9 @@ def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
         for n in [*args.size_sweep, len(adapt_idx)]:
             keep, _ = stratified_split(labels[adapt_idx], min(1.0, n / len(adapt_idx)), args.seed + 2)
             chosen = adapt_idx[keep][:n]
-            adapted, _ = adapt(model, as_float(shifted[chosen]), row_config(model, args.sweep_method, args))
+            adapted, summary = adapt(model, as_float(shifted[chosen]), row_config(model, args.sweep_method, args))
             sizes.append({"condition": f"{corruption} {severity}", "method": args.sweep_method, "n_images": len(chosen),
-                          "defective_share": float(labels[chosen].mean()), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
+                          "defective_share": float(labels[chosen].mean()), **filter_record(summary), **evaluate_on(adapted, shifted[eval_idx], labels[eval_idx], masks[eval_idx])})
             print(sizes[-1], flush=True)
             checkpoint(result)
     result["complete"] = True
