@@ -282,6 +282,7 @@ def test_gate_passes_a_version_that_ranks_the_shifted_images_better(fitted, blur
     images, labels = blurred
     adapted, report = adapt(fitted, images, AdaptConfig(method="target-memory"), judge=True)
     assert image_auroc(labels, adapted.score(images).scores.numpy()) > image_auroc(labels, fitted.score(images).scores.numpy())
+    assert report.gate.ranking_tail > NORMAL_TAIL_SHARE  # the batch's ranking decided, not the trust in an unranked batch
     assert report.gate.better and report.gate.agreement_after > report.gate.agreement_before
 
 
@@ -393,8 +394,8 @@ def test_judge_keeps_the_parent_when_the_target_scores_like_its_normal_images_by
 def test_percentiles_read_as_ordinals():
     from patchshift.core.adapt.gate import ordinal
 
-    assert [ordinal(p) for p in (1, 2, 3, 11, 12, 13, 21, 22, 83, 95, 99.8, 100)] == [
-        "1st", "2nd", "3rd", "11th", "12th", "13th", "21st", "22nd", "83rd", "95th", "99.8th", "100th"]
+    assert [ordinal(p) for p in (1, 2, 3, 11, 12, 13, 21, 22, 83, 95, 99.8, 99.96, 100)] == [
+        "1st", "2nd", "3rd", "11th", "12th", "13th", "21st", "22nd", "83rd", "95th", "99.8th", "99.9th", "100th"]
 
 
 def test_batch_ranking_by_hand():
@@ -424,6 +425,8 @@ def test_judge_without_an_outlier_tail_by_hand():
     assert not judge(unranked, shifted, after, trust_unranked=True).better  # no calibration scores: the shift is not known
     unshifted = np.array([4.0, 5.0, 5.0, 6.0, 7.0, 8.0, 30.0, 40.0])  # 25th percentile: no shift comes first
     assert "no shift" in judge(unranked, unshifted, after, calibration=calibration, trust_unranked=True).reason
+    below = judge(unranked, before - 30.0, after, calibration=calibration, trust_unranked=True)  # scores below its normal ones
+    assert below.shift_percentile == 0.0 and not below.better and "stays active" in below.reason
 
 
 def test_the_gate_takes_the_adapters_trust_in_a_batch_without_a_tail(fitted, blurred, monkeypatch):

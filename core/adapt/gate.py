@@ -104,7 +104,7 @@ def shift_percentile(before: np.ndarray, calibration: np.ndarray | None) -> floa
 def ordinal(percentile: float) -> str:
     """83 -> '83rd', 99.8 -> '99.8th': a percentile as a person reads it."""
     if 99.5 <= percentile < 100:
-        return f"{percentile:.1f}th"
+        return f"{min(percentile, 99.9):.1f}th"
     n = int(round(percentile))
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
@@ -122,8 +122,8 @@ def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.nd
           calibration: np.ndarray | None = None, trust_unranked: bool = False) -> GateVerdict:
     """Compare two versions' scores of the same target images against the batch's own ranking;
     with the parent's `calibration` scores, first check that there is a shift at all. Where the
-    ranking cannot judge (no outlier tail), a shifted batch's new version goes live only if
-    `trust_unranked` (its memory was built from the batch)."""
+    ranking cannot judge (no outlier tail), the new version goes live only if `trust_unranked` (its
+    memory was built from the batch) and the parent scores the batch above its normal images."""
     ranking = reference if isinstance(reference, BatchRanking) else BatchRanking(np.asarray(reference))
     n = len(ranking.scores)
     if not usable(after, n):
@@ -138,7 +138,7 @@ def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.nd
     if not ranking.informative:
         unranked = (f"no patch of the batch stands out from the others ({ranking.tail:.2%} of their mutual scores lie beyond "
                     f"{TAIL_Z:g} robust deviations), so the batch's own ranking cannot tell which version ranks it better")
-        if trust_unranked and percentile is not None:
+        if trust_unranked and percentile is not None and percentile > NO_SHIFT_BAND[1]:
             return GateVerdict(True, agree_before, agree_after, f"{unranked}; the parent scores most of the batch above its normal "
                                f"images (their lower quartile at the {ordinal(percentile)} percentile of its calibration scores) and "
                                "the new version's memory was built from the batch: it goes live", percentile, ranking.tail)

@@ -174,7 +174,7 @@ function versionRows(name, versions) {
       el("td", {}, el("span", { class: "indent", style: `padding-left:${depth * 1.2}rem` }, depth ? "└ " : "", v.version), " ",
         v.active ? el("span", { class: "tag active", text: "ACTIVE" }) : ""),
       el("td", { text: v.method }), el("td", { text: v.kind }), el("td", { text: fmt(v.threshold) }),
-      el("td", { text: v.details && v.details.gate ? (v.details.gate.better ? "ranks better" : "not better") : "–",
+      el("td", { text: v.details && v.details.gate ? (v.details.gate.better ? "found better" : "not better") : "–",
         title: v.details && v.details.gate ? v.details.gate.reason : "" }),
       el("td", { text: v.created.replace("T", " ").slice(0, 19) }),
       el("td", {}, !v.active ? el("button", { text: "Review", "data-review": v.version, onclick: () => openReview(name, v.version) }) : "", " ",
@@ -334,7 +334,7 @@ async function followJob(jobId, box) {
 
 function adaptResult(name, job) {
   const r = job.result;
-  const gate = r.gate ? `${r.gate.better ? "ranks the new images better" : "not better"}: ${r.gate.reason}` : "not checked";
+  const gate = r.gate ? `${r.gate.better ? "found better" : "not better"}: ${r.gate.reason}` : "not checked";
   return el("div", { id: "adapt-result" },
     el("p", {}, `New version ${job.result_version} (${r.method}): threshold ${fmt(r.threshold_before)} → ${fmt(r.threshold_after)}; `,
       `label-free check: ${gate}; `, el("strong", { text: r.activated ? "activated" : "not activated" })),

@@ -55,7 +55,7 @@ class AdaptExtras(BaseModel):
     image_size: str | None = Field(None, pattern=IMAGE_SIZE_PATTERN, max_length=16, description="uda only: encoder input size (default 224)")
     activate: Annotated[Literal[ACTIVATION_POLICIES], BeforeValidator(activation_spelling)] = Field(  # type: ignore[valid-type]
         ACTIVATE_IF_BETTER, description="true: make the new version active when it is ready; false: keep it for review; "
-        "if-better: only if a label-free check finds it ranks the new images better than the active version")
+        "if-better: only if a label-free check finds it fits the new images better than the active version")
 
 
 FitForm = form_model("FitForm", ModelConfig, FIT_OPTIONS, with_defaults=True, base=FitExtras)
