@@ -304,3 +304,20 @@ def test_filter_masks_smoke(dataset, tmp_path, capsys):
     assert 0 <= images["worst_patch_auroc"] <= 1 and 0 <= images["defective_left_out"] <= 1 and images["window"] == 1
     assert 0 <= images["patch_auroc"] <= 1
     assert "defect patches kept" in capsys.readouterr().out
+
+
+def test_filter_tail_smoke(tmp_path, capsys):
+    from conftest import write_dataset
+    from patchshift.benchmarks import filter_tail
+    from patchshift.core.contamination import NORMAL_TAIL_SHARE, cut_applies
+
+    root = write_dataset(tmp_path / "data" / "wide", n_train=8, n_good=15, n_defect=15)  # 6 adaptation images, 3 defective
+    filter_tail.main(["--data-root", str(root.parent), "--dataset", "wide", "--image-size", "64", "--corruptions", "clean", "brightness",
+                      "--severities", "5", "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "filter-tail-wide.json").read_text())["rows"]
+    assert [r["condition"] for r in rows] == ["clean", "brightness 5"] and all(r["images"] == 6 for r in rows)
+    for row in rows:
+        assert 0 <= row["tail"] <= 1 and 0 <= row["reference_auroc"] <= 1
+        assert (row["cut"] == "yes") == cut_applies(row["tail"], NORMAL_TAIL_SHARE)
+    assert rows[0]["reference_auroc"] > 0.9  # the planted blobs are the clean batch's odd images
+    assert "gate's reference ranking, image AUROC" in capsys.readouterr().out
