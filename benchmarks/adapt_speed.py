@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="bsd")
     parser.add_argument("--images", type=int, default=150)
     parser.add_argument("--image-size", default="256", help="model input size, N or WxH")
-    parser.add_argument("--methods", nargs="*", help="named rows of the shift benchmark or LABEL:FIELD=VALUE,...", default=["bn-stats", "moment-matching", "ot-continuous", "roda", "target-memory",
-                                                            "target-memory-adabn", "target-memory-roda"])
+    parser.add_argument("--methods", nargs="*", help="named rows of the shift benchmark or LABEL:FIELD=VALUE,...",
+                        default=["bn-stats", "moment-matching", "ot-continuous", "roda", "target-memory", "target-memory-adabn",
+                                 "target-memory-roda"])
     parser.add_argument("--epochs", type=int, default=None, help="override the methods' default epochs")
     parser.add_argument("--trained-layers", default="all", choices=("all", "feature-stages"))
     parser.add_argument("--device", default="auto")

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt.gate import BatchRanking
     from patchshift.core.adapt.target_memory import target_features
     from patchshift.core.metrics import auroc
-    from patchshift.core.contamination import NORMAL_TAIL_SHARE, FilterSettings, cut_applies, mutual_scores, outlier_tail
+    from patchshift.core.contamination import NORMAL_TAIL_SHARE, FilterSettings, cut_applies, mutual_scores
     from patchshift.core.fileio import atomic_write_bytes
 
     parser = argparse.ArgumentParser(prog="patchshift bench filter-tail", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,11 +43,10 @@ def main(argv: list[str] | None = None) -> None:
             images = clean if severity is None else corrupt_uint8(clean, corruption, severity, args.seed)
             feats = target_features(model.extractor, as_float(images), model.config.batch_size, model.device)
             n, h, w, d = feats.shape
-            mutual = mutual_scores(feats.reshape(n, h * w, d).to(model.device), FilterSettings(seed=args.seed))
-            tail = outlier_tail(mutual)
+            ranking = BatchRanking.of(mutual_scores(feats.reshape(n, h * w, d).to(model.device), FilterSettings(seed=args.seed)))
             rows.append({"dataset": args.dataset, "condition": corruption if severity is None else f"{corruption} {severity}",
-                         "images": n, "tail": tail, "cut": "yes" if cut_applies(tail, NORMAL_TAIL_SHARE) else "no: every patch kept",
-                         "reference_auroc": auroc(labels[adapt_idx], BatchRanking.of(mutual).scores)})
+                         "images": n, "tail": ranking.tail, "cut": "yes" if cut_applies(ranking.tail, NORMAL_TAIL_SHARE) else "no: every patch kept",
+                         "reference_auroc": auroc(labels[adapt_idx], ranking.scores)})
             print(rows[-1], flush=True)
     out = Path(args.out_dir) / f"filter-tail-{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -447,6 +447,17 @@ def test_the_gate_takes_the_adapters_trust_in_a_batch_without_a_tail(fitted, blu
     assert get_adapter("target-memory").trusted_when_unranked and not get_adapter("roda").trusted_when_unranked
 
 
+def test_the_gate_takes_a_plain_ranking_from_a_plugin(fitted, blurred):
+    from patchshift.core.adapt import gate
+    from patchshift.core.contamination import FilterSettings
+
+    images, _ = blurred
+    index = np.arange(0, len(images), 2)
+    plain = np.arange(float(len(images)))  # a plugin's (N,) ranking without a tail
+    verdict = gate(fitted, images, plain[index], FilterSettings(), reference=plain, index=index)
+    assert verdict.ranking_tail is None and verdict.agreement_after == pytest.approx(1.0)
+
+
 def test_gate_keeps_the_parent_on_images_of_its_own_condition(fitted):
     rng = np.random.default_rng(21)
     images = to_tensor([normal_image(rng) for _ in range(12)] + [plant_defect(normal_image(rng), rng)[0] for _ in range(4)])

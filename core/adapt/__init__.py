@@ -96,10 +96,8 @@ def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, 
                            f"{MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
     if feats is None:
         feats = target_features(model.extractor, target, model.config.batch_size, model.device, cancel)
-    if reference is None:  # each image against the others: from every image, whichever are compared
-        reference = reference_ranking(feats.to(model.device), settings)
-    elif not isinstance(reference, BatchRanking):  # a plugin's plain (N,) ranking: its tail is not known
-        reference = BatchRanking(np.asarray(reference))
+    # each image against the others: from every image, whichever are compared
+    reference = reference_ranking(feats.to(model.device), settings) if reference is None else BatchRanking.coerce(reference)
     if index is not None:
         feats, reference = feats[torch.as_tensor(index)], reference.subset(index)
     before = np.concatenate([

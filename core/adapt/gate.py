@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..contamination import NORMAL_TAIL_SHARE, TAIL_Z, FilterSettings, mutual_scores, outlier_tail
+from ..contamination import NORMAL_TAIL_SHARE, TAIL_Z, FilterSettings, cut_applies, mutual_scores, outlier_tail
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,20 @@ class BatchRanking:
     tail: float | None = None  # share of the batch's mutual patch scores in an outlier tail (None: not known)
 
     @classmethod
-    def of(cls, mutual: torch.Tensor) -> "BatchRanking":
-        """(N, P) mutual patch scores -> the ranking and its tail."""
-        return cls(mutual.amax(dim=1).cpu().numpy(), outlier_tail(mutual))
+    def of(cls, mutual: torch.Tensor, tail: float | None = None) -> "BatchRanking":
+        """(N, P) mutual patch scores -> the ranking and its tail (`tail`: already computed from them)."""
+        return cls(mutual.amax(dim=1).cpu().numpy(), outlier_tail(mutual) if tail is None else tail)
+
+    @classmethod
+    def coerce(cls, ranking: "BatchRanking | np.ndarray") -> "BatchRanking":
+        """A plain (N,) ranking (a plugin's, a test's) as one whose tail is not known."""
+        return ranking if isinstance(ranking, cls) else cls(np.asarray(ranking))
 
     @property
     def informative(self) -> bool:
-        """Whether some patches stand out, so the worst ones can rank the images (unknown counts as yes)."""
-        return self.tail is None or self.tail > NORMAL_TAIL_SHARE
+        """Whether some patches stand out (the test the filter's default cut makes), so the worst ones can
+        rank the images; unknown counts as yes."""
+        return self.tail is None or cut_applies(self.tail, NORMAL_TAIL_SHARE)
 
     def subset(self, index: np.ndarray) -> "BatchRanking":
         return BatchRanking(np.asarray(self.scores)[index], self.tail)
@@ -124,7 +130,7 @@ def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.nd
     with the parent's `calibration` scores, first check that there is a shift at all. Where the
     ranking cannot judge (no outlier tail), the new version goes live only if `trust_unranked` (its
     memory was built from the batch) and the parent scores the batch above its normal images."""
-    ranking = reference if isinstance(reference, BatchRanking) else BatchRanking(np.asarray(reference))
+    ranking = BatchRanking.coerce(reference)
     n = len(ranking.scores)
     if not usable(after, n):
         return GateVerdict(False, None, None, "the new version gave no usable scores of the target images "

@@ -122,7 +122,7 @@ def adapt_memory(
     adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)
     report_.target_scores, report_.target_index = scores, scored.numpy()
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
-        report_.source_features, report_.reference_ranking = feats, BatchRanking.of(kept.scores)
+        report_.source_features, report_.reference_ranking = feats, BatchRanking.of(kept.scores, kept.tail)
     report_.details.update({
         "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4), "filter": filter_verdict(kept, cfg),
         "filter_cut": kept.cut if np.isfinite(kept.cut) else None, "filter_tail": round(kept.tail, 4), "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
