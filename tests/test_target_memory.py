@@ -447,6 +447,23 @@ def test_the_gate_takes_the_adapters_trust_in_a_batch_without_a_tail(fitted, blu
     assert get_adapter("target-memory").trusted_when_unranked and not get_adapter("roda").trusted_when_unranked
 
 
+def test_the_gate_ranks_the_batch_with_the_users_filter_settings(fitted, blurred, monkeypatch):
+    """With a BatchNorm step first the gate ranks the batch itself: with the settings the user chose."""
+    import patchshift.core.adapt as adapt_module
+
+    images, _ = blurred
+    seen, original = [], adapt_module.reference_ranking
+
+    def spy(feats, settings):
+        seen.append(settings)
+        return original(feats, settings)
+
+    monkeypatch.setattr(adapt_module, "reference_ranking", spy)
+    cfg = AdaptConfig(method="target-memory", memory_bn="stats", filter_references=4, filter_closest_share=0.25)
+    adapt(fitted, images, cfg, judge=True)
+    assert [(s.references, s.closest_share) for s in seen] == [(4, 0.25)]
+
+
 def test_the_gate_takes_a_plain_ranking_from_a_plugin(fitted, blurred):
     from patchshift.core.adapt import gate
     from patchshift.core.contamination import FilterSettings

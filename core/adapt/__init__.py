@@ -28,7 +28,7 @@ from .base import AdaptReport
 from .config import AdaptConfig
 from .gate import BatchRanking, GateVerdict, judge as judge_versions, reference_ranking
 from .registry import Adapter, adapter_names, get_adapter, load_plugins
-from .target_memory import target_features
+from .target_memory import filter_settings, target_features
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ def adapt(
         else:
             same_size = tuple(adapter.input_size(model, cfg)) == tuple(model.config.image_size)
             parent_view = target if same_size else load_target(images, model.config.image_size)
-            report_.gate = gate(model, parent_view, report_.target_scores, FilterSettings(seed=cfg.seed), cancel,
+            # the user's filter settings rank the batch, as the target memory's own filter did
+            settings = filter_settings(cfg) if isinstance(cfg, AdaptConfig) else FilterSettings(seed=cfg.seed)
+            report_.gate = gate(model, parent_view, report_.target_scores, settings, cancel,
                                 report_.reference_ranking, report_.source_features, report_.target_index,
                                 adapter.trusted_when_unranked)
         adapted.provenance.details["gate"] = report_.gate.to_dict()
