@@ -50,15 +50,17 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray, keep_scores: bool = False) -> dict:
-    """Ranking (image and pixel AUROC) and the verdicts at the model's own threshold: the share of good
+    """Ranking (image and pixel AUROC, AUPRO) and the verdicts at the model's own threshold: the share of good
     images it flags (false alarms) and of defective images it catches (recall)."""
     from patchshift.core.images import resize_batch
-    from patchshift.core.metrics import image_auroc, pixel_auroc
+    from patchshift.core.metrics import aupro, image_auroc, pixel_auroc
 
     scores, maps = model.score_batches(resize_batch(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     flagged = scores > model.threshold
+    has_regions = maps is not None and np.asarray(masks).any()
     result = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None,
+              "aupro": aupro(masks, maps) if has_regions else None,
               "false_alarm_rate": float(flagged[labels == 0].mean()) if (labels == 0).any() else None,
               "recall": float(flagged[labels == 1].mean()) if (labels == 1).any() else None, "threshold": float(model.threshold)}
     if keep_scores:

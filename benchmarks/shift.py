@@ -226,7 +226,7 @@ def summary_table(result: dict, key: str) -> str:
     upper = result["upper_bound"][key]
     table = []
     for method in methods:
-        values = [lookup[(method, c, s)][key] for c, s in conditions]
+        values = [lookup[(method, c, s)].get(key) for c, s in conditions]
         if None in values:  # a global detector has no pixel AUROC
             continue
         row = {"method": method, **{f"{c} {s}": v * 100 for (c, s), v in zip(conditions, values)}, "mean": np.mean(values) * 100}
@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{name} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
         print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
         print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))
+        if all(r.get("aupro") is not None for r in result["rows"] if r.get("pixel_auroc") is not None):
+            print("\nAUPRO (%, up to 30% false-positive rate)\n" + summary_table(result, "aupro"))
         if any(r.get("false_alarm_rate") is not None for r in result["rows"]):
             print("\nverdicts at each version's own threshold\n" + verdict_table(result))
         if any("gate_better" in r for r in result["rows"]):
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         if result["assignment_share"]:
             print("\nanomalous patches picked by a bank row:", {k: round(v, 3) for k, v in result["assignment_share"].items()})
         sweep_columns = [("condition", "condition", ""), ("method", "method", ""), ("defective_share", "defective share", ".0%"),
-                         ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f")]
+                         ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"),
+                         ("aupro", "AUPRO", ".3f")]
         if result["defect_sweep"]:
             print(f"\n{args.sweep_method} vs defective share of the adaptation set")
             print(markdown(result["defect_sweep"], sweep_columns))

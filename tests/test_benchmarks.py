@@ -35,7 +35,9 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
     assert [r["defective_share"] for r in result["defect_sweep"]] == [0.0, 0.1, 0.3, 0.5]
     assert {r["condition"] for r in result["defect_sweep"]} == {"brightness 3"}
     assert [r["n_images"] for r in result["size_sweep"]] == [1, result["n_adapt"]]
-    assert "gap closed" in capsys.readouterr().out
+    assert all(0 <= r["aupro"] <= 1 for r in result["rows"] if r["method"] != "uda") and 0 <= result["upper_bound"]["aupro"] <= 1
+    out = capsys.readouterr().out
+    assert "gap closed" in out and "AUPRO (%" in out
     # A long run keeps what it finished: the file is rewritten after every row, marked incomplete until the end.
     assert [len(w["rows"]) for w in written[:5]] == [1, 2, 3, 4, 5] and not written[0]["complete"]
     assert written[-1]["complete"] and written[-1] == result
