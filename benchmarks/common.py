@@ -18,11 +18,13 @@ DATASETS = {
 
 # Generated products (benchmarks/generated.py), to check that defaults hold beyond the real datasets.
 GENERATED = {"tiles": {"image_size": "256"}}
+# ELPV solar cells exported in the MVTec AD layout (benchmarks/elpv.py): 300 x 300 cells.
+EXPORTED = {"elpv-mono": {"image_size": "256"}, "elpv-poly": {"image_size": "256"}}
 
 
 def dataset_settings(name: str) -> dict:
     """The model settings a benchmark uses for a dataset (real or generated); {} for others."""
-    return dict({**DATASETS, **GENERATED}.get(name, {}))
+    return dict({**DATASETS, **GENERATED, **EXPORTED}.get(name, {}))
 
 
 def model_settings(name: str, image_size: str | None) -> dict:

@@ -58,8 +58,8 @@ def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarr
     scores, maps = model.score_batches(resize_batch(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     flagged = scores > model.threshold
-    has_regions = maps is not None and np.asarray(masks).any()
-    result = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None,
+    has_regions = maps is not None and np.asarray(masks).any()  # a product without masks has no pixel metrics
+    result = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if has_regions else None,
               "aupro": aupro(masks, maps) if has_regions else None,
               "false_alarm_rate": float(flagged[labels == 0].mean()) if (labels == 0).any() else None,
               "recall": float(flagged[labels == 1].mean()) if (labels == 1).any() else None, "threshold": float(model.threshold)}

@@ -3,7 +3,9 @@
 Reads a results file written with `patchshift bench shift --keep-scores` (every image's score, the
 target images' out-of-fold scores and the source's calibration scores) and prints, per rule, the
 share of held-out good images flagged (false alarms) and of defective images caught (recall):
-  quartile shift   the rule in use (core.threshold.transfer_threshold)
+  Gumbel law       the rule in use (core.threshold.gumbel_threshold): an extreme-value law fitted
+                   to the target scores' 5th and 25th percentiles, its 99th percentile
+  quartile shift   the rule before it: the distance above the lower quartile kept from the source
   median shift     the same anchored at the median
   lower-band spread  the distance above the 30th percentile scaled by the 10th-30th band's width
   robust z-score   the rule before it: median and MAD of the target scores
@@ -20,9 +22,16 @@ import json
 
 import numpy as np
 
-from patchshift.core.threshold import transfer_threshold
+from patchshift.core.threshold import gumbel_threshold
 
 from .common import markdown
+
+
+def quartile_shift(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
+    """The rule before the Gumbel law: keep the distance above the lower quartile (carries no change of spread)."""
+    if source.size == 0 or target.size < 5:
+        return threshold
+    return float(threshold + np.quantile(target, 0.25) - np.quantile(source, 0.25))
 
 
 def robust_z_transfer(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
@@ -50,12 +59,16 @@ def lower_spread_transfer(source: np.ndarray, threshold: float, target: np.ndarr
 
 
 RULES = {
-    "quartile shift": transfer_threshold,
+    "Gumbel law": lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold),
+    "quartile shift": quartile_shift,
     "median shift": median_shift,
     "lower-band spread": lower_spread_transfer,
     "robust z-score": robust_z_transfer,
     "source kept": lambda source, threshold, target: threshold,
 }
+
+
+FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
 
 
 def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0) -> list[dict]:

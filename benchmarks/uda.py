@@ -27,17 +27,14 @@ from .common import PeakMemory, machine, markdown
 
 
 def load_elpv(size: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    try:
-        from elpv_dataset.utils import load_dataset
-    except ImportError:
-        raise SystemExit("this benchmark needs the ELPV data: pip install elpv-dataset") from None
     import torch.nn.functional as F
 
-    images, probs, types = load_dataset()
-    keep = (probs == 0) | (probs == 1)
-    gray = torch.from_numpy(images[keep]).float().div(255).unsqueeze(1)
+    from .elpv import elpv_cells
+
+    cells, labels, types = elpv_cells()
+    gray = torch.from_numpy(cells).float().div(255).unsqueeze(1)
     resized = torch.cat([F.interpolate(gray[i : i + 256], size=(size, size), mode="area") for i in range(0, len(gray), 256)])
-    return resized.expand(-1, 3, -1, -1).contiguous(), (probs[keep] == 1).astype(int), types[keep]
+    return resized.expand(-1, 3, -1, -1).contiguous(), labels, types
 
 
 def split(labels: np.ndarray, types: np.ndarray, source: str, target: str, ratio: float, seed: int, size: int = 200) -> dict:

@@ -18,32 +18,37 @@ def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
     return float(np.quantile(values, quantile))
 
 
-# The target score distribution's anchor: its lower quartile. Defective images score high, so
-# the lower quartile stays among the normal images' scores even when more than half of the batch
-# is defective (the median does not). On bsd's eight shifted conditions (53% of the adaptation
-# images defective) moving the threshold by the shift of this quartile gave 1.9% false alarms on
-# held-out good images (goal 1%; worst condition 11%); carrying the robust z-score over (median
-# and MAD) gave thresholds above every image: 0 alarms and 0 defects caught (docs/adaptation.md).
-TRANSFER_QUANTILE = 0.25
-# Below this many target images their quartile is one or two images' scores: the threshold stays.
+# Image scores are maxima over many patch distances, so the scores of normal images follow an
+# extreme-value (Gumbel) law: F(x) = exp(-exp(-(x - mu) / beta)). A version adapted to a new
+# condition fits mu and beta to two low quantiles of its target images' out-of-fold scores, where
+# defective images are fewest, and flags above the law's (1 - false alarm rate) quantile.
+# Low quantiles keep the fit on the normal images while defective ones (they score high) are up
+# to three quarters of the batch. Measured in docs/benchmarks.md ("The threshold after adaptation").
+GUMBEL_QUANTILES = (0.05, 0.25)
+# Below this many target images their quantiles are one or two images' scores: the threshold stays.
 MIN_TRANSFER_IMAGES = 5
 
 
-def transfer_threshold(source_scores: np.ndarray, source_threshold: float, target_scores: np.ndarray) -> float:
-    """Move a threshold to a shifted score distribution that may hold many defects.
+def gumbel_reduced(p: float | np.ndarray) -> float | np.ndarray:
+    """The standard Gumbel law's quantile function: -log(-log(p))."""
+    return -np.log(-np.log(p))
 
-    The threshold keeps its distance above the lower quartile of the scores: the source's
-    held-out normal scores' quartile is replaced by the target's. Only a shift is carried over,
-    not a change of spread: any spread measured on a contaminated batch is widened by its defects
-    (a robust z-score moved the threshold beyond every score on bsd). Falls back to the source
-    threshold when there are no source scores or fewer than MIN_TRANSFER_IMAGES target scores.
-    """
-    source = np.asarray(source_scores, dtype=np.float64).ravel()
-    target = np.asarray(target_scores, dtype=np.float64).ravel()
-    if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
-        return float(source_threshold)
-    shift = np.quantile(target, TRANSFER_QUANTILE) - np.quantile(source, TRANSFER_QUANTILE)
-    return float(source_threshold + shift)
+
+def gumbel_threshold(scores: np.ndarray, false_alarm_rate: float, fallback: float) -> float:
+    """The threshold that flags `false_alarm_rate` of normal images, from scores of a batch that may
+    hold many defective images (see GUMBEL_QUANTILES). `fallback` (the parent's threshold) stays
+    when fewer than MIN_TRANSFER_IMAGES images scored or their low quantiles do not spread."""
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    if values.size < MIN_TRANSFER_IMAGES or not 0 < false_alarm_rate < 1:
+        return float(fallback)
+    if not np.all(np.isfinite(values)):
+        raise ConfigError("cannot set a threshold: some scores are not finite")
+    (p_low, p_high), (low, high) = GUMBEL_QUANTILES, np.quantile(values, GUMBEL_QUANTILES)
+    scale = (high - low) / (gumbel_reduced(p_high) - gumbel_reduced(p_low))
+    if not scale > 0:  # identical scores in the lower part: nothing to fit a spread to
+        return float(fallback)
+    location = low - scale * gumbel_reduced(p_low)
+    return float(location + scale * gumbel_reduced(1.0 - false_alarm_rate))
 
 
 # A threshold given by a person: finite and inside these bounds. Scores are feature distances;
@@ -52,7 +57,8 @@ THRESHOLD_BOUNDS = Bounds(ge=1e-6, le=1e6, help="decision threshold on the anoma
 
 
 def transferred_calibration(source_scores: list[float], target_scores: np.ndarray) -> list[float]:
-    """The scores a new version keeps to anchor its own next transfer: the target's, once there are
-    enough of them to have moved the threshold; else the source's, as the threshold stayed."""
+    """The scores a new version keeps as its normal scores (the gate's no-shift band reads them): the
+    target's, once there are enough of them to have moved the threshold; else the source's, as the
+    threshold stayed."""
     target = [float(v) for v in np.asarray(target_scores, dtype=np.float64).ravel()]
     return target if len(target) >= MIN_TRANSFER_IMAGES else list(source_scores)

@@ -227,6 +227,8 @@ def test_threshold_rules_by_hand():
     result = {"source_calibration_scores": [10, 11, 12, 13, 14], "eval_labels": [0, 0, 1, 1],
               "rows": [{"corruption": "c", "severity": 5, "method": "m", "target_scores": [20, 21, 22, 30, 40], "scores": [24, 26, 30, 27]}]}
     rows = {r["rule"]: r for r in threshold_rules.rule_rows(result, 15.0)}
+    # Gumbel: 5th/25th percentiles 20.2 / 21, scale 0.8 / 0.770555, location 20.2 + 1.097189 * scale, + 4.600149 * scale
+    assert rows["Gumbel law"]["threshold"] == pytest.approx(26.115, abs=1e-3) and (rows["Gumbel law"]["fa"], rows["Gumbel law"]["recall"]) == (0, 100)
     assert rows["quartile shift"]["threshold"] == pytest.approx(25.0) and (rows["quartile shift"]["fa"], rows["quartile shift"]["recall"]) == (50, 100)
     assert rows["robust z-score"]["threshold"] == pytest.approx(28.0) and (rows["robust z-score"]["fa"], rows["robust z-score"]["recall"]) == (0, 50)
     assert rows["source kept"]["threshold"] == 15.0 and rows["source kept"]["fa"] == 100
@@ -323,3 +325,29 @@ def test_filter_tail_smoke(tmp_path, capsys):
         assert (row["cut"] == "yes") == cut_applies(row["tail"], NORMAL_TAIL_SHARE)
     assert rows[0]["reference_auroc"] > 0.9  # the planted blobs are the clean batch's odd images
     assert "gate's reference ranking, image AUROC" in capsys.readouterr().out
+
+
+def test_elpv_export_writes_one_product_per_cell_type_in_the_mvtec_layout(tmp_path, monkeypatch):
+    from patchshift.benchmarks import elpv
+    from patchshift.core.data import labelled_samples
+
+    rng = np.random.default_rng(0)
+    types = np.array(["mono"] * 13 + ["poly"] * 7)
+    labels = np.array([0] * 10 + [1] * 3 + [0] * 5 + [1] * 2)
+    cells = rng.integers(0, 256, (20, 300, 300), dtype=np.uint8)
+    monkeypatch.setattr(elpv, "elpv_cells", lambda: (cells, labels, types))
+    counts = elpv.export(tmp_path)
+    assert counts == {"elpv-mono": {"train/good": 6, "test/good": 4, "test/crack": 3},
+                      "elpv-poly": {"train/good": 3, "test/good": 2, "test/crack": 2}}
+    samples = labelled_samples(tmp_path / "elpv-mono")
+    assert sorted(s.label for s in samples) == [0] * 4 + [1] * 3 and all(s.mask_path is None for s in samples)
+    assert len(train_images(tmp_path / "elpv-mono")) == 6
+
+
+def test_a_product_without_defect_masks_is_ranked_by_image_only(fitted):
+    from patchshift.benchmarks.protocol import evaluate_on
+
+    images = (torch.rand(4, 3, 64, 64) * 255).to(torch.uint8)
+    masks = np.zeros((4, *fitted.input_hw), dtype=bool)
+    result = evaluate_on(fitted, images, np.array([0, 0, 1, 1]), masks)
+    assert result["pixel_auroc"] is None and result["aupro"] is None and 0 <= result["image_auroc"] <= 1

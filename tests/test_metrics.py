@@ -78,38 +78,43 @@ def test_pixel_metrics_survive_an_extreme_pixel():
     assert pixel_auroc(masks, maps) == pytest.approx(exact, abs=1e-4)
 
 
-def test_threshold_transfer_by_hand():
-    from patchshift.core.threshold import transfer_threshold
+def test_gumbel_threshold_by_hand():
+    from patchshift.core.threshold import gumbel_reduced, gumbel_threshold
 
-    source = np.array([10.0, 11.0, 12.0, 13.0, 14.0])  # lower quartile 11
-    target = np.array([20.0, 21.0, 22.0, 30.0, 40.0])  # lower quartile 21; two high (defective) scores
-    assert transfer_threshold(source, 15.0, target) == pytest.approx(25.0)  # 15 + (21 - 11), spread not carried over
-    assert transfer_threshold(source, 15.0, np.array([])) == 15.0
+    assert gumbel_reduced(0.5) == pytest.approx(0.366513, abs=1e-6)  # -log(log 2)
+    # 21 scores 0..20: 5th percentile 1, 25th 5. y(0.05) = -1.097189, y(0.25) = -0.326634, y(0.99) = 4.600149;
+    # scale 4 / 0.770555 = 5.191063, location 1 + 1.097189 * 5.191063 = 6.695577, threshold 6.695577 + 4.600149 * 5.191063
+    scores = np.arange(21.0)
+    assert gumbel_threshold(scores, 0.01, fallback=99.0) == pytest.approx(30.5753, abs=1e-3)
+    assert gumbel_threshold(scores, 0.05, fallback=99.0) == pytest.approx(22.1140, abs=1e-3)  # y(0.95) = 2.970195
+    assert gumbel_threshold(np.full(21, 7.0), 0.01, fallback=99.0) == 99.0  # no spread to fit: the parent's stays
+    with pytest.raises(ConfigError, match="not finite"):
+        gumbel_threshold(np.r_[scores, np.nan], 0.01, fallback=99.0)
 
 
-def test_threshold_transfer_ignores_a_defective_majority():
-    """60% of the target images are defective (high scores): the threshold follows the normal 40%."""
-    from patchshift.core.threshold import transfer_threshold
+def test_gumbel_threshold_flags_the_asked_share_of_normal_images_and_no_more_beside_a_defective_majority():
+    from patchshift.core.threshold import gumbel_threshold
 
     rng = np.random.default_rng(0)
-    source = rng.normal(10.0, 1.0, 400)
-    threshold = float(np.quantile(source, 0.99))
-    normal = rng.normal(20.0, 1.0, 40)  # the same spread, shifted by 10
-    defective = rng.normal(40.0, 8.0, 60)
-    moved = transfer_threshold(source, threshold, np.concatenate([normal, defective]))
-    assert abs(moved - (threshold + 10.0)) < 1.0, moved
-    assert (normal > moved).mean() <= 0.05 and (defective > moved).mean() >= 0.9
+    fresh = rng.gumbel(20.0, 1.0, 100_000)  # the normal images the line will see next
+    clean = gumbel_threshold(rng.gumbel(20.0, 1.0, 200), 0.01, fallback=0.0)
+    assert 0.004 <= (fresh > clean).mean() <= 0.025, clean  # asked 1%, estimated from 200 images
+    # 60% of the batch defective (high scores): the low quantiles stay among the normal images, which
+    # they now overstate, so the threshold errs towards fewer alarms, not more
+    normal, defective = rng.gumbel(20.0, 1.0, 40), rng.normal(40.0, 8.0, 60)
+    contaminated = gumbel_threshold(np.concatenate([normal, defective]), 0.01, fallback=0.0)
+    assert (fresh > contaminated).mean() <= 0.01 and (defective > contaminated).mean() >= 0.85, contaminated
 
 
 def test_threshold_stays_when_too_few_target_images_score():
-    from patchshift.core.threshold import MIN_TRANSFER_IMAGES, transfer_threshold, transferred_calibration
+    from patchshift.core.threshold import MIN_TRANSFER_IMAGES, gumbel_threshold, transferred_calibration
 
     source = np.array([10.0, 11.0, 12.0, 13.0, 14.0])
-    few = np.array([30.0] * (MIN_TRANSFER_IMAGES - 1))
-    assert transfer_threshold(source, 15.0, few) == 15.0  # one defective image must not move it by its own score
-    assert transferred_calibration(list(source), few) == list(source)  # and the next transfer starts from the source's
-    enough = np.full(MIN_TRANSFER_IMAGES, 30.0)
-    assert transfer_threshold(source, 15.0, enough) == pytest.approx(34.0) and transferred_calibration(list(source), enough) == list(enough)
+    few = np.array([30.0, 31.0, 32.0, 33.0, 34.0][: MIN_TRANSFER_IMAGES - 1])
+    assert gumbel_threshold(few, 0.01, fallback=15.0) == 15.0  # one defective image must not move it by its own score
+    assert transferred_calibration(list(source), few) == list(source)  # and the gate's normal scores stay the source's
+    enough = np.array([30.0, 31.0, 32.0, 33.0, 34.0, 35.0][:MIN_TRANSFER_IMAGES])
+    assert gumbel_threshold(enough, 0.01, fallback=15.0) > 34.0 and transferred_calibration(list(source), enough) == list(enough)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 5000])

@@ -16,7 +16,7 @@ from ..drift import DriftReference
 from ..errors import ConfigError
 from ..patchcore import PatchCoreModel, Provenance
 from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import transfer_threshold, transferred_calibration
+from ..threshold import gumbel_threshold, transferred_calibration
 from .config import AdaptConfig
 
 if TYPE_CHECKING:
@@ -256,9 +256,7 @@ def derive_version(
     target_scores, _, descriptors = adapted.score_stream(batches())
     # The adapted version watches for drift away from the condition it was adapted to.
     adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
-    if source.provenance.calibration_scores:
-        adapted.threshold = transfer_threshold(np.array(source.provenance.calibration_scores), source.threshold, target_scores)
-    # The target's scores calibrate the next transfer (their lower quartile is its anchor).
+    adapted.threshold = gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold)
     adapted.provenance.calibration_scores = transferred_calibration(source.provenance.calibration_scores, target_scores)
     report_.target_scores = target_scores
     return adapted

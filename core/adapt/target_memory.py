@@ -3,8 +3,8 @@
 Patch features of the target images (through the source backbone, or after a BatchNorm step),
 the patches that other target images vouch for (core.contamination), a coreset of them as the
 target memory, alone or joined to the source bank. The threshold is re-calibrated from the
-target images scored against the memory built without their own fold, and moved by the shift of
-their lower quartile (core.threshold.transfer_threshold), so defective target images do not raise it.
+target images scored against the memory built without their own fold: an extreme-value law fitted
+to their low quantiles (core.threshold.gumbel_threshold), so defective target images do not raise it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..drift import DriftReference, image_descriptors
 from ..errors import AdaptationError
 from ..patchcore import PatchCoreModel, Provenance, kfold_scores
 from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import transfer_threshold, transferred_calibration
+from ..threshold import gumbel_threshold, transferred_calibration
 from .base import AdaptReport
 from .batchnorm import batchnorm_step
 from .config import AdaptConfig
@@ -117,8 +117,7 @@ def adapt_memory(
     if not np.all(np.isfinite(scores)):
         raise AdaptationError(f"{int((~np.isfinite(scores)).sum())} target image(s) got a non-finite score; the source version stays as it is")
     report(progress, "threshold", 1, 1)
-    if model.provenance.calibration_scores:
-        adapted.threshold = transfer_threshold(np.array(model.provenance.calibration_scores), model.threshold, scores)
+    adapted.threshold = gumbel_threshold(scores, config.false_alarm_rate, model.threshold)
     adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)
     report_.target_scores, report_.target_index = scores, scored.numpy()
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
