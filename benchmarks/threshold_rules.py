@@ -101,7 +101,7 @@ def summary(rows: list[dict]) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in rows):
         for rule in dict.fromkeys(r["rule"] for r in rows):
             chosen = [r for r in rows if r["method"] == method and r["rule"] == rule]
-            out.append({"method": method, "rule": rule, "fa": np.mean([r["fa"] for r in chosen]),
+            out.append({"method": method, "rule": rule, "conditions": len(chosen), "fa": np.mean([r["fa"] for r in chosen]),
                         "fa max": max(r["fa"] for r in chosen), "recall": np.mean([r["recall"] for r in chosen])})
     return out
 
@@ -112,16 +112,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold-images", type=int, default=0, help="emulate the target memory scoring only this many images")
     parser.add_argument("--threshold", type=float, default=None,
                         help="the source threshold (default: the one stored, else its calibration's 99th percentile)")
+    parser.add_argument("--pool", action="store_true", help="one table over every file's rows (one product run in parts)")
     args = parser.parse_args(argv)
+    pooled = []
     for path in args.results:
         result = json.loads(open(path).read())
         if "source_calibration_scores" not in result:
             parser.error(f"{path} holds no scores; run the shift benchmark with --keep-scores")
         threshold = args.threshold or result.get("source_threshold") or float(np.quantile(result["source_calibration_scores"], 0.99))
         rows = rule_rows(result, threshold, args.threshold_images)
-        print(f"\n{path}: source threshold {threshold:.2f}\n")
-        print(markdown(summary(rows), [("method", "method", ""), ("rule", "rule", ""), ("fa", "false alarms % (mean)", ".1f"),
-                                       ("fa max", "false alarms % (worst)", ".1f"), ("recall", "recall % (mean)", ".1f")]))
+        pooled += rows
+        if not args.pool:
+            print(f"\n{path}: source threshold {threshold:.2f}\n")
+            print(summary_markdown(rows))
+    if args.pool:
+        print(f"\n{len(args.results)} files pooled\n")
+        print(summary_markdown(pooled))
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    return markdown(summary(rows), [("method", "method", ""), ("rule", "rule", ""), ("conditions", "conditions", "d"),
+                                    ("fa", "false alarms % (mean)", ".1f"), ("fa max", "false alarms % (worst)", ".1f"),
+                                    ("recall", "recall % (mean)", ".1f")])
 
 
 if __name__ == "__main__":

@@ -234,6 +234,19 @@ def test_threshold_rules_by_hand():
     assert rows["source kept"]["threshold"] == 15.0 and rows["source kept"]["fa"] == 100
 
 
+def test_threshold_rules_pool_the_files_of_one_product(tmp_path, capsys):
+    from patchshift.benchmarks import threshold_rules
+
+    result = {"source_calibration_scores": [10, 11, 12, 13, 14], "source_threshold": 15.0, "eval_labels": [0, 0, 1, 1],
+              "rows": [{"corruption": "c", "severity": 5, "method": "m", "target_scores": [20, 21, 22, 30, 40], "scores": [24, 26, 30, 27]}]}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path in paths:
+        path.write_text(json.dumps(result))
+    threshold_rules.main([str(p) for p in paths] + ["--pool"])
+    out = capsys.readouterr().out
+    assert "2 files pooled" in out and "| m | Gumbel law | 2 | 0.0 | 0.0 | 100.0 |" in out
+
+
 def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
     from patchshift.benchmarks import peer
 
