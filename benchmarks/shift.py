@@ -225,7 +225,10 @@ def summary_table(result: dict, key: str) -> str:
     none_mean = np.mean([lookup[("none", c, s)][key] for c, s in conditions]) if "none" in methods else None
     upper = result["upper_bound"][key]
     table = []
+    missing = [m for m in methods if any((m, c, s) not in lookup for c, s in conditions)]
     for method in methods:
+        if method in missing:  # run on some conditions only: its mean would not compare
+            continue
         values = [lookup[(method, c, s)].get(key) for c, s in conditions]
         if None in values:  # a global detector has no pixel AUROC
             continue
@@ -235,6 +238,8 @@ def summary_table(result: dict, key: str) -> str:
         row["peak GiB"] = max(lookup[(method, c, s)]["adapt_peak_gib"] for c, s in conditions)
         table.append(row)
     table.append({"method": "clean (upper bound)", "mean": upper * 100})
+    if missing:
+        table.append({"method": f"(not on every condition: {', '.join(missing)})"})
     columns = [("method", "method", "")] + [(f"{c} {s}", f"{c} {s}", ".1f") for c, s in conditions]
     columns += [("mean", "mean", ".1f"), ("gap closed", "gap closed %", ".0f"), ("adapt s", "adapt s", ".1f"), ("peak GiB", "adapt peak GiB", ".2f")]
     return markdown(table, columns)
@@ -301,7 +306,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--report", nargs="+", metavar="FILE", default=None,
+                        help="print the tables of stored results files (one product run in parts) and run nothing")
     args = parser.parse_args(argv)
+    if args.report:
+        report(merged(args.report), args.sweep_method)
+        return
     _, args.adapt_settings = parse_variant("set:" + ",".join(args.set))
     if args.sweep_condition and (args.sweep_condition[0] not in CORRUPTIONS or args.sweep_condition[1] not in list("12345")):
         parser.error(f"--sweep-condition takes one of {', '.join(CORRUPTIONS)} and a severity 1-5, got {' '.join(args.sweep_condition)}")
@@ -310,26 +320,50 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(args.out_dir) / f"shift-{name}{args.tag}.json"
         result = run_dataset(name, args, save=lambda partial: atomic_write_bytes(path, json.dumps(partial, indent=2).encode()))
         atomic_write_bytes(path, json.dumps(result, indent=2).encode())
-        print(f"\n{name} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
-        print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
-        print("\npixel AUROC (%)\n" + summary_table(result, "pixel_auroc"))
-        if all(r.get("aupro") is not None for r in result["rows"] if r.get("pixel_auroc") is not None):
-            print("\nAUPRO (%, up to 30% false-positive rate)\n" + summary_table(result, "aupro"))
-        if any(r.get("false_alarm_rate") is not None for r in result["rows"]):
-            print("\nverdicts at each version's own threshold\n" + verdict_table(result))
-        if any("gate_better" in r for r in result["rows"]):
-            print("\nthe activation gate against no adaptation (image AUROC, tolerance 0.01)\n" + gate_table(result))
-        if result["assignment_share"]:
-            print("\nanomalous patches picked by a bank row:", {k: round(v, 3) for k, v in result["assignment_share"].items()})
-        sweep_columns = [("condition", "condition", ""), ("method", "method", ""), ("defective_share", "defective share", ".0%"),
-                         ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"),
-                         ("aupro", "AUPRO", ".3f")]
-        if result["defect_sweep"]:
-            print(f"\n{args.sweep_method} vs defective share of the adaptation set")
-            print(markdown(result["defect_sweep"], sweep_columns))
-        if result["size_sweep"]:
-            print(f"\n{args.sweep_method} vs number of adaptation images")
-            print(markdown(result["size_sweep"], sweep_columns))
+        report(result, args.sweep_method)
+
+
+def merged(paths: list[str]) -> dict:
+    """One product's results run in parts (same split and source model): the first file, with the
+    later files' rows added; a (condition, method) row already present is kept."""
+    try:
+        results = [json.loads(Path(p).read_text()) for p in paths]
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read a results file: {exc}") from None
+    first = results[0]
+    seen = {(r["corruption"], r["severity"], r["method"]) for r in first["rows"]}
+    for other in results[1:]:
+        if other["dataset"] != first["dataset"] or other["eval_labels"] != first["eval_labels"]:
+            raise SystemExit(f"{paths[0]} and another file are not runs of one split of one dataset")
+        for row in other["rows"]:
+            if (row["corruption"], row["severity"], row["method"]) not in seen:
+                first["rows"].append(row)
+                seen.add((row["corruption"], row["severity"], row["method"]))
+    return first
+
+
+def report(result: dict, sweep_method: str) -> None:
+    """The tables of a results file."""
+    print(f"\n{result['dataset']} ({result['n_adapt']} adaptation / {result['n_eval']} evaluation images; {result['machine']})")
+    print("\nimage AUROC (%)\n" + summary_table(result, "image_auroc"))
+    for key, title in (("pixel_auroc", "pixel AUROC (%)"), ("aupro", "AUPRO (%, up to 30% false-positive rate)")):
+        if result["upper_bound"].get(key) is not None:  # a product without masks has no pixel metrics
+            print(f"\n{title}\n" + summary_table(result, key))
+    if any(r.get("false_alarm_rate") is not None for r in result["rows"]):
+        print("\nverdicts at each version's own threshold\n" + verdict_table(result))
+    if any("gate_better" in r for r in result["rows"]):
+        print("\nthe activation gate against no adaptation (image AUROC, tolerance 0.01)\n" + gate_table(result))
+    if result["assignment_share"]:
+        print("\nanomalous patches picked by a bank row:", {k: round(v, 3) for k, v in result["assignment_share"].items()})
+    sweep_columns = [("condition", "condition", ""), ("method", "method", ""), ("defective_share", "defective share", ".0%"),
+                     ("n_images", "images", "d"), ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"),
+                     ("aupro", "AUPRO", ".3f")]
+    if result["defect_sweep"]:
+        print(f"\n{sweep_method} vs defective share of the adaptation set")
+        print(markdown(result["defect_sweep"], sweep_columns))
+    if result["size_sweep"]:
+        print(f"\n{sweep_method} vs number of adaptation images")
+        print(markdown(result["size_sweep"], sweep_columns))
 
 
 if __name__ == "__main__":

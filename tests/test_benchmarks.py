@@ -38,6 +38,13 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
     assert all(0 <= r["aupro"] <= 1 for r in result["rows"] if r["method"] != "uda") and 0 <= result["upper_bound"]["aupro"] <= 1
     out = capsys.readouterr().out
     assert "gap closed" in out and "AUPRO (%" in out
+    # The tables again from the stored file, merged with a second part (a row already there is kept once)
+    part = dict(result, rows=[dict(r, method="later") for r in result["rows"] if r["method"] == "none"])
+    (tmp_path / "part.json").write_text(json.dumps(part))
+    shift.main(["--report", str(tmp_path / f"shift-{dataset.name}.json"), str(tmp_path / "part.json"), str(tmp_path / "part.json")])
+    out = capsys.readouterr().out
+    assert out.count("| later |") == 5 and "AUPRO (%" in out  # image, pixel, AUPRO, verdict and gate tables
+    assert "| later | 1 |" in out  # the verdicts count its one condition once, not once per file
     # A long run keeps what it finished: the file is rewritten after every row, marked incomplete until the end.
     assert [len(w["rows"]) for w in written[:5]] == [1, 2, 3, 4, 5] and not written[0]["complete"]
     assert written[-1]["complete"] and written[-1] == result
@@ -209,6 +216,13 @@ def test_gate_table_counts_by_hand():
     ]
     table = shift.gate_table({"rows": rows})
     assert "| a | 3 | 2 | 1 | 1 |" in table
+
+
+def test_summary_table_leaves_out_a_method_run_on_some_conditions_only():
+    rows = [{"corruption": c, "severity": 5, "method": m, "image_auroc": v, "adapt_s": 1.0, "adapt_peak_gib": 0.1}
+            for c, m, v in (("a", "none", 0.5), ("b", "none", 0.6), ("a", "tm", 0.8), ("b", "tm", 0.9), ("a", "ref", 0.95))]
+    table = shift.summary_table({"rows": rows, "upper_bound": {"image_auroc": 1.0}}, "image_auroc")
+    assert "| tm | 80.0 | 90.0 | 85.0 | 67 |" in table  # (85 - 55) / (100 - 55) and "| ref |" not in table and "not on every condition: ref" in table
 
 
 def test_verdict_table_by_hand():
