@@ -71,22 +71,29 @@ RULES = {
 FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
 
 
-def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0) -> list[dict]:
+def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0, good_only: bool = False) -> list[dict]:
     """One row per (condition, method, rule) with its threshold, false alarms and recall.
 
     threshold_images > 0 keeps the out-of-fold scores of the subset the target memory would score
-    (they are the full run's scores of those images), for files that scored every image."""
+    (they are the full run's scores of those images), for files that scored every image.
+    good_only: the rules see only the good target images' scores, as from a batch without defects
+    (a line's batch is mostly good parts; the benchmark's is half defective). The version itself was
+    adapted on the whole batch."""
     from patchshift.core.adapt.target_memory import scored_images
 
     source = np.asarray(result["source_calibration_scores"], dtype=np.float64)
-    labels = np.asarray(result["eval_labels"])
+    labels, adapt_labels = np.asarray(result["eval_labels"]), np.asarray(result.get("adapt_labels", []))
     rows = []
     for row in result["rows"]:
         if "target_scores" not in row or "scores" not in row:
             continue
         scores, target = np.asarray(row["scores"]), np.asarray(row["target_scores"])
+        index = np.arange(len(target)) if row.get("target_index") is None else np.asarray(row["target_index"])
         if threshold_images and row.get("target_index") is None and row["method"] != "none":
-            target = target[scored_images(len(target), threshold_images, seed).numpy()]
+            index = scored_images(len(target), threshold_images, seed).numpy()
+            target = target[index]
+        if good_only:
+            target = target[adapt_labels[index] == 0]
         good, bad = scores[labels == 0], scores[labels == 1]
         thresholds = {name: rule(source, source_threshold, target) for name, rule in RULES.items()}
         thresholds["oracle 1%"] = float(np.quantile(good, 0.99))
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold-images", type=int, default=0, help="emulate the target memory scoring only this many images")
     parser.add_argument("--threshold", type=float, default=None,
                         help="the source threshold (default: the one stored, else its calibration's 99th percentile)")
+    parser.add_argument("--good-only", action="store_true",
+                        help="the rules see only the good target images' scores: a batch without defects, as on a line")
     parser.add_argument("--pool", action="store_true", help="one table over every file's rows (one product run in parts)")
     args = parser.parse_args(argv)
     pooled = []
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         if "source_calibration_scores" not in result:
             parser.error(f"{path} holds no scores; run the shift benchmark with --keep-scores")
         threshold = args.threshold or result.get("source_threshold") or float(np.quantile(result["source_calibration_scores"], 0.99))
-        rows = rule_rows(result, threshold, args.threshold_images)
+        rows = rule_rows(result, threshold, args.threshold_images, good_only=args.good_only)
         pooled += rows
         if not args.pool:
             print(f"\n{path}: source threshold {threshold:.2f}\n")

@@ -241,8 +241,8 @@ def test_threshold_rules_by_hand():
     result = {"source_calibration_scores": [10, 11, 12, 13, 14], "eval_labels": [0, 0, 1, 1],
               "rows": [{"corruption": "c", "severity": 5, "method": "m", "target_scores": [20, 21, 22, 30, 40], "scores": [24, 26, 30, 27]}]}
     rows = {r["rule"]: r for r in threshold_rules.rule_rows(result, 15.0)}
-    # Gumbel: 5th/25th percentiles 20.2 / 21, scale 0.8 / 0.770555, location 20.2 + 1.097189 * scale, + 4.600149 * scale
-    assert rows["Gumbel law"]["threshold"] == pytest.approx(26.115, abs=1e-3) and (rows["Gumbel law"]["fa"], rows["Gumbel law"]["recall"]) == (0, 100)
+    # Gumbel: 10th percentile 20.4, median 22, scale 1.6 / 1.200545, location 20.4 + 0.834032 * scale, + 4.600149 * scale
+    assert rows["Gumbel law"]["threshold"] == pytest.approx(27.642, abs=1e-3) and (rows["Gumbel law"]["fa"], rows["Gumbel law"]["recall"]) == (0, 50)
     assert rows["quartile shift"]["threshold"] == pytest.approx(25.0) and (rows["quartile shift"]["fa"], rows["quartile shift"]["recall"]) == (50, 100)
     assert rows["robust z-score"]["threshold"] == pytest.approx(28.0) and (rows["robust z-score"]["fa"], rows["robust z-score"]["recall"]) == (0, 50)
     assert rows["source kept"]["threshold"] == 15.0 and rows["source kept"]["fa"] == 100
@@ -258,7 +258,7 @@ def test_threshold_rules_pool_the_files_of_one_product(tmp_path, capsys):
         path.write_text(json.dumps(result))
     threshold_rules.main([str(p) for p in paths] + ["--pool"])
     out = capsys.readouterr().out
-    assert "2 files pooled" in out and "| m | Gumbel law | 2 | 0.0 | 0.0 | 100.0 |" in out
+    assert "2 files pooled" in out and "| m | Gumbel law | 2 | 0.0 | 0.0 | 50.0 |" in out
 
 
 def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
