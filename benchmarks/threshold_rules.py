@@ -71,7 +71,13 @@ RULES = {
 FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
 
 
-def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0, good_only: bool = False) -> list[dict]:
+def gumbel_rule(quantiles: tuple[float, float]):
+    """The Gumbel law through other percentiles of the target scores (--gumbel-pairs)."""
+    return lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold, quantiles)
+
+
+def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0, good_only: bool = False,
+              extra_rules: dict | None = None) -> list[dict]:
     """One row per (condition, method, rule) with its threshold, false alarms and recall.
 
     threshold_images > 0 keeps the out-of-fold scores of the subset the target memory would score
@@ -95,7 +101,7 @@ def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, 
         if good_only:
             target = target[adapt_labels[index] == 0]
         good, bad = scores[labels == 0], scores[labels == 1]
-        thresholds = {name: rule(source, source_threshold, target) for name, rule in RULES.items()}
+        thresholds = {name: rule(source, source_threshold, target) for name, rule in {**RULES, **(extra_rules or {})}.items()}
         thresholds["oracle 1%"] = float(np.quantile(good, 0.99))
         for name, value in thresholds.items():
             rows.append({"condition": f"{row['corruption']} {row['severity']}", "method": row["method"], "rule": name,
@@ -121,15 +127,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="the source threshold (default: the one stored, else its calibration's 99th percentile)")
     parser.add_argument("--good-only", action="store_true",
                         help="the rules see only the good target images' scores: a batch without defects, as on a line")
+    parser.add_argument("--gumbel-pairs", nargs="*", default=[], metavar="LOW,HIGH",
+                        help="also the Gumbel law through these percentiles of the target scores, e.g. 0.05,0.25")
     parser.add_argument("--pool", action="store_true", help="one table over every file's rows (one product run in parts)")
     args = parser.parse_args(argv)
+    try:
+        pairs = [tuple(float(v) for v in pair.split(",")) for pair in args.gumbel_pairs]
+    except ValueError:
+        parser.error("--gumbel-pairs takes LOW,HIGH percentiles as fractions, e.g. 0.05,0.25")
+    if any(len(p) != 2 or not 0 < p[0] < p[1] < 1 for p in pairs):
+        parser.error("--gumbel-pairs takes LOW,HIGH with 0 < LOW < HIGH < 1")
+    extra = {f"Gumbel {low:g}-{high:g}": gumbel_rule((low, high)) for low, high in pairs}
     pooled = []
     for path in args.results:
         result = json.loads(open(path).read())
         if "source_calibration_scores" not in result:
             parser.error(f"{path} holds no scores; run the shift benchmark with --keep-scores")
         threshold = args.threshold or result.get("source_threshold") or float(np.quantile(result["source_calibration_scores"], 0.99))
-        rows = rule_rows(result, threshold, args.threshold_images, good_only=args.good_only)
+        rows = rule_rows(result, threshold, args.threshold_images, good_only=args.good_only, extra_rules=extra)
         pooled += rows
         if not args.pool:
             print(f"\n{path}: source threshold {threshold:.2f}\n")

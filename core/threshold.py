@@ -34,7 +34,8 @@ def gumbel_reduced(p: float | np.ndarray) -> float | np.ndarray:
     return -np.log(-np.log(p))
 
 
-def gumbel_threshold(scores: np.ndarray, false_alarm_rate: float, fallback: float) -> float:
+def gumbel_threshold(scores: np.ndarray, false_alarm_rate: float, fallback: float,
+                     quantiles: tuple[float, float] = GUMBEL_QUANTILES) -> float:
     """The threshold that flags `false_alarm_rate` of normal images, from scores of a batch that may
     hold many defective images (see GUMBEL_QUANTILES). `fallback` (the parent's threshold) stays
     when fewer than MIN_TRANSFER_IMAGES images scored or their low quantiles do not spread."""
@@ -43,7 +44,7 @@ def gumbel_threshold(scores: np.ndarray, false_alarm_rate: float, fallback: floa
         return float(fallback)
     if not np.all(np.isfinite(values)):
         raise ConfigError("cannot set a threshold: some scores are not finite")
-    (p_low, p_high), (low, high) = GUMBEL_QUANTILES, np.quantile(values, GUMBEL_QUANTILES)
+    (p_low, p_high), (low, high) = quantiles, np.quantile(values, quantiles)
     scale = (high - low) / (gumbel_reduced(p_high) - gumbel_reduced(p_low))
     if not scale > 0:  # identical scores in the lower part: nothing to fit a spread to
         return float(fallback)

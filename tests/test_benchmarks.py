@@ -256,9 +256,12 @@ def test_threshold_rules_pool_the_files_of_one_product(tmp_path, capsys):
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path in paths:
         path.write_text(json.dumps(result))
-    threshold_rules.main([str(p) for p in paths] + ["--pool"])
+    threshold_rules.main([str(p) for p in paths] + ["--pool", "--gumbel-pairs", "0.1,0.5", "0.05,0.25"])
     out = capsys.readouterr().out
     assert "2 files pooled" in out and "| m | Gumbel law | 2 | 0.0 | 0.0 | 50.0 |" in out
+    assert "| m | Gumbel 0.1-0.5 | 2 | 0.0 | 0.0 | 50.0 |" in out and "| m | Gumbel 0.05-0.25 |" in out  # the default pair, and another
+    with pytest.raises(SystemExit):
+        threshold_rules.main([str(paths[0]), "--gumbel-pairs", "0.5,0.1"])
 
 
 def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
