@@ -81,7 +81,7 @@ class AdaptConfig:
     # Research setting: rescue up to median + z robust deviations of that contrast instead of the median.
     filter_rescue_z: float = option(0.0, "how far above the median contrast a rescued patch may stand, in robust deviations",
                                     ge=-10, le=100)
-    # The threshold needs the 5th and 25th percentiles of the target's out-of-fold scores, which 64 images
+    # The threshold needs the 10th percentile and median of the target's out-of-fold scores, which 64 images
     # estimate well; scoring every image was the largest share of the target memory's time.
     threshold_images: int = option(64, "target images scored out-of-fold to move the threshold (a random subset; 0: all)", ge=0, le=10**6)
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)

@@ -3,8 +3,8 @@
 Patch features of the target images (through the source backbone, or after a BatchNorm step),
 the patches that other target images vouch for (core.contamination), a coreset of them as the
 target memory, alone or joined to the source bank. The threshold is re-calibrated from the
-target images scored against the memory built without their own fold: an extreme-value law fitted
-to their low quantiles (core.threshold.gumbel_threshold), so defective target images do not raise it.
+target images scored against the memory built without their own fold: an extreme-value law through
+their 10th percentile and median (core.threshold.gumbel_threshold), which defective images only raise.
 """
 
 from __future__ import annotations
