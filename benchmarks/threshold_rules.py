@@ -4,7 +4,7 @@ Reads a results file written with `patchshift bench shift --keep-scores` (every 
 target images' out-of-fold scores and the source's calibration scores) and prints, per rule, the
 share of held-out good images flagged (false alarms) and of defective images caught (recall):
   Gumbel law       the rule in use (core.threshold.gumbel_threshold): an extreme-value law fitted
-                   to the target scores' 5th and 25th percentiles, its 99th percentile
+                   through the target scores' 10th percentile and median, its 99th percentile
   quartile shift   the rule before it: the distance above the lower quartile kept from the source
   median shift     the same anchored at the median
   lower-band spread  the distance above the 30th percentile scaled by the 10th-30th band's width
@@ -22,14 +22,14 @@ import json
 
 import numpy as np
 
-from patchshift.core.threshold import gumbel_threshold
+from patchshift.core.threshold import GUMBEL_QUANTILES, MIN_TRANSFER_IMAGES, gumbel_threshold
 
 from .common import markdown
 
 
 def quartile_shift(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
     """The rule before the Gumbel law: keep the distance above the lower quartile (carries no change of spread)."""
-    if source.size == 0 or target.size < 5:
+    if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
         return threshold
     return float(threshold + np.quantile(target, 0.25) - np.quantile(source, 0.25))
 
@@ -58,22 +58,22 @@ def lower_spread_transfer(source: np.ndarray, threshold: float, target: np.ndarr
     return float(high_t + (threshold - high_s) * (high_t - low_t) / (high_s - low_s))
 
 
+FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
+
+
+def gumbel_rule(quantiles: tuple[float, float]):
+    """The Gumbel law through these percentiles of the target scores (the default pair, or --gumbel-pairs)."""
+    return lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold, quantiles)
+
+
 RULES = {
-    "Gumbel law": lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold),
+    "Gumbel law": gumbel_rule(GUMBEL_QUANTILES),
     "quartile shift": quartile_shift,
     "median shift": median_shift,
     "lower-band spread": lower_spread_transfer,
     "robust z-score": robust_z_transfer,
     "source kept": lambda source, threshold, target: threshold,
 }
-
-
-FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
-
-
-def gumbel_rule(quantiles: tuple[float, float]):
-    """The Gumbel law through other percentiles of the target scores (--gumbel-pairs)."""
-    return lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold, quantiles)
 
 
 def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0, good_only: bool = False,
