@@ -5,6 +5,8 @@ target images' out-of-fold scores and the source's calibration scores) and print
 share of held-out good images flagged (false alarms) and of defective images caught (recall):
   Gumbel law       the rule in use (core.threshold.gumbel_threshold): an extreme-value law fitted
                    through the target scores' 10th percentile and median, its 99th percentile
+  source shape     the source calibration's scores moved and stretched so their 10th percentile and
+                   median land on the target's; its threshold goes along (measured, not adopted)
   quartile shift   the rule before it: the distance above the lower quartile kept from the source
   median shift     the same anchored at the median
   lower-band spread  the distance above the 30th percentile scaled by the 10th-30th band's width
@@ -58,6 +60,17 @@ def lower_spread_transfer(source: np.ndarray, threshold: float, target: np.ndarr
     return float(high_t + (threshold - high_s) * (high_t - low_t) / (high_s - low_s))
 
 
+def shape_kept(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
+    """The source calibration's own tail shape, moved and stretched so its 10th percentile and median
+    land on the target's: an affine map of the scores, which a change of gain and offset is."""
+    if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
+        return threshold
+    (low_s, mid_s), (low_t, mid_t) = np.quantile(source, GUMBEL_QUANTILES), np.quantile(target, GUMBEL_QUANTILES)
+    if mid_s <= low_s or mid_t <= low_t:
+        return threshold
+    return float(mid_t + (threshold - mid_s) * (mid_t - low_t) / (mid_s - low_s))
+
+
 FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
 
 
@@ -68,6 +81,7 @@ def gumbel_rule(quantiles: tuple[float, float]):
 
 RULES = {
     "Gumbel law": gumbel_rule(GUMBEL_QUANTILES),
+    "source shape": shape_kept,
     "quartile shift": quartile_shift,
     "median shift": median_shift,
     "lower-band spread": lower_spread_transfer,

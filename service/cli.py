@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
 
     benchmarks = ("engine", "throughput", "shift", "threshold-rules", "adapt-speed", "contamination", "ot-size", "drift", "load", "uda",
-                  "alignment", "design-runs", "reduction", "peer", "generated", "elpv", "filter-masks", "filter-tail")
+                  "alignment", "design-runs", "reduction", "peer", "generated", "elpv", "filter-masks", "filter-tail", "gate-probes")
     p = sub.add_parser("bench", help=f"run a benchmark: {', '.join(benchmarks)} (options after the name; --help for them)")
     p.add_argument("name", choices=benchmarks)
     p.add_argument("options", nargs=argparse.REMAINDER)

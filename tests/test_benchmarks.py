@@ -246,6 +246,10 @@ def test_threshold_rules_by_hand():
     assert rows["quartile shift"]["threshold"] == pytest.approx(25.0) and (rows["quartile shift"]["fa"], rows["quartile shift"]["recall"]) == (50, 100)
     assert rows["robust z-score"]["threshold"] == pytest.approx(28.0) and (rows["robust z-score"]["fa"], rows["robust z-score"]["recall"]) == (0, 50)
     assert rows["source kept"]["threshold"] == 15.0 and rows["source kept"]["fa"] == 100
+    # source shape: the source's 10th percentile 10.4 and median 12 land on 20.8 and 24, a stretch of 3.2 / 1.6: 24 + (15 - 12) * 2
+    result["rows"][0].update(target_scores=[20, 22, 24, 30, 40], scores=[24, 31, 29, 35])
+    shape = next(r for r in threshold_rules.rule_rows(result, 15.0) if r["rule"] == "source shape")
+    assert shape["threshold"] == pytest.approx(30.0) and (shape["fa"], shape["recall"]) == (50, 50)
 
 
 def test_threshold_rules_pool_the_files_of_one_product(tmp_path, capsys):
@@ -355,6 +359,34 @@ def test_filter_tail_smoke(tmp_path, capsys):
         assert (row["cut"] == "yes") == cut_applies(row["tail"], NORMAL_TAIL_SHARE)
     assert rows[0]["reference_auroc"] > 0.9  # the planted blobs are the clean batch's odd images
     assert "gate's reference ranking, image AUROC" in capsys.readouterr().out
+
+
+def test_gate_probes_paste_one_piece_of_each_image_into_itself():
+    from patchshift.benchmarks.gate_probes import planted
+
+    images = torch.rand(6, 3, 40, 60)
+    probed = planted(images, seed=3)
+    assert torch.equal(planted(images, seed=3), probed)  # seeded
+    for original, copy in zip(images, probed):
+        changed = (copy != original).any(0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        assert changed.any() and changed.float().mean() < 0.3  # one small piece moved, the rest untouched
+        box = copy[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert changed.sum() <= box.shape[1] * box.shape[2]
+        assert set(box.flatten().tolist()) <= set(original.flatten().tolist())  # its own pixels, nothing new
+
+
+def test_gate_probes_smoke(tmp_path, capsys):
+    from conftest import write_dataset
+    from patchshift.benchmarks import gate_probes
+
+    root = write_dataset(tmp_path / "data" / "wide", n_train=8, n_good=15, n_defect=15)  # 6 adaptation images, 3 defective
+    gate_probes.main(["--data-root", str(root.parent), "--dataset", "wide", "--image-size", "64", "--corruptions", "brightness",
+                      "--severities", "5", "--model-cache", str(tmp_path / "models"), "--out-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "gate-probes-wide.json").read_text())["rows"]
+    assert [r["version"] for r in rows] == ["parent", "target-memory"]
+    assert all(0 <= r[key] <= 1 for r in rows for key in ("defects", "probes", "paired"))
+    assert "probed against originals" in capsys.readouterr().out
 
 
 def test_elpv_export_writes_one_product_per_cell_type_in_the_mvtec_layout(tmp_path, monkeypatch):

@@ -258,6 +258,9 @@ def test_target_memory_version_has_its_own_bank_and_leaves_the_source_alone(fitt
     assert adapted.provenance.parent == fitted.version and adapted.provenance.method == "target-memory"
     assert len(report.target_scores) == len(images) and np.isfinite(adapted.threshold)
     assert report.gate is not None and adapted.provenance.details["gate"] == report.gate.to_dict()
+    # which target image each row came from: -1 for the source bank's, a target index for the rest
+    assert report.memory_image.shape == (len(adapted.bank),) and (report.memory_image[: len(bank)] == -1).all()
+    assert report.memory_image[len(bank) :].min() >= 0 and report.memory_image.max() < len(images)
     alone, _ = adapt(fitted, images, AdaptConfig(method="target-memory", memory="target"))
     assert alone.bank.shape[0] == report.details["memory_rows"]
 

@@ -43,6 +43,8 @@ class AdaptReport:
     # the target's patch features (N, h, w, D) and the batch's own ranking. Dropped after the gate.
     source_features: torch.Tensor | None = None
     reference_ranking: "BatchRanking | None" = None
+    # A moved memory's rows: the target image each came from, -1 for the source bank's (out-of-fold scoring).
+    memory_image: torch.Tensor | None = None
 
 
 def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:

@@ -119,7 +119,7 @@ def adapt_memory(
     report(progress, "threshold", 1, 1)
     adapted.threshold = gumbel_threshold(scores, config.false_alarm_rate, model.threshold)
     adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)
-    report_.target_scores, report_.target_index = scores, scored.numpy()
+    report_.target_scores, report_.target_index, report_.memory_image = scores, scored.numpy(), memory_image
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
         report_.source_features, report_.reference_ranking = feats, BatchRanking.of(kept.scores, kept.tail)
     report_.details.update({
