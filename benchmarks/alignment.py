@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .common import machine, markdown
-from .protocol import add_protocol_arguments, as_float, corrupt_uint8, load_images, protocol_split
+from .protocol import adaptation_batch, add_protocol_arguments, as_float, corrupt_uint8
 
 TWIN_ROWS = 10
 
@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="*", default=["none", "bn-stats", "roda"])
     args = parser.parse_args(argv)
 
-    model, samples, labels, adapt_idx = protocol_split(args)
-    clean = load_images([samples[i].path for i in adapt_idx], model.config.image_size)
-    normal = torch.from_numpy(labels[adapt_idx] == 0)
+    model, clean, batch_labels = adaptation_batch(args)
+    normal = torch.from_numpy(batch_labels == 0)
     bank_norm = float(model.bank.norm(dim=1).mean())
     _, clean_distance, twin_rows = patch_search(model, clean[normal], TWIN_ROWS)
     clean_distance = float(clean_distance.mean())

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from .common import machine, markdown
-from .protocol import add_protocol_arguments, as_float, corrupt_uint8, load_images, protocol_split
+from .protocol import adaptation_batch, add_protocol_arguments, as_float, corrupt_uint8
 
 COLUMNS = [("dataset", "dataset", ""), ("condition", "condition", ""), ("images", "images", "d"),
            ("tail", "scores beyond 3 robust deviations", ".2%"), ("cut", "the rule cuts", ""),
@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="patchshift bench filter-tail", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_protocol_arguments(parser, severities=[5, 3])
     args = parser.parse_args(argv)
-    model, samples, labels, adapt_idx = protocol_split(args)
-    clean = load_images([samples[i].path for i in adapt_idx], model.config.image_size)
+    model, clean, batch_labels = adaptation_batch(args)
     rows = []
     for corruption in args.corruptions:
         for severity in [None] if corruption == "clean" else args.severities:
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             ranking = BatchRanking.of(mutual_scores(feats.reshape(n, h * w, d).to(model.device), FilterSettings(seed=args.seed)))
             rows.append({"dataset": args.dataset, "condition": corruption if severity is None else f"{corruption} {severity}",
                          "images": n, "tail": ranking.tail, "cut": "yes" if cut_applies(ranking.tail, NORMAL_TAIL_SHARE) else "no: every patch kept",
-                         "reference_auroc": auroc(labels[adapt_idx], ranking.scores)})
+                         "reference_auroc": auroc(batch_labels, ranking.scores)})
             print(rows[-1], flush=True)
     out = Path(args.out_dir) / f"filter-tail-{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .common import machine, markdown
-from .protocol import add_protocol_arguments, as_float, corrupt_uint8, load_images, protocol_split
+from .protocol import adaptation_batch, add_protocol_arguments, as_float, corrupt_uint8
 
 COLUMNS = [("condition", "condition", ""), ("version", "version", ""), ("defects", "image AUROC, the batch's defects", ".3f"),
            ("probes", "image AUROC, probed against originals", ".3f"), ("paired", "probed copy above its original", ".0%")]
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="patchshift bench gate-probes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_protocol_arguments(parser, severities=[3, 5])
     args = parser.parse_args(argv)
-    model, samples, labels, adapt_idx = protocol_split(args)
-    clean = load_images([samples[i].path for i in adapt_idx], model.config.image_size)
-    truth = labels[adapt_idx]
+    model, clean, truth = adaptation_batch(args)
     rows = []
     for corruption in args.corruptions:
         for severity in args.severities:

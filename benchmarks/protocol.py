@@ -125,3 +125,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
         except json.JSONDecodeError:
             fields[key] = value
     return label, fields
+
+
+def adaptation_batch(args: argparse.Namespace):
+    """(model, images, labels): the fitted model, the adaptation split's clean images as uint8 (N, 3, H, W)
+    at its input size, and their labels."""
+    model, samples, labels, adapt_idx = protocol_split(args)
+    return model, load_images([samples[i].path for i in adapt_idx], model.config.image_size), labels[adapt_idx]
