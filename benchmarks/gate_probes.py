@@ -58,21 +58,23 @@ def main(argv: list[str] | None = None) -> None:
     add_protocol_arguments(parser, severities=[3, 5])
     args = parser.parse_args(argv)
     model, clean, truth = adaptation_batch(args)
+
+    def parent_scores(images: torch.Tensor) -> np.ndarray:
+        return model.score_batches(images[i : i + 16] for i in range(0, len(images), 16))[0]
+
     rows = []
     for corruption in args.corruptions:
         for severity in args.severities:
             shifted = as_float(corrupt_uint8(clean, corruption, severity, args.seed))
             probed = planted(shifted, args.seed)
             adapted, summary = adapt(model, shifted, AdaptConfig(seed=args.seed))
-            for name, version in (("parent", model), ("target-memory", adapted)):
-                scores = []
-                for images in (shifted, probed):
-                    feats = target_features(version.extractor, images, version.config.batch_size, version.device)
-                    if version is model:
-                        scores.append(np.concatenate([model.score_features(feats[i : i + 16])[1].cpu().numpy() for i in range(0, len(feats), 16)]))
-                    else:
-                        scores.append(kfold_scores(version, feats, summary.memory_image))
-                original, copy = scores
+
+            def memory_scores(images: torch.Tensor) -> np.ndarray:
+                feats = target_features(adapted.extractor, images, adapted.config.batch_size, adapted.device)
+                return kfold_scores(adapted, feats, summary.memory_image)
+
+            for name, score in (("parent", parent_scores), ("target-memory", memory_scores)):
+                original, copy = score(shifted), score(probed)
                 rows.append({"condition": f"{corruption} {severity}", "version": name, "defects": auroc(truth, original),
                              "probes": auroc(np.r_[np.zeros(len(original)), np.ones(len(copy))], np.r_[original, copy]),
                              "paired": float(np.mean(copy > original))})

@@ -50,25 +50,19 @@ def median_shift(source: np.ndarray, threshold: float, target: np.ndarray) -> fl
     return float(threshold + np.median(target) - np.median(source))
 
 
-def lower_spread_transfer(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
-    """A spread-aware variant: the distance above the 30th percentile scaled by the width of the
-    10th-30th percentile band, a part of the batch that stays normal while a defective share is high."""
-    low_s, high_s = np.quantile(source, [0.1, 0.3])
-    low_t, high_t = np.quantile(target, [0.1, 0.3])
-    if high_s <= low_s or high_t <= low_t:
-        return threshold
-    return float(high_t + (threshold - high_s) * (high_t - low_t) / (high_s - low_s))
+def affine_rule(quantiles: tuple[float, float]):
+    """The source calibration's scores moved and stretched so that these two percentiles land on the
+    target's (a change of gain and offset); the source threshold goes along."""
 
+    def rule(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
+        if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
+            return threshold
+        (low_s, high_s), (low_t, high_t) = np.quantile(source, quantiles), np.quantile(target, quantiles)
+        if high_s <= low_s or high_t <= low_t:
+            return threshold
+        return float(high_t + (threshold - high_s) * (high_t - low_t) / (high_s - low_s))
 
-def shape_kept(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
-    """The source calibration's own tail shape, moved and stretched so its 10th percentile and median
-    land on the target's: an affine map of the scores, which a change of gain and offset is."""
-    if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
-        return threshold
-    (low_s, mid_s), (low_t, mid_t) = np.quantile(source, GUMBEL_QUANTILES), np.quantile(target, GUMBEL_QUANTILES)
-    if mid_s <= low_s or mid_t <= low_t:
-        return threshold
-    return float(mid_t + (threshold - mid_s) * (mid_t - low_t) / (mid_s - low_s))
+    return rule
 
 
 FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
@@ -81,10 +75,11 @@ def gumbel_rule(quantiles: tuple[float, float]):
 
 RULES = {
     "Gumbel law": gumbel_rule(GUMBEL_QUANTILES),
-    "source shape": shape_kept,
+    "source shape": affine_rule(GUMBEL_QUANTILES),
     "quartile shift": quartile_shift,
     "median shift": median_shift,
-    "lower-band spread": lower_spread_transfer,
+    # the 10th-30th band, a part of the batch that stays normal while a defective share is high
+    "lower-band spread": affine_rule((0.1, 0.3)),
     "robust z-score": robust_z_transfer,
     "source kept": lambda source, threshold, target: threshold,
 }
