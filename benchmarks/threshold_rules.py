@@ -70,7 +70,7 @@ FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
 
 def gumbel_rule(quantiles: tuple[float, float]):
     """The Gumbel law through these percentiles of the target scores (the default pair, or --gumbel-pairs)."""
-    return lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold, quantiles)
+    return lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold, quantiles).value
 
 
 RULES = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .errors import ConfigError
@@ -34,22 +36,34 @@ def gumbel_reduced(p: float | np.ndarray) -> float | np.ndarray:
     return -np.log(-np.log(p))
 
 
+class TransferredThreshold(NamedTuple):
+    """A new version's threshold; `kept_reason` says why the parent's stayed (None: it moved)."""
+
+    value: float
+    kept_reason: str | None = None
+
+
 def gumbel_threshold(scores: np.ndarray, false_alarm_rate: float, fallback: float,
-                     quantiles: tuple[float, float] = GUMBEL_QUANTILES) -> float:
+                     quantiles: tuple[float, float] = GUMBEL_QUANTILES) -> TransferredThreshold:
     """The threshold that flags `false_alarm_rate` of normal images, from scores of a batch that may
-    hold many defective images (see GUMBEL_QUANTILES). `fallback` (the parent's threshold) stays
-    when fewer than MIN_TRANSFER_IMAGES images scored or their low quantiles do not spread."""
+    hold many defective images (see GUMBEL_QUANTILES). `fallback` (the parent's threshold) stays,
+    with the reason, when too few images scored, the rate is 0, or their low quantiles do not spread."""
     values = np.asarray(scores, dtype=np.float64).ravel()
-    if values.size < MIN_TRANSFER_IMAGES or not 0 < false_alarm_rate < 1:
-        return float(fallback)
+    if values.size < MIN_TRANSFER_IMAGES:
+        return TransferredThreshold(float(fallback), f"only {values.size} target image(s) scored (a fit needs "
+                                    f"{MIN_TRANSFER_IMAGES}); the parent's threshold stays")
+    if not 0 < false_alarm_rate < 1:
+        return TransferredThreshold(float(fallback), f"false_alarm_rate {false_alarm_rate} asks for no false alarm, which a law "
+                                    "fitted to a batch cannot promise; the parent's threshold stays")
     if not np.all(np.isfinite(values)):
         raise ConfigError("cannot set a threshold: some scores are not finite")
     (p_low, p_high), (low, high) = quantiles, np.quantile(values, quantiles)
     scale = (high - low) / (gumbel_reduced(p_high) - gumbel_reduced(p_low))
     if not scale > 0:  # identical scores in the lower part: nothing to fit a spread to
-        return float(fallback)
+        return TransferredThreshold(float(fallback), "the target images' lower scores are all equal, so they give no spread "
+                                    "to fit; the parent's threshold stays")
     location = low - scale * gumbel_reduced(p_low)
-    return float(location + scale * gumbel_reduced(1.0 - false_alarm_rate))
+    return TransferredThreshold(float(location + scale * gumbel_reduced(1.0 - false_alarm_rate)))
 
 
 # A threshold given by a person: finite and inside these bounds. Scores are feature distances;

@@ -129,6 +129,15 @@ class JobStore:
             cursor = self._db.execute("UPDATE jobs SET status = ?, started = ? WHERE id = ? AND status = ?", (RUNNING, now(), job_id, QUEUED))
             return cursor.rowcount == 1
 
+    def cancel_queued(self, job_id: str, error: str) -> bool:
+        """queued -> cancelled in one statement; False when the worker started it meanwhile (then the
+        running job must be told to stop instead)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ? AND status = ?", (CANCELLED, now(), error, job_id, QUEUED)
+            )
+            return cursor.rowcount == 1
+
     def progress(self, job_id: str, value: float, stage: str | None) -> None:
         self._execute("UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND status = ?", (value, stage, job_id, RUNNING))
 

@@ -109,10 +109,10 @@ class Worker:
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
-        if job.status == QUEUED and self.jobs.finish(job_id, CANCELLED, error="cancelled by request before it started"):
+        if job.status == QUEUED and self.jobs.cancel_queued(job_id, "cancelled by request before it started"):
             self.metrics.jobs.labels(job.kind, CANCELLED).inc()
             self._discard_uploads(job_id)
-        elif job.status == RUNNING:
+        elif self.jobs.get(job_id).status == RUNNING:  # also when the worker started it since the read above
             self._cancel.setdefault(job_id, threading.Event()).set()
         self._update_depth()
         return self.jobs.get(job_id)
@@ -195,7 +195,8 @@ class Worker:
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = redact_paths(f"internal error ({type(exc).__name__}: {exc})")
-        self.jobs.finish(job_id, status, error=error, result_version=version, result=result)
+        if not self.jobs.finish(job_id, status, error=error, result_version=version, result=result):
+            log.error("job %s ended %s but its record had already ended; version %s is not in any job result", job_id, status, version)
         self.metrics.jobs.labels(job.kind, status).inc()
         self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
         log.info("job %s (%s of %s) %s%s", job_id, job.kind, job.model, status, f": {error}" if error else "")

@@ -173,3 +173,16 @@ def test_each_method_takes_only_its_own_settings_and_parents(fitted):
     assert cfg.backbone == fitted.config.backbone  # inherited from the parent version
     assert roda.configure(fitted, {"epochs": 3}) == AdaptConfig(method="roda", epochs=3)
     assert uda.accepts(object()) and roda.accepts(fitted) and not roda.accepts(object())
+
+
+def test_adabn_statistics_weigh_images_not_batches():
+    """8 black images and 1 image of 9s in batches of 8: the target's mean is 1, not the 4.5 of two
+    equally weighted batches."""
+    from patchshift.core.adapt.base import reestimate_statistics
+
+    extractor = torch.nn.Sequential(torch.nn.BatchNorm2d(1))
+    target = torch.cat([torch.zeros(8, 1, 2, 2), torch.full((1, 1, 2, 2), 9.0)])
+    reestimate_statistics(extractor, target, batch_size=8, device=torch.device("cpu"))
+    layer = extractor[0]
+    assert layer.running_mean.item() == pytest.approx(1.0)
+    assert layer.momentum == 0.1 and not layer.training  # the layer's own settings are back

@@ -85,9 +85,12 @@ def test_gumbel_threshold_by_hand():
     # 21 scores 0..20: 10th percentile 2, median 10. y(0.1) = -0.834032, y(0.5) = 0.366513, y(0.99) = 4.600149;
     # scale 8 / 1.200545 = 6.663640, location 2 + 0.834032 * 6.663640 = 7.557688, threshold 7.557688 + 4.600149 * 6.663640
     scores = np.arange(21.0)
-    assert gumbel_threshold(scores, 0.01, fallback=99.0) == pytest.approx(38.2114, abs=1e-3)
-    assert gumbel_threshold(scores, 0.05, fallback=99.0) == pytest.approx(27.3500, abs=1e-3)  # y(0.95) = 2.970195
-    assert gumbel_threshold(np.full(21, 7.0), 0.01, fallback=99.0) == 99.0  # no spread to fit: the parent's stays
+    assert gumbel_threshold(scores, 0.01, fallback=99.0) == (pytest.approx(38.2114, abs=1e-3), None)
+    assert gumbel_threshold(scores, 0.05, fallback=99.0).value == pytest.approx(27.3500, abs=1e-3)  # y(0.95) = 2.970195
+    flat = gumbel_threshold(np.full(21, 7.0), 0.01, fallback=99.0)  # no spread to fit: the parent's stays, and why
+    assert flat.value == 99.0 and "all equal" in flat.kept_reason
+    assert "no false alarm" in gumbel_threshold(scores, 0.0, fallback=99.0).kept_reason
+    assert "only 4" in gumbel_threshold(scores[:4], 0.01, fallback=99.0).kept_reason
     with pytest.raises(ConfigError, match="not finite"):
         gumbel_threshold(np.r_[scores, np.nan], 0.01, fallback=99.0)
 
@@ -97,15 +100,15 @@ def test_gumbel_threshold_flags_the_asked_share_of_normal_images_and_no_more_bes
 
     rng = np.random.default_rng(0)
     fresh = rng.gumbel(20.0, 1.0, 100_000)  # the normal images the line will see next
-    clean = gumbel_threshold(rng.gumbel(20.0, 1.0, 200), 0.01, fallback=0.0)
+    clean = gumbel_threshold(rng.gumbel(20.0, 1.0, 200), 0.01, fallback=0.0).value
     assert 0.004 <= (fresh > clean).mean() <= 0.025, clean  # asked 1%, estimated from 200 images
     # 30% of the batch defective (high scores): the median stays among the normal images
     normal, defective = rng.gumbel(20.0, 1.0, 70), rng.normal(40.0, 8.0, 30)
-    contaminated = gumbel_threshold(np.concatenate([normal, defective]), 0.01, fallback=0.0)
+    contaminated = gumbel_threshold(np.concatenate([normal, defective]), 0.01, fallback=0.0).value
     assert (fresh > contaminated).mean() <= 0.015 and (defective > contaminated).mean() >= 0.85, contaminated
     # 60%: the median lies among the defects, which widens the fit: fewer alarms, never more (and fewer catches)
     normal, defective = rng.gumbel(20.0, 1.0, 40), rng.normal(40.0, 8.0, 60)
-    majority = gumbel_threshold(np.concatenate([normal, defective]), 0.01, fallback=0.0)
+    majority = gumbel_threshold(np.concatenate([normal, defective]), 0.01, fallback=0.0).value
     assert (fresh > majority).mean() <= 0.01 and majority > contaminated
 
 
@@ -114,10 +117,10 @@ def test_threshold_stays_when_too_few_target_images_score():
 
     source = np.array([10.0, 11.0, 12.0, 13.0, 14.0])
     few = np.array([30.0, 31.0, 32.0, 33.0, 34.0][: MIN_TRANSFER_IMAGES - 1])
-    assert gumbel_threshold(few, 0.01, fallback=15.0) == 15.0  # one defective image must not move it by its own score
+    assert gumbel_threshold(few, 0.01, fallback=15.0).value == 15.0  # one defective image must not move it by its own score
     assert transferred_calibration(list(source), few) == list(source)  # and the gate's normal scores stay the source's
     enough = np.array([30.0, 31.0, 32.0, 33.0, 34.0, 35.0][:MIN_TRANSFER_IMAGES])
-    assert gumbel_threshold(enough, 0.01, fallback=15.0) > 34.0 and transferred_calibration(list(source), enough) == list(enough)
+    assert gumbel_threshold(enough, 0.01, fallback=15.0).value > 34.0 and transferred_calibration(list(source), enough) == list(enough)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 5000])

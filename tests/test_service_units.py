@@ -194,3 +194,45 @@ def test_history_is_safe_under_concurrent_records_and_snapshots() -> None:
     snap = history.snapshot()
     assert len(snap["scores"]) == 50 and len(snap["drift"]) == 20 and len(snap["recent_images"]) == 5
     assert all(r["filename"].startswith("b") for r in snap["recent_images"])  # the last image of each request
+
+
+def test_cancel_racing_the_worker_start_stops_the_running_job(tmp_path: Path) -> None:
+    """A cancel that reads 'queued' just before the worker starts the job must stop the running job,
+    not mark it cancelled while it runs on (and later saves a version no job result names)."""
+    import threading
+
+    from patchshift.service.jobs import CANCELLED, RUNNING, JobStore
+    from patchshift.service.metrics import ServiceMetrics
+    from patchshift.service.worker import Worker
+
+    started, seen_cancel = threading.Event(), threading.Event()
+
+    def task(job, inputs, progress, cancelled):
+        started.set()
+        for _ in range(500):
+            if cancelled():
+                seen_cancel.set()
+                from patchshift.core.errors import CancelledError
+
+                raise CancelledError("stopped")
+            threading.Event().wait(0.01)
+        return "v2", {}
+
+    jobs = JobStore(tmp_path / "jobs.sqlite")
+    worker = Worker(jobs, tmp_path / "uploads", ServiceMetrics(), {"adapt": task})
+    job = worker.submit("adapt", "widget", {}, [("a.png", b"x")])
+    read = jobs.get
+
+    def get_then_worker_starts(job_id):  # the worker thread wins the race right after cancel's read
+        record = read(job_id)
+        jobs.get = read
+        worker.start()
+        assert started.wait(10)
+        return record
+
+    jobs.get = get_then_worker_starts
+    answer = worker.cancel(job.id)
+    assert answer.status == RUNNING, answer
+    assert seen_cancel.wait(10), "the running job was never told to stop"
+    worker.stop()
+    assert jobs.get(job.id).status == CANCELLED

@@ -1,5 +1,8 @@
 """The target memory: contamination filter, adapter, gate, versions with their own bank."""
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -263,6 +266,20 @@ def test_target_memory_version_has_its_own_bank_and_leaves_the_source_alone(fitt
     assert report.memory_image[len(bank) :].min() >= 0 and report.memory_image.max() < len(images)
     alone, _ = adapt(fitted, images, AdaptConfig(method="target-memory", memory="target"))
     assert alone.bank.shape[0] == report.details["memory_rows"]
+    # the manifest says how the version was made: the filter's verdict and what it kept
+    assert adapted.provenance.details["filter"] == report.details["filter"] and "kept_patch_share" in adapted.provenance.details
+    assert adapted.provenance.threshold_source == "target-kfold-transferred" and "threshold_note" not in report.details
+
+
+@pytest.mark.parametrize("method", ["target-memory", "bn-stats"])
+def test_a_threshold_that_cannot_move_stays_the_parents_and_says_why(fitted, blurred, method):
+    """false_alarm_rate 0 asks for no false alarm: no law fitted to the batch promises that."""
+    images, _ = blurred
+    strict = copy.copy(fitted)
+    strict.config = dataclasses.replace(fitted.config, false_alarm_rate=0.0)
+    adapted, report = adapt(strict, images, AdaptConfig(method=method))
+    assert adapted.threshold == fitted.threshold and adapted.provenance.threshold_source == "parent-kept"
+    assert "no false alarm" in report.details["threshold_note"]
 
 
 def test_only_defective_target_images_give_a_result_not_a_crash(fitted):

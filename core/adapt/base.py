@@ -16,7 +16,7 @@ from ..drift import DriftReference
 from ..errors import ConfigError
 from ..patchcore import PatchCoreModel, Provenance
 from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import gumbel_threshold, transferred_calibration
+from ..threshold import TransferredThreshold, gumbel_threshold, transferred_calibration
 from .config import AdaptConfig
 
 if TYPE_CHECKING:
@@ -154,16 +154,20 @@ def reestimate_statistics(
     extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device,
     progress: ProgressFn | None = None, cancel: CancelFn | None = None,
 ) -> None:
-    """AdaBN: replace every BatchNorm's running mean/variance by the target's (cumulative average)."""
+    """AdaBN: replace every BatchNorm's running mean/variance by the target's, each batch weighted by
+    its number of images (torch's cumulative average weighs batches equally, so a short last batch,
+    possibly one defective image, would count as much as a full one)."""
     layers = batchnorm_layers(extractor)
     momenta = {name: layer.momentum for name, layer in layers.items()}
     for layer in layers.values():
         layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over all target batches
     extractor.train()
     for start in range(0, len(target), batch_size):
         check_cancel(cancel)
-        extractor(target[start : start + batch_size].to(device))
+        batch = target[start : start + batch_size]
+        for layer in layers.values():  # running = running + (n / seen) * (batch - running)
+            layer.momentum = len(batch) / (start + len(batch))
+        extractor(batch.to(device))
         report(progress, "statistics", min(start + batch_size, len(target)), len(target))
     for name, layer in layers.items():
         layer.momentum = momenta[name]
@@ -225,6 +229,14 @@ def train_affine(
     return extractor.eval()
 
 
+def apply_threshold(adapted: PatchCoreModel, threshold: TransferredThreshold, report_: AdaptReport) -> None:
+    """Set the new version's threshold; when the parent's stayed, the manifest and the job result say why."""
+    adapted.threshold = threshold.value
+    if threshold.kept_reason is not None:
+        adapted.provenance.threshold_source = "parent-kept"
+        report_.details["threshold_note"] = threshold.kept_reason
+
+
 def derive_version(
     source: PatchCoreModel, extractor: nn.Module, target: torch.Tensor, report_: AdaptReport, cfg: AdaptConfig,
     progress: ProgressFn | None = None,
@@ -258,7 +270,7 @@ def derive_version(
     target_scores, _, descriptors = adapted.score_stream(batches())
     # The adapted version watches for drift away from the condition it was adapted to.
     adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
-    adapted.threshold = gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold)
+    apply_threshold(adapted, gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold), report_)
     adapted.provenance.calibration_scores = transferred_calibration(source.provenance.calibration_scores, target_scores)
     report_.target_scores = target_scores
     return adapted

@@ -20,7 +20,7 @@ from ..errors import AdaptationError
 from ..patchcore import PatchCoreModel, Provenance, kfold_scores
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import gumbel_threshold, transferred_calibration
-from .base import AdaptReport
+from .base import AdaptReport, apply_threshold
 from .batchnorm import batchnorm_step
 from .config import AdaptConfig
 from .gate import BatchRanking
@@ -117,7 +117,7 @@ def adapt_memory(
     if not np.all(np.isfinite(scores)):
         raise AdaptationError(f"{int((~np.isfinite(scores)).sum())} target image(s) got a non-finite score; the source version stays as it is")
     report(progress, "threshold", 1, 1)
-    adapted.threshold = gumbel_threshold(scores, config.false_alarm_rate, model.threshold)
+    apply_threshold(adapted, gumbel_threshold(scores, config.false_alarm_rate, model.threshold), report_)
     adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)
     report_.target_scores, report_.target_index, report_.memory_image = scores, scored.numpy(), memory_image
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
@@ -126,6 +126,7 @@ def adapt_memory(
         "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4), "filter": filter_verdict(kept, cfg),
         "filter_cut": kept.cut if np.isfinite(kept.cut) else None, "filter_tail": round(kept.tail, 4), "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
     })
+    adapted.provenance.details.update(report_.details)  # the manifest says how the version was made, as BatchNorm versions' do
     return adapted
 
 
