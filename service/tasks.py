@@ -65,7 +65,7 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
         # for people, not used to decide; only where both describe images the same way (PatchCore
         # channel statistics: a UDA encoder's embeddings are another space, and a retrained one)
         if source.drift_reference is not None and isinstance(source, PatchCoreModel) and isinstance(adapted, PatchCoreModel):
-            result.update(drift_before_after(source, adapted, inputs.images))
+            result.update(drift_before_after(source, adapted, inputs.images, cancelled))
         check_cancel(cancelled)
         activate = policy == ACTIVATE_ALWAYS
         if summary.gate is not None:
@@ -89,15 +89,26 @@ def public_details(details: dict) -> dict:
     return {key: value for key, value in details.items() if key not in ("adapt_config", "seconds", "gate")}
 
 
-def drift_before_after(source: Detector, adapted: Detector, images: list) -> dict:
-    """The target images' drift from the source's reference condition, seen through the source and
-    through the new version."""
-    values = []
+def drift_before_after(source: Detector, adapted: Detector, images: list, cancelled: Callable[[], bool]) -> dict:
+    """The target images' drift from the source's reference condition, seen through the source and,
+    when adaptation changed the features (BatchNorm methods), through the new version; a version that
+    moved only its memory sees the images as the source does, so it gets no `drift_after`."""
     target = load_target(images, source.config.image_size)  # both PatchCore versions of one model: one input size
-    for model in (source, adapted):
-        descriptors = np.concatenate([model.score(target[i : i + 16]).descriptors.cpu().numpy() for i in range(0, len(target), 16)])
-        values.append(drift_statistic(source.drift_reference, descriptors))
-    return {"drift_before": values[0], "drift_after": values[1]}
+    views = [source] if same_weights(source.extractor, adapted.extractor) else [source, adapted]
+    values = []
+    for model in views:
+        descriptors = []
+        for start in range(0, len(target), 16):
+            check_cancel(cancelled)
+            descriptors.append(model.score(target[start : start + 16]).descriptors.cpu().numpy())
+        values.append(drift_statistic(source.drift_reference, np.concatenate(descriptors)))
+    return dict(zip(("drift_before", "drift_after"), values))
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two extractors compute the same features (every parameter and buffer equal)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def override_threshold(store: ModelStore, registry: ModelRegistry, name: str, threshold: float) -> str:

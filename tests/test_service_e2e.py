@@ -90,6 +90,7 @@ def test_fit_score_adapt_rollback_drift_restart(tmp_path: Path, dataset: Path) -
             assert response.status_code == 202, response.text
             job = wait_job(client, response.json()["job_id"])
             assert job["status"] == "succeeded" and job["result_version"] == "v2" and job["result"]["activated"], job
+            assert job["result"]["drift_after"] != job["result"]["drift_before"], job  # new features: both views
             info = client.get("/v1/models/widget").json()
             assert info["active_version"] == "v2"
             assert {v["version"]: v["parent"] for v in info["versions"]} == {"v1": None, "v2": "v1"}
@@ -428,6 +429,7 @@ def test_default_adaptation_moves_the_memory_and_versions_keep_their_banks(tmp_p
             result = job["result"]
             assert result["method"] == "target-memory" and result["own_bank"], result
             assert result["gate"]["better"] and result["activated"], result  # this shift: the new version ranks better
+            assert result["drift_before"] > 0 and "drift_after" not in result, result  # the source's features: one view
             v1, v2 = models / "widget" / "v1", models / "widget" / "v2"
             assert (v2 / "bank.safetensors").stat().st_ino != (v1 / "bank.safetensors").stat().st_ino
             info = client.get("/v1/models/widget").json()

@@ -467,7 +467,8 @@ function openReview(name, candidate, result = null) {
   const known = state.inspectedFiles[name] || [];
   const out = el("div", { id: "review-results" });
   const drift = result && result.drift_before !== undefined
-    ? el("p", { text: `Drift of these images from the active version's condition: ${fmt(result.drift_before, 2)} seen by the active version, ${fmt(result.drift_after, 2)} by ${candidate}.` }) : "";
+    ? el("p", { text: `Drift of these images from the active version's condition: ${fmt(result.drift_before, 2)} seen by the active version` +
+      (result.drift_after !== undefined ? `, ${fmt(result.drift_after, 2)} by ${candidate}.` : ` (${candidate} sees them through the same features).`) }) : "";
   const show = (pairs) => {  // pairs: [{filename, active: result, candidate: result}], the same images under both versions
     const cell = (r, version) => el("figure", { class: "result" },
       r.heatmap_png ? el("img", { src: "data:image/png;base64," + r.heatmap_png, alt: `${version}: heatmap of ${r.filename}` }) : "",
