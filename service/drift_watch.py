@@ -2,9 +2,9 @@
 
 Policy (PATCHSHIFT_AUTO_ADAPT=1): images scored while the statistic is above its threshold are
 kept (the buffer empties whenever it falls back); once drift has lasted auto_adapt_patience images
-and auto_adapt_images are kept, they are handed to an adaptation job (never while another job of that model is unfinished, and at most once per active version);
-the new version goes live only if it lowers the drift of those images from the old version's
-reference condition.
+and auto_adapt_images are kept, they are handed to an adaptation job (never while another job of that
+model is unfinished, and at most once per active version: again once a refused submission's slot frees);
+the new version goes live only if the activation gate finds it better (activate=if-better).
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ class DriftWatch:
     def observe(self, name: str, model: Detector, descriptors: np.ndarray, anomalous: np.ndarray,
                 files: list[tuple[str, bytes]]) -> tuple[float | None, bool] | None:
         """The drift verdict (statistic, drifting) after these images; None when `model` is no longer active."""
-        with self._lock:
-            slot = self.registry.slot(name)
-            if slot is None or slot.model is not model:
+        # the registry's activation lock keeps `model` active while its images enter the monitor (an
+        # activation resets the monitor: the old version's images must not land in the new one's window)
+        with self.registry.holding_active(name, model) as slot, self._lock:
+            if slot is None:
                 return None  # scored by a version that is no longer active
             slot.monitor.add(descriptors, anomalous)
             statistic, drifting = slot.monitor.verdict()
@@ -51,31 +52,41 @@ class DriftWatch:
                 self.metrics.drift.labels(name).set(statistic)
             self.metrics.drifting.labels(name).set(int(drifting))
             self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
-            self._consider_adapting(name, model, slot, statistic, drifting, files)
-            return statistic, drifting
+            pending = self._consider_adapting(name, model, slot, statistic, drifting, files)
+        if pending is not None:  # outside the locks: submitting writes up to 64 files, and takes the worker's lock
+            self._submit(name, model, *pending)
+        return statistic, drifting
 
     def _consider_adapting(self, name: str, model: Detector, slot, statistic: float | None, drifting: bool,
-                           files: list[tuple[str, bytes]]) -> None:
+                           files: list[tuple[str, bytes]]) -> tuple[dict, list] | None:
+        """The adaptation job to submit now, as (params, images), if the policy calls for one."""
         if not self.settings.auto_adapt or not get_adapter(self.settings.auto_adapt_method).accepts(model):
-            return  # drift is reported; a version the method cannot adapt waits for a person
+            return None  # drift is reported; a version the method cannot adapt waits for a person
         if not drifting:  # keep only images of the new condition
             slot.recent_images.clear()
             slot.drifting_streak = 0
-            return
+            return None
         slot.recent_images.extend(files)
         slot.drifting_streak += len(files)
         key = (name, model.version or "")
         if slot.drifting_streak < self.settings.auto_adapt_patience or key in self._attempted or self.worker.busy(name):
-            return
+            return None
         if len(slot.recent_images) < (slot.recent_images.maxlen or 0):
-            return
+            return None
         self._attempted.add(key)
+        log.warning("model %s: drift %.1f above %.1f for %d images; starting an adaptation job", name, statistic,
+                    slot.monitor.threshold, slot.drifting_streak)
         params = {
             "source_version": model.version, "activate": ACTIVATE_IF_BETTER, "trigger": "drift",
             "config": {"method": self.settings.auto_adapt_method}, "drift_at_trigger": statistic,
         }
+        return params, list(slot.recent_images)
+
+    def _submit(self, name: str, model: Detector, params: dict, images: list) -> None:
         try:
-            job = self.worker.submit("adapt", name, params, list(slot.recent_images))
-        except Conflict:
+            job = self.worker.submit("adapt", name, params, images)
+        except Conflict:  # a job of this model was queued meanwhile: try again once its slot frees
+            with self._lock:
+                self._attempted.discard((name, model.version or ""))
             return
-        log.warning("model %s: drift %.1f above %.1f for %d images; started adaptation job %s", name, statistic, slot.monitor.threshold, slot.drifting_streak, job.id)
+        log.warning("model %s: adaptation job %s started from %d drifting images", name, job.id, len(images))

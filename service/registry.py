@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -145,6 +147,14 @@ class ModelRegistry:
 
     def slot(self, name: str) -> Slot | None:
         return self._slots.get(name)
+
+    @contextmanager
+    def holding_active(self, name: str, model: Detector) -> Iterator[Slot | None]:
+        """`name`'s slot while `model` stays its active version (an activation waits until the block
+        ends), or None when another version is active by now."""
+        with self._activation:
+            slot = self._slots.get(name)
+            yield slot if slot is not None and slot.model is model else None
 
     def names(self) -> list[str]:
         return sorted(self._slots)

@@ -550,6 +550,52 @@ def test_drift_observation_runs_off_the_event_loop(client, monkeypatch) -> None:
     assert seen == [False]
 
 
+def test_an_activation_waits_while_images_of_the_old_version_enter_its_monitor(client, monkeypatch) -> None:
+    """Activation resets the drift window: images scored by the old version must not land in the new one's."""
+    import threading
+
+    state = client.app.state
+    old = state.registry.get("widget")
+    monitor = state.registry.slot("widget").monitor
+    descriptors = old.score(torch.rand(1, 3, *old.config.image_size)).descriptors.numpy()
+    added_at, activated_at = [], []
+    original_add = monitor.add
+
+    def slow_add(*args, **kwargs):  # an activation starts while the old version's images go in
+        racer.start()
+        time.sleep(0.3)
+        original_add(*args, **kwargs)
+        added_at.append(time.monotonic())
+
+    def activate_copy():
+        state.registry.activate("widget", "v1", copy.copy(old))
+        activated_at.append(time.monotonic())
+
+    racer = threading.Thread(target=activate_copy)
+    monkeypatch.setattr(monitor, "add", slow_add)
+    assert state.drift.observe("widget", old, descriptors, np.zeros(1, bool), []) is not None
+    racer.join(10)
+    assert activated_at and activated_at[0] >= added_at[0]  # the activation waited for the add
+    assert monitor.n_recent == 0 and state.registry.get("widget") is not old  # and then reset the window
+    assert state.drift.observe("widget", old, descriptors, np.zeros(1, bool), []) is None  # old version: ignored
+
+
+def test_a_refused_auto_adaptation_is_tried_again_once_the_slot_frees(client, monkeypatch) -> None:
+    from patchshift.service.errors import Conflict
+
+    state = client.app.state
+    model = state.registry.get("widget")
+    key = ("widget", model.version)
+    state.drift._attempted.add(key)
+
+    def busy(*args, **kwargs):
+        raise Conflict("model widget has an unfinished job")
+
+    monkeypatch.setattr(state.worker, "submit", busy)
+    state.drift._submit("widget", model, {}, [])
+    assert key not in state.drift._attempted
+
+
 def test_threshold_override_works_for_a_uda_version(store: Path) -> None:
     """Any model kind takes a threshold: a new version, same detector, the given threshold (was a 500 for UDA)."""
     from fastapi.testclient import TestClient
