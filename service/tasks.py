@@ -17,6 +17,7 @@ from patchshift.core.drift import drift_statistic
 from patchshift.core.patchcore import PatchCoreModel, Provenance, fit
 from patchshift.core.progress import check_cancel
 
+from .errors import Conflict
 from .jobs import Job
 from .registry import ModelRegistry
 from .store import ModelStore
@@ -43,10 +44,16 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
         check_cancel(cancelled)
         version = store.allocate_version(job.model)
         save_model(model, store.version_dir(job.model, version))
+        result = {"threshold": model.threshold, "bank_size": int(model.bank.shape[0]), "n_images": len(images)}
         activate = activation_policy(job.params) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
-        if activate:
+        expected = job.params.get("active_version")  # the active version when the fit was asked for
+        if activate and expected is not None and not registry.activate_if_active(job.model, expected, version, model):
+            activate = False
+            result["not_activated"] = (f"the active version changed from {expected} to {store.active(job.model)} while this job "
+                                       f"ran; {version} is kept for review")
+        elif activate and expected is None:
             registry.activate(job.model, version, model)
-        return version, {"activated": activate, "threshold": model.threshold, "bank_size": int(model.bank.shape[0]), "n_images": len(images)}
+        return version, {**result, "activated": activate}
 
     def run_adapt(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
         source = registry.load(job.model, job.params["source_version"])
@@ -124,5 +131,7 @@ def override_threshold(store: ModelStore, registry: ModelRegistry, name: str, th
     ))
     version = store.allocate_version(name)
     save_model(model, store.version_dir(name, version))
-    registry.activate(name, version, model)
+    if not registry.activate_if_active(name, source.version, version, model):
+        raise Conflict(f"version {store.active(name)} of model {name!r} was activated while the threshold was being set; "
+                       f"{version} (threshold {threshold}) is kept but not active: set the threshold again if it is still wanted")
     return version

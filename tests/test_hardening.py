@@ -596,6 +596,39 @@ def test_a_refused_auto_adaptation_is_tried_again_once_the_slot_frees(client, mo
     assert key not in state.drift._attempted
 
 
+def rollback_while_writing(state, monkeypatch, to: str) -> None:
+    """Make the next version allocation activate `to` first, as an operator's rollback would meanwhile."""
+    allocate = state.store.allocate_version
+
+    def rollback_then_allocate(name):
+        state.registry.activate(name, to)
+        return allocate(name)
+
+    monkeypatch.setattr(state.store, "allocate_version", rollback_then_allocate)
+
+
+def test_a_threshold_version_never_undoes_a_rollback_made_while_it_was_written(client, monkeypatch) -> None:
+    state = client.app.state
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 5.0}).json()["active_version"] == "v2"
+    rollback_while_writing(state, monkeypatch, "v1")
+    response = client.put("/v1/models/widget/threshold", json={"threshold": 7.0})
+    assert response.status_code == 409 and "v3" in response.json()["error"]["message"], response.text
+    assert state.store.active("widget") == "v1" and state.registry.get("widget").version == "v1"
+
+
+def test_a_fit_never_undoes_a_rollback_made_while_it_ran(client, monkeypatch, dataset: Path) -> None:
+    state = client.app.state
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 5.0}).json()["active_version"] == "v2"
+    rollback_while_writing(state, monkeypatch, "v1")
+    images = [(p.name, p.read_bytes()) for p in sorted((dataset / "train/good").glob("*.png"))[:4]]
+    response = client.post("/v1/models/widget/fit", files=files_field(images), data={"activate": "true", "calibration": "kfold"})
+    assert response.status_code == 202, response.text
+    job = wait_job(client, response.json()["job_id"])
+    assert job["status"] == "succeeded" and job["result_version"] == "v3" and not job["result"]["activated"], job
+    assert "changed from v2 to v1" in job["result"]["not_activated"]
+    assert state.store.active("widget") == "v1"
+
+
 def test_threshold_override_works_for_a_uda_version(store: Path) -> None:
     """Any model kind takes a threshold: a new version, same detector, the given threshold (was a 500 for UDA)."""
     from fastapi.testclient import TestClient

@@ -107,7 +107,8 @@ async def fit_model(
     uploads = await _validated_uploads(settings, files, config.image_size)
     if len(uploads) < 2:
         raise Unprocessable("fitting needs at least 2 normal images (one is held out to set the threshold)")
-    params = {"config": config.to_dict(), "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER}
+    params = {"config": config.to_dict(), "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER,
+              "active_version": store.active(name)}  # a rollback made while the fit runs is not undone
     job = await run_in_threadpool(worker.submit, "fit", name, params, uploads)
     return JobAccepted(job_id=job.id, status=job.status)
 
