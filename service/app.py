@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.registry = ModelRegistry(state.store, settings, metrics, device)
         state.registry.load_all()
         state.jobs = JobStore(settings.database_path)
-        state.worker = Worker(state.jobs, settings.uploads_dir, metrics, make_tasks(state.store, state.registry, device))
+        state.worker = Worker(state.jobs, settings.uploads_dir, metrics, make_tasks(state.store, state.registry, device, settings))
         state.worker.start()
         state.batcher = MicroBatcher(settings.max_batch_images, settings.batch_wait_ms / 1000, metrics)
         await state.batcher.start()

@@ -16,7 +16,7 @@ from .registry import ModelRegistry
 from .schemas import DriftOut, ModelOut, ModelSummary, UnreadableVersion, VersionOut
 from .settings import Settings
 from .store import ModelStore, check_name
-from .tasks import override_threshold
+from .tasks import override_threshold, with_server_files
 from .worker import Worker
 
 
@@ -69,14 +69,9 @@ def describe_model(store: ModelStore, registry: ModelRegistry, settings: Setting
 
 def adaptation_settings(adapter: Adapter, model: Any, name: str, given: dict[str, Any], settings: Settings) -> tuple[Any, dict[str, Any]]:
     """(config, the settings the job stores) of an adaptation of `model`; a bad one is a 422 now, not a failed job."""
-    given = dict(given)
-    if given.get("encoder") == "clip":  # the CLIP tower is the server's local file, never the client's
-        if not settings.clip_checkpoint:
-            raise Unprocessable("encoder=clip needs a local open_clip checkpoint on the server (PATCHSHIFT_CLIP_CHECKPOINT)")
-        given.update(clip_model=settings.clip_model, clip_checkpoint=str(settings.clip_checkpoint))
     try:
         adapter.check_parent(model, f"the active version of {name!r}")
-        cfg = adapter.configure(model, given)
+        cfg = adapter.configure(model, with_server_files(given, settings))  # the CLIP tower is the server's file, never the client's
     except ConfigError as exc:
         raise Unprocessable(str(exc)) from None
     return cfg, {"method": adapter.name, **given}

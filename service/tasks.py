@@ -14,12 +14,14 @@ from patchshift.core.config import ModelConfig
 from patchshift.core.detector import Detector, with_threshold
 from patchshift.core.images import load_target
 from patchshift.core.drift import drift_statistic
+from patchshift.core.errors import ConfigError
 from patchshift.core.patchcore import PatchCoreModel, Provenance, fit
 from patchshift.core.progress import check_cancel
 
 from .errors import Conflict
 from .jobs import Job
 from .registry import ModelRegistry
+from .settings import Settings
 from .store import ModelStore
 from .worker import JobInputs, stage_progress
 
@@ -36,7 +38,7 @@ def activation_policy(params: dict, default: str = ACTIVATE_ALWAYS) -> str:
     return _LEGACY_POLICIES.get(value, value)
 
 
-def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device):
+def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device, settings: Settings):
     def run_fit(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
         config = ModelConfig.from_dict(job.params["config"])
         images = inputs.images
@@ -57,9 +59,9 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
 
     def run_adapt(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
         source = registry.load(job.model, job.params["source_version"])
-        settings = dict(job.params["config"])
-        adapter = get_adapter(settings.pop("method"))
-        cfg = adapter.configure(source, settings)
+        options = dict(job.params["config"])
+        adapter = get_adapter(options.pop("method"))
+        cfg = adapter.configure(source, with_server_files(options, settings))
         policy = activation_policy(job.params)
         adapted, summary = adapt(source, inputs.images, cfg, progress=stage_progress(report), cancel=cancelled,
                                  judge=policy == ACTIVATE_IF_BETTER, source_images=inputs.source_images or None)
@@ -89,6 +91,16 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device)
         return version, result
 
     return {"fit": run_fit, "adapt": run_adapt}
+
+
+def with_server_files(options: dict, settings: Settings) -> dict:
+    """A job's adaptation options plus the server's own files they call for: these are never stored
+    with the job, whose params every read-scope key sees (answers show no server paths)."""
+    if options.get("encoder") != "clip":
+        return options
+    if not settings.clip_checkpoint:
+        raise ConfigError("encoder=clip needs a local open_clip checkpoint on the server (PATCHSHIFT_CLIP_CHECKPOINT)")
+    return {**options, "clip_model": settings.clip_model, "clip_checkpoint": str(settings.clip_checkpoint)}
 
 
 def public_details(details: dict) -> dict:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import threading
 from contextlib import contextmanager
@@ -79,6 +80,33 @@ def test_every_method_reaches_the_worker_with_only_what_was_set(app_and_worker, 
     source = client.app.state.registry.get("widget")
     settings = {k: v for k, v in params["config"].items() if k != "method"}
     assert adapter.configure(source, settings).epochs == 2
+
+
+def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(tmp_path: Path, saved_model: Path, dataset):
+    """Job params are shown to every read-scope key: the server's CLIP checkpoint path stays out of them."""
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.deps import get_worker
+    from patchshift.service.settings import Settings
+    from patchshift.service.tasks import with_server_files
+
+    models, checkpoint = tmp_path / "models", tmp_path / "secret-dir" / "clip.pt"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    settings = Settings(models_dir=models, device="cpu", clip_checkpoint=checkpoint)
+    app = create_app(settings)
+    worker = RecordingWorker()
+    app.dependency_overrides[get_worker] = lambda: worker
+    with TestClient(app) as client:
+        data = {"method": "uda", "encoder": "clip", "image_size": "64", "epochs": "1"}
+        response = client.post(ADAPT_URL, files=images(dataset, 5) + sources(dataset, 2), data=data)
+        assert response.status_code == 202, response.text
+    params = worker.submitted[-1][2]
+    assert "secret-dir" not in json.dumps(params) and params["config"]["encoder"] == "clip"
+    options = with_server_files({k: v for k, v in params["config"].items() if k != "method"}, settings)
+    assert options["clip_checkpoint"] == str(checkpoint) and options["clip_model"] == settings.clip_model
 
 
 @pytest.mark.parametrize(("data", "extra_sources", "message"), [
