@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import AdaptationError
@@ -26,6 +27,14 @@ def refuse_diverged(tensors: Iterable[torch.Tensor], what: str, lr: float) -> No
     bad, total = count_non_finite(tensors)
     if bad:
         raise AdaptationError(f"adaptation diverged: {bad} of {total} {what} values are not finite; try a lower lr (it was {lr:g})")
+
+
+def refuse_non_finite_scores(scores: Any, lr: float | None = None) -> None:
+    """Target images that score NaN or infinity cannot set a threshold: the adaptation fails, the source stays."""
+    bad = int((~np.isfinite(np.asarray(scores, dtype=np.float64))).sum())
+    if bad:
+        hint = f"; try a lower lr (it was {lr:g})" if lr is not None else ""
+        raise AdaptationError(f"{bad} target image(s) got a non-finite score after adaptation; the source version stays as it is{hint}")
 
 
 def first_non_finite(data: Any, path: str = "") -> str | None:

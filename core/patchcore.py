@@ -306,7 +306,8 @@ def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: to
         keep = (row_image < 0) | (fold_of[row_image.clamp_min(0)] != fold)
         members = scored[fold_of[scored] == fold]
         if not keep.any():  # every bank row came from this fold: nothing to score against
-            raise DatasetError("too few distinct normal images for k-fold calibration; add images or use holdout calibration")
+            raise DatasetError("too few distinct images to score each one against a memory without its own patches (every "
+                               "memory row came from one group of images); add images (when fitting: or use holdout calibration)")
         fold_model = PatchCoreModel(config, model.backbone, model.extractor, model.bank[keep], math.inf, model.provenance, model.device)
         for start in range(0, len(members), config.batch_size):
             chunk = members[start : start + config.batch_size]

@@ -249,6 +249,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}{extra}"
         + (f"\n  {report.message}" if report.message else "")
         + (f"\n  filter: {report.details['filter']}" if "filter" in report.details else "")
+        + (f"\n  threshold: {report.details['threshold_note']}" if "threshold_note" in report.details else "")
     )
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from patchshift.core.adapt import Adapter
+from patchshift.core.adapt import GATE_MIN_IMAGES, Adapter
 from patchshift.core.errors import ArtifactError, ConfigError, DatasetError
 
 from .errors import NotFound, Unprocessable, redact_paths
@@ -16,7 +16,7 @@ from .registry import ModelRegistry
 from .schemas import DriftOut, ModelOut, ModelSummary, UnreadableVersion, VersionOut
 from .settings import Settings
 from .store import ModelStore, check_name
-from .tasks import override_threshold, with_server_files
+from .tasks import ACTIVATE_IF_BETTER, override_threshold, with_server_files
 from .worker import Worker
 
 
@@ -77,13 +77,16 @@ def adaptation_settings(adapter: Adapter, model: Any, name: str, given: dict[str
     return cfg, {"method": adapter.name, **given}
 
 
-def check_image_counts(adapter: Adapter, n_images: int, n_source_images: int) -> None:
+def check_image_counts(adapter: Adapter, n_images: int, n_source_images: int, policy: str) -> None:
     if adapter.min_source_images and not n_source_images:
         raise Unprocessable(f"method={adapter.name} needs source_files: normal images of the source domain (a model keeps no training images)")
     try:
         adapter.check_counts(n_images, n_source_images)
     except DatasetError as exc:
         raise Unprocessable(str(exc)) from None
+    if policy == ACTIVATE_IF_BETTER and n_images < GATE_MIN_IMAGES:  # the job would run, then always keep the parent
+        raise Unprocessable(f"activate=if-better checks the new version on the images themselves, which needs at least "
+                            f"{GATE_MIN_IMAGES} of them (got {n_images}); send more, or activate=false to keep it for review")
 
 
 def activate_version(store: ModelStore, registry: ModelRegistry, name: str, version: str) -> None:

@@ -69,8 +69,12 @@ class Settings(BaseSettings):
     @field_validator("auto_adapt_method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value not in METHODS or get_adapter(value).min_source_images:  # a running service keeps no source images
-            raise ValueError(f"unknown adaptation method {value!r} for auto-adapt; choose from {', '.join(METHODS)}")
+        usable = [m for m in METHODS if not get_adapter(m).min_source_images]  # a running service keeps no source images
+        if value not in METHODS:
+            raise ValueError(f"unknown adaptation method {value!r} for auto-adapt; choose from {', '.join(usable)}")
+        if value not in usable:
+            raise ValueError(f"method {value!r} learns from normal images of the source domain, which a running service does "
+                             f"not keep, so it cannot adapt on its own; auto-adapt takes one of {', '.join(usable)}")
         return value
 
     @field_validator("clip_checkpoint")

@@ -186,3 +186,12 @@ def test_adabn_statistics_weigh_images_not_batches():
     layer = extractor[0]
     assert layer.running_mean.item() == pytest.approx(1.0)
     assert layer.momentum == 0.1 and not layer.training  # the layer's own settings are back
+
+
+def test_non_finite_target_scores_fail_the_adaptation_with_a_hint():
+    from patchshift.core.errors import AdaptationError
+    from patchshift.core.finite import refuse_non_finite_scores
+
+    refuse_non_finite_scores(np.array([1.0, 2.0]))
+    with pytest.raises(AdaptationError, match=r"2 target image\(s\) got a non-finite score.*lower lr \(it was 0.01\)"):
+        refuse_non_finite_scores(np.array([1.0, np.nan, np.inf]), lr=0.01)

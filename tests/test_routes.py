@@ -115,11 +115,12 @@ def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(tmp_path: 
     ({"method": "uda"}, 0, "needs source_files"),
     ({"method": "bn-stats"}, 2, "source_files belong to methods that learn from source images"),
     ({"method": "target-memory"}, 0, "needs at least 5 images"),
+    ({"method": "bn-stats"}, 0, "activate=if-better checks the new version on the images themselves, which needs at least 5"),
     ({"method": "no-such-method"}, 0, "method"),
 ])
 def test_a_bad_adaptation_request_is_refused_before_the_worker(app_and_worker, dataset, data, extra_sources, message):
     client, worker = app_and_worker
-    n = 3 if data["method"] == "target-memory" else 5
+    n = 3 if data["method"] in ("target-memory", "bn-stats") else 5
     response = client.post(ADAPT_URL, files=images(dataset, n) + sources(dataset, extra_sources), data=data)
     assert response.status_code == 422 and message in response.text, response.text
     assert worker.submitted == []
@@ -258,8 +259,11 @@ def test_auto_adapt_cannot_name_a_method_that_needs_source_images():
 
     from patchshift.service.settings import Settings
 
-    with pytest.raises(ValidationError, match="auto-adapt"):
+    with pytest.raises(ValidationError, match="source domain, which a running service does not keep") as refused:
         Settings(auto_adapt_method="uda")
+    assert "target-memory" in str(refused.value) and ", uda" not in str(refused.value)  # the choices it does take
+    with pytest.raises(ValidationError, match="unknown adaptation method 'rodda'"):
+        Settings(auto_adapt_method="rodda")
 
 
 def test_a_job_does_not_undo_an_activation_made_while_it_ran(app_and_worker):

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 load_plugins()
 METHODS = adapter_names()
 RECOMMENDED = AdaptConfig().method
+GATE_MIN_IMAGES = MIN_IMAGES  # the label-free check ranks the batch by its own patches, as the filter does
 
 
 def adapt(
@@ -93,9 +94,9 @@ def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, 
     through `model`'s extractor) are computed here unless the adapter already had them; with
     `index`, `after_scores` are of those images only, and the check compares on them. `trust_unranked`:
     the adapter built the new memory from the batch (Adapter.trusted_when_unranked)."""
-    if len(target) < MIN_IMAGES:
+    if len(target) < GATE_MIN_IMAGES:
         return GateVerdict(False, None, None, f"{len(target)} image(s) are too few for the label-free check (at least "
-                           f"{MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
+                           f"{GATE_MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
     if feats is None:
         feats = target_features(model.extractor, target, model.config.batch_size, model.device, cancel)
     # each image against the others: from every image, whichever are compared
@@ -111,4 +112,4 @@ def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, 
                           calibration=calibration, trust_unranked=trust_unranked)
 
 
-__all__ = ["adapt", "gate", "Adapter", "AdaptConfig", "AdaptReport", "GateVerdict", "METHODS", "RECOMMENDED", "get_adapter"]
+__all__ = ["adapt", "gate", "Adapter", "AdaptConfig", "AdaptReport", "GateVerdict", "GATE_MIN_IMAGES", "METHODS", "RECOMMENDED", "get_adapter"]

@@ -14,6 +14,7 @@ from torch import nn
 from ..backbone import batchnorm_layers
 from ..drift import DriftReference
 from ..errors import ConfigError
+from ..finite import refuse_non_finite_scores
 from ..patchcore import PatchCoreModel, Provenance
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import TransferredThreshold, gumbel_threshold, transferred_calibration
@@ -268,6 +269,7 @@ def derive_version(
             report(progress, "threshold", min(start + step, len(target)), len(target))
 
     target_scores, _, descriptors = adapted.score_stream(batches())
+    refuse_non_finite_scores(target_scores, cfg.lr)
     # The adapted version watches for drift away from the condition it was adapted to.
     adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
     apply_threshold(adapted, gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold), report_)

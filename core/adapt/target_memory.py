@@ -16,7 +16,7 @@ from torch import nn
 from ..contamination import MIN_IMAGES, TAIL_Z, FilterResult, FilterSettings, filter_patches
 from ..coreset import coreset_size, kcenter_coreset
 from ..drift import DriftReference, image_descriptors
-from ..errors import AdaptationError
+from ..finite import refuse_non_finite_scores
 from ..patchcore import PatchCoreModel, Provenance, kfold_scores
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import gumbel_threshold, transferred_calibration
@@ -114,8 +114,7 @@ def adapt_memory(
     # version would give them.
     scored = scored_images(n, cfg.threshold_images, cfg.seed)
     scores = kfold_scores(adapted, feats, memory_image, cancel, scored)
-    if not np.all(np.isfinite(scores)):
-        raise AdaptationError(f"{int((~np.isfinite(scores)).sum())} target image(s) got a non-finite score; the source version stays as it is")
+    refuse_non_finite_scores(scores)
     report(progress, "threshold", 1, 1)
     apply_threshold(adapted, gumbel_threshold(scores, config.false_alarm_rate, model.threshold), report_)
     adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)

@@ -337,7 +337,8 @@ function adaptResult(name, job) {
   const gate = r.gate ? `${r.gate.better ? "found better" : "not better"}: ${r.gate.reason}` : "not checked";
   return el("div", { id: "adapt-result" },
     el("p", {}, `New version ${job.result_version} (${r.method}): threshold ${fmt(r.threshold_before)} → ${fmt(r.threshold_after)}; `,
-      `label-free check: ${gate}; `, el("strong", { text: r.activated ? "activated" : "not activated" })),
+      `label-free check: ${gate}; `, el("strong", { text: r.activated ? "activated" : "not activated" }),
+      r.not_activated ? ` (${r.not_activated})` : "", r.threshold_note ? ` Threshold: ${r.threshold_note}` : ""),
     !r.activated ? el("button", { id: "adapt-review", text: `Review ${job.result_version} against the active version`, onclick: () => openReview(name, job.result_version, r) }) : "", " ",
     !r.activated && isAdmin() ? el("button", { class: "primary", id: "adapt-activate-new", text: `Activate ${job.result_version}`, onclick: () => activate(name, job.result_version) }) : "");
 }

@@ -138,7 +138,7 @@ async def adapt_model(
     size = adapter.input_size(model, cfg)
     sources = await _validated_uploads(settings, source_files, size) if source_files else []
     uploads = await _validated_uploads(settings, files, size)
-    operations.check_image_counts(adapter, len(uploads), len(sources))
+    operations.check_image_counts(adapter, len(uploads), len(sources), options.activate)
     params = {"config": stored, "source_version": model.version, "activate": options.activate}
     job = await run_in_threadpool(worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
