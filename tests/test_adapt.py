@@ -195,3 +195,11 @@ def test_non_finite_target_scores_fail_the_adaptation_with_a_hint():
     refuse_non_finite_scores(np.array([1.0, 2.0]))
     with pytest.raises(AdaptationError, match=r"2 target image\(s\) got a non-finite score.*lower lr \(it was 0.01\)"):
         refuse_non_finite_scores(np.array([1.0, np.nan, np.inf]), lr=0.01)
+
+
+def test_an_unknown_batchnorm_step_is_refused_by_name(fitted, shifted):
+    from patchshift.core.adapt.base import AdaptReport
+    from patchshift.core.adapt.batchnorm import batchnorm_step
+
+    with pytest.raises(ConfigError, match="unknown BatchNorm step 'rodda'; choose from none, stats"):
+        batchnorm_step(fitted, shifted[0][:2], "rodda", AdaptConfig(method="roda"), AdaptReport("roda", 2), None, None)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..backbone import batchnorm_state
+from ..errors import ConfigError
 from ..finite import refuse_diverged
 from ..patchcore import PatchCoreModel
 from ..progress import CancelFn, ProgressFn, check_cancel
@@ -18,23 +20,45 @@ from .registry import Adapter, register
 from .roda import ot_loss
 
 
+def _copied(model: PatchCoreModel, target, cfg, report_, progress, cancel) -> nn.Module:
+    return copy.deepcopy(model.extractor)
+
+
+def _reestimated(model: PatchCoreModel, target, cfg, report_, progress, cancel) -> nn.Module:
+    extractor = copy.deepcopy(model.extractor)
+    reestimate_statistics(extractor, target, model.config.batch_size, model.device, progress, cancel)
+    return extractor
+
+
+def _trained(loss_of: Callable[[PatchCoreModel, AdaptConfig], Callable]):
+    def step(model: PatchCoreModel, target, cfg, report_, progress, cancel) -> nn.Module:
+        return train_affine(model, target, cfg, loss_of(model, cfg), report_, progress, cancel)
+
+    return step
+
+
+# How each step moves a copy of the extractor's BatchNorm to the target.
+BATCHNORM_STEPS = {
+    "none": _copied,
+    "stats": _reestimated,  # AdaBN
+    "moment-matching": _trained(lambda model, cfg: moment_loss(model)),
+    "ot-continuous": _trained(lambda model, cfg: ot_loss(model, cfg, continuous=True)),
+    "roda": _trained(lambda model, cfg: ot_loss(model, cfg, continuous=False)),
+}
+
+
 def batchnorm_step(
     model: PatchCoreModel, target: torch.Tensor, step: str, cfg: AdaptConfig, report_: AdaptReport,
     progress: ProgressFn | None, cancel: CancelFn | None,
 ) -> nn.Module:
-    """A copy of the model's extractor with its BatchNorm moved to the target by `step`:
-    none, stats (AdaBN), moment-matching, ot-continuous or roda."""
+    """A copy of the model's extractor with its BatchNorm moved to the target by `step` (BATCHNORM_STEPS)."""
+    if step not in BATCHNORM_STEPS:
+        raise ConfigError(f"unknown BatchNorm step {step!r}; choose from {', '.join(BATCHNORM_STEPS)}")
     check_cancel(cancel)
-    if step == "none":
-        return copy.deepcopy(model.extractor)
-    if step == "stats":
-        extractor = copy.deepcopy(model.extractor)
-        reestimate_statistics(extractor, target, model.config.batch_size, model.device, progress, cancel)
-    else:
-        loss = moment_loss(model) if step == "moment-matching" else ot_loss(model, cfg, continuous=step == "ot-continuous")
-        extractor = train_affine(model, target, cfg, loss, report_, progress, cancel)
+    extractor = BATCHNORM_STEPS[step](model, target, cfg, report_, progress, cancel)
     check_cancel(cancel)
-    refuse_diverged(batchnorm_state(extractor).values(), "BatchNorm", cfg.lr)
+    if step != "none":
+        refuse_diverged(batchnorm_state(extractor).values(), "BatchNorm", cfg.lr)
     return extractor
 
 
