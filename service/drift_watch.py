@@ -85,8 +85,10 @@ class DriftWatch:
     def _submit(self, name: str, model: Detector, params: dict, images: list) -> None:
         try:
             job = self.worker.submit("adapt", name, params, images)
-        except Conflict:  # a job of this model was queued meanwhile: try again once its slot frees
-            with self._lock:
+        except Exception as exc:  # a job of this model was queued meanwhile (409), or the disk refused the images
+            if not isinstance(exc, Conflict):
+                log.error("model %s: the adaptation job could not be started (%s); it is tried again on the next drifting images", name, exc)
+            with self._lock:  # try again once the slot frees
                 self._attempted.discard((name, model.version or ""))
             return
         log.warning("model %s: adaptation job %s started from %d drifting images", name, job.id, len(images))

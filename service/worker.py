@@ -112,8 +112,8 @@ class Worker:
         if job.status == QUEUED and self.jobs.cancel_queued(job_id, "cancelled by request before it started"):
             self.metrics.jobs.labels(job.kind, CANCELLED).inc()
             self._discard_uploads(job_id)
-        elif self.jobs.get(job_id).status == RUNNING:  # also when the worker started it since the read above
-            self._cancel.setdefault(job_id, threading.Event()).set()
+        elif self.jobs.get(job_id).status == RUNNING and (flag := self._cancel.get(job_id)) is not None:
+            flag.set()  # also when the worker started it since the read above
         self._update_depth()
         return self.jobs.get(job_id)
 

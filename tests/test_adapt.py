@@ -203,3 +203,13 @@ def test_an_unknown_batchnorm_step_is_refused_by_name(fitted, shifted):
 
     with pytest.raises(ConfigError, match="unknown BatchNorm step 'rodda'; choose from none, stats"):
         batchnorm_step(fitted, shifted[0][:2], "rodda", AdaptConfig(method="roda"), AdaptReport("roda", 2), None, None)
+
+
+def test_adabn_gives_the_layers_their_settings_back_when_cancelled():
+    from patchshift.core.adapt.base import reestimate_statistics
+
+    extractor = torch.nn.Sequential(torch.nn.BatchNorm2d(1))
+    calls = iter([False, True])
+    with pytest.raises(CancelledError):
+        reestimate_statistics(extractor, torch.zeros(4, 1, 2, 2), 2, torch.device("cpu"), cancel=lambda: next(calls))
+    assert extractor[0].momentum == 0.1 and not extractor[0].training

@@ -561,13 +561,18 @@ def test_an_activation_waits_while_images_of_the_old_version_enter_its_monitor(c
     added_at, activated_at = [], []
     original_add = monitor.add
 
+    activating = threading.Event()
+
     def slow_add(*args, **kwargs):  # an activation starts while the old version's images go in
         racer.start()
-        time.sleep(0.3)
+        assert activating.wait(10)
+        racer.join(0.5)
+        assert racer.is_alive(), "the activation did not wait for the images to go in"
         original_add(*args, **kwargs)
         added_at.append(time.monotonic())
 
     def activate_copy():
+        activating.set()
         state.registry.activate("widget", "v1", copy.copy(old))
         activated_at.append(time.monotonic())
 

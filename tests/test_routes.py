@@ -82,14 +82,15 @@ def test_every_method_reaches_the_worker_with_only_what_was_set(app_and_worker, 
     assert adapter.configure(source, settings).epochs == 2
 
 
-def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(tmp_path: Path, saved_model: Path, dataset):
+def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(tmp_path: Path, saved_model: Path, dataset, monkeypatch):
     """Job params are shown to every read-scope key: the server's CLIP checkpoint path stays out of them."""
     from fastapi.testclient import TestClient
 
     from patchshift.service.app import create_app
     from patchshift.service.deps import get_worker
     from patchshift.service.settings import Settings
-    from patchshift.service.tasks import with_server_files
+    from patchshift.service.jobs import QUEUED, Job
+    from patchshift.service.worker import JobInputs
 
     models, checkpoint = tmp_path / "models", tmp_path / "secret-dir" / "clip.pt"
     shutil.copytree(saved_model, models / "widget" / "v1")
@@ -103,10 +104,27 @@ def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(tmp_path: 
         data = {"method": "uda", "encoder": "clip", "image_size": "64", "epochs": "1"}
         response = client.post(ADAPT_URL, files=images(dataset, 5) + sources(dataset, 2), data=data)
         assert response.status_code == 202, response.text
-    params = worker.submitted[-1][2]
-    assert "secret-dir" not in json.dumps(params) and params["config"]["encoder"] == "clip"
-    options = with_server_files({k: v for k, v in params["config"].items() if k != "method"}, settings)
-    assert options["clip_checkpoint"] == str(checkpoint) and options["clip_model"] == settings.clip_model
+        params = worker.submitted[-1][2]
+        assert "secret-dir" not in json.dumps(params) and params["config"]["encoder"] == "clip"
+        # the real worker task turns the stored params back into the config, the server's file included
+        seen = {}
+
+        def configure(self, parent, options):
+            seen.update(options)
+            raise RuntimeError("stop here")
+
+        monkeypatch.setattr(type(get_adapter("uda")), "configure", configure)
+        job = Job("job1", "adapt", "widget", QUEUED, 0.0, None, params, "now")
+        with pytest.raises(RuntimeError, match="stop here"):
+            client.app.state.worker.tasks["adapt"](job, JobInputs([], []), lambda *a: None, lambda: False)
+    assert seen["clip_checkpoint"] == str(checkpoint) and seen["clip_model"] == settings.clip_model
+
+
+def test_if_better_spelled_out_with_enough_images_reaches_the_worker(app_and_worker, dataset):
+    client, worker = app_and_worker
+    response = client.post(ADAPT_URL, files=images(dataset, 5), data={"method": "none", "activate": "if-better"})
+    assert response.status_code == 202, response.text
+    assert worker.submitted[-1][2]["activate"] == "if-better"
 
 
 @pytest.mark.parametrize(("data", "extra_sources", "message"), [

@@ -155,24 +155,27 @@ def reestimate_statistics(
     extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device,
     progress: ProgressFn | None = None, cancel: CancelFn | None = None,
 ) -> None:
-    """AdaBN: replace every BatchNorm's running mean/variance by the target's, each batch weighted by
-    its number of images (torch's cumulative average weighs batches equally, so a short last batch,
-    possibly one defective image, would count as much as a full one)."""
+    """AdaBN, in place (pass a copy): every BatchNorm's running mean becomes the target images' mean, and
+    its running variance the average of each batch's own variance (the usual AdaBN estimate), each batch
+    weighted by its number of images (torch's cumulative average weighs batches equally, so a short last
+    batch, possibly one defective image, would count as much as a full one)."""
     layers = batchnorm_layers(extractor)
     momenta = {name: layer.momentum for name, layer in layers.items()}
     for layer in layers.values():
         layer.reset_running_stats()
     extractor.train()
-    for start in range(0, len(target), batch_size):
-        check_cancel(cancel)
-        batch = target[start : start + batch_size]
-        for layer in layers.values():  # running = running + (n / seen) * (batch - running)
-            layer.momentum = len(batch) / (start + len(batch))
-        extractor(batch.to(device))
-        report(progress, "statistics", min(start + batch_size, len(target)), len(target))
-    for name, layer in layers.items():
-        layer.momentum = momenta[name]
-    extractor.eval()
+    try:
+        for start in range(0, len(target), batch_size):
+            check_cancel(cancel)
+            batch = target[start : start + batch_size]
+            for layer in layers.values():  # running = running + (n / seen) * (batch - running)
+                layer.momentum = len(batch) / (start + len(batch))
+            extractor(batch.to(device))
+            report(progress, "statistics", min(start + batch_size, len(target)), len(target))
+    finally:  # the layers' own settings come back even when cancelled
+        for name, layer in layers.items():
+            layer.momentum = momenta[name]
+        extractor.eval()
 
 
 def set_batchnorm_mode(extractor: nn.Module, mode: str) -> None:
@@ -269,7 +272,7 @@ def derive_version(
             report(progress, "threshold", min(start + step, len(target)), len(target))
 
     target_scores, _, descriptors = adapted.score_stream(batches())
-    refuse_non_finite_scores(target_scores, cfg.lr)
+    refuse_non_finite_scores(target_scores, cfg.lr if report_.steps else None)  # an lr hint only where something trained
     # The adapted version watches for drift away from the condition it was adapted to.
     adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
     apply_threshold(adapted, gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold), report_)

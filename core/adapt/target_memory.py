@@ -114,7 +114,7 @@ def adapt_memory(
     # version would give them.
     scored = scored_images(n, cfg.threshold_images, cfg.seed)
     scores = kfold_scores(adapted, feats, memory_image, cancel, scored)
-    refuse_non_finite_scores(scores)
+    refuse_non_finite_scores(scores, cfg.lr if report_.steps else None)
     report(progress, "threshold", 1, 1)
     apply_threshold(adapted, gumbel_threshold(scores, config.false_alarm_rate, model.threshold), report_)
     adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)
