@@ -251,6 +251,21 @@ def test_target_memory_beats_none_and_adabn_under_a_shift(fitted, blurred):
     assert auroc["target-memory"] > auroc["none"] + 0.2 and auroc["target-memory"] > auroc["bn-stats"] + 0.1, auroc
 
 
+@pytest.mark.parametrize(("side", "gain"), [(6, 1.8), (8, 2.0)])
+def test_target_memory_beats_none_and_adabn_under_a_brightness_shift(fitted, side, gain):
+    """The issue's case, a lighting change: the camera's gain raised (clipped, as a sensor saturates),
+    20% of the batch with small dark blobs."""
+    rng = np.random.default_rng(5)
+    images = [normal_image(rng) for _ in range(24)] + [plant_defect(normal_image(rng), rng, side=side)[0] for _ in range(6)]
+    labels = np.array([0] * 24 + [1] * 6)
+    bright = ((to_tensor(images) * gain).clamp(0, 1) * 255).round() / 255
+    auroc = {}
+    for method in ("none", "bn-stats", "target-memory"):
+        adapted, _ = adapt(fitted, bright, AdaptConfig(method=method))
+        auroc[method] = image_auroc(labels, adapted.score(bright).scores.numpy())
+    assert auroc["target-memory"] > auroc["none"] + 0.05 and auroc["target-memory"] > auroc["bn-stats"] + 0.05, auroc
+
+
 def test_target_memory_version_has_its_own_bank_and_leaves_the_source_alone(fitted, blurred):
     images, _ = blurred
     bank = fitted.bank.clone()
