@@ -48,13 +48,11 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device,
         save_model(model, store.version_dir(job.model, version))
         result = {"threshold": model.threshold, "bank_size": int(model.bank.shape[0]), "n_images": len(images)}
         activate = activation_policy(job.params) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
-        expected = job.params.get("active_version")  # the active version when the fit was asked for
-        if activate and expected is not None and not registry.activate_if_active(job.model, expected, version, model):
-            activate = False
-            result["not_activated"] = (f"the active version changed from {expected} to {store.active(job.model)} while this job "
-                                       f"ran; {version} is kept for review")
-        elif activate and expected is None:
+        expected = job.params.get("active_version")  # the active version when the fit was asked for (None: a new model)
+        if activate and expected is None:
             registry.activate(job.model, version, model)
+        elif activate and (reason := activate_unless_moved(store, registry, job.model, expected, version, model)):
+            activate, result["not_activated"] = False, reason
         return version, {**result, "activated": activate}
 
     def run_adapt(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
@@ -83,14 +81,21 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device,
         version = store.allocate_version(job.model)
         save_model(adapted, store.version_dir(job.model, version))
         report(1.0, "saved")
-        if activate and not registry.activate_if_active(job.model, source.version, version, adapted):
-            activate = False
-            result["not_activated"] = (f"the active version changed from {source.version} to {store.active(job.model)} while this job "
-                                       f"ran; {version} is kept for review")
+        if activate and (reason := activate_unless_moved(store, registry, job.model, source.version, version, adapted)):
+            activate, result["not_activated"] = False, reason
         result["activated"] = activate
         return version, result
 
     return {"fit": run_fit, "adapt": run_adapt}
+
+
+def activate_unless_moved(store: ModelStore, registry: ModelRegistry, name: str, expected: str, version: str,
+                          model: Detector) -> str | None:
+    """Activate a job's new version if `expected` (the version active when it was asked for) still is;
+    else why not: a job must not undo an activation or a rollback made while it ran."""
+    if registry.activate_if_active(name, expected, version, model):
+        return None
+    return f"the active version changed from {expected} to {store.active(name)} while this job ran; {version} is kept for review"
 
 
 def with_server_files(options: dict, settings: Settings) -> dict:
