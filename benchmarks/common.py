@@ -46,7 +46,8 @@ def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(title for _, title, _ in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = [
-        "| " + " | ".join(format(r[key], fmt) if fmt and r.get(key) is not None else str(r.get(key, "")) for key, _, fmt in columns) + " |"
+        "| " + " | ".join(format(r[key], fmt) if fmt and r.get(key) is not None else "–" if key in r and r[key] is None
+                          else str(r.get(key, "")) for key, _, fmt in columns) + " |"
         for r in rows
     ]
     return "\n".join([head, rule, *body])

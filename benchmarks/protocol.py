@@ -53,7 +53,8 @@ def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarr
     """Ranking (image and pixel AUROC, AUPRO) and the verdicts at the model's own threshold: the share of good
     images it flags (false alarms) and of defective images it catches (recall)."""
     from patchshift.core.images import resize_batch
-    from patchshift.core.metrics import aupro, image_auroc, pixel_auroc
+    from patchshift.core.evaluate import asked_false_alarm_rate
+    from patchshift.core.metrics import aupro, image_auroc, oracle_recall, pixel_auroc
 
     scores, maps = model.score_batches(resize_batch(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
@@ -63,6 +64,8 @@ def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarr
               "aupro": aupro(masks, maps) if has_regions else None,
               "false_alarm_rate": float(flagged[labels == 0].mean()) if (labels == 0).any() else None,
               "recall": float(flagged[labels == 1].mean()) if (labels == 1).any() else None, "threshold": float(model.threshold)}
+    if (labels == 0).any() and (labels == 1).any():  # the recall a perfect threshold at the asked rate would get
+        result["oracle_recall"] = oracle_recall(labels, scores, asked_false_alarm_rate(model))[1]
     if keep_scores:
         result["scores"] = [round(float(s), 4) for s in scores]
     return result

@@ -120,6 +120,36 @@ def assignment_share(model, images: torch.Tensor, masks: np.ndarray, augment: st
     return picked / total if total else float("nan")
 
 
+# Patch z limits at which a threshold study can read the target images' normal scores (AdaptConfig.threshold_patch_z).
+VOUCHED_Z = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 7.0, 100.0)
+
+
+# ... and where the batch's normal images' worst patches lie, at these quantiles (measured, not adopted).
+VOUCHED_QUANTILES = (0.9, 0.95, 0.99)
+
+
+def normal_patch_limit(patch_z: torch.Tensor, quantile: float) -> float:
+    """(S, P) mutual robust z of S images' patches -> the z below which a normal image's worst patch lies
+    with probability `quantile`: a Gumbel law through the 10th percentile and median of the images'
+    worst-patch z. Half a batch defective lifts the median, and with it the limit, towards every patch."""
+    from patchshift.core.threshold import gumbel_law, gumbel_reduced
+
+    worst = patch_z.amax(dim=1).double().numpy()
+    law = gumbel_law(worst, (0.10, 0.50)) if worst.size >= 2 else None
+    return float("inf") if law is None else float(law[0] + law[1] * gumbel_reduced(quantile))
+
+
+def vouched_score_grid(summary) -> dict[str, list[float]]:
+    """The scored target images' normal scores at every z of VOUCHED_Z (keys: z) and every limit of
+    VOUCHED_QUANTILES (keys: 'auto-Q')."""
+    from patchshift.core.contamination import vouched_image_scores
+
+    limits = {f"{z:g}": z for z in VOUCHED_Z}
+    limits.update({f"auto-{q:g}": normal_patch_limit(summary.target_patch_z, q) for q in VOUCHED_QUANTILES})
+    return {key: [round(float(v), 4) for v in vouched_image_scores(summary.target_patch_scores, summary.target_patch_z, z)]
+            for key, z in limits.items()}
+
+
 def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
     """The dataset's rows; `save(result)` after each row keeps a long run's finished rows ("complete": false)."""
     from patchshift.core.adapt import adapt, get_adapter
@@ -179,6 +209,8 @@ def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
                     if args.keep_scores and summary.target_scores is not None:
                         extra.update(target_scores=[round(float(v), 4) for v in summary.target_scores],
                                      target_index=None if summary.target_index is None else summary.target_index.tolist())
+                    if args.keep_scores and summary.target_patch_scores is not None:
+                        extra["vouched_scores"] = vouched_score_grid(summary)
                 rows.append({"corruption": corruption, "severity": severity, "method": method, "adapt_s": seconds,
                              "adapt_peak_gib": memory.peak_gib, **metrics, **extra})
                 print({k: v for k, v in rows[-1].items() if not isinstance(v, list)}, flush=True)
@@ -308,8 +340,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--report", nargs="+", metavar="FILE", default=None,
                         help="print the tables of stored results files (one product run in parts) and run nothing")
+    parser.add_argument("--leave-one-product-out", action="store_true",
+                        help="with --report over several products: each product under the setting chosen on the others (benchmarks/leave_one_out.py)")
     args = parser.parse_args(argv)
     if args.report:
+        if args.leave_one_product_out:
+            from .leave_one_out import table
+
+            by_product: dict[str, list[str]] = {}
+            for path in args.report:
+                by_product.setdefault(json.loads(Path(path).read_text())["dataset"], []).append(path)
+            print(table([merged(paths) for paths in by_product.values()]))
+            return
         report(merged(args.report), args.sweep_method)
         return
     _, args.adapt_settings = parse_variant("set:" + ",".join(args.set))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, DatasetError
@@ -162,6 +163,25 @@ def robust_cut(scores: torch.Tensor, z: float) -> float:
     median = flat.median()
     mad = (flat - median).abs().median()
     return float(median + z * 1.4826 * mad)
+
+
+def robust_z(scores: torch.Tensor) -> torch.Tensor:
+    """Each score in robust deviations (1.4826 x MAD) above the median of all of them."""
+    flat = scores.flatten().double()
+    median = flat.median()
+    sigma = 1.4826 * (flat - median).abs().median()
+    return ((scores.double() - median) / sigma.clamp_min(1e-12)).to(scores.dtype)
+
+
+def vouched_image_scores(patch_scores: torch.Tensor, patch_z: torch.Tensor, z: float) -> np.ndarray:
+    """(S, h, w) patch scores and (S, h*w) mutual robust z of the same patches -> (S,) each image's score
+    over the patches other images vouch for (z at most `z`): a normal image keeps its score, a defective
+    one loses its defect patches and scores like the normal images around it. An image with no such
+    patch keeps its own score."""
+    flat = patch_scores.flatten(1).double()
+    counted = patch_z.to(flat.device) <= z
+    vouched = flat.masked_fill(~counted, -math.inf).amax(dim=1)
+    return torch.where(counted.any(dim=1), vouched, flat.amax(dim=1)).numpy()
 
 
 def outlier_tail(scores: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 from .corruptions import corrupt
 from .data import Sample, load_mask
 from .images import iter_batches
-from .metrics import aupro, f1_at_threshold, image_auroc, pixel_auroc
+from .metrics import aupro, f1_at_threshold, image_auroc, oracle_recall, pixel_auroc
 from .patchcore import PatchCoreModel
 from .progress import CancelFn, ProgressFn, check_cancel, report
 
@@ -28,6 +28,10 @@ class EvalResult:
     seconds: float
     false_alarm_rate: float = float("nan")  # share of good images above the stored threshold
     recall: float = float("nan")  # share of defective images above it
+    # The threshold that flags exactly the model's false-alarm rate of these good images (needs labels),
+    # and its recall: what a perfect threshold would catch; recall / oracle_recall is the threshold's share.
+    oracle_threshold: float = float("nan")
+    oracle_recall: float = float("nan")
     n_masks: int = 0  # defective images with a ground-truth mask
     corruption: str | None = None
     severity: int | None = None
@@ -35,6 +39,14 @@ class EvalResult:
     def to_dict(self) -> dict:
         """JSON-ready: metrics a model cannot give (pixel metrics of a global detector) are null."""
         return {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(self).items()}
+
+
+def asked_false_alarm_rate(model: PatchCoreModel) -> float:
+    """The share of good parts the version's threshold was set to flag (a UDA version states its quantile)."""
+    config = model.config
+    if hasattr(config, "false_alarm_rate"):
+        return float(config.false_alarm_rate)
+    return 1.0 - float(config.threshold_quantile)
 
 
 def score_samples(
@@ -75,6 +87,7 @@ def evaluate(
     else:
         masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
         pixel, pro = pixel_auroc(masks, maps), aupro(masks, maps)
+    oracle_at, oracle_caught = oracle_recall(labels, scores, asked_false_alarm_rate(model))
     return EvalResult(
         image_auroc=image_auroc(labels, scores),
         pixel_auroc=pixel,
@@ -82,6 +95,8 @@ def evaluate(
         f1=f1_at_threshold(labels, scores, model.threshold),
         false_alarm_rate=float((scores[labels == 0] > model.threshold).mean()),
         recall=float((scores[labels == 1] > model.threshold).mean()),
+        oracle_threshold=oracle_at,
+        oracle_recall=oracle_caught,
         n_masks=n_masks,
         threshold=model.threshold,
         n_images=len(samples),

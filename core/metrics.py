@@ -1,4 +1,5 @@
-"""Detection and localisation metrics: image AUROC, pixel AUROC, AUPRO, F1 at a threshold.
+"""Detection and localisation metrics: image AUROC, pixel AUROC, AUPRO, F1 at a threshold, the oracle
+threshold at a false-alarm rate.
 
 AUROC and AUPRO share one threshold sweep: sort by score once, accumulate per-item weights of
 the positive and negative classes, and keep one point per distinct score (ties move together).
@@ -132,3 +133,25 @@ def f1_at_threshold(labels: Sequence[int], scores: Sequence[float], threshold: f
     fp = int((predicted & ~labels).sum())
     fn = int((~predicted & labels).sum())
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def oracle_threshold(good_scores: Sequence[float], false_alarm_rate: float) -> float:
+    """The threshold a person with labels would set: it flags (score > threshold) exactly
+    floor(rate x n) of these good images (fewer where scores tie), the most the rate allows."""
+    good = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())[::-1]
+    if good.size == 0:
+        raise ConfigError("the oracle threshold needs good images")
+    if not 0 <= false_alarm_rate < 1:
+        raise ConfigError(f"false-alarm rate {false_alarm_rate} must lie in [0, 1)")
+    return float(good[int(np.floor(false_alarm_rate * good.size + 1e-9))])
+
+
+def oracle_recall(labels: Sequence[int], scores: Sequence[float], false_alarm_rate: float) -> tuple[float, float]:
+    """(threshold, recall) of the oracle threshold: how many defects the line could catch at this
+    false-alarm rate if the threshold were perfect; a version's own recall is compared with it."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not labels.any():
+        raise ConfigError("the oracle recall needs defective images")
+    threshold = oracle_threshold(scores[~labels], false_alarm_rate)
+    return threshold, float((scores[labels] > threshold).mean())

@@ -295,12 +295,20 @@ def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: to
     image_feats: (N, h, w, D); row_image: (M,) the image each bank row came from, -1 for rows
     that came from none of them (they stay in every fold's bank); scored: the indices of the
     images to score (default: all), in the order of the result."""
+    return kfold_patch_scores(model, image_feats, row_image, cancel, scored)[1]
+
+
+def kfold_patch_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: torch.Tensor, cancel: CancelFn | None = None,
+                       scored: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """kfold_scores with the patch scores behind them: (S, h, w) patch scores and (S,) image scores
+    of the `scored` images (default: all N)."""
     config = model.config
-    n_images = len(image_feats)
+    n_images, h, w = image_feats.shape[:3]
     scored = torch.arange(n_images) if scored is None else scored
     folds = min(config.calibration_folds, n_images)
     fold_of = torch.from_numpy(np.random.default_rng(config.seed).permutation(n_images) % folds)
     scores = torch.full((n_images,), math.nan)
+    patches = torch.full((n_images, h, w), math.nan)
     for fold in range(folds):
         check_cancel(cancel)
         keep = (row_image < 0) | (fold_of[row_image.clamp_min(0)] != fold)
@@ -311,5 +319,6 @@ def kfold_scores(model: PatchCoreModel, image_feats: torch.Tensor, row_image: to
         fold_model = PatchCoreModel(config, model.backbone, model.extractor, model.bank[keep], math.inf, model.provenance, model.device)
         for start in range(0, len(members), config.batch_size):
             chunk = members[start : start + config.batch_size]
-            scores[chunk] = fold_model.score_features(image_feats[chunk])[1].cpu()
-    return scores[scored].numpy()
+            patch_scores, image_scores = fold_model.score_features(image_feats[chunk])
+            scores[chunk], patches[chunk] = image_scores.cpu(), patch_scores.cpu()
+    return patches[scored], scores[scored].numpy()

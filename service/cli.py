@@ -250,6 +250,8 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         + (f"\n  {report.message}" if report.message else "")
         + (f"\n  filter: {report.details['filter']}" if "filter" in report.details else "")
         + (f"\n  threshold: {report.details['threshold_note']}" if "threshold_note" in report.details else "")
+        + (f"\n  threshold: {report.threshold.note}" if report.threshold is not None and report.threshold.note
+           and report.threshold.note != report.details.get("threshold_note") else "")
     )
     return 0
 
@@ -257,7 +259,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
 def cmd_eval(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import load_model
     from patchshift.core.data import labelled_samples
-    from patchshift.core.evaluate import evaluate
+    from patchshift.core.evaluate import asked_false_alarm_rate, evaluate
     from patchshift.core.fileio import atomic_write_bytes
 
     model = load_model(args.model, device=args.device)
@@ -267,6 +269,9 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
     print(f"{args.data}{shift}: {result.n_images} images ({result.n_anomalous} anomalous)")
     print(f"  image AUROC {result.image_auroc:.4f}  F1 {result.f1:.4f}  at threshold {result.threshold:.4f}: "
           f"false alarms {result.false_alarm_rate:.1%} of good images, recall {result.recall:.1%} of defective ones")
+    print(f"  oracle threshold {result.oracle_threshold:.4f} (at most {asked_false_alarm_rate(model):.1%} of these good images flagged): "
+          f"recall {result.oracle_recall:.1%}; the stored threshold catches "
+          + (f"{result.recall / result.oracle_recall:.0%} of that" if result.oracle_recall > 0 else "what it can"))
     if result.pixel_auroc == result.pixel_auroc:
         print(f"  pixel AUROC {result.pixel_auroc:.4f}  AUPRO {result.aupro:.4f}")
     elif not model.gives_heatmaps:

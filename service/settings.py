@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     drift_threshold: float = Field(DEFAULT_THRESHOLD, gt=0)
     auto_adapt: bool = False
     auto_adapt_method: str = Field(RECOMMENDED, description="adaptation method of self-started jobs (default: the recommended one)")
-    auto_adapt_images: int = Field(64, ge=MIN_IMAGES, description="recent images kept for a self-started adaptation")
+    # 128: enough for the new version's 1% threshold to be supported (the law's own 90% interval 0.3-3.0%);
+    # 64 give 0.2-4.7%, more than the gate accepts (core.threshold.SUPPORT_FACTOR).
+    auto_adapt_images: int = Field(128, ge=MIN_IMAGES, description="recent images kept for a self-started adaptation")
     auto_adapt_patience: int = Field(32, ge=1, description="consecutive drifting scores before adapting")
 
     # What the console shows of the line, per model, in memory only (lost on restart, never written

@@ -413,3 +413,51 @@ def test_a_product_without_defect_masks_is_ranked_by_image_only(fitted):
     masks = np.zeros((4, *fitted.input_hw), dtype=bool)
     result = evaluate_on(fitted, images, np.array([0, 0, 1, 1]), masks)
     assert result["pixel_auroc"] is None and result["aupro"] is None and 0 <= result["image_auroc"] <= 1
+
+
+def fake_product(name: str, gaps: dict[str, float]) -> dict:
+    """A shift result with two conditions: none at 0.5, clean 0.9, each method closing its given share of the gap."""
+    rows = []
+    for corruption in ("blur", "noise"):
+        rows.append({"corruption": corruption, "severity": 5, "method": "none", "image_auroc": 0.5, "pixel_auroc": None, "aupro": None,
+                     "false_alarm_rate": 0.0, "recall": 0.0, "oracle_recall": 0.1})
+        for method, gap in gaps.items():
+            rows.append({"corruption": corruption, "severity": 5, "method": method, "image_auroc": 0.5 + 0.4 * gap, "pixel_auroc": None,
+                         "aupro": None, "false_alarm_rate": 0.01, "recall": 0.2, "oracle_recall": 0.3})
+    return {"dataset": name, "upper_bound": {"image_auroc": 0.9}, "rows": rows, "eval_labels": [0, 1]}
+
+
+def test_leave_one_product_out_chooses_each_products_setting_on_the_others():
+    from patchshift.benchmarks.leave_one_out import choose, table
+
+    products = [fake_product("p1", {"a": 0.9, "b": 0.5}), fake_product("p2", {"a": 0.8, "b": 0.6}),
+                fake_product("p3", {"a": 0.1, "b": 0.7})]
+    assert choose(products[:2], ["a", "b"]) == "a"  # p3 left out: a is better on p1 and p2 ...
+    assert choose([products[0], products[2]], ["a", "b"]) == "b"  # ... p2 left out: b's worst (0.5) beats a's (0.1)
+    lines = table(products).splitlines()
+    # worst product first: p3 is reported under a (chosen on p1 and p2), closing 10% of its gap
+    assert lines[2].startswith("| p3 | a | 2 | 50.0 | 54.0 | 90.0 | 10 |"), lines[2]
+    assert {line.split(" | ")[1] for line in lines[3:]} == {"b"}
+
+
+def test_verdict_study_chooses_settings_on_the_other_products():
+    from patchshift.benchmarks.verdicts import batches, choose, judged
+
+    rng = np.random.default_rng(0)
+
+    def result(name: str, shift: float) -> dict:
+        good, bad = rng.gumbel(10, 1, 200), rng.gumbel(16, 1, 200)  # held-out scores: the oracle catches most defects
+        target = np.r_[rng.gumbel(10 + shift, 1, 100), rng.gumbel(16, 1, 100)]  # half of the batch defective
+        vouched = np.r_[target[:100], rng.gumbel(10 + shift, 1, 100)]  # the defective images' normal parts
+        return {"dataset": name, "eval_labels": [0] * 200 + [1] * 200, "adapt_labels": [0] * 100 + [1] * 100,
+                "rows": [{"method": "target-memory", "corruption": "c", "severity": 5, "target_index": list(range(200)),
+                          "scores": list(np.r_[good, bad]), "vouched_scores": {"3": list(vouched), "100": list(target)}}]}
+
+    every = batches(result("p1", 0.0)) + batches(result("p2", 0.0))
+    assert [b["share"] for b in every[:3]] == [0.0, pytest.approx(33 / 133), 0.5]  # 100 good and 33 defective
+    z, pair, factor = choose(every)
+    assert factor == 4.0  # not chosen: the precision the gate asks for
+    assert z == "3"  # the law through the vouched scores keeps the rate where the raw scores' does not
+    row = judged(every[2], "100", (0.1, 0.5), float("inf"))
+    assert row["fa"] == 0.0 and row["recall"] < 0.7 * row["oracle_recall"]  # half defective: the raw law passes them
+    assert judged(every[2], z, pair, factor)["meets"]

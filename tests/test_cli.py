@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -41,6 +42,12 @@ def test_score_and_eval_on_a_fitted_model(saved_model, dataset, tmp_path, capsys
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert 0.0 <= values[key] <= 1.0
     assert values["image_auroc"] > 0.9
+    # the oracle: the threshold flagging at most 1% of test/good (here: none of 6), and what it catches
+    good = [r["score"] for r in document["results"] if r["file"].split(os.sep)[-2] == "good"]
+    bad = [r["score"] for r in document["results"] if r["file"].split(os.sep)[-2] != "good"]
+    assert values["oracle_threshold"] == pytest.approx(max(good), rel=1e-5)
+    assert values["oracle_recall"] == pytest.approx(np.mean(np.array(bad) > max(good)))
+    assert "oracle threshold" in out
 
     code, out, err = run(capsys, "eval", "--model", str(saved_model), "--data", str(dataset), "--corruption", "contrast", "--severity", "5")
     assert code == 0 and "contrast" in out
@@ -135,6 +142,10 @@ def test_adapt_command_makes_a_complete_child_version(saved_model, dataset, tmp_
     code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset / "test" / "good"), "--out", str(tmp_path / "tm"))
     assert code == 0, err
     assert "filter: " in out and "robust deviations" in out
+    # 6 good images: the new threshold's expected false alarms, its interval, and that 6 cannot support 1%
+    assert "threshold: expected to flag" in out and "90% interval" in out and "cannot support" in out
+    manifest = json.loads((tmp_path / "tm" / "manifest.json").read_text())
+    assert manifest["details"]["threshold_estimate"]["supported"] is False
     code, out, err = run(capsys, "adapt", "--model", str(saved_model), "--images", str(dataset / "test" / "good"), "--out", str(tmp_path / "tm0"),
                          "--filter-tail-share", "0")
     assert code == 0, err

@@ -110,6 +110,9 @@ def test_inspect_adapt_activate_and_roll_back_in_the_browser(browser, server, da
     shot(driver, "03-adapting")
     wait(driver, 180).until(ec.presence_of_element_located((By.ID, "adapt-result")))
     assert "not activated" in driver.find_element(By.ID, "adapt-result").text
+    # 6 images cannot support a 1% threshold: the console says what the new one is expected to flag, and that
+    assert "expected to flag" in driver.find_element(By.ID, "threshold-estimate").text
+    assert "cannot support" in driver.find_element(By.ID, "threshold-estimate").text
     shot(driver, "04-adapted")
     wait(driver).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v2']")))
 

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from patchshift.core.errors import ConfigError
-from patchshift.core.metrics import aupro, auroc, f1_at_threshold, image_auroc, pixel_auroc, sorted_quantiles
+from patchshift.core.metrics import (
+    aupro, auroc, f1_at_threshold, image_auroc, oracle_recall, oracle_threshold, pixel_auroc, sorted_quantiles,
+)
 
 
 def test_auroc_by_hand():
@@ -85,8 +87,11 @@ def test_gumbel_threshold_by_hand():
     # 21 scores 0..20: 10th percentile 2, median 10. y(0.1) = -0.834032, y(0.5) = 0.366513, y(0.99) = 4.600149;
     # scale 8 / 1.200545 = 6.663640, location 2 + 0.834032 * 6.663640 = 7.557688, threshold 7.557688 + 4.600149 * 6.663640
     scores = np.arange(21.0)
-    assert gumbel_threshold(scores, 0.01, fallback=99.0) == (pytest.approx(38.2114, abs=1e-3), None)
-    assert gumbel_threshold(scores, 0.05, fallback=99.0).value == pytest.approx(27.3500, abs=1e-3)  # y(0.95) = 2.970195
+    assert gumbel_threshold(scores, 0.01, fallback=99.0, quantiles=(0.1, 0.5))[:2] == (pytest.approx(38.2114, abs=1e-3), None)
+    assert gumbel_threshold(scores, 0.05, fallback=99.0, quantiles=(0.1, 0.5)).value == pytest.approx(27.3500, abs=1e-3)  # y(0.95) = 2.970195
+    # the default pair, the 20th percentile (4) and the median: y(0.2) = -0.475885, scale 6 / 0.842398 = 7.122524,
+    # location 4 + 0.475885 * 7.122524 = 7.389502, threshold 7.389502 + 4.600149 * 7.122524
+    assert gumbel_threshold(scores, 0.01, fallback=99.0).value == pytest.approx(40.1541, abs=1e-3)
     flat = gumbel_threshold(np.full(21, 7.0), 0.01, fallback=99.0)  # no spread to fit: the parent's stays, and why
     assert flat.value == 99.0 and "all equal" in flat.kept_reason
     assert "no false alarm" in gumbel_threshold(scores, 0.0, fallback=99.0).kept_reason
@@ -129,3 +134,21 @@ def test_sorted_quantiles_are_numpys_linear_quantiles_to_the_bit(n):
     values[::3] = values[0]  # ties
     q = np.linspace(0, 1, 1001)
     assert np.array_equal(sorted_quantiles(values, q), np.quantile(values, q))
+
+
+def test_oracle_threshold_flags_exactly_the_asked_share_of_good_images():
+    good = np.arange(1.0, 201.0)  # 200 good scores 1..200
+    assert oracle_threshold(good, 0.01) == 198.0  # flags 199 and 200: 2 of 200
+    assert oracle_threshold(good, 0.0) == 200.0  # flags none
+    assert oracle_threshold(good, 0.004) == 200.0  # 0.8 of an image: none
+    assert oracle_threshold(good[:100], 0.01) == 99.0  # 1 of 100
+    with pytest.raises(ConfigError, match="good images"):
+        oracle_threshold([], 0.01)
+
+
+def test_oracle_recall_by_hand():
+    labels = [0] * 10 + [1] * 4
+    scores = list(range(10)) + [9.5, 8.5, 3.0, 20.0]  # good 0..9; at 10% the oracle flags only 9
+    threshold, recall = oracle_recall(labels, scores, 0.1)
+    assert threshold == 8.0 and recall == 0.75  # 9.5, 8.5 and 20 lie above 8
+    assert oracle_recall(labels, scores, 0.0) == (9.0, 0.5)

@@ -26,7 +26,7 @@ from ..progress import CancelFn, ProgressFn, check_cancel
 from . import batchnorm, target_memory, uda  # noqa: F401  (register the adapters)
 from .base import AdaptReport
 from .config import AdaptConfig
-from .gate import BatchRanking, GateVerdict, judge as judge_versions, reference_ranking
+from .gate import BatchRanking, GateVerdict, judge as judge_versions, reference_ranking, refuse_unsupported_threshold
 from .registry import Adapter, adapter_names, get_adapter, load_plugins
 from .target_memory import filter_settings, target_features
 
@@ -80,6 +80,7 @@ def adapt(
             report_.gate = gate(model, parent_view, report_.target_scores, settings, cancel,
                                 report_.reference_ranking, report_.source_features, report_.target_index,
                                 adapter.trusted_when_unranked)
+            report_.gate = refuse_unsupported_threshold(report_.gate, report_.threshold)
         adapted.provenance.details["gate"] = report_.gate.to_dict()
     report_.source_features = None  # large; only the gate needed it
     log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)

@@ -46,6 +46,12 @@ class AdaptReport:
     reference_ranking: "BatchRanking | None" = None
     # A moved memory's rows: the target image each came from, -1 for the source bank's (out-of-fold scoring).
     memory_image: torch.Tensor | None = None
+    # The new threshold, its expected false-alarm rate and whether the batch supports it (None: not moved by a law).
+    threshold: TransferredThreshold | None = None
+    # A target memory's out-of-fold patch scores (S, h, w) of the scored images and their patches' mutual
+    # robust z (S, h*w): what its threshold's normal scores are made of (threshold studies read them).
+    target_patch_scores: torch.Tensor | None = None
+    target_patch_z: torch.Tensor | None = None
 
 
 def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], torch.Tensor]]:
@@ -234,8 +240,11 @@ def train_affine(
 
 
 def apply_threshold(adapted: PatchCoreModel, threshold: TransferredThreshold, report_: AdaptReport) -> None:
-    """Set the new version's threshold; when the parent's stayed, the manifest and the job result say why."""
+    """Set the new version's threshold; the manifest and the job result say what it is expected to flag
+    and how sure that is, and why the parent's stayed where it did."""
     adapted.threshold = threshold.value
+    report_.threshold = threshold
+    report_.details["threshold_estimate"] = threshold.to_dict()
     if threshold.kept_reason is not None:
         adapted.provenance.threshold_source = "parent-kept"
         report_.details["threshold_note"] = threshold.kept_reason

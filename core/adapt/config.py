@@ -81,9 +81,14 @@ class AdaptConfig:
     # Research setting: rescue up to median + z robust deviations of that contrast instead of the median.
     filter_rescue_z: float = option(0.0, "how far above the median contrast a rescued patch may stand, in robust deviations",
                                     ge=-10, le=100)
-    # The threshold needs the 10th percentile and median of the target's out-of-fold scores, which 64 images
-    # estimate well; scoring every image was the largest share of the target memory's time.
-    threshold_images: int = option(64, "target images scored out-of-fold to move the threshold (a random subset; 0: all)", ge=0, le=10**6)
+    # How sure the threshold is grows with the images scored (the law's own 90% false-alarm interval at 1% asked:
+    # 0.2-4.7% from 64 images, 0.5-2.2% from 256); scoring them out of fold is part of the target memory's time.
+    threshold_images: int = option(256, "target images scored out-of-fold to move the threshold (a random subset; 0: all)", ge=0, le=10**6)
+    # A target image's normal score (what the threshold's law is fitted to) counts its patches whose mutual
+    # score lies within median + z robust deviations of the batch's: chosen with one product left out
+    # (docs/adaptation.md, "The verdict after adaptation").
+    threshold_patch_z: float = option(4.0, "patches counted in a target image's normal score for the threshold: mutual score "
+                                      "within median + z robust deviations (100: every patch)", gt=0, le=100)
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)
 
     def to_dict(self) -> dict[str, Any]:

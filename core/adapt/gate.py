@@ -26,12 +26,16 @@ itself (`trusted_when_unranked`) goes live under a shift, and any other keeps th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..contamination import NORMAL_TAIL_SHARE, TAIL_Z, FilterSettings, cut_applies, mutual_scores, outlier_tail
+
+if TYPE_CHECKING:
+    from ..threshold import TransferredThreshold
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,16 @@ class GateVerdict:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def refuse_unsupported_threshold(verdict: GateVerdict, threshold: "TransferredThreshold | None") -> GateVerdict:
+    """A version whose threshold the batch cannot support, or that passes nearly every image the batch
+    finds suspect, stays out whatever its ranking: a confident number that flags far more than asked,
+    or passes the defects, is worse on the line than the parent."""
+    if threshold is None or not verdict.better or (threshold.supported and not threshold.recall_collapses):
+        return verdict
+    return replace(verdict, better=False, reason=f"{verdict.reason}; but its threshold is not trustworthy ({threshold.note}): "
+                   "the parent stays active")
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

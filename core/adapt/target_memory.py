@@ -3,8 +3,9 @@
 Patch features of the target images (through the source backbone, or after a BatchNorm step),
 the patches that other target images vouch for (core.contamination), a coreset of them as the
 target memory, alone or joined to the source bank. The threshold is re-calibrated from the
-target images scored against the memory built without their own fold: an extreme-value law through
-their 10th percentile and median (core.threshold.gumbel_threshold), which defective images only raise.
+target images scored against the memory built without their own fold, each over the patches other
+images vouch for: an extreme-value law through those normal scores' 10th percentile and median
+(core.threshold.gumbel_threshold), with how sure it is.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..contamination import MIN_IMAGES, TAIL_Z, FilterResult, FilterSettings, filter_patches
+from ..contamination import (
+    MIN_IMAGES, TAIL_Z, FilterResult, FilterSettings, filter_patches, robust_z,
+    vouched_image_scores,
+)
 from ..coreset import coreset_size, kcenter_coreset
 from ..drift import DriftReference, image_descriptors
 from ..finite import refuse_non_finite_scores
-from ..patchcore import PatchCoreModel, Provenance, kfold_scores
+from ..patchcore import PatchCoreModel, Provenance, kfold_patch_scores
 from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import gumbel_threshold, transferred_calibration
+from ..threshold import TransferredThreshold, gumbel_threshold, transferred_calibration
 from .base import AdaptReport, apply_threshold
 from .batchnorm import batchnorm_step
 from .config import AdaptConfig
@@ -79,6 +83,18 @@ def aligned_bank(bank: torch.Tensor, target: torch.Tensor, how: str) -> torch.Te
     return ((source64 - mu_s) @ power(cov_s, -0.5) @ power(cov_t, 0.5) + mu_t).to(bank.dtype)
 
 
+def batch_threshold(patch_scores: torch.Tensor, patch_z: torch.Tensor, false_alarm_rate: float, fallback: float,
+                    cfg: AdaptConfig) -> tuple[TransferredThreshold, np.ndarray]:
+    """(S, h, w) out-of-fold patch scores of S target images and their patches' (S, h*w) mutual robust z ->
+    the new threshold and the normal scores it was fitted to. Each image counts only the patches other
+    images vouch for (cfg.threshold_patch_z), so a defective image scores as the normal part it mostly
+    is instead of pushing the law up; an image that loses a patch so is a suspect, and the threshold
+    states the share of suspects it flags (its expected recall)."""
+    normal_scores = vouched_image_scores(patch_scores, patch_z, cfg.threshold_patch_z)
+    raw_scores = patch_scores.flatten(1).amax(dim=1).double().numpy()
+    return gumbel_threshold(normal_scores, false_alarm_rate, fallback).with_suspects(raw_scores, normal_scores), normal_scores
+
+
 def adapt_memory(
     model: PatchCoreModel, target: torch.Tensor, cfg: AdaptConfig, report_: AdaptReport,
     progress: ProgressFn | None, cancel: CancelFn | None,
@@ -113,12 +129,15 @@ def adapt_memory(
     # Every target image against the memory without its own fold's patches: the scores a deployed
     # version would give them.
     scored = scored_images(n, cfg.threshold_images, cfg.seed)
-    scores = kfold_scores(adapted, feats, memory_image, cancel, scored)
+    patch_scores, scores = kfold_patch_scores(adapted, feats, memory_image, cancel, scored)
     refuse_non_finite_scores(scores, cfg.lr if report_.steps else None)
+    patch_z = robust_z(kept.scores.cpu())[scored]
+    threshold, normal_scores = batch_threshold(patch_scores, patch_z, config.false_alarm_rate, model.threshold, cfg)
     report(progress, "threshold", 1, 1)
-    apply_threshold(adapted, gumbel_threshold(scores, config.false_alarm_rate, model.threshold), report_)
-    adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, scores)
+    apply_threshold(adapted, threshold, report_)
+    adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, normal_scores)
     report_.target_scores, report_.target_index, report_.memory_image = scores, scored.numpy(), memory_image
+    report_.target_patch_scores, report_.target_patch_z = patch_scores, patch_z
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
         report_.source_features, report_.reference_ranking = feats, BatchRanking.of(kept.scores, kept.tail)
     report_.details.update({
