@@ -86,8 +86,8 @@ class TransferredThreshold(NamedTuple):
         recall = float((np.asarray(raw_scores)[suspect] > self.value).mean()) if count else None
         updated = self._replace(suspects=count, expected_recall=recall)
         if updated.recall_collapses:
-            updated = updated._replace(note=f"{self.note}; it flags {recall:.0%} of the {count} target images with a patch no "
-                                       "other image vouches for: most defects would pass")
+            collapse = f"it flags {recall:.0%} of the {count} target images with a patch no other image vouches for: most defects would pass"
+            updated = updated._replace(note="; ".join(filter(None, [self.note, collapse])))
         return updated
 
     def to_dict(self) -> dict:

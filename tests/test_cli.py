@@ -134,6 +134,7 @@ def test_adapt_command_makes_a_complete_child_version(saved_model, dataset, tmp_
     assert code == 0, err
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["method"] == "bn-stats" and manifest["parent"] == saved_model.name
+    assert manifest["details"]["threshold_estimate"]["expected_false_alarm_rate"] is not None  # the manifest says what it expects
     # the bank is shared with the source version (hard link), the version is complete
     assert (out_dir / "bank.safetensors").stat().st_ino == (saved_model / "bank.safetensors").stat().st_ino
     code, out, err = run(capsys, "score", "--model", str(out_dir), str(dataset / "test" / "good"))

@@ -63,3 +63,24 @@ def test_a_batch_too_small_for_the_tail_is_not_supported():
     threshold, _ = batch_threshold(batch, robust_z(batch.flatten(1)), RATE, fallback=0.0, cfg=AdaptConfig())
     assert not threshold.supported and threshold.false_alarm_interval[1] > 4 * RATE
     assert "cannot support" in threshold.note
+
+
+def test_reweighted_scores_put_the_threshold_on_the_deployed_scale():
+    """With PatchCore's re-weighting an image's deployed score is its largest patch distance times a factor;
+    the normal scores and the threshold follow it (else the threshold would sit above every deployed score)."""
+    batch = patch_scores(np.random.default_rng(3), 120, None)
+    z = robust_z(batch.flatten(1))
+    plain, normal = batch_threshold(batch, z, RATE, fallback=0.0, cfg=AdaptConfig())
+    deployed = 0.5 * batch.flatten(1).amax(1).numpy()
+    halved, halved_normal = batch_threshold(batch, z, RATE, fallback=0.0, cfg=AdaptConfig(), image_scores=deployed)
+    assert halved.value == pytest.approx(0.5 * plain.value) and np.allclose(halved_normal, 0.5 * normal)
+    assert halved.false_alarm_interval == pytest.approx(plain.false_alarm_interval)
+
+
+def test_a_collapse_note_reads_whole_where_the_law_gave_none():
+    from patchshift.core.threshold import gumbel_threshold
+
+    kept = gumbel_threshold(np.arange(20.0), 0.0, fallback=100.0)  # rate 0: the parent's threshold, no law, no note
+    raw, normal = np.arange(20.0) + 5.0, np.arange(20.0)  # every image a suspect, none above 100
+    flagged = kept.with_suspects(raw, normal)
+    assert flagged.recall_collapses and flagged.note.startswith("it flags 0% of the 20 target images")

@@ -285,6 +285,7 @@ def derive_version(
     # The adapted version watches for drift away from the condition it was adapted to.
     adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
     apply_threshold(adapted, gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold), report_)
+    adapted.provenance.details.update(report_.details)  # the manifest carries the threshold's estimate too
     adapted.provenance.calibration_scores = transferred_calibration(source.provenance.calibration_scores, target_scores)
     report_.target_scores = target_scores
     return adapted

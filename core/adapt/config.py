@@ -88,7 +88,7 @@ class AdaptConfig:
     # score lies within median + z robust deviations of the batch's: chosen with one product left out
     # (docs/adaptation.md, "The verdict after adaptation").
     threshold_patch_z: float = option(4.0, "patches counted in a target image's normal score for the threshold: mutual score "
-                                      "within median + z robust deviations (100: every patch)", gt=0, le=100)
+                                      "within median + z robust deviations (100: in effect every patch)", gt=0, le=100)
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,8 +4,8 @@ Patch features of the target images (through the source backbone, or after a Bat
 the patches that other target images vouch for (core.contamination), a coreset of them as the
 target memory, alone or joined to the source bank. The threshold is re-calibrated from the
 target images scored against the memory built without their own fold, each over the patches other
-images vouch for: an extreme-value law through those normal scores' 10th percentile and median
-(core.threshold.gumbel_threshold), with how sure it is.
+images vouch for: an extreme-value law through two percentiles of those normal scores
+(core.threshold.gumbel_threshold), with how sure it is and the share of suspect images it flags.
 """
 
 from __future__ import annotations
@@ -84,14 +84,19 @@ def aligned_bank(bank: torch.Tensor, target: torch.Tensor, how: str) -> torch.Te
 
 
 def batch_threshold(patch_scores: torch.Tensor, patch_z: torch.Tensor, false_alarm_rate: float, fallback: float,
-                    cfg: AdaptConfig) -> tuple[TransferredThreshold, np.ndarray]:
+                    cfg: AdaptConfig, image_scores: np.ndarray | None = None) -> tuple[TransferredThreshold, np.ndarray]:
     """(S, h, w) out-of-fold patch scores of S target images and their patches' (S, h*w) mutual robust z ->
     the new threshold and the normal scores it was fitted to. Each image counts only the patches other
     images vouch for (cfg.threshold_patch_z), so a defective image scores as the normal part it mostly
     is instead of pushing the law up; an image that loses a patch so is a suspect, and the threshold
-    states the share of suspects it flags (its expected recall)."""
+    states the share of suspects it flags (its expected recall). `image_scores` (S,): the images' deployed
+    scores, where they differ from their largest patch score (PatchCore's re-weighting); both scores are
+    put on their scale."""
     normal_scores = vouched_image_scores(patch_scores, patch_z, cfg.threshold_patch_z)
     raw_scores = patch_scores.flatten(1).amax(dim=1).double().numpy()
+    if image_scores is not None:  # the re-weighting's factor, per image
+        factor = np.divide(np.asarray(image_scores, dtype=np.float64), raw_scores, out=np.ones_like(raw_scores), where=raw_scores > 0)
+        normal_scores, raw_scores = normal_scores * factor, raw_scores * factor
     return gumbel_threshold(normal_scores, false_alarm_rate, fallback).with_suspects(raw_scores, normal_scores), normal_scores
 
 
@@ -132,7 +137,7 @@ def adapt_memory(
     patch_scores, scores = kfold_patch_scores(adapted, feats, memory_image, cancel, scored)
     refuse_non_finite_scores(scores, cfg.lr if report_.steps else None)
     patch_z = robust_z(kept.scores.cpu())[scored]
-    threshold, normal_scores = batch_threshold(patch_scores, patch_z, config.false_alarm_rate, model.threshold, cfg)
+    threshold, normal_scores = batch_threshold(patch_scores, patch_z, config.false_alarm_rate, model.threshold, cfg, scores)
     report(progress, "threshold", 1, 1)
     apply_threshold(adapted, threshold, report_)
     adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, normal_scores)
