@@ -157,20 +157,24 @@ def mutual_scores(
     return scores
 
 
-def robust_cut(scores: torch.Tensor, z: float) -> float:
-    """median + z * sigma, sigma estimated as 1.4826 * MAD (robust to the defect tail)."""
+def median_and_mad(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The median of all the scores and their median absolute deviation from it, in float64; a robust
+    deviation is 1.4826 x MAD (robust to the defect tail)."""
     flat = scores.flatten().double()
     median = flat.median()
-    mad = (flat - median).abs().median()
+    return median, (flat - median).abs().median()
+
+
+def robust_cut(scores: torch.Tensor, z: float) -> float:
+    """median + z robust deviations."""
+    median, mad = median_and_mad(scores)
     return float(median + z * 1.4826 * mad)
 
 
 def robust_z(scores: torch.Tensor) -> torch.Tensor:
-    """Each score in robust deviations (1.4826 x MAD) above the median of all of them."""
-    flat = scores.flatten().double()
-    median = flat.median()
-    sigma = 1.4826 * (flat - median).abs().median()
-    return ((scores.double() - median) / sigma.clamp_min(1e-12)).to(scores.dtype)
+    """Each score in robust deviations above the median of all of them."""
+    median, mad = median_and_mad(scores)
+    return ((scores.double() - median) / (1.4826 * mad).clamp_min(1e-12)).to(scores.dtype)
 
 
 def vouched_image_scores(patch_scores: torch.Tensor, patch_z: torch.Tensor, z: float) -> np.ndarray:

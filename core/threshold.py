@@ -42,8 +42,8 @@ def gumbel_reduced(p: float | np.ndarray) -> float | np.ndarray:
 # batch's (the batch resampled, the law fitted to each resample, the share of its images above the
 # chosen threshold: wider where the scores do not follow the law). BOOTSTRAP_DRAWS of each; the 5th to
 # 95th percentile is the false-alarm interval the job result states. Where its upper end exceeds
-# SUPPORT_FACTOR times the asked rate, the batch cannot support the threshold. Chosen with one product
-# left out: docs/adaptation.md, "The verdict after adaptation".
+# SUPPORT_FACTOR times the asked rate, the batch cannot support the threshold: a stated precision, not
+# tuned (docs/adaptation.md, "The verdict after adaptation", measures what it lets through).
 BOOTSTRAP_DRAWS = 200
 SUPPORT_FACTOR = 4.0
 # A threshold above nearly every image the batch itself finds suspect (a patch no other image vouches
@@ -101,11 +101,8 @@ class TransferredThreshold(NamedTuple):
 
 def gumbel_law(values: np.ndarray, quantiles: tuple[float, float]) -> tuple[float, float] | None:
     """(location, scale) of the Gumbel law through these two quantiles of `values`; None without spread."""
-    (p_low, p_high), (low, high) = quantiles, np.quantile(values, quantiles)
-    scale = (high - low) / (gumbel_reduced(p_high) - gumbel_reduced(p_low))
-    if not scale > 0:
-        return None
-    return float(low - scale * gumbel_reduced(p_low)), float(scale)
+    location, scale = refitted(np.asarray(values, dtype=np.float64).reshape(1, -1), quantiles)
+    return (float(location[0]), float(scale[0])) if scale[0] > 0 else None
 
 
 def gumbel_exceedance(threshold: float, location: np.ndarray, scale: np.ndarray) -> np.ndarray:
