@@ -28,8 +28,11 @@ TWIN_ROWS = 10
 
 
 @torch.inference_mode()
-def patch_search(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per patch of `images` (uint8): feature norm, distance to and indices of the k nearest bank rows."""
+def patch_search(
+    model, images: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per patch of `images` (uint8): feature norm, distance to and indices of the k nearest bank
+    rows."""
     norms, distances, rows = [], [], []
     for start in range(0, len(images), 16):
         feats = model.features(as_float(images[start : start + 16]))
@@ -42,14 +45,19 @@ def patch_search(model, images: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
 
 
 def twin_agreement(twin_rows: torch.Tensor, nearest: torch.Tensor) -> float:
-    """Share of patches whose nearest bank row (nearest: (P, 1)) is among their clean twin's rows (P, k)."""
+    """Share of patches whose nearest bank row (nearest: (P, 1)) is among their clean twin's rows
+    (P, k)."""
     return float((twin_rows == nearest).any(dim=1).float().mean())
 
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
 
-    parser = argparse.ArgumentParser(prog="patchshift bench alignment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="patchshift bench alignment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_protocol_arguments(parser, severities=[3, 5])
     parser.add_argument("--methods", nargs="*", default=["none", "bn-stats", "roda"])
     args = parser.parse_args(argv)
@@ -64,18 +72,43 @@ def main(argv: list[str] | None = None) -> None:
         for severity in args.severities:
             shifted = corrupt_uint8(clean, corruption, severity, args.seed)
             for method in args.methods:
-                adapted, _ = adapt(model, as_float(shifted), AdaptConfig(method=method, seed=args.seed))
+                adapted, _ = adapt(
+                    model, as_float(shifted), AdaptConfig(method=method, seed=args.seed)
+                )
                 norms, distances, nearest = patch_search(adapted, shifted[normal], 1)
                 agreement = twin_agreement(twin_rows, nearest)
-                rows.append({"condition": f"{corruption} {severity}", "method": method, "scale": float(norms.mean()) / bank_norm,
-                             "distance": float(distances.mean()) / clean_distance, "twin_agreement": float(agreement)})
+                rows.append(
+                    {
+                        "condition": f"{corruption} {severity}",
+                        "method": method,
+                        "scale": float(norms.mean()) / bank_norm,
+                        "distance": float(distances.mean()) / clean_distance,
+                        "twin_agreement": float(agreement),
+                    }
+                )
                 print(rows[-1], flush=True)
-    result = {"dataset": args.dataset, "bank_norm": bank_norm, "clean_distance": clean_distance, "rows": rows, "machine": machine()}
+    result = {
+        "dataset": args.dataset,
+        "bank_norm": bank_norm,
+        "clean_distance": clean_distance,
+        "rows": rows,
+        "machine": machine(),
+    }
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.out_dir) / f"alignment-{args.dataset}.json").write_text(json.dumps(result, indent=2))
     print(f"\n{args.dataset}: {int(normal.sum())} normal adaptation images; {result['machine']}")
-    print(markdown(rows, [("condition", "condition", ""), ("method", "method", ""), ("scale", "norm / bank norm", ".2f"),
-                          ("distance", "NN distance / clean", ".2f"), ("twin_agreement", f"nearest row in clean twin's {TWIN_ROWS}", ".1%")]))
+    print(
+        markdown(
+            rows,
+            [
+                ("condition", "condition", ""),
+                ("method", "method", ""),
+                ("scale", "norm / bank norm", ".2f"),
+                ("distance", "NN distance / clean", ".2f"),
+                ("twin_agreement", f"nearest row in clean twin's {TWIN_ROWS}", ".1%"),
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

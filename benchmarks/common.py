@@ -16,7 +16,8 @@ DATASETS = {
     "deeppcb": {"image_size": "512"},
 }
 
-# Generated products (benchmarks/generated.py), to check that defaults hold beyond the real datasets.
+# Generated products (benchmarks/generated.py), to check that defaults hold beyond the real
+# datasets.
 GENERATED = {"tiles": {"image_size": "256"}}
 # ELPV solar cells exported in the MVTec AD layout (benchmarks/elpv.py): 300 x 300 cells.
 EXPORTED = {"elpv-mono": {"image_size": "256"}, "elpv-poly": {"image_size": "256"}}
@@ -28,7 +29,8 @@ def dataset_settings(name: str) -> dict:
 
 
 def model_settings(name: str, image_size: str | None) -> dict:
-    """dataset_settings(name), with the input size a benchmark's `--image-size` overrides (None: the dataset's)."""
+    """dataset_settings(name), with the input size a benchmark's `--image-size` overrides (None: the
+    dataset's)."""
     return {**dataset_settings(name), **({"image_size": image_size} if image_size else {})}
 
 
@@ -38,7 +40,8 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, {torch.get_num_threads()} CPU threads"
-    return f"CPU only, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads ({platform.machine()})"
+    threads = torch.get_num_threads()
+    return f"CPU only, {os.cpu_count()} cores, {threads} torch threads ({platform.machine()})"
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -46,8 +49,16 @@ def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(title for _, title, _ in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = [
-        "| " + " | ".join(format(r[key], fmt) if fmt and r.get(key) is not None else "–" if key in r and r[key] is None
-                          else str(r.get(key, "")) for key, _, fmt in columns) + " |"
+        "| "
+        + " | ".join(
+            format(r[key], fmt)
+            if fmt and r.get(key) is not None
+            else "–"
+            if key in r and r[key] is None
+            else str(r.get(key, ""))
+            for key, _, fmt in columns
+        )
+        + " |"
         for r in rows
     ]
     return "\n".join([head, rule, *body])
@@ -59,7 +70,8 @@ def resident_bytes() -> int:
 
 
 class PeakMemory:
-    """Samples this process's resident memory every 20 ms; `.peak_gib` is the rise over the start."""
+    """Samples this process's resident memory every 20 ms; `.peak_gib` is the rise over the
+    start."""
 
     def __init__(self) -> None:
         self.start = resident_bytes()
@@ -72,7 +84,7 @@ class PeakMemory:
             self.peak = max(self.peak, resident_bytes())
             time.sleep(0.02)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -106,8 +118,12 @@ class StageClock:
 
 
 @torch.inference_mode()
-def extract_features(extractor: torch.nn.Module, paths: list, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+def extract_features(
+    extractor: torch.nn.Module, paths: list, size: tuple[int, int], device: torch.device
+) -> torch.Tensor:
     """(N, h, w, D) patch features of image files, on the CPU (batches of 16)."""
     from patchshift.core.images import iter_batches
 
-    return torch.cat([extractor(batch.to(device)).cpu() for batch, _, _ in iter_batches(paths, size, 16)])
+    return torch.cat(
+        [extractor(batch.to(device)).cpu() for batch, _, _ in iter_batches(paths, size, 16)]
+    )

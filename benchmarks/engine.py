@@ -1,4 +1,5 @@
-"""Engine benchmark: accuracy and fit cost on every dataset in shared/data (throughput: throughput.py).
+"""Engine benchmark: accuracy and fit cost on every dataset in shared/data (throughput:
+throughput.py).
 
     python -m patchshift.benchmarks.engine [--data-root ../shared/data] [--sweeps]
 
@@ -11,15 +12,24 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-from queue import Empty
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, StageClock, dataset_settings, extract_features, machine, markdown
+from .common import (
+    DATASETS,
+    DEFAULT_DATA_ROOT,
+    StageClock,
+    dataset_settings,
+    extract_features,
+    machine,
+    markdown,
+)
+
 
 def peak_resident_gib() -> float:
     """VmHWM: this process's peak resident memory since its exec (ru_maxrss would also count
@@ -45,7 +55,15 @@ def _fit_child(root: str, overrides: dict, out_dir: str, device: str, queue) -> 
         save_model(model, out_dir, overwrite=True)
         peak_gib = peak_resident_gib()
         stages = {f"fit_{stage}_s": s for stage, s in clock.seconds().items()}
-        queue.put({"fit_s": seconds, **stages, "fit_peak_gib": peak_gib, "n_train": len(images), "bank_size": int(model.bank.shape[0])})
+        queue.put(
+            {
+                "fit_s": seconds,
+                **stages,
+                "fit_peak_gib": peak_gib,
+                "n_train": len(images),
+                "bank_size": int(model.bank.shape[0]),
+            }
+        )
     except Exception as exc:  # the parent waits on the queue: it must hear of a failure, not hang
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
@@ -61,7 +79,10 @@ def fit_in_child(root: str, overrides: dict, out_dir: str, device: str) -> dict:
             break
         except Empty:
             if not child.is_alive():  # killed (out of memory) before it could say anything
-                raise SystemExit(f"fitting {root} failed: the fitting process died with exit code {child.exitcode}") from None
+                raise SystemExit(
+                    f"fitting {root} failed: the fitting process died with exit code "
+                    f"{child.exitcode}"
+                ) from None
     child.join()
     if "error" in result:
         raise SystemExit(f"fitting {root} failed: {result['error']}")
@@ -84,8 +105,15 @@ def run_dataset(name: str, root: Path, overrides: dict, device: str, workdir: Pa
 SWEEP_INDEXES = {"flat": ("flat", True), "ivf": ("ivf", True), "ivf-no-re-search": ("ivf", False)}
 
 
-def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[int],
-               indexes: tuple[str, ...] = tuple(SWEEP_INDEXES), nprobes: tuple[int, ...] = ()) -> list[dict]:
+def bank_sweep(
+    name: str,
+    root: Path,
+    overrides: dict,
+    device: str,
+    sizes: list[int],
+    indexes: tuple[str, ...] = tuple(SWEEP_INDEXES),
+    nprobes: tuple[int, ...] = (),
+) -> list[dict]:
     """Features extracted once; coreset size and index kind varied on the same features."""
     from patchshift.core.anomaly_map import anomaly_maps
     from patchshift.core.config import ModelConfig
@@ -114,23 +142,41 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
     rows = []
     for size in sizes:
         started = time.perf_counter()
-        picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
+        picked = kcenter_coreset(
+            patches.to(dev), size, config.coreset_projection_dim, config.seed
+        ).cpu()
         coreset_s = time.perf_counter() - started
-        # IVF as scoring uses it (each image's farthest patches searched again exactly) and without that
-        searches = [(label, probes) for label in indexes
-                    for probes in ((nprobes or (config.ivf_nprobe,)) if SWEEP_INDEXES[label][0] == "ivf" else (None,))]
+        # IVF as scoring uses it (each image's farthest patches searched again exactly) and without
+        # that
+        searches = [
+            (label, probes)
+            for label in indexes
+            for probes in (
+                (nprobes or (config.ivf_nprobe,)) if SWEEP_INDEXES[label][0] == "ivf" else (None,)
+            )
+        ]
         for label, probes in searches:
             kind, per_image = SWEEP_INDEXES[label]
             index = BankIndex(patches[picked], kind, probes or config.ivf_nprobe, dev)
             started = time.perf_counter()
             if per_image:
-                dist = torch.cat([index.search_images(test[i : i + 32].reshape(-1, h * w, d))[0] for i in range(0, n, 32)])
+                dist = torch.cat(
+                    [
+                        index.search_images(test[i : i + 32].reshape(-1, h * w, d))[0]
+                        for i in range(0, n, 32)
+                    ]
+                )
             else:
                 dist, _ = index.search(test.reshape(-1, d))
             search_s = time.perf_counter() - started
             patch_scores = dist.view(n, h, w)
             maps = np.concatenate(
-                [anomaly_maps(patch_scores[i : i + 32], config.input_hw, config.blur_sigma).numpy() for i in range(0, n, 32)]
+                [
+                    anomaly_maps(
+                        patch_scores[i : i + 32], config.input_hw, config.blur_sigma
+                    ).numpy()
+                    for i in range(0, n, 32)
+                ]
             )
             rows.append(
                 {
@@ -139,7 +185,9 @@ def bank_sweep(name: str, root: Path, overrides: dict, device: str, sizes: list[
                     "index": label if probes is None else f"{label}, {probes} probes",
                     "coreset_s": coreset_s,
                     "search_ms_per_image": 1000 * search_s / n,
-                    "image_auroc": image_auroc(labels, patch_scores.flatten(1).max(1).values.numpy()),
+                    "image_auroc": image_auroc(
+                        labels, patch_scores.flatten(1).max(1).values.numpy()
+                    ),
                     "pixel_auroc": pixel_auroc(masks, maps),
                     "aupro": aupro(masks, maps),
                 }
@@ -178,23 +226,56 @@ SWEEP_COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="patchshift bench engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="patchshift bench engine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--resolutions", nargs="*", default=[], metavar="DATASET=SIZE", help="extra fits, e.g. bsd=256x256")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings for every fit, e.g. calibration=holdout")
-    parser.add_argument("--bank-sweep", nargs="*", type=int, default=[], metavar="ROWS", help="bank sizes to sweep")
-    parser.add_argument("--sweep-datasets", nargs="*", default=["bsd"], help="datasets for the bank sweep")
-    parser.add_argument("--sweep-indexes", nargs="*", default=list(SWEEP_INDEXES), choices=list(SWEEP_INDEXES),
-                        help="searches of the bank sweep (exact search of a large bank is slow on a CPU)")
-    parser.add_argument("--sweep-nprobes", nargs="*", type=int, default=[], help="IVF probes to sweep (default: the model's)")
+    parser.add_argument(
+        "--resolutions",
+        nargs="*",
+        default=[],
+        metavar="DATASET=SIZE",
+        help="extra fits, e.g. bsd=256x256",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="model settings for every fit, e.g. calibration=holdout",
+    )
+    parser.add_argument(
+        "--bank-sweep", nargs="*", type=int, default=[], metavar="ROWS", help="bank sizes to sweep"
+    )
+    parser.add_argument(
+        "--sweep-datasets", nargs="*", default=["bsd"], help="datasets for the bank sweep"
+    )
+    parser.add_argument(
+        "--sweep-indexes",
+        nargs="*",
+        default=list(SWEEP_INDEXES),
+        choices=list(SWEEP_INDEXES),
+        help="searches of the bank sweep (exact search of a large bank is slow on a CPU)",
+    )
+    parser.add_argument(
+        "--sweep-nprobes",
+        nargs="*",
+        type=int,
+        default=[],
+        help="IVF probes to sweep (default: the model's)",
+    )
     parser.add_argument("--out", default="benchmarks/results/engine.json")
     args = parser.parse_args(argv)
     root = Path(args.data_root)
     from .protocol import parse_variant
 
-    _, settings = parse_variant("set:" + ",".join(args.set))  # JSON values: calibration=holdout, false_alarm_rate=0.01
+    _, settings = parse_variant(
+        "set:" + ",".join(args.set)
+    )  # JSON values: calibration=holdout, false_alarm_rate=0.01
     runs = [(name, {**dataset_settings(name), **settings}) for name in args.datasets]
     for spec in args.resolutions:
         name, size = spec.split("=")
@@ -206,15 +287,24 @@ def main(argv: list[str] | None = None) -> None:
             print(markdown(rows[-1:], MAIN_COLUMNS), flush=True)
     if args.bank_sweep:
         for name in args.sweep_datasets:
-            sweep += bank_sweep(name, root / name, dataset_settings(name), args.device, args.bank_sweep, tuple(args.sweep_indexes),
-                                tuple(args.sweep_nprobes))
+            sweep += bank_sweep(
+                name,
+                root / name,
+                dataset_settings(name),
+                args.device,
+                args.bank_sweep,
+                tuple(args.sweep_indexes),
+                tuple(args.sweep_nprobes),
+            )
     print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
     print(markdown(rows, MAIN_COLUMNS))
     if sweep:
         print()
         print(markdown(sweep, SWEEP_COLUMNS))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows, "bank_sweep": sweep}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"machine": machine(), "rows": rows, "bank_sweep": sweep}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,13 @@ def surface(rng: np.random.Generator) -> np.ndarray:
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
     angle = rng.uniform(0, 2 * np.pi)
     gradient = 0.05 * ((x - 0.5) * np.cos(angle) + (y - 0.5) * np.sin(angle))
-    grey = 0.55 + gradient + 0.05 * _smooth_noise(rng, 24) + 0.03 * _smooth_noise(rng, 3) + 0.02 * rng.normal(0, 1, (SIZE, SIZE))
+    grey = (
+        0.55
+        + gradient
+        + 0.05 * _smooth_noise(rng, 24)
+        + 0.03 * _smooth_noise(rng, 3)
+        + 0.02 * rng.normal(0, 1, (SIZE, SIZE))
+    )
     return grey.astype(np.float32)
 
 
@@ -57,14 +63,23 @@ def plant(grey: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.nda
     return grey - depth * soft, mask
 
 
-def write(root: Path, seed: int = 0, n_train: int = 300, n_good: int = 100, n_per_defect: int = 40) -> Path:
+def write(
+    root: Path, seed: int = 0, n_train: int = 300, n_good: int = 100, n_per_defect: int = 40
+) -> Path:
     rng = np.random.default_rng(seed)
-    folders = ["train/good", "test/good", *(f"test/{d}" for d in DEFECTS), *(f"ground_truth/{d}" for d in DEFECTS)]
+    folders = [
+        "train/good",
+        "test/good",
+        *(f"test/{d}" for d in DEFECTS),
+        *(f"ground_truth/{d}" for d in DEFECTS),
+    ]
     for folder in folders:
         (root / folder).mkdir(parents=True, exist_ok=True)
 
     def save(grey: np.ndarray, path: Path) -> None:
-        Image.fromarray((np.clip(grey, 0, 1) * 255).round().astype(np.uint8)).convert("RGB").save(path)
+        Image.fromarray((np.clip(grey, 0, 1) * 255).round().astype(np.uint8)).convert("RGB").save(
+            path
+        )
 
     for i in range(n_train):
         save(surface(rng), root / "train/good" / f"{i:03d}.png")
@@ -74,13 +89,21 @@ def write(root: Path, seed: int = 0, n_train: int = 300, n_good: int = 100, n_pe
         for i in range(n_per_defect):
             image, mask = plant(surface(rng), kind, rng)
             save(image, root / f"test/{kind}" / f"{i:03d}.png")
-            Image.fromarray(mask.astype(np.uint8) * 255).save(root / f"ground_truth/{kind}" / f"{i:03d}_mask.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(
+                root / f"ground_truth/{kind}" / f"{i:03d}_mask.png"
+            )
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="patchshift bench generated", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder that receives tiles/ in the MVTec AD layout")
+    parser = argparse.ArgumentParser(
+        prog="patchshift bench generated",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out", required=True, help="folder that receives tiles/ in the MVTec AD layout"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print(write(Path(args.out) / "tiles", args.seed))

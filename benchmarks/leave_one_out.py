@@ -1,11 +1,13 @@
-"""Leave one product out: each product is reported under the adaptation setting chosen on the others.
+"""Leave one product out: each product is reported under the adaptation setting chosen on the
+others.
 
 A setting is a method row of the shift benchmark (a named row or LABEL:FIELD=VALUE,...) that every
-product's results hold. For each product, the setting is chosen on the other products alone: the
-one whose worst other product closes the most of its image-AUROC gap (ties: the larger mean); the
-product is then reported under it. The table's headline is its worst product. The oracle recall is the recall of the threshold that
-flags at most 1% of the held-out good images: what the ranking allows at the line's operating point,
-whatever threshold a version sets (benchmarks/verdicts.py reports the versions' own thresholds).
+product's results hold. For each product, the setting is chosen on the other products alone: the one
+whose worst other product closes the most of its image-AUROC gap (ties: the larger mean); the
+product is then reported under it. The table's headline is its worst product. The oracle recall is
+the recall of the threshold that flags at most 1% of the held-out good images: what the ranking
+allows at the line's operating point, whatever threshold a version sets (benchmarks/verdicts.py
+reports the versions' own thresholds).
 
     python -m benchmarks.shift --report benchmarks/results/shift-*-thr.json --leave-one-product-out
 """
@@ -27,7 +29,13 @@ CLEAN = "clean"  # the shift benchmark's condition without a shift
 
 def conditions(result: dict) -> list[tuple[str, int]]:
     """The shifted conditions (a clean batch is reported apart: adapting to it must be harmless)."""
-    return sorted({(r["corruption"], r["severity"]) for r in result["rows"] if r["method"] == "none" and r["corruption"] != CLEAN})
+    return sorted(
+        {
+            (r["corruption"], r["severity"])
+            for r in result["rows"]
+            if r["method"] == "none" and r["corruption"] != CLEAN
+        }
+    )
 
 
 def lookup(result: dict) -> dict:
@@ -35,17 +43,25 @@ def lookup(result: dict) -> dict:
 
 
 def gap_closed(result: dict, method: str, key: str = "image_auroc") -> float | None:
-    """Share of the gap between no adaptation and the clean images that `method` closes, mean over the conditions."""
+    """Share of the gap between no adaptation and the clean images that `method` closes, mean over
+    the conditions."""
     rows, upper = lookup(result), result["upper_bound"].get(key)
     cells = conditions(result)
-    if upper is None or any((method, *c) not in rows or rows[(method, *c)].get(key) is None for c in cells):
+    if upper is None or any(
+        (method, *c) not in rows or rows[(method, *c)].get(key) is None for c in cells
+    ):
         return None
     none = np.mean([rows[("none", *c)][key] for c in cells])
-    return float((np.mean([rows[(method, *c)][key] for c in cells]) - none) / (upper - none)) if upper != none else None
+    return (
+        float((np.mean([rows[(method, *c)][key] for c in cells]) - none) / (upper - none))
+        if upper != none
+        else None
+    )
 
 
 def oracle_recall(result: dict, row: dict) -> float | None:
-    """The recall of the threshold flagging at most RATE of the row's held-out good images (needs stored scores)."""
+    """The recall of the threshold flagging at most RATE of the row's held-out good images (needs
+    stored scores)."""
     if row.get("oracle_recall") is not None:
         return row["oracle_recall"]
     if "scores" not in row:
@@ -66,24 +82,44 @@ def product_row(result: dict, method: str) -> dict:
     def below(key):
         if any(r.get(key) is None for r in mine + none):
             return None
-        return sum(m[key] < n[key] - TOLERANCE for m, n in zip(mine, none))
+        return sum(m[key] < n[key] - TOLERANCE for m, n in zip(mine, none, strict=False))
 
     oracle = [oracle_recall(result, r) for r in mine]
     clean = next(((c, s) for m, c, s in rows if m == "none" and c == CLEAN), None)
-    change = None if clean is None or (method, *clean) not in rows else \
-        100 * (rows[(method, *clean)]["image_auroc"] - rows[("none", *clean)]["image_auroc"])
-    return {"clean change": change,"product": result["dataset"], "setting": method, "conditions": len(cells),
-            "image": mean("image_auroc", mine), "none image": mean("image_auroc", none), "clean image": 100 * result["upper_bound"]["image_auroc"],
-            "gap": None if gap_closed(result, method) is None else 100 * gap_closed(result, method),
-            "pixel": mean("pixel_auroc", mine), "none pixel": mean("pixel_auroc", none), "aupro": mean("aupro", mine),
-            "image below": below("image_auroc"), "pixel below": below("pixel_auroc"), "aupro below": below("aupro"),
-            "oracle": None if None in oracle else 100 * float(np.mean(oracle)),
-            "none oracle": None if None in (o := [oracle_recall(result, r) for r in none]) else 100 * float(np.mean(o)),
-            "clean oracle": None if result["upper_bound"].get("oracle_recall") is None else 100 * result["upper_bound"]["oracle_recall"]}
+    change = (
+        None
+        if clean is None or (method, *clean) not in rows
+        else 100 * (rows[(method, *clean)]["image_auroc"] - rows[("none", *clean)]["image_auroc"])
+    )
+    return {
+        "clean change": change,
+        "product": result["dataset"],
+        "setting": method,
+        "conditions": len(cells),
+        "image": mean("image_auroc", mine),
+        "none image": mean("image_auroc", none),
+        "clean image": 100 * result["upper_bound"]["image_auroc"],
+        "gap": None if gap_closed(result, method) is None else 100 * gap_closed(result, method),
+        "pixel": mean("pixel_auroc", mine),
+        "none pixel": mean("pixel_auroc", none),
+        "aupro": mean("aupro", mine),
+        "image below": below("image_auroc"),
+        "pixel below": below("pixel_auroc"),
+        "aupro below": below("aupro"),
+        "oracle": None if None in oracle else 100 * float(np.mean(oracle)),
+        "none oracle": None
+        if None in (o := [oracle_recall(result, r) for r in none])
+        else 100 * float(np.mean(o)),
+        "clean oracle": None
+        if result["upper_bound"].get("oracle_recall") is None
+        else 100 * result["upper_bound"]["oracle_recall"],
+    }
 
 
 def choose(results: list[dict], candidates: list[str]) -> str:
-    """The candidate whose worst product (of these) closes the most of its image gap; ties: the larger mean."""
+    """The candidate whose worst product (of these) closes the most of its image gap; ties: the
+    larger mean."""
+
     def key(method):
         gaps = [gap_closed(r, method) for r in results]
         return (-np.inf, -np.inf) if None in gaps else (min(gaps), float(np.mean(gaps)))
@@ -92,9 +128,13 @@ def choose(results: list[dict], candidates: list[str]) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """results: one merged result per product. Rows: each product under the setting chosen on the others."""
-    candidates = [m for m in dict.fromkeys(r["method"] for r in results[0]["rows"]) if m != "none"
-                  and all(gap_closed(other, m) is not None for other in results)]
+    """results: one merged result per product. Rows: each product under the setting chosen on the
+    others."""
+    candidates = [
+        m
+        for m in dict.fromkeys(r["method"] for r in results[0]["rows"])
+        if m != "none" and all(gap_closed(other, m) is not None for other in results)
+    ]
     if not candidates:
         raise SystemExit("no adaptation setting was run on every condition of every product")
     rows = []
@@ -103,15 +143,34 @@ def table(results: list[dict]) -> str:
         rows.append(product_row(product, choose(others, candidates) if others else candidates[0]))
     for row in rows:  # the share of the oracle recall's gap (none -> clean images) closed
         ends = (row["none oracle"], row["oracle"], row["clean oracle"])
-        # no gap where the clean images' oracle catches no more than the shifted ones' (deeppcb: a few good boards score high)
-        row["oracle gap"] = None if None in ends or ends[2] <= ends[0] else 100 * (ends[1] - ends[0]) / (ends[2] - ends[0])
+        # no gap where the clean images' oracle catches no more than the shifted ones' (deeppcb: a
+        # few good boards score high)
+        row["oracle gap"] = (
+            None
+            if None in ends or ends[2] <= ends[0]
+            else 100 * (ends[1] - ends[0]) / (ends[2] - ends[0])
+        )
     rows.sort(key=lambda r: r["gap"] if r["gap"] is not None else -np.inf)
-    return markdown(rows, [
-        ("product", "product (worst first)", ""), ("setting", "setting chosen on the others", ""), ("conditions", "conditions", "d"),
-        ("none image", "image AUROC, none", ".1f"), ("image", "image AUROC", ".1f"), ("clean image", "clean", ".1f"),
-        ("gap", "gap closed %", ".0f"), ("image below", "image below none", "d"), ("none pixel", "pixel AUROC, none", ".1f"),
-        ("pixel", "pixel AUROC", ".1f"), ("pixel below", "pixel below none", "d"), ("aupro", "AUPRO", ".1f"), ("aupro below", "AUPRO below none", "d"),
-        ("none oracle", "oracle recall, none %", ".1f"), ("oracle", "oracle recall %", ".1f"),
-        ("clean oracle", "oracle recall, clean %", ".1f"), ("oracle gap", "oracle gap closed %", ".0f"),
-        ("clean change", "clean batch: image AUROC change", "+.1f"),
-    ])
+    return markdown(
+        rows,
+        [
+            ("product", "product (worst first)", ""),
+            ("setting", "setting chosen on the others", ""),
+            ("conditions", "conditions", "d"),
+            ("none image", "image AUROC, none", ".1f"),
+            ("image", "image AUROC", ".1f"),
+            ("clean image", "clean", ".1f"),
+            ("gap", "gap closed %", ".0f"),
+            ("image below", "image below none", "d"),
+            ("none pixel", "pixel AUROC, none", ".1f"),
+            ("pixel", "pixel AUROC", ".1f"),
+            ("pixel below", "pixel below none", "d"),
+            ("aupro", "AUPRO", ".1f"),
+            ("aupro below", "AUPRO below none", "d"),
+            ("none oracle", "oracle recall, none %", ".1f"),
+            ("oracle", "oracle recall %", ".1f"),
+            ("clean oracle", "oracle recall, clean %", ".1f"),
+            ("oracle gap", "oracle gap closed %", ".0f"),
+            ("clean change", "clean batch: image AUROC change", "+.1f"),
+        ],
+    )

@@ -1,4 +1,5 @@
-"""anomalib's PatchCore beside patchshift's: same backbone, weights, images, input size and bank size.
+"""anomalib's PatchCore beside patchshift's: same backbone, weights, images, input size and bank
+size.
 
     pip install -e '.[peer]'          # anomalib 2.7 resolves beside torch 2.14.1
     python -m patchshift.benchmarks.peer [--datasets bsd deeppcb] [--cap-s 900]
@@ -30,7 +31,10 @@ import torch
 from .common import DATASETS, DEFAULT_DATA_ROOT, StageClock, machine, markdown
 
 BATCH = 32
-STAGES = ["blocks.2", "blocks.4"]  # tf_efficientnet_lite0 at strides 8 and 16: patchshift's two stages
+STAGES = [
+    "blocks.2",
+    "blocks.4",
+]  # tf_efficientnet_lite0 at strides 8 and 16: patchshift's two stages
 
 
 def test_set(root: Path, size: tuple[int, int]):
@@ -48,7 +52,9 @@ def accuracy(labels: np.ndarray, masks: np.ndarray, scores: np.ndarray, maps: np
     return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps)}
 
 
-def timed_scoring(score_batch, paths: list, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+def timed_scoring(
+    score_batch, paths: list, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(scores, maps, images per second) over every image; decoding is not timed."""
     from patchshift.core.images import iter_batches
 
@@ -84,9 +90,18 @@ def run_patchshift(root: Path, size_text: str, limit: int | None = None) -> dict
         return result.scores.numpy(), result.anomaly_maps.numpy()
 
     scores, maps, per_s = timed_scoring(score_batch, paths, config.image_size)
-    return {"implementation": "patchshift", "fit_s": fit_s, "features_s": stages["features"],
-            "coreset_s": stages.get("coreset", 0.0), "calibration_s": stages.get("threshold", 0.0), "score_images_per_s": per_s, "bank_rows": len(model.bank),
-            "patches": len(train) * h * w, "n_train": len(train), **accuracy(labels, masks, scores, maps)}
+    return {
+        "implementation": "patchshift",
+        "fit_s": fit_s,
+        "features_s": stages["features"],
+        "coreset_s": stages.get("coreset", 0.0),
+        "calibration_s": stages.get("threshold", 0.0),
+        "score_images_per_s": per_s,
+        "bank_rows": len(model.bank),
+        "patches": len(train) * h * w,
+        "n_train": len(train),
+        **accuracy(labels, masks, scores, maps),
+    }
 
 
 def anomalib_child(root: Path, size_text: str, bank_rows: int, limit: int | None) -> None:
@@ -102,9 +117,13 @@ def anomalib_child(root: Path, size_text: str, bank_rows: int, limit: int | None
     torch.manual_seed(config.seed)
     model = PatchcoreModel(layers=STAGES, backbone=config.backbone, pre_trained=False)
     classifier, _ = load_classifier(config.backbone, config.weights)
-    loaded = model.feature_extractor.feature_extractor.load_state_dict(classifier.state_dict(), strict=False)
+    loaded = model.feature_extractor.feature_extractor.load_state_dict(
+        classifier.state_dict(), strict=False
+    )
     if loaded.missing_keys:
-        raise SystemExit(f"anomalib's feature extractor did not get every weight: {loaded.missing_keys[:5]}")
+        raise SystemExit(
+            f"anomalib's feature extractor did not get every weight: {loaded.missing_keys[:5]}"
+        )
     reference = build_backbone(config.backbone, config.weights, config.feature_strides)
     mean = torch.tensor(reference.mean).view(1, 3, 1, 1)
     std = torch.tensor(reference.std).view(1, 3, 1, 1)
@@ -122,7 +141,12 @@ def anomalib_child(root: Path, size_text: str, bank_rows: int, limit: int | None
     coreset_started = time.perf_counter()
     model.subsample_embedding((bank_rows + 0.5) / n_patches)  # int(n * ratio) == bank_rows
     coreset_s = time.perf_counter() - coreset_started
-    report(phase="coreset", seconds=coreset_s, fit_s=time.perf_counter() - started, bank_rows=len(model.memory_bank))
+    report(
+        phase="coreset",
+        seconds=coreset_s,
+        fit_s=time.perf_counter() - started,
+        bank_rows=len(model.memory_bank),
+    )
     model.eval()
     paths, labels, masks = test_set(root, config.image_size)
 
@@ -136,13 +160,15 @@ def anomalib_child(root: Path, size_text: str, bank_rows: int, limit: int | None
 
 
 def coreset_progress(stderr: str) -> tuple[int, int] | None:
-    """(rows chosen, rows to choose) from the last progress line anomalib's coreset printed (its loop
-    counts the rows after the first, random one)."""
+    """(rows chosen, rows to choose) from the last progress line anomalib's coreset printed (its
+    loop counts the rows after the first, random one)."""
     done = re.findall(r"Selecting Coreset Indices\.:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)", stderr)
     return (int(done[-1][0]) + 1, int(done[-1][1]) + 1) if done else None
 
 
-def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: float, limit: int | None = None) -> dict:
+def run_anomalib(
+    name: str, root: Path, size_text: str, bank_rows: int, cap_s: float, limit: int | None = None
+) -> dict:
     row = {"implementation": "anomalib 2.x PatchcoreModel", "bank_rows": bank_rows}
     try:
         import anomalib
@@ -150,7 +176,17 @@ def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: f
         row["implementation"] = f"anomalib {anomalib.__version__} PatchcoreModel"
     except ImportError:
         return {**row, "note": "anomalib is not installed (pip install -e '.[peer]')"}
-    command = [sys.executable, "-m", "patchshift.benchmarks.peer", "--child", name, str(root), size_text, str(bank_rows), str(limit or 0)]
+    command = [
+        sys.executable,
+        "-m",
+        "patchshift.benchmarks.peer",
+        "--child",
+        name,
+        str(root),
+        size_text,
+        str(bank_rows),
+        str(limit or 0),
+    ]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -169,7 +205,9 @@ def run_anomalib(name: str, root: Path, size_text: str, bank_rows: int, cap_s: f
         chosen, total = done
         row["coreset_rows_chosen"] = f"{chosen} of {total}"
         spent = cap_s - row.get("features_s", 0.0)
-        row["coreset_s_estimate"] = spent * total / max(chosen, 1)  # at the pace it had when stopped
+        row["coreset_s_estimate"] = (
+            spent * total / max(chosen, 1)
+        )  # at the pace it had when stopped
     elif child.returncode not in (0, None) and "capped_after_s" not in row:
         row["note"] = (err.strip().splitlines() or ["failed"])[-1]
     row["wall_s"] = time.perf_counter() - started
@@ -182,21 +220,40 @@ def main(argv: list[str] | None = None) -> None:
         _, name, root, size_text, bank_rows, limit = argv
         anomalib_child(Path(root), size_text, int(bank_rows), int(limit) or None)
         return
-    parser = argparse.ArgumentParser(prog="patchshift bench peer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="patchshift bench peer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--cap-s", type=float, default=900.0, help="wall-clock cap of anomalib's run per dataset")
-    parser.add_argument("--train-limit", type=int, default=None, help="fit both on the first N training images (where anomalib's coreset finishes)")
+    parser.add_argument(
+        "--cap-s", type=float, default=900.0, help="wall-clock cap of anomalib's run per dataset"
+    )
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="fit both on the first N training images (where anomalib's coreset finishes)",
+    )
     parser.add_argument("--out", default="benchmarks/results/peer.json")
     args = parser.parse_args(argv)
     rows = []
     for name in args.datasets:
         root = Path(args.data_root) / name
         size_text = DATASETS[name]["image_size"]
-        ours = {"dataset": name, "input": size_text, **run_patchshift(root, size_text, args.train_limit)}
+        ours = {
+            "dataset": name,
+            "input": size_text,
+            **run_patchshift(root, size_text, args.train_limit),
+        }
         rows.append(ours)
         print(ours, flush=True)
-        peer = {"dataset": name, "input": size_text, **run_anomalib(name, root, size_text, ours["bank_rows"], args.cap_s, args.train_limit)}
+        peer = {
+            "dataset": name,
+            "input": size_text,
+            **run_anomalib(name, root, size_text, ours["bank_rows"], args.cap_s, args.train_limit),
+        }
         rows.append(peer)
         print(peer, flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -207,23 +264,37 @@ def main(argv: list[str] | None = None) -> None:
 
 def display(row: dict) -> dict:
     """A result row as the table's cells; a capped anomalib run shows "> cap"."""
+
     def num(key: str, digits: int) -> str:
         value = row.get(key)
         return "" if value is None else f"{value:.{digits}f}"
 
-    cells = {"dataset": row["dataset"], "input": row["input"], "implementation": row["implementation"],
-             "train imgs": str(row.get("n_train", "")), "bank rows": str(row["bank_rows"]),
-             "fit s": num("fit_s", 0), "features s": num("features_s", 0), "coreset s": num("coreset_s", 1), "calibration s": num("calibration_s", 0),
-             "score img/s": num("score_images_per_s", 1), "image AUROC": num("image_auroc", 3), "pixel AUROC": num("pixel_auroc", 3)}
+    cells = {
+        "dataset": row["dataset"],
+        "input": row["input"],
+        "implementation": row["implementation"],
+        "train imgs": str(row.get("n_train", "")),
+        "bank rows": str(row["bank_rows"]),
+        "fit s": num("fit_s", 0),
+        "features s": num("features_s", 0),
+        "coreset s": num("coreset_s", 1),
+        "calibration s": num("calibration_s", 0),
+        "score img/s": num("score_images_per_s", 1),
+        "image AUROC": num("image_auroc", 3),
+        "pixel AUROC": num("pixel_auroc", 3),
+    }
     if "capped_after_s" in row:
         cap = row["capped_after_s"]
         cells["fit s"] = f"> {cap:.0f}"
         estimate = row.get("coreset_s_estimate")
-        cells["coreset s"] = f"> {cap - row.get('features_s', 0):.0f} ({row.get('coreset_rows_chosen', '?')} rows" + (
-            f"; ~{estimate:.0f} at that pace)" if estimate else ")")
+        cells["coreset s"] = (
+            f"> {cap - row.get('features_s', 0):.0f} ({row.get('coreset_rows_chosen', '?')} rows"
+            + (f"; ~{estimate:.0f} at that pace)" if estimate else ")")
+        )
     if row.get("note"):
         cells["implementation"] += f" ({row['note']})"
     return cells
+
 
 if __name__ == "__main__":
     main()

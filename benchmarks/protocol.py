@@ -1,5 +1,6 @@
-"""The shift benchmarks' shared protocol: splits, images as uint8, corruptions, evaluation, the cached
-source model, and the options of the one-dataset scripts that reuse it (no benchmark imports another's main)."""
+"""The shift benchmarks' shared protocol: splits, images as uint8, corruptions, evaluation, the
+cached source model, and the options of the one-dataset scripts that reuse it (no benchmark imports
+another's main)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from patchshift.core.corruptions import CORRUPTIONS
 from .common import DEFAULT_DATA_ROOT, model_settings
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(adaptation, evaluation) indices; each class split at `fraction`."""
     rng = np.random.default_rng(seed)
     adapt_idx = []
@@ -30,7 +33,9 @@ def load_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
     """All images as one uint8 (N, 3, H, W) tensor at the model input size."""
     from patchshift.core.images import iter_batches
 
-    return torch.cat([(b * 255).round().to(torch.uint8) for b, _, _ in iter_batches(paths, size, 32)])
+    return torch.cat(
+        [(b * 255).round().to(torch.uint8) for b, _, _ in iter_batches(paths, size, 32)]
+    )
 
 
 def corrupt_uint8(images: torch.Tensor, name: str | None, severity: int, seed: int) -> torch.Tensor:
@@ -41,7 +46,9 @@ def corrupt_uint8(images: torch.Tensor, name: str | None, severity: int, seed: i
     out = []
     for start in range(0, len(images), 32):
         batch = images[start : start + 32].float() / 255
-        out.append((corrupt(batch, name, severity, seed=seed + start) * 255).round().to(torch.uint8))
+        out.append(
+            (corrupt(batch, name, severity, seed=seed + start) * 255).round().to(torch.uint8)
+        )
     return torch.cat(out)
 
 
@@ -49,22 +56,35 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255
 
 
-def evaluate_on(model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray, keep_scores: bool = False) -> dict:
-    """Ranking (image and pixel AUROC, AUPRO) and the verdicts at the model's own threshold: the share of good
-    images it flags (false alarms) and of defective images it catches (recall)."""
-    from patchshift.core.images import resize_batch
+def evaluate_on(
+    model, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray, keep_scores: bool = False
+) -> dict:
+    """Ranking (image and pixel AUROC, AUPRO) and the verdicts at the model's own threshold: the
+    share of good images it flags (false alarms) and of defective images it catches (recall)."""
     from patchshift.core.evaluate import asked_false_alarm_rate
+    from patchshift.core.images import resize_batch
     from patchshift.core.metrics import aupro, image_auroc, oracle_recall, pixel_auroc
 
-    scores, maps = model.score_batches(resize_batch(as_float(images[i : i + 16]), model.input_hw) for i in range(0, len(images), 16))
+    scores, maps = model.score_batches(
+        resize_batch(as_float(images[i : i + 16]), model.input_hw)
+        for i in range(0, len(images), 16)
+    )
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     flagged = scores > model.threshold
-    has_regions = maps is not None and np.asarray(masks).any()  # a product without masks has no pixel metrics
-    result = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps) if has_regions else None,
-              "aupro": aupro(masks, maps) if has_regions else None,
-              "false_alarm_rate": float(flagged[labels == 0].mean()) if (labels == 0).any() else None,
-              "recall": float(flagged[labels == 1].mean()) if (labels == 1).any() else None, "threshold": float(model.threshold)}
-    if (labels == 0).any() and (labels == 1).any():  # the recall a perfect threshold at the asked rate would get
+    has_regions = (
+        maps is not None and np.asarray(masks).any()
+    )  # a product without masks has no pixel metrics
+    result = {
+        "image_auroc": image_auroc(labels, scores),
+        "pixel_auroc": pixel_auroc(masks, maps) if has_regions else None,
+        "aupro": aupro(masks, maps) if has_regions else None,
+        "false_alarm_rate": float(flagged[labels == 0].mean()) if (labels == 0).any() else None,
+        "recall": float(flagged[labels == 1].mean()) if (labels == 1).any() else None,
+        "threshold": float(model.threshold),
+    }
+    if (labels == 0).any() and (
+        labels == 1
+    ).any():  # the recall a perfect threshold at the asked rate would get
         result["oracle_recall"] = oracle_recall(labels, scores, asked_false_alarm_rate(model))[1]
     if keep_scores:
         result["scores"] = [round(float(s), 4) for s in scores]
@@ -83,7 +103,10 @@ def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
 
     config = ModelConfig(**overrides)
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    target = cache / f"{name}-{config.image_size[0]}x{config.image_size[1]}-{config.feature_dim}-{digest}"
+    target = (
+        cache
+        / f"{name}-{config.image_size[0]}x{config.image_size[1]}-{config.feature_dim}-{digest}"
+    )
     if (target / "manifest.json").is_file():
         return load_model(target, device=device)
     model = fit(train_images(root), config, device=device)
@@ -95,7 +118,9 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int
     """The options of the one-dataset scripts that reuse this protocol (design-runs, alignment)."""
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--dataset", default="bsd")
-    parser.add_argument("--image-size", default=None, help="override the dataset's model input size")
+    parser.add_argument(
+        "--image-size", default=None, help="override the dataset's model input size"
+    )
     parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="*", type=int, default=severities)
     parser.add_argument("--model-cache", default="benchmarks/results/models")
@@ -105,7 +130,8 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int
 
 
 def protocol_split(args: argparse.Namespace):
-    """(model, samples, labels, adaptation indices): the fitted model and the 20% adaptation split."""
+    """(model, samples, labels, adaptation indices): the fitted model and the 20% adaptation
+    split."""
     from patchshift.core.data import labelled_samples
 
     root = Path(args.data_root) / args.dataset
@@ -131,7 +157,11 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def adaptation_batch(args: argparse.Namespace):
-    """(model, images, labels): the fitted model, the adaptation split's clean images as uint8 (N, 3, H, W)
-    at its input size, and their labels."""
+    """(model, images, labels): the fitted model, the adaptation split's clean images as uint8 (N,
+    3, H, W) at its input size, and their labels."""
     model, samples, labels, adapt_idx = protocol_split(args)
-    return model, load_images([samples[i].path for i in adapt_idx], model.config.image_size), labels[adapt_idx]
+    return (
+        model,
+        load_images([samples[i].path for i in adapt_idx], model.config.image_size),
+        labels[adapt_idx],
+    )

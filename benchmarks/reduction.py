@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, dataset_settings, extract_features, machine, markdown
+from .common import (
+    DATASETS,
+    DEFAULT_DATA_ROOT,
+    dataset_settings,
+    extract_features,
+    machine,
+    markdown,
+)
 
 VARIANTS = ("average-128", "average-224", "none", "balanced", "random-128", "pca-128", "pca-64")
 
@@ -36,17 +43,27 @@ def raw_extractor(config, device):
     return build_extractor(config.replace(feature_reduction="none"), device)
 
 
-def projection(variant: str, train: torch.Tensor, stage_channels: tuple[int, ...], seed: int) -> torch.Tensor:
+def projection(
+    variant: str, train: torch.Tensor, stage_channels: tuple[int, ...], seed: int
+) -> torch.Tensor:
     """(C, D) matrix that maps raw features to the variant's features: the reduction `fit` builds
     (core.reduction), fitted on the same training patches."""
     from patchshift.core.reduction import fit_reduction
 
     kind, _, dim = variant.partition("-")
-    return fit_reduction(kind, train, int(dim) if dim else sum(stage_channels), stage_channels, seed).matrix()
+    return fit_reduction(
+        kind, train, int(dim) if dim else sum(stage_channels), stage_channels, seed
+    ).matrix()
 
 
-def run_dataset(name: str, root: Path, variants: list[str], device: str, overrides: dict | None = None,
-                train_limit: int | None = None) -> list[dict]:
+def run_dataset(
+    name: str,
+    root: Path,
+    variants: list[str],
+    device: str,
+    overrides: dict | None = None,
+    train_limit: int | None = None,
+) -> list[dict]:
     from patchshift.core.anomaly_map import anomaly_maps
     from patchshift.core.config import ModelConfig
     from patchshift.core.coreset import coreset_size, kcenter_coreset
@@ -74,14 +91,20 @@ def run_dataset(name: str, root: Path, variants: list[str], device: str, overrid
     n, h, w, c = raw_test.shape
     labels = np.array([s.label for s in samples])
     masks = np.stack([load_mask(s, config.image_size) for s in samples])
-    print(f"{name}: {len(raw_train)} training patches, {n} test images, {c} raw channels; extraction {extract_s:.0f} s", flush=True)
+    print(
+        f"{name}: {len(raw_train)} training patches, {n} test images, {c} raw channels; "
+        f"extraction {extract_s:.0f} s",
+        flush=True,
+    )
     rows = []
     for variant in variants:
         started = time.perf_counter()
         matrix = projection(variant, raw_train, backbone.stage_channels, config.seed)
         patches = raw_train @ matrix
         size = coreset_size(len(patches), config.coreset_ratio, config.coreset_max_size)
-        picked = kcenter_coreset(patches.to(dev), size, config.coreset_projection_dim, config.seed).cpu()
+        picked = kcenter_coreset(
+            patches.to(dev), size, config.coreset_projection_dim, config.seed
+        ).cpu()
         reduce_s = time.perf_counter() - started
         bank = patches[picked].contiguous()
         del patches
@@ -92,36 +115,71 @@ def run_dataset(name: str, root: Path, variants: list[str], device: str, overrid
         search_s = time.perf_counter() - started
         del test
         patch_scores = dist.view(n, h, w)
-        maps = np.concatenate([anomaly_maps(patch_scores[i : i + 32], config.input_hw, config.blur_sigma).numpy() for i in range(0, n, 32)])
-        rows.append({
-            "dataset": name, "input": "x".join(map(str, config.image_size)), "variant": variant, "dim": int(matrix.shape[1]),
-            "image_auroc": image_auroc(labels, patch_scores.flatten(1).max(1).values.numpy()),
-            "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
-            "fit_s": extract_s + reduce_s, "search_ms_per_image": 1000 * search_s / n, "bank_mib": bank.numel() * 4 / 2**20,
-        })
+        maps = np.concatenate(
+            [
+                anomaly_maps(patch_scores[i : i + 32], config.input_hw, config.blur_sigma).numpy()
+                for i in range(0, n, 32)
+            ]
+        )
+        rows.append(
+            {
+                "dataset": name,
+                "input": "x".join(map(str, config.image_size)),
+                "variant": variant,
+                "dim": int(matrix.shape[1]),
+                "image_auroc": image_auroc(labels, patch_scores.flatten(1).max(1).values.numpy()),
+                "pixel_auroc": pixel_auroc(masks, maps),
+                "aupro": aupro(masks, maps),
+                "fit_s": extract_s + reduce_s,
+                "search_ms_per_image": 1000 * search_s / n,
+                "bank_mib": bank.numel() * 4 / 2**20,
+            }
+        )
         print(markdown(rows[-1:], COLUMNS), flush=True)
     return rows
 
 
 COLUMNS = [
-    ("dataset", "dataset", ""), ("input", "input", ""), ("variant", "reduction", ""), ("dim", "D", "d"),
-    ("image_auroc", "image AUROC", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"), ("aupro", "AUPRO", ".3f"),
-    ("fit_s", "fit s", ".0f"), ("search_ms_per_image", "search ms/img", ".1f"), ("bank_mib", "bank MiB", ".1f"),
+    ("dataset", "dataset", ""),
+    ("input", "input", ""),
+    ("variant", "reduction", ""),
+    ("dim", "D", "d"),
+    ("image_auroc", "image AUROC", ".3f"),
+    ("pixel_auroc", "pixel AUROC", ".3f"),
+    ("aupro", "AUPRO", ".3f"),
+    ("fit_s", "fit s", ".0f"),
+    ("search_ms_per_image", "search ms/img", ".1f"),
+    ("bank_mib", "bank MiB", ".1f"),
 ]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="patchshift bench reduction", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="patchshift bench reduction",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--train-limit", type=int, default=None, help="the first N training images only (few-image products)")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="the first N training images only (few-image products)",
+    )
     parser.add_argument("--out", default="benchmarks/results/reduction.json")
     args = parser.parse_args(argv)
     rows = []
     for name in args.datasets:
-        rows += run_dataset(name, Path(args.data_root) / name, args.variants, args.device, train_limit=args.train_limit)
+        rows += run_dataset(
+            name,
+            Path(args.data_root) / name,
+            args.variants,
+            args.device,
+            train_limit=args.train_limit,
+        )
     print(f"\nMachine: {machine()}; torch {torch.__version__}\n")
     print(markdown(rows, COLUMNS))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,9 @@ def refit_on_condition(model, root: Path, corruption: str, severity: int, seed: 
     from patchshift.core.data import train_images
     from patchshift.core.patchcore import fit
 
-    train = corrupt_uint8(load_images(train_images(root), model.config.image_size), corruption, severity, seed)
+    train = corrupt_uint8(
+        load_images(train_images(root), model.config.image_size), corruption, severity, seed
+    )
     encoded = []
     for image in train:  # fit takes image files; lossless PNG keeps the corrupted pixels exactly
         buffer = io.BytesIO()
@@ -37,15 +39,29 @@ def refit_on_condition(model, root: Path, corruption: str, severity: int, seed: 
     return fit(encoded, model.config, device=model.device)
 
 
-def paired_oracle(model, shifted: torch.Tensor, clean: torch.Tensor, epochs: int = 5, lr: float = 1e-2, seed: int = 0):
+def paired_oracle(
+    model,
+    shifted: torch.Tensor,
+    clean: torch.Tensor,
+    epochs: int = 5,
+    lr: float = 1e-2,
+    seed: int = 0,
+):
     """BatchNorm affine trained on ||f_adapted(shifted) - f_source(clean)||^2 per patch."""
     from patchshift.core.adapt import AdaptConfig
-    from patchshift.core.adapt.base import AdaptReport, affine_parameters, derive_version, reestimate_statistics
+    from patchshift.core.adapt.base import (
+        AdaptReport,
+        affine_parameters,
+        derive_version,
+        reestimate_statistics,
+    )
 
     cfg = AdaptConfig(method="paired-oracle", epochs=epochs, lr=lr, seed=seed)
     batch = model.config.batch_size
     shifted, clean = as_float(shifted), as_float(clean)
-    goal = torch.cat([model.features(clean[i : i + batch]) for i in range(0, len(clean), batch)]).clone()
+    goal = torch.cat(
+        [model.features(clean[i : i + batch]) for i in range(0, len(clean), batch)]
+    ).clone()
     extractor = copy.deepcopy(model.extractor)
     reestimate_statistics(extractor, shifted, batch, model.device)
     optimiser = torch.optim.Adam(affine_parameters(extractor), lr=cfg.lr)
@@ -69,8 +85,17 @@ def paired_oracle(model, shifted: torch.Tensor, clean: torch.Tensor, epochs: int
     return derive_version(model, extractor.eval(), shifted, report, cfg)
 
 
-def reference_model(method: str, model, root: Path, corruption: str, severity: int, clean: torch.Tensor,
-                    shifted: torch.Tensor, adapt_idx: np.ndarray, seed: int):
+def reference_model(
+    method: str,
+    model,
+    root: Path,
+    corruption: str,
+    severity: int,
+    clean: torch.Tensor,
+    shifted: torch.Tensor,
+    adapt_idx: np.ndarray,
+    seed: int,
+):
     if method == "refit-target":
         return refit_on_condition(model, root, corruption, severity, seed)
     return paired_oracle(model, shifted[adapt_idx], clean[adapt_idx], seed=seed)

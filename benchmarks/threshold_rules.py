@@ -1,4 +1,5 @@
-"""How a version's threshold is carried to a new condition, compared on stored shift-benchmark scores.
+"""How a version's threshold is carried to a new condition, compared on stored shift-benchmark
+scores.
 
 Reads a results file written with `patchshift bench shift --keep-scores` (every image's score, the
 target images' out-of-fold scores and the source's calibration scores) and prints, per rule, the
@@ -31,7 +32,8 @@ from .common import markdown
 
 
 def quartile_shift(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
-    """The rule before the Gumbel law: keep the distance above the lower quartile (carries no change of spread)."""
+    """The rule before the Gumbel law: keep the distance above the lower quartile (carries no change
+    of spread)."""
     if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
         return threshold
     return float(threshold + np.quantile(target, 0.25) - np.quantile(source, 0.25))
@@ -47,7 +49,8 @@ def robust_z_transfer(source: np.ndarray, threshold: float, target: np.ndarray) 
 
 
 def median_shift(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
-    """A variant: the shift of the median (fewer alarms; gives way once half the batch is defective)."""
+    """A variant: the shift of the median (fewer alarms; gives way once half the batch is
+    defective)."""
     return float(threshold + np.median(target) - np.median(source))
 
 
@@ -58,7 +61,10 @@ def affine_rule(quantiles: tuple[float, float]):
     def rule(source: np.ndarray, threshold: float, target: np.ndarray) -> float:
         if source.size == 0 or target.size < MIN_TRANSFER_IMAGES:
             return threshold
-        (low_s, high_s), (low_t, high_t) = np.quantile(source, quantiles), np.quantile(target, quantiles)
+        (low_s, high_s), (low_t, high_t) = (
+            np.quantile(source, quantiles),
+            np.quantile(target, quantiles),
+        )
         if high_s <= low_s or high_t <= low_t:
             return threshold
         return float(high_t + (threshold - high_s) * (high_t - low_t) / (high_s - low_s))
@@ -67,14 +73,18 @@ def affine_rule(quantiles: tuple[float, float]):
 
 
 FALSE_ALARM_RATE = 0.01  # the fit's default, which every stored run used
-# The pair these rules were compared at: the law through the raw target scores' 10th percentile and median.
-# The product's rule now reads vouched normal scores at another pair (benchmarks/verdicts.py compares those).
+# The pair these rules were compared at: the law through the raw target scores' 10th percentile and
+# median. The product's rule now reads vouched normal scores at another pair (benchmarks/verdicts.py
+# compares those).
 RAW_PAIR = (0.10, 0.50)
 
 
 def gumbel_rule(quantiles: tuple[float, float]):
-    """The Gumbel law through these percentiles of the target scores (the default pair, or --gumbel-pairs)."""
-    return lambda source, threshold, target: gumbel_threshold(target, FALSE_ALARM_RATE, threshold, quantiles).value
+    """The Gumbel law through these percentiles of the target scores (the default pair, or
+    --gumbel-pairs)."""
+    return lambda source, threshold, target: (
+        gumbel_threshold(target, FALSE_ALARM_RATE, threshold, quantiles).value
+    )
 
 
 RULES = {
@@ -89,8 +99,14 @@ RULES = {
 }
 
 
-def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, seed: int = 0, good_only: bool = False,
-              extra_rules: dict | None = None) -> list[dict]:
+def rule_rows(
+    result: dict,
+    source_threshold: float,
+    threshold_images: int = 0,
+    seed: int = 0,
+    good_only: bool = False,
+    extra_rules: dict | None = None,
+) -> list[dict]:
     """One row per (condition, method, rule) with its threshold, false alarms and recall.
 
     threshold_images > 0 keeps the out-of-fold scores of the subset the target memory would score
@@ -101,24 +117,42 @@ def rule_rows(result: dict, source_threshold: float, threshold_images: int = 0, 
     from patchshift.core.adapt.target_memory import scored_images
 
     source = np.asarray(result["source_calibration_scores"], dtype=np.float64)
-    labels, adapt_labels = np.asarray(result["eval_labels"]), np.asarray(result.get("adapt_labels", []))
+    labels, adapt_labels = (
+        np.asarray(result["eval_labels"]),
+        np.asarray(result.get("adapt_labels", [])),
+    )
     rows = []
     for row in result["rows"]:
         if "target_scores" not in row or "scores" not in row:
             continue
         scores, target = np.asarray(row["scores"]), np.asarray(row["target_scores"])
-        index = np.arange(len(target)) if row.get("target_index") is None else np.asarray(row["target_index"])
+        index = (
+            np.arange(len(target))
+            if row.get("target_index") is None
+            else np.asarray(row["target_index"])
+        )
         if threshold_images and row.get("target_index") is None and row["method"] != "none":
             index = scored_images(len(target), threshold_images, seed).numpy()
             target = target[index]
         if good_only:
             target = target[adapt_labels[index] == 0]
         good, bad = scores[labels == 0], scores[labels == 1]
-        thresholds = {name: rule(source, source_threshold, target) for name, rule in {**RULES, **(extra_rules or {})}.items()}
+        thresholds = {
+            name: rule(source, source_threshold, target)
+            for name, rule in {**RULES, **(extra_rules or {})}.items()
+        }
         thresholds["oracle 1%"] = float(np.quantile(good, 0.99))
         for name, value in thresholds.items():
-            rows.append({"condition": f"{row['corruption']} {row['severity']}", "method": row["method"], "rule": name,
-                         "threshold": value, "fa": 100 * float((good > value).mean()), "recall": 100 * float((bad > value).mean())})
+            rows.append(
+                {
+                    "condition": f"{row['corruption']} {row['severity']}",
+                    "method": row["method"],
+                    "rule": name,
+                    "threshold": value,
+                    "fa": 100 * float((good > value).mean()),
+                    "recall": 100 * float((bad > value).mean()),
+                }
+            )
     return rows
 
 
@@ -127,22 +161,57 @@ def summary(rows: list[dict]) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in rows):
         for rule in dict.fromkeys(r["rule"] for r in rows):
             chosen = [r for r in rows if r["method"] == method and r["rule"] == rule]
-            out.append({"method": method, "rule": rule, "conditions": len(chosen), "fa": np.mean([r["fa"] for r in chosen]),
-                        "fa max": max(r["fa"] for r in chosen), "recall": np.mean([r["recall"] for r in chosen])})
+            out.append(
+                {
+                    "method": method,
+                    "rule": rule,
+                    "conditions": len(chosen),
+                    "fa": np.mean([r["fa"] for r in chosen]),
+                    "fa max": max(r["fa"] for r in chosen),
+                    "recall": np.mean([r["recall"] for r in chosen]),
+                }
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="patchshift bench threshold-rules", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="patchshift bench threshold-rules",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("results", nargs="+", help="shift results files written with --keep-scores")
-    parser.add_argument("--threshold-images", type=int, default=0, help="emulate the target memory scoring only this many images")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="the source threshold (default: the one stored, else its calibration's 99th percentile)")
-    parser.add_argument("--good-only", action="store_true",
-                        help="the rules see only the good target images' scores: a batch without defects, as on a line")
-    parser.add_argument("--gumbel-pairs", nargs="*", default=[], metavar="LOW,HIGH",
-                        help="also the Gumbel law through these percentiles of the target scores, e.g. 0.05,0.25")
-    parser.add_argument("--pool", action="store_true", help="one table over every file's rows (one product run in parts)")
+    parser.add_argument(
+        "--threshold-images",
+        type=int,
+        default=0,
+        help="emulate the target memory scoring only this many images",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the source threshold (default: the one stored, else its calibration's 99th "
+        "percentile)",
+    )
+    parser.add_argument(
+        "--good-only",
+        action="store_true",
+        help="the rules see only the good target images' scores: a batch without defects, as on a "
+        "line",
+    )
+    parser.add_argument(
+        "--gumbel-pairs",
+        nargs="*",
+        default=[],
+        metavar="LOW,HIGH",
+        help="also the Gumbel law through these percentiles of the target scores, e.g. 0.05,0.25",
+    )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="one table over every file's rows (one product run in parts)",
+    )
     args = parser.parse_args(argv)
     try:
         pairs = [tuple(float(v) for v in pair.split(",")) for pair in args.gumbel_pairs]
@@ -156,8 +225,14 @@ def main(argv: list[str] | None = None) -> None:
         result = json.loads(open(path).read())
         if "source_calibration_scores" not in result:
             parser.error(f"{path} holds no scores; run the shift benchmark with --keep-scores")
-        threshold = args.threshold or result.get("source_threshold") or float(np.quantile(result["source_calibration_scores"], 0.99))
-        rows = rule_rows(result, threshold, args.threshold_images, good_only=args.good_only, extra_rules=extra)
+        threshold = (
+            args.threshold
+            or result.get("source_threshold")
+            or float(np.quantile(result["source_calibration_scores"], 0.99))
+        )
+        rows = rule_rows(
+            result, threshold, args.threshold_images, good_only=args.good_only, extra_rules=extra
+        )
         pooled += rows
         if not args.pool:
             print(f"\n{path}: source threshold {threshold:.2f}\n")
@@ -168,9 +243,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def summary_markdown(rows: list[dict]) -> str:
-    return markdown(summary(rows), [("method", "method", ""), ("rule", "rule", ""), ("conditions", "conditions", "d"),
-                                    ("fa", "false alarms % (mean)", ".1f"), ("fa max", "false alarms % (worst)", ".1f"),
-                                    ("recall", "recall % (mean)", ".1f")])
+    return markdown(
+        summary(rows),
+        [
+            ("method", "method", ""),
+            ("rule", "rule", ""),
+            ("conditions", "conditions", "d"),
+            ("fa", "false alarms % (mean)", ".1f"),
+            ("fa max", "false alarms % (worst)", ".1f"),
+            ("recall", "recall % (mean)", ".1f"),
+        ],
+    )
 
 
 if __name__ == "__main__":

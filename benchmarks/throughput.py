@@ -47,10 +47,16 @@ def breakdown(model, batch: torch.Tensor, repeats: int = 5) -> dict:
     patch = model.index.search_images(per_image)[0].view(b, h, w)
     dev = model.device
     times = {
-        "backbone": median_seconds(lambda: extractor.backbone(extractor.normalise(x)), repeats, dev),
+        "backbone": median_seconds(
+            lambda: extractor.backbone(extractor.normalise(x)), repeats, dev
+        ),
         "features": median_seconds(lambda: extractor(x), repeats, dev),
         "search": median_seconds(lambda: model.index.search_images(per_image), repeats, dev),
-        "heatmaps": median_seconds(lambda: anomaly_maps(patch, model.config.input_hw, model.config.blur_sigma), repeats, dev),
+        "heatmaps": median_seconds(
+            lambda: anomaly_maps(patch, model.config.input_hw, model.config.blur_sigma),
+            repeats,
+            dev,
+        ),
         "score": median_seconds(lambda: model.score(x), repeats, dev),
     }
     n = len(batch)
@@ -72,15 +78,33 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.images import load_batch
     from patchshift.core.patchcore import fit
 
-    parser = argparse.ArgumentParser(prog="patchshift bench throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="patchshift bench throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--fit-images", type=int, default=120)
     parser.add_argument("--indexes", nargs="*", default=["auto", "flat"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per stage (the median is kept)")
-    parser.add_argument("--model", nargs="*", default=[], metavar="DATASET=DIR",
-                        help="score with a stored version instead of fitting one (its own index kind; --indexes is ignored)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="model settings for the fits, e.g. ivf_nprobe=8")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per stage (the median is kept)"
+    )
+    parser.add_argument(
+        "--model",
+        nargs="*",
+        default=[],
+        metavar="DATASET=DIR",
+        help="score with a stored version instead of fitting one (its own index kind; --indexes "
+        "is ignored)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="model settings for the fits, e.g. ivf_nprobe=8",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args(argv)
@@ -95,23 +119,40 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         batch, _ = load_batch(paths, ModelConfig(**DATASETS[name]).image_size)
         decode_ms = 1000 * (time.perf_counter() - started) / len(paths)
-        for index in ([None] if name in stored else args.indexes):
+        for index in [None] if name in stored else args.indexes:
             if name in stored:
                 from patchshift.core.artifact import load_model
 
                 model = load_model(stored[name], device=args.device)
             else:
-                model = fit(train_images(root)[: args.fit_images], ModelConfig(**{**DATASETS[name], **settings, "index": index}), device=args.device)
-            row = {"dataset": name, "input": DATASETS[name]["image_size"], "index": f"{model.config.index}: {model.index.kind} ({model.index.backend})"
-                   + (f", {model.config.ivf_nprobe} probes" if model.index.kind == "ivf" else ""), "bank_rows": len(model.bank), "device": str(model.device), "decode_ms_per_image": decode_ms}
+                model = fit(
+                    train_images(root)[: args.fit_images],
+                    ModelConfig(**{**DATASETS[name], **settings, "index": index}),
+                    device=args.device,
+                )
+            row = {
+                "dataset": name,
+                "input": DATASETS[name]["image_size"],
+                "index": f"{model.config.index}: {model.index.kind} ({model.index.backend})"
+                + (f", {model.config.ivf_nprobe} probes" if model.index.kind == "ivf" else ""),
+                "bank_rows": len(model.bank),
+                "device": str(model.device),
+                "decode_ms_per_image": decode_ms,
+            }
             row.update(breakdown(model, batch, args.repeats))
             rows.append(row)
             print(row, flush=True)
     columns = [
-        ("dataset", "dataset", ""), ("input", "input", ""), ("index", "index", ""), ("bank_rows", "bank rows", "d"),
-        ("backbone_ms_per_image", "backbone ms/img", ".1f"), ("features_extra_ms_per_image", "feature pooling ms/img", ".1f"),
-        ("search_ms_per_image", "search ms/img", ".1f"), ("heatmaps_ms_per_image", "heatmaps ms/img", ".2f"),
-        ("score_images_per_s", "score img/s", ".1f"), ("score_over_backbone", "score / backbone", ".2f"),
+        ("dataset", "dataset", ""),
+        ("input", "input", ""),
+        ("index", "index", ""),
+        ("bank_rows", "bank rows", "d"),
+        ("backbone_ms_per_image", "backbone ms/img", ".1f"),
+        ("features_extra_ms_per_image", "feature pooling ms/img", ".1f"),
+        ("search_ms_per_image", "search ms/img", ".1f"),
+        ("heatmaps_ms_per_image", "heatmaps ms/img", ".2f"),
+        ("score_images_per_s", "score img/s", ".1f"),
+        ("score_over_backbone", "score / backbone", ".2f"),
         ("decode_ms_per_image", "decode ms/img", ".1f"),
     ]
     print(f"\n{machine()}; torch {torch.__version__}; batch 32\n")

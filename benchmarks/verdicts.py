@@ -2,18 +2,19 @@
 
 Reads shift results written with `--keep-scores` (one file or more per product; the product is the
 file's dataset) and, for every product, chooses which patches count in a target image's normal score
-(AdaptConfig.threshold_patch_z) and the Gumbel law's percentile pair on the other products only, then reports that product's target-memory versions at the
-chosen settings: false alarms and recall at the version's own threshold, the oracle's recall
-(the threshold flagging at most 1% of the held-out good images), whether the batch was found to
-support the threshold, on batches with 0%, 25% and the split's share (about half) of defective images.
+(AdaptConfig.threshold_patch_z) and the Gumbel law's percentile pair on the other products only,
+then reports that product's target-memory versions at the chosen settings: false alarms and recall
+at the version's own threshold, the oracle's recall (the threshold flagging at most 1% of the
+held-out good images), whether the batch was found to support the threshold, on batches with 0%, 25%
+and the split's share (about half) of defective images.
 
     python -m benchmarks.verdicts benchmarks/results/shift-*-thr.json
 
 A condition meets the goal when its threshold flags at most twice the asked share of good images and
 catches at least 70% of what the oracle catches. The patch z and the pair are chosen for the most
-conditions meeting it (ties: the nearest to it, then the lower worst false-alarm rate). The support factor is a statement of
-how sure the law must be, not tuned: "supported, missing goal" counts the versions the gate would let
-live with a threshold that misses the goal.
+conditions meeting it (ties: the nearest to it, then the lower worst false-alarm rate). The support
+factor is a statement of how sure the law must be, not tuned: "supported, missing goal" counts the
+versions the gate would let live with a threshold that misses the goal.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from patchshift.core.metrics import oracle_threshold
 from patchshift.core.adapt import AdaptConfig
+from patchshift.core.metrics import oracle_threshold
 from patchshift.core.threshold import GUMBEL_QUANTILES, SUPPORT_FACTOR, gumbel_threshold
 
 from .common import markdown
@@ -35,17 +36,25 @@ PAIRS = ((0.05, 0.25), (0.05, 0.5), (0.1, 0.3), (0.1, 0.5), (0.2, 0.5), (0.25, 0
 SHARES = (0.0, 0.25, None)  # None: the split's own share (about half)
 METHOD = "target-memory"
 
-DEFAULTS = (f"{AdaptConfig().threshold_patch_z:g}", GUMBEL_QUANTILES, SUPPORT_FACTOR)  # keys of benchmarks.shift.vouched_score_grid
+DEFAULTS = (
+    f"{AdaptConfig().threshold_patch_z:g}",
+    GUMBEL_QUANTILES,
+    SUPPORT_FACTOR,
+)  # keys of benchmarks.shift.vouched_score_grid
 
 
 def batches(result: dict, seed: int = 0) -> list[dict]:
-    """Per condition and defective share: the target scores the rule sees and the held-out scores it is judged on."""
+    """Per condition and defective share: the target scores the rule sees and the held-out scores it
+    is judged on."""
     labels, adapt_labels = np.asarray(result["eval_labels"]), np.asarray(result["adapt_labels"])
     out = []
     for row in result["rows"]:
         if row["method"] != METHOD or "vouched_scores" not in row:
             continue
-        target = {key: np.asarray(values, dtype=np.float64) for key, values in row["vouched_scores"].items()}
+        target = {
+            key: np.asarray(values, dtype=np.float64)
+            for key, values in row["vouched_scores"].items()
+        }
         index = np.asarray(row["target_index"])
         kinds = adapt_labels[index]
         scores = np.asarray(row["scores"], dtype=np.float64)
@@ -53,10 +62,18 @@ def batches(result: dict, seed: int = 0) -> list[dict]:
         oracle = oracle_threshold(good, RATE)
         for share in SHARES:
             chosen = np.arange(len(index)) if share is None else defective_share(kinds, share, seed)
-            out.append({"product": result["dataset"], "condition": f"{row['corruption']} {row['severity']}",
-                        "share": float(kinds[chosen].mean()), "asked_share": share,
-                        "target": {z: values[chosen] for z, values in target.items()},
-                        "good": good, "bad": bad, "oracle_recall": float((bad > oracle).mean())})
+            out.append(
+                {
+                    "product": result["dataset"],
+                    "condition": f"{row['corruption']} {row['severity']}",
+                    "share": float(kinds[chosen].mean()),
+                    "asked_share": share,
+                    "target": {z: values[chosen] for z, values in target.items()},
+                    "good": good,
+                    "bad": bad,
+                    "oracle_recall": float((bad > oracle).mean()),
+                }
+            )
     return out
 
 
@@ -69,23 +86,51 @@ def defective_share(kinds: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 def judged(batch: dict, z: str, pair: tuple[float, float], factor: float) -> dict:
     estimate = gumbel_threshold(batch["target"][z], RATE, float("nan"), pair, factor)
-    if "100" in batch["target"]:  # every patch counted: the raw scores, whose excess over the normal ones marks a suspect
+    if (
+        "100" in batch["target"]
+    ):  # every patch counted: the raw scores, whose excess over the normal ones marks a suspect
         estimate = estimate.with_suspects(batch["target"]["100"], batch["target"][z])
-    fa, recall = float((batch["good"] > estimate.value).mean()), float((batch["bad"] > estimate.value).mean())
+    fa, recall = (
+        float((batch["good"] > estimate.value).mean()),
+        float((batch["bad"] > estimate.value).mean()),
+    )
     meets = fa <= 2 * RATE + 1e-12 and recall >= 0.7 * batch["oracle_recall"] - 1e-12
-    # how near the goal: nothing above twice the asked false alarms, else the share of the recall goal reached
-    credit = 0.0 if fa > 2 * RATE + 1e-12 else min(1.0, recall / (0.7 * batch["oracle_recall"])) if batch["oracle_recall"] > 0 else 1.0
-    return {**{k: batch[k] for k in ("product", "condition", "share", "oracle_recall")}, "fa": fa, "recall": recall, "meets": meets, "credit": credit,
-            "supported": estimate.supported, "collapses": estimate.recall_collapses, "expected": estimate.expected_false_alarm_rate,
-            "interval": estimate.false_alarm_interval, "n": len(batch["target"][z])}
+    # how near the goal: nothing above twice the asked false alarms, else the share of the recall
+    # goal reached
+    credit = (
+        0.0
+        if fa > 2 * RATE + 1e-12
+        else min(1.0, recall / (0.7 * batch["oracle_recall"]))
+        if batch["oracle_recall"] > 0
+        else 1.0
+    )
+    return {
+        **{k: batch[k] for k in ("product", "condition", "share", "oracle_recall")},
+        "fa": fa,
+        "recall": recall,
+        "meets": meets,
+        "credit": credit,
+        "supported": estimate.supported,
+        "collapses": estimate.recall_collapses,
+        "expected": estimate.expected_false_alarm_rate,
+        "interval": estimate.false_alarm_interval,
+        "n": len(batch["target"][z]),
+    }
 
 
 def choose(batches_: list[dict]) -> tuple[str, tuple[float, float], float]:
-    """The patch z and pair meeting the goal on the most of these batches (ties: the most credit, the share of
-    the recall goal reached within the false-alarm goal; then the lower worst false-alarm rate). The support factor is not chosen: it states how sure the law must be (SUPPORT_FACTOR)."""
+    """The patch z and pair meeting the goal on the most of these batches (ties: the most credit,
+    the share of the recall goal reached within the false-alarm goal; then the lower worst
+    false-alarm rate). The support factor is not chosen: it states how sure the law must be
+    (SUPPORT_FACTOR)."""
+
     def key(setting):
         rows = [judged(b, *setting, SUPPORT_FACTOR) for b in batches_]
-        return (sum(r["meets"] for r in rows), sum(r["credit"] for r in rows), -max(r["fa"] for r in rows))
+        return (
+            sum(r["meets"] for r in rows),
+            sum(r["credit"] for r in rows),
+            -max(r["fa"] for r in rows),
+        )
 
     zs = sorted(set.intersection(*(set(b["target"]) for b in batches_)))
     z, pair = max(((z, pair) for z in zs for pair in PAIRS), key=key)
@@ -94,72 +139,158 @@ def choose(batches_: list[dict]) -> tuple[str, tuple[float, float], float]:
 
 def summary(rows: list[dict]) -> dict:
     trusted = [r for r in rows if r["supported"] and not r["collapses"]]  # what the gate lets live
-    return {"conditions": len(rows), "fa": 100 * np.mean([r["fa"] for r in rows]), "fa max": 100 * max(r["fa"] for r in rows),
-            "recall": 100 * np.mean([r["recall"] for r in rows]), "oracle": 100 * np.mean([r["oracle_recall"] for r in rows]),
-            "meets": sum(r["meets"] for r in rows), "supported": sum(r["supported"] for r in rows),
-            "collapses": sum(r["collapses"] for r in rows), "collapses right": sum(r["collapses"] and not r["meets"] for r in rows),
-            "trusted": len(trusted), "trusted but missing": sum(not r["meets"] for r in trusted),
-            "covered": 100 * np.mean([r["interval"] is not None and r["interval"][0] <= r["fa"] <= r["interval"][1] for r in rows])}
+    return {
+        "conditions": len(rows),
+        "fa": 100 * np.mean([r["fa"] for r in rows]),
+        "fa max": 100 * max(r["fa"] for r in rows),
+        "recall": 100 * np.mean([r["recall"] for r in rows]),
+        "oracle": 100 * np.mean([r["oracle_recall"] for r in rows]),
+        "meets": sum(r["meets"] for r in rows),
+        "supported": sum(r["supported"] for r in rows),
+        "collapses": sum(r["collapses"] for r in rows),
+        "collapses right": sum(r["collapses"] and not r["meets"] for r in rows),
+        "trusted": len(trusted),
+        "trusted but missing": sum(not r["meets"] for r in trusted),
+        "covered": 100
+        * np.mean(
+            [
+                r["interval"] is not None and r["interval"][0] <= r["fa"] <= r["interval"][1]
+                for r in rows
+            ]
+        ),
+    }
 
 
 def law_spread(sizes=(12, 20, 30, 44, 64, 100, 128, 150, 256), draws: int = 4000) -> str:
-    """How far the law's threshold lands from the asked rate when the scores follow it exactly: per batch
-    size, the 5th, 50th and 95th percentile of the share of normal images it flags (what no rule can beat)."""
+    """How far the law's threshold lands from the asked rate when the scores follow it exactly: per
+    batch size, the 5th, 50th and 95th percentile of the share of normal images it flags (what no
+    rule can beat)."""
     from patchshift.core.threshold import gumbel_exceedance, gumbel_reduced, refitted
 
     rows = []
     for n in sizes:
-        location, scale = refitted(np.random.default_rng(n).gumbel(0.0, 1.0, (draws, n)), GUMBEL_QUANTILES)
-        shares = gumbel_exceedance(0.0, -(location + scale * gumbel_reduced(1 - RATE)), np.ones(draws))
+        location, scale = refitted(
+            np.random.default_rng(n).gumbel(0.0, 1.0, (draws, n)), GUMBEL_QUANTILES
+        )
+        shares = gumbel_exceedance(
+            0.0, -(location + scale * gumbel_reduced(1 - RATE)), np.ones(draws)
+        )
         low, median, high = np.quantile(shares, (0.05, 0.5, 0.95))
         rows.append({"n": n, "low": 100 * low, "median": 100 * median, "high": 100 * high})
-    return markdown(rows, [("n", "images", "d"), ("low", "5th percentile %", ".2f"), ("median", "median %", ".2f"),
-                           ("high", "95th percentile %", ".2f")])
+    return markdown(
+        rows,
+        [
+            ("n", "images", "d"),
+            ("low", "5th percentile %", ".2f"),
+            ("median", "median %", ".2f"),
+            ("high", "95th percentile %", ".2f"),
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.verdicts", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.verdicts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("results", nargs="*", help="shift results files written with --keep-scores")
     parser.add_argument("--conditions", action="store_true", help="also one row per condition")
-    parser.add_argument("--law-spread", action="store_true", help="print the false alarms of the law's own threshold per batch size and stop")
+    parser.add_argument(
+        "--law-spread",
+        action="store_true",
+        help="print the false alarms of the law's own threshold per batch size and stop",
+    )
     args = parser.parse_args(argv)
     if args.law_spread:
-        print(f"share of normal images flagged by the law's threshold ({RATE:.0%} asked), scores drawn from the law itself\n")
+        print(
+            f"share of normal images flagged by the law's threshold ({RATE:.0%} asked), scores "
+            "drawn from the law itself\n"
+        )
         print(law_spread())
         return
     if not args.results:
         parser.error("give shift results files written with --keep-scores")
     every = [b for path in args.results for b in batches(json.loads(Path(path).read_text()))]
-    common = set.intersection(*(set(b["target"]) for b in every))  # the patch z every file was scored at
+    common = set.intersection(
+        *(set(b["target"]) for b in every)
+    )  # the patch z every file was scored at
     every = [{**b, "target": {z: v for z, v in b["target"].items() if z in common}} for b in every]
     products = list(dict.fromkeys(b["product"] for b in every))
     table, detail = [], []
     for product in products:
-        chosen = choose([b for b in every if b["product"] != product]) if len(products) > 1 else DEFAULTS
+        chosen = (
+            choose([b for b in every if b["product"] != product]) if len(products) > 1 else DEFAULTS
+        )
         for share in SHARES:
             for settings, label in ((DEFAULTS, "defaults"), (chosen, "left out")):
-                rows = [judged(b, *settings) for b in every if b["product"] == product and b["asked_share"] == share]
+                rows = [
+                    judged(b, *settings)
+                    for b in every
+                    if b["product"] == product and b["asked_share"] == share
+                ]
                 z, pair, factor = settings
-                table.append({"product": product, "settings": f"{label}: z {z}, {pair[0]:g}-{pair[1]:g}, x{factor:g}",
-                              "share": "split" if share is None else f"{share:.0%}", "mean share": np.mean([r["share"] for r in rows]),
-                              **summary(rows)})
+                table.append(
+                    {
+                        "product": product,
+                        "settings": f"{label}: z {z}, {pair[0]:g}-{pair[1]:g}, x{factor:g}",
+                        "share": "split" if share is None else f"{share:.0%}",
+                        "mean share": np.mean([r["share"] for r in rows]),
+                        **summary(rows),
+                    }
+                )
                 if label == "defaults":
                     detail += rows
-    print(markdown(table, [("product", "product", ""), ("settings", "patch z, pair, support factor", ""), ("share", "defective", ""),
-                           ("mean share", "share", ".0%"), ("conditions", "conditions", "d"), ("fa", "false alarms %", ".1f"),
-                           ("fa max", "worst %", ".1f"), ("recall", "recall %", ".1f"), ("oracle", "oracle recall %", ".1f"),
-                           ("meets", "meets goal", "d"), ("supported", "supported", "d"), ("collapses", "recall collapses", "d"),
-                           ("collapses right", "of which missing goal", "d"), ("trusted", "gate trusts", "d"),
-                           ("trusted but missing", "trusted, missing goal", "d"), ("covered", "FA in interval %", ".0f")]))
+    print(
+        markdown(
+            table,
+            [
+                ("product", "product", ""),
+                ("settings", "patch z, pair, support factor", ""),
+                ("share", "defective", ""),
+                ("mean share", "share", ".0%"),
+                ("conditions", "conditions", "d"),
+                ("fa", "false alarms %", ".1f"),
+                ("fa max", "worst %", ".1f"),
+                ("recall", "recall %", ".1f"),
+                ("oracle", "oracle recall %", ".1f"),
+                ("meets", "meets goal", "d"),
+                ("supported", "supported", "d"),
+                ("collapses", "recall collapses", "d"),
+                ("collapses right", "of which missing goal", "d"),
+                ("trusted", "gate trusts", "d"),
+                ("trusted but missing", "trusted, missing goal", "d"),
+                ("covered", "FA in interval %", ".0f"),
+            ],
+        )
+    )
     if args.conditions:
         for r in detail:
-            r["interval"] = "-" if r["interval"] is None else f"{100 * r['interval'][0]:.1f}-{100 * r['interval'][1]:.1f}"
-        print("\n" + markdown(detail, [("product", "product", ""), ("condition", "condition", ""), ("share", "share", ".0%"),
-                                       ("n", "images", "d"), ("fa", "false alarms", ".1%"), ("recall", "recall", ".1%"),
-                                       ("oracle_recall", "oracle", ".1%"), ("expected", "expected FA", ".1%"),
-                                       ("interval", "90% interval %", ""), ("supported", "supported", ""), ("collapses", "recall collapses", ""),
-                                       ("meets", "meets", "")]))
+            r["interval"] = (
+                "-"
+                if r["interval"] is None
+                else f"{100 * r['interval'][0]:.1f}-{100 * r['interval'][1]:.1f}"
+            )
+        print(
+            "\n"
+            + markdown(
+                detail,
+                [
+                    ("product", "product", ""),
+                    ("condition", "condition", ""),
+                    ("share", "share", ".0%"),
+                    ("n", "images", "d"),
+                    ("fa", "false alarms", ".1%"),
+                    ("recall", "recall", ".1%"),
+                    ("oracle_recall", "oracle", ".1%"),
+                    ("expected", "expected FA", ".1%"),
+                    ("interval", "90% interval %", ""),
+                    ("supported", "supported", ""),
+                    ("collapses", "recall collapses", ""),
+                    ("meets", "meets", ""),
+                ],
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -40,13 +40,17 @@ def _blur_rows(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def axis_operator(n_in: int, n_out: int, sigma: float, device: str = "cpu") -> torch.Tensor:
     """(n_out, n_in) matrix: linear upsampling (align_corners=False), then the Gaussian blur."""
     eye = torch.eye(n_in, device=device)
-    upsampled = F.interpolate(eye.unsqueeze(0), size=n_out, mode="linear", align_corners=False)[0]  # (n_in, n_out)
+    upsampled = F.interpolate(eye.unsqueeze(0), size=n_out, mode="linear", align_corners=False)[
+        0
+    ]  # (n_in, n_out)
     if sigma > 0:
         upsampled = _blur_rows(upsampled, sigma)
     return upsampled.T.contiguous()
 
 
-def anomaly_maps(patch_scores: torch.Tensor, output_hw: tuple[int, int], sigma: float) -> torch.Tensor:
+def anomaly_maps(
+    patch_scores: torch.Tensor, output_hw: tuple[int, int], sigma: float
+) -> torch.Tensor:
     """(B, h, w) patch distances -> (B, H, W) pixel heatmap at the model input resolution."""
     _, h, w = patch_scores.shape
     device = str(patch_scores.device)

@@ -4,8 +4,8 @@ Layout of a version directory:
   manifest.json          schema below (format_version 1), with a sha256 for every file
   bank.safetensors       the memory bank, float32 (M, D)
   batchnorm.safetensors  every BatchNorm tensor of the backbone (affine and running statistics)
-  reduction.safetensors  the feature reduction's matrices (core.reduction), for every reduction but
-                         `average` (whose matrices follow from the config; versions before it have none)
+  reduction.safetensors  the feature reduction's matrices (core.reduction), for every reduction
+                         but `average` (whose matrices follow from the config)
 The backbone's other weights are not copied: the manifest names the weights file and its sha256,
 and loading refuses a different file. Saving writes a temporary sibling directory, fsyncs it and
 renames it into place, so a reader sees the whole version or none of it.
@@ -69,7 +69,9 @@ class VersionFields(BaseModel):
     method: str
     details: dict
     files: dict[str, FileEntry]
-    drift_reference: dict | None = None  # DriftReference.to_dict(); absent in versions made before drift monitoring
+    drift_reference: dict | None = (
+        None  # DriftReference.to_dict(); absent in versions made before drift monitoring
+    )
 
 
 class Manifest(VersionFields):
@@ -93,14 +95,26 @@ class UDAManifest(VersionFields):
 
 
 def _fill_uda(model, staging: Path) -> UDAManifest:
-    save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, str(staging / ENCODER_FILE))
+    save_file(
+        {k: v.contiguous() for k, v in model.encoder.state_dict().items()},
+        str(staging / ENCODER_FILE),
+    )
     cfg = model.config
     return UDAManifest(
-        format_version=FORMAT_VERSION, kind="uda", config=cfg.to_dict(), backbone=cfg.backbone,
-        weights_path=model.weights_path, weights_sha256=file_sha256(Path(model.weights_path)) if model.weights_path else "",
-        image_size=list(cfg.image_size), embedding_dim=cfg.embedding_dim, centre=[float(v) for v in model.centre.cpu()],
-        threshold=model.threshold, files=_entries(staging, (ENCODER_FILE,)),
-        drift_reference=model.drift_reference.to_dict() if model.drift_reference is not None else None,
+        format_version=FORMAT_VERSION,
+        kind="uda",
+        config=cfg.to_dict(),
+        backbone=cfg.backbone,
+        weights_path=model.weights_path,
+        weights_sha256=file_sha256(Path(model.weights_path)) if model.weights_path else "",
+        image_size=list(cfg.image_size),
+        embedding_dim=cfg.embedding_dim,
+        centre=[float(v) for v in model.centre.cpu()],
+        threshold=model.threshold,
+        files=_entries(staging, (ENCODER_FILE,)),
+        drift_reference=model.drift_reference.to_dict()
+        if model.drift_reference is not None
+        else None,
         **dataclasses.asdict(model.provenance),
     )
 
@@ -123,7 +137,9 @@ def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manife
         bank_size=int(model.bank.shape[0]),
         threshold=model.threshold,
         files=files,
-        drift_reference=model.drift_reference.to_dict() if model.drift_reference is not None else None,
+        drift_reference=model.drift_reference.to_dict()
+        if model.drift_reference is not None
+        else None,
         **dataclasses.asdict(model.provenance),
     )
 
@@ -144,22 +160,29 @@ def _entries(folder: Path, names: tuple[str, ...]) -> dict[str, FileEntry]:
     files = {}
     for name in names:
         fsync_file(folder / name)
-        files[name] = FileEntry(sha256=file_sha256(folder / name), bytes=(folder / name).stat().st_size)
+        files[name] = FileEntry(
+            sha256=file_sha256(folder / name), bytes=(folder / name).stat().st_size
+        )
     return files
 
 
 def refuse_non_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    """A version is never written with NaN or infinite values: it would score every image the same."""
+    """A version is never written with NaN or infinite values: it would score every image the
+    same."""
     bad, total = count_non_finite(tensors.values())
     if bad:
-        raise ArtifactError(f"refusing to save a model whose {what} holds {bad} of {total} non-finite values")
+        raise ArtifactError(
+            f"refusing to save a model whose {what} holds {bad} of {total} non-finite values"
+        )
 
 
 def _manifest_json(manifest: VersionFields) -> str:
     data = manifest.model_dump(mode="python")
     where = first_non_finite(data)
     if where is not None:
-        raise ArtifactError(f"refusing to save a model whose manifest field {where} is not a finite number")
+        raise ArtifactError(
+            f"refusing to save a model whose manifest field {where} is not a finite number"
+        )
     return json.dumps(data, indent=2, allow_nan=False)
 
 
@@ -168,7 +191,9 @@ def _write_atomically(out_dir: str | os.PathLike[str], overwrite: bool, fill) ->
     manifest), fsync it and rename it into place; a reader sees the whole version or none of it."""
     target = Path(out_dir)
     if target.exists() and not overwrite:
-        raise ArtifactError(f"{target} already exists; choose another directory or overwrite it explicitly")
+        raise ArtifactError(
+            f"{target} already exists; choose another directory or overwrite it explicitly"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -191,7 +216,8 @@ def _write_atomically(out_dir: str | os.PathLike[str], overwrite: bool, fill) ->
 
 
 def save_model(model, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Write a version (PatchCore or UDA) atomically; refuses to replace a directory unless asked."""
+    """Write a version (PatchCore or UDA) atomically; refuses to replace a directory unless
+    asked."""
     from .uda.model import UDAModel
 
     _check_threshold(model.threshold)
@@ -225,7 +251,10 @@ def save_model(model, out_dir: str | os.PathLike[str], overwrite: bool = False) 
 
 def _check_threshold(threshold: float) -> None:
     if not math.isfinite(threshold) or threshold < 0:
-        raise ArtifactError(f"refusing to save a model with threshold {threshold!r}: it must be a finite number, 0 or more")
+        raise ArtifactError(
+            f"refusing to save a model with threshold {threshold!r}: it must be a finite number, "
+            "0 or more"
+        )
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest | UDAManifest:
@@ -241,10 +270,13 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest | UDAManifest:
         raise ArtifactError(f"{manifest_path} is corrupt (not valid JSON: {exc})") from None
     if isinstance(raw, dict) and raw.get("format_version") not in (None, FORMAT_VERSION):
         raise ArtifactError(
-            f"{path} has artifact format {raw.get('format_version')}, this patchshift reads format {FORMAT_VERSION}"
+            f"{path} has artifact format {raw.get('format_version')}, this patchshift reads "
+            f"format {FORMAT_VERSION}"
         )
     try:
-        return (UDAManifest if isinstance(raw, dict) and raw.get("kind") == "uda" else Manifest).model_validate(raw)
+        return (
+            UDAManifest if isinstance(raw, dict) and raw.get("kind") == "uda" else Manifest
+        ).model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -257,13 +289,17 @@ def verify_files(model_dir: Path, manifest: Manifest) -> None:
         if not file.is_file():
             raise ArtifactError(f"{model_dir}: {name} is missing")
         if file.stat().st_size != entry.bytes:
-            raise ArtifactError(f"{model_dir}: {name} is truncated or altered ({file.stat().st_size} bytes, expected {entry.bytes})")
+            raise ArtifactError(
+                f"{model_dir}: {name} is truncated or altered ({file.stat().st_size} bytes, "
+                f"expected {entry.bytes})"
+            )
         if file_sha256(file) != entry.sha256:
             raise ArtifactError(f"{model_dir}: {name} is corrupt (checksum mismatch)")
 
 
 def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | None = None):
-    """Load and validate a version (PatchCoreModel or UDAModel); any inconsistency is an ArtifactError naming the problem."""
+    """Load and validate a version (PatchCoreModel or UDAModel); any inconsistency is an
+    ArtifactError naming the problem."""
     path = Path(model_dir)
     manifest = read_manifest(path)
     verify_files(path, manifest)
@@ -278,12 +314,16 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
         backbone, extractor = build_extractor(config, device)
     except ArtifactError:
         raise
-    except PatchshiftError as exc:  # weights missing or not the ones it was fitted with, unknown backbone
+    except (
+        PatchshiftError
+    ) as exc:  # weights missing or not the ones it was fitted with, unknown backbone
         raise ArtifactError(f"{path}: cannot build its backbone ({exc})") from None
     if backbone.weights_sha256 != manifest.weights_sha256:
         raise ArtifactError(
-            f"{path}: backbone weights file {backbone.weights_path} differs from the one the model was fitted with "
-            f"(sha256 {backbone.weights_sha256[:12]}..., expected {manifest.weights_sha256[:12]}...)"
+            f"{path}: backbone weights file {backbone.weights_path} differs from the one the "
+            "model was fitted with "
+            f"(sha256 {backbone.weights_sha256[:12]}..., expected "
+            f"{manifest.weights_sha256[:12]}...)"
         )
     try:
         batchnorm = load_file(str(path / BATCHNORM_FILE))
@@ -291,7 +331,10 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
         bank = load_file(str(path / BANK_FILE))["bank"]
         if config.feature_reduction in STORED:
             if REDUCTION_FILE not in manifest.files:
-                raise ArtifactError(f"{path}: {REDUCTION_FILE} is missing (its {config.feature_reduction} feature reduction was fitted)")
+                raise ArtifactError(
+                    f"{path}: {REDUCTION_FILE} is missing (its {config.feature_reduction} feature "
+                    "reduction was fitted)"
+                )
             reduction = load_file(str(path / REDUCTION_FILE))
             _refuse_loading_non_finite(path, {REDUCTION_FILE: reduction})
             extractor.set_reduction(Reduction.from_state(reduction, extractor.stage_channels))
@@ -302,10 +345,21 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device | N
     _refuse_loading_non_finite(path, {BANK_FILE: bank, BATCHNORM_FILE: batchnorm})
     dim = extractor.feature_dim
     if tuple(bank.shape) != (manifest.bank_size, dim) or manifest.feature_dim != dim:
-        raise ArtifactError(f"{path}: bank has shape {tuple(bank.shape)}, manifest and features say ({manifest.bank_size}, {dim})")
+        raise ArtifactError(
+            f"{path}: bank has shape {tuple(bank.shape)}, manifest and features say "
+            f"({manifest.bank_size}, {dim})"
+        )
     provenance, reference = _provenance_and_reference(path, manifest)
     model = PatchCoreModel(
-        config, backbone, extractor, bank, manifest.threshold, provenance, device, version=path.name, drift_reference=reference
+        config,
+        backbone,
+        extractor,
+        bank,
+        manifest.threshold,
+        provenance,
+        device,
+        version=path.name,
+        drift_reference=reference,
     )
     model.bank_path = path / BANK_FILE
     return model
@@ -315,13 +369,22 @@ def _refuse_loading_non_finite(path: Path, files: dict[str, torch.Tensor]) -> No
     for name, tensor in files.items():
         bad, total = count_non_finite(tensor.values() if isinstance(tensor, dict) else [tensor])
         if bad:
-            raise ArtifactError(f"{path}: {name} holds {bad} of {total} non-finite values; this version cannot score")
+            raise ArtifactError(
+                f"{path}: {name} holds {bad} of {total} non-finite values; this version cannot "
+                "score"
+            )
 
 
-def _provenance_and_reference(path: Path, manifest: VersionFields) -> tuple[Provenance, DriftReference | None]:
-    provenance = Provenance(**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)})
+def _provenance_and_reference(
+    path: Path, manifest: VersionFields
+) -> tuple[Provenance, DriftReference | None]:
+    provenance = Provenance(
+        **{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Provenance)}
+    )
     try:
-        reference = DriftReference.from_dict(manifest.drift_reference) if manifest.drift_reference else None
+        reference = (
+            DriftReference.from_dict(manifest.drift_reference) if manifest.drift_reference else None
+        )
     except (PatchshiftError, KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: stored drift reference is invalid ({exc})") from None
     return provenance, reference
@@ -332,13 +395,18 @@ def _load_uda(path: Path, manifest: UDAManifest, device: str | torch.device | No
     from .uda.model import UDAModel, build_encoder
 
     try:
-        config = UDAConfig.from_dict({**manifest.config, "image_size": tuple(manifest.config["image_size"])})
+        config = UDAConfig.from_dict(
+            {**manifest.config, "image_size": tuple(manifest.config["image_size"])}
+        )
     except (PatchshiftError, TypeError, KeyError) as exc:
         raise ArtifactError(f"{path}: stored UDA configuration is invalid ({exc})") from None
     device = device if isinstance(device, torch.device) else resolve_device(device)
     encoder, weights_path = build_encoder(config, device)
     if manifest.weights_sha256 and file_sha256(Path(weights_path)) != manifest.weights_sha256:
-        raise ArtifactError(f"{path}: backbone weights file {weights_path} differs from the one the model was trained from")
+        raise ArtifactError(
+            f"{path}: backbone weights file {weights_path} differs from the one the model was "
+            "trained from"
+        )
     try:
         state = load_file(str(path / ENCODER_FILE))
         encoder.load_state_dict(state)
@@ -348,9 +416,20 @@ def _load_uda(path: Path, manifest: UDAManifest, device: str | torch.device | No
     except Exception as exc:  # safetensors and torch raise their own types
         raise ArtifactError(f"{path}: cannot read {ENCODER_FILE} ({exc})") from None
     if len(manifest.centre) != config.embedding_dim:
-        raise ArtifactError(f"{path}: centre has {len(manifest.centre)} values, embedding_dim is {config.embedding_dim}")
+        raise ArtifactError(
+            f"{path}: centre has {len(manifest.centre)} values, embedding_dim is "
+            f"{config.embedding_dim}"
+        )
     provenance, reference = _provenance_and_reference(path, manifest)
-    model = UDAModel(config, encoder.eval(), torch.tensor(manifest.centre), manifest.threshold, provenance, device,
-                     weights_path, version=path.name)
+    model = UDAModel(
+        config,
+        encoder.eval(),
+        torch.tensor(manifest.centre),
+        manifest.threshold,
+        provenance,
+        device,
+        weights_path,
+        version=path.name,
+    )
     model.drift_reference = reference
     return model

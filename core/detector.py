@@ -35,14 +35,18 @@ class Detector(Protocol):
         """(height, width) of the batches `score` takes."""
 
     def score(self, images: torch.Tensor) -> ScoreResult:
-        """(B, 3, H, W) images in [0, 1] at the input size -> scores (B,), maps or None, drift descriptors."""
+        """(B, 3, H, W) images in [0, 1] at the input size -> scores (B,), maps or None, drift
+        descriptors."""
 
-    def score_batches(self, batches: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+    def score_batches(
+        self, batches: Iterable[torch.Tensor]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores (N,) and heatmaps (N, H, W) or None of a stream of input batches."""
 
 
 def with_threshold(model: Detector, threshold: float, provenance: Provenance) -> Detector:
-    """A new, unsaved version sharing `model`'s read-only networks and bank, with another threshold."""
+    """A new, unsaved version sharing `model`'s read-only networks and bank, with another
+    threshold."""
     derived = copy.copy(model)
     derived.threshold = float(threshold)
     derived.version = None

@@ -42,20 +42,29 @@ class DriftReference:
     n_images: int
 
     @classmethod
-    def from_descriptors(cls, descriptors: np.ndarray) -> "DriftReference":
+    def from_descriptors(cls, descriptors: np.ndarray) -> DriftReference:
         descriptors = np.asarray(descriptors, dtype=np.float64)
         if descriptors.ndim != 2 or len(descriptors) < 2:
             raise ConfigError("a drift reference needs the descriptors of at least two images")
-        return cls(descriptors.mean(axis=0), np.maximum(descriptors.std(axis=0, ddof=1), MIN_STD), len(descriptors))
+        return cls(
+            descriptors.mean(axis=0),
+            np.maximum(descriptors.std(axis=0, ddof=1), MIN_STD),
+            len(descriptors),
+        )
 
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "n_images": self.n_images}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DriftReference":
-        mean, std = np.asarray(data["mean"], dtype=np.float64), np.asarray(data["std"], dtype=np.float64)
+    def from_dict(cls, data: dict) -> DriftReference:
+        mean, std = (
+            np.asarray(data["mean"], dtype=np.float64),
+            np.asarray(data["std"], dtype=np.float64),
+        )
         if mean.shape != std.shape or mean.ndim != 1 or int(data["n_images"]) < 2:
-            raise ConfigError("drift reference is malformed (mean and std must be equal-length vectors)")
+            raise ConfigError(
+                "drift reference is malformed (mean and std must be equal-length vectors)"
+            )
         return cls(mean, np.maximum(std, MIN_STD), int(data["n_images"]))
 
 
@@ -63,11 +72,16 @@ def drift_statistic(reference: DriftReference, descriptors: np.ndarray) -> float
     """S for a window of descriptors (n, 2D); about 1 without drift."""
     descriptors = np.asarray(descriptors, dtype=np.float64)
     if descriptors.ndim != 2 or descriptors.shape[1] != reference.mean.shape[0]:
-        raise ConfigError(f"descriptors of shape {descriptors.shape} do not match the reference ({reference.mean.shape[0]} channels)")
+        raise ConfigError(
+            f"descriptors of shape {descriptors.shape} do not match the reference "
+            f"({reference.mean.shape[0]} channels)"
+        )
     n = len(descriptors)
     if n == 0:
         return float("nan")
-    z2 = (descriptors.mean(axis=0) - reference.mean) ** 2 / (reference.std**2 * (1.0 / n + 1.0 / reference.n_images))
+    z2 = (descriptors.mean(axis=0) - reference.mean) ** 2 / (
+        reference.std**2 * (1.0 / n + 1.0 / reference.n_images)
+    )
     return float(z2.mean())
 
 
@@ -89,7 +103,7 @@ class DriftMonitor:
 
     def add(self, descriptors: np.ndarray, anomalous: np.ndarray) -> None:
         with self._lock:
-            for row, flag in zip(np.asarray(descriptors), np.asarray(anomalous)):
+            for row, flag in zip(np.asarray(descriptors), np.asarray(anomalous), strict=False):
                 self._descriptors.append(row)
                 self._flags.append(bool(flag))
 
@@ -98,7 +112,8 @@ class DriftMonitor:
         return len(self._descriptors)
 
     def statistic(self) -> float | None:
-        """None until the window is full (a half-empty window would be noisy) or without a reference."""
+        """None until the window is full (a half-empty window would be noisy) or without a
+        reference."""
         with self._lock:
             reference = self.reference
             if reference is None or len(self._descriptors) < self.window:

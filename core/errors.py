@@ -34,4 +34,5 @@ class CancelledError(PatchshiftError):
 
 
 class AdaptationError(PatchshiftError):
-    """An adaptation could not produce a usable model (diverged, or its target cannot support it)."""
+    """An adaptation could not produce a usable model (diverged, or its target cannot support
+    it)."""

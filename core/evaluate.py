@@ -19,7 +19,8 @@ from .progress import CancelFn, ProgressFn, check_cancel, report
 @dataclass
 class EvalResult:
     image_auroc: float
-    pixel_auroc: float  # NaN (null in JSON) without a mask for every defective image, or for a global detector
+    # NaN (null in JSON) without a mask for every defective image, or for a global detector
+    pixel_auroc: float
     aupro: float
     f1: float
     threshold: float
@@ -28,8 +29,9 @@ class EvalResult:
     seconds: float
     false_alarm_rate: float = float("nan")  # share of good images above the stored threshold
     recall: float = float("nan")  # share of defective images above it
-    # The threshold that flags exactly the model's false-alarm rate of these good images (needs labels),
-    # and its recall: what a perfect threshold would catch; recall / oracle_recall is the threshold's share.
+    # The threshold that flags exactly the model's false-alarm rate of these good images (needs
+    # labels), and its recall: what a perfect threshold would catch; recall / oracle_recall is the
+    # threshold's share.
     oracle_threshold: float = float("nan")
     oracle_recall: float = float("nan")
     n_masks: int = 0  # defective images with a ground-truth mask
@@ -38,11 +40,14 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready: metrics a model cannot give (pixel metrics of a global detector) are null."""
-        return {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(self).items()
+        }
 
 
 def asked_false_alarm_rate(model: PatchCoreModel) -> float:
-    """The share of good parts the version's threshold was set to flag (a UDA version states its quantile)."""
+    """The share of good parts the version's threshold was set to flag (a UDA version states its
+    quantile)."""
     config = model.config
     if hasattr(config, "false_alarm_rate"):
         return float(config.false_alarm_rate)
@@ -62,9 +67,15 @@ def score_samples(
     paths = [s.path for s in samples]
 
     def batches():
-        for batch, _, start in iter_batches(paths, model.config.image_size, model.config.batch_size):
+        for batch, _, start in iter_batches(
+            paths, model.config.image_size, model.config.batch_size
+        ):
             check_cancel(cancel)
-            yield corrupt(batch, corruption, severity or 5, seed=seed + start) if corruption else batch
+            yield (
+                corrupt(batch, corruption, severity or 5, seed=seed + start)
+                if corruption
+                else batch
+            )
             report(progress, "score", start + len(batch), len(paths))
 
     return model.score_batches(batches())
@@ -82,7 +93,9 @@ def evaluate(
     scores, maps = score_samples(model, samples, corruption, severity, seed, progress)
     labels = np.array([s.label for s in samples])
     n_masks = sum(1 for s in samples if s.label == 1 and s.mask_path is not None)
-    if maps is None or n_masks < labels.sum():  # a global detector (UDA), or images labelled without masks
+    if (
+        maps is None or n_masks < labels.sum()
+    ):  # a global detector (UDA), or images labelled without masks
         pixel, pro = float("nan"), float("nan")
     else:
         masks = np.stack([load_mask(s, model.config.image_size) for s in samples])

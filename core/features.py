@@ -11,10 +11,10 @@ from .config import NEIGHBOURHOOD_BORDERS
 from .errors import ConfigError
 from .reduction import Reduction, initial_reduction
 
-
-# How the k x k neighbourhood average treats cells outside the feature map: "zeros" counts them
-# as zero (PatchCore's and anomalib's zero-padded average pooling), "inside" averages only the
-# cells inside (versions fitted before this setting existed). Measured in docs/engine-study.md ("Borders").
+# How the k x k neighbourhood average treats cells outside the feature map: "zeros" counts them as
+# zero (PatchCore's and anomalib's zero-padded average pooling), "inside" averages only the cells
+# inside (versions fitted before this setting existed). Measured in docs/engine-study.md
+# ("Borders").
 BORDERS = NEIGHBOURHOOD_BORDERS
 
 
@@ -28,11 +28,20 @@ class PatchFeatureExtractor(nn.Module):
     they are applied in the cheapest order. Differentiable: adaptation reuses it.
     """
 
-    def __init__(self, backbone: Backbone, feature_dim: int, neighbourhood: int, border: str = "zeros",
-                 reduction: str = "average", seed: int = 0) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        feature_dim: int,
+        neighbourhood: int,
+        border: str = "zeros",
+        reduction: str = "average",
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if border not in BORDERS:
-            raise ConfigError(f"neighbourhood border must be one of {', '.join(BORDERS)}, got {border!r}")
+            raise ConfigError(
+                f"neighbourhood border must be one of {', '.join(BORDERS)}, got {border!r}"
+            )
         self.backbone = backbone.module
         self.stage_names = backbone.stage_names
         self.stage_channels = tuple(backbone.stage_channels)
@@ -47,11 +56,15 @@ class PatchFeatureExtractor(nn.Module):
         device = self.mean.device
         for i, matrix in enumerate(reduction.stage_maps):
             self.register_buffer(f"pool{i}", matrix.to(device), persistent=False)
-        self.register_buffer("mix", reduction.mix.to(device) if reduction.mix is not None else None, persistent=False)
+        self.register_buffer(
+            "mix", reduction.mix.to(device) if reduction.mix is not None else None, persistent=False
+        )
         self.feature_dim = reduction.dim
 
     def reduction(self) -> Reduction:
-        return Reduction([getattr(self, f"pool{i}") for i in range(len(self.stage_names))], self.mix)
+        return Reduction(
+            [getattr(self, f"pool{i}") for i in range(len(self.stage_names))], self.mix
+        )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -68,7 +81,13 @@ class PatchFeatureExtractor(nn.Module):
             stage = torch.einsum("bchw,cd->bdhw", maps[name], getattr(self, f"pool{i}"))
             if self.neighbourhood > 1:
                 pad = self.neighbourhood // 2
-                stage = F.avg_pool2d(stage, self.neighbourhood, stride=1, padding=pad, count_include_pad=self.border == "zeros")
+                stage = F.avg_pool2d(
+                    stage,
+                    self.neighbourhood,
+                    stride=1,
+                    padding=pad,
+                    count_include_pad=self.border == "zeros",
+                )
             if grid is None:
                 grid = (stage.shape[-2], stage.shape[-1])
             elif stage.shape[-2:] != grid:

@@ -13,7 +13,8 @@ from .errors import AdaptationError
 
 
 def count_non_finite(tensors: Iterable[torch.Tensor]) -> tuple[int, int]:
-    """(non-finite values, all values) over floating-point tensors; integer tensors are always finite."""
+    """(non-finite values, all values) over floating-point tensors; integer tensors are always
+    finite."""
     bad = total = 0
     for tensor in tensors:
         total += tensor.numel()
@@ -26,15 +27,22 @@ def refuse_diverged(tensors: Iterable[torch.Tensor], what: str, lr: float) -> No
     """A training run whose parameters left the finite numbers is a failure, not a new version."""
     bad, total = count_non_finite(tensors)
     if bad:
-        raise AdaptationError(f"adaptation diverged: {bad} of {total} {what} values are not finite; try a lower lr (it was {lr:g})")
+        raise AdaptationError(
+            f"adaptation diverged: {bad} of {total} {what} values are not finite; try a lower lr "
+            f"(it was {lr:g})"
+        )
 
 
 def refuse_non_finite_scores(scores: Any, lr: float | None = None) -> None:
-    """Target images that score NaN or infinity cannot set a threshold: the adaptation fails, the source stays."""
+    """Target images that score NaN or infinity cannot set a threshold: the adaptation fails, the
+    source stays."""
     bad = int((~np.isfinite(np.asarray(scores, dtype=np.float64))).sum())
     if bad:
         hint = f"; try a lower lr (it was {lr:g})" if lr is not None else ""
-        raise AdaptationError(f"{bad} target image(s) got a non-finite score after adaptation; the source version stays as it is{hint}")
+        raise AdaptationError(
+            f"{bad} target image(s) got a non-finite score after adaptation; the source version "
+            f"stays as it is{hint}"
+        )
 
 
 def first_non_finite(data: Any, path: str = "") -> str | None:
@@ -42,7 +50,9 @@ def first_non_finite(data: Any, path: str = "") -> str | None:
     if isinstance(data, float):
         return None if math.isfinite(data) else path or "<value>"
     if isinstance(data, dict):
-        items: Iterable[tuple[str, Any]] = ((f"{path}.{k}" if path else str(k), v) for k, v in data.items())
+        items: Iterable[tuple[str, Any]] = (
+            (f"{path}.{k}" if path else str(k), v) for k, v in data.items()
+        )
     elif isinstance(data, (list, tuple)):
         items = ((f"{path}[{i}]", v) for i, v in enumerate(data))
     else:

@@ -53,19 +53,28 @@ def decode_image(source: bytes | str | os.PathLike[str], name: str | None = None
             raise InvalidImageError(f"{label}: file is empty (0 bytes)")
         stream = str(path)
     too_large = (
-        f"{label}: image is {{}} pixels; accepted are up to {MAX_SIDE} pixels a side and {MAX_PIXELS // 1_000_000} megapixels"
+        f"{label}: image is {{}} pixels; accepted are up to {MAX_SIDE} pixels a side "
+        f"and {MAX_PIXELS // 1_000_000} megapixels"
     )
     try:
         image = Image.open(stream)
         width, height = image.size
-        if width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        if (
+            width < 1
+            or height < 1
+            or width > MAX_SIDE
+            or height > MAX_SIDE
+            or width * height > MAX_PIXELS
+        ):
             raise InvalidImageError(too_large.format(f"{width}x{height}"))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
     except InvalidImageError:
         raise
     except Image.DecompressionBombError:  # over twice Pillow's limit: refused while opening
-        raise InvalidImageError(too_large.format(f"over {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} million")) from None
+        raise InvalidImageError(
+            too_large.format(f"over {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} million")
+        ) from None
     except UnidentifiedImageError:
         raise InvalidImageError(f"{label}: not an image (unknown or unsupported format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -91,7 +100,10 @@ def preview_size(original: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def decode_for_model(
-    source: bytes | str | os.PathLike[str], size: tuple[int, int], name: str | None = None, preview_side: int | None = None
+    source: bytes | str | os.PathLike[str],
+    size: tuple[int, int],
+    name: str | None = None,
+    preview_side: int | None = None,
 ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
     """(model input (H, W, 3) uint8, original (width, height), preview for overlays or None).
 
@@ -99,7 +111,11 @@ def decode_for_model(
     `preview_side`, whatever the original size."""
     image = decode_image(source, name)
     model_input = resize_rgb(image, size)
-    preview = resize_rgb(image, preview_size(image.size, preview_side), reducing_gap=3.0) if preview_side else None
+    preview = (
+        resize_rgb(image, preview_size(image.size, preview_side), reducing_gap=3.0)
+        if preview_side
+        else None
+    )
     return model_input, image.size, preview
 
 
@@ -121,7 +137,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_rgb(image: Image.Image, size: tuple[int, int], reducing_gap: float | None = None) -> np.ndarray:
+def resize_rgb(
+    image: Image.Image, size: tuple[int, int], reducing_gap: float | None = None
+) -> np.ndarray:
     """Any decoded image -> (H, W, 3) uint8 at (width, height) `size`: converted to RGB, resized
     (bilinear); modes where the two commute are resized first (no full-size RGB copy)."""
     if image.mode not in _RESIZE_FIRST:
@@ -162,12 +180,17 @@ def map_to_original(heatmap: np.ndarray, original_size: tuple[int, int]) -> np.n
 
 
 def list_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into image files; folders ignore non-images."""
+    """Expand files and folders (recursively, sorted) into image files; folders ignore
+    non-images."""
     found: list[Path] = []
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(
+                sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
         elif path.is_file():
             found.append(path)
         else:
@@ -190,12 +213,17 @@ def iter_batches(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         starts = list(range(0, len(sources), batch_size))
-        pending = [pool.submit(lambda s=s: [decode(x) for x in sources[s : s + batch_size]]) for s in starts[:2]]
+        pending = [
+            pool.submit(lambda s=s: [decode(x) for x in sources[s : s + batch_size]])
+            for s in starts[:2]
+        ]
         for i, start in enumerate(starts):
             decoded = pending[i].result()
             if i + 2 < len(starts):
                 nxt = starts[i + 2]
-                pending.append(pool.submit(lambda s=nxt: [decode(x) for x in sources[s : s + batch_size]]))
+                pending.append(
+                    pool.submit(lambda s=nxt: [decode(x) for x in sources[s : s + batch_size]])
+                )
             yield to_tensor([a for a, _ in decoded]), [s for _, s in decoded], start
 
 
@@ -203,15 +231,23 @@ def resize_batch(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """A (N, 3, H, W) batch at (height, width) `hw` (area resampling); unchanged when already there.
     For batches kept at one input size and scored by a model with another (UDA has its own)."""
     hw = tuple(hw)
-    return images if tuple(images.shape[-2:]) == hw else torch.nn.functional.interpolate(images, size=hw, mode="area")
+    return (
+        images
+        if tuple(images.shape[-2:]) == hw
+        else torch.nn.functional.interpolate(images, size=hw, mode="area")
+    )
 
 
-def load_target(images: Sequence[ImageSource] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A set of images (adaptation targets, UDA sources) as one (N, 3, H, W) tensor at `size` (width, height);
-    unreadable files are an error naming them."""
+def load_target(
+    images: Sequence[ImageSource] | torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """A set of images (adaptation targets, UDA sources) as one (N, 3, H, W) tensor at `size`
+    (width, height); unreadable files are an error naming them."""
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[0] == 0:
-            raise DatasetError(f"adaptation needs a non-empty (N, 3, H, W) batch, got {tuple(images.shape)}")
+            raise DatasetError(
+                f"adaptation needs a non-empty (N, 3, H, W) batch, got {tuple(images.shape)}"
+            )
         return resize_batch(images, (size[1], size[0]))
     if len(images) == 0:
         raise DatasetError("adaptation needs at least one image of the new condition")

@@ -43,7 +43,11 @@ def faiss_gpu_available() -> bool:
         import faiss
     except ImportError:
         return False
-    return hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available() and faiss.get_num_gpus() > 0
+    return (
+        hasattr(faiss, "StandardGpuResources")
+        and torch.cuda.is_available()
+        and faiss.get_num_gpus() > 0
+    )
 
 
 class TorchFlatIndex:
@@ -61,7 +65,12 @@ class TorchFlatIndex:
         step = max(1, TORCH_CHUNK_BYTES // (4 * len(self.bank)))
         for start in range(0, len(queries), step):
             chunk = queries[start : start + step]
-            squared = (chunk @ self.bank.T).mul_(-2).add_(self.norms).add_(chunk.square().sum(1, keepdim=True))
+            squared = (
+                (chunk @ self.bank.T)
+                .mul_(-2)
+                .add_(self.norms)
+                .add_(chunk.square().sum(1, keepdim=True))
+            )
             values, indices = squared.topk(k, dim=1, largest=False)
             out_d.append(values)
             out_i.append(indices)
@@ -75,16 +84,28 @@ class BankIndex:
     """
 
     def __init__(
-        self, bank: torch.Tensor, kind: str = "flat", nprobe: int = 16, device: torch.device | str = "cpu"
+        self,
+        bank: torch.Tensor,
+        kind: str = "flat",
+        nprobe: int = 16,
+        device: torch.device | str = "cpu",
     ) -> None:
         if bank.ndim != 2 or bank.shape[0] < 1:
-            raise ConfigError(f"memory bank must be a non-empty (M, D) matrix, got shape {tuple(bank.shape)}")
+            raise ConfigError(
+                f"memory bank must be a non-empty (M, D) matrix, got shape {tuple(bank.shape)}"
+            )
         data = np.ascontiguousarray(bank.detach().to("cpu", torch.float32).numpy())
         self.size, self.dim = data.shape
         on_cuda = torch.device(device).type == "cuda"
         self.use_gpu = on_cuda and faiss_gpu_available()
-        self.kind = kind = resolve_kind(kind, self.size, self.dim, torch_gpu=on_cuda and not self.use_gpu)
-        self.torch_index = TorchFlatIndex(data, torch.device(device)) if on_cuda and kind == "flat" and not self.use_gpu else None
+        self.kind = kind = resolve_kind(
+            kind, self.size, self.dim, torch_gpu=on_cuda and not self.use_gpu
+        )
+        self.torch_index = (
+            TorchFlatIndex(data, torch.device(device))
+            if on_cuda and kind == "flat" and not self.use_gpu
+            else None
+        )
         # exact search beside an approximate index: each image's farthest patches (search_images)
         self.exact = TorchFlatIndex(data, torch.device(device)) if kind == "ivf" else None
         if self.torch_index is not None:
@@ -107,13 +128,17 @@ class BankIndex:
             import faiss.contrib.torch_utils  # noqa: F401  (lets FAISS take torch tensors)
 
             self._resources = faiss.StandardGpuResources()
-            self._gpu_lock = threading.Lock()  # FAISS GPU indexes are not safe for concurrent searches
+            self._gpu_lock = (
+                threading.Lock()
+            )  # FAISS GPU indexes are not safe for concurrent searches
             index = faiss.index_cpu_to_gpu(self._resources, torch.cuda.current_device(), index)
         self.index = index
 
     @property
     def backend(self) -> str:
-        return "torch" if self.torch_index is not None else ("faiss-gpu" if self.use_gpu else "faiss")
+        return (
+            "torch" if self.torch_index is not None else ("faiss-gpu" if self.use_gpu else "faiss")
+        )
 
     def search_images(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, P, D), the patches of B images -> distance to and index of each patch's nearest
@@ -130,7 +155,9 @@ class BankIndex:
         if self.exact is None:
             return distances, nearest
         refined = torch.zeros_like(distances, dtype=torch.bool)
-        pick = torch.zeros_like(refined).scatter_(1, distances.topk(min(RERANK_PER_IMAGE, p), dim=1).indices, True)
+        pick = torch.zeros_like(refined).scatter_(
+            1, distances.topk(min(RERANK_PER_IMAGE, p), dim=1).indices, True
+        )
         while pick.any():
             image, patch = pick.nonzero(as_tuple=True)
             squared, index = self.exact.search(feats[image, patch].detach().to(torch.float32), 1)

@@ -1,5 +1,5 @@
-"""Detection and localisation metrics: image AUROC, pixel AUROC, AUPRO, F1 at a threshold, the oracle
-threshold at a false-alarm rate.
+"""Detection and localisation metrics: image AUROC, pixel AUROC, AUPRO, F1 at a threshold, the
+oracle threshold at a false-alarm rate.
 
 AUROC and AUPRO share one threshold sweep: sort by score once, accumulate per-item weights of
 the positive and negative classes, and keep one point per distinct score (ties move together).
@@ -16,7 +16,9 @@ import numpy as np
 from .errors import ConfigError
 
 
-def _sweep(scores: np.ndarray, positive_weight: np.ndarray, negative_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sweep(
+    scores: np.ndarray, positive_weight: np.ndarray, negative_weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative (negative, positive) weight above each distinct threshold, starting at (0, 0)."""
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
@@ -81,7 +83,7 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     edges = _bin_edges(maps)
     positive = np.zeros(PIXEL_BINS)
     negative = np.zeros(PIXEL_BINS)
-    for mask, heat in zip(masks, maps):
+    for mask, heat in zip(masks, maps, strict=False):
         index, defect = _bins(heat, edges), np.asarray(mask, dtype=bool).ravel()
         positive += np.bincount(index[defect], minlength=PIXEL_BINS)
         negative += np.bincount(index[~defect], minlength=PIXEL_BINS)
@@ -104,7 +106,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
     overlap = np.zeros(PIXEL_BINS)  # per bin: sum over region pixels of 1 / region size
     negative = np.zeros(PIXEL_BINS)
     n_regions = 0
-    for mask, heat in zip(masks, maps):
+    for mask, heat in zip(masks, maps, strict=False):
         index = _bins(heat, edges)
         negative += np.bincount(index[~mask.ravel()], minlength=PIXEL_BINS)
         if not mask.any():
@@ -112,11 +114,15 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
         count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
         sizes = np.bincount(labels.ravel(), minlength=count)
         inside = labels.ravel() > 0
-        overlap += np.bincount(index[inside], weights=1.0 / sizes[labels.ravel()[inside]], minlength=PIXEL_BINS)
+        overlap += np.bincount(
+            index[inside], weights=1.0 / sizes[labels.ravel()[inside]], minlength=PIXEL_BINS
+        )
         n_regions += count - 1
     if n_regions == 0 or negative.sum() == 0:
         raise ConfigError("AUPRO needs defect regions and defect-free pixels")
-    fpr, pro = _sweep(np.arange(PIXEL_BINS, dtype=np.float64), overlap / n_regions, negative / negative.sum())
+    fpr, pro = _sweep(
+        np.arange(PIXEL_BINS, dtype=np.float64), overlap / n_regions, negative / negative.sum()
+    )
     cut = np.searchsorted(fpr, max_fpr, side="right")
     if cut < fpr.size:  # interpolate the curve at exactly max_fpr
         f0, f1, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
@@ -146,7 +152,9 @@ def oracle_threshold(good_scores: Sequence[float], false_alarm_rate: float) -> f
     return float(good[int(np.floor(false_alarm_rate * good.size + 1e-9))])
 
 
-def oracle_recall(labels: Sequence[int], scores: Sequence[float], false_alarm_rate: float) -> tuple[float, float]:
+def oracle_recall(
+    labels: Sequence[int], scores: Sequence[float], false_alarm_rate: float
+) -> tuple[float, float]:
     """(threshold, recall) of the oracle threshold: how many defects the line could catch at this
     false-alarm rate if the threshold were perfect; a version's own recall is compared with it."""
     labels = np.asarray(labels).astype(bool)

@@ -31,8 +31,20 @@ class Bounds:
     def describe(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(self.choices)
-        low = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else "(-inf"
-        high = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else "inf)"
+        low = (
+            f"[{_num(self.ge)}"
+            if self.ge is not None
+            else f"({_num(self.gt)}"
+            if self.gt is not None
+            else "(-inf"
+        )
+        high = (
+            f"{_num(self.le)}]"
+            if self.le is not None
+            else f"{_num(self.lt)})"
+            if self.lt is not None
+            else "inf)"
+        )
         return f"in {low}, {high}"
 
     def check(self, name: str, value: Any) -> None:
@@ -67,7 +79,9 @@ def option(default: Any, help: str = "", **bounds: Any) -> Any:
 
 def options_of(cls: type) -> dict[str, tuple[dataclasses.Field, Bounds]]:
     """Every bounded field of a config dataclass, in declaration order."""
-    return {f.name: (f, f.metadata["bounds"]) for f in dataclasses.fields(cls) if "bounds" in f.metadata}
+    return {
+        f.name: (f, f.metadata["bounds"]) for f in dataclasses.fields(cls) if "bounds" in f.metadata
+    }
 
 
 def check_options(instance: Any) -> None:

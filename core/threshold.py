@@ -37,19 +37,21 @@ def gumbel_reduced(p: float | np.ndarray) -> float | np.ndarray:
 
 
 # How sure the law is, two ways, the wider one stated: the law's own sampling spread (as many images
-# drawn from the fitted law, the law fitted again, the share of the fitted law's images above each such
-# threshold: this depends on the number of images alone, for 1% asked 0.2% to 4.7% at 64 images, 0.3% to 3.4% at 100) and the
-# batch's (the batch resampled, the law fitted to each resample, the share of its images above the
-# chosen threshold: wider where the scores do not follow the law). BOOTSTRAP_DRAWS of each; the 5th to
-# 95th percentile is the false-alarm interval the job result states. Where its upper end exceeds
-# SUPPORT_FACTOR times the asked rate, the batch cannot support the threshold: a stated precision, not
-# tuned (docs/adaptation.md, "The verdict after adaptation", measures what it lets through).
+# drawn from the fitted law, the law fitted again, the share of the fitted law's images above each
+# such threshold: this depends on the number of images alone, for 1% asked 0.2% to 4.7% at 64
+# images, 0.3% to 3.4% at 100) and the batch's (the batch resampled, the law fitted to each
+# resample, the share of its images above the chosen threshold: wider where the scores do not follow
+# the law). BOOTSTRAP_DRAWS of each; the 5th to 95th percentile is the false-alarm interval the job
+# result states. Where its upper end exceeds SUPPORT_FACTOR times the asked rate, the batch cannot
+# support the threshold: a stated precision, not tuned (docs/adaptation.md, "The verdict after
+# adaptation", measures what it lets through).
 BOOTSTRAP_DRAWS = 200
 SUPPORT_FACTOR = 4.0
-# A threshold above nearly every image the batch itself finds suspect (a patch no other image vouches
-# for) would pass the defects: with at least MIN_SUSPECTS such images and fewer than MIN_EXPECTED_RECALL
-# of them flagged, the recall is taken to collapse and the gate keeps the parent. On the shift
-# benchmark's half-defective batches 56-91% of the suspects of bsd, ELPV and the tiles are defective.
+# A threshold above nearly every image the batch itself finds suspect (a patch no other image
+# vouches for) would pass the defects: with at least MIN_SUSPECTS such images and fewer than
+# MIN_EXPECTED_RECALL of them flagged, the recall is taken to collapse and the gate keeps the
+# parent. On the shift benchmark's half-defective batches 56-91% of the suspects of bsd, ELPV and
+# the tiles are defective.
 MIN_SUSPECTS = 5
 MIN_EXPECTED_RECALL = 0.05
 
@@ -68,39 +70,58 @@ class TransferredThreshold(NamedTuple):
     false_alarm_interval: tuple[float, float] | None = None
     supported: bool = True
     note: str | None = None
-    # The target images with a patch no other image vouches for, and the share of them above the threshold
-    # (None where the adapter cannot tell which patches are vouched for).
+    # The target images with a patch no other image vouches for, and the share of them above the
+    # threshold (None where the adapter cannot tell which patches are vouched for).
     suspects: int | None = None
     expected_recall: float | None = None
 
     @property
     def recall_collapses(self) -> bool:
-        """Whether the threshold passes nearly every image the batch itself finds suspect (see MIN_EXPECTED_RECALL)."""
-        return self.expected_recall is not None and self.suspects >= MIN_SUSPECTS and self.expected_recall < MIN_EXPECTED_RECALL
+        """Whether the threshold passes nearly every image the batch itself finds suspect (see
+        MIN_EXPECTED_RECALL)."""
+        return (
+            self.expected_recall is not None
+            and self.suspects >= MIN_SUSPECTS
+            and self.expected_recall < MIN_EXPECTED_RECALL
+        )
 
-    def with_suspects(self, raw_scores: np.ndarray, normal_scores: np.ndarray) -> "TransferredThreshold":
-        """The same threshold with its expected recall: raw_scores and normal_scores (S,) are the scored images'
-        scores over all their patches and over the vouched ones; an image whose two differ is a suspect."""
+    def with_suspects(
+        self, raw_scores: np.ndarray, normal_scores: np.ndarray
+    ) -> TransferredThreshold:
+        """The same threshold with its expected recall: raw_scores and normal_scores (S,) are the
+        scored images' scores over all their patches and over the vouched ones; an image whose two
+        differ is a suspect."""
         suspect = np.asarray(raw_scores) > np.asarray(normal_scores)
         count = int(suspect.sum())
         recall = float((np.asarray(raw_scores)[suspect] > self.value).mean()) if count else None
         updated = self._replace(suspects=count, expected_recall=recall)
         if updated.recall_collapses:
-            collapse = f"it flags {recall:.0%} of the {count} target images with a patch no other image vouches for: most defects would pass"
+            collapse = (
+                f"it flags {recall:.0%} of the {count} target images with a patch no other "
+                "image vouches for: most defects would pass"
+            )
             updated = updated._replace(note="; ".join(filter(None, [self.note, collapse])))
         return updated
 
     def to_dict(self) -> dict:
         """For the job result and the manifest."""
         interval = self.false_alarm_interval
-        return {"expected_false_alarm_rate": self.expected_false_alarm_rate,
-                "false_alarm_interval": None if interval is None else [round(interval[0], 5), round(interval[1], 5)],
-                "supported": self.supported, "suspects": self.suspects, "expected_recall": self.expected_recall,
-                "recall_collapses": self.recall_collapses, "note": self.note}
+        return {
+            "expected_false_alarm_rate": self.expected_false_alarm_rate,
+            "false_alarm_interval": None
+            if interval is None
+            else [round(interval[0], 5), round(interval[1], 5)],
+            "supported": self.supported,
+            "suspects": self.suspects,
+            "expected_recall": self.expected_recall,
+            "recall_collapses": self.recall_collapses,
+            "note": self.note,
+        }
 
 
 def gumbel_law(values: np.ndarray, quantiles: tuple[float, float]) -> tuple[float, float] | None:
-    """(location, scale) of the Gumbel law through these two quantiles of `values`; None without spread."""
+    """(location, scale) of the Gumbel law through these two quantiles of `values`; None without
+    spread."""
     location, scale = refitted(np.asarray(values, dtype=np.float64).reshape(1, -1), quantiles)
     return (float(location[0]), float(scale[0])) if scale[0] > 0 else None
 
@@ -111,59 +132,92 @@ def gumbel_exceedance(threshold: float, location: np.ndarray, scale: np.ndarray)
 
 
 def refitted(samples: np.ndarray, quantiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(draws, n) samples -> per draw the (location, scale) of the law through their quantiles (scale <= 0: no spread)."""
+    """(draws, n) samples -> per draw the (location, scale) of the law through their quantiles
+    (scale <= 0: no spread)."""
     low, high = np.quantile(samples, quantiles, axis=1)
     scale = (high - low) / (gumbel_reduced(quantiles[1]) - gumbel_reduced(quantiles[0]))
     return low - scale * gumbel_reduced(quantiles[0]), scale
 
 
-def false_alarm_spread(values: np.ndarray, threshold: float, false_alarm_rate: float, quantiles: tuple[float, float],
-                       draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, tuple[float, float]]:
+def false_alarm_spread(
+    values: np.ndarray,
+    threshold: float,
+    false_alarm_rate: float,
+    quantiles: tuple[float, float],
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
     """(median, (5th, 95th percentile)) of the share of normal images `threshold` flags: the batch's
     bootstrap median, and the wider of the batch's and the law's own interval (see BOOTSTRAP_DRAWS).
     A resample without spread counts as flagging every image."""
     rng = np.random.default_rng(seed)
-    location, scale = refitted(values[rng.integers(0, values.size, (draws, values.size))], quantiles)
+    location, scale = refitted(
+        values[rng.integers(0, values.size, (draws, values.size))], quantiles
+    )
     fitted = scale > 0
     batch = np.ones(draws)
     batch[fitted] = gumbel_exceedance(threshold, location[fitted], scale[fitted])
     law_location, law_scale = gumbel_law(values, quantiles)
     location, scale = refitted(rng.gumbel(law_location, law_scale, (draws, values.size)), quantiles)
-    own = gumbel_exceedance(location + scale * gumbel_reduced(1.0 - false_alarm_rate), law_location, law_scale)
+    own = gumbel_exceedance(
+        location + scale * gumbel_reduced(1.0 - false_alarm_rate), law_location, law_scale
+    )
     own[~(scale > 0)] = 1.0
-    (low, median, high), (own_low, own_high) = np.quantile(batch, (0.05, 0.5, 0.95)), np.quantile(own, (0.05, 0.95))
+    (low, median, high), (own_low, own_high) = (
+        np.quantile(batch, (0.05, 0.5, 0.95)),
+        np.quantile(own, (0.05, 0.95)),
+    )
     return float(median), (float(min(low, own_low)), float(max(high, own_high)))
 
 
-def gumbel_threshold(scores: np.ndarray, false_alarm_rate: float, fallback: float,
-                     quantiles: tuple[float, float] = GUMBEL_QUANTILES,
-                     support_factor: float = SUPPORT_FACTOR) -> TransferredThreshold:
+def gumbel_threshold(
+    scores: np.ndarray,
+    false_alarm_rate: float,
+    fallback: float,
+    quantiles: tuple[float, float] = GUMBEL_QUANTILES,
+    support_factor: float = SUPPORT_FACTOR,
+) -> TransferredThreshold:
     """The threshold that flags `false_alarm_rate` of normal images, from scores of a batch that may
     hold many defective images (see GUMBEL_QUANTILES), with how sure that rate is (BOOTSTRAP_DRAWS).
     `fallback` (the parent's threshold) stays, with the reason, when too few images scored, the rate
     is 0, or their low quantiles do not spread; such a threshold is not supported by the batch."""
     values = np.asarray(scores, dtype=np.float64).ravel()
     if values.size < MIN_TRANSFER_IMAGES:
-        reason = f"only {values.size} target image(s) scored (a fit needs {MIN_TRANSFER_IMAGES}); the parent's threshold stays"
+        reason = (
+            f"only {values.size} target image(s) scored (a fit needs {MIN_TRANSFER_IMAGES}); "
+            "the parent's threshold stays"
+        )
         return TransferredThreshold(float(fallback), reason, supported=False, note=reason)
     if not 0 < false_alarm_rate < 1:
-        return TransferredThreshold(float(fallback), f"false_alarm_rate {false_alarm_rate} asks for no false alarm, which a law "
-                                    "fitted to a batch cannot promise; the parent's threshold stays")
+        return TransferredThreshold(
+            float(fallback),
+            f"false_alarm_rate {false_alarm_rate} asks for no false alarm, which a law "
+            "fitted to a batch cannot promise; the parent's threshold stays",
+        )
     if not np.all(np.isfinite(values)):
         raise ConfigError("cannot set a threshold: some scores are not finite")
     law = gumbel_law(values, quantiles)
     if law is None:  # identical scores in the lower part: nothing to fit a spread to
-        reason = "the target images' lower scores are all equal, so they give no spread to fit; the parent's threshold stays"
+        reason = (
+            "the target images' lower scores are all equal, so they give no spread to fit; "
+            "the parent's threshold stays"
+        )
         return TransferredThreshold(float(fallback), reason, supported=False, note=reason)
     location, scale = law
     value = float(location + scale * gumbel_reduced(1.0 - false_alarm_rate))
     expected, (low, high) = false_alarm_spread(values, value, false_alarm_rate, quantiles)
     supported = high <= support_factor * false_alarm_rate
-    note = (f"expected to flag {expected:.1%} of normal parts (90% interval {low:.1%} to {high:.1%}; {false_alarm_rate:.1%} asked), "
-            f"from {values.size} target images")
+    note = (
+        f"expected to flag {expected:.1%} of normal parts (90% interval {low:.1%} to {high:.1%}; "
+        f"{false_alarm_rate:.1%} asked), "
+        f"from {values.size} target images"
+    )
     if not supported:
-        note += (f"; the batch cannot support this threshold: it may flag up to {high:.1%}, more than {support_factor:g} times "
-                 "the asked rate (more images of the new condition narrow it)")
+        note += (
+            f"; the batch cannot support this threshold: it may flag up to {high:.1%}, more than "
+            f"{support_factor:g} times "
+            "the asked rate (more images of the new condition narrow it)"
+        )
     return TransferredThreshold(value, None, expected, (low, high), supported, note)
 
 
@@ -173,8 +227,8 @@ THRESHOLD_BOUNDS = Bounds(ge=1e-6, le=1e6, help="decision threshold on the anoma
 
 
 def transferred_calibration(source_scores: list[float], target_scores: np.ndarray) -> list[float]:
-    """The scores a new version keeps as its normal scores (the gate's no-shift band reads them): the
-    target's, once there are enough of them to have moved the threshold; else the source's, as the
-    threshold stayed."""
+    """The scores a new version keeps as its normal scores (the gate's no-shift band reads them):
+    the target's, once there are enough of them to have moved the threshold; else the source's, as
+    the threshold stayed."""
     target = [float(v) for v in np.asarray(target_scores, dtype=np.float64).ravel()]
     return target if len(target) >= MIN_TRANSFER_IMAGES else list(source_scores)

@@ -23,7 +23,9 @@ def colour_scale(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     return colours, opacity
 
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float, legend: bool = False) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, heatmap: np.ndarray, threshold: float, legend: bool = False
+) -> np.ndarray:
     """(H, W, 3) uint8 photo + (H, W) heatmap at the same size -> (H', W, 3) uint8 overlay
     (H' = H, or more with a legend strip below the photo)."""
     colours, opacity = colour_scale(heatmap, threshold)
@@ -32,7 +34,9 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, threshold: float, legend: bool
     line = max(1, round(max(rgb.shape[:2]) / 300))
     above = (heatmap > threshold).astype(np.uint8)
     contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, (0, 0, 0), 3 * line)  # dark under light: visible on any photo
+    cv2.drawContours(
+        out, contours, -1, (0, 0, 0), 3 * line
+    )  # dark under light: visible on any photo
     cv2.drawContours(out, contours, -1, (255, 255, 255), line)
     y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     if heatmap[y, x] >= START * threshold:  # the worst spot, where there is one worth a look
@@ -50,14 +54,25 @@ def legend_strip(width: int, threshold: float) -> np.ndarray:
     values = np.linspace(START * threshold, FULL * threshold, max(right - left, 2))
     colours, opacity = colour_scale(values[None, :], threshold)
     ramp = (255 * (1 - opacity[..., None]) + colours * opacity[..., None]).astype(np.uint8)
-    strip[top : height // 2, left:right] = np.repeat(ramp, height // 2 - top, axis=0)[:, : right - left]
+    strip[top : height // 2, left:right] = np.repeat(ramp, height // 2 - top, axis=0)[
+        :, : right - left
+    ]
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, width / 1600)
     for share in (START, 1.0, FULL):
         x = left + round((share - START) / (FULL - START) * (right - left - 1))
         cv2.line(strip, (x, top), (x, height // 2 + 2), (0, 0, 0), 1)
         label = "threshold" if share == 1.0 else f"{share:g}x"
         size = cv2.getTextSize(label, font, scale, 1)[0]
-        cv2.putText(strip, label, (min(max(x - size[0] // 2, 0), width - size[0]), height - height // 8), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            strip,
+            label,
+            (min(max(x - size[0] // 2, 0), width - size[0]), height - height // 8),
+            font,
+            scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return strip
 
 
@@ -69,13 +84,17 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, data = cv2.imencode(
+        ".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return data.tobytes()
 
 
-def heatmap_png(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float, legend: bool = False) -> bytes:
+def heatmap_png(
+    rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float, legend: bool = False
+) -> bytes:
     """The overlay PNG at the photo's own size from a heatmap at the model's input size."""
     from .images import map_to_original
 

@@ -18,9 +18,9 @@ from .auth import Keys
 from .drift_watch import DriftWatch
 from .errors import install_handlers
 from .jobs import JobStore, move_legacy_database
+from .limits import BodyLimit
 from .metrics import ServiceMetrics
 from .registry import ModelRegistry
-from .limits import BodyLimit
 from .routers import console, docs, health, jobs, models, score
 from .scoring import MicroBatcher
 from .settings import Settings
@@ -60,16 +60,20 @@ class ObserveRequests:
 
 
 def files_per_request(settings: Settings):
-    """Files accepted per multipart field: scoring takes max_files, fit and adapt max_train_files."""
+    """Files accepted per multipart field: scoring takes max_files, fit and adapt
+    max_train_files."""
 
     def limit(path: str) -> int:
-        return settings.max_files if path.rstrip("/").endswith("/score") else settings.max_train_files
+        return (
+            settings.max_files if path.rstrip("/").endswith("/score") else settings.max_train_files
+        )
 
     return limit
 
 
 def document_file_limits(app: FastAPI, settings: Settings) -> None:
-    """Write the file-count limits (settings, so not known to the route declarations) into the OpenAPI document."""
+    """Write the file-count limits (settings, so not known to the route declarations) into the
+    OpenAPI document."""
     generate = app.openapi
 
     def openapi() -> dict:
@@ -78,7 +82,13 @@ def document_file_limits(app: FastAPI, settings: Settings) -> None:
         schema = generate()
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
-                ref = (operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {}).get("schema", {}).get("$ref"))
+                ref = (
+                    operation.get("requestBody", {})
+                    .get("content", {})
+                    .get("multipart/form-data", {})
+                    .get("schema", {})
+                    .get("$ref")
+                )
                 if not ref:
                     continue
                 body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
@@ -86,7 +96,9 @@ def document_file_limits(app: FastAPI, settings: Settings) -> None:
                     prop = body.get("properties", {}).get(field)
                     if prop is None:
                         continue
-                    array = next((p for p in prop.get("anyOf", [prop]) if p.get("type") == "array"), None)
+                    array = next(
+                        (p for p in prop.get("anyOf", [prop]) if p.get("type") == "array"), None
+                    )
                     if array is not None:
                         array["maxItems"] = files_per_request(settings)(path)
         app.openapi_schema = schema
@@ -105,23 +117,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.settings, state.metrics = settings, metrics
         state.keys = Keys.from_settings(settings)
         if not state.keys.enabled:
-            log.warning("no API keys configured (PATCHSHIFT_ADMIN_KEY / PATCHSHIFT_READ_KEY): authentication is OFF")
+            log.warning(
+                "no API keys configured (PATCHSHIFT_ADMIN_KEY / PATCHSHIFT_READ_KEY): "
+                "authentication is OFF"
+            )
         device = resolve_device(settings.device)
         metrics.device.labels(device.type).set(1)
         state.store = ModelStore(settings.models_dir)
-        if settings.database is None and (moved := move_legacy_database(settings.models_dir, settings.database_path)):
-            log.warning("moved the job database from %s to %s (a model name could collide with it)", moved, settings.database_path)
+        if settings.database is None and (
+            moved := move_legacy_database(settings.models_dir, settings.database_path)
+        ):
+            log.warning(
+                "moved the job database from %s to %s (a model name could collide with it)",
+                moved,
+                settings.database_path,
+            )
         for leftover in state.store.clean_leftovers():
             log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
         state.registry = ModelRegistry(state.store, settings, metrics, device)
         state.registry.load_all()
         state.jobs = JobStore(settings.database_path)
-        state.worker = Worker(state.jobs, settings.uploads_dir, metrics, make_tasks(state.store, state.registry, device, settings))
+        state.worker = Worker(
+            state.jobs,
+            settings.uploads_dir,
+            metrics,
+            make_tasks(state.store, state.registry, device, settings),
+        )
         state.worker.start()
-        state.batcher = MicroBatcher(settings.max_batch_images, settings.batch_wait_ms / 1000, metrics)
+        state.batcher = MicroBatcher(
+            settings.max_batch_images, settings.batch_wait_ms / 1000, metrics
+        )
         await state.batcher.start()
         state.drift = DriftWatch(state.registry, state.worker, settings, metrics)
-        log.info("serving %d model(s) from %s on %s", len(state.registry.names()), settings.models_dir, device)
+        log.info(
+            "serving %d model(s) from %s on %s",
+            len(state.registry.names()),
+            settings.models_dir,
+            device,
+        )
         try:
             yield
         finally:
@@ -132,21 +165,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="patchshift",
         version=package_version(),
-        description="Visual inspection that adapts to camera and lighting shifts: scores, verdicts, heatmaps, adaptation jobs.",
+        description="Visual inspection that adapts to camera and lighting shifts: scores, "
+        "verdicts, heatmaps, adaptation jobs.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        # the body limit below counts the parts of each field; FastAPI's own defaults (1000) must not undercut it
-        form_limits={"max_files": 2 * settings.max_train_files + 1, "max_fields": 2 * settings.max_train_files + 64},
+        # the body limit below counts the parts of each field; FastAPI's own defaults (1000) must
+        # not undercut it
+        form_limits={
+            "max_files": 2 * settings.max_train_files + 1,
+            "max_fields": 2 * settings.max_train_files + 64,
+        },
     )
     install_handlers(app)
-    for router in (health.router, models.router, score.router, jobs.router, docs.router, console.router):
+    for router in (
+        health.router,
+        models.router,
+        score.router,
+        jobs.router,
+        docs.router,
+        console.router,
+    ):
         app.include_router(router)
     docs.mount_assets(app)
     console.mount_assets(app)
     document_file_limits(app, settings)
-    app.add_middleware(BodyLimit, max_request_bytes=settings.max_request_bytes, max_file_bytes=settings.max_file_bytes,
-                       max_files=files_per_request(settings))
+    app.add_middleware(
+        BodyLimit,
+        max_request_bytes=settings.max_request_bytes,
+        max_file_bytes=settings.max_file_bytes,
+        max_files=files_per_request(settings),
+    )
     app.add_middleware(ObserveRequests, metrics=metrics)
     return app
 

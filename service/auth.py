@@ -1,4 +1,5 @@
-"""API keys: `Authorization: Bearer <key>`, an admin scope and a read scope. Keys are never logged."""
+"""API keys: `Authorization: Bearer <key>`, an admin scope and a read scope. Keys are never
+logged."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Keys:
         return bool(self.admin or self.read)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Keys":
+    def from_settings(cls, settings: Settings) -> Keys:
         admin = [settings.admin_key.get_secret_value()] if settings.admin_key else []
         read = [settings.read_key.get_secret_value()] if settings.read_key else []
         if settings.keys_file:
@@ -39,7 +40,10 @@ class Keys:
                 admin += [str(k) for k in data.get("admin", [])]
                 read += [str(k) for k in data.get("read", [])]
             except (OSError, ValueError, AttributeError) as exc:
-                raise ConfigError(f"keys file {settings.keys_file} is unreadable or not JSON {{\"admin\": [...], \"read\": [...]}} ({exc})") from None
+                raise ConfigError(
+                    f"keys file {settings.keys_file} is unreadable or not JSON "
+                    f'{{"admin": [...], "read": [...]}} ({exc})'
+                ) from None
         if any(len(k) < 8 for k in admin + read):
             raise ConfigError("API keys must be at least 8 characters long")
         return cls(tuple(k for k in admin if k), tuple(k for k in read if k), settings.open_reads)
@@ -78,7 +82,8 @@ def granted_scope(request: Request) -> str:
 
 
 def require(scope: str):
-    """A FastAPI dependency: the request must carry a key with `scope` (admin keys can also read)."""
+    """A FastAPI dependency: the request must carry a key with `scope` (admin keys can also
+    read)."""
 
     def check(request: Request) -> None:
         keys: Keys = request.app.state.keys
@@ -88,6 +93,8 @@ def require(scope: str):
         if granted is None:
             raise Unauthorized(MISSING_KEY, headers=CHALLENGE)
         if scope == ADMIN and granted != ADMIN:
-            raise Forbidden("this API key may read and score but not change models or jobs (admin scope needed)")
+            raise Forbidden(
+                "this API key may read and score but not change models or jobs (admin scope needed)"
+            )
 
     return check

@@ -18,21 +18,38 @@ from patchshift.core.options import check_options
 log = logging.getLogger("patchshift")
 
 
-
-
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     from patchshift.core.config import FIT_OPTIONS, ModelConfig
     from patchshift.core.threshold import THRESHOLD_BOUNDS
 
     from .options import add_flags, bounded_type
 
-    parser.add_argument("--backbone", default=ModelConfig.backbone, help="timm architecture name; tf_efficientnet_lite0/1/2 "
-                        "need no --weights when their package is installed (lite0 and lite1 are dependencies)")
-    parser.add_argument("--weights", default=None, help="local weights file (required for non-bundled backbones)")
-    parser.add_argument("--image-size", default="256", help="model input size: N or WIDTHxHEIGHT, e.g. 576x224 (sides 32..2048)")
-    add_flags(parser, ModelConfig, FIT_OPTIONS, flags={"reweight_neighbours": ("--reweight", "--reweight-neighbours")})
-    parser.add_argument("--threshold", type=bounded_type("threshold", float, THRESHOLD_BOUNDS), default=None,
-                        help=f"fixed threshold instead of the calibrated one ({THRESHOLD_BOUNDS.describe()})")
+    parser.add_argument(
+        "--backbone",
+        default=ModelConfig.backbone,
+        help="timm architecture name; tf_efficientnet_lite0/1/2 "
+        "need no --weights when their package is installed (lite0 and lite1 are dependencies)",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="local weights file (required for non-bundled backbones)"
+    )
+    parser.add_argument(
+        "--image-size",
+        default="256",
+        help="model input size: N or WIDTHxHEIGHT, e.g. 576x224 (sides 32..2048)",
+    )
+    add_flags(
+        parser,
+        ModelConfig,
+        FIT_OPTIONS,
+        flags={"reweight_neighbours": ("--reweight", "--reweight-neighbours")},
+    )
+    parser.add_argument(
+        "--threshold",
+        type=bounded_type("threshold", float, THRESHOLD_BOUNDS),
+        default=None,
+        help=f"fixed threshold instead of the calibrated one ({THRESHOLD_BOUNDS.describe()})",
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,23 +60,36 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="patchshift", description="Visual inspection that adapts to camera and lighting shifts.")
+    parser = OneLineParser(
+        prog="patchshift",
+        description="Visual inspection that adapts to camera and lighting shifts.",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--batch-size", type=_batch_size_type(), default=16, help="images per forward pass (1..256)")
+    parser.add_argument(
+        "--batch-size", type=_batch_size_type(), default=16, help="images per forward pass (1..256)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--no-progress", action="store_true", help="never show progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="learn a model from normal images")
-    p.add_argument("--data", required=True, help="MVTec-layout ROOT (uses ROOT/train/good) or a folder of normal images")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="MVTec-layout ROOT (uses ROOT/train/good) or a folder of normal images",
+    )
     p.add_argument("--out", required=True, help="model directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     _add_model_options(p)
 
     p = sub.add_parser("score", help="score images: score, threshold, verdict (and heatmaps)")
     p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write heatmap overlay PNGs here")
-    p.add_argument("--heatmap-legend", action="store_true", help="add a colour legend under each overlay")
+    p.add_argument(
+        "--heatmaps", default=None, metavar="OUT_DIR", help="write heatmap overlay PNGs here"
+    )
+    p.add_argument(
+        "--heatmap-legend", action="store_true", help="add a colour legend under each overlay"
+    )
     p.add_argument("--json", default=None, metavar="OUT.json", help="write results as JSON")
     p.add_argument("images", nargs="+", help="image files or folders")
 
@@ -69,49 +99,133 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .options import add_flags
 
-    p = sub.add_parser("adapt", help="adapt a model to a new camera or lighting from unlabeled images")
+    p = sub.add_parser(
+        "adapt", help="adapt a model to a new camera or lighting from unlabeled images"
+    )
     p.add_argument("--model", required=True, help="source model directory")
-    p.add_argument("--images", required=True, nargs="+", help="unlabeled images (files or folders) of the new condition")
-    p.add_argument("--out", required=True, help="new model directory (a complete model; its parent is the source)")
+    p.add_argument(
+        "--images",
+        required=True,
+        nargs="+",
+        help="unlabeled images (files or folders) of the new condition",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="new model directory (a complete model; its parent is the source)",
+    )
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--method", default=RECOMMENDED, choices=METHODS, metavar="METHOD",
-                   help=f"one of {', '.join(METHODS)} (default: {RECOMMENDED}, the recommended one)")
-    p.add_argument("--source-images", nargs="+", default=None, help="uda only: normal images of the source domain")
+    p.add_argument(
+        "--method",
+        default=RECOMMENDED,
+        choices=METHODS,
+        metavar="METHOD",
+        help=f"one of {', '.join(METHODS)} (default: {RECOMMENDED}, the recommended one)",
+    )
+    p.add_argument(
+        "--source-images",
+        nargs="+",
+        default=None,
+        help="uda only: normal images of the source domain",
+    )
     add_flags(p, UDAConfig, ("clusters",))  # uda only
     p.add_argument("--image-size", default=None, help="uda only: encoder input size (default 224)")
     add_flags(p, UDAConfig, ("encoder",))  # uda only
-    p.add_argument("--clip-checkpoint", default=None, help="uda --encoder clip: local open_clip weights file")
-    p.add_argument("--clip-model", default=None, help="uda --encoder clip: its architecture, e.g. ViT-B-32 (default), or a JSON config")
+    p.add_argument(
+        "--clip-checkpoint", default=None, help="uda --encoder clip: local open_clip weights file"
+    )
+    p.add_argument(
+        "--clip-model",
+        default=None,
+        help="uda --encoder clip: its architecture, e.g. ViT-B-32 (default), or a JSON config",
+    )
     add_flags(p, AdaptConfig, ADAPT_OPTIONS)
-    p.add_argument("--no-augment", action="store_true", help="plain copies instead of rotated/flipped views")
+    p.add_argument(
+        "--no-augment", action="store_true", help="plain copies instead of rotated/flipped views"
+    )
 
-    p = sub.add_parser("serve", help="run the HTTP service (settings also from PATCHSHIFT_* environment variables)")
-    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
+    p = sub.add_parser(
+        "serve", help="run the HTTP service (settings also from PATCHSHIFT_* environment variables)"
+    )
+    p.add_argument(
+        "--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 in containers)"
+    )
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--models-dir", default=None, help="model store (default ./models)")
-    p.add_argument("--database", default=None, help="SQLite job database (default MODELS_DIR/.state/jobs.sqlite)")
-    p.add_argument("--api-key", default=None, help="admin API key (prefer PATCHSHIFT_ADMIN_KEY: arguments show in ps)")
-    p.add_argument("--read-key", default=None, help="read-scope API key (prefer PATCHSHIFT_READ_KEY)")
-    p.add_argument("--auto-adapt", action="store_true", default=None, help="adapt by itself when drift persists")
-    p.add_argument("--clip-checkpoint", default=None, help="local open_clip weights for uda jobs with encoder=clip")
-    p.add_argument("--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)")
+    p.add_argument(
+        "--database",
+        default=None,
+        help="SQLite job database (default MODELS_DIR/.state/jobs.sqlite)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="admin API key (prefer PATCHSHIFT_ADMIN_KEY: arguments show in ps)",
+    )
+    p.add_argument(
+        "--read-key", default=None, help="read-scope API key (prefer PATCHSHIFT_READ_KEY)"
+    )
+    p.add_argument(
+        "--auto-adapt",
+        action="store_true",
+        default=None,
+        help="adapt by itself when drift persists",
+    )
+    p.add_argument(
+        "--clip-checkpoint",
+        default=None,
+        help="local open_clip weights for uda jobs with encoder=clip",
+    )
+    p.add_argument(
+        "--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)"
+    )
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
 
-    benchmarks = ("engine", "throughput", "shift", "threshold-rules", "adapt-speed", "contamination", "ot-size", "drift", "load", "uda",
-                  "alignment", "design-runs", "reduction", "peer", "generated", "elpv", "filter-masks", "filter-tail", "gate-probes")
-    p = sub.add_parser("bench", help=f"run a benchmark: {', '.join(benchmarks)} (options after the name; --help for them)")
+    benchmarks = (
+        "engine",
+        "throughput",
+        "shift",
+        "threshold-rules",
+        "adapt-speed",
+        "contamination",
+        "ot-size",
+        "drift",
+        "load",
+        "uda",
+        "alignment",
+        "design-runs",
+        "reduction",
+        "peer",
+        "generated",
+        "elpv",
+        "filter-masks",
+        "filter-tail",
+        "gate-probes",
+    )
+    p = sub.add_parser(
+        "bench",
+        help=f"run a benchmark: {', '.join(benchmarks)} (options after the name; --help for them)",
+    )
     p.add_argument("name", choices=benchmarks)
     p.add_argument("options", nargs=argparse.REMAINDER)
 
-    p = sub.add_parser("eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set")
+    p = sub.add_parser(
+        "eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set"
+    )
     p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="MVTec-layout ROOT (uses ROOT/test and ROOT/ground_truth)")
-    p.add_argument("--corruption", default=None, help="gaussian_noise, defocus_blur, brightness or contrast")
+    p.add_argument(
+        "--data", required=True, help="MVTec-layout ROOT (uses ROOT/test and ROOT/ground_truth)"
+    )
+    p.add_argument(
+        "--corruption", default=None, help="gaussian_noise, defocus_blur, brightness or contrast"
+    )
     p.add_argument("--severity", type=int, default=5, help="corruption severity 1-5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="OUT.json")
     for command in sub.choices.values():
-        command.set_defaults(parser=command)  # so a setting out of range is reported as this command's usage error
+        command.set_defaults(
+            parser=command
+        )  # so a setting out of range is reported as this command's usage error
     return parser
 
 
@@ -142,12 +256,10 @@ def _images(arguments: list[str]) -> list[Path]:
 
 def cmd_fit(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import save_model
-    from patchshift.core.config import ModelConfig
+    from patchshift.core.backbone import stage_channels
+    from patchshift.core.config import FIT_OPTIONS, ModelConfig
     from patchshift.core.errors import ArtifactError
     from patchshift.core.patchcore import fit
-
-    from patchshift.core.backbone import stage_channels
-    from patchshift.core.config import FIT_OPTIONS
     from patchshift.core.reduction import check_reduction
 
     from .options import given
@@ -156,17 +268,25 @@ def cmd_fit(args: argparse.Namespace, progress) -> int:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
     with usage_errors(args):
         config = ModelConfig(
-            backbone=args.backbone, weights=str(Path(args.weights).resolve()) if args.weights else None,
-            image_size=args.image_size, batch_size=args.batch_size, **given(args, FIT_OPTIONS),
+            backbone=args.backbone,
+            weights=str(Path(args.weights).resolve()) if args.weights else None,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            **given(args, FIT_OPTIONS),
         )
         check_options(config)
-        check_reduction(config.feature_reduction, config.feature_dim, config.backbone,
-                        stage_channels(config.backbone, config.feature_strides))
+        check_reduction(
+            config.feature_reduction,
+            config.feature_dim,
+            config.backbone,
+            stage_channels(config.backbone, config.feature_strides),
+        )
     images = _normal_images(args.data)
     model = fit(images, config, device=args.device, threshold=args.threshold, progress=progress)
     save_model(model, args.out, overwrite=args.overwrite)
     print(
-        f"fitted {args.out}: {len(images)} images, bank {model.bank.shape[0]} x {model.bank.shape[1]}, "
+        f"fitted {args.out}: {len(images)} images, bank {model.bank.shape[0]} x "
+        f"{model.bank.shape[1]}, "
         f"threshold {model.threshold:.4f}"
     )
     return 0
@@ -186,7 +306,10 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
     if heat_dir is not None and not model.gives_heatmaps:
         from patchshift.core.errors import ConfigError
 
-        raise ConfigError(f"{args.model} is a {model.kind} model, a global detector: it gives scores but no heatmaps")
+        raise ConfigError(
+            f"{args.model} is a {model.kind} model, a global detector: it gives scores but no "
+            "heatmaps"
+        )
     used_names: set[str] = set()
     results = []
     for batch, sizes, start in iter_batches(paths, model.config.image_size, args.batch_size):  # noqa: B007
@@ -200,7 +323,12 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
                 "anomalous": bool(score > model.threshold),
             }
             if heat_dir is not None:
-                picture = heatmap_png(np.asarray(open_image(path)), scored.anomaly_maps[i].cpu().numpy(), model.threshold, args.heatmap_legend)
+                picture = heatmap_png(
+                    np.asarray(open_image(path)),
+                    scored.anomaly_maps[i].cpu().numpy(),
+                    model.threshold,
+                    args.heatmap_legend,
+                )
                 name = f"{path.stem}_heatmap.png"
                 n = 2
                 while name in used_names:
@@ -209,7 +337,10 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
                 atomic_write_bytes(heat_dir / name, picture)
                 entry["heatmap"] = str(heat_dir / name)
             results.append(entry)
-            print(f"{entry['file']}\t{entry['score']:.4f}\t{model.threshold:.4f}\t{'ANOMALOUS' if entry['anomalous'] else 'ok'}")
+            print(
+                f"{entry['file']}\t{entry['score']:.4f}\t{model.threshold:.4f}\t"
+                f"{'ANOMALOUS' if entry['anomalous'] else 'ok'}"
+            )
         progress("score", start + len(batch), len(paths))
     if args.json:
         document = {"model": str(args.model), "threshold": model.threshold, "results": results}
@@ -237,21 +368,39 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     with usage_errors(args):
         cfg = adapter.configure(model, settings)
     if args.source_images and not adapter.min_source_images:
-        raise ConfigError(f"--source-images belongs to methods that learn from source images (uda), not to {adapter.name}")
+        raise ConfigError(
+            "--source-images belongs to methods that learn from source images (uda), not to "
+            f"{adapter.name}"
+        )
     if adapter.min_source_images and not args.source_images:
-        raise ConfigError(f"--method {adapter.name} needs --source-images: normal images of the source domain (a model keeps no training images)")
+        raise ConfigError(
+            f"--method {adapter.name} needs --source-images: normal images of the source domain "
+            "(a model keeps no training images)"
+        )
     source = _images(args.source_images) if args.source_images else None
-    adapted, report = adapt(model, _images(args.images), cfg, progress=progress, source_images=source)
+    adapted, report = adapt(
+        model, _images(args.images), cfg, progress=progress, source_images=source
+    )
     save_model(adapted, args.out, overwrite=args.overwrite)
     extra = "" if adapted.gives_heatmaps else " (a global detector: scores, no heatmaps)"
     print(
-        f"adapted {args.model} -> {args.out} with {cfg.method}: {report.n_images} images, {report.steps} steps, "
+        f"adapted {args.model} -> {args.out} with {cfg.method}: {report.n_images} images, "
+        f"{report.steps} steps, "
         f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}{extra}"
         + (f"\n  {report.message}" if report.message else "")
         + (f"\n  filter: {report.details['filter']}" if "filter" in report.details else "")
-        + (f"\n  threshold: {report.details['threshold_note']}" if "threshold_note" in report.details else "")
-        + (f"\n  threshold: {report.threshold.note}" if report.threshold is not None and report.threshold.note
-           and report.threshold.note != report.details.get("threshold_note") else "")
+        + (
+            f"\n  threshold: {report.details['threshold_note']}"
+            if "threshold_note" in report.details
+            else ""
+        )
+        + (
+            f"\n  threshold: {report.threshold.note}"
+            if report.threshold is not None
+            and report.threshold.note
+            and report.threshold.note != report.details.get("threshold_note")
+            else ""
+        )
     )
     return 0
 
@@ -264,21 +413,42 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
 
     model = load_model(args.model, device=args.device)
     samples = labelled_samples(args.data)
-    result = evaluate(model, samples, args.corruption, args.severity if args.corruption else None, args.seed, progress)
+    result = evaluate(
+        model,
+        samples,
+        args.corruption,
+        args.severity if args.corruption else None,
+        args.seed,
+        progress,
+    )
     shift = f" under {args.corruption} severity {args.severity}" if args.corruption else ""
     print(f"{args.data}{shift}: {result.n_images} images ({result.n_anomalous} anomalous)")
-    print(f"  image AUROC {result.image_auroc:.4f}  F1 {result.f1:.4f}  at threshold {result.threshold:.4f}: "
-          f"false alarms {result.false_alarm_rate:.1%} of good images, recall {result.recall:.1%} of defective ones")
-    print(f"  oracle threshold {result.oracle_threshold:.4f} (at most {asked_false_alarm_rate(model):.1%} of these good images flagged): "
-          f"recall {result.oracle_recall:.1%}; the stored threshold catches "
-          + (f"{result.recall / result.oracle_recall:.0%} of that" if result.oracle_recall > 0 else "what it can"))
+    print(
+        f"  image AUROC {result.image_auroc:.4f}  F1 {result.f1:.4f}  at threshold "
+        f"{result.threshold:.4f}: "
+        f"false alarms {result.false_alarm_rate:.1%} of good images, recall {result.recall:.1%} "
+        "of defective ones"
+    )
+    print(
+        f"  oracle threshold {result.oracle_threshold:.4f} (at most "
+        f"{asked_false_alarm_rate(model):.1%} of these good images flagged): "
+        f"recall {result.oracle_recall:.1%}; the stored threshold catches "
+        + (
+            f"{result.recall / result.oracle_recall:.0%} of that"
+            if result.oracle_recall > 0
+            else "what it can"
+        )
+    )
     if result.pixel_auroc == result.pixel_auroc:
         print(f"  pixel AUROC {result.pixel_auroc:.4f}  AUPRO {result.aupro:.4f}")
     elif not model.gives_heatmaps:
         print(f"  pixel metrics: none ({model.kind} is a global detector)")
     else:
-        print(f"  pixel metrics need a ground-truth mask for every defective image "
-              f"({result.n_anomalous - result.n_masks} of {result.n_anomalous} have none); image metrics above")
+        print(
+            f"  pixel metrics need a ground-truth mask for every defective image "
+            f"({result.n_anomalous - result.n_masks} of {result.n_anomalous} have none); image "
+            "metrics above"
+        )
     if args.json:
         atomic_write_bytes(args.json, json.dumps(result.to_dict(), indent=2).encode())
     return 0
@@ -293,9 +463,16 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
     from .settings import Settings
 
     overrides = {
-        "host": args.host, "port": args.port, "models_dir": args.models_dir, "database": args.database,
-        "admin_key": args.api_key, "read_key": args.read_key, "auto_adapt": args.auto_adapt, "log_level": args.log_level,
-        "clip_checkpoint": args.clip_checkpoint, "clip_model": args.clip_model,
+        "host": args.host,
+        "port": args.port,
+        "models_dir": args.models_dir,
+        "database": args.database,
+        "admin_key": args.api_key,
+        "read_key": args.read_key,
+        "auto_adapt": args.auto_adapt,
+        "log_level": args.log_level,
+        "clip_checkpoint": args.clip_checkpoint,
+        "clip_model": args.clip_model,
     }
     if args.device != "auto":
         overrides["device"] = args.device
@@ -306,21 +483,31 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
         raise ConfigError(f"invalid service settings: {problems}") from None
     Keys.from_settings(settings)  # a bad keys file is reported here, before the server starts
     logging.getLogger("patchshift").setLevel(settings.log_level.upper())
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(settings.log_level.upper())
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
     return 0
 
 
 def cmd_bench(args: argparse.Namespace, progress) -> int:
     import importlib
 
-    importlib.import_module(f"patchshift.benchmarks.{args.name.replace('-', '_')}").main(args.options)
+    importlib.import_module(f"patchshift.benchmarks.{args.name.replace('-', '_')}").main(
+        args.options
+    )
     return 0
 
 
@@ -344,13 +531,23 @@ def _batch_size_type():
     return bounded_type("batch_size", int, options_of(ModelConfig)["batch_size"][1])
 
 
-COMMANDS = {"serve": cmd_serve, "bench": cmd_bench, "fit": cmd_fit, "score": cmd_score, "adapt": cmd_adapt, "eval": cmd_eval}
+COMMANDS = {
+    "serve": cmd_serve,
+    "bench": cmd_bench,
+    "fit": cmd_fit,
+    "score": cmd_score,
+    "adapt": cmd_adapt,
+    "eval": cmd_eval,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     from patchshift.core.errors import PatchshiftError
 
     from .progress import ProgressBars

@@ -31,8 +31,12 @@ def _from_state(name: str) -> Callable[[Request], Any]:
     return dependency
 
 
-get_settings, get_store, get_registry, get_worker = (_from_state(n) for n in ("settings", "store", "registry", "worker"))
-get_jobs, get_metrics, get_batcher, get_drift = (_from_state(n) for n in ("jobs", "metrics", "batcher", "drift"))
+get_settings, get_store, get_registry, get_worker = (
+    _from_state(n) for n in ("settings", "store", "registry", "worker")
+)
+get_jobs, get_metrics, get_batcher, get_drift = (
+    _from_state(n) for n in ("jobs", "metrics", "batcher", "drift")
+)
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]

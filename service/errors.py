@@ -1,4 +1,5 @@
-"""HTTP errors: every failure leaves as JSON {"error": {"code", "message", "file"?}} with a 4xx/5xx status."""
+"""HTTP errors: every failure leaves as JSON {"error": {"code", "message", "file"?}} with a 4xx/5xx
+status."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ _SERVER_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s/'\":,;()\[\]{}]+){2,}/?")
 
 
 def redact_paths(text: str) -> str:
-    """Error messages name the upload, the field or the model version, never where the server keeps it."""
+    """Error messages name the upload, the field or the model version, never where the server keeps
+    it."""
     return _SERVER_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
@@ -30,7 +32,13 @@ class ServiceError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, file: str | None = None, headers: dict[str, str] | None = None, **extra: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        file: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: object,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.file = file
@@ -103,7 +111,11 @@ def _problem(error: dict) -> str:
     """'field: what is wrong (got VALUE)' for one validation error."""
     where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
     given = error.get("input")
-    shown = f" (got {given!r})" if isinstance(given, (str, int, float)) and len(repr(given)) <= 80 else ""
+    shown = (
+        f" (got {given!r})"
+        if isinstance(given, (str, int, float)) and len(repr(given)) <= 80
+        else ""
+    )
     return f"{where}: {error.get('msg')}{shown}"
 
 
@@ -131,17 +143,35 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        names = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("path",) and e["loc"][-1] in ("name", "version")]
+        names = [
+            e
+            for e in errors
+            if tuple(e.get("loc", ()))[:1] == ("path",) and e["loc"][-1] in ("name", "version")
+        ]
         if names:  # a malformed model or version name: the same 400 as everywhere else
             where = names[0]["loc"][-1]
             what = "model name" if where == "name" else str(where).replace("_", " ")
-            return _json(400, {"error": {"code": "invalid_name", "message": f"{what} {names[0].get('input')!r} is invalid: {NAME_RULE}"}})
+            return _json(
+                400,
+                {
+                    "error": {
+                        "code": "invalid_name",
+                        "message": f"{what} {names[0].get('input')!r} is invalid: {NAME_RULE}",
+                    }
+                },
+            )
         problems = "; ".join(_problem(e) for e in errors)
-        return _json(422, {"error": {"code": "invalid_request", "message": problems or "invalid request"}})
+        return _json(
+            422, {"error": {"code": "invalid_request", "message": problems or "invalid request"}}
+        )
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        error = {"code": "payload_too_large", "message": exc.detail, **({"file": exc.file} if exc.file else {})}
+        error = {
+            "code": "payload_too_large",
+            "message": exc.detail,
+            **({"file": exc.file} if exc.file else {}),
+        }
         return _json(413, {"error": error}, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -149,10 +179,24 @@ def install_handlers(app: FastAPI) -> None:
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             given = {m.strip() for m in headers.get("Allow", "").split(",") if m.strip()}
-            headers["Allow"] = ", ".join(sorted(given | set(allowed_methods(app, request.url.path))))
-        return _json(exc.status_code, {"error": {"code": "http_error", "message": str(exc.detail)}}, headers or None)
+            headers["Allow"] = ", ".join(
+                sorted(given | set(allowed_methods(app, request.url.path)))
+            )
+        return _json(
+            exc.status_code,
+            {"error": {"code": "http_error", "message": str(exc.detail)}},
+            headers or None,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _json(500, {"error": {"code": "internal", "message": f"internal error ({type(exc).__name__}); see the service log"}})
+        return _json(
+            500,
+            {
+                "error": {
+                    "code": "internal",
+                    "message": f"internal error ({type(exc).__name__}); see the service log",
+                }
+            },
+        )

@@ -28,8 +28,12 @@ class RecentImage:
     score: float
     threshold: float
     anomalous: bool
-    thumbnail: bytes  # JPEG: the photo as the model saw it, with its overlay when the model gives heatmaps
-    pixels: np.ndarray  # (H, W, 3) uint8 at the model input size: what a candidate version is reviewed on
+    thumbnail: (
+        bytes  # JPEG: the photo as the model saw it, with its overlay when the model gives heatmaps
+    )
+    pixels: (
+        np.ndarray
+    )  # (H, W, 3) uint8 at the model input size: what a candidate version is reviewed on
 
 
 class History:
@@ -44,20 +48,43 @@ class History:
     def image_capacity(self) -> int:
         return self._images.maxlen or 0
 
-    def record(self, version: str, threshold: float, names: list[str], scores: np.ndarray, flags: np.ndarray,
-               drift: tuple[float, float, bool] | None, thumbnails: list[bytes], pixels: list[np.ndarray]) -> None:
+    def record(
+        self,
+        version: str,
+        threshold: float,
+        names: list[str],
+        scores: np.ndarray,
+        flags: np.ndarray,
+        drift: tuple[float, float, bool] | None,
+        thumbnails: list[bytes],
+        pixels: list[np.ndarray],
+    ) -> None:
         """One score request: its scores, the drift verdict after it (statistic, threshold,
         drifting) and the thumbnails and model inputs of its last images (as many as are kept)."""
         now = time.time()
         with self._lock:
             self.images_scored += len(names)
-            self._scores.extend((now, version, float(s), threshold, bool(f)) for s, f in zip(scores, flags))
+            self._scores.extend(
+                (now, version, float(s), threshold, bool(f))
+                for s, f in zip(scores, flags, strict=False)
+            )
             if drift is not None:
                 self._drift.append((now, version, *drift))
             offset = len(names) - len(thumbnails)
             for i, picture in enumerate(thumbnails):
                 j = offset + i
-                self._images.append(RecentImage(now, names[j], version, float(scores[j]), threshold, bool(flags[j]), picture, pixels[i]))
+                self._images.append(
+                    RecentImage(
+                        now,
+                        names[j],
+                        version,
+                        float(scores[j]),
+                        threshold,
+                        bool(flags[j]),
+                        picture,
+                        pixels[i],
+                    )
+                )
 
     def recent(self) -> list[RecentImage]:
         """The kept line images, newest first (one consistent snapshot)."""
@@ -68,17 +95,37 @@ class History:
         with self._lock:
             scores, drift, images = list(self._scores), list(self._drift), list(self._images)
         return {
-            "scores": [{"time": t, "version": v, "score": s, "threshold": th, "anomalous": a} for t, v, s, th, a in scores],
-            "drift": [{"time": t, "version": v, "statistic": s, "threshold": th, "drifting": d} for t, v, s, th, d in drift],
-            "recent_images": [{"time": r.time, "filename": r.filename, "version": r.version, "score": r.score, "threshold": r.threshold,
-                               "anomalous": r.anomalous, "thumbnail_jpeg": base64.b64encode(r.thumbnail).decode()} for r in reversed(images)],
+            "scores": [
+                {"time": t, "version": v, "score": s, "threshold": th, "anomalous": a}
+                for t, v, s, th, a in scores
+            ],
+            "drift": [
+                {"time": t, "version": v, "statistic": s, "threshold": th, "drifting": d}
+                for t, v, s, th, d in drift
+            ],
+            "recent_images": [
+                {
+                    "time": r.time,
+                    "filename": r.filename,
+                    "version": r.version,
+                    "score": r.score,
+                    "threshold": r.threshold,
+                    "anomalous": r.anomalous,
+                    "thumbnail_jpeg": base64.b64encode(r.thumbnail).decode(),
+                }
+                for r in reversed(images)
+            ],
         }
 
 
 def model_inputs(batch: np.ndarray, keep: int) -> list[np.ndarray]:
     """The last `keep` images of a (N, 3, H, W) float batch in [0, 1] as (H, W, 3) uint8 arrays."""
-    return [np.ascontiguousarray((np.clip(image.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8))
-            for image in batch[max(0, len(batch) - keep):]]
+    return [
+        np.ascontiguousarray(
+            (np.clip(image.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+        )
+        for image in batch[max(0, len(batch) - keep) :]
+    ]
 
 
 def thumbnails(pixels: list[np.ndarray], maps: np.ndarray | None, threshold: float) -> list[bytes]:
@@ -88,24 +135,43 @@ def thumbnails(pixels: list[np.ndarray], maps: np.ndarray | None, threshold: flo
     for i, rgb in enumerate(pixels):
         heatmap = maps[i] if maps is not None else None
         scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
-        if scale < 1:  # shrink first: the overlay is then drawn on the thumbnail, not the full input
+        if (
+            scale < 1
+        ):  # shrink first: the overlay is then drawn on the thumbnail, not the full input
             size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            heatmap = cv2.resize(heatmap, size, interpolation=cv2.INTER_AREA) if heatmap is not None else None
+            heatmap = (
+                cv2.resize(heatmap, size, interpolation=cv2.INTER_AREA)
+                if heatmap is not None
+                else None
+            )
         out.append(encode_jpeg(overlay(rgb, heatmap, threshold) if heatmap is not None else rgb))
     return out
 
 
-def record_line(slot, model, names: list[str], batch: np.ndarray, scored, flags: np.ndarray,
-                verdict: tuple[float | None, bool] | None) -> None:
+def record_line(
+    slot,
+    model,
+    names: list[str],
+    batch: np.ndarray,
+    scored,
+    flags: np.ndarray,
+    verdict: tuple[float | None, bool] | None,
+) -> None:
     """Keep what one line score request showed, with the drift verdict the drift watch reached on it
     (None: `model` is no longer the slot's active version, so nothing is kept)."""
     if slot is None or verdict is None:
         return
     statistic, drifting = verdict
-    drift = None if statistic is None else (float(statistic), float(slot.monitor.threshold), bool(drifting))
+    drift = (
+        None
+        if statistic is None
+        else (float(statistic), float(slot.monitor.threshold), bool(drifting))
+    )
     keep = slot.history.image_capacity
     pixels = model_inputs(batch, keep) if keep else []
-    maps = scored.maps[len(batch) - len(pixels):] if scored.maps is not None else None
+    maps = scored.maps[len(batch) - len(pixels) :] if scored.maps is not None else None
     pictures = thumbnails(pixels, maps, model.threshold)
-    slot.history.record(model.version or "", model.threshold, names, scored.scores, flags, drift, pictures, pixels)
+    slot.history.record(
+        model.version or "", model.threshold, names, scored.scores, flags, drift, pictures, pixels
+    )

@@ -8,12 +8,21 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
 UNFINISHED = (QUEUED, RUNNING)
-INTERRUPTED = "the service stopped while this job was running (restart or crash); the model's versions are unchanged"
+INTERRUPTED = (
+    "the service stopped while this job was running (restart or crash); "
+    "the model's versions are unchanged"
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,7 +59,7 @@ def move_legacy_database(models_dir: Path, path: Path) -> Path | None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -70,7 +79,7 @@ class Job:
     result: dict = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Job":
+    def from_row(cls, row: sqlite3.Row) -> Job:
         data = dict(row)
         data["params"] = json.loads(data["params"])
         data["result"] = json.loads(data["result"]) if data["result"] else {}
@@ -101,7 +110,8 @@ class JobStore:
     def create(self, kind: str, model: str, params: dict, job_id: str | None = None) -> Job:
         job = Job(job_id or uuid.uuid4().hex, kind, model, QUEUED, 0.0, None, params, now())
         self._execute(
-            "INSERT INTO jobs (id, kind, model, status, progress, params, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, kind, model, status, progress, params, created) VALUES (?, ?, "
+            "?, ?, ?, ?, ?)",
             (job.id, kind, model, QUEUED, 0.0, json.dumps(params), job.created),
         )
         return job
@@ -110,7 +120,9 @@ class JobStore:
         rows = self._execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]) if rows else None
 
-    def list(self, model: str | None = None, status: str | None = None, limit: int = 100) -> list[Job]:
+    def list(
+        self, model: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Job]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
         if model:
             sql, args = sql + " AND model = ?", [*args, model]
@@ -120,39 +132,71 @@ class JobStore:
         return [Job.from_row(r) for r in rows]
 
     def unfinished(self, model: str | None = None) -> list[Job]:
-        sql = "SELECT * FROM jobs WHERE status IN (?, ?)" + (" AND model = ?" if model else "") + " ORDER BY created"
-        return [Job.from_row(r) for r in self._execute(sql, (*UNFINISHED, *([model] if model else [])))]
+        sql = (
+            "SELECT * FROM jobs WHERE status IN (?, ?)"
+            + (" AND model = ?" if model else "")
+            + " ORDER BY created"
+        )
+        return [
+            Job.from_row(r) for r in self._execute(sql, (*UNFINISHED, *([model] if model else [])))
+        ]
 
     def start(self, job_id: str) -> bool:
         """queued -> running; False when the job is no longer queued (cancelled meanwhile)."""
         with self._lock:
-            cursor = self._db.execute("UPDATE jobs SET status = ?, started = ? WHERE id = ? AND status = ?", (RUNNING, now(), job_id, QUEUED))
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = ?, started = ? WHERE id = ? AND status = ?",
+                (RUNNING, now(), job_id, QUEUED),
+            )
             return cursor.rowcount == 1
 
     def cancel_queued(self, job_id: str, error: str) -> bool:
-        """queued -> cancelled in one statement; False when the worker started it meanwhile (then the
-        running job must be told to stop instead)."""
+        """queued -> cancelled in one statement; False when the worker started it meanwhile (then
+        the running job must be told to stop instead)."""
         with self._lock:
             cursor = self._db.execute(
-                "UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ? AND status = ?", (CANCELLED, now(), error, job_id, QUEUED)
+                "UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ? AND status = ?",
+                (CANCELLED, now(), error, job_id, QUEUED),
             )
             return cursor.rowcount == 1
 
     def progress(self, job_id: str, value: float, stage: str | None) -> None:
-        self._execute("UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND status = ?", (value, stage, job_id, RUNNING))
+        self._execute(
+            "UPDATE jobs SET progress = ?, stage = ? WHERE id = ? AND status = ?",
+            (value, stage, job_id, RUNNING),
+        )
 
-    def finish(self, job_id: str, status: str, error: str | None = None, result_version: str | None = None, result: dict | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        error: str | None = None,
+        result_version: str | None = None,
+        result: dict | None = None,
+    ) -> bool:
         """Record the end of an unfinished job; False if it had already ended."""
         with self._lock:
             cursor = self._db.execute(
-                "UPDATE jobs SET status = ?, finished = ?, error = ?, result_version = ?, result = ?, "
-                "progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END WHERE id = ? AND status IN (?, ?)",
-                (status, now(), error, result_version, json.dumps(result or {}), status, job_id, *UNFINISHED),
+                "UPDATE jobs SET status = ?, finished = ?, error = ?, result_version = ?, result "
+                "= ?, "
+                "progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END WHERE id = ? AND "
+                "status IN (?, ?)",
+                (
+                    status,
+                    now(),
+                    error,
+                    result_version,
+                    json.dumps(result or {}),
+                    status,
+                    job_id,
+                    *UNFINISHED,
+                ),
             )
             return cursor.rowcount == 1
 
     def recover(self) -> tuple[list[Job], list[Job]]:
-        """At start: running jobs were interrupted -> failed; queued ones are returned to be run again."""
+        """At start: running jobs were interrupted -> failed; queued ones are returned to be run
+        again."""
         interrupted = [j for j in self.unfinished() if j.status == RUNNING]
         for job in interrupted:
             self.finish(job.id, FAILED, error=INTERRUPTED)

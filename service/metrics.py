@@ -1,4 +1,5 @@
-"""Prometheus metrics. Labels carry model names and versions, never metric names; one registry per app."""
+"""Prometheus metrics. Labels carry model names and versions, never metric names; one registry per
+app."""
 
 from __future__ import annotations
 
@@ -16,26 +17,104 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("patchshift_http_requests", "HTTP requests by route template, method and status", ["route", "method", "status"], registry=r)
-        self.latency = Histogram("patchshift_http_request_duration_seconds", "HTTP request latency", ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.images_scored = Counter("patchshift_images_scored", "Images scored", ["model", "version"], registry=r)
-        self.anomalies = Counter("patchshift_anomalies", "Images whose score exceeded the threshold", ["model", "version"], registry=r)
-        self.score_ratio = Histogram("patchshift_score_threshold_ratio", "Anomaly score divided by the version's threshold (>1 is anomalous)", ["model"], buckets=RATIO_BUCKETS, registry=r)
-        self.batch_size = Histogram("patchshift_batch_size_images", "Images per micro-batch sent to the model", buckets=BATCH_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("patchshift_inference_duration_seconds", "Model time per micro-batch", buckets=LATENCY_BUCKETS, registry=r)
-        self.jobs = Counter("patchshift_jobs", "Finished jobs by kind and final status", ["kind", "status"], registry=r)
-        self.job_seconds = Histogram("patchshift_job_duration_seconds", "Job run time", ["kind"], buckets=JOB_BUCKETS, registry=r)
+        self.requests = Counter(
+            "patchshift_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "patchshift_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images_scored = Counter(
+            "patchshift_images_scored", "Images scored", ["model", "version"], registry=r
+        )
+        self.anomalies = Counter(
+            "patchshift_anomalies",
+            "Images whose score exceeded the threshold",
+            ["model", "version"],
+            registry=r,
+        )
+        self.score_ratio = Histogram(
+            "patchshift_score_threshold_ratio",
+            "Anomaly score divided by the version's threshold (>1 is anomalous)",
+            ["model"],
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "patchshift_batch_size_images",
+            "Images per micro-batch sent to the model",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "patchshift_inference_duration_seconds",
+            "Model time per micro-batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.jobs = Counter(
+            "patchshift_jobs",
+            "Finished jobs by kind and final status",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "patchshift_job_duration_seconds",
+            "Job run time",
+            ["kind"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge("patchshift_job_queue_depth", "Jobs queued or running", registry=r)
-        self.score_queue_depth = Gauge("patchshift_score_queue_images", "Images waiting for the scoring micro-batcher", registry=r)
-        self.active_version = Gauge("patchshift_model_active_version_info", "1 for the active version of each model", ["model", "version"], registry=r)
-        self.load_seconds = Gauge("patchshift_model_load_duration_seconds", "Time the last load of a model version took", ["model"], registry=r)
-        self.device = Gauge("patchshift_device_info", "1 for the device the models run on", ["device"], registry=r)
-        self.drift = Gauge("patchshift_drift_statistic", "Drift statistic of the recent window (about 1 without drift)", ["model"], registry=r)
-        self.drifting = Gauge("patchshift_drift_detected", "1 while the drift statistic exceeds its threshold", ["model"], registry=r)
-        self.anomalous_share = Gauge("patchshift_recent_anomalous_ratio", "Share of the recent window above the threshold", ["model"], registry=r)
+        self.score_queue_depth = Gauge(
+            "patchshift_score_queue_images",
+            "Images waiting for the scoring micro-batcher",
+            registry=r,
+        )
+        self.active_version = Gauge(
+            "patchshift_model_active_version_info",
+            "1 for the active version of each model",
+            ["model", "version"],
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "patchshift_model_load_duration_seconds",
+            "Time the last load of a model version took",
+            ["model"],
+            registry=r,
+        )
+        self.device = Gauge(
+            "patchshift_device_info", "1 for the device the models run on", ["device"], registry=r
+        )
+        self.drift = Gauge(
+            "patchshift_drift_statistic",
+            "Drift statistic of the recent window (about 1 without drift)",
+            ["model"],
+            registry=r,
+        )
+        self.drifting = Gauge(
+            "patchshift_drift_detected",
+            "1 while the drift statistic exceeds its threshold",
+            ["model"],
+            registry=r,
+        )
+        self.anomalous_share = Gauge(
+            "patchshift_recent_anomalous_ratio",
+            "Share of the recent window above the threshold",
+            ["model"],
+            registry=r,
+        )
 
     def set_active(self, model: str, version: str | None) -> None:
-        for labels in list(self.active_version._metrics):  # one series per model: drop the old version's
+        for labels in list(
+            self.active_version._metrics
+        ):  # one series per model: drop the old version's
             if labels[0] == model:
                 self.active_version.remove(*labels)
         if version is not None:

@@ -32,11 +32,20 @@ def list_models(store: ModelStore, registry: ModelRegistry) -> list[ModelSummary
     out = []
     for name in store.models():
         slot = registry.slot(name)
-        out.append(ModelSummary(name=name, active_version=store.active(name), loaded=bool(slot and slot.model), versions=len(store.versions(name))))
+        out.append(
+            ModelSummary(
+                name=name,
+                active_version=store.active(name),
+                loaded=bool(slot and slot.model),
+                versions=len(store.versions(name)),
+            )
+        )
     return out
 
 
-def describe_model(store: ModelStore, registry: ModelRegistry, settings: Settings, name: str) -> ModelOut:
+def describe_model(
+    store: ModelStore, registry: ModelRegistry, settings: Settings, name: str
+) -> ModelOut:
     """Every version (unreadable ones with the reason), the active one, and the drift verdict."""
     slot = registry.slot(name)
     active = store.active(name)
@@ -47,31 +56,57 @@ def describe_model(store: ModelStore, registry: ModelRegistry, settings: Setting
         except ArtifactError as exc:
             unreadable.append(UnreadableVersion(version=version, error=redact_paths(str(exc))))
             continue
-        versions.append(VersionOut(
-            version=version, kind=m.kind, active=version == active, parent=m.parent, method=m.method, created=m.created,
-            threshold=m.threshold, threshold_source=m.threshold_source, backbone=m.backbone, image_size=m.image_size,
-            bank_size=getattr(m, "bank_size", None), details={k: v for k, v in m.details.items() if k != "losses"},
-        ))
+        versions.append(
+            VersionOut(
+                version=version,
+                kind=m.kind,
+                active=version == active,
+                parent=m.parent,
+                method=m.method,
+                created=m.created,
+                threshold=m.threshold,
+                threshold_source=m.threshold_source,
+                backbone=m.backbone,
+                image_size=m.image_size,
+                bank_size=getattr(m, "bank_size", None),
+                details={k: v for k, v in m.details.items() if k != "losses"},
+            )
+        )
     drift = None
     if slot is not None and slot.model is not None:
         monitor = slot.monitor
         statistic, drifting = monitor.verdict()
         drift = DriftOut(
-            statistic=statistic, threshold=monitor.threshold, window=monitor.window, recent_images=monitor.n_recent,
-            drifting=drifting, recent_anomalous_share=monitor.anomalous_share(), auto_adapt=settings.auto_adapt,
+            statistic=statistic,
+            threshold=monitor.threshold,
+            window=monitor.window,
+            recent_images=monitor.n_recent,
+            drifting=drifting,
+            recent_anomalous_share=monitor.anomalous_share(),
+            auto_adapt=settings.auto_adapt,
         )
     return ModelOut(
-        name=name, active_version=active, loaded=slot is not None and slot.model is not None,
-        load_error=slot.load_error if slot else None, versions=versions, unreadable_versions=unreadable, drift=drift,
+        name=name,
+        active_version=active,
+        loaded=slot is not None and slot.model is not None,
+        load_error=slot.load_error if slot else None,
+        versions=versions,
+        unreadable_versions=unreadable,
+        drift=drift,
         images_scored=slot.history.images_scored if slot else 0,
     )
 
 
-def adaptation_settings(adapter: Adapter, model: Any, name: str, given: dict[str, Any], settings: Settings) -> tuple[Any, dict[str, Any]]:
-    """(config, the settings the job stores) of an adaptation of `model`; a bad one is a 422 now, not a failed job."""
+def adaptation_settings(
+    adapter: Adapter, model: Any, name: str, given: dict[str, Any], settings: Settings
+) -> tuple[Any, dict[str, Any]]:
+    """(config, the settings the job stores) of an adaptation of `model`; a bad one is a 422 now,
+    not a failed job."""
     try:
         adapter.check_parent(model, f"the active version of {name!r}")
-        cfg = adapter.configure(model, with_server_files(given, settings))  # the CLIP tower is the server's file, never the client's
+        cfg = adapter.configure(
+            model, with_server_files(given, settings)
+        )  # the CLIP tower is the server's file, never the client's
     except ConfigError as exc:
         raise Unprocessable(str(exc)) from None
     return cfg, {"method": adapter.name, **given}
@@ -79,14 +114,23 @@ def adaptation_settings(adapter: Adapter, model: Any, name: str, given: dict[str
 
 def check_image_counts(adapter: Adapter, n_images: int, n_source_images: int, policy: str) -> None:
     if adapter.min_source_images and not n_source_images:
-        raise Unprocessable(f"method={adapter.name} needs source_files: normal images of the source domain (a model keeps no training images)")
+        raise Unprocessable(
+            f"method={adapter.name} needs source_files: normal images of the source domain (a "
+            "model keeps no training images)"
+        )
     try:
         adapter.check_counts(n_images, n_source_images)
     except DatasetError as exc:
         raise Unprocessable(str(exc)) from None
-    if policy == ACTIVATE_IF_BETTER and n_images < GATE_MIN_IMAGES:  # the job would run, then always keep the parent
-        raise Unprocessable(f"activate=if-better checks the new version on the images themselves, which needs at least "
-                            f"{GATE_MIN_IMAGES} of them (got {n_images}); send more, or activate=false to keep it for review")
+    if (
+        policy == ACTIVATE_IF_BETTER and n_images < GATE_MIN_IMAGES
+    ):  # the job would run, then always keep the parent
+        raise Unprocessable(
+            "activate=if-better checks the new version on the images themselves, which needs at "
+            "least "
+            f"{GATE_MIN_IMAGES} of them (got {n_images}); send more, or activate=false to keep it "
+            "for review"
+        )
 
 
 def activate_version(store: ModelStore, registry: ModelRegistry, name: str, version: str) -> None:
@@ -94,7 +138,9 @@ def activate_version(store: ModelStore, registry: ModelRegistry, name: str, vers
     registry.activate(name, check_name(version, "version"))
 
 
-def set_threshold(store: ModelStore, registry: ModelRegistry, worker: Worker, name: str, threshold: float) -> str:
+def set_threshold(
+    store: ModelStore, registry: ModelRegistry, worker: Worker, name: str, threshold: float
+) -> str:
     """A new version with `threshold`, activated; it holds the model's job slot while it is written,
     so an adaptation cannot start meanwhile and later replace the operator's version."""
     require_model(store, name)
@@ -102,8 +148,11 @@ def set_threshold(store: ModelStore, registry: ModelRegistry, worker: Worker, na
         return override_threshold(store, registry, name, threshold)
 
 
-def delete_version(store: ModelStore, registry: ModelRegistry, worker: Worker, name: str, version: str) -> None:
-    """Refused (409) while the model has an unfinished job (it may have started from this version)."""
+def delete_version(
+    store: ModelStore, registry: ModelRegistry, worker: Worker, name: str, version: str
+) -> None:
+    """Refused (409) while the model has an unfinished job (it may have started from this
+    version)."""
     require_model(store, name)
     with worker.exclusive(name, "delete a version"):
         registry.delete_version(name, check_name(version, "version"))
@@ -114,4 +163,3 @@ def delete_model(store: ModelStore, registry: ModelRegistry, worker: Worker, nam
     with worker.exclusive(name, "delete it"):
         registry.forget(name)
         store.delete_model(name)
-

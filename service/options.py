@@ -26,14 +26,18 @@ def _base_type(cls: type, name: str) -> type:
 
 
 def bounded_type(name: str, kind: type, bounds: Bounds):
-    """An argparse `type=`: parse, then check the bounds (argparse reports a failure as a usage error)."""
+    """An argparse `type=`: parse, then check the bounds (argparse reports a failure as a usage
+    error)."""
+
     def parse(text: str) -> Any:
         if bounds.optional and text.strip() == "0":
             return NO_LIMIT
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         try:
             bounds.check(name, value)
         except ConfigError as exc:
@@ -43,19 +47,33 @@ def bounded_type(name: str, kind: type, bounds: Bounds):
     return parse
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable[str], flags: dict[str, tuple[str, ...]] | None = None) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    names: Iterable[str],
+    flags: dict[str, tuple[str, ...]] | None = None,
+) -> None:
     """One flag per field (--feature-dim for feature_dim unless `flags` names others), default None:
     a flag not given leaves the config's own default in force."""
     declared = options_of(cls)
     for name in names:
         field, bounds = declared[name]
         shown = "none" if field.default is None else field.default
-        text = f"{bounds.help} ({bounds.describe()}{'; 0: none' if bounds.optional else ''}; default {shown})"
+        none = "; 0: none" if bounds.optional else ""
+        text = f"{bounds.help} ({bounds.describe()}{none}; default {shown})"
         spellings = (flags or {}).get(name, ("--" + name.replace("_", "-"),))
         if bounds.choices is not None:
-            parser.add_argument(*spellings, dest=name, choices=bounds.choices, default=None, help=text)
+            parser.add_argument(
+                *spellings, dest=name, choices=bounds.choices, default=None, help=text
+            )
         else:
-            parser.add_argument(*spellings, dest=name, type=bounded_type(name, _base_type(cls, name), bounds), default=None, help=text)
+            parser.add_argument(
+                *spellings,
+                dest=name,
+                type=bounded_type(name, _base_type(cls, name), bounds),
+                default=None,
+                help=text,
+            )
 
 
 def given(args: argparse.Namespace | BaseModel, names: Iterable[str]) -> dict[str, Any]:
@@ -70,7 +88,14 @@ def given(args: argparse.Namespace | BaseModel, names: Iterable[str]) -> dict[st
     return out
 
 
-def form_model(model_name: str, cls: type, names: Iterable[str], *, with_defaults: bool, base: type[BaseModel] = BaseModel) -> type[BaseModel]:
+def form_model(
+    model_name: str,
+    cls: type,
+    names: Iterable[str],
+    *,
+    with_defaults: bool,
+    base: type[BaseModel] = BaseModel,
+) -> type[BaseModel]:
     """A pydantic model of HTTP form fields for `names`, with the same ranges as the dataclass.
 
     Without defaults every field is optional (None: the config's default applies); an optional
@@ -80,13 +105,18 @@ def form_model(model_name: str, cls: type, names: Iterable[str], *, with_default
     for name in names:
         field, bounds = declared[name]
         default = (0 if field.default is None else field.default) if with_defaults else None
-        description = f"{bounds.help} ({bounds.describe()}{'; 0: none' if bounds.optional else ''}; default {field.default})"
+        none = "; 0: none" if bounds.optional else ""
+        description = f"{bounds.help} ({bounds.describe()}{none}; default {field.default})"
         if bounds.choices is not None:
             kind: Any = Literal[bounds.choices]  # type: ignore[valid-type]
             constraint = Field(default, description=description)
         else:
             kind = _base_type(cls, name)
-            low = {"ge": 0} if bounds.optional else {k: getattr(bounds, k) for k in ("ge", "gt") if getattr(bounds, k) is not None}
+            low = (
+                {"ge": 0}
+                if bounds.optional
+                else {k: getattr(bounds, k) for k in ("ge", "gt") if getattr(bounds, k) is not None}
+            )
             high = {k: getattr(bounds, k) for k in ("le", "lt") if getattr(bounds, k) is not None}
             extra = {"allow_inf_nan": False} if kind is float else {}
             constraint = Field(default, description=description, **low, **high, **extra)
@@ -95,7 +125,8 @@ def form_model(model_name: str, cls: type, names: Iterable[str], *, with_default
 
 
 def form_values(form: BaseModel, cls: type, names: Iterable[str]) -> dict[str, Any]:
-    """Config keyword arguments from a form: unset fields left out, 0 on an optional field -> None."""
+    """Config keyword arguments from a form: unset fields left out, 0 on an optional field ->
+    None."""
     declared = options_of(cls)
     out = {}
     for name in names:

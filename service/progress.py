@@ -26,7 +26,13 @@ class ProgressBars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage != self._stage:
             self.close()
-            self._bar = tqdm(total=total, desc=STAGE_LABELS.get(stage, stage), unit="", leave=False, disable=self.disable)
+            self._bar = tqdm(
+                total=total,
+                desc=STAGE_LABELS.get(stage, stage),
+                unit="",
+                leave=False,
+                disable=self.disable,
+            )
             self._stage = stage
         assert self._bar is not None
         self._bar.total = total

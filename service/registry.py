@@ -1,4 +1,5 @@
-"""The loaded, active version of every model, and its drift monitor. Activation is a pointer swap."""
+"""The loaded, active version of every model, and its drift monitor. Activation is a pointer
+swap."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from patchshift.core.artifact import load_model
+from patchshift.core.detector import Detector
 from patchshift.core.drift import DriftMonitor
 from patchshift.core.errors import ArtifactError
-from patchshift.core.detector import Detector
 
-from .history import History
 from .errors import NotFound, Unavailable, redact_paths
+from .history import History
 from .metrics import ServiceMetrics
 from .settings import Settings
 from .store import ModelStore
@@ -28,19 +29,26 @@ log = logging.getLogger("patchshift.service")
 
 @dataclass
 class Slot:
-    """One model's serving state; `model` is replaced whole, never mutated, so readers need no lock."""
+    """One model's serving state; `model` is replaced whole, never mutated, so readers need no
+    lock."""
 
     name: str
     model: Detector | None
     monitor: DriftMonitor
     load_error: str | None = None
-    recent_images: deque = field(default_factory=deque)  # (filename, bytes) kept for self-adaptation
+    recent_images: deque = field(
+        default_factory=deque
+    )  # (filename, bytes) kept for self-adaptation
     drifting_streak: int = 0
-    history: History = field(default_factory=lambda: History(0, 0, 0))  # what the console shows of the line
+    history: History = field(
+        default_factory=lambda: History(0, 0, 0)
+    )  # what the console shows of the line
 
 
 class ModelRegistry:
-    def __init__(self, store: ModelStore, settings: Settings, metrics: ServiceMetrics, device: torch.device) -> None:
+    def __init__(
+        self, store: ModelStore, settings: Settings, metrics: ServiceMetrics, device: torch.device
+    ) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
@@ -49,7 +57,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._review: dict[str, Detector] = {}  # the last version scored for review, per model
         self._review_lock = threading.Lock()
-        self._activation = threading.RLock()  # the ACTIVE pointer: activation, conditional activation, deletion
+        self._activation = (
+            threading.RLock()
+        )  # the ACTIVE pointer: activation, conditional activation, deletion
 
     def load_all(self) -> None:
         for name in self.store.models():
@@ -64,9 +74,15 @@ class ModelRegistry:
         with self._lock:
             if name not in self._slots:
                 self._slots[name] = Slot(
-                    name, None, DriftMonitor(None, self.settings.drift_window, self.settings.drift_threshold),
+                    name,
+                    None,
+                    DriftMonitor(None, self.settings.drift_window, self.settings.drift_threshold),
                     recent_images=deque(maxlen=self.settings.auto_adapt_images),
-                    history=History(self.settings.history_scores, self.settings.history_drift_points, self.settings.recent_images),
+                    history=History(
+                        self.settings.history_scores,
+                        self.settings.history_drift_points,
+                        self.settings.recent_images,
+                    ),
                 )
             return self._slots[name]
 
@@ -80,11 +96,15 @@ class ModelRegistry:
             self.store.manifest(name, version)  # NotFound for unknown versions
             model = load_model(self.store.version_dir(name, version), device=self.device)
         except ArtifactError as exc:  # named by model and version, never by server path
-            raise ArtifactError(f"model {name!r} version {version} cannot be loaded: {redact_paths(str(exc))}") from None
+            raise ArtifactError(
+                f"model {name!r} version {version} cannot be loaded: {redact_paths(str(exc))}"
+            ) from None
         self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
         return model
 
-    def activate_if_active(self, name: str, expected: str | None, version: str, model: Detector) -> bool:
+    def activate_if_active(
+        self, name: str, expected: str | None, version: str, model: Detector
+    ) -> bool:
         """Activate `version` only if `expected` is still the active version: a job started from it
         must not undo an activation or a rollback made while it ran."""
         with self._activation:
@@ -107,14 +127,17 @@ class ModelRegistry:
         slot = self._slots.get(name)
         if slot is not None and slot.model is not None and slot.model.version == version:
             return slot.model
-        with self._review_lock:  # delete_version evicts a deleted version, so a cached one still exists
+        with (
+            self._review_lock
+        ):  # delete_version evicts a deleted version, so a cached one still exists
             cached = self._review.get(name)
             if cached is None or cached.version != version:
                 cached = self._review[name] = self.load(name, version)
             return cached
 
     def activate(self, name: str, version: str, model: Detector | None = None) -> Detector:
-        """Make `version` the one that scores: load it, persist the pointer, swap, restart drift watch."""
+        """Make `version` the one that scores: load it, persist the pointer, swap, restart drift
+        watch."""
         if model is None:
             with self._review_lock:  # a reviewed candidate is already loaded
                 cached = self._review.get(name)

@@ -18,9 +18,13 @@ class ErrorOut(BaseModel):
 
 
 ERROR_MEANING = {
-    400: "invalid model or version name", 401: "missing or unknown API key", 403: "the key's scope does not allow this",
-    404: "no such model, version or job", 409: "conflict with the model's state or an unfinished job",
-    413: "body, file or file count over the limits", 422: "invalid settings or unreadable images",
+    400: "invalid model or version name",
+    401: "missing or unknown API key",
+    403: "the key's scope does not allow this",
+    404: "no such model, version or job",
+    409: "conflict with the model's state or an unfinished job",
+    413: "body, file or file count over the limits",
+    422: "invalid settings or unreadable images",
     503: "the model's active version cannot be loaded",
 }
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from patchshift.core.detector import Detector
 from patchshift.core.errors import InvalidImageError
 from patchshift.core.images import decode_for_model, to_tensor
-from patchshift.core.detector import Detector
 from patchshift.core.visualize import heatmap_png
 
 from .errors import BadImages
@@ -39,7 +39,9 @@ class Scored:
     descriptors: np.ndarray
 
 
-def decode_uploads(files: list[tuple[str, bytes]], size: tuple[int, int], preview_side: int | None) -> Decoded:
+def decode_uploads(
+    files: list[tuple[str, bytes]], size: tuple[int, int], preview_side: int | None
+) -> Decoded:
     """Every file decoded, or one 422 that names every bad file (nothing is scored then).
 
     With `preview_side`, a preview of each photo is kept for its overlay, scaled down to that
@@ -55,7 +57,9 @@ def decode_uploads(files: list[tuple[str, bytes]], size: tuple[int, int], previe
         if preview is not None:
             photos.append(preview)
     if problems:
-        summary = problems[0]["message"] + (f" (and {len(problems) - 1} more bad file(s))" if len(problems) > 1 else "")
+        summary = problems[0]["message"] + (
+            f" (and {len(problems) - 1} more bad file(s))" if len(problems) > 1 else ""
+        )
         raise BadImages(summary, file=problems[0]["file"], files=problems)
     return Decoded([n for n, _ in files], photos, to_tensor(arrays))
 
@@ -102,8 +106,12 @@ class MicroBatcher:
             while count < self.max_images:
                 try:
                     remaining = deadline - loop.time()
-                    item = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    item = (
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
                 items.append(item)
                 count += len(item[1])
@@ -133,7 +141,9 @@ class MicroBatcher:
             end = start + len(part)
             if not future.done():
                 maps = result.maps[start:end] if result.maps is not None else None
-                future.set_result(Scored(result.scores[start:end], maps, result.descriptors[start:end]))
+                future.set_result(
+                    Scored(result.scores[start:end], maps, result.descriptors[start:end])
+                )
             start = end
 
 
@@ -149,12 +159,21 @@ def recent_as_decoded(images) -> Decoded:
     return Decoded([r.filename for r in images], pixels, to_tensor(pixels))
 
 
-def build_results(model: Detector, decoded: Decoded, scored: Scored, heatmaps: bool, legend: bool = False) -> list[dict]:
+def build_results(
+    model: Detector, decoded: Decoded, scored: Scored, heatmaps: bool, legend: bool = False
+) -> list[dict]:
     results = []
     for i, name in enumerate(decoded.names):
         score = float(scored.scores[i])
-        entry = {"filename": name, "score": score, "threshold": model.threshold, "anomalous": bool(score > model.threshold)}
+        entry = {
+            "filename": name,
+            "score": score,
+            "threshold": model.threshold,
+            "anomalous": bool(score > model.threshold),
+        }
         if heatmaps:
-            entry["heatmap_png"] = base64.b64encode(heatmap_png(decoded.photos[i], scored.maps[i], model.threshold, legend)).decode()
+            entry["heatmap_png"] = base64.b64encode(
+                heatmap_png(decoded.photos[i], scored.maps[i], model.threshold, legend)
+            ).decode()
         results.append(entry)
     return results

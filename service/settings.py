@@ -1,4 +1,5 @@
-"""The service's configuration: one settings object, from CLI flags or PATCHSHIFT_* environment variables."""
+"""The service's configuration: one settings object, from CLI flags or PATCHSHIFT_* environment
+variables."""
 
 from __future__ import annotations
 
@@ -18,14 +19,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     models_dir: Path = Path("models")
-    database: Path | None = Field(None, description="SQLite job database; default MODELS_DIR/.state/jobs.sqlite")
+    database: Path | None = Field(
+        None, description="SQLite job database; default MODELS_DIR/.state/jobs.sqlite"
+    )
     device: str = "auto"
 
     # Security: keys arrive as `Authorization: Bearer <key>`; no key configured means auth is off.
     admin_key: SecretStr | None = None
     read_key: SecretStr | None = None
-    keys_file: Path | None = Field(None, description="JSON {\"admin\": [...], \"read\": [...]} of extra keys")
-    open_reads: bool = Field(False, description="with keys configured, score and model listing still need no key")
+    keys_file: Path | None = Field(
+        None, description='JSON {"admin": [...], "read": [...]} of extra keys'
+    )
+    open_reads: bool = Field(
+        False, description="with keys configured, score and model listing still need no key"
+    )
 
     # Upload limits (per request).
     max_files: int = Field(64, ge=1, description="images per score request")
@@ -34,7 +41,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # Heatmap overlays over HTTP are drawn on a preview of the photo, longer side at most this:
     # memory stays bounded for a 100-megapixel frame (the CLI draws at full size).
-    heatmap_max_side: int = Field(1024, ge=64, le=8192, description="longer side of heatmap_png overlays, in pixels")
+    heatmap_max_side: int = Field(
+        1024, ge=64, le=8192, description="longer side of heatmap_png overlays, in pixels"
+    )
 
     # Micro-batching of concurrent score requests.
     max_batch_images: int = Field(32, ge=1)
@@ -44,22 +53,43 @@ class Settings(BaseSettings):
     drift_window: int = Field(DEFAULT_WINDOW, ge=2)
     drift_threshold: float = Field(DEFAULT_THRESHOLD, gt=0)
     auto_adapt: bool = False
-    auto_adapt_method: str = Field(RECOMMENDED, description="adaptation method of self-started jobs (default: the recommended one)")
-    # 128: enough for the new version's 1% threshold to be supported (the law's own 90% interval 0.3-3.0%);
-    # 64 give 0.2-4.7%, more than the gate accepts (core.threshold.SUPPORT_FACTOR).
-    auto_adapt_images: int = Field(128, ge=MIN_IMAGES, description="recent images kept for a self-started adaptation")
-    auto_adapt_patience: int = Field(32, ge=1, description="consecutive drifting scores before adapting")
+    auto_adapt_method: str = Field(
+        RECOMMENDED,
+        description="adaptation method of self-started jobs (default: the recommended one)",
+    )
+    # 128: enough for the new version's 1% threshold to be supported (the law's own 90% interval
+    # 0.3-3.0%); 64 give 0.2-4.7%, more than the gate accepts (core.threshold.SUPPORT_FACTOR).
+    auto_adapt_images: int = Field(
+        128, ge=MIN_IMAGES, description="recent images kept for a self-started adaptation"
+    )
+    auto_adapt_patience: int = Field(
+        32, ge=1, description="consecutive drifting scores before adapting"
+    )
 
     # What the console shows of the line, per model, in memory only (lost on restart, never written
     # to disk): recent scores, drift points, and small overlay thumbnails of the latest images
     # (0 turns the thumbnails off, for lines whose images must not be kept at all).
-    history_scores: int = Field(1000, ge=0, le=100_000, description="recent image scores kept per model for the console")
-    history_drift_points: int = Field(500, ge=0, le=100_000, description="drift statistics kept per model, one per score request")
-    recent_images: int = Field(24, ge=0, le=1000, description="latest scored images kept per model as overlay thumbnails (0: none)")
+    history_scores: int = Field(
+        1000, ge=0, le=100_000, description="recent image scores kept per model for the console"
+    )
+    history_drift_points: int = Field(
+        500, ge=0, le=100_000, description="drift statistics kept per model, one per score request"
+    )
+    recent_images: int = Field(
+        24,
+        ge=0,
+        le=1000,
+        description="latest scored images kept per model as overlay thumbnails (0: none)",
+    )
 
-    # UDA's clustering encoder psi = CLIP (adapt with method=uda, encoder=clip): a local open_clip checkpoint.
-    clip_model: str = Field("ViT-B-32", description="open_clip architecture of the checkpoint, or its JSON config file")
-    clip_checkpoint: Path | None = Field(None, description="local open_clip weights file; nothing is downloaded")
+    # UDA's clustering encoder psi = CLIP (adapt with method=uda, encoder=clip): a local open_clip
+    # checkpoint.
+    clip_model: str = Field(
+        "ViT-B-32", description="open_clip architecture of the checkpoint, or its JSON config file"
+    )
+    clip_checkpoint: Path | None = Field(
+        None, description="local open_clip weights file; nothing is downloaded"
+    )
 
     log_level: str = "info"
 
@@ -71,12 +101,21 @@ class Settings(BaseSettings):
     @field_validator("auto_adapt_method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        usable = [m for m in METHODS if not get_adapter(m).min_source_images]  # a running service keeps no source images
+        usable = [
+            m for m in METHODS if not get_adapter(m).min_source_images
+        ]  # a running service keeps no source images
         if value not in METHODS:
-            raise ValueError(f"unknown adaptation method {value!r} for auto-adapt; choose from {', '.join(usable)}")
+            raise ValueError(
+                f"unknown adaptation method {value!r} for auto-adapt; choose from "
+                f"{', '.join(usable)}"
+            )
         if value not in usable:
-            raise ValueError(f"method {value!r} learns from normal images of the source domain, which a running service does "
-                             f"not keep, so it cannot adapt on its own; auto-adapt takes one of {', '.join(usable)}")
+            raise ValueError(
+                f"method {value!r} learns from normal images of the source domain, which a "
+                "running service does "
+                "not keep, so it cannot adapt on its own; auto-adapt takes one of "
+                f"{', '.join(usable)}"
+            )
         return value
 
     @field_validator("clip_checkpoint")

@@ -24,7 +24,8 @@ from .names import NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE
 NAME = re.compile(NAME_PATTERN)
 ACTIVE = "ACTIVE"
 VERSION = re.compile(r"^v(\d+)$")
-# The store's own files live here, where no model name can reach (names start with a letter or digit).
+# The store's own files live here, where no model name can reach (names start with a letter or
+# digit).
 STATE_DIR = ".state"
 
 
@@ -43,24 +44,35 @@ class ModelStore:
     def model_dir(self, name: str) -> Path:
         path = self.root / check_name(name)
         if path.exists() and not path.is_dir():
-            raise InvalidName(f"model name {name!r} is taken by a file in the model store; choose another name")
+            raise InvalidName(
+                f"model name {name!r} is taken by a file in the model store; choose another name"
+            )
         return path
 
     def version_dir(self, name: str, version: str) -> Path:
         return self.model_dir(name) / check_name(version, "version")
 
     def models(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME.fullmatch(p.name) and self.versions(p.name))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and NAME.fullmatch(p.name) and self.versions(p.name)
+        )
 
     def exists(self, name: str) -> bool:
         return bool(self.versions(name))
 
     def versions(self, name: str) -> list[str]:
-        """Complete versions, oldest first (a version directory is complete once its manifest exists)."""
+        """Complete versions, oldest first (a version directory is complete once its manifest
+        exists)."""
         folder = self.model_dir(name)
         if not folder.is_dir():
             return []
-        found = [p.name for p in folder.iterdir() if p.is_dir() and NAME.fullmatch(p.name) and (p / MANIFEST).is_file()]
+        found = [
+            p.name
+            for p in folder.iterdir()
+            if p.is_dir() and NAME.fullmatch(p.name) and (p / MANIFEST).is_file()
+        ]
         return sorted(found, key=_version_key)
 
     def manifest(self, name: str, version: str) -> Manifest:
@@ -84,11 +96,16 @@ class ModelStore:
         atomic_write_bytes(self.model_dir(name) / ACTIVE, (version + "\n").encode())
 
     def allocate_version(self, name: str) -> str:
-        """The next free version name (v1, v2, ...); never reuses a name, even of a deleted version."""
+        """The next free version name (v1, v2, ...); never reuses a name, even of a deleted
+        version."""
         with self._lock:
             folder = self.model_dir(name)
             folder.mkdir(parents=True, exist_ok=True)
-            numbers = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION.match(p.name.lstrip(".").split(".")[0]))]
+            numbers = [
+                int(m.group(1))
+                for p in folder.iterdir()
+                if (m := VERSION.match(p.name.lstrip(".").split(".")[0]))
+            ]
             counter = folder / ".last_version"
             if counter.is_file():
                 numbers.append(int(counter.read_text().strip() or 0))
@@ -100,7 +117,10 @@ class ModelStore:
         if version not in self.versions(name):
             raise NotFound(f"model {name!r} has no version {version!r}")
         if self.active(name) == version:
-            raise Conflict(f"version {version} is the active version of {name!r}; activate another version first")
+            raise Conflict(
+                f"version {version} is the active version of {name!r}; activate another version "
+                "first"
+            )
         self._remove(self.version_dir(name, version))
 
     def delete_model(self, name: str) -> None:
@@ -121,7 +141,15 @@ class ModelStore:
             if not parent.is_dir():
                 continue
             for path in parent.iterdir():
-                if path.is_dir() and path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name or path.name.startswith(".trash-")):
+                if (
+                    path.is_dir()
+                    and path.name.startswith(".")
+                    and (
+                        ".tmp-" in path.name
+                        or ".old-" in path.name
+                        or path.name.startswith(".trash-")
+                    )
+                ):
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
         return removed

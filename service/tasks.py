@@ -1,4 +1,5 @@
-"""What fit and adaptation jobs do: call core, write a new version into the store, maybe activate it."""
+"""What fit and adaptation jobs do: call core, write a new version into the store, maybe activate
+it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from patchshift.core.adapt import adapt, get_adapter
 from patchshift.core.artifact import save_model
 from patchshift.core.config import ModelConfig
 from patchshift.core.detector import Detector, with_threshold
-from patchshift.core.images import load_target
 from patchshift.core.drift import drift_statistic
 from patchshift.core.errors import ConfigError
+from patchshift.core.images import load_target
 from patchshift.core.patchcore import PatchCoreModel, Provenance, fit
 from patchshift.core.progress import check_cancel
 
@@ -29,7 +30,11 @@ log = logging.getLogger("patchshift.service")
 
 ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_BETTER = "true", "false", "if-better"
 ACTIVATION_POLICIES = (ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_BETTER)
-_LEGACY_POLICIES = {"yes": ACTIVATE_ALWAYS, "no": ACTIVATE_NEVER, "if-drift-reduced": ACTIVATE_IF_BETTER}
+_LEGACY_POLICIES = {
+    "yes": ACTIVATE_ALWAYS,
+    "no": ACTIVATE_NEVER,
+    "if-drift-reduced": ACTIVATE_IF_BETTER,
+}
 
 
 def activation_policy(params: dict, default: str = ACTIVATE_ALWAYS) -> str:
@@ -38,40 +43,81 @@ def activation_policy(params: dict, default: str = ACTIVATE_ALWAYS) -> str:
     return _LEGACY_POLICIES.get(value, value)
 
 
-def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device, settings: Settings):
-    def run_fit(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+def make_tasks(
+    store: ModelStore, registry: ModelRegistry, device: torch.device, settings: Settings
+):
+    def run_fit(
+        job: Job,
+        inputs: JobInputs,
+        report: Callable[[float, str], None],
+        cancelled: Callable[[], bool],
+    ):
         config = ModelConfig.from_dict(job.params["config"])
         images = inputs.images
-        model = fit(images, config, device=device, progress=stage_progress(report), cancel=cancelled)
+        model = fit(
+            images, config, device=device, progress=stage_progress(report), cancel=cancelled
+        )
         check_cancel(cancelled)
         version = store.allocate_version(job.model)
         save_model(model, store.version_dir(job.model, version))
-        result = {"threshold": model.threshold, "bank_size": int(model.bank.shape[0]), "n_images": len(images)}
-        activate = activation_policy(job.params) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
-        expected = job.params.get("active_version")  # the active version when the fit was asked for (None: a new model)
+        result = {
+            "threshold": model.threshold,
+            "bank_size": int(model.bank.shape[0]),
+            "n_images": len(images),
+        }
+        activate = (
+            activation_policy(job.params) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
+        )
+        expected = job.params.get(
+            "active_version"
+        )  # the active version when the fit was asked for (None: a new model)
         if activate and expected is None:
             registry.activate(job.model, version, model)
-        elif activate and (reason := activate_unless_moved(store, registry, job.model, expected, version, model)):
+        elif activate and (
+            reason := activate_unless_moved(store, registry, job.model, expected, version, model)
+        ):
             activate, result["not_activated"] = False, reason
         return version, {**result, "activated": activate}
 
-    def run_adapt(job: Job, inputs: JobInputs, report: Callable[[float, str], None], cancelled: Callable[[], bool]):
+    def run_adapt(
+        job: Job,
+        inputs: JobInputs,
+        report: Callable[[float, str], None],
+        cancelled: Callable[[], bool],
+    ):
         source = registry.load(job.model, job.params["source_version"])
         options = dict(job.params["config"])
         adapter = get_adapter(options.pop("method"))
         cfg = adapter.configure(source, with_server_files(options, settings))
         policy = activation_policy(job.params)
-        adapted, summary = adapt(source, inputs.images, cfg, progress=stage_progress(report), cancel=cancelled,
-                                 judge=policy == ACTIVATE_IF_BETTER, source_images=inputs.source_images or None)
+        adapted, summary = adapt(
+            source,
+            inputs.images,
+            cfg,
+            progress=stage_progress(report),
+            cancel=cancelled,
+            judge=policy == ACTIVATE_IF_BETTER,
+            source_images=inputs.source_images or None,
+        )
         check_cancel(cancelled)
         result = {
-            "method": cfg.method, "n_images": summary.n_images, "steps": summary.steps, "seconds": round(summary.seconds, 2),
-            "source_version": source.version, "threshold_before": source.threshold, "threshold_after": adapted.threshold,
-            "own_bank": adapter.moves_memory, **public_details(summary.details),
+            "method": cfg.method,
+            "n_images": summary.n_images,
+            "steps": summary.steps,
+            "seconds": round(summary.seconds, 2),
+            "source_version": source.version,
+            "threshold_before": source.threshold,
+            "threshold_after": adapted.threshold,
+            "own_bank": adapter.moves_memory,
+            **public_details(summary.details),
         }
         # for people, not used to decide; only where both describe images the same way (PatchCore
         # channel statistics: a UDA encoder's embeddings are another space, and a retrained one)
-        if source.drift_reference is not None and isinstance(source, PatchCoreModel) and isinstance(adapted, PatchCoreModel):
+        if (
+            source.drift_reference is not None
+            and isinstance(source, PatchCoreModel)
+            and isinstance(adapted, PatchCoreModel)
+        ):
             result.update(drift_before_after(source, adapted, inputs.images, cancelled))
         check_cancel(cancelled)
         activate = policy == ACTIVATE_ALWAYS
@@ -81,7 +127,11 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device,
         version = store.allocate_version(job.model)
         save_model(adapted, store.version_dir(job.model, version))
         report(1.0, "saved")
-        if activate and (reason := activate_unless_moved(store, registry, job.model, source.version, version, adapted)):
+        if activate and (
+            reason := activate_unless_moved(
+                store, registry, job.model, source.version, version, adapted
+            )
+        ):
             activate, result["not_activated"] = False, reason
         result["activated"] = activate
         return version, result
@@ -89,13 +139,22 @@ def make_tasks(store: ModelStore, registry: ModelRegistry, device: torch.device,
     return {"fit": run_fit, "adapt": run_adapt}
 
 
-def activate_unless_moved(store: ModelStore, registry: ModelRegistry, name: str, expected: str, version: str,
-                          model: Detector) -> str | None:
-    """Activate a job's new version if `expected` (the version active when it was asked for) still is;
-    else why not: a job must not undo an activation or a rollback made while it ran."""
+def activate_unless_moved(
+    store: ModelStore,
+    registry: ModelRegistry,
+    name: str,
+    expected: str,
+    version: str,
+    model: Detector,
+) -> str | None:
+    """Activate a job's new version if `expected` (the version active when it was asked for) still
+    is; else why not: a job must not undo an activation or a rollback made while it ran."""
     if registry.activate_if_active(name, expected, version, model):
         return None
-    return f"the active version changed from {expected} to {store.active(name)} while this job ran; {version} is kept for review"
+    return (
+        f"the active version changed from {expected} to {store.active(name)} while this job ran; "
+        f"{version} is kept for review"
+    )
 
 
 def with_server_files(options: dict, settings: Settings) -> dict:
@@ -104,20 +163,36 @@ def with_server_files(options: dict, settings: Settings) -> dict:
     if options.get("encoder") != "clip":
         return options
     if not settings.clip_checkpoint:
-        raise ConfigError("encoder=clip needs a local open_clip checkpoint on the server (PATCHSHIFT_CLIP_CHECKPOINT)")
-    return {**options, "clip_model": settings.clip_model, "clip_checkpoint": str(settings.clip_checkpoint)}
+        raise ConfigError(
+            "encoder=clip needs a local open_clip checkpoint on the server "
+            "(PATCHSHIFT_CLIP_CHECKPOINT)"
+        )
+    return {
+        **options,
+        "clip_model": settings.clip_model,
+        "clip_checkpoint": str(settings.clip_checkpoint),
+    }
 
 
 def public_details(details: dict) -> dict:
-    """What an adapter reported that a person reads in the job result (not the echo of its config)."""
-    return {key: value for key, value in details.items() if key not in ("adapt_config", "seconds", "gate")}
+    """What an adapter reported that a person reads in the job result (not the echo of its
+    config)."""
+    return {
+        key: value
+        for key, value in details.items()
+        if key not in ("adapt_config", "seconds", "gate")
+    }
 
 
-def drift_before_after(source: Detector, adapted: Detector, images: list, cancelled: Callable[[], bool]) -> dict:
+def drift_before_after(
+    source: Detector, adapted: Detector, images: list, cancelled: Callable[[], bool]
+) -> dict:
     """The target images' drift from the source's reference condition, seen through the source and,
-    when adaptation changed the features (BatchNorm methods), through the new version; a version that
-    moved only its memory sees the images as the source does, so it gets no `drift_after`."""
-    target = load_target(images, source.config.image_size)  # both PatchCore versions of one model: one input size
+    when adaptation changed the features (BatchNorm methods), through the new version; a version
+    that moved only its memory sees the images as the source does, so it gets no `drift_after`."""
+    target = load_target(
+        images, source.config.image_size
+    )  # both PatchCore versions of one model: one input size
     views = [source] if same_weights(source.extractor, adapted.extractor) else [source, adapted]
     values = []
     for model in views:
@@ -126,7 +201,7 @@ def drift_before_after(source: Detector, adapted: Detector, images: list, cancel
             check_cancel(cancelled)
             descriptors.append(model.score(target[start : start + 16]).descriptors.cpu().numpy())
         values.append(drift_statistic(source.drift_reference, np.concatenate(descriptors)))
-    return dict(zip(("drift_before", "drift_after"), values))
+    return dict(zip(("drift_before", "drift_after"), values, strict=False))
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -135,20 +210,33 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def override_threshold(store: ModelStore, registry: ModelRegistry, name: str, threshold: float) -> str:
+def override_threshold(
+    store: ModelStore, registry: ModelRegistry, name: str, threshold: float
+) -> str:
     """A new version identical to the active one but for its threshold; activated at once.
 
     The version is validated and written completely before ACTIVE moves, so a refused value
     leaves the store and the active version as they were."""
     source = registry.get(name)
-    model = with_threshold(source, threshold, Provenance(
-        method="threshold-override", parent=source.version, threshold_source="given",
-        calibration_scores=list(source.provenance.calibration_scores), n_train_images=source.provenance.n_train_images,
-        details={"previous_threshold": source.threshold},
-    ))
+    model = with_threshold(
+        source,
+        threshold,
+        Provenance(
+            method="threshold-override",
+            parent=source.version,
+            threshold_source="given",
+            calibration_scores=list(source.provenance.calibration_scores),
+            n_train_images=source.provenance.n_train_images,
+            details={"previous_threshold": source.threshold},
+        ),
+    )
     version = store.allocate_version(name)
     save_model(model, store.version_dir(name, version))
     if not registry.activate_if_active(name, source.version, version, model):
-        raise Conflict(f"version {store.active(name)} of model {name!r} was activated while the threshold was being set; "
-                       f"{version} (threshold {threshold}) is kept but not active: set the threshold again if it is still wanted")
+        raise Conflict(
+            f"version {store.active(name)} of model {name!r} was activated while the threshold "
+            "was being set; "
+            f"{version} (threshold {threshold}) is kept but not active: set the threshold again "
+            "if it is still wanted"
+        )
     return version

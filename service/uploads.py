@@ -9,7 +9,9 @@ from .errors import PayloadTooLarge, Unprocessable
 CHUNK = 1024 * 1024
 
 
-async def read_files(files: list[UploadFile] | None, max_files: int, max_file_bytes: int) -> list[tuple[str, bytes]]:
+async def read_files(
+    files: list[UploadFile] | None, max_files: int, max_file_bytes: int
+) -> list[tuple[str, bytes]]:
     """(filename, bytes) of every upload; 422 for none, 413 for too many or too large."""
     if not files:
         raise Unprocessable("no images: send one or more files in the multipart field 'files'")
@@ -22,6 +24,9 @@ async def read_files(files: list[UploadFile] | None, max_files: int, max_file_by
         while chunk := await upload.read(CHUNK):
             data += chunk
             if len(data) > max_file_bytes:
-                raise PayloadTooLarge(f"{name}: larger than the {max_file_bytes // (1024 * 1024)} MiB limit per file", file=name)
+                raise PayloadTooLarge(
+                    f"{name}: larger than the {max_file_bytes // (1024 * 1024)} MiB limit per file",
+                    file=name,
+                )
         out.append((name, bytes(data)))
     return out

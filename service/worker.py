@@ -32,24 +32,34 @@ SOURCE_PREFIX = "source-"  # uploads of the source domain (UDA) sit beside the j
 
 @dataclass(frozen=True)
 class JobInputs:
-    """A job's stored uploads: the images it works on and, for UDA, normal images of the source domain."""
+    """A job's stored uploads: the images it works on and, for UDA, normal images of the source
+    domain."""
 
     images: list[Path]
     source_images: list[Path] = field(default_factory=list)
 
 
 # A task gets (job, inputs, progress(fraction, stage), cancelled()) and returns (version, result).
-Task = Callable[[Job, JobInputs, Callable[[float, str], None], Callable[[], bool]], tuple[str | None, dict]]
+Task = Callable[
+    [Job, JobInputs, Callable[[float, str], None], Callable[[], bool]], tuple[str | None, dict]
+]
 
-STAGES = {  # where each core stage sits in a job's overall progress (fit: features, coreset, threshold;
+# where each core stage sits in a job's overall progress (fit: features, coreset, threshold;
+STAGES = {
     # BatchNorm adaptation: statistics, adapt (trained methods only), threshold; uda: uda)
-    "features": (0.0, 0.6), "coreset": (0.6, 0.95), "threshold": (0.95, 1.0),
-    "statistics": (0.0, 0.3), "adapt": (0.3, 0.95), "uda": (0.05, 0.95),
+    "features": (0.0, 0.6),
+    "coreset": (0.6, 0.95),
+    "threshold": (0.95, 1.0),
+    "statistics": (0.0, 0.3),
+    "adapt": (0.3, 0.95),
+    "uda": (0.05, 0.95),
 }
 
 
 class Worker:
-    def __init__(self, jobs: JobStore, uploads: Path, metrics: ServiceMetrics, tasks: dict[str, Task]) -> None:
+    def __init__(
+        self, jobs: JobStore, uploads: Path, metrics: ServiceMetrics, tasks: dict[str, Task]
+    ) -> None:
         self.jobs = jobs
         self.uploads = uploads
         self.metrics = metrics
@@ -64,12 +74,19 @@ class Worker:
     def start(self) -> None:
         interrupted, queued = self.jobs.recover()
         for job in interrupted:
-            log.warning("job %s (%s of %s) was interrupted by a restart; marked failed", job.id, job.kind, job.model)
+            log.warning(
+                "job %s (%s of %s) was interrupted by a restart; marked failed",
+                job.id,
+                job.kind,
+                job.model,
+            )
             self.metrics.jobs.labels(job.kind, FAILED).inc()
             self._discard_uploads(job.id)
         keep = {job.id for job in queued}
         self.uploads.mkdir(parents=True, exist_ok=True)
-        for leftover in self.uploads.iterdir():  # uploads of jobs that never got a record, or that ended
+        for (
+            leftover
+        ) in self.uploads.iterdir():  # uploads of jobs that never got a record, or that ended
             if leftover.name not in keep:
                 shutil.rmtree(leftover, ignore_errors=True)
         for job in queued:
@@ -89,15 +106,25 @@ class Worker:
 
     # submission and cancellation
     def submit(
-        self, kind: str, model: str, params: dict, files: Sequence[tuple[str, bytes]], source_files: Sequence[tuple[str, bytes]] = ()
+        self,
+        kind: str,
+        model: str,
+        params: dict,
+        files: Sequence[tuple[str, bytes]],
+        source_files: Sequence[tuple[str, bytes]] = (),
     ) -> Job:
         """Store the images, then the record; one unfinished job per model (else 409)."""
         with self._submit_lock:
             self._refuse_if_busy(model, "submit it again")
             job_id = os.urandom(16).hex()
             self._write_uploads(job_id, files, source_files)
-            os.rename(self.uploads / f".{job_id}", self.uploads / job_id)  # a crash before the record: removed at start
-            counts = {"n_images": len(files), **({"n_source_images": len(source_files)} if source_files else {})}
+            os.rename(
+                self.uploads / f".{job_id}", self.uploads / job_id
+            )  # a crash before the record: removed at start
+            counts = {
+                "n_images": len(files),
+                **({"n_source_images": len(source_files)} if source_files else {}),
+            }
             job = self.jobs.create(kind, model, {**params, **counts}, job_id=job_id)
             self._cancel[job.id] = threading.Event()
             self._queue.put(job.id)
@@ -109,10 +136,15 @@ class Worker:
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
-        if job.status == QUEUED and self.jobs.cancel_queued(job_id, "cancelled by request before it started"):
+        if job.status == QUEUED and self.jobs.cancel_queued(
+            job_id, "cancelled by request before it started"
+        ):
             self.metrics.jobs.labels(job.kind, CANCELLED).inc()
             self._discard_uploads(job_id)
-        elif self.jobs.get(job_id).status == RUNNING and (flag := self._cancel.get(job_id)) is not None:
+        elif (
+            self.jobs.get(job_id).status == RUNNING
+            and (flag := self._cancel.get(job_id)) is not None
+        ):
             flag.set()  # also when the worker started it since the read above
         self._update_depth()
         return self.jobs.get(job_id)
@@ -129,14 +161,23 @@ class Worker:
         """409 naming the model's unfinished job; call holding the submit lock."""
         busy = self.jobs.unfinished(model)
         if busy:
-            raise Conflict(f"model {model!r} has an unfinished job ({busy[0].kind}, {busy[0].status}); wait for it or cancel it, "
-                           f"then {what}", job_id=busy[0].id)
+            raise Conflict(
+                f"model {model!r} has an unfinished job ({busy[0].kind}, {busy[0].status}); wait "
+                "for it or cancel it, "
+                f"then {what}",
+                job_id=busy[0].id,
+            )
 
     def busy(self, model: str) -> bool:
         return bool(self.jobs.unfinished(model))
 
     # internals
-    def _write_uploads(self, job_id: str, files: Sequence[tuple[str, bytes]], source_files: Sequence[tuple[str, bytes]]) -> None:
+    def _write_uploads(
+        self,
+        job_id: str,
+        files: Sequence[tuple[str, bytes]],
+        source_files: Sequence[tuple[str, bytes]],
+    ) -> None:
         staging = self.uploads / f".{job_id}"
         staging.mkdir(parents=True)
         for prefix, group in (("", files), (SOURCE_PREFIX, source_files)):
@@ -161,7 +202,9 @@ class Worker:
                 self._execute(job_id)
             except BaseException:  # the worker thread must survive anything a job does
                 log.exception("job %s: unexpected failure in the worker", job_id)
-                self.jobs.finish(job_id, FAILED, error="internal error in the worker; see the service log")
+                self.jobs.finish(
+                    job_id, FAILED, error="internal error in the worker; see the service log"
+                )
             finally:
                 self.current = None
                 self._cancel.pop(job_id, None)
@@ -175,7 +218,9 @@ class Worker:
         self.current = job_id
         flag = self._cancel.setdefault(job_id, threading.Event())
         folder = self.uploads / job_id
-        inputs = JobInputs(sorted(folder.glob("[0-9]*.img")), sorted(folder.glob(f"{SOURCE_PREFIX}*.img")))
+        inputs = JobInputs(
+            sorted(folder.glob("[0-9]*.img")), sorted(folder.glob(f"{SOURCE_PREFIX}*.img"))
+        )
         last = [0.0]
 
         def progress(fraction: float, stage: str) -> None:
@@ -196,10 +241,23 @@ class Worker:
             log.exception("job %s failed", job_id)
             error = redact_paths(f"internal error ({type(exc).__name__}: {exc})")
         if not self.jobs.finish(job_id, status, error=error, result_version=version, result=result):
-            log.error("job %s ended %s but its record had already ended; version %s is not in any job result", job_id, status, version)
+            log.error(
+                "job %s ended %s but its record had already ended; version %s is not in any job "
+                "result",
+                job_id,
+                status,
+                version,
+            )
         self.metrics.jobs.labels(job.kind, status).inc()
         self.metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
-        log.info("job %s (%s of %s) %s%s", job_id, job.kind, job.model, status, f": {error}" if error else "")
+        log.info(
+            "job %s (%s of %s) %s%s",
+            job_id,
+            job.kind,
+            job.model,
+            status,
+            f": {error}" if error else "",
+        )
 
 
 def stage_progress(report: Callable[[float, str], None]) -> Callable[[str, int, int], None]:

@@ -15,24 +15,34 @@ def normal_image(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     """A regular woven texture (diagonal gratings) with a little sensor noise."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, 2)
-    texture = 0.5 + 0.2 * np.sin(2 * np.pi * (x + y) / 12 + phase[0]) + 0.2 * np.sin(2 * np.pi * (x - y) / 12 + phase[1])
+    texture = (
+        0.5
+        + 0.2 * np.sin(2 * np.pi * (x + y) / 12 + phase[0])
+        + 0.2 * np.sin(2 * np.pi * (x - y) / 12 + phase[1])
+    )
     rgb = np.stack([texture, texture * 0.9, texture * 0.8], axis=-1)
     rgb += rng.normal(0, 0.02, rgb.shape)
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def plant_defect(image: np.ndarray, rng: np.random.Generator, side: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def plant_defect(
+    image: np.ndarray, rng: np.random.Generator, side: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """Paint a dark scratch-like square blob; returns (image, boolean mask)."""
     size = image.shape[0]
     top, left = rng.integers(side, size - 2 * side, 2)
     out = image.copy()
-    out[top : top + side, left : left + side] = (rng.uniform(0, 0.15, (side, side, 1)) * 255).astype(np.uint8)
+    out[top : top + side, left : left + side] = (
+        rng.uniform(0, 0.15, (side, side, 1)) * 255
+    ).astype(np.uint8)
     mask = np.zeros(image.shape[:2], dtype=bool)
     mask[top : top + side, left : left + side] = True
     return out, mask
 
 
-def write_dataset(root: Path, n_train: int = 24, n_good: int = 6, n_defect: int = 6, seed: int = 0) -> Path:
+def write_dataset(
+    root: Path, n_train: int = 24, n_good: int = 6, n_defect: int = 6, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for folder in ("train/good", "test/good", "test/blob", "ground_truth/blob"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -43,7 +53,9 @@ def write_dataset(root: Path, n_train: int = 24, n_good: int = 6, n_defect: int 
     for i in range(n_defect):
         image, mask = plant_defect(normal_image(rng), rng)
         Image.fromarray(image).save(root / "test/blob" / f"{i:03d}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ground_truth/blob" / f"{i:03d}_mask.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(
+            root / "ground_truth/blob" / f"{i:03d}_mask.png"
+        )
     return root
 
 
@@ -59,10 +71,18 @@ def tiny_config():
     # The former border average: on 96-px images a third to a half of the feature cells are border
     # cells, and zero borders (the default for real inputs, docs/engine-study.md "Borders") change
     # the mechanisms these fixtures were built to show. The defaults are tested at 256 px in
-    # tests/test_patchcore.py (a planted defect found; the k-fold false-alarm rate on fresh normals).
-    # Lite0, the default before Lite1: the cheapest bundled backbone keeps these fixtures fast.
-    return ModelConfig(backbone="tf_efficientnet_lite0", image_size=(SIZE, SIZE), feature_dim=64, coreset_ratio=0.25, batch_size=8, holdout_fraction=0.2,
-                       neighbourhood_border="inside")
+    # tests/test_patchcore.py (a planted defect found; the k-fold false-alarm rate on fresh
+    # normals). Lite0, the default before Lite1: the cheapest bundled backbone keeps these fixtures
+    # fast.
+    return ModelConfig(
+        backbone="tf_efficientnet_lite0",
+        image_size=(SIZE, SIZE),
+        feature_dim=64,
+        coreset_ratio=0.25,
+        batch_size=8,
+        holdout_fraction=0.2,
+        neighbourhood_border="inside",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,5 +106,7 @@ def texture_defect(image: np.ndarray, rng: np.random.Generator, side: int = 20) 
     grating = 0.5 + 0.35 * np.sin(2 * np.pi * x / 5)
     top, left = rng.integers(8, image.shape[0] - side - 8, 2)
     out = image.copy()
-    out[top : top + side, left : left + side] = (np.stack([grating, grating * 0.9, grating * 0.8], -1) * 255).astype(np.uint8)
+    out[top : top + side, left : left + side] = (
+        np.stack([grating, grating * 0.9, grating * 0.8], -1) * 255
+    ).astype(np.uint8)
     return out

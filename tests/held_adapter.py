@@ -20,7 +20,9 @@ def hold(model, target, cfg, report_, progress, cancel):
     while not release.exists() and time.monotonic() < deadline:
         check_cancel(cancel)
         step += 1
-        report(progress, "holding", min(step, 99), 100)  # progress > 0 shows the job is inside the adapter
+        report(
+            progress, "holding", min(step, 99), 100
+        )  # progress > 0 shows the job is inside the adapter
         time.sleep(0.05)
     held = copy.copy(model)
     held.extractor = copy.deepcopy(model.extractor)

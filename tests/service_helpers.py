@@ -1,4 +1,5 @@
-"""Start the real service with uvicorn on 127.0.0.1 (a free port) in a child process and talk HTTP to it."""
+"""Start the real service with uvicorn on 127.0.0.1 (a free port) in a child process and talk HTTP
+to it."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, models_dir: Path, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self, models_dir: Path, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
         self.models_dir = models_dir
         self.env = env or {}
         self.log = log or models_dir.parent / "server.log"
@@ -36,20 +39,30 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> "Server":
-        env = {**os.environ, "PATCHSHIFT_MODELS_DIR": str(self.models_dir), "PATCHSHIFT_DEVICE": "cpu",
-               "OMP_NUM_THREADS": "2", **self.env}
+    def start(self, timeout: float = 90) -> Server:
+        env = {
+            **os.environ,
+            "PATCHSHIFT_MODELS_DIR": str(self.models_dir),
+            "PATCHSHIFT_DEVICE": "cpu",
+            "OMP_NUM_THREADS": "2",
+            **self.env,
+        }
         handle = open(self.log, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "patchshift.service.cli", "serve", "--port", str(self.port)],
-            env=env, stdout=handle, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
-                # /healthz answers once start-up (loading every model) is done; readiness is the tests' to check
+                # /healthz answers once start-up (loading every model) is done; readiness is the
+                # tests' to check
                 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
@@ -86,7 +99,12 @@ def files_field(items: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, by
     return [("files", (name, data, "application/octet-stream")) for name, data in items]
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 300, until: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> dict:
+def wait_job(
+    client: httpx.Client,
+    job_id: str,
+    timeout: float = 300,
+    until: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
@@ -97,10 +115,21 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 300, until: tup
 
 
 def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height and whose data is tiny (a decompression-bomb shape)."""
+    """A PNG whose header claims width x height and whose data is tiny (a decompression-bomb
+    shape)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import normal_image, texture_defect
+
 from patchshift.core.adapt import METHODS, AdaptConfig, adapt, get_adapter
 from patchshift.core.backbone import batchnorm_state
 from patchshift.core.corruptions import corrupt
@@ -15,7 +15,9 @@ from patchshift.core.metrics import image_auroc
 def shifted():
     """24 normal and 6 texture-defect images under defocus blur 5, where no adaptation suffers."""
     rng = np.random.default_rng(0)
-    images = [normal_image(rng) for _ in range(24)] + [texture_defect(normal_image(rng), rng) for _ in range(6)]
+    images = [normal_image(rng) for _ in range(24)] + [
+        texture_defect(normal_image(rng), rng) for _ in range(6)
+    ]
     labels = np.array([0] * 24 + [1] * 6)
     return corrupt(to_tensor(images), "defocus_blur", 5, seed=1), labels
 
@@ -28,9 +30,16 @@ def test_only_batchnorm_affine_changes(fitted, shifted):
     images, _ = shifted
     before_params = all_parameters(fitted)
     before_bn = batchnorm_state(fitted.extractor)
-    adapted, report = adapt(fitted, images[:8], AdaptConfig(method="roda", epochs=1, reestimate_stats=False))
+    adapted, report = adapt(
+        fitted, images[:8], AdaptConfig(method="roda", epochs=1, reestimate_stats=False)
+    )
     after = all_parameters(adapted)
-    bn_affine = {k for k in after if k.endswith((".weight", ".bias")) and k.rsplit(".", 1)[0] in {n.rsplit(".", 1)[0] for n in before_bn}}
+    bn_affine = {
+        k
+        for k in after
+        if k.endswith((".weight", ".bias"))
+        and k.rsplit(".", 1)[0] in {n.rsplit(".", 1)[0] for n in before_bn}
+    }
     changed = {k for k in after if not torch.equal(after[k], before_params[k])}
     assert changed and changed <= bn_affine
     after_bn = batchnorm_state(adapted.extractor)
@@ -59,7 +68,16 @@ def test_bn_stats_only_changes_running_statistics(fitted, shifted):
     assert all(torch.equal(before[k], after[k]) for k in before if k.endswith((".weight", ".bias")))
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "roda" and get_adapter(m).config_type is AdaptConfig and not get_adapter(m).moves_memory])
+@pytest.mark.parametrize(
+    "method",
+    [
+        m
+        for m in METHODS
+        if m != "roda"
+        and get_adapter(m).config_type is AdaptConfig
+        and not get_adapter(m).moves_memory
+    ],
+)
 def test_every_batchnorm_method_runs_on_one_image(fitted, shifted, method):
     images, _ = shifted
     adapted, report = adapt(fitted, images[:1], AdaptConfig(method=method, epochs=1))
@@ -104,7 +122,9 @@ def test_views_keep_shape_for_rectangular_inputs():
     from patchshift.core.adapt.base import make_views
 
     batch = torch.rand(2, 3, 32, 48)
-    views = make_views(batch, AdaptConfig(augment="dihedral", views=4), torch.Generator().manual_seed(0))
+    views = make_views(
+        batch, AdaptConfig(augment="dihedral", views=4), torch.Generator().manual_seed(0)
+    )
     assert views.shape == (2, 4, 3, 32, 48)
     assert torch.equal(views[:, 0], batch)
     assert not torch.equal(views[:, 1], batch)
@@ -127,14 +147,28 @@ def test_target_views_are_fixed_per_image_and_cached_only_below_the_cut(fitted):
     extractor = fitted.extractor
     target = torch.rand(5, 3, 64, 64)
     cfg = AdaptConfig(augment="dihedral", views=3, batch_size=2)
-    inputs = TargetInputs(extractor, target, cfg, 0, torch.Generator().manual_seed(3), torch.device("cpu"))
-    assert inputs.cached is None  # nothing frozen below: views made per step, memory independent of the target size
-    expected = torch.cat([make_views(target[s : s + 2], cfg, g) for g in [torch.Generator().manual_seed(3)] for s in range(0, 5, 2)])
+    inputs = TargetInputs(
+        extractor, target, cfg, 0, torch.Generator().manual_seed(3), torch.device("cpu")
+    )
+    assert (
+        inputs.cached is None
+    )  # nothing frozen below: views made per step, memory independent of the target size
+    expected = torch.cat(
+        [
+            make_views(target[s : s + 2], cfg, g)
+            for g in [torch.Generator().manual_seed(3)]
+            for s in range(0, 5, 2)
+        ]
+    )
     order = torch.tensor([4, 0, 2])
     got = inputs.batch(order).reshape(3, 3, 3, 64, 64)
-    torch.testing.assert_close(got, extractor.normalise(expected[order].reshape(-1, 3, 64, 64)).reshape(3, 3, 3, 64, 64))
+    torch.testing.assert_close(
+        got, extractor.normalise(expected[order].reshape(-1, 3, 64, 64)).reshape(3, 3, 3, 64, 64)
+    )
     cut = extractor.backbone.first_stage_layer
-    cached = TargetInputs(extractor, target, cfg, cut, torch.Generator().manual_seed(3), torch.device("cpu"))
+    cached = TargetInputs(
+        extractor, target, cfg, cut, torch.Generator().manual_seed(3), torch.device("cpu")
+    )
     assert cached.cached is not None and len(cached.cached) == 5
     with torch.inference_mode():
         direct = extractor.backbone.prefix(got.reshape(-1, 3, 64, 64), cut)
@@ -143,7 +177,9 @@ def test_target_views_are_fixed_per_image_and_cached_only_below_the_cut(fitted):
 
 def test_feature_stage_training_leaves_early_layers_alone(fitted, shifted):
     images, _ = shifted
-    cfg = AdaptConfig(method="roda", epochs=1, reestimate_stats=False, trained_layers="feature-stages")
+    cfg = AdaptConfig(
+        method="roda", epochs=1, reestimate_stats=False, trained_layers="feature-stages"
+    )
     adapted, report = adapt(fitted, images[:8], cfg)
     backbone = adapted.extractor.backbone
     cut = backbone.first_stage_layer
@@ -193,7 +229,10 @@ def test_non_finite_target_scores_fail_the_adaptation_with_a_hint():
     from patchshift.core.finite import refuse_non_finite_scores
 
     refuse_non_finite_scores(np.array([1.0, 2.0]))
-    with pytest.raises(AdaptationError, match=r"2 target image\(s\) got a non-finite score.*lower lr \(it was 0.01\)"):
+    with pytest.raises(
+        AdaptationError,
+        match=r"2 target image\(s\) got a non-finite score.*lower lr \(it was 0.01\)",
+    ):
         refuse_non_finite_scores(np.array([1.0, np.nan, np.inf]), lr=0.01)
 
 
@@ -201,8 +240,18 @@ def test_an_unknown_batchnorm_step_is_refused_by_name(fitted, shifted):
     from patchshift.core.adapt.base import AdaptReport
     from patchshift.core.adapt.batchnorm import batchnorm_step
 
-    with pytest.raises(ConfigError, match="unknown BatchNorm step 'rodda'; choose from none, stats"):
-        batchnorm_step(fitted, shifted[0][:2], "rodda", AdaptConfig(method="roda"), AdaptReport("roda", 2), None, None)
+    with pytest.raises(
+        ConfigError, match="unknown BatchNorm step 'rodda'; choose from none, stats"
+    ):
+        batchnorm_step(
+            fitted,
+            shifted[0][:2],
+            "rodda",
+            AdaptConfig(method="roda"),
+            AdaptReport("roda", 2),
+            None,
+            None,
+        )
 
 
 def test_adabn_gives_the_layers_their_settings_back_when_cancelled():
@@ -211,5 +260,7 @@ def test_adabn_gives_the_layers_their_settings_back_when_cancelled():
     extractor = torch.nn.Sequential(torch.nn.BatchNorm2d(1))
     calls = iter([False, True])
     with pytest.raises(CancelledError):
-        reestimate_statistics(extractor, torch.zeros(4, 1, 2, 2), 2, torch.device("cpu"), cancel=lambda: next(calls))
+        reestimate_statistics(
+            extractor, torch.zeros(4, 1, 2, 2), 2, torch.device("cpu"), cancel=lambda: next(calls)
+        )
     assert extractor[0].momentum == 0.1 and not extractor[0].training

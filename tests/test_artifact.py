@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import normal_image, plant_defect
+
 from patchshift.core import artifact
 from patchshift.core.artifact import BANK_FILE, MANIFEST, load_model, save_model
 from patchshift.core.errors import ArtifactError
@@ -110,7 +110,9 @@ def test_overwrite_replaces_whole_version(fitted, tmp_path):
     assert load_model(target).bank.shape == fitted.bank.shape
 
 
-def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_identically(saved_model, tmp_path, dataset):
+def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_identically(
+    saved_model, tmp_path, dataset
+):
     """A 0.1-era manifest (a held-out quantile, no calibration, false-alarm, contamination or border
     fields) loads with the former behaviour of each and scores as a manifest stating it does."""
     import json
@@ -128,8 +130,17 @@ def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_ide
     stated = json.loads((explicit / "manifest.json").read_text())
     stated["config"]["neighbourhood_border"] = "inside"
     (explicit / "manifest.json").write_text(json.dumps(stated))
-    assert manifest["config"]["backbone"] == "tf_efficientnet_lite0"  # every version before Lite1 had it
-    for key in ("backbone", "calibration", "calibration_folds", "false_alarm_rate", "contamination", "neighbourhood_border"):
+    assert (
+        manifest["config"]["backbone"] == "tf_efficientnet_lite0"
+    )  # every version before Lite1 had it
+    for key in (
+        "backbone",
+        "calibration",
+        "calibration_folds",
+        "false_alarm_rate",
+        "contamination",
+        "neighbourhood_border",
+    ):
         manifest["config"].pop(key)
     manifest["config"]["threshold_quantile"] = 0.99
     (old / "manifest.json").write_text(json.dumps(manifest))

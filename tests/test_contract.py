@@ -1,4 +1,5 @@
-"""The API contract under a fuzzer: schemathesis (all checks) against the real server with an admin key.
+"""The API contract under a fuzzer: schemathesis (all checks) against the real server with an admin
+key.
 
 Bounded for CI (examples per operation and a fixed seed; PATCHSHIFT_FUZZ_EXAMPLES and
 PATCHSHIFT_FUZZ_SEED widen or vary it). Any 5xx, undocumented status, schema or header mismatch,
@@ -23,22 +24,50 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 def test_schemathesis_finds_no_contract_violation(tmp_path: Path, saved_model: Path) -> None:
     models = tmp_path / "models"
     shutil.copytree(saved_model, models / "widget" / "v1")
-    server = Server(models, env={"PATCHSHIFT_ADMIN_KEY": ADMIN, "PATCHSHIFT_MAX_FILES": "8"}).start()
+    server = Server(
+        models, env={"PATCHSHIFT_ADMIN_KEY": ADMIN, "PATCHSHIFT_MAX_FILES": "8"}
+    ).start()
     try:
         command = [
-            sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run", f"{server.url}/openapi.json",
-            "--checks", "all", "--header", f"Authorization: Bearer {ADMIN}",
-            "--max-examples", os.environ.get("PATCHSHIFT_FUZZ_EXAMPLES", "40"),
-            "--seed", os.environ.get("PATCHSHIFT_FUZZ_SEED", "20261126"),
-            "--exclude-operation-id", "delete_model_v1_models__name__delete",
-            "--no-shrink", "--output-truncate", "true", "--no-color",
-            # one worker: CPython 3.11 can fail parsing source in concurrent threads (hypothesis does, to describe strategies)
-            "--workers", "1",
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(CONFIG),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "--header",
+            f"Authorization: Bearer {ADMIN}",
+            "--max-examples",
+            os.environ.get("PATCHSHIFT_FUZZ_EXAMPLES", "40"),
+            "--seed",
+            os.environ.get("PATCHSHIFT_FUZZ_SEED", "20261126"),
+            "--exclude-operation-id",
+            "delete_model_v1_models__name__delete",
+            "--no-shrink",
+            "--output-truncate",
+            "true",
+            "--no-color",
+            # one worker: CPython 3.11 can fail parsing source in concurrent threads (hypothesis
+            # does, to describe strategies)
+            "--workers",
+            "1",
         ]
         # run in the test folder: hypothesis keeps an example database in its working directory
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"})
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
         (tmp_path / "schemathesis.txt").write_text(result.stdout + result.stderr)
-        report = "\n".join(line[:400] for line in (result.stdout + result.stderr).splitlines()[-80:])
+        report = "\n".join(
+            line[:400] for line in (result.stdout + result.stderr).splitlines()[-80:]
+        )
         assert result.returncode == 0, report
         assert "passed" in report
         assert (models / "widget" / "ACTIVE").exists() or (models / "widget" / "v1").is_dir()

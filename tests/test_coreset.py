@@ -9,7 +9,8 @@ def covering_radius(points: torch.Tensor, centres: torch.Tensor) -> float:
 
 
 def test_greedy_kcenter_by_hand():
-    # 1-D points 0, 1, 2, 10, 11 starting at 0: farthest is 11, then 2 is farthest from {0, 11}... (dist 2)
+    # 1-D points 0, 1, 2, 10, 11 starting at 0: farthest is 11, then 2 is farthest from {0, 11}...
+    # (dist 2)
     points = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0]]).unsqueeze(0)
     chosen = greedy_kcenter(points, 3, start=torch.tensor([0]))
     assert chosen.tolist() == [[0, 4, 2]]
@@ -27,7 +28,10 @@ def test_coreset_honours_size_and_covers_better_than_random(max_iterations):
     generator = torch.Generator().manual_seed(0)
     # clustered data: a few dense blobs plus scattered points, where random picks miss outliers
     centres = torch.randn(20, 16, generator=generator) * 5
-    points = centres[torch.randint(0, 20, (3000,), generator=generator)] + torch.randn(3000, 16, generator=generator) * 0.3
+    points = (
+        centres[torch.randint(0, 20, (3000,), generator=generator)]
+        + torch.randn(3000, 16, generator=generator) * 0.3
+    )
     points = torch.cat([points, torch.randn(60, 16, generator=generator) * 12])
     size = 300
     picked = kcenter_coreset(points, size, projection_dim=8, seed=0, max_iterations=max_iterations)
@@ -35,7 +39,8 @@ def test_coreset_honours_size_and_covers_better_than_random(max_iterations):
     assert picked.unique().numel() == size
     radius = covering_radius(points, points[picked])
     random_radii = [
-        covering_radius(points, points[torch.randperm(len(points), generator=generator)[:size]]) for _ in range(5)
+        covering_radius(points, points[torch.randperm(len(points), generator=generator)[:size]])
+        for _ in range(5)
     ]
     assert radius <= min(random_radii)
 

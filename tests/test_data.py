@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchshift.core.data import load_mask, labelled_samples, train_images
+from patchshift.core.data import labelled_samples, load_mask, train_images
 from patchshift.core.errors import DatasetError
 
 
@@ -32,7 +32,9 @@ def test_layout_errors(tmp_path):
         train_images(tmp_path)
     (tmp_path / "test" / "crack").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "test" / "crack" / "001.png")
-    with pytest.raises(DatasetError, match="only defective images"):  # a defect without a mask is fine; no good images is not
+    with pytest.raises(
+        DatasetError, match="only defective images"
+    ):  # a defect without a mask is fine; no good images is not
         labelled_samples(tmp_path)
 
 

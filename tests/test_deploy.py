@@ -1,4 +1,5 @@
-"""No Docker engine here: parse the container and deploy files and check they fit the real service."""
+"""No Docker engine here: parse the container and deploy files and check they fit the real
+service."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ def exported_series() -> set[str]:
 
     names = set()
     for family in ServiceMetrics().registry.collect():
-        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}[family.type]
+        suffixes = {
+            "counter": ["_total"],
+            "histogram": ["_bucket", "_sum", "_count"],
+            "gauge": [""],
+        }[family.type]
         names.update(family.name + s for s in suffixes)
     return names
 
@@ -39,7 +44,9 @@ def test_compose_wires_service_prometheus_and_grafana() -> None:
         for volume in services[name]["volumes"]:
             source = volume.split(":")[0]
             assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
-    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"][0]
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())[
+        "scrape_configs"
+    ][0]
     assert scrape["metrics_path"] in app_routes()  # the service really serves it
     assert scrape["static_configs"][0]["targets"] == ["patchshift:8000"]
 
@@ -56,14 +63,18 @@ def test_dashboard_and_alerts_query_real_metrics() -> None:
         assert used, expr
         for name in used:
             assert name in exported, f"{name} in {expr!r} is not exported by the service"
-    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/patchshift.yml").read_text())
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/patchshift.yml").read_text()
+    )
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
 def test_kubernetes_probes_hit_real_routes() -> None:
     from patchshift.service.settings import Settings
 
-    documents = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy/k8s/patchshift.yaml").read_text())}
+    documents = {
+        d["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy/k8s/patchshift.yaml").read_text())
+    }
     assert {"Deployment", "Service", "PersistentVolumeClaim"} <= set(documents)
     pod = documents["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -76,7 +87,9 @@ def test_kubernetes_probes_hit_real_routes() -> None:
     assert claim == documents["PersistentVolumeClaim"]["metadata"]["name"]
     env = {e["name"]: e for e in container["env"]}
     assert env["PATCHSHIFT_MODELS_DIR"]["value"] == container["volumeMounts"][0]["mountPath"]
-    assert set(env) - {"PATCHSHIFT_MODELS_DIR"} <= {f"PATCHSHIFT_{k.upper()}" for k in Settings.model_fields}
+    assert set(env) - {"PATCHSHIFT_MODELS_DIR"} <= {
+        f"PATCHSHIFT_{k.upper()}" for k in Settings.model_fields
+    }
     assert documents["Service"]["spec"]["ports"][0]["targetPort"] == "http"
 
 

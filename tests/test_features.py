@@ -12,7 +12,9 @@ def test_channel_pooling_matrix_by_hand():
     expected = torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.0, 0.5], [0.0, 0.5]])
     assert torch.allclose(channel_pooling_matrix(4, 2), expected)
     # expanding (2 -> 4 channels) repeats each channel
-    assert torch.allclose(channel_pooling_matrix(2, 4), torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1]]))
+    assert torch.allclose(
+        channel_pooling_matrix(2, 4), torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1]])
+    )
 
 
 @pytest.mark.parametrize(
@@ -34,16 +36,23 @@ def test_feature_shapes(width, height, strides, dim, grid):
     assert torch.isfinite(z).all()
 
 
-@pytest.mark.parametrize(("border", "corner", "edge", "stage3"), [("zeros", 4 / 9, 6 / 9, 4 / 9), ("inside", 1.0, 1.0, 1.0)])
+@pytest.mark.parametrize(
+    ("border", "corner", "edge", "stage3"),
+    [("zeros", 4 / 9, 6 / 9, 4 / 9), ("inside", 1.0, 1.0, 1.0)],
+)
 def test_the_neighbourhood_average_at_the_border_by_hand(border, corner, edge, stage3):
     """Constant stage maps of ones: zero padding (PatchCore's) shrinks the border cells, counting
     only the cells inside (versions before the setting) keeps them at one."""
     backbone = build_backbone("tf_efficientnet_lite0", None, (8, 16))
     extractor = PatchFeatureExtractor(backbone, 8, 3, border)
-    z = extractor.from_maps({"blocks.2": torch.ones(1, 40, 4, 4), "blocks.4": torch.ones(1, 112, 2, 2)})
+    z = extractor.from_maps(
+        {"blocks.2": torch.ones(1, 40, 4, 4), "blocks.4": torch.ones(1, 112, 2, 2)}
+    )
     assert z.shape == (1, 4, 4, 8)
     fine, coarse = z[0, ..., :4], z[0, ..., 4:]
-    assert torch.allclose(fine[0, 0], torch.full((4,), corner)) and torch.allclose(fine[0, 1], torch.full((4,), edge))
+    assert torch.allclose(fine[0, 0], torch.full((4,), corner)) and torch.allclose(
+        fine[0, 1], torch.full((4,), edge)
+    )
     assert torch.allclose(fine[1, 1], torch.ones(4))  # inside: the same either way
     assert torch.allclose(coarse, torch.full_like(coarse, stage3))  # a 2x2 map is all corners
     with pytest.raises(ConfigError, match="border"):

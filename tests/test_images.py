@@ -5,7 +5,14 @@ import pytest
 from PIL import Image
 
 from patchshift.core.errors import InvalidImageError
-from patchshift.core.images import decode_image, list_images, load_batch, map_to_original, open_image, to_tensor
+from patchshift.core.images import (
+    decode_image,
+    list_images,
+    load_batch,
+    map_to_original,
+    open_image,
+    to_tensor,
+)
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -21,7 +28,9 @@ def test_grayscale_is_replicated():
 
 
 def test_alpha_is_dropped():
-    rgba = Image.fromarray(np.dstack([np.full((3, 3, 3), 200, np.uint8), np.zeros((3, 3, 1), np.uint8)]))
+    rgba = Image.fromarray(
+        np.dstack([np.full((3, 3, 3), 200, np.uint8), np.zeros((3, 3, 1), np.uint8)])
+    )
     assert (np.asarray(open_image(encode(rgba))) == 200).all()
 
 
@@ -71,7 +80,10 @@ def test_bad_bytes(payload, message):
 
 
 def test_truncated_image():
-    data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)), "JPEG")
+    data = encode(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+        "JPEG",
+    )
     with pytest.raises(InvalidImageError, match="truncated or corrupt"):
         open_image(data[: len(data) // 2], "cut.jpg")
 

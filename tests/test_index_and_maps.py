@@ -19,7 +19,8 @@ def test_flat_index_is_exact():
 
 
 def test_torch_flat_index_matches_faiss(monkeypatch):
-    """The GPU path without faiss-gpu (torch matrix products), run here on the CPU; chunked queries too."""
+    """The GPU path without faiss-gpu (torch matrix products), run here on the CPU; chunked queries
+    too."""
     import patchshift.core.index as index_module
     from patchshift.core.index import TorchFlatIndex
 
@@ -46,28 +47,46 @@ def test_ivf_index_is_close():
 def test_ivf_image_scores_are_exact_after_re_ranking_each_image_s_farthest_patches():
     generator = torch.Generator().manual_seed(3)
     bank = torch.randn(5000, 32, generator=generator)
-    feats = torch.randn(6, 300, 32, generator=generator)  # 6 images of 300 patches, far from most rows
+    feats = torch.randn(
+        6, 300, 32, generator=generator
+    )  # 6 images of 300 patches, far from most rows
     ivf, flat = BankIndex(bank, "ivf", nprobe=1), BankIndex(bank, "flat")
     exact, _ = flat.search(feats.reshape(-1, 32))
     exact_max = exact.view(6, 300).amax(1)
     rough, _ = ivf.search(feats.reshape(-1, 32))
-    assert not torch.allclose(rough.view(6, 300).amax(1), exact_max, atol=1e-4)  # one probe alone misses
+    assert not torch.allclose(
+        rough.view(6, 300).amax(1), exact_max, atol=1e-4
+    )  # one probe alone misses
     distances, nearest = ivf.search_images(feats)
-    assert torch.allclose(distances.amax(1), exact_max, atol=1e-4)  # the image scores are exact again
+    assert torch.allclose(
+        distances.amax(1), exact_max, atol=1e-4
+    )  # the image scores are exact again
     farthest = distances.argmax(1)
     rows = feats[torch.arange(6), farthest]
-    assert torch.allclose(torch.linalg.vector_norm(rows - bank[nearest[torch.arange(6), farthest]], dim=1), exact_max, atol=1e-4)
+    assert torch.allclose(
+        torch.linalg.vector_norm(rows - bank[nearest[torch.arange(6), farthest]], dim=1),
+        exact_max,
+        atol=1e-4,
+    )
 
 
-@pytest.mark.parametrize(("rows", "dim", "torch_gpu", "expected"), [
-    (3000, 128, False, "flat"), (3001, 128, False, "ivf"), (10_000, 128, False, "ivf"), (10_000, 32, False, "flat"),
-    (10_000, 128, True, "flat"),  # a GPU without faiss-gpu searches exactly in torch
-])
+@pytest.mark.parametrize(
+    ("rows", "dim", "torch_gpu", "expected"),
+    [
+        (3000, 128, False, "flat"),
+        (3001, 128, False, "ivf"),
+        (10_000, 128, False, "ivf"),
+        (10_000, 32, False, "flat"),
+        (10_000, 128, True, "flat"),  # a GPU without faiss-gpu searches exactly in torch
+    ],
+)
 def test_auto_index_is_chosen_by_bank_size(rows, dim, torch_gpu, expected):
     from patchshift.core.index import resolve_kind
 
     assert resolve_kind("auto", rows, dim, torch_gpu) == expected
-    assert resolve_kind("flat", rows, dim) == "flat" and resolve_kind("ivf", 10, 4) == "ivf"  # a stated kind is kept
+    assert (
+        resolve_kind("flat", rows, dim) == "flat" and resolve_kind("ivf", 10, 4) == "ivf"
+    )  # a stated kind is kept
     with pytest.raises(ConfigError, match="unknown index kind"):
         resolve_kind("hnsw", rows, dim)
 
@@ -110,5 +129,10 @@ def test_matrix_heatmap_equals_upsample_then_blur():
 
     generator = torch.Generator().manual_seed(0)
     patch = torch.rand(3, 7, 11, generator=generator)
-    direct = gaussian_blur(F.interpolate(patch.unsqueeze(1), size=(56, 88), mode="bilinear", align_corners=False).squeeze(1), 4.0)
+    direct = gaussian_blur(
+        F.interpolate(
+            patch.unsqueeze(1), size=(56, 88), mode="bilinear", align_corners=False
+        ).squeeze(1),
+        4.0,
+    )
     assert torch.allclose(anomaly_maps(patch, (56, 88), 4.0), direct, atol=1e-5)

@@ -3,7 +3,14 @@ import pytest
 
 from patchshift.core.errors import ConfigError
 from patchshift.core.metrics import (
-    aupro, auroc, f1_at_threshold, image_auroc, oracle_recall, oracle_threshold, pixel_auroc, sorted_quantiles,
+    aupro,
+    auroc,
+    f1_at_threshold,
+    image_auroc,
+    oracle_recall,
+    oracle_threshold,
+    pixel_auroc,
+    sorted_quantiles,
 )
 
 
@@ -43,7 +50,8 @@ def test_aupro_by_hand_one_region():
 
 
 def test_aupro_by_hand_two_regions():
-    # two one-pixel regions weigh one half each; PRO 0.5 on [0, 1/3], 1 beyond; up to 0.5: (1/6 + 1/6) / 0.5
+    # two one-pixel regions weigh one half each; PRO 0.5 on [0, 1/3], 1 beyond; up to 0.5: (1/6 +
+    # 1/6) / 0.5
     masks = np.array([[[1, 0, 1, 0, 0]]])
     maps = np.array([[[0.9, 0.5, 0.3, 0.1, 0.05]]])
     assert aupro(masks, maps, max_fpr=0.5) == pytest.approx(2 / 3)
@@ -84,15 +92,24 @@ def test_gumbel_threshold_by_hand():
     from patchshift.core.threshold import gumbel_reduced, gumbel_threshold
 
     assert gumbel_reduced(0.5) == pytest.approx(0.366513, abs=1e-6)  # -log(log 2)
-    # 21 scores 0..20: 10th percentile 2, median 10. y(0.1) = -0.834032, y(0.5) = 0.366513, y(0.99) = 4.600149;
-    # scale 8 / 1.200545 = 6.663640, location 2 + 0.834032 * 6.663640 = 7.557688, threshold 7.557688 + 4.600149 * 6.663640
+    # 21 scores 0..20: 10th percentile 2, median 10. y(0.1) = -0.834032, y(0.5) = 0.366513, y(0.99)
+    # = 4.600149; scale 8 / 1.200545 = 6.663640, location 2 + 0.834032 * 6.663640 = 7.557688,
+    # threshold 7.557688 + 4.600149 * 6.663640
     scores = np.arange(21.0)
-    assert gumbel_threshold(scores, 0.01, fallback=99.0, quantiles=(0.1, 0.5))[:2] == (pytest.approx(38.2114, abs=1e-3), None)
-    assert gumbel_threshold(scores, 0.05, fallback=99.0, quantiles=(0.1, 0.5)).value == pytest.approx(27.3500, abs=1e-3)  # y(0.95) = 2.970195
-    # the default pair, the 20th percentile (4) and the median: y(0.2) = -0.475885, scale 6 / 0.842398 = 7.122524,
-    # location 4 + 0.475885 * 7.122524 = 7.389502, threshold 7.389502 + 4.600149 * 7.122524
+    assert gumbel_threshold(scores, 0.01, fallback=99.0, quantiles=(0.1, 0.5))[:2] == (
+        pytest.approx(38.2114, abs=1e-3),
+        None,
+    )
+    assert gumbel_threshold(
+        scores, 0.05, fallback=99.0, quantiles=(0.1, 0.5)
+    ).value == pytest.approx(27.3500, abs=1e-3)  # y(0.95) = 2.970195
+    # the default pair, the 20th percentile (4) and the median: y(0.2) = -0.475885, scale 6 /
+    # 0.842398 = 7.122524, location 4 + 0.475885 * 7.122524 = 7.389502, threshold 7.389502 +
+    # 4.600149 * 7.122524
     assert gumbel_threshold(scores, 0.01, fallback=99.0).value == pytest.approx(40.1541, abs=1e-3)
-    flat = gumbel_threshold(np.full(21, 7.0), 0.01, fallback=99.0)  # no spread to fit: the parent's stays, and why
+    flat = gumbel_threshold(
+        np.full(21, 7.0), 0.01, fallback=99.0
+    )  # no spread to fit: the parent's stays, and why
     assert flat.value == 99.0 and "all equal" in flat.kept_reason
     assert "no false alarm" in gumbel_threshold(scores, 0.0, fallback=99.0).kept_reason
     assert "only 4" in gumbel_threshold(scores[:4], 0.01, fallback=99.0).kept_reason
@@ -100,7 +117,7 @@ def test_gumbel_threshold_by_hand():
         gumbel_threshold(np.r_[scores, np.nan], 0.01, fallback=99.0)
 
 
-def test_gumbel_threshold_flags_the_asked_share_of_normal_images_and_no_more_beside_a_defective_majority():
+def test_gumbel_threshold_flags_the_asked_share_of_normal_images_beside_a_defective_majority():
     from patchshift.core.threshold import gumbel_threshold
 
     rng = np.random.default_rng(0)
@@ -110,22 +127,35 @@ def test_gumbel_threshold_flags_the_asked_share_of_normal_images_and_no_more_bes
     # 30% of the batch defective (high scores): the median stays among the normal images
     normal, defective = rng.gumbel(20.0, 1.0, 70), rng.normal(40.0, 8.0, 30)
     contaminated = gumbel_threshold(np.concatenate([normal, defective]), 0.01, fallback=0.0).value
-    assert (fresh > contaminated).mean() <= 0.015 and (defective > contaminated).mean() >= 0.85, contaminated
-    # 60%: the median lies among the defects, which widens the fit: fewer alarms, never more (and fewer catches)
+    assert (fresh > contaminated).mean() <= 0.015 and (defective > contaminated).mean() >= 0.85, (
+        contaminated
+    )
+    # 60%: the median lies among the defects, which widens the fit: fewer alarms, never more (and
+    # fewer catches)
     normal, defective = rng.gumbel(20.0, 1.0, 40), rng.normal(40.0, 8.0, 60)
     majority = gumbel_threshold(np.concatenate([normal, defective]), 0.01, fallback=0.0).value
     assert (fresh > majority).mean() <= 0.01 and majority > contaminated
 
 
 def test_threshold_stays_when_too_few_target_images_score():
-    from patchshift.core.threshold import MIN_TRANSFER_IMAGES, gumbel_threshold, transferred_calibration
+    from patchshift.core.threshold import (
+        MIN_TRANSFER_IMAGES,
+        gumbel_threshold,
+        transferred_calibration,
+    )
 
     source = np.array([10.0, 11.0, 12.0, 13.0, 14.0])
     few = np.array([30.0, 31.0, 32.0, 33.0, 34.0][: MIN_TRANSFER_IMAGES - 1])
-    assert gumbel_threshold(few, 0.01, fallback=15.0).value == 15.0  # one defective image must not move it by its own score
-    assert transferred_calibration(list(source), few) == list(source)  # and the gate's normal scores stay the source's
+    assert (
+        gumbel_threshold(few, 0.01, fallback=15.0).value == 15.0
+    )  # one defective image must not move it by its own score
+    assert transferred_calibration(list(source), few) == list(
+        source
+    )  # and the gate's normal scores stay the source's
     enough = np.array([30.0, 31.0, 32.0, 33.0, 34.0, 35.0][:MIN_TRANSFER_IMAGES])
-    assert gumbel_threshold(enough, 0.01, fallback=15.0).value > 34.0 and transferred_calibration(list(source), enough) == list(enough)
+    assert gumbel_threshold(enough, 0.01, fallback=15.0).value > 34.0 and transferred_calibration(
+        list(source), enough
+    ) == list(enough)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 5000])

@@ -44,12 +44,12 @@ def test_discretisation_by_hand():
         ]
     )
     union = discretise(plan, "union")
-    expected_union = torch.tensor(
-        [[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.bool
-    )
+    expected_union = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.bool)
     assert torch.equal(union, expected_union)
     mutual = discretise(plan, "mutual")
-    assert torch.equal(mutual, torch.tensor([[1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=torch.bool))
+    assert torch.equal(
+        mutual, torch.tensor([[1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=torch.bool)
+    )
     assert chosen_by_bank(plan).tolist() == [True, True, True, False]
     with pytest.raises(ValueError):
         discretise(plan, "other")
@@ -57,7 +57,9 @@ def test_discretisation_by_hand():
 
 def test_fast_sinkhorn_matches_log_domain_on_realistic_costs():
     generator = torch.Generator().manual_seed(1)
-    cost = torch.cdist(torch.randn(300, 16, generator=generator), torch.randn(500, 16, generator=generator) + 0.3)
+    cost = torch.cdist(
+        torch.randn(300, 16, generator=generator), torch.randn(500, 16, generator=generator) + 0.3
+    )
     assert torch.allclose(sinkhorn(cost, 0.05), sinkhorn_log(cost, 0.05), atol=1e-7, rtol=1e-3)
 
 
@@ -71,12 +73,18 @@ def test_trimmed_loss_drops_the_costliest_discretised_pairs() -> None:
     class Bankish:
         bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 
-    patches = torch.tensor([[0.1, 0.0], [0.9, 0.1], [0.0, 0.8], [5.0, 5.0]])  # the last one is a "defect"
+    patches = torch.tensor(
+        [[0.1, 0.0], [0.9, 0.1], [0.0, 0.8], [5.0, 5.0]]
+    )  # the last one is a "defect"
     cfg = AdaptConfig(target_patches=4, bank_rows=4, trim=0.25)
     cost = torch.cdist(patches, Bankish.bank)
     pairs = cost[discretise(sinkhorn(cost, cfg.eps, cfg.sinkhorn_iters))]
     expected = torch.sort(pairs).values[: round(len(pairs) * 0.75)].mean()
     got = ot_loss(Bankish(), cfg, continuous=False)(patches, torch.Generator().manual_seed(0), {})
     assert float(got) == pytest.approx(float(expected), rel=1e-6)
-    untrimmed = ot_loss(Bankish(), AdaptConfig(target_patches=4, bank_rows=4), continuous=False)(patches, torch.Generator().manual_seed(0), {})
-    assert float(untrimmed) == pytest.approx(float(pairs.mean()), rel=1e-6) and float(untrimmed) > float(got)
+    untrimmed = ot_loss(Bankish(), AdaptConfig(target_patches=4, bank_rows=4), continuous=False)(
+        patches, torch.Generator().manual_seed(0), {}
+    )
+    assert float(untrimmed) == pytest.approx(float(pairs.mean()), rel=1e-6) and float(
+        untrimmed
+    ) > float(got)

@@ -14,4 +14,6 @@ def test_every_package_folder_is_listed() -> None:
     for prefix, folder in setup["package-dir"].items():
         for init in (ROOT / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / folder).parts
-            assert ".".join((prefix, *relative)) in listed, f"{init.parent} is not in [tool.setuptools] packages"
+            assert ".".join((prefix, *relative)) in listed, (
+                f"{init.parent} is not in [tool.setuptools] packages"
+            )

@@ -3,19 +3,22 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import SIZE, normal_image, plant_defect
 from PIL import Image
 
-from conftest import SIZE, normal_image, plant_defect
 from patchshift.core.errors import ConfigError, DatasetError
 from patchshift.core.images import to_tensor
 from patchshift.core.patchcore import fit, split_holdout
 
 
 def test_bank_and_threshold(fitted, tiny_config):
-    # k-fold calibration: all 24 images of 12 x 12 patches in the bank, 25% kept; 24 calibration scores
+    # k-fold calibration: all 24 images of 12 x 12 patches in the bank, 25% kept; 24 calibration
+    # scores
     assert fitted.bank.shape == (int(np.ceil(24 * 144 * 0.25)), 64)
     assert len(fitted.provenance.calibration_scores) == 24
-    assert fitted.threshold == pytest.approx(np.quantile(fitted.provenance.calibration_scores, 0.99))
+    assert fitted.threshold == pytest.approx(
+        np.quantile(fitted.provenance.calibration_scores, 0.99)
+    )
 
 
 def test_holdout_calibration_keeps_images_out_of_the_bank(dataset, tiny_config):
@@ -29,15 +32,23 @@ def test_holdout_calibration_keeps_images_out_of_the_bank(dataset, tiny_config):
 
 
 def test_kfold_scores_leave_out_the_rows_of_the_images_fold(fitted):
-    """Brute force: each image's score is its patches' worst nearest distance to bank rows of other folds."""
+    """Brute force: each image's score is its patches' worst nearest distance to bank rows of other
+    folds."""
     from patchshift.core.patchcore import PatchCoreModel, kfold_scores
 
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(6, 2, 3, 64, generator=gen)
     rows = torch.tensor([0, 5, 7, 13, 20, 26, 31, 35])  # patch indices; 6 patches per image
     row_image = rows // 6
-    model = PatchCoreModel(fitted.config.replace(calibration_folds=3), fitted.backbone, fitted.extractor,
-                           feats.reshape(-1, 64)[rows], 1.0, fitted.provenance, torch.device("cpu"))
+    model = PatchCoreModel(
+        fitted.config.replace(calibration_folds=3),
+        fitted.backbone,
+        fitted.extractor,
+        feats.reshape(-1, 64)[rows],
+        1.0,
+        fitted.provenance,
+        torch.device("cpu"),
+    )
     scores = kfold_scores(model, feats, row_image)
     fold_of = np.random.default_rng(0).permutation(6) % 3
     for image in range(6):
@@ -49,7 +60,7 @@ def test_kfold_scores_leave_out_the_rows_of_the_images_fold(fitted):
 def test_planted_defect_scores_above_every_normal_and_heatmap_peaks_inside(fitted):
     rng = np.random.default_rng(123)
     normals = [normal_image(rng) for _ in range(8)]
-    defects, masks = zip(*(plant_defect(normal_image(rng), rng) for _ in range(4)))
+    defects, masks = zip(*(plant_defect(normal_image(rng), rng) for _ in range(4)), strict=False)
     result = fitted.score(to_tensor(normals + list(defects)))
     scores = result.scores.numpy()
     assert scores[8:].min() > scores[:8].max()
@@ -99,7 +110,9 @@ def test_fit_with_given_threshold_and_no_holdout(tmp_path, tiny_config):
     for i in range(3):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(normal_image(rng)).save(paths[-1])
-    model = fit(paths, tiny_config.replace(holdout_fraction=0.0, coreset_max_size=50), threshold=1.5)
+    model = fit(
+        paths, tiny_config.replace(holdout_fraction=0.0, coreset_max_size=50), threshold=1.5
+    )
     assert model.threshold == 1.5 and model.bank.shape[0] == 50
     assert model.provenance.threshold_source == "given"
 
@@ -107,9 +120,9 @@ def test_fit_with_given_threshold_and_no_holdout(tmp_path, tiny_config):
 def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(tmp_path):
     """Calibrated on training images only, the threshold flags about the requested share of new
     normal images: the count on 150 fresh ones lies in the 99.9% binomial interval."""
+    from conftest import normal_image
     from scipy.stats import binom
 
-    from conftest import normal_image
     from patchshift.core.config import ModelConfig
     from patchshift.core.patchcore import fit
 
@@ -122,9 +135,22 @@ def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(t
     rate = 0.1
     config = ModelConfig(false_alarm_rate=rate)  # every other setting at its default
     model = fit(paths, config, device="cpu")
-    assert model.provenance.threshold_source == "kfold-quantile" and len(model.provenance.calibration_scores) == 40
-    fresh = torch.stack([torch.from_numpy(normal_image(rng, 256)).permute(2, 0, 1) for _ in range(150)]).float() / 255
-    flagged = int(sum((model.score(fresh[i : i + 50]).scores > model.threshold).sum() for i in range(0, 150, 50)))
+    assert (
+        model.provenance.threshold_source == "kfold-quantile"
+        and len(model.provenance.calibration_scores) == 40
+    )
+    fresh = (
+        torch.stack(
+            [torch.from_numpy(normal_image(rng, 256)).permute(2, 0, 1) for _ in range(150)]
+        ).float()
+        / 255
+    )
+    flagged = int(
+        sum(
+            (model.score(fresh[i : i + 50]).scores > model.threshold).sum()
+            for i in range(0, 150, 50)
+        )
+    )
     low, high = binom.interval(0.999, 150, rate)
     assert low <= flagged <= high, (flagged, low, high)
 
@@ -144,6 +170,7 @@ def test_a_small_planted_defect_is_found_by_the_default_configuration(tmp_path):
     """Every setting at its default (256 px input, zero-bordered neighbourhoods, k-fold calibration
     at 1% false alarms): a 10-px blob on a fresh image is flagged, and its heatmap peaks on it."""
     from conftest import normal_image, plant_defect
+
     from patchshift.core.config import ModelConfig
     from patchshift.core.patchcore import fit
 
@@ -154,10 +181,17 @@ def test_a_small_planted_defect_is_found_by_the_default_configuration(tmp_path):
         Image.fromarray(normal_image(rng, 256)).save(paths[-1])
     model = fit(paths, ModelConfig(), device="cpu")
     normals = [normal_image(rng, 256) for _ in range(6)]
-    defects, masks = zip(*(plant_defect(normal_image(rng, 256), rng, side=10) for _ in range(3)))
+    defects, masks = zip(
+        *(plant_defect(normal_image(rng, 256), rng, side=10) for _ in range(3)), strict=False
+    )
     result = model.score(to_tensor(normals + list(defects)))
     scores = result.scores.numpy()
-    assert (scores[6:] > model.threshold).all() and scores[6:].min() > scores[:6].max(), (scores, model.threshold)
+    assert (scores[6:] > model.threshold).all() and scores[6:].min() > scores[:6].max(), (
+        scores,
+        model.threshold,
+    )
     for i, mask in enumerate(masks):
         heat = result.anomaly_maps[6 + i].numpy()
-        assert mask[np.unravel_index(heat.argmax(), heat.shape)], f"defect {i}: heatmap peak outside the defect"
+        assert mask[np.unravel_index(heat.argmax(), heat.shape)], (
+            f"defect {i}: heatmap peak outside the defect"
+        )

@@ -14,7 +14,13 @@ from patchshift.core.errors import ArtifactError, ConfigError
 from patchshift.core.features import PatchFeatureExtractor
 from patchshift.core.images import load_batch
 from patchshift.core.patchcore import fit
-from patchshift.core.reduction import REDUCTIONS, Reduction, check_reduction, fit_reduction, initial_reduction
+from patchshift.core.reduction import (
+    REDUCTIONS,
+    Reduction,
+    check_reduction,
+    fit_reduction,
+    initial_reduction,
+)
 
 STAGES = (2, 3)  # a tiny two-stage layout for hand computations
 
@@ -26,7 +32,9 @@ def test_balanced_divides_each_stage_by_its_mean_patch_norm_by_hand():
     assert reduction.mix is None and reduction.dim == 5
     torch.testing.assert_close(reduction.stage_maps[0], torch.eye(2) / 2)
     torch.testing.assert_close(reduction.stage_maps[1], torch.eye(3) / 6)
-    torch.testing.assert_close(raw @ reduction.matrix(), torch.tensor([[1.0, 0, 4 / 6, 0, 0], [0, 1, 0, 8 / 6, 0]]))
+    torch.testing.assert_close(
+        raw @ reduction.matrix(), torch.tensor([[1.0, 0, 4 / 6, 0, 0], [0, 1, 0, 8 / 6, 0]])
+    )
 
 
 def test_pca_keeps_the_axis_of_largest_variance_by_hand():
@@ -37,14 +45,20 @@ def test_pca_keeps_the_axis_of_largest_variance_by_hand():
     raw[:, 4] = torch.tensor([0.1, 0.1, -0.1, -0.1])
     reduction = fit_reduction("pca", raw, 1, STAGES, seed=0)
     axis = reduction.matrix()[:, 0]
-    torch.testing.assert_close(axis, torch.tensor([1.0, 1.0, 0, 0, 0]) / 2**0.5)  # sign fixed: largest entry positive
+    torch.testing.assert_close(
+        axis, torch.tensor([1.0, 1.0, 0, 0, 0]) / 2**0.5
+    )  # sign fixed: largest entry positive
 
 
 def test_average_none_and_random_need_no_training_patches():
     average = initial_reduction("average", 4, STAGES, seed=0)
     # stage 1 keeps its 2 channels; stage 2 pools 3 channels to 2 (adaptive bins {0, 1} and {1, 2})
-    torch.testing.assert_close(average.matrix(), torch.tensor(
-        [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0.5, 0], [0, 0, 0.5, 0.5], [0, 0, 0, 0.5]]))
+    torch.testing.assert_close(
+        average.matrix(),
+        torch.tensor(
+            [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0.5, 0], [0, 0, 0.5, 0.5], [0, 0, 0, 0.5]]
+        ),
+    )
     assert average.dim == 4 and initial_reduction("none", 4, STAGES, 0).dim == 5
     torch.testing.assert_close(initial_reduction("none", 4, STAGES, 0).matrix(), torch.eye(5))
     random = initial_reduction("random", 4, STAGES, seed=3)
@@ -55,23 +69,42 @@ def test_average_none_and_random_need_no_training_patches():
 
 @pytest.mark.parametrize("kind", ["balanced", "pca"])
 def test_fitted_reductions_are_deterministic_given_the_seed(kind):
-    raw = torch.randn(300_000, 5, generator=torch.Generator().manual_seed(0))  # above the sample cap: the seed picks it
-    first, again = fit_reduction(kind, raw, 2, STAGES, seed=1), fit_reduction(kind, raw, 2, STAGES, seed=1)
+    raw = torch.randn(
+        300_000, 5, generator=torch.Generator().manual_seed(0)
+    )  # above the sample cap: the seed picks it
+    first, again = (
+        fit_reduction(kind, raw, 2, STAGES, seed=1),
+        fit_reduction(kind, raw, 2, STAGES, seed=1),
+    )
     assert torch.equal(first.matrix(), again.matrix())
 
 
-@pytest.mark.parametrize(("kind", "dim", "expected"), [("average", 64, 64), ("none", 64, 152), ("balanced", 64, 152),
-                                                         ("random", 32, 32), ("pca", 16, 16)])
+@pytest.mark.parametrize(
+    ("kind", "dim", "expected"),
+    [
+        ("average", 64, 64),
+        ("none", 64, 152),
+        ("balanced", 64, 152),
+        ("random", 32, 32),
+        ("pca", 16, 16),
+    ],
+)
 def test_feature_shapes_of_every_reduction(kind, dim, expected):
     backbone = build_backbone("tf_efficientnet_lite0", None, (8, 16))
     extractor = PatchFeatureExtractor(backbone, dim, 3, reduction=kind).eval()
     if kind in ("balanced", "pca"):
         with torch.inference_mode():
             raw = extractor(torch.rand(2, 3, 64, 64))
-        extractor.set_reduction(fit_reduction(kind, raw.reshape(-1, raw.shape[-1]), dim, extractor.stage_channels, 0))
+        extractor.set_reduction(
+            fit_reduction(kind, raw.reshape(-1, raw.shape[-1]), dim, extractor.stage_channels, 0)
+        )
     with torch.inference_mode():
         z = extractor(torch.rand(2, 3, 64, 96))
-    assert z.shape == (2, 8, 12, expected) and extractor.feature_dim == expected and torch.isfinite(z).all()
+    assert (
+        z.shape == (2, 8, 12, expected)
+        and extractor.feature_dim == expected
+        and torch.isfinite(z).all()
+    )
 
 
 def test_a_reduction_applied_in_the_extractor_equals_its_matrix_on_raw_features():
@@ -91,7 +124,9 @@ def test_dimension_limits_name_the_reduction():
         check_reduction("pca", 200, "tf_efficientnet_lite0", (40, 112))
     with pytest.raises(ConfigError, match="at most 224 for tf_efficientnet_lite0"):
         check_reduction("average", 256, "tf_efficientnet_lite0", (40, 112))
-    check_reduction("random", 1024, "tf_efficientnet_lite0", (40, 112))  # any D: a projection may widen
+    check_reduction(
+        "random", 1024, "tf_efficientnet_lite0", (40, 112)
+    )  # any D: a projection may widen
     with pytest.raises(ConfigError, match="feature_reduction must be one of"):
         check_reduction("svd", 64, "tf_efficientnet_lite0", (40, 112))
     with pytest.raises(ConfigError, match="expected"):
@@ -109,7 +144,9 @@ def test_every_reduction_is_stored_and_reloaded_bit_exact(kind, dataset, tiny_co
     assert torch.equal(loaded.extractor.reduction().matrix(), model.extractor.reduction().matrix())
     batch, _ = load_batch([s.path for s in labelled_samples(dataset)][:4], config.image_size)
     before, after = model.score(batch), loaded.score(batch)
-    assert torch.equal(before.scores, after.scores) and torch.equal(before.anomaly_maps, after.anomaly_maps)
+    assert torch.equal(before.scores, after.scores) and torch.equal(
+        before.anomaly_maps, after.anomaly_maps
+    )
     # a fitted reduction is part of the version: without its file the version refuses to load
     (saved / REDUCTION_FILE).write_bytes(b"\0" * (saved / REDUCTION_FILE).stat().st_size)
     with pytest.raises(ArtifactError, match="reduction.safetensors is corrupt"):

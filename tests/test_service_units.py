@@ -13,7 +13,8 @@ def test_drift_statistic_hand_computed() -> None:
 
     reference = DriftReference(mean=np.array([0.0, 1.0]), std=np.array([1.0, 2.0]), n_images=4)
     window = np.array([[1.0, 1.0], [3.0, 5.0]])  # means (2, 3)
-    # channel 0: (2-0)^2 / (1 * (1/2 + 1/4)) = 16/3; channel 1: (3-1)^2 / (4 * 0.75) = 4/3; mean 10/3
+    # channel 0: (2-0)^2 / (1 * (1/2 + 1/4)) = 16/3; channel 1: (3-1)^2 / (4 * 0.75) = 4/3; mean
+    # 10/3
     assert drift_statistic(reference, window) == pytest.approx(10 / 3)
 
 
@@ -25,7 +26,9 @@ def test_drift_statistic_is_about_one_without_drift() -> None:
     reference = DriftReference.from_descriptors(rng.normal(size=(400, 16)) @ mixing)
     values = [drift_statistic(reference, rng.normal(size=(32, 16)) @ mixing) for _ in range(200)]
     assert 0.7 < np.mean(values) < 1.3
-    shifted = [drift_statistic(reference, rng.normal(1.0, 1, size=(32, 16)) @ mixing) for _ in range(20)]
+    shifted = [
+        drift_statistic(reference, rng.normal(1.0, 1, size=(32, 16)) @ mixing) for _ in range(20)
+    ]
     assert min(shifted) > max(values)
 
 
@@ -47,7 +50,9 @@ def test_descriptors_are_channel_means_and_spreads() -> None:
 
     from patchshift.core.drift import image_descriptors
 
-    feats = torch.tensor([[[[1.0, 0.0], [3.0, 0.0]]]])  # (1, 1, 2, 2): one image, two patches, two channels
+    feats = torch.tensor(
+        [[[[1.0, 0.0], [3.0, 0.0]]]]
+    )  # (1, 1, 2, 2): one image, two patches, two channels
     np.testing.assert_allclose(image_descriptors(feats).numpy(), [[2.0, 0.0, 1.0, 0.0]])
 
 
@@ -70,7 +75,9 @@ def test_store_versions_pointer_and_names(tmp_path: Path, saved_model: Path) -> 
     with pytest.raises(Conflict):
         store.delete_version("widget", "v1")
     store.delete_version("widget", "v2")
-    assert store.versions("widget") == ["v1"] and store.allocate_version("widget") == "v3"  # names never reused
+    assert (
+        store.versions("widget") == ["v1"] and store.allocate_version("widget") == "v3"
+    )  # names never reused
     with pytest.raises(NotFound):
         store.set_active("widget", "v2")
     for bad in ("../etc", "a/b", ".hidden", "", "x" * 65, "a$b"):
@@ -95,7 +102,12 @@ def test_job_records_survive_and_recover(tmp_path: Path) -> None:
     interrupted, queued = reopened.recover()
     assert [j.id for j in interrupted] == [a.id] and [j.id for j in queued] == [b.id]
     job = reopened.get(a.id)
-    assert job.status == FAILED and job.progress == 0.5 and "stopped" in job.error and job.params == {"x": 1}
+    assert (
+        job.status == FAILED
+        and job.progress == 0.5
+        and "stopped" in job.error
+        and job.params == {"x": 1}
+    )
     assert reopened.get(b.id).status == QUEUED and reopened.get(c.id).status == CANCELLED
     assert RUNNING not in {j.status for j in reopened.list()}
 
@@ -107,7 +119,9 @@ def test_keys_and_scopes(tmp_path: Path) -> None:
 
     keys_file = tmp_path / "keys.json"
     keys_file.write_text('{"admin": ["second-admin-key"], "read": ["second-read-key"]}')
-    keys = Keys.from_settings(Settings(admin_key="first-admin-key", read_key="first-read-key", keys_file=keys_file))
+    keys = Keys.from_settings(
+        Settings(admin_key="first-admin-key", read_key="first-read-key", keys_file=keys_file)
+    )
     assert keys.enabled
     assert keys.scope_of("first-admin-key") == ADMIN and keys.scope_of("second-admin-key") == ADMIN
     assert keys.scope_of("second-read-key") == READ and keys.scope_of("nope") is None
@@ -141,8 +155,14 @@ def test_drift_monitor_is_safe_under_concurrent_add_reset_and_verdict() -> None:
 
     rows = rng.normal(size=(8, 64))
     flags = np.zeros(8, dtype=bool)
-    actions = [lambda: monitor.add(rows, flags), lambda: monitor.add(rows, flags), monitor.verdict, monitor.verdict,
-               monitor.anomalous_share, lambda: monitor.reset(reference)]
+    actions = [
+        lambda: monitor.add(rows, flags),
+        lambda: monitor.add(rows, flags),
+        monitor.verdict,
+        monitor.verdict,
+        monitor.anomalous_share,
+        lambda: monitor.reset(reference),
+    ]
     threads = [threading.Thread(target=run, args=(action,)) for action in actions]
     for thread in threads:
         thread.start()
@@ -165,8 +185,16 @@ def test_history_is_safe_under_concurrent_records_and_snapshots() -> None:
     def write(k: int) -> None:
         try:
             for i in range(2000):
-                history.record(f"v{k}-{i}", 1.0, [f"a{i}", f"b{i}"], np.array([0.5, 2.0]), np.array([False, True]), (1.0 + i, 10.0, False), [b"\xff\xd8jpeg"],
-                               [np.zeros((2, 2, 3), np.uint8)])
+                history.record(
+                    f"v{k}-{i}",
+                    1.0,
+                    [f"a{i}", f"b{i}"],
+                    np.array([0.5, 2.0]),
+                    np.array([False, True]),
+                    (1.0 + i, 10.0, False),
+                    [b"\xff\xd8jpeg"],
+                    [np.zeros((2, 2, 3), np.uint8)],
+                )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -174,9 +202,17 @@ def test_history_is_safe_under_concurrent_records_and_snapshots() -> None:
         try:
             while not stop.is_set():
                 snap = history.snapshot()
-                assert len(snap["scores"]) <= 50 and len(snap["drift"]) <= 20 and len(snap["recent_images"]) <= 5
+                assert (
+                    len(snap["scores"]) <= 50
+                    and len(snap["drift"]) <= 20
+                    and len(snap["recent_images"]) <= 5
+                )
                 if snap["scores"]:  # a request is seen whole or not at all
-                    newest = {snap["scores"][-1]["version"], snap["drift"][-1]["version"], snap["recent_images"][0]["version"]}
+                    newest = {
+                        snap["scores"][-1]["version"],
+                        snap["drift"][-1]["version"],
+                        snap["recent_images"][0]["version"],
+                    }
                     assert len(newest) == 1, newest
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -192,8 +228,12 @@ def test_history_is_safe_under_concurrent_records_and_snapshots() -> None:
         t.join()
     assert not errors, errors[:3]
     snap = history.snapshot()
-    assert len(snap["scores"]) == 50 and len(snap["drift"]) == 20 and len(snap["recent_images"]) == 5
-    assert all(r["filename"].startswith("b") for r in snap["recent_images"])  # the last image of each request
+    assert (
+        len(snap["scores"]) == 50 and len(snap["drift"]) == 20 and len(snap["recent_images"]) == 5
+    )
+    assert all(
+        r["filename"].startswith("b") for r in snap["recent_images"]
+    )  # the last image of each request
 
 
 def test_cancel_racing_the_worker_start_stops_the_running_job(tmp_path: Path) -> None:

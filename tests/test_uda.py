@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import normal_image, plant_defect
 
 
@@ -16,11 +15,15 @@ def test_dominant_cluster_picks_the_inlier_blob() -> None:
 
     rng = np.random.default_rng(0)
     inliers = rng.normal(0, 0.1, (90, 8))
-    outliers = np.concatenate([rng.normal(3, 0.3, (5, 8)), rng.normal(-3, 0.3, (5, 8))])  # two kinds of defect
+    outliers = np.concatenate(
+        [rng.normal(3, 0.3, (5, 8)), rng.normal(-3, 0.3, (5, 8))]
+    )  # two kinds of defect
     points = torch.tensor(np.concatenate([inliers, outliers]), dtype=torch.float32)
     found = dominant_cluster(points, 8, 0.6)
     assert found.dominant and found.majority >= 0.9 and found.sizes[0] == int(found.members.sum())
-    assert found.members.any() and not found.members[90:].any()  # the presumed normals are all inliers
+    assert (
+        found.members.any() and not found.members[90:].any()
+    )  # the presumed normals are all inliers
     found = dominant_cluster(points, 3, 0.6)
     assert found.members[:90].all() and not found.members[90:].any() and found.sizes == [90, 5, 5]
     labels, _ = kmeans(points, 3)
@@ -31,9 +34,16 @@ def test_no_dominant_cluster_is_reported() -> None:
     from patchshift.core.uda import dominant_cluster
 
     rng = np.random.default_rng(1)
-    points = torch.tensor(np.concatenate([rng.normal(c, 0.1, (25, 4)) for c in (-5, 5)]), dtype=torch.float32)
+    points = torch.tensor(
+        np.concatenate([rng.normal(c, 0.1, (25, 4)) for c in (-5, 5)]), dtype=torch.float32
+    )
     found = dominant_cluster(points, 8, 0.6)
-    assert not found.dominant and found.majority == 0.5 and found.separation > 1.5 and "no cluster dominates" in found.message
+    assert (
+        not found.dominant
+        and found.majority == 0.5
+        and found.separation > 1.5
+        and "no cluster dominates" in found.message
+    )
 
 
 def test_split_separation_hand_values_and_one_mode_is_never_refused() -> None:
@@ -43,11 +53,16 @@ def test_split_separation_hand_values_and_one_mode_is_never_refused() -> None:
     # two point masses: the split explains everything and lambda_1 is all the variance -> pi/2
     masses = torch.tensor([[1.0, 0.0]] * 3 + [[-1.0, 0.0]] * 3)
     assert split_separation(masses, torch.tensor([0, 0, 0, 1, 1, 1])) == pytest.approx(math.pi / 2)
-    # 1-D uniform points split at the middle: explained 3/4 (variance 1/12 -> within 1/48), lambda_1 share 1
+    # 1-D uniform points split at the middle: explained 3/4 (variance 1/12 -> within 1/48), lambda_1
+    # share 1
     line = torch.linspace(-1, 1, 2001).unsqueeze(1)
-    assert split_separation(line, (line[:, 0] > 0).long()) == pytest.approx(0.75 * math.pi / 2, rel=1e-3)
+    assert split_separation(line, (line[:, 0] > 0).long()) == pytest.approx(
+        0.75 * math.pi / 2, rel=1e-3
+    )
     # one Gaussian mode splits about evenly, but not into separate groups: adapted, not refused
-    blob = torch.randn(400, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(2, 0.5, 16)
+    blob = torch.randn(400, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(
+        2, 0.5, 16
+    )
     found = dominant_cluster(blob, 8, 0.6)
     assert found.majority < 0.6 and found.separation < 1.2 and found.dominant
 
@@ -58,12 +73,23 @@ def test_info_nce_and_dsvdd_hand_computed() -> None:
     source = torch.tensor([[2.0, 0.0]])  # cosine similarity ignores the length
     targets = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
     # -log(e^(1/0.5) / (e^(1/0.5) + e^(0/0.5))) = log(1 + e^-2)
-    assert float(info_nce(source, targets[:1], targets, tau=0.5)) == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    assert float(info_nce(source, targets[:1], targets, tau=0.5)) == pytest.approx(
+        math.log(1 + math.exp(-2)), rel=1e-6
+    )
     embeddings = torch.tensor([[1.0, 1.0], [3.0, 1.0]])
-    assert float(dsvdd_loss(embeddings, torch.tensor([1.0, 1.0]))) == pytest.approx(2.0)  # (0 + 4) / 2
+    assert float(dsvdd_loss(embeddings, torch.tensor([1.0, 1.0]))) == pytest.approx(
+        2.0
+    )  # (0 + 4) / 2
 
 
-def _images(rng: np.random.Generator, n: int, factor: float = 1.0, defects: int = 0, side: int = 24, low_contrast: bool = False) -> torch.Tensor:
+def _images(
+    rng: np.random.Generator,
+    n: int,
+    factor: float = 1.0,
+    defects: int = 0,
+    side: int = 24,
+    low_contrast: bool = False,
+) -> torch.Tensor:
     out = []
     for i in range(n):
         image = normal_image(rng)
@@ -82,28 +108,45 @@ def test_training_keeps_the_centre_and_lowers_the_loss_and_psi_stays_frozen() ->
     from patchshift.core.uda.train import fit_uda
 
     rng = np.random.default_rng(2)
-    cfg = UDAConfig(image_size=96, epochs=4, batch_size=8, clusters=3, lr=1e-3, holdout_fraction=0.2)
+    cfg = UDAConfig(
+        image_size=96, epochs=4, batch_size=8, clusters=3, lr=1e-3, holdout_fraction=0.2
+    )
     source, target = _images(rng, 20), _images(rng, 20, factor=0.6, defects=2)
     model, report = fit_uda(source, target, cfg, device="cpu")
     fresh, _ = build_encoder(cfg, torch.device("cpu"))
     train_idx = np.sort(np.random.default_rng(cfg.seed).permutation(20)[4:])
     with torch.inference_mode():
         expected_centre = fresh(source[train_idx]).mean(dim=0)
-    torch.testing.assert_close(model.centre, expected_centre, rtol=1e-4, atol=1e-4)  # set once, never moved
+    torch.testing.assert_close(
+        model.centre, expected_centre, rtol=1e-4, atol=1e-4
+    )  # set once, never moved
     assert np.mean(report.losses[-3:]) < np.mean(report.losses[:3])
     psi_state, fresh_state = report.psi.state_dict(), fresh.state_dict()
     assert all(torch.equal(psi_state[k], fresh_state[k]) for k in fresh_state)
     assert any(not torch.equal(model.encoder.state_dict()[k], fresh_state[k]) for k in fresh_state)
-    assert report.cluster_sizes and sum(report.cluster_sizes) == 20 and math.isfinite(model.threshold)
+    assert (
+        report.cluster_sizes and sum(report.cluster_sizes) == 20 and math.isfinite(model.threshold)
+    )
 
 
-def test_uda_beats_source_only_under_a_shift() -> None:
+@pytest.fixture
+def one_thread():
+    """Training sums depend on how many threads split them: one thread makes the run repeatable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_uda_beats_source_only_under_a_shift(one_thread) -> None:
     from patchshift.core.metrics import image_auroc
     from patchshift.core.uda import UDAConfig
     from patchshift.core.uda.train import fit_uda
 
     rng = np.random.default_rng(3)
-    cfg = UDAConfig(image_size=96, epochs=4, batch_size=8, clusters=3, lr=1e-3, holdout_fraction=0.2)
+    cfg = UDAConfig(
+        image_size=96, epochs=4, batch_size=8, clusters=3, lr=1e-3, holdout_fraction=0.2
+    )
     source = _images(rng, 16)
     target = _images(rng, 20, defects=2, side=10, low_contrast=True)  # 10% defective
     test = _images(rng, 20, defects=10, side=10, low_contrast=True)
@@ -123,7 +166,9 @@ def test_target_without_a_dominant_cluster_is_refused_with_the_reason() -> None:
     rng = np.random.default_rng(4)
     cfg = UDAConfig(image_size=96, epochs=1, batch_size=8, clusters=2)
     source = _images(rng, 10)
-    target = torch.cat([_images(rng, 10, factor=0.3), _images(rng, 10, factor=1.6)])  # two equal groups
+    target = torch.cat(
+        [_images(rng, 10, factor=0.3), _images(rng, 10, factor=1.6)]
+    )  # two equal groups
     with pytest.raises(DatasetError, match="no cluster dominates"):
         fit_uda(source, target, cfg, device="cpu")
 
@@ -136,12 +181,19 @@ def test_uda_version_saves_loads_and_scores_the_same(tmp_path) -> None:
 
     rng = np.random.default_rng(5)
     cfg = UDAConfig(image_size=64, epochs=1, batch_size=4, clusters=2, embedding_dim=16)
-    model, _ = fit_uda(_images(rng, 8)[..., :64, :64], _images(rng, 10, factor=0.7, defects=1)[..., :64, :64], cfg, device="cpu")
+    model, _ = fit_uda(
+        _images(rng, 8)[..., :64, :64],
+        _images(rng, 10, factor=0.7, defects=1)[..., :64, :64],
+        cfg,
+        device="cpu",
+    )
     out = save_model(model, tmp_path / "uda-v1")
     assert read_manifest(out).kind == "uda" and model.version == "uda-v1"
     loaded = load_model(out, device="cpu")
     probe = _images(rng, 3)[..., :64, :64]
-    np.testing.assert_allclose(loaded.score(probe).scores.numpy(), model.score(probe).scores.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        loaded.score(probe).scores.numpy(), model.score(probe).scores.numpy(), rtol=1e-5
+    )
     assert loaded.threshold == model.threshold and loaded.score(probe).anomaly_maps is None
     assert loaded.drift_reference is not None and loaded.drift_reference.mean.shape == (16,)
     encoder = out / "encoder.safetensors"
@@ -174,12 +226,27 @@ def test_clip_psi_loads_from_a_local_checkpoint_and_stays_frozen(tmp_path) -> No
     torch.save(reference.state_dict(), checkpoint)
 
     rng = np.random.default_rng(6)
-    cfg = UDAConfig(image_size=64, epochs=1, batch_size=4, clusters=2, embedding_dim=16, encoder="clip",
-                    clip_model=str(config), clip_checkpoint=str(checkpoint))
-    _, report = fit_uda(_images(rng, 6)[..., :64, :64], _images(rng, 10, factor=0.8, defects=1)[..., :64, :64], cfg, device="cpu")
+    cfg = UDAConfig(
+        image_size=64,
+        epochs=1,
+        batch_size=4,
+        clusters=2,
+        embedding_dim=16,
+        encoder="clip",
+        clip_model=str(config),
+        clip_checkpoint=str(checkpoint),
+    )
+    _, report = fit_uda(
+        _images(rng, 6)[..., :64, :64],
+        _images(rng, 10, factor=0.8, defects=1)[..., :64, :64],
+        cfg,
+        device="cpu",
+    )
     assert isinstance(report.psi, ClipImageEncoder) and report.psi.size == (32, 32)
     loaded = report.psi.clip.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())  # the file's weights, untouched by training
+    assert all(
+        torch.equal(loaded[k], v) for k, v in reference.state_dict().items()
+    )  # the file's weights, untouched by training
     assert sum(report.cluster_sizes) == 10
 
     with pytest.raises(ConfigError, match="needs clip_checkpoint"):
@@ -187,9 +254,22 @@ def test_clip_psi_loads_from_a_local_checkpoint_and_stays_frozen(tmp_path) -> No
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     for bad, message in ((tmp_path / "missing.pt", "does not exist"), (broken, "does not load")):
-        bad_cfg = UDAConfig(image_size=64, epochs=1, batch_size=4, clusters=2, encoder="clip", clip_model=str(config), clip_checkpoint=str(bad))
+        bad_cfg = UDAConfig(
+            image_size=64,
+            epochs=1,
+            batch_size=4,
+            clusters=2,
+            encoder="clip",
+            clip_model=str(config),
+            clip_checkpoint=str(bad),
+        )
         with pytest.raises(ConfigError, match=message):
-            fit_uda(_images(rng, 4)[..., :64, :64], _images(rng, 6)[..., :64, :64], bad_cfg, device="cpu")
+            fit_uda(
+                _images(rng, 4)[..., :64, :64],
+                _images(rng, 6)[..., :64, :64],
+                bad_cfg,
+                device="cpu",
+            )
 
 
 def test_uda_reports_progress_and_cancels_between_steps() -> None:
@@ -201,7 +281,13 @@ def test_uda_reports_progress_and_cancels_between_steps() -> None:
     cfg = UDAConfig(image_size=64, epochs=3, batch_size=4, clusters=2, embedding_dim=16)
     source, target = _images(rng, 9)[..., :64, :64], _images(rng, 8, factor=0.8)[..., :64, :64]
     seen: list[tuple[str, int, int]] = []
-    fit_uda(source, target, cfg, device="cpu", progress=lambda stage, done, total: seen.append((stage, done, total)))
+    fit_uda(
+        source,
+        target,
+        cfg,
+        device="cpu",
+        progress=lambda stage, done, total: seen.append((stage, done, total)),
+    )
     steps = 3 * 2  # 8 training images (one of 9 held out) in batches of 4, three epochs
     assert [s for s in seen if s[0] == "uda"] == [("uda", i, steps) for i in range(1, steps + 1)]
     calls = []
@@ -215,7 +301,12 @@ def test_a_uda_version_inherits_the_encoder_and_from_a_uda_parent_its_input_size
     from patchshift.core.uda import UDAConfig
     from patchshift.core.uda.config import inherited_settings
 
-    from_patchcore = inherited_settings(ModelConfig(backbone="tf_efficientnet_lite0", image_size=320))
-    assert from_patchcore == {"backbone": "tf_efficientnet_lite0", "weights": None}  # the PatchCore input size is not the encoder's
+    from_patchcore = inherited_settings(
+        ModelConfig(backbone="tf_efficientnet_lite0", image_size=320)
+    )
+    assert from_patchcore == {
+        "backbone": "tf_efficientnet_lite0",
+        "weights": None,
+    }  # the PatchCore input size is not the encoder's
     from_uda = inherited_settings(UDAConfig(image_size=(96, 64), weights="/w.pth"))
     assert from_uda["image_size"] == (96, 64) and from_uda["weights"] == "/w.pth"

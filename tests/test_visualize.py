@@ -19,13 +19,17 @@ def test_only_what_nears_the_threshold_is_coloured_and_the_rest_is_the_photo():
     assert (inside[..., 0] > inside[..., 1] + 60).all()  # above it: red
     rim = out[118:123, 125:155]  # the outline around the failing square, drawn in white over black
     assert (rim == 255).all(axis=-1).any() and (rim == 0).all(axis=-1).any()
-    assert not (out[20:50, 20:50] == 255).all(axis=-1).any()  # the near-threshold patch has no outline
+    assert (
+        not (out[20:50, 20:50] == 255).all(axis=-1).any()
+    )  # the near-threshold patch has no outline
 
 
 def test_the_peak_is_marked_and_the_legend_is_a_strip_below():
     photo = np.full((120, 160, 3), 90, np.uint8)
     heatmap = np.zeros((120, 160), np.float32)
-    assert (overlay(photo, heatmap + 0.5, threshold=1.0) == 90).all()  # nothing near the threshold: the photo as it is
+    assert (
+        overlay(photo, heatmap + 0.5, threshold=1.0) == 90
+    ).all()  # nothing near the threshold: the photo as it is
     heatmap[30, 100] = 0.8  # the worst spot, near the threshold
     out = overlay(photo, heatmap, threshold=1.0)
     ring = out[30 - 8 : 30 + 9, 100 - 8 : 100 + 9]

@@ -16,17 +16,25 @@ import numpy as np
 import torch
 
 from ..contamination import MIN_IMAGES, FilterSettings
-from ..errors import AdaptationError
-from ..options import check_options
 from ..detector import Detector
+from ..errors import AdaptationError
 from ..images import ImageSource, load_target
+from ..options import check_options
 from ..patchcore import PatchCoreModel
-from ..uda import UDAConfig
 from ..progress import CancelFn, ProgressFn, check_cancel
+from ..uda import UDAConfig
 from . import batchnorm, target_memory, uda  # noqa: F401  (register the adapters)
 from .base import AdaptReport
 from .config import AdaptConfig
-from .gate import BatchRanking, GateVerdict, judge as judge_versions, reference_ranking, refuse_unsupported_threshold
+from .gate import (
+    BatchRanking,
+    GateVerdict,
+    reference_ranking,
+    refuse_unsupported_threshold,
+)
+from .gate import (
+    judge as judge_versions,
+)
 from .registry import Adapter, adapter_names, get_adapter, load_plugins
 from .target_memory import filter_settings, target_features
 
@@ -35,7 +43,9 @@ log = logging.getLogger(__name__)
 load_plugins()
 METHODS = adapter_names()
 RECOMMENDED = AdaptConfig().method
-GATE_MIN_IMAGES = MIN_IMAGES  # the label-free check ranks the batch by its own patches, as the filter does
+GATE_MIN_IMAGES = (
+    MIN_IMAGES  # the label-free check ranks the batch by its own patches, as the filter does
+)
 
 
 def adapt(
@@ -66,51 +76,116 @@ def adapt(
     adapted = adapter.run(model, target, cfg, report_, progress, cancel, *extra)
     check_cancel(cancel)
     if not math.isfinite(adapted.threshold) or adapted.threshold <= 0:
-        raise AdaptationError(f"adaptation gave an unusable threshold ({adapted.threshold!r}); the source version stays as it is")
+        raise AdaptationError(
+            f"adaptation gave an unusable threshold ({adapted.threshold!r}); the source version "
+            "stays as it is"
+        )
     report_.seconds = time.perf_counter() - started
     adapted.provenance.details["seconds"] = report_.seconds
     if judge:
         if not isinstance(model, PatchCoreModel):  # the check ranks patches on the parent's bank
-            report_.gate = GateVerdict(False, None, None, f"no label-free check for a {model.kind} parent; activate the new version by hand")
+            report_.gate = GateVerdict(
+                False,
+                None,
+                None,
+                f"no label-free check for a {model.kind} parent; activate the new version by hand",
+            )
         else:
             same_size = tuple(adapter.input_size(model, cfg)) == tuple(model.config.image_size)
             parent_view = target if same_size else load_target(images, model.config.image_size)
             # the user's filter settings rank the batch, as the target memory's own filter did
-            settings = filter_settings(cfg) if isinstance(cfg, AdaptConfig) else FilterSettings(seed=cfg.seed)
-            report_.gate = gate(model, parent_view, report_.target_scores, settings, cancel,
-                                report_.reference_ranking, report_.source_features, report_.target_index,
-                                adapter.trusted_when_unranked)
+            settings = (
+                filter_settings(cfg)
+                if isinstance(cfg, AdaptConfig)
+                else FilterSettings(seed=cfg.seed)
+            )
+            report_.gate = gate(
+                model,
+                parent_view,
+                report_.target_scores,
+                settings,
+                cancel,
+                report_.reference_ranking,
+                report_.source_features,
+                report_.target_index,
+                adapter.trusted_when_unranked,
+            )
             report_.gate = refuse_unsupported_threshold(report_.gate, report_.threshold)
         adapted.provenance.details["gate"] = report_.gate.to_dict()
     report_.source_features = None  # large; only the gate needed it
-    log.info("adapted with %s on %d images in %.1f s (%d steps)", cfg.method, len(target), report_.seconds, report_.steps)
+    log.info(
+        "adapted with %s on %d images in %.1f s (%d steps)",
+        cfg.method,
+        len(target),
+        report_.seconds,
+        report_.steps,
+    )
     return adapted, report_
 
 
-def gate(model: PatchCoreModel, target: torch.Tensor, after_scores: np.ndarray, settings: FilterSettings,
-         cancel: CancelFn | None = None, reference: BatchRanking | None = None,
-         feats: torch.Tensor | None = None, index: np.ndarray | None = None, trust_unranked: bool = False) -> GateVerdict:
+def gate(
+    model: PatchCoreModel,
+    target: torch.Tensor,
+    after_scores: np.ndarray,
+    settings: FilterSettings,
+    cancel: CancelFn | None = None,
+    reference: BatchRanking | None = None,
+    feats: torch.Tensor | None = None,
+    index: np.ndarray | None = None,
+    trust_unranked: bool = False,
+) -> GateVerdict:
     """Does a new version, which scored the (N, 3, H, W) target images `after_scores`, rank them
-    better than `model` does, and is there a shift at all? (core.adapt.gate) `reference` and `feats` (the target's features
-    through `model`'s extractor) are computed here unless the adapter already had them; with
-    `index`, `after_scores` are of those images only, and the check compares on them. `trust_unranked`:
-    the adapter built the new memory from the batch (Adapter.trusted_when_unranked)."""
+    better than `model` does, and is there a shift at all? (core.adapt.gate) `reference` and `feats`
+    (the target's features through `model`'s extractor) are computed here unless the adapter already
+    had them; with `index`, `after_scores` are of those images only, and the check compares on them.
+    `trust_unranked`: the adapter built the new memory from the batch
+    (Adapter.trusted_when_unranked)."""
     if len(target) < GATE_MIN_IMAGES:
-        return GateVerdict(False, None, None, f"{len(target)} image(s) are too few for the label-free check (at least "
-                           f"{GATE_MIN_IMAGES}); the parent stays active, activate the new version by hand if it is wanted")
+        return GateVerdict(
+            False,
+            None,
+            None,
+            f"{len(target)} image(s) are too few for the label-free check (at least "
+            f"{GATE_MIN_IMAGES}); the parent stays active, activate the new version by hand if it "
+            "is wanted",
+        )
     if feats is None:
-        feats = target_features(model.extractor, target, model.config.batch_size, model.device, cancel)
+        feats = target_features(
+            model.extractor, target, model.config.batch_size, model.device, cancel
+        )
     # each image against the others: from every image, whichever are compared
-    reference = reference_ranking(feats.to(model.device), settings) if reference is None else BatchRanking.coerce(reference)
+    reference = (
+        reference_ranking(feats.to(model.device), settings)
+        if reference is None
+        else BatchRanking.coerce(reference)
+    )
     if index is not None:
         feats, reference = feats[torch.as_tensor(index)], reference.subset(index)
-    before = np.concatenate([
-        model.score_features(feats[i : i + model.config.batch_size])[1].cpu().numpy()
-        for i in range(0, len(feats), model.config.batch_size)
-    ])
+    before = np.concatenate(
+        [
+            model.score_features(feats[i : i + model.config.batch_size])[1].cpu().numpy()
+            for i in range(0, len(feats), model.config.batch_size)
+        ]
+    )
     calibration = np.asarray(model.provenance.calibration_scores, dtype=np.float64)
-    return judge_versions(reference, before, None if after_scores is None else np.asarray(after_scores, dtype=np.float64),
-                          calibration=calibration, trust_unranked=trust_unranked)
+    return judge_versions(
+        reference,
+        before,
+        None if after_scores is None else np.asarray(after_scores, dtype=np.float64),
+        calibration=calibration,
+        trust_unranked=trust_unranked,
+    )
 
 
-__all__ = ["adapt", "gate", "Adapter", "AdaptConfig", "AdaptReport", "GateVerdict", "GATE_MIN_IMAGES", "METHODS", "RECOMMENDED", "get_adapter"]
+__all__ = [
+    "adapt",
+    "gate",
+    "Adapter",
+    "AdaptConfig",
+    "AdaptReport",
+    "GateVerdict",
+    "GATE_MIN_IMAGES",
+    "METHODS",
+    "RECOMMENDED",
+    "get_adapter",
+]

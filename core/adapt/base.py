@@ -38,18 +38,23 @@ class AdaptReport:
     message: str = ""  # what a person should read about the run (uda: which cluster it trusted)
     # What the new version scores the target images (out-of-fold where they built its memory).
     target_scores: np.ndarray | None = None
-    target_index: np.ndarray | None = None  # which target images target_scores are of (None: all, in order)
-    gate: "GateVerdict | None" = None  # set by adapt(judge=True)
+    target_index: np.ndarray | None = (
+        None  # which target images target_scores are of (None: all, in order)
+    )
+    gate: GateVerdict | None = None  # set by adapt(judge=True)
     # What the adapter already computed on the source backbone, so the gate does not redo it:
     # the target's patch features (N, h, w, D) and the batch's own ranking. Dropped after the gate.
     source_features: torch.Tensor | None = None
-    reference_ranking: "BatchRanking | None" = None
-    # A moved memory's rows: the target image each came from, -1 for the source bank's (out-of-fold scoring).
+    reference_ranking: BatchRanking | None = None
+    # A moved memory's rows: the target image each came from, -1 for the source bank's (out-of-fold
+    # scoring).
     memory_image: torch.Tensor | None = None
-    # The new threshold, its expected false-alarm rate and whether the batch supports it (None: not moved by a law).
+    # The new threshold, its expected false-alarm rate and whether the batch supports it (None: not
+    # moved by a law).
     threshold: TransferredThreshold | None = None
-    # A target memory's out-of-fold patch scores (S, h, w) of the scored images and their patches' mutual
-    # robust z (S, h*w): what its threshold's normal scores are made of (threshold studies read them).
+    # A target memory's out-of-fold patch scores (S, h, w) of the scored images and their patches'
+    # mutual robust z (S, h*w): what its threshold's normal scores are made of (threshold studies
+    # read them).
     target_patch_scores: torch.Tensor | None = None
     target_patch_z: torch.Tensor | None = None
 
@@ -58,7 +63,9 @@ def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], to
     """Transforms that keep a normal part normal; quarter turns only where the input is square."""
     identity = [lambda x: x]
     half_turn = [lambda x: torch.rot90(x, 2, (2, 3))]
-    quarter = [lambda x: torch.rot90(x, 1, (2, 3)), lambda x: torch.rot90(x, 3, (2, 3))] if square else []
+    quarter = (
+        [lambda x: torch.rot90(x, 1, (2, 3)), lambda x: torch.rot90(x, 3, (2, 3))] if square else []
+    )
     flips = [lambda x: torch.flip(x, (3,)), lambda x: torch.flip(x, (2,))]
     if kind == "none":
         return identity
@@ -66,15 +73,21 @@ def view_transforms(kind: str, square: bool) -> list[Callable[[torch.Tensor], to
         return identity + half_turn + quarter
     if kind == "flip":
         return identity + flips + half_turn
-    diagonal = [lambda x: torch.rot90(torch.flip(x, (3,)), 1, (2, 3)), lambda x: torch.rot90(torch.flip(x, (2,)), 1, (2, 3))]
+    diagonal = [
+        lambda x: torch.rot90(torch.flip(x, (3,)), 1, (2, 3)),
+        lambda x: torch.rot90(torch.flip(x, (2,)), 1, (2, 3)),
+    ]
     return identity + half_turn + quarter + flips + (diagonal if square else [])
 
 
 def draw_views(cfg: AdaptConfig, n_transforms: int, generator: torch.Generator) -> list[int]:
-    """Indices of cfg.views transforms: the image itself first, then others drawn without replacement."""
+    """Indices of cfg.views transforms: the image itself first, then others drawn without
+    replacement."""
     if cfg.views == 1 or n_transforms == 1:
         return [0] * cfg.views
-    return [0] + (torch.randperm(n_transforms - 1, generator=generator)[: cfg.views - 1] + 1).tolist()
+    return [0] + (
+        torch.randperm(n_transforms - 1, generator=generator)[: cfg.views - 1] + 1
+    ).tolist()
 
 
 def make_views(batch: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator) -> torch.Tensor:
@@ -105,8 +118,15 @@ class TargetInputs:
     and cached; otherwise the views are made per step, so memory does not grow with the target set.
     """
 
-    def __init__(self, extractor: nn.Module, target: torch.Tensor, cfg: AdaptConfig, cut: int,
-                 generator: torch.Generator, device: torch.device) -> None:
+    def __init__(
+        self,
+        extractor: nn.Module,
+        target: torch.Tensor,
+        cfg: AdaptConfig,
+        cut: int,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
         self.extractor, self.target, self.cut, self.device = extractor, target, cut, device
         self.transforms = view_transforms(cfg.augment, target.shape[-1] == target.shape[-2])
         self.chosen = []  # per image, its transform indices
@@ -128,19 +148,29 @@ class TargetInputs:
 
     def _views(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, V, 3, H, W) normalised views of the images at `indices`."""
-        groups = [apply_views(self.target[i : i + 1], self.chosen[i], self.transforms) for i in indices.tolist()]
+        groups = [
+            apply_views(self.target[i : i + 1], self.chosen[i], self.transforms)
+            for i in indices.tolist()
+        ]
         views = torch.cat(groups).to(self.device)
         b, v = views.shape[:2]
-        return self.extractor.normalise(views.reshape(b * v, *views.shape[2:])).reshape(b, v, *views.shape[2:])
+        return self.extractor.normalise(views.reshape(b * v, *views.shape[2:])).reshape(
+            b, v, *views.shape[2:]
+        )
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """(B * V, C, h, w): what enters the layers from `cut` on."""
-        inputs = self.cached[indices.to(self.cached.device)] if self.cached is not None else self._views(indices)
+        inputs = (
+            self.cached[indices.to(self.cached.device)]
+            if self.cached is not None
+            else self._views(indices)
+        )
         return inputs.reshape(-1, *inputs.shape[2:])
 
 
 def affine_parameters(extractor: nn.Module, first_layer: int = 0) -> list[nn.Parameter]:
-    """Freeze everything except the BatchNorm weights and biases from backbone layer `first_layer` on."""
+    """Freeze everything except the BatchNorm weights and biases from backbone layer `first_layer`
+    on."""
     for parameter in extractor.parameters():
         parameter.requires_grad_(False)
     backbone = extractor.backbone
@@ -158,13 +188,18 @@ def affine_parameters(extractor: nn.Module, first_layer: int = 0) -> list[nn.Par
 
 @torch.inference_mode()
 def reestimate_statistics(
-    extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device,
-    progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+    extractor: nn.Module,
+    target: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
 ) -> None:
-    """AdaBN, in place (pass a copy): every BatchNorm's running mean becomes the target images' mean, and
-    its running variance the average of each batch's own variance (the usual AdaBN estimate), each batch
-    weighted by its number of images (torch's cumulative average weighs batches equally, so a short last
-    batch, possibly one defective image, would count as much as a full one)."""
+    """AdaBN, in place (pass a copy): every BatchNorm's running mean becomes the target images'
+    mean, and its running variance the average of each batch's own variance (the usual AdaBN
+    estimate), each batch weighted by its number of images (torch's cumulative average weighs
+    batches equally, so a short last batch, possibly one defective image, would count as much as a
+    full one)."""
     layers = batchnorm_layers(extractor)
     momenta = {name: layer.momentum for name, layer in layers.items()}
     for layer in layers.values():
@@ -217,7 +252,7 @@ def train_affine(
     batches_per_epoch = -(-len(target) // step)
     total = cfg.epochs * batches_per_epoch
     report_.details["images_per_step"] = step
-    for epoch in range(cfg.epochs):
+    for _epoch in range(cfg.epochs):
         order = torch.randperm(len(target), generator=generator)
         for b in range(batches_per_epoch):
             check_cancel(cancel)
@@ -239,9 +274,11 @@ def train_affine(
     return extractor.eval()
 
 
-def apply_threshold(adapted: PatchCoreModel, threshold: TransferredThreshold, report_: AdaptReport) -> None:
-    """Set the new version's threshold; the manifest and the job result say what it is expected to flag
-    and how sure that is, and why the parent's stayed where it did."""
+def apply_threshold(
+    adapted: PatchCoreModel, threshold: TransferredThreshold, report_: AdaptReport
+) -> None:
+    """Set the new version's threshold; the manifest and the job result say what it is expected to
+    flag and how sure that is, and why the parent's stayed where it did."""
     adapted.threshold = threshold.value
     report_.threshold = threshold
     report_.details["threshold_estimate"] = threshold.to_dict()
@@ -251,7 +288,11 @@ def apply_threshold(adapted: PatchCoreModel, threshold: TransferredThreshold, re
 
 
 def derive_version(
-    source: PatchCoreModel, extractor: nn.Module, target: torch.Tensor, report_: AdaptReport, cfg: AdaptConfig,
+    source: PatchCoreModel,
+    extractor: nn.Module,
+    target: torch.Tensor,
+    report_: AdaptReport,
+    cfg: AdaptConfig,
     progress: ProgressFn | None = None,
 ) -> PatchCoreModel:
     """A new model version: adapted BatchNorm, same bank, threshold moved to the target's scores."""
@@ -267,7 +308,11 @@ def derive_version(
             threshold_source="transferred-to-target",
             calibration_scores=[],
             n_train_images=source.provenance.n_train_images,
-            details={"adapt_config": cfg.to_dict(), "n_target_images": len(target), **report_.details},
+            details={
+                "adapt_config": cfg.to_dict(),
+                "n_target_images": len(target),
+                **report_.details,
+            },
         ),
         source.device,
         index=source.index,
@@ -281,11 +326,23 @@ def derive_version(
             report(progress, "threshold", min(start + step, len(target)), len(target))
 
     target_scores, _, descriptors = adapted.score_stream(batches())
-    refuse_non_finite_scores(target_scores, cfg.lr if report_.steps else None)  # an lr hint only where something trained
+    refuse_non_finite_scores(
+        target_scores, cfg.lr if report_.steps else None
+    )  # an lr hint only where something trained
     # The adapted version watches for drift away from the condition it was adapted to.
-    adapted.drift_reference = DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
-    apply_threshold(adapted, gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold), report_)
-    adapted.provenance.details.update(report_.details)  # the manifest carries the threshold's estimate too
-    adapted.provenance.calibration_scores = transferred_calibration(source.provenance.calibration_scores, target_scores)
+    adapted.drift_reference = (
+        DriftReference.from_descriptors(descriptors) if len(target) >= 2 else source.drift_reference
+    )
+    apply_threshold(
+        adapted,
+        gumbel_threshold(target_scores, source.config.false_alarm_rate, source.threshold),
+        report_,
+    )
+    adapted.provenance.details.update(
+        report_.details
+    )  # the manifest carries the threshold's estimate too
+    adapted.provenance.calibration_scores = transferred_calibration(
+        source.provenance.calibration_scores, target_scores
+    )
     report_.target_scores = target_scores
     return adapted

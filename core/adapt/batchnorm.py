@@ -1,4 +1,5 @@
-"""The BatchNorm adapters: only BatchNorm state changes; the bank and every other weight stay byte-identical."""
+"""The BatchNorm adapters: only BatchNorm state changes; the bank and every other weight stay
+byte-identical."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ def _copied(model: PatchCoreModel, target, cfg, report_, progress, cancel) -> nn
 
 def _reestimated(model: PatchCoreModel, target, cfg, report_, progress, cancel) -> nn.Module:
     extractor = copy.deepcopy(model.extractor)
-    reestimate_statistics(extractor, target, model.config.batch_size, model.device, progress, cancel)
+    reestimate_statistics(
+        extractor, target, model.config.batch_size, model.device, progress, cancel
+    )
     return extractor
 
 
@@ -48,12 +51,20 @@ BATCHNORM_STEPS = {
 
 
 def batchnorm_step(
-    model: PatchCoreModel, target: torch.Tensor, step: str, cfg: AdaptConfig, report_: AdaptReport,
-    progress: ProgressFn | None, cancel: CancelFn | None,
+    model: PatchCoreModel,
+    target: torch.Tensor,
+    step: str,
+    cfg: AdaptConfig,
+    report_: AdaptReport,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
 ) -> nn.Module:
-    """A copy of the model's extractor with its BatchNorm moved to the target by `step` (BATCHNORM_STEPS)."""
+    """A copy of the model's extractor with its BatchNorm moved to the target by `step`
+    (BATCHNORM_STEPS)."""
     if step not in BATCHNORM_STEPS:
-        raise ConfigError(f"unknown BatchNorm step {step!r}; choose from {', '.join(BATCHNORM_STEPS)}")
+        raise ConfigError(
+            f"unknown BatchNorm step {step!r}; choose from {', '.join(BATCHNORM_STEPS)}"
+        )
     check_cancel(cancel)
     extractor = BATCHNORM_STEPS[step](model, target, cfg, report_, progress, cancel)
     check_cancel(cancel)
@@ -71,9 +82,21 @@ def _batchnorm_adapter(step: str):
 
 
 for _name, _step, _summary in (
-    ("roda", "roda", "BatchNorm aligned to the bank by discretised optimal transport (RoDA); the bank stays"),
-    ("bn-stats", "stats", "AdaBN: BatchNorm statistics re-estimated on the target; seconds, no training"),
-    ("moment-matching", "moment-matching", "BatchNorm trained to match the bank's feature moments (TTT++ baseline)"),
+    (
+        "roda",
+        "roda",
+        "BatchNorm aligned to the bank by discretised optimal transport (RoDA); the bank stays",
+    ),
+    (
+        "bn-stats",
+        "stats",
+        "AdaBN: BatchNorm statistics re-estimated on the target; seconds, no training",
+    ),
+    (
+        "moment-matching",
+        "moment-matching",
+        "BatchNorm trained to match the bank's feature moments (TTT++ baseline)",
+    ),
     ("ot-continuous", "ot-continuous", "RoDA's loss on the continuous transport plan (baseline)"),
     ("none", "none", "no change but the threshold, moved to the target's scores"),
 ):

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..contamination import NORMAL_TAIL_SHARE, TAIL_Z, FilterSettings, cut_applies, mutual_scores, outlier_tail
+from ..contamination import (
+    NORMAL_TAIL_SHARE,
+    TAIL_Z,
+    FilterSettings,
+    cut_applies,
+    mutual_scores,
+    outlier_tail,
+)
 
 if TYPE_CHECKING:
     from ..threshold import TransferredThreshold
@@ -41,24 +48,38 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class GateVerdict:
     better: bool
-    agreement_before: float | None  # Spearman correlation of the parent's target scores with the mutual scores
+    agreement_before: (
+        float | None
+    )  # Spearman correlation of the parent's target scores with the mutual scores
     agreement_after: float | None
     reason: str
-    shift_percentile: float | None = None  # the target's lower quartile among the parent's calibration scores, %
+    shift_percentile: float | None = (
+        None  # the target's lower quartile among the parent's calibration scores, %
+    )
     ranking_tail: float | None = None  # share of the batch's mutual patch scores in an outlier tail
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def refuse_unsupported_threshold(verdict: GateVerdict, threshold: "TransferredThreshold | None") -> GateVerdict:
-    """A version whose threshold the batch cannot support, or that passes nearly every image the batch
-    finds suspect, stays out whatever its ranking: a confident number that flags far more than asked,
-    or passes the defects, is worse on the line than the parent."""
-    if threshold is None or not verdict.better or (threshold.supported and not threshold.recall_collapses):
+def refuse_unsupported_threshold(
+    verdict: GateVerdict, threshold: TransferredThreshold | None
+) -> GateVerdict:
+    """A version whose threshold the batch cannot support, or that passes nearly every image the
+    batch finds suspect, stays out whatever its ranking: a confident number that flags far more than
+    asked, or passes the defects, is worse on the line than the parent."""
+    if (
+        threshold is None
+        or not verdict.better
+        or (threshold.supported and not threshold.recall_collapses)
+    ):
         return verdict
-    return replace(verdict, better=False, reason=f"{verdict.reason}; but its threshold is not trustworthy ({threshold.note}): "
-                   "the parent stays active")
+    return replace(
+        verdict,
+        better=False,
+        reason=f"{verdict.reason}; but its threshold is not trustworthy ({threshold.note}): "
+        "the parent stays active",
+    )
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,7 +93,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def usable(scores: np.ndarray | None, n: int) -> bool:
-    return scores is not None and len(scores) == n and bool(np.all(np.isfinite(scores))) and np.ptp(scores) > 0
+    return (
+        scores is not None
+        and len(scores) == n
+        and bool(np.all(np.isfinite(scores)))
+        and np.ptp(scores) > 0
+    )
 
 
 @dataclass(frozen=True)
@@ -80,25 +106,28 @@ class BatchRanking:
     """The target batch's own zero-shot view of its images."""
 
     scores: np.ndarray  # (N,) each image's worst patch's mutual score
-    tail: float | None = None  # share of the batch's mutual patch scores in an outlier tail (None: not known)
+    tail: float | None = (
+        None  # share of the batch's mutual patch scores in an outlier tail (None: not known)
+    )
 
     @classmethod
-    def of(cls, mutual: torch.Tensor, tail: float | None = None) -> "BatchRanking":
-        """(N, P) mutual patch scores -> the ranking and its tail (`tail`: already computed from them)."""
+    def of(cls, mutual: torch.Tensor, tail: float | None = None) -> BatchRanking:
+        """(N, P) mutual patch scores -> the ranking and its tail (`tail`: already computed from
+        them)."""
         return cls(mutual.amax(dim=1).cpu().numpy(), outlier_tail(mutual) if tail is None else tail)
 
     @classmethod
-    def coerce(cls, ranking: "BatchRanking | np.ndarray") -> "BatchRanking":
+    def coerce(cls, ranking: BatchRanking | np.ndarray) -> BatchRanking:
         """A plain (N,) ranking (a plugin's, a test's) as one whose tail is not known."""
         return ranking if isinstance(ranking, cls) else cls(np.asarray(ranking))
 
     @property
     def informative(self) -> bool:
-        """Whether some patches stand out (the test the filter's default cut makes), so the worst ones can
-        rank the images; unknown counts as yes."""
+        """Whether some patches stand out (the test the filter's default cut makes), so the worst
+        ones can rank the images; unknown counts as yes."""
         return self.tail is None or cut_applies(self.tail, NORMAL_TAIL_SHARE)
 
-    def subset(self, index: np.ndarray) -> "BatchRanking":
+    def subset(self, index: np.ndarray) -> BatchRanking:
         return BatchRanking(np.asarray(self.scores)[index], self.tail)
 
 
@@ -108,7 +137,8 @@ def reference_ranking(feats: torch.Tensor, settings: FilterSettings) -> BatchRan
     return BatchRanking.of(mutual_scores(feats.reshape(n, -1, feats.shape[-1]), settings))
 
 
-# The central 90% of the parent's calibration scores, in percentiles: a target lower quartile inside it means no shift.
+# The central 90% of the parent's calibration scores, in percentiles: a target lower quartile inside
+# it means no shift.
 NO_SHIFT_BAND = (5.0, 95.0)
 MIN_CALIBRATION_SCORES = 10
 
@@ -116,9 +146,16 @@ MIN_CALIBRATION_SCORES = 10
 def shift_percentile(before: np.ndarray, calibration: np.ndarray | None) -> float | None:
     """Where the target's lower quartile (scored by the parent) falls among the parent's calibration
     scores, in percent; None when there are too few of them to tell."""
-    if calibration is None or len(calibration) < MIN_CALIBRATION_SCORES or not len(before) or not np.all(np.isfinite(before)):
+    if (
+        calibration is None
+        or len(calibration) < MIN_CALIBRATION_SCORES
+        or not len(before)
+        or not np.all(np.isfinite(before))
+    ):
         return None
-    return float(100.0 * np.mean(np.asarray(calibration, dtype=np.float64) < np.quantile(before, 0.25)))
+    return float(
+        100.0 * np.mean(np.asarray(calibration, dtype=np.float64) < np.quantile(before, 0.25))
+    )
 
 
 def ordinal(percentile: float) -> str:
@@ -133,13 +170,24 @@ def no_shift_reason(percentile: float | None) -> str | None:
     """Why the parent already fits the target images, or None when it does not (or cannot tell)."""
     if percentile is None or not NO_SHIFT_BAND[0] <= percentile <= NO_SHIFT_BAND[1]:
         return None
-    return (f"the target images already score like the parent's own normal images (their lower quartile is at the "
-            f"{ordinal(percentile)} percentile of its calibration scores, inside the central 90% of them, the "
-            f"{ordinal(NO_SHIFT_BAND[0])} to {ordinal(NO_SHIFT_BAND[1])}): no shift to adapt to; the parent stays active")
+    return (
+        "the target images already score like the parent's own normal images (their lower "
+        "quartile is at the "
+        f"{ordinal(percentile)} percentile of its calibration scores, inside the central 90% of "
+        "them, the "
+        f"{ordinal(NO_SHIFT_BAND[0])} to {ordinal(NO_SHIFT_BAND[1])}): no shift to adapt to; the "
+        "parent stays active"
+    )
 
 
-def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.ndarray, margin: float = 0.0,
-          calibration: np.ndarray | None = None, trust_unranked: bool = False) -> GateVerdict:
+def judge(
+    reference: BatchRanking | np.ndarray,
+    before: np.ndarray,
+    after: np.ndarray,
+    margin: float = 0.0,
+    calibration: np.ndarray | None = None,
+    trust_unranked: bool = False,
+) -> GateVerdict:
     """Compare two versions' scores of the same target images against the batch's own ranking;
     with the parent's `calibration` scores, first check that there is a shift at all. Where the
     ranking cannot judge (no outlier tail), the new version goes live only if `trust_unranked` (its
@@ -147,8 +195,13 @@ def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.nd
     ranking = BatchRanking.coerce(reference)
     n = len(ranking.scores)
     if not usable(after, n):
-        return GateVerdict(False, None, None, "the new version gave no usable scores of the target images "
-                           "(missing, not finite or all equal); the parent stays active")
+        return GateVerdict(
+            False,
+            None,
+            None,
+            "the new version gave no usable scores of the target images "
+            "(missing, not finite or all equal); the parent stays active",
+        )
     agree_before = spearman(before, ranking.scores) if usable(before, n) else 0.0
     agree_after = spearman(after, ranking.scores)
     percentile = shift_percentile(before, calibration)
@@ -156,18 +209,39 @@ def judge(reference: BatchRanking | np.ndarray, before: np.ndarray, after: np.nd
     if unshifted is not None:
         return GateVerdict(False, agree_before, agree_after, unshifted, percentile, ranking.tail)
     if not ranking.informative:
-        unranked = (f"no patch of the batch stands out from the others ({ranking.tail:.2%} of their mutual scores lie beyond "
-                    f"{TAIL_Z:g} robust deviations), so the batch's own ranking cannot tell which version ranks it better")
+        unranked = (
+            f"no patch of the batch stands out from the others ({ranking.tail:.2%} of their "
+            "mutual scores lie beyond "
+            f"{TAIL_Z:g} robust deviations), so the batch's own ranking cannot tell which version "
+            "ranks it better"
+        )
         if trust_unranked and percentile is not None and percentile > NO_SHIFT_BAND[1]:
-            return GateVerdict(True, agree_before, agree_after, f"{unranked}; the parent scores most of the batch above its normal "
-                               f"images (their lower quartile at the {ordinal(percentile)} percentile of its calibration scores) and "
-                               "the new version's memory was built from the batch: it goes live", percentile, ranking.tail)
-        return GateVerdict(False, agree_before, agree_after, f"{unranked}; the parent stays active (activate the new version "
-                           "by hand if it is wanted)", percentile, ranking.tail)
+            return GateVerdict(
+                True,
+                agree_before,
+                agree_after,
+                f"{unranked}; the parent scores most of the batch above its normal "
+                f"images (their lower quartile at the {ordinal(percentile)} percentile of its "
+                "calibration scores) and "
+                "the new version's memory was built from the batch: it goes live",
+                percentile,
+                ranking.tail,
+            )
+        return GateVerdict(
+            False,
+            agree_before,
+            agree_after,
+            f"{unranked}; the parent stays active (activate the new version "
+            "by hand if it is wanted)",
+            percentile,
+            ranking.tail,
+        )
     better = agree_after > agree_before + margin
     reason = (
-        f"the new version ranks the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f})"
-        if better else
-        f"the new version does not rank the target images closer to their mutual ranking ({agree_after:.3f} against {agree_before:.3f}); the parent stays active"
+        "the new version ranks the target images closer to their mutual ranking "
+        f"({agree_after:.3f} against {agree_before:.3f})"
+        if better
+        else "the new version does not rank the target images closer to their mutual ranking "
+        f"({agree_after:.3f} against {agree_before:.3f}); the parent stays active"
     )
     return GateVerdict(better, agree_before, agree_after, reason, percentile, ranking.tail)

@@ -14,7 +14,9 @@ import math
 import torch
 
 
-def sinkhorn_log(cost: torch.Tensor, eps: float, max_iter: int = 200, tol: float = 1e-4) -> torch.Tensor:
+def sinkhorn_log(
+    cost: torch.Tensor, eps: float, max_iter: int = 200, tol: float = 1e-4
+) -> torch.Tensor:
     """Plan gamma (n, m) minimising <gamma, C> + eps' * sum gamma log gamma, rows 1/n, columns 1/m.
 
     eps' = eps * mean(C). Log-domain updates of the dual potentials never overflow; iteration
@@ -62,7 +64,9 @@ def chosen_by_bank(plan: torch.Tensor) -> torch.Tensor:
     return chosen
 
 
-def sinkhorn(cost: torch.Tensor, eps: float, max_iter: int = 200, tol: float = 1e-4) -> torch.Tensor:
+def sinkhorn(
+    cost: torch.Tensor, eps: float, max_iter: int = 200, tol: float = 1e-4
+) -> torch.Tensor:
     """Same plan as `sinkhorn_log` (see the module docstring for the stabilisation)."""
     cost = cost.detach()
     n, m = cost.shape
@@ -80,6 +84,8 @@ def sinkhorn(cost: torch.Tensor, eps: float, max_iter: int = 200, tol: float = 1
             rows = u * (kernel @ v)
             if (rows * n - 1).abs().max() < tol:
                 break
-    if not (torch.isfinite(u).all() and torch.isfinite(v).all() and (u > 0).all() and (v > 0).all()):
+    if not (
+        torch.isfinite(u).all() and torch.isfinite(v).all() and (u > 0).all() and (v > 0).all()
+    ):
         return sinkhorn_log(cost, eps, max_iter, tol)
     return u.unsqueeze(1) * kernel * v.unsqueeze(0)

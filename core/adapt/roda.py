@@ -19,8 +19,11 @@ def sample_rows(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:k] if k < n else torch.arange(n)
 
 
-def bank_subset(model: PatchCoreModel, patches: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator) -> torch.Tensor:
-    """`bank_rows` rows of the bank: a uniform sample, or the rows nearest to the sampled patches."""
+def bank_subset(
+    model: PatchCoreModel, patches: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """`bank_rows` rows of the bank: a uniform sample, or the rows nearest to the sampled
+    patches."""
     bank = model.bank
     if cfg.bank_selection == "nearest":
         k = max(1, -(-cfg.bank_rows // len(patches)))
@@ -38,7 +41,9 @@ def ot_loss(model: PatchCoreModel, cfg: AdaptConfig, continuous: bool):
     """The alignment loss for `train_affine`: discretised (RoDA) or continuous Sinkhorn."""
 
     def loss(features: torch.Tensor, generator: torch.Generator, stats: dict) -> torch.Tensor:
-        patches = features[sample_rows(len(features), cfg.target_patches, generator).to(features.device)]
+        patches = features[
+            sample_rows(len(features), cfg.target_patches, generator).to(features.device)
+        ]
         prototypes = bank_subset(model, patches, cfg, generator)
         cost = torch.cdist(patches, prototypes)
         plan = sinkhorn(cost, cfg.eps, cfg.sinkhorn_iters)
@@ -46,7 +51,9 @@ def ot_loss(model: PatchCoreModel, cfg: AdaptConfig, continuous: bool):
             return (plan * cost).sum() / plan.sum()
         pi = discretise(plan, cfg.discretise)
         strong = chosen_by_bank(plan)
-        stats["chosen_by_bank_share"] = stats.get("chosen_by_bank_share", []) + [float(strong.float().mean())]
+        stats["chosen_by_bank_share"] = stats.get("chosen_by_bank_share", []) + [
+            float(strong.float().mean())
+        ]
         pairs = cost[pi]
         if cfg.trim > 0:
             keep = max(1, int(round(len(pairs) * (1 - cfg.trim))))

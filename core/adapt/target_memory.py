@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from ..contamination import (
-    MIN_IMAGES, TAIL_Z, FilterResult, FilterSettings, filter_patches, robust_z,
+    MIN_IMAGES,
+    TAIL_Z,
+    FilterResult,
+    FilterSettings,
+    filter_patches,
+    robust_z,
     vouched_image_scores,
 )
 from ..coreset import coreset_size, kcenter_coreset
@@ -32,8 +37,13 @@ from .registry import Adapter, register
 
 
 @torch.inference_mode()
-def target_features(extractor: nn.Module, target: torch.Tensor, batch_size: int, device: torch.device,
-                    cancel: CancelFn | None = None) -> torch.Tensor:
+def target_features(
+    extractor: nn.Module,
+    target: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    cancel: CancelFn | None = None,
+) -> torch.Tensor:
     """(N, h, w, D) patch features of the target images, on the CPU."""
     extractor.eval()
     chunks = []
@@ -44,18 +54,33 @@ def target_features(extractor: nn.Module, target: torch.Tensor, batch_size: int,
 
 
 def filter_settings(cfg: AdaptConfig) -> FilterSettings:
-    return FilterSettings(cfg.filter_references, cfg.filter_closest_share, cfg.filter_cut_z, cfg.seed,
-                          trusted_share=cfg.filter_trusted_share,
-                          rescue_window=cfg.filter_rescue_window, rescue_z=cfg.filter_rescue_z, tail_share=cfg.filter_tail_share)
+    return FilterSettings(
+        cfg.filter_references,
+        cfg.filter_closest_share,
+        cfg.filter_cut_z,
+        cfg.seed,
+        trusted_share=cfg.filter_trusted_share,
+        rescue_window=cfg.filter_rescue_window,
+        rescue_z=cfg.filter_rescue_z,
+        tail_share=cfg.filter_tail_share,
+    )
 
 
 def filter_verdict(kept: FilterResult, cfg: AdaptConfig) -> str:
     """The filter's decision in words, for the job result."""
-    beyond = f"{kept.tail:.2%} of the patches' mutual scores lie beyond {TAIL_Z:g} robust deviations"
+    beyond = (
+        f"{kept.tail:.2%} of the patches' mutual scores lie beyond {TAIL_Z:g} robust deviations"
+    )
     if not np.isfinite(kept.cut):
-        return (f"every patch kept: {beyond}, no more than the {cfg.filter_tail_share:.3%} of an outlier-free batch; "
-                "nothing stands out from the normal variation")
-    return f"kept {kept.kept_share:.1%} of the patches: {beyond} (an outlier tail), cut at z {cfg.filter_cut_z:g}"
+        return (
+            f"every patch kept: {beyond}, no more than the {cfg.filter_tail_share:.3%} of an "
+            "outlier-free batch; "
+            "nothing stands out from the normal variation"
+        )
+    return (
+        f"kept {kept.kept_share:.1%} of the patches: {beyond} (an outlier tail), "
+        f"cut at z {cfg.filter_cut_z:g}"
+    )
 
 
 def scored_images(n_images: int, limit: int, seed: int) -> torch.Tensor:
@@ -76,40 +101,61 @@ def aligned_bank(bank: torch.Tensor, target: torch.Tensor, how: str) -> torch.Te
         return (source64 - mu_s + mu_t).to(bank.dtype)
 
     def power(cov: torch.Tensor, exponent: float) -> torch.Tensor:
-        values, vectors = torch.linalg.eigh(cov + 1e-3 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
+        values, vectors = torch.linalg.eigh(
+            cov + 1e-3 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
+        )
         return (vectors * values.clamp_min(1e-12).pow(exponent)) @ vectors.T
 
     cov_s, cov_t = torch.cov(source64.T), torch.cov(target64.T)
     return ((source64 - mu_s) @ power(cov_s, -0.5) @ power(cov_t, 0.5) + mu_t).to(bank.dtype)
 
 
-def batch_threshold(patch_scores: torch.Tensor, patch_z: torch.Tensor, false_alarm_rate: float, fallback: float,
-                    cfg: AdaptConfig, image_scores: np.ndarray | None = None) -> tuple[TransferredThreshold, np.ndarray]:
-    """(S, h, w) out-of-fold patch scores of S target images and their patches' (S, h*w) mutual robust z ->
-    the new threshold and the normal scores it was fitted to. Each image counts only the patches other
-    images vouch for (cfg.threshold_patch_z), so a defective image scores as the normal part it mostly
-    is instead of pushing the law up; an image that loses a patch so is a suspect, and the threshold
-    states the share of suspects it flags (its expected recall). `image_scores` (S,): the images' deployed
-    scores, where they differ from their largest patch score (PatchCore's re-weighting); both scores are
-    put on their scale."""
+def batch_threshold(
+    patch_scores: torch.Tensor,
+    patch_z: torch.Tensor,
+    false_alarm_rate: float,
+    fallback: float,
+    cfg: AdaptConfig,
+    image_scores: np.ndarray | None = None,
+) -> tuple[TransferredThreshold, np.ndarray]:
+    """(S, h, w) out-of-fold patch scores of S target images and their patches' (S, h*w) mutual
+    robust z -> the new threshold and the normal scores it was fitted to. Each image counts only the
+    patches other images vouch for (cfg.threshold_patch_z), so a defective image scores as the
+    normal part it mostly is instead of pushing the law up; an image that loses a patch so is a
+    suspect, and the threshold states the share of suspects it flags (its expected recall).
+    `image_scores` (S,): the images' deployed scores, where they differ from their largest patch
+    score (PatchCore's re-weighting); both scores are put on their scale."""
     normal_scores = vouched_image_scores(patch_scores, patch_z, cfg.threshold_patch_z)
     raw_scores = patch_scores.flatten(1).amax(dim=1).double().numpy()
     if image_scores is not None:  # the re-weighting's factor, per image
-        factor = np.divide(np.asarray(image_scores, dtype=np.float64), raw_scores, out=np.ones_like(raw_scores), where=raw_scores > 0)
+        factor = np.divide(
+            np.asarray(image_scores, dtype=np.float64),
+            raw_scores,
+            out=np.ones_like(raw_scores),
+            where=raw_scores > 0,
+        )
         normal_scores, raw_scores = normal_scores * factor, raw_scores * factor
-    return gumbel_threshold(normal_scores, false_alarm_rate, fallback).with_suspects(raw_scores, normal_scores), normal_scores
+    return gumbel_threshold(normal_scores, false_alarm_rate, fallback).with_suspects(
+        raw_scores, normal_scores
+    ), normal_scores
 
 
 def adapt_memory(
-    model: PatchCoreModel, target: torch.Tensor, cfg: AdaptConfig, report_: AdaptReport,
-    progress: ProgressFn | None, cancel: CancelFn | None,
+    model: PatchCoreModel,
+    target: torch.Tensor,
+    cfg: AdaptConfig,
+    report_: AdaptReport,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
 ) -> PatchCoreModel:
     config = model.config
     extractor = batchnorm_step(model, target, cfg.memory_bn, cfg, report_, progress, cancel)
     feats = target_features(extractor, target, config.batch_size, model.device, cancel)
     n, h, w, dim = feats.shape
     patches = feats.reshape(n, h * w, dim)
-    kept = filter_patches(patches.to(model.device), filter_settings(cfg), progress, cancel, grid=(h, w)).to("cpu")
+    kept = filter_patches(
+        patches.to(model.device), filter_settings(cfg), progress, cancel, grid=(h, w)
+    ).to("cpu")
     candidates = patches[kept.keep]  # (K, D)
     candidate_image = torch.arange(n).unsqueeze(1).expand(n, h * w)[kept.keep]
     size = coreset_size(len(candidates), config.coreset_ratio, config.coreset_max_size)
@@ -119,17 +165,33 @@ def adapt_memory(
             check_cancel(cancel)
             report(progress, "coreset", done, total)
 
-    picked = kcenter_coreset(candidates.to(model.device), size, config.coreset_projection_dim, cfg.seed,
-                             progress=coreset_progress).cpu()
+    picked = kcenter_coreset(
+        candidates.to(model.device),
+        size,
+        config.coreset_projection_dim,
+        cfg.seed,
+        progress=coreset_progress,
+    ).cpu()
     memory, memory_image = candidates[picked], candidate_image[picked]
     if cfg.memory == "union":
         memory = torch.cat([aligned_bank(model.bank, memory, cfg.align_bank), memory])
-        memory_image = torch.cat([torch.full((len(model.bank),), -1, dtype=torch.long), memory_image])
+        memory_image = torch.cat(
+            [torch.full((len(model.bank),), -1, dtype=torch.long), memory_image]
+        )
     adapted = PatchCoreModel(
-        config, model.backbone, extractor, memory, model.threshold,
-        Provenance(method=report_.method, parent=model.version, threshold_source="target-kfold-transferred",
-                   n_train_images=model.provenance.n_train_images),
-        model.device, drift_reference=DriftReference.from_descriptors(image_descriptors(feats).numpy()),
+        config,
+        model.backbone,
+        extractor,
+        memory,
+        model.threshold,
+        Provenance(
+            method=report_.method,
+            parent=model.version,
+            threshold_source="target-kfold-transferred",
+            n_train_images=model.provenance.n_train_images,
+        ),
+        model.device,
+        drift_reference=DriftReference.from_descriptors(image_descriptors(feats).numpy()),
     )
     # Every target image against the memory without its own fold's patches: the scores a deployed
     # version would give them.
@@ -137,24 +199,51 @@ def adapt_memory(
     patch_scores, scores = kfold_patch_scores(adapted, feats, memory_image, cancel, scored)
     refuse_non_finite_scores(scores, cfg.lr if report_.steps else None)
     patch_z = robust_z(kept.scores.cpu())[scored]
-    threshold, normal_scores = batch_threshold(patch_scores, patch_z, config.false_alarm_rate, model.threshold, cfg, scores)
+    threshold, normal_scores = batch_threshold(
+        patch_scores, patch_z, config.false_alarm_rate, model.threshold, cfg, scores
+    )
     report(progress, "threshold", 1, 1)
     apply_threshold(adapted, threshold, report_)
-    adapted.provenance.calibration_scores = transferred_calibration(model.provenance.calibration_scores, normal_scores)
-    report_.target_scores, report_.target_index, report_.memory_image = scores, scored.numpy(), memory_image
+    adapted.provenance.calibration_scores = transferred_calibration(
+        model.provenance.calibration_scores, normal_scores
+    )
+    report_.target_scores, report_.target_index, report_.memory_image = (
+        scores,
+        scored.numpy(),
+        memory_image,
+    )
     report_.target_patch_scores, report_.target_patch_z = patch_scores, patch_z
     if cfg.memory_bn == "none":  # the features are the source's: the gate needs no second pass
-        report_.source_features, report_.reference_ranking = feats, BatchRanking.of(kept.scores, kept.tail)
-    report_.details.update({
-        "adapt_config": cfg.to_dict(), "n_target_images": n, "kept_patch_share": round(kept.kept_share, 4), "filter": filter_verdict(kept, cfg),
-        "filter_cut": kept.cut if np.isfinite(kept.cut) else None, "filter_tail": round(kept.tail, 4), "memory_rows": int(size), "bank_rows": int(memory.shape[0]),
-    })
-    adapted.provenance.details.update(report_.details)  # the manifest says how the version was made, as BatchNorm versions' do
+        report_.source_features, report_.reference_ranking = (
+            feats,
+            BatchRanking.of(kept.scores, kept.tail),
+        )
+    report_.details.update(
+        {
+            "adapt_config": cfg.to_dict(),
+            "n_target_images": n,
+            "kept_patch_share": round(kept.kept_share, 4),
+            "filter": filter_verdict(kept, cfg),
+            "filter_cut": kept.cut if np.isfinite(kept.cut) else None,
+            "filter_tail": round(kept.tail, 4),
+            "memory_rows": int(size),
+            "bank_rows": int(memory.shape[0]),
+        }
+    )
+    adapted.provenance.details.update(
+        report_.details
+    )  # the manifest says how the version was made, as BatchNorm versions' do
     return adapted
 
 
-register(Adapter(
-    "target-memory",
-    "the bank itself moves: target patches that other target images vouch for join the memory; for camera or lighting changes",
-    adapt_memory, moves_memory=True, min_images=MIN_IMAGES, trusted_when_unranked=True,
-))
+register(
+    Adapter(
+        "target-memory",
+        "the bank itself moves: target patches that other target images vouch for join the "
+        "memory; for camera or lighting changes",
+        adapt_memory,
+        moves_memory=True,
+        min_images=MIN_IMAGES,
+        trusted_when_unranked=True,
+    )
+)

@@ -23,19 +23,40 @@ def uda_config(name: str, parent: Any, options: dict[str, Any]) -> UDAConfig:
     return UDAConfig(**{**inherited_settings(parent.config), **options})
 
 
-def adapt_uda(parent: Any, target: torch.Tensor, cfg: UDAConfig, report_: AdaptReport, progress: ProgressFn | None,
-              cancel: CancelFn | None, source: Any) -> UDAModel:
-    model, summary = fit_uda(source, target, cfg, device=parent.device, progress=progress, cancel=cancel)
+def adapt_uda(
+    parent: Any,
+    target: torch.Tensor,
+    cfg: UDAConfig,
+    report_: AdaptReport,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
+    source: Any,
+) -> UDAModel:
+    model, summary = fit_uda(
+        source, target, cfg, device=parent.device, progress=progress, cancel=cancel
+    )
     model.provenance.parent = parent.version
     report_.steps, report_.losses, report_.message = summary.steps, summary.losses, summary.message
-    report_.details.update(n_source_images=len(source), cluster_sizes=summary.cluster_sizes,
-                           clustering=summary.message)
-    report_.target_scores = model.score_batches(target[i : i + cfg.batch_size] for i in range(0, len(target), cfg.batch_size))[0]
+    report_.details.update(
+        n_source_images=len(source), cluster_sizes=summary.cluster_sizes, clustering=summary.message
+    )
+    report_.target_scores = model.score_batches(
+        target[i : i + cfg.batch_size] for i in range(0, len(target), cfg.batch_size)
+    )[0]
     return model
 
 
-register(Adapter(
-    "uda",
-    "a new global detector (scores, no heatmaps) trained from source normals and the target, by anomaly scarcity",
-    adapt_uda, parent=None, min_source_images=2, options=UDA_OPTIONS, make_config=uda_config, config_type=UDAConfig, own_input_size=True,
-))
+register(
+    Adapter(
+        "uda",
+        "a new global detector (scores, no heatmaps) trained from source normals and the target, "
+        "by anomaly scarcity",
+        adapt_uda,
+        parent=None,
+        min_source_images=2,
+        options=UDA_OPTIONS,
+        make_config=uda_config,
+        config_type=UDAConfig,
+        own_input_size=True,
+    )
+)

@@ -1,4 +1,5 @@
-"""Unsupervised domain adaptation by anomaly scarcity: dominant cluster + DSVDD + InfoNCE (UDA paper)."""
+"""Unsupervised domain adaptation by anomaly scarcity: dominant cluster + DSVDD + InfoNCE (UDA
+paper)."""
 
 from .clustering import DominantCluster, dominant_cluster, kmeans
 from .config import UDAConfig

@@ -10,8 +10,11 @@ import torch
 from ..errors import DatasetError
 
 
-def kmeans(points: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, restarts: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels (N,), centres (k, d)); k-means++ seeding, best of `restarts` by inertia. Batched, no loops over points."""
+def kmeans(
+    points: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, restarts: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels (N,), centres (k, d)); k-means++ seeding, best of `restarts` by inertia. Batched, no
+    loops over points."""
     n = len(points)
     if not 1 <= k <= n:
         raise DatasetError(f"cannot form {k} clusters from {n} image(s)")
@@ -19,10 +22,14 @@ def kmeans(points: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, r
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     for _ in range(restarts):
         centres = points[torch.randint(n, (1,), generator=generator)]
-        for _ in range(1, k):  # k-means++: next centre with probability proportional to squared distance
+        for _ in range(
+            1, k
+        ):  # k-means++: next centre with probability proportional to squared distance
             d2 = torch.cdist(points, centres).min(dim=1).values.square()
             probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / n)
-            centres = torch.cat([centres, points[torch.multinomial(probs.cpu(), 1, generator=generator)]])
+            centres = torch.cat(
+                [centres, points[torch.multinomial(probs.cpu(), 1, generator=generator)]]
+            )
         labels = torch.zeros(n, dtype=torch.long)
         for step in range(iterations):
             new = torch.cdist(points, centres).argmin(dim=1)
@@ -44,15 +51,17 @@ class DominantCluster:
     members: torch.Tensor  # (N,) bool: images of the largest cluster (the presumed normals)
     sizes: list[int]  # cluster sizes, largest first
     majority: float  # share of the larger side of a two-way split of the target
-    separation: float  # how much more the two-way split explains than it would for one Gaussian mode (1 ~ none, pi/2 max)
+    # how much more the two-way split explains than it would for one Gaussian mode (1 ~ none, pi/2
+    # max)
+    separation: float
     dominant: bool  # no sign that the target is two even populations
     message: str
 
 
 def split_separation(points: torch.Tensor, labels: torch.Tensor) -> float:
-    """Variance explained by a two-way split, relative to what 2-means explains for a single Gaussian
-    with the same spectrum, (2/pi) * lambda_1 / sum(lambda). About 1 for one mode (whatever its shape),
-    up to pi/2 for two well-separated groups."""
+    """Variance explained by a two-way split, relative to what 2-means explains for a single
+    Gaussian with the same spectrum, (2/pi) * lambda_1 / sum(lambda). About 1 for one mode (whatever
+    its shape), up to pi/2 for two well-separated groups."""
     x = (points - points.mean(dim=0)).double()
     total = float(x.square().sum())
     if total == 0 or len(torch.unique(labels)) < 2:
@@ -63,7 +72,9 @@ def split_separation(points: torch.Tensor, labels: torch.Tensor) -> float:
     return explained / ((2 / math.pi) * float(spectrum[0] / spectrum.sum()))
 
 
-def dominant_cluster(features: torch.Tensor, k: int, min_majority: float, min_separation: float = 1.45, seed: int = 0) -> DominantCluster:
+def dominant_cluster(
+    features: torch.Tensor, k: int, min_majority: float, min_separation: float = 1.45, seed: int = 0
+) -> DominantCluster:
     """The paper's rule (largest of k clusters = presumed normals) plus a check that it can hold.
 
     k-means with k > the number of natural groups splits the normal mass into several clusters, so
@@ -83,10 +94,18 @@ def dominant_cluster(features: torch.Tensor, k: int, min_majority: float, min_se
     separation = split_separation(features, halves)
     dominant = majority >= min_majority or separation < min_separation
     if dominant:
-        message = (f"dominant cluster holds {sizes[0]} of {n} target images ({sizes[0] / n:.0%}); cluster sizes {sizes}; "
-                   f"a two-way split puts {majority:.0%} on one side (separation {separation:.2f})")
+        message = (
+            f"dominant cluster holds {sizes[0]} of {n} target images ({sizes[0] / n:.0%}); "
+            f"cluster sizes {sizes}; "
+            f"a two-way split puts {majority:.0%} on one side (separation {separation:.2f})"
+        )
     else:
-        message = (f"no cluster dominates: the {n} target images form two distinct groups of {majority:.0%} and {1 - majority:.0%} "
-                   f"(separation {separation:.2f}; cluster sizes {sizes}). Two kinds of images in comparable numbers break the "
-                   f"assumption that defects are rare; adapt with images of one product and mostly normal parts")
+        message = (
+            f"no cluster dominates: the {n} target images form two distinct groups of "
+            f"{majority:.0%} and {1 - majority:.0%} "
+            f"(separation {separation:.2f}; cluster sizes {sizes}). Two kinds of images in "
+            "comparable numbers break the "
+            "assumption that defects are rare; adapt with images of one product and mostly "
+            "normal parts"
+        )
     return DominantCluster(labels == order[0], sizes, majority, separation, dominant, message)

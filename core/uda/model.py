@@ -10,16 +10,23 @@ import torch
 from torch import nn
 
 from ..backbone import load_classifier
-from ..errors import ConfigError
 from ..drift import DriftReference
+from ..errors import ConfigError
 from ..patchcore import Provenance, ScoreResult
 from .config import UDAConfig
 
 
 class Encoder(nn.Module):
-    """phi: the pretrained classifier without its head, global average pooled, then a linear map without bias."""
+    """phi: the pretrained classifier without its head, global average pooled, then a linear map
+    without bias."""
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embedding_dim: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, embedding_dim, bias=False)
@@ -34,13 +41,19 @@ class Encoder(nn.Module):
 
 
 def build_encoder(cfg: UDAConfig, device: torch.device) -> tuple[Encoder, str]:
-    """phi with pretrained weights; the head starts as a fixed random orthogonal projection (seeded)."""
+    """phi with pretrained weights; the head starts as a fixed random orthogonal projection
+    (seeded)."""
     classifier, path = load_classifier(cfg.backbone, cfg.weights)
     if not hasattr(classifier, "reset_classifier"):
         raise ConfigError(f"backbone {cfg.backbone} cannot drop its classifier head")
     classifier.reset_classifier(0)
     pretrained = getattr(classifier, "pretrained_cfg", {}) or {}
-    encoder = Encoder(classifier, cfg.embedding_dim, tuple(pretrained.get("mean", (0.485, 0.456, 0.406))), tuple(pretrained.get("std", (0.229, 0.224, 0.225))))
+    encoder = Encoder(
+        classifier,
+        cfg.embedding_dim,
+        tuple(pretrained.get("mean", (0.485, 0.456, 0.406))),
+        tuple(pretrained.get("std", (0.229, 0.224, 0.225))),
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     weight = torch.empty_like(encoder.head.weight)
     nn.init.orthogonal_(weight, generator=generator)
@@ -50,13 +63,23 @@ def build_encoder(cfg: UDAConfig, device: torch.device) -> tuple[Encoder, str]:
 
 
 class UDAModel:
-    """A global detector (distance of an image embedding to a centre): scores, no heatmaps (core.detector.Detector)."""
+    """A global detector (distance of an image embedding to a centre): scores, no heatmaps
+    (core.detector.Detector)."""
 
     kind = "uda"
     gives_heatmaps = False
 
-    def __init__(self, config: UDAConfig, encoder: Encoder, centre: torch.Tensor, threshold: float, provenance: Provenance,
-                 device: torch.device, weights_path: str = "", version: str | None = None) -> None:
+    def __init__(
+        self,
+        config: UDAConfig,
+        encoder: Encoder,
+        centre: torch.Tensor,
+        threshold: float,
+        provenance: Provenance,
+        device: torch.device,
+        weights_path: str = "",
+        version: str | None = None,
+    ) -> None:
         self.config = config
         self.encoder = encoder
         self.centre = centre.detach().to(device)
@@ -65,7 +88,9 @@ class UDAModel:
         self.device = device
         self.weights_path = weights_path
         self.version = version
-        self.drift_reference: DriftReference | None = None  # embeddings of the images it was made for
+        self.drift_reference: DriftReference | None = (
+            None  # embeddings of the images it was made for
+        )
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -80,10 +105,13 @@ class UDAModel:
     def score(self, images: torch.Tensor) -> ScoreResult:
         """images (B, 3, H, W) in [0, 1] at the input size -> squared distances to the centre.
 
-        A global detector: no patch scores and no heatmap; the embeddings are the drift descriptors."""
+        A global detector: no patch scores and no heatmap; the embeddings are the drift descriptors.
+        """
         expected = self.input_hw
         if images.ndim != 4 or tuple(images.shape[-2:]) != expected:
-            raise ConfigError(f"expected a (B, 3, {expected[0]}, {expected[1]}) batch, got {tuple(images.shape)}")
+            raise ConfigError(
+                f"expected a (B, 3, {expected[0]}, {expected[1]}) batch, got {tuple(images.shape)}"
+            )
         embeddings = self.embed(images)
         return ScoreResult((embeddings - self.centre).square().sum(dim=1), None, None, embeddings)
 
@@ -95,8 +123,14 @@ class UDAModel:
     def score_tensor(self, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
         return self.embed_and_score(images, batch_size)[0]
 
-    def embed_and_score(self, images: torch.Tensor, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    def embed_and_score(
+        self, images: torch.Tensor, batch_size: int = 32
+    ) -> tuple[np.ndarray, np.ndarray]:
         if len(images) == 0:
             return np.zeros(0), np.zeros((0, self.config.embedding_dim))
-        results = [self.score(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        return np.concatenate([r.scores.cpu().numpy() for r in results]), np.concatenate([r.descriptors.cpu().numpy() for r in results])
+        results = [
+            self.score(images[i : i + batch_size]) for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate([r.scores.cpu().numpy() for r in results]), np.concatenate(
+            [r.descriptors.cpu().numpy() for r in results]
+        )

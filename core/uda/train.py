@@ -15,12 +15,12 @@ import torch
 from ..device import resolve_device
 from ..drift import DriftReference
 from ..errors import DatasetError
+from ..finite import refuse_diverged
 from ..images import ImageSource, load_target
+from ..options import check_options
 from ..patchcore import Provenance, split_holdout
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..threshold import quantile_threshold
-from ..finite import refuse_diverged
-from ..options import check_options
 from .clip import load_clip_encoder
 from .clustering import dominant_cluster
 from .config import UDAConfig
@@ -44,11 +44,19 @@ class UDAReport:
 
 @torch.inference_mode()
 def _batched(fn, images: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            fn(images[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
-def clustering_encoder(phi: Encoder, cfg: UDAConfig, device: torch.device) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    """psi (in eval mode) and the features k-means sees: phi's frozen pooled backbone, phi itself, or CLIP."""
+def clustering_encoder(
+    phi: Encoder, cfg: UDAConfig, device: torch.device
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """psi (in eval mode) and the features k-means sees: phi's frozen pooled backbone, phi itself,
+    or CLIP."""
     if cfg.encoder == "phi":
         return phi, phi
     if cfg.encoder == "clip":
@@ -58,11 +66,22 @@ def clustering_encoder(phi: Encoder, cfg: UDAConfig, device: torch.device) -> tu
     return frozen, frozen.pooled
 
 
-def select_normals(embed: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, cfg: UDAConfig, device: torch.device,
-                   report_: UDAReport) -> torch.Tensor:
+def select_normals(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    target: torch.Tensor,
+    cfg: UDAConfig,
+    device: torch.device,
+    report_: UDAReport,
+) -> torch.Tensor:
     """Dominant k-means cluster of the target under psi; raises when no cluster dominates."""
     feats = _batched(embed, target, device, cfg.batch_size)
-    found = dominant_cluster(torch.nn.functional.normalize(feats, dim=1), cfg.clusters, cfg.min_majority, cfg.min_separation, cfg.seed)
+    found = dominant_cluster(
+        torch.nn.functional.normalize(feats, dim=1),
+        cfg.clusters,
+        cfg.min_majority,
+        cfg.min_separation,
+        cfg.seed,
+    )
     report_.cluster_sizes, report_.message = found.sizes, found.message
     report_.dominant_share = found.sizes[0] / len(target)
     if not found.dominant:
@@ -101,18 +120,26 @@ def fit_uda(
     src_train = source_images[train_idx]
     target_images = load_target(target, cfg.image_size) if target is not None else None
     if clusters_target and len(target_images) < 2 * cfg.clusters:
-        raise DatasetError(f"UDA needs at least {2 * cfg.clusters} target images to find a dominant cluster among {cfg.clusters} "
-                           f"(2 per cluster), got {len(target_images)}; add images of the new condition or lower clusters")
+        raise DatasetError(
+            f"UDA needs at least {2 * cfg.clusters} target images to find a dominant cluster "
+            f"among {cfg.clusters} "
+            f"(2 per cluster), got {len(target_images)}; add images of the new condition or lower "
+            "clusters"
+        )
 
     recluster = clusters_target and cfg.encoder == "phi"
     if target_images is not None:
         if clusters_target:
             selected = select_normals(embed, target_images, cfg, device, report_)
         else:
-            report_.message = f"{int(selected.sum())} of {len(selected)} target images given as normal"
+            report_.message = (
+                f"{int(selected.sum())} of {len(selected)} target images given as normal"
+            )
         report_.selected = selected.numpy()
 
-    centre = _batched(phi, src_train, device, cfg.batch_size).mean(dim=0).to(device)  # fixed from here on
+    centre = (
+        _batched(phi, src_train, device, cfg.batch_size).mean(dim=0).to(device)
+    )  # fixed from here on
     params = [p for p in phi.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-len(src_train) // cfg.batch_size))
@@ -124,7 +151,10 @@ def fit_uda(
     for epoch in range(cfg.epochs):
         if recluster and epoch > 0:  # psi = phi: the clusters follow phi as it learns
             selected = select_normals(phi, target_images, cfg, device, report_)
-            positives_all, negatives_all = torch.nonzero(selected).flatten(), torch.nonzero(~selected).flatten()
+            positives_all, negatives_all = (
+                torch.nonzero(selected).flatten(),
+                torch.nonzero(~selected).flatten(),
+            )
             report_.selected = selected.numpy()
         order = torch.randperm(len(src_train), generator=generator)
         for step in range(steps_per_epoch):
@@ -135,9 +165,17 @@ def fit_uda(
                 z_s = phi(batch)
                 loss = cfg.lambda_dsvdd * dsvdd_loss(z_s, centre)
                 if target_images is not None and len(positives_all):
-                    pos = positives_all[torch.randint(len(positives_all), (len(batch),), generator=generator)]
+                    pos = positives_all[
+                        torch.randint(len(positives_all), (len(batch),), generator=generator)
+                    ]
                     n_neg = min(len(batch), len(negatives_all))
-                    neg = negatives_all[torch.randint(len(negatives_all), (n_neg,), generator=generator)] if n_neg else pos[:0]
+                    neg = (
+                        negatives_all[
+                            torch.randint(len(negatives_all), (n_neg,), generator=generator)
+                        ]
+                        if n_neg
+                        else pos[:0]
+                    )
                     z_t = phi(target_images[torch.cat([pos, neg])].to(device))
                     loss = loss + cfg.lambda_uda * info_nce(z_s, z_t[: len(pos)], z_t, cfg.tau)
                 optimiser.zero_grad(set_to_none=True)
@@ -151,20 +189,43 @@ def fit_uda(
     for p in phi.parameters():
         p.requires_grad_(False)
     refuse_diverged(phi.state_dict().values(), "encoder", cfg.lr)
-    model = UDAModel(cfg, phi.eval(), centre, float("inf"), Provenance(method="uda" if target_images is not None else "dsvdd-source-only",
-                     threshold_source="holdout-quantile", n_train_images=len(source_images)), device, weights_path)
-    # Label-free threshold: the presumed-normal targets when there is a target, else the source holdout.
+    model = UDAModel(
+        cfg,
+        phi.eval(),
+        centre,
+        float("inf"),
+        Provenance(
+            method="uda" if target_images is not None else "dsvdd-source-only",
+            threshold_source="holdout-quantile",
+            n_train_images=len(source_images),
+        ),
+        device,
+        weights_path,
+    )
+    # Label-free threshold: the presumed-normal targets when there is a target, else the source
+    # holdout.
     if target_images is not None and positives_all is not None and len(positives_all):
-        calibration, embeddings = model.embed_and_score(target_images[positives_all], cfg.batch_size)
+        calibration, embeddings = model.embed_and_score(
+            target_images[positives_all], cfg.batch_size
+        )
         model.provenance.threshold_source = "dominant-cluster-quantile"
     else:
         calibration, embeddings = model.embed_and_score(source_images[holdout_idx], cfg.batch_size)
     if len(embeddings) >= 2:
         model.drift_reference = DriftReference.from_descriptors(embeddings)
-    model.threshold = quantile_threshold(calibration, cfg.threshold_quantile) if len(calibration) else float("inf")
+    model.threshold = (
+        quantile_threshold(calibration, cfg.threshold_quantile)
+        if len(calibration)
+        else float("inf")
+    )
     model.provenance.calibration_scores = [float(s) for s in calibration]
     report_.seconds = time.perf_counter() - started
-    model.provenance.details = {"uda_config": cfg.to_dict(), "cluster_sizes": report_.cluster_sizes, "message": report_.message,
-                                "steps": report_.steps, "seconds": report_.seconds}
+    model.provenance.details = {
+        "uda_config": cfg.to_dict(),
+        "cluster_sizes": report_.cluster_sizes,
+        "message": report_.message,
+        "steps": report_.steps,
+        "seconds": report_.seconds,
+    }
     log.info("UDA fitted in %.1f s (%d steps): %s", report_.seconds, report_.steps, report_.message)
     return model, report_

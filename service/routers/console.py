@@ -39,8 +39,13 @@ class Session(BaseModel):
 
 @router.get("/v1/session", response_model=Session, tags=["console"], responses=error_responses(401))
 def session(request: Request) -> Session:
-    """What the caller's key may do (admin, read) and where models score; 401 for a missing or wrong key where one is needed."""
-    return Session(scope=granted_scope(request), auth=request.app.state.keys.enabled, device=str(request.app.state.registry.device))
+    """What the caller's key may do (admin, read) and where models score; 401 for a missing or wrong
+    key where one is needed."""
+    return Session(
+        scope=granted_scope(request),
+        auth=request.app.state.keys.enabled,
+        device=str(request.app.state.registry.device),
+    )
 
 
 class MethodOut(BaseModel):
@@ -51,10 +56,23 @@ class MethodOut(BaseModel):
     needs_source_images: bool
 
 
-@router.get("/v1/methods", response_model=list[MethodOut], tags=["console"], dependencies=[Depends(require(READ))],
-            responses=error_responses(401, 403))
+@router.get(
+    "/v1/methods",
+    response_model=list[MethodOut],
+    tags=["console"],
+    dependencies=[Depends(require(READ))],
+    responses=error_responses(401, 403),
+)
 def methods() -> list[MethodOut]:
     """The adaptation methods, the recommended one first, each with one line on when to pick it."""
     ordered = [RECOMMENDED, *(m for m in METHODS if m != RECOMMENDED)]
-    return [MethodOut(name=m, summary=(a := get_adapter(m)).summary, recommended=m == RECOMMENDED, min_images=a.min_images,
-                      needs_source_images=a.min_source_images > 0) for m in ordered]
+    return [
+        MethodOut(
+            name=m,
+            summary=(a := get_adapter(m)).summary,
+            recommended=m == RECOMMENDED,
+            min_images=a.min_images,
+            needs_source_images=a.min_source_images > 0,
+        )
+        for m in ordered
+    ]

@@ -28,8 +28,10 @@ def mount_assets(app: FastAPI) -> None:
 @router.get("/docs")
 def swagger_ui(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(
-        openapi_url=request.app.openapi_url, title="patchshift API",
-        swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+        openapi_url=request.app.openapi_url,
+        title="patchshift API",
+        swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
         swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
     )
 
@@ -37,6 +39,9 @@ def swagger_ui(request: Request) -> HTMLResponse:
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
     return get_redoc_html(
-        openapi_url=request.app.openapi_url, title="patchshift API", redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
-        redoc_favicon_url=f"{ASSETS_URL}/favicon.png", with_google_fonts=False,
+        openapi_url=request.app.openapi_url,
+        title="patchshift API",
+        redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{ASSETS_URL}/favicon.png",
+        with_google_fonts=False,
     )

@@ -16,19 +16,37 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a model cannot serve, or the worker or batcher stopped"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "a model cannot serve, or the worker or batcher stopped"}},
+)
 def readyz(registry: RegistryDep, worker: WorkerDep, batcher: BatcherDep) -> JSONResponse:
     """200 only when every model's active version is loaded and the worker and batcher run; else 503
-    naming what is wrong (a model whose active version cannot load can be rolled back through the API)."""
-    failed = {name: slot.load_error for name in registry.names() if (slot := registry.slot(name)) and slot.load_error}
+    naming what is wrong (a model whose active version cannot load can be rolled back through the
+    API)."""
+    failed = {
+        name: slot.load_error
+        for name in registry.names()
+        if (slot := registry.slot(name)) and slot.load_error
+    }
     checks = {"worker": worker.alive(), "batcher": batcher.alive(), "models": not failed}
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not ready", "checks": checks, "models": registry.names()}
+    body = {
+        "status": "ready" if ready else "not ready",
+        "checks": checks,
+        "models": registry.names(),
+    }
     if failed:
         body["load_errors"] = failed
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}
+    },
+)
 def metrics(service_metrics: MetricsDep) -> Response:
     return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,7 +21,12 @@ def job_out(job: Job) -> JobOut:
     return JobOut(**dataclasses.asdict(job))
 
 
-@router.get("", response_model=list[JobOut], dependencies=[Depends(require(READ))], responses=error_responses(401, 403, 422))
+@router.get(
+    "",
+    response_model=list[JobOut],
+    dependencies=[Depends(require(READ))],
+    responses=error_responses(401, 403, 422),
+)
 def list_jobs(
     jobs: JobsDep,
     model: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)] = None,
@@ -31,7 +36,12 @@ def list_jobs(
     return [job_out(j) for j in jobs.list(model, status, limit)]
 
 
-@router.get("/{job_id}", response_model=JobOut, dependencies=[Depends(require(READ))], responses=error_responses(401, 403, 404))
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    dependencies=[Depends(require(READ))],
+    responses=error_responses(401, 403, 404),
+)
 def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     job = jobs.get(job_id)
     if job is None:
@@ -39,7 +49,13 @@ def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     return job_out(job)
 
 
-@router.delete("/{job_id}", response_model=JobOut, status_code=202, dependencies=[Depends(require(ADMIN))], responses=error_responses(401, 403, 404))
+@router.delete(
+    "/{job_id}",
+    response_model=JobOut,
+    status_code=202,
+    dependencies=[Depends(require(ADMIN))],
+    responses=error_responses(401, 403, 404),
+)
 def cancel_job(job_id: str, worker: WorkerDep) -> JobOut:
     """Queued jobs end at once; a running job stops at its next step (poll until 'cancelled')."""
     return job_out(worker.cancel(job_id))

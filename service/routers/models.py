@@ -13,8 +13,8 @@ from patchshift.core.adapt.config import ADAPT_OPTIONS
 from patchshift.core.backbone import stage_channels
 from patchshift.core.config import FIT_OPTIONS, ModelConfig
 from patchshift.core.errors import ConfigError
-from patchshift.core.reduction import check_reduction
 from patchshift.core.options import check_options
+from patchshift.core.reduction import check_reduction
 from patchshift.core.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
 
@@ -32,36 +32,66 @@ from ..uploads import read_files
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-ModelName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="model name")]
-VersionName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="version, e.g. v3")]
+ModelName = Annotated[
+    str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="model name")
+]
+VersionName = Annotated[
+    str, Path(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="version, e.g. v3")
+]
 IMAGE_SIZE_PATTERN = r"^\s*\d{1,5}\s*(?:[xX]\s*\d{1,5}\s*)?$"
 
 UDA_FIELDS = ("clusters", "encoder")
 
 
 class FitExtras(BaseModel):
-    image_size: str = Field("256", pattern=IMAGE_SIZE_PATTERN, max_length=16, description="N or WIDTHxHEIGHT, sides 32..2048")
+    image_size: str = Field(
+        "256",
+        pattern=IMAGE_SIZE_PATTERN,
+        max_length=16,
+        description="N or WIDTHxHEIGHT, sides 32..2048",
+    )
     activate: bool = Field(True, description="make the new version active when it is ready")
 
 
 def activation_spelling(value):
-    """The boolean spellings a form sends (True, 1, yes, on, ...) mean true/false, as before if-better existed."""
+    """The boolean spellings a form sends (True, 1, yes, on, ...) mean true/false, as before
+    if-better existed."""
     text = str(value).strip().lower()
-    return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(text, text)
+    return {
+        "1": "true",
+        "yes": "true",
+        "on": "true",
+        "0": "false",
+        "no": "false",
+        "off": "false",
+    }.get(text, text)
 
 
 class AdaptExtras(BaseModel):
-    method: Literal[METHODS] = Field(RECOMMENDED, description=f"one of {', '.join(METHODS)}; default: the recommended one")  # type: ignore[valid-type]
-    image_size: str | None = Field(None, pattern=IMAGE_SIZE_PATTERN, max_length=16, description="uda only: encoder input size (default 224)")
+    method: Literal[METHODS] = Field(
+        RECOMMENDED, description=f"one of {', '.join(METHODS)}; default: the recommended one"
+    )  # type: ignore[valid-type]
+    image_size: str | None = Field(
+        None,
+        pattern=IMAGE_SIZE_PATTERN,
+        max_length=16,
+        description="uda only: encoder input size (default 224)",
+    )
     activate: Annotated[Literal[ACTIVATION_POLICIES], BeforeValidator(activation_spelling)] = Field(  # type: ignore[valid-type]
-        ACTIVATE_IF_BETTER, description="true: make the new version active when it is ready; false: keep it for review; "
-        "if-better: only if a label-free check finds it fits the new images better than the active version")
+        ACTIVATE_IF_BETTER,
+        description="true: make the new version active when it is ready; false: keep it for "
+        "review; "
+        "if-better: only if a label-free check finds it fits the new images better than the "
+        "active version",
+    )
 
 
 FitForm = form_model("FitForm", ModelConfig, FIT_OPTIONS, with_defaults=True, base=FitExtras)
 # uda only: clusters and encoder (clip needs the server's local checkpoint)
 UDAOptions = form_model("UDAOptions", UDAConfig, UDA_FIELDS, with_defaults=False, base=AdaptExtras)
-AdaptForm = form_model("AdaptForm", AdaptConfig, ADAPT_OPTIONS, with_defaults=False, base=UDAOptions)
+AdaptForm = form_model(
+    "AdaptForm", AdaptConfig, ADAPT_OPTIONS, with_defaults=False, base=UDAOptions
+)
 
 
 READ_ERRORS = error_responses(400, 401, 403, 404)
@@ -69,58 +99,108 @@ ADMIN_ERRORS = error_responses(400, 401, 403, 404, 409, 422)
 UPLOAD_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
 
 
-@router.get("", response_model=list[ModelSummary], dependencies=[Depends(require(READ))], responses=error_responses(401, 403))
+@router.get(
+    "",
+    response_model=list[ModelSummary],
+    dependencies=[Depends(require(READ))],
+    responses=error_responses(401, 403),
+)
 def list_models(store: StoreDep, registry: RegistryDep) -> list[ModelSummary]:
     return operations.list_models(store, registry)
 
 
-@router.get("/{name}", response_model=ModelOut, dependencies=[Depends(require(READ))], responses=READ_ERRORS)
-def get_model(name: ModelName, store: StoreDep, registry: RegistryDep, settings: SettingsDep) -> ModelOut:
-    return operations.describe_model(store, registry, settings, operations.require_model(store, name))
+@router.get(
+    "/{name}", response_model=ModelOut, dependencies=[Depends(require(READ))], responses=READ_ERRORS
+)
+def get_model(
+    name: ModelName, store: StoreDep, registry: RegistryDep, settings: SettingsDep
+) -> ModelOut:
+    return operations.describe_model(
+        store, registry, settings, operations.require_model(store, name)
+    )
 
 
-async def _validated_uploads(settings: Settings, files: list[UploadFile], size: tuple[int, int]) -> list[tuple[str, bytes]]:
+async def _validated_uploads(
+    settings: Settings, files: list[UploadFile], size: tuple[int, int]
+) -> list[tuple[str, bytes]]:
     uploads = await read_files(files, settings.max_train_files, settings.max_file_bytes)
-    await run_in_threadpool(decode_uploads, uploads, size, None)  # 422 naming bad files before any job exists
+    await run_in_threadpool(
+        decode_uploads, uploads, size, None
+    )  # 422 naming bad files before any job exists
     return uploads
 
 
-@router.post("/{name}/fit", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))], responses=UPLOAD_ERRORS)
+@router.post(
+    "/{name}/fit",
+    response_model=JobAccepted,
+    status_code=202,
+    dependencies=[Depends(require(ADMIN))],
+    responses=UPLOAD_ERRORS,
+)
 async def fit_model(
     name: ModelName,
     options: Annotated[FitForm, Form()],
-    files: Annotated[list[UploadFile], File(min_length=1, description="normal (defect-free) images")],
-    store: StoreDep, worker: WorkerDep, settings: SettingsDep,
+    files: Annotated[
+        list[UploadFile], File(min_length=1, description="normal (defect-free) images")
+    ],
+    store: StoreDep,
+    worker: WorkerDep,
+    settings: SettingsDep,
 ) -> JobAccepted:
     """Fit a new version from normal images (a new model if the name is new)."""
     store.model_dir(name)  # 400 when the name is taken by a file of the store
     try:
-        config = ModelConfig(image_size=options.image_size, **form_values(options, ModelConfig, FIT_OPTIONS))
+        config = ModelConfig(
+            image_size=options.image_size, **form_values(options, ModelConfig, FIT_OPTIONS)
+        )
         check_options(config)
         if config.calibration == "holdout" and config.holdout_fraction == 0:
-            raise ConfigError("holdout_fraction must be above 0 over HTTP: the held-out images set the threshold "
-                              "(set a fixed one afterwards with PUT /v1/models/{name}/threshold)")
+            raise ConfigError(
+                "holdout_fraction must be above 0 over HTTP: the held-out images set the threshold "
+                "(set a fixed one afterwards with PUT /v1/models/{name}/threshold)"
+            )
         channels = await run_in_threadpool(stage_channels, config.backbone, config.feature_strides)
         check_reduction(config.feature_reduction, config.feature_dim, config.backbone, channels)
     except (ConfigError, TypeError, ValueError) as exc:
         raise Unprocessable(f"invalid fit settings: {exc}") from None
     uploads = await _validated_uploads(settings, files, config.image_size)
     if len(uploads) < 2:
-        raise Unprocessable("fitting needs at least 2 normal images (one is held out to set the threshold)")
-    params = {"config": config.to_dict(), "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER,
-              "active_version": store.active(name)}  # a rollback made while the fit runs is not undone
+        raise Unprocessable(
+            "fitting needs at least 2 normal images (one is held out to set the threshold)"
+        )
+    params = {
+        "config": config.to_dict(),
+        "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER,
+        "active_version": store.active(name),
+    }  # a rollback made while the fit runs is not undone
     job = await run_in_threadpool(worker.submit, "fit", name, params, uploads)
     return JobAccepted(job_id=job.id, status=job.status)
 
 
-@router.post("/{name}/adapt", response_model=JobAccepted, status_code=202, dependencies=[Depends(require(ADMIN))],
-             responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503))
+@router.post(
+    "/{name}/adapt",
+    response_model=JobAccepted,
+    status_code=202,
+    dependencies=[Depends(require(ADMIN))],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
+)
 async def adapt_model(
     name: ModelName,
     options: Annotated[AdaptForm, Form()],
-    files: Annotated[list[UploadFile], File(min_length=1, description="unlabeled images of the new condition (a few may be defective)")],
-    store: StoreDep, registry: RegistryDep, worker: WorkerDep, settings: SettingsDep,
-    source_files: Annotated[list[UploadFile] | None, File(description="uda only: normal images of the source domain")] = None,
+    files: Annotated[
+        list[UploadFile],
+        File(
+            min_length=1,
+            description="unlabeled images of the new condition (a few may be defective)",
+        ),
+    ],
+    store: StoreDep,
+    registry: RegistryDep,
+    worker: WorkerDep,
+    settings: SettingsDep,
+    source_files: Annotated[
+        list[UploadFile] | None, File(description="uda only: normal images of the source domain")
+    ] = None,
 ) -> JobAccepted:
     """Adapt the active version to a new condition; scoring continues on it meanwhile.
 
@@ -129,11 +209,17 @@ async def adapt_model(
     operations.require_model(store, name)
     model = registry.get(name)
     adapter = get_adapter(options.method)
-    given = {**form_values(options, AdaptConfig, ADAPT_OPTIONS), **form_values(options, UDAConfig, UDA_FIELDS)}
+    given = {
+        **form_values(options, AdaptConfig, ADAPT_OPTIONS),
+        **form_values(options, UDAConfig, UDA_FIELDS),
+    }
     if options.image_size is not None:
         given["image_size"] = options.image_size
     if source_files and not adapter.min_source_images:
-        raise Unprocessable(f"source_files belong to methods that learn from source images (uda), not to {adapter.name}")
+        raise Unprocessable(
+            "source_files belong to methods that learn from source images (uda), not to "
+            f"{adapter.name}"
+        )
     cfg, stored = operations.adaptation_settings(adapter, model, name, given, settings)
     size = adapter.input_size(model, cfg)
     sources = await _validated_uploads(settings, source_files, size) if source_files else []
@@ -144,8 +230,19 @@ async def adapt_model(
     return JobAccepted(job_id=job.id, status=job.status)
 
 
-@router.post("/{name}/versions/{version}/activate", response_model=ModelOut, dependencies=[Depends(require(ADMIN))], responses=ADMIN_ERRORS)
-async def activate_version(name: ModelName, version: VersionName, store: StoreDep, registry: RegistryDep, settings: SettingsDep) -> ModelOut:
+@router.post(
+    "/{name}/versions/{version}/activate",
+    response_model=ModelOut,
+    dependencies=[Depends(require(ADMIN))],
+    responses=ADMIN_ERRORS,
+)
+async def activate_version(
+    name: ModelName,
+    version: VersionName,
+    store: StoreDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+) -> ModelOut:
     """Roll back or forward: the version scores from the next request on."""
     await run_in_threadpool(operations.activate_version, store, registry, name, version)
     return operations.describe_model(store, registry, settings, name)
@@ -153,15 +250,28 @@ async def activate_version(name: ModelName, version: VersionName, store: StoreDe
 
 class ThresholdIn(BaseModel):
     threshold: float = Field(
-        ..., ge=THRESHOLD_BOUNDS.ge, le=THRESHOLD_BOUNDS.le, allow_inf_nan=False,
+        ...,
+        ge=THRESHOLD_BOUNDS.ge,
+        le=THRESHOLD_BOUNDS.le,
+        allow_inf_nan=False,
         description=f"new decision threshold on the anomaly score ({THRESHOLD_BOUNDS.describe()})",
     )
 
 
-@router.put("/{name}/threshold", response_model=ModelOut, dependencies=[Depends(require(ADMIN))],
-            responses=error_responses(400, 401, 403, 404, 409, 422, 503))
-async def set_threshold(name: ModelName, body: Annotated[ThresholdIn, Body()], store: StoreDep, registry: RegistryDep,
-                        worker: WorkerDep, settings: SettingsDep) -> ModelOut:
+@router.put(
+    "/{name}/threshold",
+    response_model=ModelOut,
+    dependencies=[Depends(require(ADMIN))],
+    responses=error_responses(400, 401, 403, 404, 409, 422, 503),
+)
+async def set_threshold(
+    name: ModelName,
+    body: Annotated[ThresholdIn, Body()],
+    store: StoreDep,
+    registry: RegistryDep,
+    worker: WorkerDep,
+    settings: SettingsDep,
+) -> ModelOut:
     """Override the threshold: writes a new version (parent: the active one) and activates it.
 
     Refused (409) while the model has an unfinished job: an adaptation that ends later would
@@ -170,11 +280,25 @@ async def set_threshold(name: ModelName, body: Annotated[ThresholdIn, Body()], s
     return operations.describe_model(store, registry, settings, name)
 
 
-@router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Depends(require(ADMIN))], responses=error_responses(400, 401, 403, 404, 409))
-def delete_version(name: ModelName, version: VersionName, store: StoreDep, registry: RegistryDep, worker: WorkerDep) -> None:
+@router.delete(
+    "/{name}/versions/{version}",
+    status_code=204,
+    dependencies=[Depends(require(ADMIN))],
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def delete_version(
+    name: ModelName, version: VersionName, store: StoreDep, registry: RegistryDep, worker: WorkerDep
+) -> None:
     operations.delete_version(store, registry, worker, name, version)
 
 
-@router.delete("/{name}", status_code=204, dependencies=[Depends(require(ADMIN))], responses=error_responses(400, 401, 403, 404, 409))
-def delete_model(name: ModelName, store: StoreDep, registry: RegistryDep, worker: WorkerDep) -> None:
+@router.delete(
+    "/{name}",
+    status_code=204,
+    dependencies=[Depends(require(ADMIN))],
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def delete_model(
+    name: ModelName, store: StoreDep, registry: RegistryDep, worker: WorkerDep
+) -> None:
     operations.delete_model(store, registry, worker, name)
