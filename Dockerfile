@@ -12,7 +12,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core core
 COPY service service
-COPY benchmarks benchmarks
 RUN pip install --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple torch==2.14.1 torchvision==0.29.1 \
  && pip install '.[clip]'
 
@@ -25,7 +24,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core core
 COPY service service
-COPY benchmarks benchmarks
 RUN pip install torch==2.14.1 torchvision==0.29.1 && pip install '.[gpu,clip]' && pip uninstall -y faiss-cpu
 
 FROM build-${VARIANT} AS build

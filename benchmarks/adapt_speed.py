@@ -1,6 +1,6 @@
 """Adaptation wall time and peak memory: 150 images at 256 x 256 px (the issue's budget case).
 
-    python -m patchshift.benchmarks.adapt_speed [--dataset bsd] [--images 150] [--image-size 256]
+    python -m benchmarks.adapt_speed [--dataset bsd] [--images 150] [--image-size 256]
     [--methods ...]
 
 The model is fitted on the dataset's train/good at `--image-size` (256 px: the budget case);
@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from .common import DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
+from .common import DEFAULT_DATA_ROOT, RESULTS, PeakMemory, machine, markdown
 from .protocol import as_float, corrupt_uint8, get_model, load_images
 from .shift import method_settings
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.data import labelled_samples
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench adapt-speed",
+        prog="python -m benchmarks.adapt_speed",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--trained-layers", default="all", choices=("all", "feature-stages"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
-    parser.add_argument("--out", default="benchmarks/results/adapt-speed.json")
+    parser.add_argument("--model-cache", default=str(RESULTS / "models"))
+    parser.add_argument("--out", default=str(RESULTS / "adapt-speed.json"))
     args = parser.parse_args(argv)
     root = Path(args.data_root) / args.dataset
     model = get_model(

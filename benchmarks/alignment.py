@@ -1,6 +1,6 @@
 """Alignment diagnostics under a shift: scale, distance to the bank, and the right rows.
 
-    python -m patchshift.benchmarks.alignment [--dataset bsd] [--corruptions ...] [--severities 3 5]
+    python -m benchmarks.alignment [--dataset bsd] [--corruptions ...] [--severities 3 5]
 
 For the normal images of the shift benchmark's adaptation split (same split, same seed), per
 condition and per model (no adaptation, AdaBN, RoDA adapted on the whole adaptation split as in
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench alignment",
+        prog="python -m benchmarks.alignment",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -34,6 +34,7 @@ def model_settings(name: str, image_size: str | None) -> dict:
     return {**dataset_settings(name), **({"image_size": image_size} if image_size else {})}
 
 
+RESULTS = Path(__file__).resolve().parent / "results"  # the checkout's, whatever the cwd
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

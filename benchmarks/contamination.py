@@ -1,6 +1,6 @@
 """Contaminated training sets: fit with and without the patch filter (`--contamination auto`).
 
-    python -m patchshift.benchmarks.contamination [--datasets bsd deeppcb] [--shares 0 0.1 0.2]
+    python -m benchmarks.contamination [--datasets bsd deeppcb] [--shares 0 0.1 0.2]
 
 A share of train/good is replaced by defective test images chosen at random (seeded); those
 images leave the evaluation set, so no image is both trained on and scored. Each training set is
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown, model_settings
+from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown, model_settings
 
 COLUMNS = [
     ("dataset", "dataset", ""),
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.patchcore import fit
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench contamination",
+        prog="python -m benchmarks.contamination",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/contamination.json")
+    parser.add_argument("--out", default=str(RESULTS / "contamination.json"))
     args = parser.parse_args(argv)
     from .protocol import parse_variant
 

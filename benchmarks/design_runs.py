@@ -1,6 +1,6 @@
 """Design runs for adaptation settings, kept off the shift benchmark's evaluation split.
 
-    python -m patchshift.benchmarks.design_runs [--dataset bsd] [--severities 5] [--variants
+    python -m benchmarks.design_runs [--dataset bsd] [--severities 5] [--variants
     none:method=none bn-stats:method=bn-stats roda roda-3-epochs:epochs=3 paired-oracle]
 
 Settings are chosen here, never on the 80% evaluation split: the shift benchmark's 20% adaptation
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from .references import paired_oracle
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench design-runs",
+        prog="python -m benchmarks.design_runs",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,7 +1,7 @@
 """Drift benchmark: does the label-free drift statistic fire on shifted streams and stay quiet on
 clean ones?
 
-    python -m patchshift.benchmarks.drift [--datasets bsd deeppcb] [--window 32] [--threshold T]
+    python -m benchmarks.drift [--datasets bsd deeppcb] [--window 32] [--threshold T]
 
 For each dataset: the fitted model's reference comes from its training images. Clean stream: the
 held-out normal test images (never seen at fit), in random order, and the whole clean test set
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown
 from .protocol import as_float, corrupt_uint8, get_model, load_images
 
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench drift",
+        prog="python -m benchmarks.drift",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--model-cache", default=str(RESULTS / "models"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     for name in args.datasets:
         result = run_dataset(name, args)

@@ -59,7 +59,7 @@ def export(out: Path, seed: int = 0) -> dict[str, dict[str, int]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="patchshift bench elpv",
+        prog="python -m benchmarks.elpv",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,7 +1,7 @@
 """Engine benchmark: accuracy and fit cost on every dataset in shared/data (throughput:
 throughput.py).
 
-    python -m patchshift.benchmarks.engine [--data-root ../shared/data] [--sweeps]
+    python -m benchmarks.engine [--data-root ../shared/data] [--sweeps]
 
 Prints the README's tables (markdown) and writes benchmarks/results/engine.json.
 Each fit runs in a fresh child process so that its peak resident memory is its own.
@@ -23,6 +23,7 @@ import torch
 from .common import (
     DATASETS,
     DEFAULT_DATA_ROOT,
+    RESULTS,
     StageClock,
     dataset_settings,
     extract_features,
@@ -227,7 +228,7 @@ SWEEP_COLUMNS = [
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="patchshift bench engine",
+        prog="python -m benchmarks.engine",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="IVF probes to sweep (default: the model's)",
     )
-    parser.add_argument("--out", default="benchmarks/results/engine.json")
+    parser.add_argument("--out", default=str(RESULTS / "engine.json"))
     args = parser.parse_args(argv)
     root = Path(args.data_root)
     from .protocol import parse_variant

@@ -1,6 +1,6 @@
 """What the contamination filter keeps, counted against the defect masks.
 
-    python -m patchshift.benchmarks.filter_masks [--datasets bsd deeppcb] [--normal 100]
+    python -m benchmarks.filter_masks [--datasets bsd deeppcb] [--normal 100]
     [--defective 25] [--corruption brightness --severity 5] [--cuts 0 0.5 1 2 3] [--references 10]
     [--closest-share 0.5] [--window W]
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown, model_settings
+from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown, model_settings
 
 FAR_CELLS = (
     4  # a defective image's patch this many cells or more away from its defects counts as normal
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     from .protocol import as_float, corrupt_uint8, get_model, load_images
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench filter-masks",
+        prog="python -m benchmarks.filter_masks",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="per-position scoring: grid cells around a patch's place",
     )
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--model-cache", default=str(RESULTS / "models"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/filter-masks.json")
+    parser.add_argument("--out", default=str(RESULTS / "filter-masks.json"))
     args = parser.parse_args(argv)
     if args.defective < 1 or args.normal < 1:
         parser.error("--normal and --defective need at least one image each")

@@ -1,6 +1,6 @@
 """The outlier tail of the target memory's mutual scores, per condition of the shift benchmark.
 
-    python -m patchshift.benchmarks.filter_tail [--dataset bsd] [--corruptions clean brightness ...]
+    python -m benchmarks.filter_tail [--dataset bsd] [--corruptions clean brightness ...]
     [--severities 5 3]
 
 The shift benchmark's adaptation batch (the same 20% split and seed), corrupted, through the source
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.metrics import auroc
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench filter-tail",
+        prog="python -m benchmarks.filter_tail",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

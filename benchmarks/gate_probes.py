@@ -1,7 +1,7 @@
 """Synthetic probes as a label-free check of which version ranks a batch better: measured, not
 adopted.
 
-    python -m patchshift.benchmarks.gate_probes [--dataset bsd] [--corruptions gaussian_noise ...]
+    python -m benchmarks.gate_probes [--dataset bsd] [--corruptions gaussian_noise ...]
     [--severities 3 5]
 
 The shift benchmark's adaptation batch (the same 20% split and seed), corrupted; the default target
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.patchcore import kfold_scores
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench gate-probes",
+        prog="python -m benchmarks.gate_probes",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """HTTP load benchmark: concurrent clients posting batches of images to the real server on loopback.
 
-    python -m patchshift.benchmarks.load [--dataset bsd] [--clients 4] [--duration 60] [--batch 8]
+    python -m benchmarks.load [--dataset bsd] [--clients 4] [--duration 60] [--batch 8]
 
 Scenarios: scores only, scores with heatmap PNGs, and scores while an adaptation job runs. The
 baseline is in-process scoring of the same files in this process (decode + score, and + heatmap
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown
 
 
 def in_process(
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     from .protocol import get_model
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench load",
+        prog="python -m benchmarks.load",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--files", type=int, default=64, help="distinct test images cycled through")
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--model-cache", default=str(RESULTS / "models"))
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     root = Path(args.data_root) / args.dataset

@@ -1,7 +1,7 @@
 """How much RoDA's subsampled OT problem costs in accuracy: a small case where the full problem
 fits.
 
-    python -m patchshift.benchmarks.ot_size [--dataset bsd] [--image-size 288x112] [--corruptions
+    python -m benchmarks.ot_size [--dataset bsd] [--image-size 288x112] [--corruptions
     ...]
 
 Each RoDA step solves OT between `target_patches` patches sampled from the minibatch's views and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DEFAULT_DATA_ROOT, PeakMemory, machine, markdown
+from .common import DEFAULT_DATA_ROOT, RESULTS, PeakMemory, machine, markdown
 from .protocol import as_float, corrupt_uint8, evaluate_on, get_model, load_images, stratified_split
 
 FULL = 10**9  # more than any minibatch or bank: sample_rows then takes every row
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.data import labelled_samples, load_mask
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench ot-size",
+        prog="python -m benchmarks.ot_size",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corruptions", nargs="*", default=["defocus_blur", "gaussian_noise"])
     parser.add_argument("--severity", type=int, default=5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--model-cache", default="benchmarks/results/models-ot-size")
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--model-cache", default=str(RESULTS / "models-ot-size"))
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     root = Path(args.data_root) / args.dataset

@@ -2,7 +2,7 @@
 size.
 
     pip install -e '.[peer]'          # anomalib 2.7 resolves beside torch 2.14.1
-    python -m patchshift.benchmarks.peer [--datasets bsd deeppcb] [--cap-s 900]
+    python -m benchmarks.peer [--datasets bsd deeppcb] [--cap-s 900]
 
 patchshift fits with its defaults (k-fold calibration included, which anomalib does not do).
 anomalib's torch model (`PatchcoreModel`: the paper's recipe, 3x3 average pooling, exact search,
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, StageClock, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, StageClock, machine, markdown
 
 BATCH = 32
 STAGES = [
@@ -179,7 +179,7 @@ def run_anomalib(
     command = [
         sys.executable,
         "-m",
-        "patchshift.benchmarks.peer",
+        "benchmarks.peer",
         "--child",
         name,
         str(root),
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         anomalib_child(Path(root), size_text, int(bank_rows), int(limit) or None)
         return
     parser = argparse.ArgumentParser(
-        prog="patchshift bench peer",
+        prog="python -m benchmarks.peer",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="fit both on the first N training images (where anomalib's coreset finishes)",
     )
-    parser.add_argument("--out", default="benchmarks/results/peer.json")
+    parser.add_argument("--out", default=str(RESULTS / "peer.json"))
     args = parser.parse_args(argv)
     rows = []
     for name in args.datasets:

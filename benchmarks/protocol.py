@@ -13,7 +13,7 @@ import torch
 
 from patchshift.core.corruptions import CORRUPTIONS
 
-from .common import DEFAULT_DATA_ROOT, model_settings
+from .common import DEFAULT_DATA_ROOT, RESULTS, model_settings
 
 
 def stratified_split(
@@ -123,10 +123,10 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int
     )
     parser.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="*", type=int, default=severities)
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--model-cache", default=str(RESULTS / "models"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--out-dir", default=str(RESULTS))
 
 
 def protocol_split(args: argparse.Namespace):

@@ -1,6 +1,6 @@
 """Feature reduction study: how the patch features are reduced and weighed, on every dataset.
 
-    python -m patchshift.benchmarks.reduction [--datasets bsd deeppcb] [--variants ...]
+    python -m benchmarks.reduction [--datasets bsd deeppcb] [--variants ...]
 
 Raw features are extracted once per dataset (every channel of each stage, neighbourhood-averaged
 and upsampled to the finest grid: 40 + 112 = 152 channels for EfficientNet-Lite0 at strides 8 and
@@ -27,6 +27,7 @@ import torch
 from .common import (
     DATASETS,
     DEFAULT_DATA_ROOT,
+    RESULTS,
     dataset_settings,
     extract_features,
     machine,
@@ -155,7 +156,7 @@ COLUMNS = [
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="patchshift bench reduction",
+        prog="python -m benchmarks.reduction",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the first N training images only (few-image products)",
     )
-    parser.add_argument("--out", default="benchmarks/results/reduction.json")
+    parser.add_argument("--out", default=str(RESULTS / "reduction.json"))
     args = parser.parse_args(argv)
     rows = []
     for name in args.datasets:

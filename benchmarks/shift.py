@@ -1,6 +1,6 @@
 """Shift benchmark, the RoDA paper's protocol, on every dataset in shared/data.
 
-    python -m patchshift.benchmarks.shift [--datasets bsd deeppcb] [--severities 3 5] [--max-eval N]
+    python -m benchmarks.shift [--datasets bsd deeppcb] [--severities 3 5] [--max-eval N]
 
 Fit once on clean train/good; for each corruption and severity, corrupt the test set (stored
 as 8-bit images, as a camera would deliver them), split it 20% adaptation (unlabeled,
@@ -26,7 +26,15 @@ import torch
 from patchshift.core.corruptions import CORRUPTIONS
 from patchshift.core.fileio import atomic_write_bytes
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, PeakMemory, machine, markdown, model_settings
+from .common import (
+    DATASETS,
+    DEFAULT_DATA_ROOT,
+    RESULTS,
+    PeakMemory,
+    machine,
+    markdown,
+    model_settings,
+)
 from .protocol import (  # noqa: F401  (re-exported for the scripts and tests that used them from here)
     add_protocol_arguments,
     as_float,
@@ -510,7 +518,7 @@ def gate_table(result: dict, tolerance: float = 0.01) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="patchshift bench shift",
+        prog="python -m benchmarks.shift",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -588,10 +596,10 @@ def main(argv: list[str] | None = None) -> None:
         help="condition of the defective-share sweep (default: the first corruption at the "
         "highest severity)",
     )
-    parser.add_argument("--model-cache", default="benchmarks/results/models")
+    parser.add_argument("--model-cache", default=str(RESULTS / "models"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument(
         "--report",
         nargs="+",

@@ -1,9 +1,10 @@
 """How a version's threshold is carried to a new condition, compared on stored shift-benchmark
 scores.
 
-Reads a results file written with `patchshift bench shift --keep-scores` (every image's score, the
-target images' out-of-fold scores and the source's calibration scores) and prints, per rule, the
-share of held-out good images flagged (false alarms) and of defective images caught (recall):
+Reads a results file written with `python -m benchmarks.shift --keep-scores` (every image's
+score, the target images' out-of-fold scores and the source's calibration scores) and prints, per
+rule, the share of held-out good images flagged (false alarms) and of defective images caught
+(recall):
   Gumbel law       an extreme-value law fitted through the raw target scores' 10th percentile and
                    median, its 99th percentile (the rule before the vouched normal scores:
                    benchmarks/verdicts.py compares the rule in use)
@@ -176,7 +177,7 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="patchshift bench threshold-rules",
+        prog="python -m benchmarks.threshold_rules",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

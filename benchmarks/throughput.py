@@ -1,6 +1,6 @@
 """Scoring throughput at batch 32, broken down by stage, against the backbone's forward alone.
 
-    python -m patchshift.benchmarks.throughput [--datasets bsd deeppcb] [--fit-images 120]
+    python -m benchmarks.throughput [--datasets bsd deeppcb] [--fit-images 120]
 
 The bank is capped at its default 10,000 rows, which a fit on 120 images already fills, so the
 timings equal those of a model fitted on the whole training set. Each stage is timed as the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, machine, markdown
+from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.patchcore import fit
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench throughput",
+        prog="python -m benchmarks.throughput",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         help="model settings for the fits, e.g. ivf_nprobe=8",
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="benchmarks/results/throughput.json")
+    parser.add_argument("--out", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args(argv)
     from .protocol import parse_variant
 

@@ -1,6 +1,6 @@
 """UDA benchmark on ELPV solar cells: monocrystalline and polycrystalline modules as two domains.
 
-    python -m patchshift.benchmarks.uda [--directions mono-poly poly-mono] [--epochs 10]
+    python -m benchmarks.uda [--directions mono-poly poly-mono] [--epochs 10]
     [--image-size 128]
 
 Needs the PyPI package `elpv-dataset`. Normal = defect probability 0, anomalous = probability 1
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import PeakMemory, machine, markdown
+from .common import RESULTS, PeakMemory, machine, markdown
 
 
 def load_elpv(size: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     from patchshift.core.uda import UDAConfig
 
     parser = argparse.ArgumentParser(
-        prog="patchshift bench uda",
+        prog="python -m benchmarks.uda",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         help="directions of the ratio sweep (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     out = Path(args.out_dir) / "uda-elpv.json"

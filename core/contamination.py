@@ -42,15 +42,6 @@ class FilterSettings:
     # Per-position scoring (SoftPatch, for aligned parts): a patch is compared only with the patches
     # within `window` grid cells of its own position in the other images. None: anywhere.
     window: int | None = None
-    # Share of the images, those whose worst patch scores lowest, kept whole: patches that are rare
-    # but normal (a layout few other images show) survive in images that look defect-free.
-    trusted_share: float = 0.0
-    # A dropped patch that stands out from the other cells of its rescue_window x rescue_window
-    # neighbourhood no more than median + rescue_z robust deviations of that contrast (0: no more
-    # than the median patch does) is kept: a rare but normal layout is a region of raised scores, a
-    # defect a compact peak. Window 0: off.
-    rescue_window: int = 0
-    rescue_z: float = 0.0
     # The cut applies only when the scores have an outlier tail: more than this share of them beyond
     # median + TAIL_Z robust deviations (a normal distribution puts NORMAL_TAIL_SHARE there).
     # Without one, no patch stands out from the normal variation and a cut would only drop its rarer
@@ -62,18 +53,9 @@ class FilterSettings:
             raise ConfigError(
                 f"the per-position window must be 0 or more grid cells, got {self.window}"
             )
-        if not 0.0 <= self.trusted_share <= 1.0:
-            raise ConfigError(
-                f"the share of images kept whole must be between 0 and 1, got {self.trusted_share}"
-            )
         if not 0.0 <= self.tail_share < 1.0:
             raise ConfigError(
                 f"the outlier tail's share must be at least 0 and below 1, got {self.tail_share}"
-            )
-        if self.rescue_window < 0 or (self.rescue_window and self.rescue_window % 2 == 0):
-            raise ConfigError(
-                "the rescue neighbourhood must be an odd number of grid cells (or 0: off), got "
-                f"{self.rescue_window}"
             )
 
 
@@ -247,47 +229,14 @@ def cut_applies(tail: float, tail_share: float) -> bool:
     return tail_share == 0 or tail > tail_share
 
 
-def trusted_images(scores: torch.Tensor, share: float) -> torch.Tensor:
-    """scores (N, P) -> indices of the floor(share * N) images whose worst patch scores lowest."""
-    return scores.amax(dim=1).argsort()[: int(share * len(scores))]
-
-
-def peak_contrast(scores: torch.Tensor, grid: tuple[int, int], window: int) -> torch.Tensor:
-    """scores (N, P) on an h x w = P grid -> (N, P) each score minus the mean of the other cells of
-    its window x window neighbourhood (cells inside the grid only)."""
-    n = len(scores)
-    cells = scores.view(n, 1, *grid)
-    pad = window // 2
-    sums = torch.nn.functional.avg_pool2d(
-        cells, window, 1, pad, count_include_pad=False, divisor_override=1
-    )
-    counts = torch.nn.functional.avg_pool2d(
-        torch.ones_like(cells), window, 1, pad, count_include_pad=False, divisor_override=1
-    )
-    return (cells - (sums - cells) / (counts - 1).clamp_min(1)).view(n, -1)
-
-
 def filter_patches(
     feats: torch.Tensor,
     settings: FilterSettings,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
-    grid: tuple[int, int] | None = None,
 ) -> FilterResult:
-    """feats (N, P, D) on an h x w = P `grid` -> which patches to keep as normal: those below the
-    cut, those that do not stand out from their neighbourhood (settings.rescue_window, which needs
-    the grid), and every patch of the trusted images."""
-    if settings.rescue_window and (grid is None or grid[0] * grid[1] != feats.shape[1]):
-        raise ConfigError(
-            "rescuing patches by their neighbourhood needs the patch grid of the "
-            f"{feats.shape[1]} patches, got {grid}"
-        )
+    """feats (N, P, D) -> which patches to keep as normal: those below the cut (when it applies)."""
     scores = mutual_scores(feats, settings, progress, cancel)
     tail = outlier_tail(scores)
     cut = robust_cut(scores, settings.cut_z) if cut_applies(tail, settings.tail_share) else math.inf
-    keep = scores <= cut
-    if settings.rescue_window:
-        contrast = peak_contrast(scores, grid, settings.rescue_window)
-        keep |= contrast <= robust_cut(contrast, settings.rescue_z)
-    keep[trusted_images(scores, settings.trusted_share)] = True
-    return FilterResult(scores=scores, keep=keep, cut=cut, tail=tail)
+    return FilterResult(scores=scores, keep=scores <= cut, cut=cut, tail=tail)

@@ -1,4 +1,4 @@
-"""The `patchshift` command: fit, score, adapt, eval, serve, bench.
+"""The `patchshift` command: fit, score, adapt, eval, serve.
 
 Every user error is one line on stderr and exit status 1; usage errors exit 2 (argparse).
 """
@@ -180,34 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)"
     )
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
-
-    benchmarks = (
-        "engine",
-        "throughput",
-        "shift",
-        "threshold-rules",
-        "adapt-speed",
-        "contamination",
-        "ot-size",
-        "drift",
-        "load",
-        "uda",
-        "alignment",
-        "design-runs",
-        "reduction",
-        "peer",
-        "generated",
-        "elpv",
-        "filter-masks",
-        "filter-tail",
-        "gate-probes",
-    )
-    p = sub.add_parser(
-        "bench",
-        help=f"run a benchmark: {', '.join(benchmarks)} (options after the name; --help for them)",
-    )
-    p.add_argument("name", choices=benchmarks)
-    p.add_argument("options", nargs=argparse.REMAINDER)
 
     p = sub.add_parser(
         "eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set"
@@ -502,15 +474,6 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, progress) -> int:
-    import importlib
-
-    importlib.import_module(f"patchshift.benchmarks.{args.name.replace('-', '_')}").main(
-        args.options
-    )
-    return 0
-
-
 @contextmanager
 def usage_errors(args: argparse.Namespace) -> Iterator[None]:
     """A setting out of its range is a usage error (exit 2), like a malformed flag."""
@@ -533,7 +496,6 @@ def _batch_size_type():
 
 COMMANDS = {
     "serve": cmd_serve,
-    "bench": cmd_bench,
     "fit": cmd_fit,
     "score": cmd_score,
     "adapt": cmd_adapt,

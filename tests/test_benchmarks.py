@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchshift.benchmarks import shift
+from benchmarks import shift
 from patchshift.core.data import train_images
 
 
@@ -108,7 +108,7 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
 
 
 def test_ot_size_benchmark_smoke(dataset, tmp_path, capsys):
-    from patchshift.benchmarks import ot_size
+    from benchmarks import ot_size
 
     ot_size.main(
         [
@@ -145,7 +145,7 @@ def test_paired_oracle_pulls_shifted_features_onto_the_clean_ones(fitted, datase
     """The reference trains BatchNorm towards the clean images' features: their distance falls."""
     import torch
 
-    from patchshift.benchmarks.references import paired_oracle
+    from benchmarks.references import paired_oracle
 
     clean = shift.load_images(train_images(dataset)[:16], fitted.config.image_size)
     shifted = shift.corrupt_uint8(clean, "defocus_blur", 5, seed=0)
@@ -163,7 +163,7 @@ def test_paired_oracle_pulls_shifted_features_onto_the_clean_ones(fitted, datase
 
 
 def test_refit_reference_fits_a_bank_on_corrupted_normal_images(fitted, dataset):
-    from patchshift.benchmarks.references import refit_on_condition
+    from benchmarks.references import refit_on_condition
 
     refit = refit_on_condition(fitted, dataset, "gaussian_noise", 5, seed=0)
     clean = shift.load_images(train_images(dataset), fitted.config.image_size)
@@ -173,7 +173,7 @@ def test_refit_reference_fits_a_bank_on_corrupted_normal_images(fitted, dataset)
 
 
 def test_alignment_benchmark_smoke(dataset, tmp_path, capsys):
-    from patchshift.benchmarks import alignment
+    from benchmarks import alignment
 
     alignment.main(
         [
@@ -206,7 +206,7 @@ def test_alignment_benchmark_smoke(dataset, tmp_path, capsys):
 def test_twin_agreement_is_one_without_a_shift_and_falls_with_one(fitted, dataset):
     """Clean images agree with themselves (the column's reference); a strong shift sends patches
     elsewhere."""
-    from patchshift.benchmarks.alignment import patch_search, twin_agreement
+    from benchmarks.alignment import patch_search, twin_agreement
 
     # the measure itself, by hand: patch 0's nearest row (2) is among its twin's rows, patch 1's (7)
     # is not
@@ -224,7 +224,7 @@ def test_twin_agreement_is_one_without_a_shift_and_falls_with_one(fitted, datase
 def test_design_runs_parse_variants_and_run(tmp_path, capsys):
     from conftest import write_dataset
 
-    from patchshift.benchmarks import design_runs
+    from benchmarks import design_runs
 
     dataset = write_dataset(tmp_path / "data" / "widget", n_train=12, n_good=20, n_defect=20)
 
@@ -271,7 +271,7 @@ def test_sweep_condition_is_checked_before_any_work(capsys):
 def test_reduction_study_measures_what_fit_builds(fitted, dataset):
     """The study's 'average' variant applied to raw features equals the model's own features, and
     every variant runs end to end on generated images."""
-    from patchshift.benchmarks import reduction
+    from benchmarks import reduction
     from patchshift.core.data import train_images
     from patchshift.core.images import load_batch
 
@@ -301,7 +301,7 @@ def test_reduction_study_measures_what_fit_builds(fitted, dataset):
 
 
 def test_contamination_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
-    from patchshift.benchmarks import contamination
+    from benchmarks import contamination
     from patchshift.core import fileio
 
     written = []
@@ -337,7 +337,7 @@ def test_contamination_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
 
 
 def test_contaminated_split_moves_defects_out_of_evaluation(dataset):
-    from patchshift.benchmarks.contamination import contaminated_split
+    from benchmarks.contamination import contaminated_split
     from patchshift.core.data import labelled_samples, train_images
 
     train, samples = train_images(dataset), labelled_samples(dataset)
@@ -440,7 +440,7 @@ def test_verdict_table_by_hand():
 
 
 def test_threshold_rules_by_hand():
-    from patchshift.benchmarks import threshold_rules
+    from benchmarks import threshold_rules
 
     result = {
         "source_calibration_scores": [10, 11, 12, 13, 14],
@@ -479,7 +479,7 @@ def test_threshold_rules_by_hand():
 
 
 def test_threshold_rules_pool_the_files_of_one_product(tmp_path, capsys):
-    from patchshift.benchmarks import threshold_rules
+    from benchmarks import threshold_rules
 
     result = {
         "source_calibration_scores": [10, 11, 12, 13, 14],
@@ -511,7 +511,7 @@ def test_threshold_rules_pool_the_files_of_one_product(tmp_path, capsys):
 
 
 def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
-    from patchshift.benchmarks import peer
+    from benchmarks import peer
 
     stderr = (
         "Selecting Coreset Indices.:   0%|          | 0/10000 [00:00<?, ?it/s]\r"
@@ -538,7 +538,7 @@ def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
 
 
 def test_generated_tiles_are_an_mvtec_layout_with_small_masked_defects(tmp_path):
-    from patchshift.benchmarks import generated
+    from benchmarks import generated
     from patchshift.core.data import labelled_samples, load_mask, train_images
 
     root = generated.write(tmp_path / "tiles", seed=1, n_train=3, n_good=2, n_per_defect=2)
@@ -555,7 +555,7 @@ def test_generated_tiles_are_an_mvtec_layout_with_small_masked_defects(tmp_path)
 
 
 def test_bank_sweep_scores_every_size_index_and_probe_count(dataset, tiny_config):
-    from patchshift.benchmarks.engine import bank_sweep
+    from benchmarks.engine import bank_sweep
 
     overrides = {"image_size": tiny_config.image_size, "neighbourhood_border": "inside"}
     rows = bank_sweep("widget", dataset, overrides, "cpu", [40, 80], ("flat", "ivf"), (1, 4))
@@ -573,7 +573,7 @@ def test_bank_sweep_scores_every_size_index_and_probe_count(dataset, tiny_config
 
 
 def test_filter_masks_counts_patches_by_hand():
-    from patchshift.benchmarks import filter_masks
+    from benchmarks import filter_masks
 
     masks = np.zeros((2, 4, 4), bool)
     masks[1, 0, 0] = True  # one defect pixel: the top-left cell of a 2 x 2 grid
@@ -604,7 +604,7 @@ def test_filter_masks_counts_patches_by_hand():
 
 
 def test_filter_masks_smoke(dataset, tmp_path, capsys):
-    from patchshift.benchmarks import filter_masks
+    from benchmarks import filter_masks
 
     out = tmp_path / "fm.json"
     filter_masks.main(
@@ -652,7 +652,7 @@ def test_filter_masks_smoke(dataset, tmp_path, capsys):
 def test_filter_tail_smoke(tmp_path, capsys):
     from conftest import write_dataset
 
-    from patchshift.benchmarks import filter_tail
+    from benchmarks import filter_tail
     from patchshift.core.contamination import NORMAL_TAIL_SHARE, cut_applies
 
     root = write_dataset(
@@ -689,7 +689,7 @@ def test_filter_tail_smoke(tmp_path, capsys):
 
 
 def test_gate_probes_paste_one_piece_of_each_image_into_itself():
-    from patchshift.benchmarks.gate_probes import planted
+    from benchmarks.gate_probes import planted
 
     images = torch.rand(6, 3, 40, 60)
     probed = planted(images, seed=3)
@@ -710,7 +710,7 @@ def test_gate_probes_paste_one_piece_of_each_image_into_itself():
 def test_gate_probes_smoke(tmp_path, capsys):
     from conftest import write_dataset
 
-    from patchshift.benchmarks import gate_probes
+    from benchmarks import gate_probes
 
     root = write_dataset(
         tmp_path / "data" / "wide", n_train=8, n_good=15, n_defect=15
@@ -740,7 +740,7 @@ def test_gate_probes_smoke(tmp_path, capsys):
 
 
 def test_elpv_export_writes_one_product_per_cell_type_in_the_mvtec_layout(tmp_path, monkeypatch):
-    from patchshift.benchmarks import elpv
+    from benchmarks import elpv
     from patchshift.core.data import labelled_samples
 
     rng = np.random.default_rng(0)
@@ -761,7 +761,7 @@ def test_elpv_export_writes_one_product_per_cell_type_in_the_mvtec_layout(tmp_pa
 
 
 def test_a_product_without_defect_masks_is_ranked_by_image_only(fitted):
-    from patchshift.benchmarks.protocol import evaluate_on
+    from benchmarks.protocol import evaluate_on
 
     images = (torch.rand(4, 3, 64, 64) * 255).to(torch.uint8)
     masks = np.zeros((4, *fitted.input_hw), dtype=bool)
@@ -814,7 +814,7 @@ def fake_product(name: str, gaps: dict[str, float]) -> dict:
 
 
 def test_leave_one_product_out_chooses_each_products_setting_on_the_others():
-    from patchshift.benchmarks.leave_one_out import choose, table
+    from benchmarks.leave_one_out import choose, table
 
     products = [
         fake_product("p1", {"a": 0.9, "b": 0.5}),
@@ -832,7 +832,7 @@ def test_leave_one_product_out_chooses_each_products_setting_on_the_others():
 
 
 def test_verdict_study_chooses_settings_on_the_other_products():
-    from patchshift.benchmarks.verdicts import batches, choose, judged
+    from benchmarks.verdicts import batches, choose, judged
 
     rng = np.random.default_rng(0)
 

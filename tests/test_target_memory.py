@@ -19,7 +19,6 @@ from patchshift.core.contamination import (
     filter_patches,
     mutual_scores,
     outlier_tail,
-    peak_contrast,
     reference_choice,
     robust_cut,
 )
@@ -128,75 +127,6 @@ def test_a_defect_shared_by_a_few_images_does_not_vouch_for_itself():
     assert scores[2:].max() == 0
 
 
-def test_trusted_images_keep_their_rare_normal_patches_by_hand():
-    # 6 images of 3 one-dimensional patches at 0, 1, 2; image 1 also shows a rare but normal patch
-    # (5: 3 from the 2s), image 4 a defect (20: 15 from image 1's 5, 18 from the others' 2s). With
-    # R = 5 and the closest 3 averaged, the rare patch scores 3, the defect (15 + 18 + 18) / 3 = 17;
-    # everything else 0. The cut (MAD 0) drops both; trusting
-    # the 5 images whose worst patch is lowest keeps image 1 whole, and only the defect goes.
-    feats = torch.tensor([[[0.0], [1.0], [2.0]]] * 6)
-    feats[1, 2, 0], feats[4, 2, 0] = 5.0, 20.0
-    settings = FilterSettings(references=5, closest_share=0.5, cut_z=1.0)
-    strict = filter_patches(feats, settings)
-    assert strict.scores[1, 2] == pytest.approx(3.0) and strict.scores[4, 2] == pytest.approx(17.0)
-    assert strict.keep.sum() == 16 and not strict.keep[1, 2] and not strict.keep[4, 2]
-    trusting = filter_patches(
-        feats, FilterSettings(references=5, closest_share=0.5, cut_z=1.0, trusted_share=5 / 6)
-    )
-    assert trusting.keep.sum() == 17 and trusting.keep[1, 2] and not trusting.keep[4, 2]
-    assert filter_patches(
-        feats, FilterSettings(references=5, cut_z=1.0, trusted_share=1.0)
-    ).keep.all()
-    with pytest.raises(ConfigError, match="between 0 and 1"):
-        FilterSettings(trusted_share=1.5)
-
-
-def test_peak_contrast_by_hand():
-    # One raised cell (24) in the middle of a 5 x 5 grid of zeros, 3 x 3 windows: the cell stands 24
-    # above its 8 neighbours' mean (0); each neighbour 0 - 24 / 8 = -3 above its own; a corner cell
-    # of the grid has 3 neighbours inside it, a cell two away from the peak none of them raised.
-    scores = torch.zeros(1, 25)
-    scores[0, 12] = 24.0
-    contrast = peak_contrast(scores, (5, 5), 3).view(5, 5)
-    expected = torch.zeros(5, 5)
-    expected[1:4, 1:4] = -3.0
-    expected[2, 2] = 24.0
-    assert torch.equal(contrast, expected)
-    corner = torch.zeros(1, 4)
-    corner[0, 0] = 6.0  # 2 x 2 grid: the corner has 3 neighbours, each sees the 6 among its 3
-    assert peak_contrast(corner, (2, 2), 3).flatten().tolist() == [6.0, -2.0, -2.0, -2.0]
-
-
-def test_rescue_keeps_a_rare_region_and_drops_a_compact_defect_by_hand():
-    # 8 images on a 6 x 6 grid of two-dimensional patches, all at the origin (mutual score 0),
-    # except: images 0 and 1 show a rare but normal 4 x 4 region at (4, 0) (all 7 other images as
-    # references, the closest 4 averaged: (0 + 4 + 4 + 4) / 4 = 3), image 2 a one-cell defect at
-    # (0, 4) (score 4). The cut (MAD 0) drops both. A 3 x 3 neighbourhood: the region's 2 x 2 inner
-    # cells stand out from theirs by exactly 0, the median contrast, and are kept; its rim and the
-    # defect stand above their neighbours and stay dropped.
-    feats = torch.zeros(8, 6, 6, 2)
-    feats[:2, 1:5, 1:5, 0] = 4.0
-    feats[2, 3, 3, 1] = 4.0
-    feats = feats.reshape(8, 36, 2)
-    strict = filter_patches(feats, FilterSettings(references=7, cut_z=1.0))
-    assert strict.scores[0, 7] == 3.0 and strict.scores[2, 21] == 4.0
-    region = torch.zeros(6, 6, dtype=torch.bool)
-    region[1:5, 1:5] = True
-    inner = torch.zeros(6, 6, dtype=torch.bool)
-    inner[2:4, 2:4] = True
-    assert not strict.keep[:2, region.flatten()].any() and not strict.keep[2, 21]
-    assert strict.keep.sum() == 8 * 36 - 2 * 16 - 1
-    rescued = filter_patches(
-        feats, FilterSettings(references=7, cut_z=1.0, rescue_window=3), grid=(6, 6)
-    )
-    assert torch.equal(rescued.keep[:2].view(2, 6, 6), ~region.logical_and(~inner).expand(2, 6, 6))
-    assert not rescued.keep[2, 21] and rescued.keep.sum() == 8 * 36 - 2 * 12 - 1
-    with pytest.raises(ConfigError, match="odd number"):
-        FilterSettings(rescue_window=4)
-    with pytest.raises(ConfigError, match="patch grid"):
-        filter_patches(feats, FilterSettings(references=7, rescue_window=3))
-
-
 def test_outlier_tail_by_hand():
     # 0..8 and two far scores: median 5, MAD 3, so 3 robust deviations end at 5 + 3 * 1.4826 * 3 =
     # 18.3: 2 of the 11 scores lie beyond.
@@ -286,9 +216,7 @@ def test_filter_drops_planted_defects_and_keeps_normal_patches(fitted, planted):
     assert kept[normal].float().mean() > 0.80
     # The target memory's own settings: the planted blobs are an outlier tail, so its stricter cut
     # applies.
-    adapting = filter_patches(
-        feats.reshape(n, h * w, d), filter_settings(AdaptConfig()), grid=(h, w)
-    )
+    adapting = filter_patches(feats.reshape(n, h * w, d), filter_settings(AdaptConfig()))
     assert adapting.tail > AdaptConfig().filter_tail_share and adapting.cut < float("inf")
     assert adapting.keep[defect].float().mean() < 0.05
 
@@ -776,25 +704,3 @@ def test_gate_keeps_the_parent_on_images_of_its_own_condition(fitted):
     )
     _, report = adapt(fitted, images, AdaptConfig(method="target-memory"), judge=True)
     assert not report.gate.better and "no shift to adapt to" in report.gate.reason
-
-
-def test_bank_alignment_by_hand_and_by_moments():
-    from patchshift.core.adapt.target_memory import aligned_bank
-
-    bank = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
-    target = torch.tensor([[10.0, 10.0], [12.0, 14.0]])
-    assert torch.equal(aligned_bank(bank, target, "none"), bank)
-    assert torch.allclose(
-        aligned_bank(bank, target, "mean"), torch.tensor([[10.0, 11.0], [12.0, 13.0]])
-    )
-    g = torch.Generator().manual_seed(0)
-    source = torch.randn(4000, 6, generator=g) @ torch.randn(6, 6, generator=g) + 3
-    shifted = torch.randn(3000, 6, generator=g) @ torch.randn(6, 6, generator=g) - 1
-    moved = aligned_bank(source, shifted, "coral")
-    assert torch.allclose(moved.mean(0), shifted.mean(0), atol=1e-4)
-    assert torch.allclose(
-        torch.cov(moved.T),
-        torch.cov(shifted.T),
-        rtol=0.05,
-        atol=0.05 * torch.cov(shifted.T).abs().max().item(),
-    )

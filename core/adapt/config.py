@@ -50,9 +50,6 @@ class AdaptConfig:
     # integers.
     target_patches: int = option(2048, "target patches per OT problem", ge=1, le=10**9)
     bank_rows: int = option(4096, "bank rows per OT problem", ge=1, le=10**9)
-    bank_selection: str = option(
-        "random", "bank rows of an OT problem", choices=("random", "nearest")
-    )
     eps: float = option(0.05, "entropic regularisation, relative to the mean cost", gt=0, le=10)
     sinkhorn_iters: int = option(200, "Sinkhorn iterations", ge=1, le=10_000)
     discretise: str = option(
@@ -81,14 +78,6 @@ class AdaptConfig:
         "the new version's bank: the filtered target memory alone, or joined to the source bank",
         choices=("target", "union"),
     )
-    # Research knob: the source bank's rows moved to the target memory's mean ("mean") or mean and
-    # covariance ("coral") before the union, so the source's coverage of normal variation follows
-    # the shift.
-    align_bank: str = option(
-        "none",
-        "how the source bank's rows are moved to the target memory's moments before the union",
-        choices=("none", "mean", "coral"),
-    )
     memory_bn: str = option(
         "none",
         "BatchNorm step before the target memory: none, AdaBN (stats) or RoDA",
@@ -107,15 +96,6 @@ class AdaptConfig:
     filter_cut_z: float = option(
         0.5, "drop patches above median + z robust deviations of the mutual scores", ge=0, le=100
     )
-    # Research setting, not adopted: keeping the least suspicious images whole did not recover the
-    # rare normal patches the cut drops on deeppcb (docs/benchmarks.md, "Where deeppcb's gap is
-    # lost").
-    filter_trusted_share: float = option(
-        0.0,
-        "share of the target images, the least suspicious by their worst patch, kept whole",
-        ge=0,
-        le=1,
-    )
     # Boards' scores have no outlier tail and their rare layouts are what the cut would drop
     # (deeppcb: 63% of the gap against 38% when always cutting); screws' do (bsd: the cut applies on
     # every condition, unchanged). docs/benchmarks.md, "The outlier tail".
@@ -126,21 +106,6 @@ class AdaptConfig:
         "cut)",
         ge=0,
         lt=1,
-    )
-    filter_rescue_window: int = option(
-        0,
-        "a dropped patch is kept if it stands out from the window x window grid cells around it "
-        "no more than the median patch does (odd; 0: off)",
-        ge=0,
-        le=99,
-    )
-    # Research setting: rescue up to median + z robust deviations of that contrast instead of the
-    # median.
-    filter_rescue_z: float = option(
-        0.0,
-        "how far above the median contrast a rescued patch may stand, in robust deviations",
-        ge=-10,
-        le=100,
     )
     # How sure the threshold is grows with the images scored (the law's own 90% false-alarm interval
     # at 1% asked: 0.2-4.7% from 64 images, 0.5-2.2% from 256); scoring them out of fold is part of

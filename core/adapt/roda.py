@@ -22,19 +22,8 @@ def sample_rows(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
 def bank_subset(
     model: PatchCoreModel, patches: torch.Tensor, cfg: AdaptConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """`bank_rows` rows of the bank: a uniform sample, or the rows nearest to the sampled
-    patches."""
-    bank = model.bank
-    if cfg.bank_selection == "nearest":
-        k = max(1, -(-cfg.bank_rows // len(patches)))
-        _, nearest = model.index.search(patches.detach(), k=k)
-        rows = torch.unique(nearest.flatten().cpu())
-        rows = rows[rows >= 0]
-        if len(rows) > cfg.bank_rows:
-            rows = rows[sample_rows(len(rows), cfg.bank_rows, generator)]
-    else:
-        rows = sample_rows(len(bank), cfg.bank_rows, generator)
-    return bank[rows].to(patches.device)
+    """`bank_rows` rows of the bank, a uniform sample."""
+    return model.bank[sample_rows(len(model.bank), cfg.bank_rows, generator)].to(patches.device)
 
 
 def ot_loss(model: PatchCoreModel, cfg: AdaptConfig, continuous: bool):

@@ -59,9 +59,6 @@ def filter_settings(cfg: AdaptConfig) -> FilterSettings:
         cfg.filter_closest_share,
         cfg.filter_cut_z,
         cfg.seed,
-        trusted_share=cfg.filter_trusted_share,
-        rescue_window=cfg.filter_rescue_window,
-        rescue_z=cfg.filter_rescue_z,
         tail_share=cfg.filter_tail_share,
     )
 
@@ -88,26 +85,6 @@ def scored_images(n_images: int, limit: int, seed: int) -> torch.Tensor:
     if limit <= 0 or n_images <= limit:
         return torch.arange(n_images)
     return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n_images)[:limit]))
-
-
-def aligned_bank(bank: torch.Tensor, target: torch.Tensor, how: str) -> torch.Tensor:
-    """bank (M, D), target memory (K, D) -> the bank's rows moved to the target's first ("mean") or
-    first and second moments ("coral"); both memories are coresets, so their moments compare."""
-    if how == "none":
-        return bank
-    source64, target64 = bank.double(), target.double()
-    mu_s, mu_t = source64.mean(0), target64.mean(0)
-    if how == "mean":
-        return (source64 - mu_s + mu_t).to(bank.dtype)
-
-    def power(cov: torch.Tensor, exponent: float) -> torch.Tensor:
-        values, vectors = torch.linalg.eigh(
-            cov + 1e-3 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
-        )
-        return (vectors * values.clamp_min(1e-12).pow(exponent)) @ vectors.T
-
-    cov_s, cov_t = torch.cov(source64.T), torch.cov(target64.T)
-    return ((source64 - mu_s) @ power(cov_s, -0.5) @ power(cov_t, 0.5) + mu_t).to(bank.dtype)
 
 
 def batch_threshold(
@@ -153,9 +130,9 @@ def adapt_memory(
     feats = target_features(extractor, target, config.batch_size, model.device, cancel)
     n, h, w, dim = feats.shape
     patches = feats.reshape(n, h * w, dim)
-    kept = filter_patches(
-        patches.to(model.device), filter_settings(cfg), progress, cancel, grid=(h, w)
-    ).to("cpu")
+    kept = filter_patches(patches.to(model.device), filter_settings(cfg), progress, cancel).to(
+        "cpu"
+    )
     candidates = patches[kept.keep]  # (K, D)
     candidate_image = torch.arange(n).unsqueeze(1).expand(n, h * w)[kept.keep]
     size = coreset_size(len(candidates), config.coreset_ratio, config.coreset_max_size)
@@ -174,7 +151,7 @@ def adapt_memory(
     ).cpu()
     memory, memory_image = candidates[picked], candidate_image[picked]
     if cfg.memory == "union":
-        memory = torch.cat([aligned_bank(model.bank, memory, cfg.align_bank), memory])
+        memory = torch.cat([model.bank, memory])
         memory_image = torch.cat(
             [torch.full((len(model.bank),), -1, dtype=torch.long), memory_image]
         )
