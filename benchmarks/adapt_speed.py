@@ -14,14 +14,14 @@ import json
 import time
 from pathlib import Path
 
-from .common import DEFAULT_DATA_ROOT, RESULTS, PeakMemory, machine, markdown
+from .helpers import DEFAULT_DATA_ROOT, RESULTS, PeakMemory, machine, markdown
 from .protocol import as_float, corrupt_uint8, get_model, load_images
 from .shift import method_settings
 
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
-    from patchshift.core.data import labelled_samples
+    from patchshift.core.evaluation.data import labelled_samples
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.adapt_speed",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .common import machine, markdown
+from .helpers import machine, markdown
 from .protocol import adaptation_batch, add_protocol_arguments, as_float, corrupt_uint8
 
 TWIN_ROWS = 10

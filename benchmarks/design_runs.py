@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, markdown
+from .helpers import machine, markdown
 from .protocol import (  # noqa: F401  (parse_variant: the variant syntax, used by other scripts too)
     add_protocol_arguments,
     as_float,
@@ -35,8 +35,8 @@ from .protocol import (  # noqa: F401  (parse_variant: the variant syntax, used 
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
-    from patchshift.core.data import load_mask
-    from patchshift.core.errors import ConfigError
+    from patchshift.core.common.errors import ConfigError
+    from patchshift.core.evaluation.data import load_mask
 
     from .references import paired_oracle
 

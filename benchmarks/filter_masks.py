@@ -6,17 +6,18 @@
 
 A set of `--normal` train/good images and `--defective` defective test images (seeded draws), as a
 contaminated training set or a batch of the new condition (`--corruption`), goes through the source
-model's backbone and the filter (core.contamination). Each patch is labelled from the masks at the
-feature grid: a defect patch has a defect pixel in its cell, a normal patch is one of a good image.
-Patches of defective images more than FAR_CELLS cells from any defect patch are counted apart:
-normal patches drawn from the same population as the defects (train/good and the test set may
+model's backbone and the filter (core.engine.contamination). Each patch is labelled from the masks
+at the feature grid: a defect patch has a defect pixel in its cell, a normal patch is one of a good
+image. Patches of defective images more than FAR_CELLS cells from any defect patch are counted
+apart: normal patches drawn from the same population as the defects (train/good and the test set may
 differ). For each cut z: the share of defect patches kept, of normal patches kept, and of defective
 images with at least one defect patch kept. One filter pass serves every cut. Per image: how well
 its worst patch's score ranks defective images above good ones (AUROC), and which images `fit
---contamination auto` would leave out of the calibration (core.patchcore.suspect_free_images).
-`--window W` scores per position (SoftPatch): a patch meets only the patches within W grid cells of
-its own place in the other images. The patch AUROC (defect against normal patches) compares scorings
-independently of the cut. Writes benchmarks/results/filter-masks.json.
+--contamination auto` would leave out of the calibration
+(core.engine.patchcore.suspect_free_images). `--window W` scores per position (SoftPatch): a patch
+meets only the patches within W grid cells of its own place in the other images. The patch AUROC
+(defect against normal patches) compares scorings independently of the cut. Writes
+benchmarks/results/filter-masks.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown, model_settings
+from .helpers import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown, model_settings
 
 FAR_CELLS = (
     4  # a defective image's patch this many cells or more away from its defects counts as normal
@@ -107,11 +108,11 @@ def kept_shares(
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt.target_memory import target_features
-    from patchshift.core.contamination import FilterSettings, mutual_scores, robust_cut
-    from patchshift.core.data import labelled_samples, load_mask, train_images
-    from patchshift.core.fileio import atomic_write_bytes
-    from patchshift.core.metrics import image_auroc
-    from patchshift.core.patchcore import suspect_free_images
+    from patchshift.core.common.fileio import atomic_write_bytes
+    from patchshift.core.engine.contamination import FilterSettings, mutual_scores, robust_cut
+    from patchshift.core.engine.patchcore import suspect_free_images
+    from patchshift.core.evaluation.data import labelled_samples, load_mask, train_images
+    from patchshift.core.evaluation.metrics import image_auroc
 
     from .protocol import as_float, corrupt_uint8, get_model, load_images
 

@@ -5,11 +5,11 @@
 
 The shift benchmark's adaptation batch (the same 20% split and seed), corrupted, through the source
 backbone and the contamination filter's scoring: the share of the mutual scores beyond median + 3
-robust deviations (core.contamination.outlier_tail), which decides whether the target memory's cut
-applies with `filter_tail_share` 0.00135 (NORMAL_TAIL_SHARE: a normal distribution's share there).
-Label-free: no mask is read. Next to it, how well the activation gate's reference ranking (each
-image's worst mutual score, core.adapt.gate.BatchRanking) separates the batch's defective images
-from its good ones: image AUROC, the only use of the labels here. Writes
+robust deviations (core.engine.contamination.outlier_tail), which decides whether the target
+memory's cut applies with `filter_tail_share` 0.00135 (NORMAL_TAIL_SHARE: a normal distribution's
+share there). Label-free: no mask is read. Next to it, how well the activation gate's reference
+ranking (each image's worst mutual score, core.adapt.gate.BatchRanking) separates the batch's
+defective images from its good ones: image AUROC, the only use of the labels here. Writes
 benchmarks/results/filter-tail-<dataset>.json.
 """
 
@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import machine, markdown
+from .helpers import machine, markdown
 from .protocol import adaptation_batch, add_protocol_arguments, as_float, corrupt_uint8
 
 COLUMNS = [
@@ -35,14 +35,14 @@ COLUMNS = [
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt.gate import BatchRanking
     from patchshift.core.adapt.target_memory import target_features
-    from patchshift.core.contamination import (
+    from patchshift.core.common.fileio import atomic_write_bytes
+    from patchshift.core.engine.contamination import (
         NORMAL_TAIL_SHARE,
         FilterSettings,
         cut_applies,
         mutual_scores,
     )
-    from patchshift.core.fileio import atomic_write_bytes
-    from patchshift.core.metrics import auroc
+    from patchshift.core.evaluation.metrics import auroc
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.filter_tail",

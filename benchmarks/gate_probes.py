@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import machine, markdown
+from .helpers import machine, markdown
 from .protocol import adaptation_batch, add_protocol_arguments, as_float, corrupt_uint8
 
 COLUMNS = [
@@ -60,9 +60,9 @@ def planted(images: torch.Tensor, seed: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
     from patchshift.core.adapt.target_memory import target_features
-    from patchshift.core.fileio import atomic_write_bytes
-    from patchshift.core.metrics import auroc
-    from patchshift.core.patchcore import kfold_scores
+    from patchshift.core.common.fileio import atomic_write_bytes
+    from patchshift.core.engine.patchcore import kfold_scores
+    from patchshift.core.evaluation.metrics import auroc
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gate_probes",

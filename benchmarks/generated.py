@@ -1,7 +1,7 @@
 """Generated products for checking defaults beyond the two real datasets (MVTec AD layout).
 
     python -m benchmarks.generated --out /tmp/generated [--seed 0]
-    python -m benchmarks.reduction --data-root /tmp/generated --datasets tiles
+    python -m benchmarks.feature_reductions --data-root /tmp/generated --datasets tiles
 
 "tiles": grey cast surfaces, 256 x 256: smooth shading, mottling and grain, a random illumination
 gradient per image; test defects are small (about 20 to 300 of 65,536 pixels) and of three kinds:

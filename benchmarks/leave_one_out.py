@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from patchshift.core.metrics import oracle_threshold
+from patchshift.core.evaluation.metrics import oracle_threshold
 
-from .common import markdown
+from .helpers import markdown
 
 RATE = 0.01  # the fit's default, which every stored run used
 TOLERANCE = 0.01  # a condition is "below no adaptation" when it falls more than this under it

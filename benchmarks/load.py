@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown
+from .helpers import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown
 
 
 def in_process(
@@ -33,8 +33,8 @@ def in_process(
     """Images per second of decode + score (+ heatmap PNGs) in one process, as the CLI does it
     (batches of `batch`, the next batch decoding while this one is scored)."""
     from patchshift.core.artifact import load_model
-    from patchshift.core.images import iter_batches, open_image
-    from patchshift.core.visualize import heatmap_png
+    from patchshift.core.common.images import iter_batches, open_image
+    from patchshift.core.engine.visualize import heatmap_png
 
     model = load_model(model_dir)
     stream = [data for _, data in files] * max(1, int(seconds * 50 / len(files)))
@@ -116,7 +116,7 @@ def drive(
 def main(argv: list[str] | None = None) -> None:
     import httpx
 
-    from patchshift.core.data import labelled_samples
+    from patchshift.core.evaluation.data import labelled_samples
 
     from .protocol import get_model
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DEFAULT_DATA_ROOT, RESULTS, PeakMemory, machine, markdown
+from .helpers import DEFAULT_DATA_ROOT, RESULTS, PeakMemory, machine, markdown
 from .protocol import as_float, corrupt_uint8, evaluate_on, get_model, load_images, stratified_split
 
 FULL = 10**9  # more than any minibatch or bank: sample_rows then takes every row
@@ -30,7 +30,7 @@ FULL = 10**9  # more than any minibatch or bank: sample_rows then takes every ro
 
 def main(argv: list[str] | None = None) -> None:
     from patchshift.core.adapt import AdaptConfig, adapt
-    from patchshift.core.data import labelled_samples, load_mask
+    from patchshift.core.evaluation.data import labelled_samples, load_mask
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.ot_size",

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, StageClock, machine, markdown
+from .helpers import DATASETS, DEFAULT_DATA_ROOT, RESULTS, StageClock, machine, markdown
 
 BATCH = 32
 STAGES = [
@@ -38,7 +38,7 @@ STAGES = [
 
 
 def test_set(root: Path, size: tuple[int, int]):
-    from patchshift.core.data import labelled_samples, load_mask
+    from patchshift.core.evaluation.data import labelled_samples, load_mask
 
     samples = labelled_samples(root)
     labels = np.array([s.label for s in samples])
@@ -47,7 +47,7 @@ def test_set(root: Path, size: tuple[int, int]):
 
 
 def accuracy(labels: np.ndarray, masks: np.ndarray, scores: np.ndarray, maps: np.ndarray) -> dict:
-    from patchshift.core.metrics import image_auroc, pixel_auroc
+    from patchshift.core.evaluation.metrics import image_auroc, pixel_auroc
 
     return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps)}
 
@@ -56,7 +56,7 @@ def timed_scoring(
     score_batch, paths: list, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(scores, maps, images per second) over every image; decoding is not timed."""
-    from patchshift.core.images import iter_batches
+    from patchshift.core.common.images import iter_batches
 
     batches = [batch for batch, _, _ in iter_batches(paths, size, BATCH)]
     score_batch(batches[0])  # warm-up
@@ -71,9 +71,9 @@ def timed_scoring(
 
 
 def run_patchshift(root: Path, size_text: str, limit: int | None = None) -> dict:
-    from patchshift.core.config import ModelConfig, parse_image_size
-    from patchshift.core.data import train_images
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.model_config import ModelConfig, parse_image_size
+    from patchshift.core.engine.patchcore import fit
+    from patchshift.core.evaluation.data import train_images
 
     config = ModelConfig(image_size=parse_image_size(size_text))
     train = train_images(root)[:limit]
@@ -108,10 +108,10 @@ def anomalib_child(root: Path, size_text: str, bank_rows: int, limit: int | None
     """Runs in its own process (see run_anomalib): prints one JSON line per finished phase."""
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from patchshift.core.backbone import build_backbone, load_classifier
-    from patchshift.core.config import ModelConfig, parse_image_size
-    from patchshift.core.data import train_images
-    from patchshift.core.images import iter_batches
+    from patchshift.core.common.images import iter_batches
+    from patchshift.core.engine.backbone import build_backbone, load_classifier
+    from patchshift.core.engine.model_config import ModelConfig, parse_image_size
+    from patchshift.core.evaluation.data import train_images
 
     config = ModelConfig(image_size=parse_image_size(size_text))
     torch.manual_seed(config.seed)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchshift.core.corruptions import CORRUPTIONS
+from patchshift.core.evaluation.corruptions import CORRUPTIONS
 
-from .common import DEFAULT_DATA_ROOT, RESULTS, model_settings
+from .helpers import DEFAULT_DATA_ROOT, RESULTS, model_settings
 
 
 def stratified_split(
@@ -31,7 +31,7 @@ def stratified_split(
 
 def load_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
     """All images as one uint8 (N, 3, H, W) tensor at the model input size."""
-    from patchshift.core.images import iter_batches
+    from patchshift.core.common.images import iter_batches
 
     return torch.cat(
         [(b * 255).round().to(torch.uint8) for b, _, _ in iter_batches(paths, size, 32)]
@@ -39,7 +39,7 @@ def load_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
 
 
 def corrupt_uint8(images: torch.Tensor, name: str | None, severity: int, seed: int) -> torch.Tensor:
-    from patchshift.core.corruptions import corrupt
+    from patchshift.core.evaluation.corruptions import corrupt
 
     if not name:
         return images
@@ -61,9 +61,9 @@ def evaluate_on(
 ) -> dict:
     """Ranking (image and pixel AUROC, AUPRO) and the verdicts at the model's own threshold: the
     share of good images it flags (false alarms) and of defective images it catches (recall)."""
-    from patchshift.core.evaluate import asked_false_alarm_rate
-    from patchshift.core.images import resize_batch
-    from patchshift.core.metrics import aupro, image_auroc, oracle_recall, pixel_auroc
+    from patchshift.core.common.images import resize_batch
+    from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
+    from patchshift.core.evaluation.metrics import aupro, image_auroc, oracle_recall, pixel_auroc
 
     scores, maps = model.score_batches(
         resize_batch(as_float(images[i : i + 16]), model.input_hw)
@@ -97,9 +97,9 @@ def get_model(name: str, root: Path, cache: Path, device: str, overrides: dict):
     import hashlib
 
     from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.config import ModelConfig
-    from patchshift.core.data import train_images
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.model_config import ModelConfig
+    from patchshift.core.engine.patchcore import fit
+    from patchshift.core.evaluation.data import train_images
 
     config = ModelConfig(**overrides)
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
@@ -132,7 +132,7 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, severities: list[int
 def protocol_split(args: argparse.Namespace):
     """(model, samples, labels, adaptation indices): the fitted model and the 20% adaptation
     split."""
-    from patchshift.core.data import labelled_samples
+    from patchshift.core.evaluation.data import labelled_samples
 
     root = Path(args.data_root) / args.dataset
     overrides = model_settings(args.dataset, args.image_size)

@@ -25,8 +25,8 @@ from .protocol import as_float, corrupt_uint8, load_images
 
 def refit_on_condition(model, root: Path, corruption: str, severity: int, seed: int):
     """A PatchCore model fitted on the train/good images under the same corruption."""
-    from patchshift.core.data import train_images
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.patchcore import fit
+    from patchshift.core.evaluation.data import train_images
 
     train = corrupt_uint8(
         load_images(train_images(root), model.config.image_size), corruption, severity, seed

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchshift.core.corruptions import CORRUPTIONS
-from patchshift.core.fileio import atomic_write_bytes
+from patchshift.core.common.fileio import atomic_write_bytes
+from patchshift.core.evaluation.corruptions import CORRUPTIONS
 
-from .common import (
+from .helpers import (
     DATASETS,
     DEFAULT_DATA_ROOT,
     RESULTS,
@@ -113,7 +113,7 @@ def row_config(model, method: str, args: argparse.Namespace):
 
 def source_images(root: Path, cfg) -> torch.Tensor:
     """The clean train/good images, for the methods that learn from source images."""
-    from patchshift.core.data import train_images
+    from patchshift.core.evaluation.data import train_images
 
     return as_float(load_images(train_images(root), cfg.image_size))
 
@@ -168,7 +168,7 @@ def normal_patch_limit(patch_z: torch.Tensor, quantile: float) -> float:
     lies with probability `quantile`: a Gumbel law through the 10th percentile and median of the
     images' worst-patch z. Half a batch defective lifts the median, and with it the limit, towards
     every patch."""
-    from patchshift.core.threshold import gumbel_law, gumbel_reduced
+    from patchshift.core.engine.threshold import gumbel_law, gumbel_reduced
 
     worst = patch_z.amax(dim=1).double().numpy()
     law = gumbel_law(worst, (0.10, 0.50)) if worst.size >= 2 else None
@@ -178,7 +178,7 @@ def normal_patch_limit(patch_z: torch.Tensor, quantile: float) -> float:
 def vouched_score_grid(summary) -> dict[str, list[float]]:
     """The scored target images' normal scores at every z of VOUCHED_Z (keys: z) and every limit of
     VOUCHED_QUANTILES (keys: 'auto-Q')."""
-    from patchshift.core.contamination import vouched_image_scores
+    from patchshift.core.engine.contamination import vouched_image_scores
 
     limits = {f"{z:g}": z for z in VOUCHED_Z}
     limits.update(
@@ -197,8 +197,8 @@ def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
     """The dataset's rows; `save(result)` after each row keeps a long run's finished rows
     ("complete": false)."""
     from patchshift.core.adapt import adapt, get_adapter
-    from patchshift.core.data import labelled_samples, load_mask
-    from patchshift.core.errors import DatasetError
+    from patchshift.core.common.errors import DatasetError
+    from patchshift.core.evaluation.data import labelled_samples, load_mask
 
     root = Path(args.data_root) / name
     model = get_model(

@@ -27,9 +27,9 @@ import json
 
 import numpy as np
 
-from patchshift.core.threshold import MIN_TRANSFER_IMAGES, gumbel_threshold
+from patchshift.core.engine.threshold import MIN_TRANSFER_IMAGES, gumbel_threshold
 
-from .common import markdown
+from .helpers import markdown
 
 
 def quartile_shift(source: np.ndarray, threshold: float, target: np.ndarray) -> float:

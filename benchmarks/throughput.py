@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .common import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown
+from .helpers import DATASETS, DEFAULT_DATA_ROOT, RESULTS, machine, markdown
 
 
 def median_seconds(fn, repeats: int, device: torch.device) -> float:
@@ -37,7 +37,7 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
 
 @torch.inference_mode()
 def breakdown(model, batch: torch.Tensor, repeats: int = 5) -> dict:
-    from patchshift.core.anomaly_map import anomaly_maps
+    from patchshift.core.engine.anomaly_map import anomaly_maps
 
     x = batch.to(model.device)
     extractor = model.extractor
@@ -73,10 +73,10 @@ def breakdown(model, batch: torch.Tensor, repeats: int = 5) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from patchshift.core.config import ModelConfig
-    from patchshift.core.data import labelled_samples, train_images
-    from patchshift.core.images import load_batch
-    from patchshift.core.patchcore import fit
+    from patchshift.core.common.images import load_batch
+    from patchshift.core.engine.model_config import ModelConfig
+    from patchshift.core.engine.patchcore import fit
+    from patchshift.core.evaluation.data import labelled_samples, train_images
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.throughput",

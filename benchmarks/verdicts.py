@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from patchshift.core.adapt import AdaptConfig
-from patchshift.core.metrics import oracle_threshold
-from patchshift.core.threshold import GUMBEL_QUANTILES, SUPPORT_FACTOR, gumbel_threshold
+from patchshift.core.engine.threshold import GUMBEL_QUANTILES, SUPPORT_FACTOR, gumbel_threshold
+from patchshift.core.evaluation.metrics import oracle_threshold
 
-from .common import markdown
+from .helpers import markdown
 
 RATE = 0.01  # the fit's default, which every stored run used
 PAIRS = ((0.05, 0.25), (0.05, 0.5), (0.1, 0.3), (0.1, 0.5), (0.2, 0.5), (0.25, 0.75), (0.1, 0.7))
@@ -165,7 +165,7 @@ def law_spread(sizes=(12, 20, 30, 44, 64, 100, 128, 150, 256), draws: int = 4000
     """How far the law's threshold lands from the asked rate when the scores follow it exactly: per
     batch size, the 5th, 50th and 95th percentile of the share of normal images it flags (what no
     rule can beat)."""
-    from patchshift.core.threshold import gumbel_exceedance, gumbel_reduced, refitted
+    from patchshift.core.engine.threshold import gumbel_exceedance, gumbel_reduced, refitted
 
     rows = []
     for n in sizes:

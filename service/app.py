@@ -12,21 +12,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from patchshift.core.device import resolve_device
-
-from .auth import Keys
-from .drift_watch import DriftWatch
-from .errors import install_handlers
-from .jobs import JobStore, move_legacy_database
-from .limits import BodyLimit
-from .metrics import ServiceMetrics
-from .registry import ModelRegistry
-from .routers import console, docs, health, jobs, models, score
-from .scoring import MicroBatcher
-from .settings import Settings
-from .store import ModelStore
-from .tasks import make_tasks
-from .worker import Worker
+from patchshift.core.common.device import resolve_device
+from patchshift.service.auth import Keys
+from patchshift.service.drift_watch import DriftWatch
+from patchshift.service.http_errors import install_handlers
+from patchshift.service.job_store import JobStore, move_legacy_database
+from patchshift.service.limits import BodyLimit
+from patchshift.service.prometheus import ServiceMetrics
+from patchshift.service.routers import console, docs, health, jobs, models, score
+from patchshift.service.scoring import MicroBatcher
+from patchshift.service.serving import ModelRegistry
+from patchshift.service.settings import Settings
+from patchshift.service.store import ModelStore
+from patchshift.service.tasks import make_tasks
+from patchshift.service.worker import Worker
 
 log = logging.getLogger("patchshift.service")
 

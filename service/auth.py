@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from patchshift.core.errors import ConfigError
-
-from .errors import Forbidden, Unauthorized
-from .settings import Settings
+from patchshift.core.common.errors import ConfigError
+from patchshift.service.http_errors import Forbidden, Unauthorized
+from patchshift.service.settings import Settings
 
 log = logging.getLogger("patchshift.service")
 ADMIN, READ = "admin", "read"

@@ -13,16 +13,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from patchshift.core.options import check_options
+from patchshift.core.common.options import check_options
 
 log = logging.getLogger("patchshift")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from patchshift.core.config import FIT_OPTIONS, ModelConfig
-    from patchshift.core.threshold import THRESHOLD_BOUNDS
-
-    from .options import add_flags, bounded_type
+    from patchshift.core.engine.model_config import FIT_OPTIONS, ModelConfig
+    from patchshift.core.engine.threshold import THRESHOLD_BOUNDS
+    from patchshift.service.option_fields import add_flags, bounded_type
 
     parser.add_argument(
         "--backbone",
@@ -94,10 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
 
     from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig
-    from patchshift.core.adapt.config import ADAPT_OPTIONS
+    from patchshift.core.adapt.adapt_config import ADAPT_OPTIONS
     from patchshift.core.uda import UDAConfig
-
-    from .options import add_flags
+    from patchshift.service.option_fields import add_flags
 
     p = sub.add_parser(
         "adapt", help="adapt a model to a new camera or lighting from unlabeled images"
@@ -202,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _normal_images(root: str) -> list[Path]:
-    from patchshift.core.data import train_images
-    from patchshift.core.errors import DatasetError
-    from patchshift.core.images import list_images
+    from patchshift.core.common.errors import DatasetError
+    from patchshift.core.common.images import list_images
+    from patchshift.core.evaluation.data import train_images
 
     if (Path(root) / "train" / "good").is_dir():
         return train_images(root)
@@ -217,8 +215,8 @@ def _normal_images(root: str) -> list[Path]:
 
 
 def _images(arguments: list[str]) -> list[Path]:
-    from patchshift.core.errors import InvalidImageError
-    from patchshift.core.images import list_images
+    from patchshift.core.common.errors import InvalidImageError
+    from patchshift.core.common.images import list_images
 
     paths = list_images(arguments)
     if not paths:
@@ -228,13 +226,12 @@ def _images(arguments: list[str]) -> list[Path]:
 
 def cmd_fit(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import save_model
-    from patchshift.core.backbone import stage_channels
-    from patchshift.core.config import FIT_OPTIONS, ModelConfig
-    from patchshift.core.errors import ArtifactError
-    from patchshift.core.patchcore import fit
-    from patchshift.core.reduction import check_reduction
-
-    from .options import given
+    from patchshift.core.common.errors import ArtifactError
+    from patchshift.core.engine.backbone import stage_channels
+    from patchshift.core.engine.model_config import FIT_OPTIONS, ModelConfig
+    from patchshift.core.engine.patchcore import fit
+    from patchshift.core.engine.reduction import check_reduction
+    from patchshift.service.option_fields import given
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
@@ -268,15 +265,15 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
     import numpy as np
 
     from patchshift.core.artifact import load_model
-    from patchshift.core.fileio import atomic_write_bytes
-    from patchshift.core.images import iter_batches, open_image
-    from patchshift.core.visualize import heatmap_png
+    from patchshift.core.common.fileio import atomic_write_bytes
+    from patchshift.core.common.images import iter_batches, open_image
+    from patchshift.core.engine.visualize import heatmap_png
 
     model = load_model(args.model, device=args.device)
     paths = _images(args.images)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir is not None and not model.gives_heatmaps:
-        from patchshift.core.errors import ConfigError
+        from patchshift.core.common.errors import ConfigError
 
         raise ConfigError(
             f"{args.model} is a {model.kind} model, a global detector: it gives scores but no "
@@ -322,12 +319,11 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
 
 def cmd_adapt(args: argparse.Namespace, progress) -> int:
     from patchshift.core.adapt import adapt, get_adapter
-    from patchshift.core.adapt.config import ADAPT_OPTIONS
-    from patchshift.core.adapt.uda import UDA_OPTIONS
+    from patchshift.core.adapt.adapt_config import ADAPT_OPTIONS
+    from patchshift.core.adapt.uda_adapter import UDA_OPTIONS
     from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.errors import ArtifactError, ConfigError
-
-    from .options import given
+    from patchshift.core.common.errors import ArtifactError, ConfigError
+    from patchshift.service.option_fields import given
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
@@ -379,9 +375,9 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
 
 def cmd_eval(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import load_model
-    from patchshift.core.data import labelled_samples
-    from patchshift.core.evaluate import asked_false_alarm_rate, evaluate
-    from patchshift.core.fileio import atomic_write_bytes
+    from patchshift.core.common.fileio import atomic_write_bytes
+    from patchshift.core.evaluation.data import labelled_samples
+    from patchshift.core.evaluation.evaluate import asked_false_alarm_rate, evaluate
 
     model = load_model(args.model, device=args.device)
     samples = labelled_samples(args.data)
@@ -429,10 +425,9 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
 def cmd_serve(args: argparse.Namespace, progress) -> int:
     import uvicorn
 
-    from patchshift.core.errors import ConfigError
-
-    from .app import create_app
-    from .settings import Settings
+    from patchshift.core.common.errors import ConfigError
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
 
     overrides = {
         "host": args.host,
@@ -450,7 +445,7 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
         overrides["device"] = args.device
     from pydantic import ValidationError
 
-    from .auth import Keys
+    from patchshift.service.auth import Keys
 
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -477,7 +472,7 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
 @contextmanager
 def usage_errors(args: argparse.Namespace) -> Iterator[None]:
     """A setting out of its range is a usage error (exit 2), like a malformed flag."""
-    from patchshift.core.errors import ConfigError
+    from patchshift.core.common.errors import ConfigError
 
     try:
         yield
@@ -486,10 +481,9 @@ def usage_errors(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _batch_size_type():
-    from patchshift.core.config import ModelConfig
-    from patchshift.core.options import options_of
-
-    from .options import bounded_type
+    from patchshift.core.common.options import options_of
+    from patchshift.core.engine.model_config import ModelConfig
+    from patchshift.service.option_fields import bounded_type
 
     return bounded_type("batch_size", int, options_of(ModelConfig)["batch_size"][1])
 
@@ -510,9 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from patchshift.core.errors import PatchshiftError
-
-    from .progress import ProgressBars
+    from patchshift.core.common.errors import PatchshiftError
+    from patchshift.service.progress_bars import ProgressBars
 
     progress = ProgressBars(disable=True if args.no_progress else None)
     try:

@@ -11,14 +11,14 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from .drift_watch import DriftWatch
-from .jobs import JobStore
-from .metrics import ServiceMetrics
-from .registry import ModelRegistry
-from .scoring import MicroBatcher
-from .settings import Settings
-from .store import ModelStore
-from .worker import Worker
+from patchshift.service.drift_watch import DriftWatch
+from patchshift.service.job_store import JobStore
+from patchshift.service.prometheus import ServiceMetrics
+from patchshift.service.scoring import MicroBatcher
+from patchshift.service.serving import ModelRegistry
+from patchshift.service.settings import Settings
+from patchshift.service.store import ModelStore
+from patchshift.service.worker import Worker
 
 
 def _from_state(name: str) -> Callable[[Request], Any]:

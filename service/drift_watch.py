@@ -15,14 +15,13 @@ import threading
 import numpy as np
 
 from patchshift.core.adapt import get_adapter
-from patchshift.core.detector import Detector
-
-from .errors import Conflict
-from .metrics import ServiceMetrics
-from .registry import ModelRegistry
-from .settings import Settings
-from .tasks import ACTIVATE_IF_BETTER
-from .worker import Worker
+from patchshift.core.engine.detector import Detector
+from patchshift.service.http_errors import Conflict
+from patchshift.service.prometheus import ServiceMetrics
+from patchshift.service.serving import ModelRegistry
+from patchshift.service.settings import Settings
+from patchshift.service.tasks import ACTIVATE_IF_BETTER
+from patchshift.service.worker import Worker
 
 log = logging.getLogger("patchshift.service")
 

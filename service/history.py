@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from patchshift.core.visualize import encode_jpeg, overlay
+from patchshift.core.engine.visualize import encode_jpeg, overlay
 
 THUMBNAIL_SIDE = 240  # longer side of a kept image, in pixels
 

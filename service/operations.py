@@ -9,15 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from patchshift.core.adapt import GATE_MIN_IMAGES, Adapter
-from patchshift.core.errors import ArtifactError, ConfigError, DatasetError
-
-from .errors import NotFound, Unprocessable, redact_paths
-from .registry import ModelRegistry
-from .schemas import DriftOut, ModelOut, ModelSummary, UnreadableVersion, VersionOut
-from .settings import Settings
-from .store import ModelStore, check_name
-from .tasks import ACTIVATE_IF_BETTER, override_threshold, with_server_files
-from .worker import Worker
+from patchshift.core.common.errors import ArtifactError, ConfigError, DatasetError
+from patchshift.service.http_errors import NotFound, Unprocessable, redact_paths
+from patchshift.service.schemas import (
+    DriftOut,
+    ModelOut,
+    ModelSummary,
+    UnreadableVersion,
+    VersionOut,
+)
+from patchshift.service.serving import ModelRegistry
+from patchshift.service.settings import Settings
+from patchshift.service.store import ModelStore, check_name
+from patchshift.service.tasks import ACTIVATE_IF_BETTER, override_threshold, with_server_files
+from patchshift.service.worker import Worker
 
 
 def require_model(store: ModelStore, name: str) -> str:

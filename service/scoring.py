@@ -16,13 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from patchshift.core.detector import Detector
-from patchshift.core.errors import InvalidImageError
-from patchshift.core.images import decode_for_model, to_tensor
-from patchshift.core.visualize import heatmap_png
-
-from .errors import BadImages
-from .metrics import ServiceMetrics
+from patchshift.core.common.errors import InvalidImageError
+from patchshift.core.common.images import decode_for_model, to_tensor
+from patchshift.core.engine.detector import Detector
+from patchshift.core.engine.visualize import heatmap_png
+from patchshift.service.http_errors import BadImages
+from patchshift.service.prometheus import ServiceMetrics
 
 
 @dataclass

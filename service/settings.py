@@ -9,8 +9,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from patchshift.core.adapt import METHODS, RECOMMENDED, get_adapter
-from patchshift.core.contamination import MIN_IMAGES
-from patchshift.core.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
+from patchshift.core.engine.contamination import MIN_IMAGES
+from patchshift.core.engine.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 
 
 class Settings(BaseSettings):
@@ -58,7 +58,8 @@ class Settings(BaseSettings):
         description="adaptation method of self-started jobs (default: the recommended one)",
     )
     # 128: enough for the new version's 1% threshold to be supported (the law's own 90% interval
-    # 0.3-3.0%); 64 give 0.2-4.7%, more than the gate accepts (core.threshold.SUPPORT_FACTOR).
+    # 0.3-3.0%); 64 give 0.2-4.7%, more than the gate accepts
+    # (core.engine.threshold.SUPPORT_FACTOR).
     auto_adapt_images: int = Field(
         128, ge=MIN_IMAGES, description="recent images kept for a self-started adaptation"
     )

@@ -16,10 +16,9 @@ import threading
 from pathlib import Path
 
 from patchshift.core.artifact import MANIFEST, Manifest, read_manifest
-from patchshift.core.fileio import atomic_write_bytes
-
-from .errors import Conflict, InvalidName, NotFound
-from .names import NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE
+from patchshift.core.common.fileio import atomic_write_bytes
+from patchshift.service.http_errors import Conflict, InvalidName, NotFound
+from patchshift.service.names import NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE
 
 NAME = re.compile(NAME_PATTERN)
 ACTIVE = "ACTIVE"

@@ -11,20 +11,19 @@ import torch
 
 from patchshift.core.adapt import adapt, get_adapter
 from patchshift.core.artifact import save_model
-from patchshift.core.config import ModelConfig
-from patchshift.core.detector import Detector, with_threshold
-from patchshift.core.drift import drift_statistic
-from patchshift.core.errors import ConfigError
-from patchshift.core.images import load_target
-from patchshift.core.patchcore import PatchCoreModel, Provenance, fit
-from patchshift.core.progress import check_cancel
-
-from .errors import Conflict
-from .jobs import Job
-from .registry import ModelRegistry
-from .settings import Settings
-from .store import ModelStore
-from .worker import JobInputs, stage_progress
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.common.images import load_target
+from patchshift.core.common.progress import check_cancel
+from patchshift.core.engine.detector import Detector, with_threshold
+from patchshift.core.engine.drift import drift_statistic
+from patchshift.core.engine.model_config import ModelConfig
+from patchshift.core.engine.patchcore import PatchCoreModel, Provenance, fit
+from patchshift.service.http_errors import Conflict
+from patchshift.service.job_store import Job
+from patchshift.service.serving import ModelRegistry
+from patchshift.service.settings import Settings
+from patchshift.service.store import ModelStore
+from patchshift.service.worker import JobInputs, stage_progress
 
 log = logging.getLogger("patchshift.service")
 

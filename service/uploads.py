@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import UploadFile
 
-from .errors import PayloadTooLarge, Unprocessable
+from patchshift.service.http_errors import PayloadTooLarge, Unprocessable
 
 CHUNK = 1024 * 1024
 

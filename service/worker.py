@@ -18,12 +18,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchshift.core.errors import CancelledError, PatchshiftError
-from patchshift.core.fileio import fsync_dir, fsync_file
-
-from .errors import Conflict, NotFound, redact_paths
-from .jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
-from .metrics import ServiceMetrics
+from patchshift.core.common.errors import CancelledError, PatchshiftError
+from patchshift.core.common.fileio import fsync_dir, fsync_file
+from patchshift.service.http_errors import Conflict, NotFound, redact_paths
+from patchshift.service.job_store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Job,
+    JobStore,
+)
+from patchshift.service.prometheus import ServiceMetrics
 
 log = logging.getLogger("patchshift.service")
 

@@ -66,7 +66,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from patchshift.core.config import ModelConfig
+    from patchshift.core.engine.model_config import ModelConfig
 
     # The former border average: on 96-px images a third to a half of the feature cells are border
     # cells, and zero borders (the default for real inputs, docs/engine-study.md "Borders") change
@@ -87,8 +87,8 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def fitted(dataset: Path, tiny_config):
-    from patchshift.core.data import train_images
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.patchcore import fit
+    from patchshift.core.evaluation.data import train_images
 
     return fit(train_images(dataset), tiny_config, device="cpu")
 

@@ -9,8 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from patchshift.core.adapt.registry import Adapter, register
-from patchshift.core.progress import check_cancel, report
+from patchshift.core.adapt.methods import Adapter, register
+from patchshift.core.common.progress import check_cancel, report
 
 
 def hold(model, target, cfg, report_, progress, cancel):

@@ -4,11 +4,16 @@ import torch
 from conftest import normal_image, texture_defect
 
 from patchshift.core.adapt import METHODS, AdaptConfig, adapt, get_adapter
-from patchshift.core.backbone import batchnorm_state
-from patchshift.core.corruptions import corrupt
-from patchshift.core.errors import CancelledError, ConfigError, DatasetError, InvalidImageError
-from patchshift.core.images import to_tensor
-from patchshift.core.metrics import image_auroc
+from patchshift.core.common.errors import (
+    CancelledError,
+    ConfigError,
+    DatasetError,
+    InvalidImageError,
+)
+from patchshift.core.common.images import to_tensor
+from patchshift.core.engine.backbone import batchnorm_state
+from patchshift.core.evaluation.corruptions import corrupt
+from patchshift.core.evaluation.metrics import image_auroc
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +230,8 @@ def test_adabn_statistics_weigh_images_not_batches():
 
 
 def test_non_finite_target_scores_fail_the_adaptation_with_a_hint():
-    from patchshift.core.errors import AdaptationError
-    from patchshift.core.finite import refuse_non_finite_scores
+    from patchshift.core.common.errors import AdaptationError
+    from patchshift.core.common.finite import refuse_non_finite_scores
 
     refuse_non_finite_scores(np.array([1.0, 2.0]))
     with pytest.raises(

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import normal_image, plant_defect
 
-from patchshift.core import artifact
 from patchshift.core.artifact import BANK_FILE, MANIFEST, load_model, save_model
-from patchshift.core.errors import ArtifactError
-from patchshift.core.images import to_tensor
+from patchshift.core.common.errors import ArtifactError
+from patchshift.core.common.images import to_tensor
+from patchshift.core.engine import persistence
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_save_refuses_to_overwrite_and_is_atomic(fitted, saved_model, tmp_path, 
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifact, "build_manifest", explode)
+    monkeypatch.setattr(persistence, "build_manifest", explode)
     with pytest.raises(OSError):
         save_model(fitted, target)
     assert not target.exists()
@@ -119,8 +119,8 @@ def test_an_artifact_written_before_kfold_and_contamination_loads_and_scores_ide
     import shutil
 
     from patchshift.core.artifact import load_model
-    from patchshift.core.data import labelled_samples
-    from patchshift.core.images import load_batch
+    from patchshift.core.common.images import load_batch
+    from patchshift.core.evaluation.data import labelled_samples
 
     old = tmp_path / "old-v1"
     shutil.copytree(saved_model, old)

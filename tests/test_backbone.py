@@ -3,14 +3,14 @@ import pytest
 import torch
 from torch import nn
 
-from patchshift.core.backbone import (
+from patchshift.core.common.errors import ConfigError, WeightsError
+from patchshift.core.engine.backbone import (
     batchnorm_state,
     build_backbone,
     load_batchnorm_state,
     load_classifier,
     match_state_dict,
 )
-from patchshift.core.errors import ConfigError, WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ class _SkipNet(torch.nn.Module):
 
 
 def test_a_backbone_whose_forward_is_not_its_children_in_order_is_refused():
-    from patchshift.core.backbone import StagedBackbone, _check_sequential
+    from patchshift.core.engine.backbone import StagedBackbone, _check_sequential
 
     model = _SkipNet()
     _check_sequential(

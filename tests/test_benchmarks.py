@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks import shift
-from patchshift.core.data import train_images
+from patchshift.core.evaluation.data import train_images
 
 
 def test_stratified_split_keeps_both_classes():
@@ -271,13 +271,13 @@ def test_sweep_condition_is_checked_before_any_work(capsys):
 def test_reduction_study_measures_what_fit_builds(fitted, dataset):
     """The study's 'average' variant applied to raw features equals the model's own features, and
     every variant runs end to end on generated images."""
-    from benchmarks import reduction
-    from patchshift.core.data import train_images
-    from patchshift.core.images import load_batch
+    from benchmarks import feature_reductions as reduction
+    from patchshift.core.common.images import load_batch
+    from patchshift.core.evaluation.data import train_images
 
     config = fitted.config.replace(feature_dim=128)
     backbone, raw = reduction.raw_extractor(config, torch.device("cpu"))
-    from patchshift.core.patchcore import build_extractor
+    from patchshift.core.engine.patchcore import build_extractor
 
     _, reduced = build_extractor(config, torch.device("cpu"))
     batch, _ = load_batch(train_images(dataset)[:2], config.image_size)
@@ -301,8 +301,8 @@ def test_reduction_study_measures_what_fit_builds(fitted, dataset):
 
 
 def test_contamination_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
-    from benchmarks import contamination
-    from patchshift.core import fileio
+    from benchmarks import training_contamination as contamination
+    from patchshift.core.common import fileio
 
     written = []
     write = fileio.atomic_write_bytes
@@ -337,8 +337,8 @@ def test_contamination_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
 
 
 def test_contaminated_split_moves_defects_out_of_evaluation(dataset):
-    from benchmarks.contamination import contaminated_split
-    from patchshift.core.data import labelled_samples, train_images
+    from benchmarks.training_contamination import contaminated_split
+    from patchshift.core.evaluation.data import labelled_samples, train_images
 
     train, samples = train_images(dataset), labelled_samples(dataset)
     sources, evaluation = contaminated_split(train, samples, 0.25, seed=0)
@@ -539,7 +539,7 @@ def test_peer_reads_how_far_a_capped_coreset_got_and_shows_it():
 
 def test_generated_tiles_are_an_mvtec_layout_with_small_masked_defects(tmp_path):
     from benchmarks import generated
-    from patchshift.core.data import labelled_samples, load_mask, train_images
+    from patchshift.core.evaluation.data import labelled_samples, load_mask, train_images
 
     root = generated.write(tmp_path / "tiles", seed=1, n_train=3, n_good=2, n_per_defect=2)
     assert len(train_images(root)) == 3
@@ -555,7 +555,7 @@ def test_generated_tiles_are_an_mvtec_layout_with_small_masked_defects(tmp_path)
 
 
 def test_bank_sweep_scores_every_size_index_and_probe_count(dataset, tiny_config):
-    from benchmarks.engine import bank_sweep
+    from benchmarks.engine_accuracy import bank_sweep
 
     overrides = {"image_size": tiny_config.image_size, "neighbourhood_border": "inside"}
     rows = bank_sweep("widget", dataset, overrides, "cpu", [40, 80], ("flat", "ivf"), (1, 4))
@@ -653,7 +653,7 @@ def test_filter_tail_smoke(tmp_path, capsys):
     from conftest import write_dataset
 
     from benchmarks import filter_tail
-    from patchshift.core.contamination import NORMAL_TAIL_SHARE, cut_applies
+    from patchshift.core.engine.contamination import NORMAL_TAIL_SHARE, cut_applies
 
     root = write_dataset(
         tmp_path / "data" / "wide", n_train=8, n_good=15, n_defect=15
@@ -741,7 +741,7 @@ def test_gate_probes_smoke(tmp_path, capsys):
 
 def test_elpv_export_writes_one_product_per_cell_type_in_the_mvtec_layout(tmp_path, monkeypatch):
     from benchmarks import elpv
-    from patchshift.core.data import labelled_samples
+    from patchshift.core.evaluation.data import labelled_samples
 
     rng = np.random.default_rng(0)
     types = np.array(["mono"] * 13 + ["poly"] * 7)

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from patchshift.core.coreset import coreset_size, greedy_kcenter, kcenter_coreset, random_projection
+from patchshift.core.engine.coreset import (
+    coreset_size,
+    greedy_kcenter,
+    kcenter_coreset,
+    random_projection,
+)
 
 
 def covering_radius(points: torch.Tensor, centres: torch.Tensor) -> float:

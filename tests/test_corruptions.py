@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from patchshift.core.corruptions import CORRUPTIONS, corrupt, disk_kernel
-from patchshift.core.errors import ConfigError
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.evaluation.corruptions import CORRUPTIONS, corrupt, disk_kernel
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchshift.core.data import labelled_samples, load_mask, train_images
-from patchshift.core.errors import DatasetError
+from patchshift.core.common.errors import DatasetError
+from patchshift.core.evaluation.data import labelled_samples, load_mask, train_images
 
 
 def test_loader_finds_samples_and_masks(dataset):
@@ -18,7 +18,7 @@ def test_loader_finds_samples_and_masks(dataset):
 
 
 def test_tiny_defects_survive_mask_resizing(tmp_path):
-    from patchshift.core.data import Sample
+    from patchshift.core.evaluation.data import Sample
 
     mask = np.zeros((400, 400), np.uint8)
     mask[200, 200] = 255  # one pixel

@@ -15,7 +15,7 @@ METRIC = re.compile(r"\bpatchshift_[a-z_]+\b")
 
 def exported_series() -> set[str]:
     """Every sample name the service's registry can expose."""
-    from patchshift.service.metrics import ServiceMetrics
+    from patchshift.service.prometheus import ServiceMetrics
 
     names = set()
     for family in ServiceMetrics().registry.collect():

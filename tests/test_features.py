@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from patchshift.core.backbone import build_backbone
-from patchshift.core.config import ModelConfig
-from patchshift.core.errors import ConfigError
-from patchshift.core.features import PatchFeatureExtractor
-from patchshift.core.reduction import channel_pooling_matrix
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.engine.backbone import build_backbone
+from patchshift.core.engine.features import PatchFeatureExtractor
+from patchshift.core.engine.model_config import ModelConfig
+from patchshift.core.engine.reduction import channel_pooling_matrix
 
 
 def test_channel_pooling_matrix_by_hand():

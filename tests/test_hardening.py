@@ -100,8 +100,8 @@ def test_threshold_in_range_writes_a_version_for_any_model_kind(client, store: P
 
 def test_save_refuses_non_finite_threshold_and_tensors(fitted, tmp_path: Path) -> None:
     from patchshift.core.artifact import save_model
-    from patchshift.core.backbone import batchnorm_layers
-    from patchshift.core.errors import ArtifactError
+    from patchshift.core.common.errors import ArtifactError
+    from patchshift.core.engine.backbone import batchnorm_layers
 
     bad = copy.copy(fitted)
     bad.threshold = float("inf")
@@ -130,8 +130,8 @@ def test_loader_refuses_non_finite_values(saved_model: Path, tmp_path: Path) -> 
     from safetensors.torch import load_file, save_file
 
     from patchshift.core.artifact import BANK_FILE, MANIFEST, load_model
-    from patchshift.core.backbone import file_sha256
-    from patchshift.core.errors import ArtifactError
+    from patchshift.core.common.errors import ArtifactError
+    from patchshift.core.common.fileio import file_sha256
 
     version = tmp_path / "v1"
     shutil.copytree(saved_model, version)
@@ -165,10 +165,10 @@ def test_versions_made_under_older_ranges_still_load(
     """Ranges bound what a person asks for, not what is stored: an old version outside them
     loads."""
     from patchshift.core.artifact import MANIFEST, load_model
-    from patchshift.core.config import ModelConfig
-    from patchshift.core.errors import ConfigError
-    from patchshift.core.features import PatchFeatureExtractor
-    from patchshift.core.patchcore import fit
+    from patchshift.core.common.errors import ConfigError
+    from patchshift.core.engine.features import PatchFeatureExtractor
+    from patchshift.core.engine.model_config import ModelConfig
+    from patchshift.core.engine.patchcore import fit
 
     version = tmp_path / "v1"
     shutil.copytree(saved_model, version)
@@ -298,7 +298,7 @@ def test_diverged_adaptation_fails_and_writes_nothing(
     """A training run that leaves the finite numbers fails the job with the reason; no version,
     ACTIVE kept."""
     import patchshift.core.adapt as adapt_module
-    from patchshift.core.backbone import batchnorm_layers
+    from patchshift.core.engine.backbone import batchnorm_layers
 
     def diverging(model, target, cfg, loss, report_, progress, cancel):
         extractor = copy.deepcopy(model.extractor)
@@ -374,8 +374,8 @@ def test_bn_stats_reports_progress_and_stage(fitted, dataset: Path) -> None:
 
 
 def test_one_pixel_limit_100_megapixels() -> None:
-    from patchshift.core.errors import InvalidImageError
-    from patchshift.core.images import MAX_PIXELS, decode_for_model
+    from patchshift.core.common.errors import InvalidImageError
+    from patchshift.core.common.images import MAX_PIXELS, decode_for_model
 
     assert MAX_PIXELS == 100_000_000
     frame = io.BytesIO()
@@ -400,7 +400,7 @@ def test_one_pixel_limit_100_megapixels() -> None:
 
 
 def test_grey_frames_resize_before_conversion_gives_identical_pixels() -> None:
-    from patchshift.core.images import decode_for_model, to_rgb
+    from patchshift.core.common.images import decode_for_model, to_rgb
 
     rng = np.random.default_rng(0)
     gray = Image.fromarray(rng.integers(0, 256, (301, 517), dtype=np.uint8))
@@ -433,7 +433,7 @@ def test_store_files_are_out_of_reach_of_model_names(client, store: Path, datase
 
 
 def test_legacy_job_database_is_moved_out_of_the_name_space(store: Path) -> None:
-    from patchshift.service.jobs import JobStore, move_legacy_database
+    from patchshift.service.job_store import JobStore, move_legacy_database
 
     legacy = JobStore(store / "jobs.sqlite")
     legacy.create("fit", "widget", {"n_images": 3})
@@ -445,7 +445,7 @@ def test_legacy_job_database_is_moved_out_of_the_name_space(store: Path) -> None
 
 
 def test_errors_never_show_server_paths() -> None:
-    from patchshift.service.errors import redact_paths
+    from patchshift.service.http_errors import redact_paths
 
     message = (
         "/srv/models/bsd/v3/manifest.json is invalid: field threshold; "
@@ -780,7 +780,7 @@ def test_an_activation_waits_while_images_of_the_old_version_enter_its_monitor(
 
 
 def test_a_refused_auto_adaptation_is_tried_again_once_the_slot_frees(client, monkeypatch) -> None:
-    from patchshift.service.errors import Conflict
+    from patchshift.service.http_errors import Conflict
 
     state = client.app.state
     model = state.registry.get("widget")

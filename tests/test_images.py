@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchshift.core.errors import InvalidImageError
-from patchshift.core.images import (
+from patchshift.core.common.errors import InvalidImageError
+from patchshift.core.common.images import (
     decode_image,
     list_images,
     load_batch,

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from patchshift.core.anomaly_map import anomaly_maps, gaussian_blur, gaussian_kernel1d
-from patchshift.core.errors import ConfigError
-from patchshift.core.index import BankIndex
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.engine.anomaly_map import anomaly_maps, gaussian_blur, gaussian_kernel1d
+from patchshift.core.engine.index import BankIndex
 
 
 def test_flat_index_is_exact():
@@ -21,8 +21,8 @@ def test_flat_index_is_exact():
 def test_torch_flat_index_matches_faiss(monkeypatch):
     """The GPU path without faiss-gpu (torch matrix products), run here on the CPU; chunked queries
     too."""
-    import patchshift.core.index as index_module
-    from patchshift.core.index import TorchFlatIndex
+    import patchshift.core.engine.index as index_module
+    from patchshift.core.engine.index import TorchFlatIndex
 
     monkeypatch.setattr(index_module, "TORCH_CHUNK_BYTES", 64 * 700 * 4)  # 64 queries per chunk
     generator = torch.Generator().manual_seed(1)
@@ -81,7 +81,7 @@ def test_ivf_image_scores_are_exact_after_re_ranking_each_image_s_farthest_patch
     ],
 )
 def test_auto_index_is_chosen_by_bank_size(rows, dim, torch_gpu, expected):
-    from patchshift.core.index import resolve_kind
+    from patchshift.core.engine.index import resolve_kind
 
     assert resolve_kind("auto", rows, dim, torch_gpu) == expected
     assert (

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from patchshift.core.errors import ConfigError
-from patchshift.core.metrics import (
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.evaluation.metrics import (
     aupro,
     auroc,
     f1_at_threshold,
@@ -89,7 +89,7 @@ def test_pixel_metrics_survive_an_extreme_pixel():
 
 
 def test_gumbel_threshold_by_hand():
-    from patchshift.core.threshold import gumbel_reduced, gumbel_threshold
+    from patchshift.core.engine.threshold import gumbel_reduced, gumbel_threshold
 
     assert gumbel_reduced(0.5) == pytest.approx(0.366513, abs=1e-6)  # -log(log 2)
     # 21 scores 0..20: 10th percentile 2, median 10. y(0.1) = -0.834032, y(0.5) = 0.366513, y(0.99)
@@ -118,7 +118,7 @@ def test_gumbel_threshold_by_hand():
 
 
 def test_gumbel_threshold_flags_the_asked_share_of_normal_images_beside_a_defective_majority():
-    from patchshift.core.threshold import gumbel_threshold
+    from patchshift.core.engine.threshold import gumbel_threshold
 
     rng = np.random.default_rng(0)
     fresh = rng.gumbel(20.0, 1.0, 100_000)  # the normal images the line will see next
@@ -138,7 +138,7 @@ def test_gumbel_threshold_flags_the_asked_share_of_normal_images_beside_a_defect
 
 
 def test_threshold_stays_when_too_few_target_images_score():
-    from patchshift.core.threshold import (
+    from patchshift.core.engine.threshold import (
         MIN_TRANSFER_IMAGES,
         gumbel_threshold,
         transferred_calibration,

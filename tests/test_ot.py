@@ -66,7 +66,7 @@ def test_fast_sinkhorn_matches_log_domain_on_realistic_costs():
 def test_trimmed_loss_drops_the_costliest_discretised_pairs() -> None:
     import torch
 
-    from patchshift.core.adapt.config import AdaptConfig
+    from patchshift.core.adapt.adapt_config import AdaptConfig
     from patchshift.core.adapt.ot import discretise, sinkhorn
     from patchshift.core.adapt.roda import ot_loss
 

@@ -6,9 +6,9 @@ import torch
 from conftest import SIZE, normal_image, plant_defect
 from PIL import Image
 
-from patchshift.core.errors import ConfigError, DatasetError
-from patchshift.core.images import to_tensor
-from patchshift.core.patchcore import fit, split_holdout
+from patchshift.core.common.errors import ConfigError, DatasetError
+from patchshift.core.common.images import to_tensor
+from patchshift.core.engine.patchcore import fit, split_holdout
 
 
 def test_bank_and_threshold(fitted, tiny_config):
@@ -22,7 +22,7 @@ def test_bank_and_threshold(fitted, tiny_config):
 
 
 def test_holdout_calibration_keeps_images_out_of_the_bank(dataset, tiny_config):
-    from patchshift.core.data import train_images
+    from patchshift.core.evaluation.data import train_images
 
     model = fit(train_images(dataset), tiny_config.replace(calibration="holdout"), device="cpu")
     # 24 images, 20% held out -> 19 bank images of 12 x 12 patches, 25% kept
@@ -34,7 +34,7 @@ def test_holdout_calibration_keeps_images_out_of_the_bank(dataset, tiny_config):
 def test_kfold_scores_leave_out_the_rows_of_the_images_fold(fitted):
     """Brute force: each image's score is its patches' worst nearest distance to bank rows of other
     folds."""
-    from patchshift.core.patchcore import PatchCoreModel, kfold_scores
+    from patchshift.core.engine.patchcore import PatchCoreModel, kfold_scores
 
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(6, 2, 3, 64, generator=gen)
@@ -123,8 +123,8 @@ def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(t
     from conftest import normal_image
     from scipy.stats import binom
 
-    from patchshift.core.config import ModelConfig
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.model_config import ModelConfig
+    from patchshift.core.engine.patchcore import fit
 
     rng = np.random.default_rng(7)
     paths = []
@@ -156,7 +156,7 @@ def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(t
 
 
 def test_versions_before_kfold_calibration_read_as_holdout():
-    from patchshift.core.config import ModelConfig
+    from patchshift.core.engine.model_config import ModelConfig
 
     old = ModelConfig().to_dict()
     for key in ("calibration", "calibration_folds", "false_alarm_rate"):
@@ -171,8 +171,8 @@ def test_a_small_planted_defect_is_found_by_the_default_configuration(tmp_path):
     at 1% false alarms): a 10-px blob on a fresh image is flagged, and its heatmap peaks on it."""
     from conftest import normal_image, plant_defect
 
-    from patchshift.core.config import ModelConfig
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.model_config import ModelConfig
+    from patchshift.core.engine.patchcore import fit
 
     rng = np.random.default_rng(11)
     paths = []

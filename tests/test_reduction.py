@@ -1,4 +1,5 @@
-"""Feature reductions (core/reduction.py): hand-computed matrices, shapes, determinism, storage."""
+"""Feature reductions (core/engine/reduction.py): hand-computed matrices, shapes, determinism,
+storage."""
 
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ import pytest
 import torch
 
 from patchshift.core.artifact import REDUCTION_FILE, load_model, save_model
-from patchshift.core.backbone import build_backbone
-from patchshift.core.data import labelled_samples, train_images
-from patchshift.core.errors import ArtifactError, ConfigError
-from patchshift.core.features import PatchFeatureExtractor
-from patchshift.core.images import load_batch
-from patchshift.core.patchcore import fit
-from patchshift.core.reduction import (
+from patchshift.core.common.errors import ArtifactError, ConfigError
+from patchshift.core.common.images import load_batch
+from patchshift.core.engine.backbone import build_backbone
+from patchshift.core.engine.features import PatchFeatureExtractor
+from patchshift.core.engine.patchcore import fit
+from patchshift.core.engine.reduction import (
     REDUCTIONS,
     Reduction,
     check_reduction,
     fit_reduction,
     initial_reduction,
 )
+from patchshift.core.evaluation.data import labelled_samples, train_images
 
 STAGES = (2, 3)  # a tiny two-stage layout for hand computations
 

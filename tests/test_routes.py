@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from patchshift.core.adapt import METHODS, get_adapter
-from patchshift.service.errors import Conflict
+from patchshift.service.http_errors import Conflict
 
 ADAPT_URL = "/v1/models/widget/adapt"
 
@@ -27,7 +27,7 @@ class RecordingWorker:
         self.submitted: list[tuple[str, str, dict, int, int]] = []
 
     def submit(self, kind, model, params, files, source_files=()):
-        from patchshift.service.jobs import QUEUED, Job
+        from patchshift.service.job_store import QUEUED, Job
 
         self.submitted.append((kind, model, params, len(files), len(source_files)))
         return Job(f"job{len(self.submitted)}", kind, model, QUEUED, 0.0, None, params, "now")
@@ -103,7 +103,7 @@ def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(
 
     from patchshift.service.app import create_app
     from patchshift.service.deps import get_worker
-    from patchshift.service.jobs import QUEUED, Job
+    from patchshift.service.job_store import QUEUED, Job
     from patchshift.service.settings import Settings
     from patchshift.service.worker import JobInputs
 
@@ -179,8 +179,8 @@ def test_a_bad_adaptation_request_is_refused_before_the_worker(
 def test_a_threshold_change_holds_the_job_slot(tmp_path: Path):
     """While a threshold version is written no job can be queued for the model (and the other way
     round)."""
-    from patchshift.service.jobs import JobStore
-    from patchshift.service.metrics import ServiceMetrics
+    from patchshift.service.job_store import JobStore
+    from patchshift.service.prometheus import ServiceMetrics
     from patchshift.service.worker import Worker
 
     worker = Worker(JobStore(tmp_path / "jobs.sqlite"), tmp_path / "uploads", ServiceMetrics(), {})

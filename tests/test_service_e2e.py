@@ -83,7 +83,7 @@ def test_fit_score_adapt_rollback_drift_restart(tmp_path: Path, dataset: Path) -
             assert [r["filename"] for r in results] == [n for n, _ in good + blob]
             scores = np.array([r["score"] for r in results])
             from patchshift.core.artifact import load_model
-            from patchshift.core.images import load_batch
+            from patchshift.core.common.images import load_batch
 
             stored = load_model(server.models_dir / "widget" / "v1", device="cpu")
             batch, _ = load_batch([d for _, d in good + blob], stored.config.image_size)
@@ -556,8 +556,8 @@ def test_default_adaptation_moves_the_memory_and_versions_keep_their_banks(
 
     from conftest import plant_defect
 
-    from patchshift.core.corruptions import corrupt
-    from patchshift.core.images import to_tensor
+    from patchshift.core.common.images import to_tensor
+    from patchshift.core.evaluation.corruptions import corrupt
 
     models = tmp_path / "models"
     shutil.copytree(saved_model, models / "widget" / "v1")

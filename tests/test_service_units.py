@@ -9,7 +9,7 @@ import pytest
 
 
 def test_drift_statistic_hand_computed() -> None:
-    from patchshift.core.drift import DriftReference, drift_statistic
+    from patchshift.core.engine.drift import DriftReference, drift_statistic
 
     reference = DriftReference(mean=np.array([0.0, 1.0]), std=np.array([1.0, 2.0]), n_images=4)
     window = np.array([[1.0, 1.0], [3.0, 5.0]])  # means (2, 3)
@@ -19,7 +19,7 @@ def test_drift_statistic_hand_computed() -> None:
 
 
 def test_drift_statistic_is_about_one_without_drift() -> None:
-    from patchshift.core.drift import DriftReference, drift_statistic
+    from patchshift.core.engine.drift import DriftReference, drift_statistic
 
     rng = np.random.default_rng(0)
     mixing = rng.normal(size=(16, 16))  # correlated channels
@@ -33,7 +33,7 @@ def test_drift_statistic_is_about_one_without_drift() -> None:
 
 
 def test_drift_monitor_window_and_reset() -> None:
-    from patchshift.core.drift import DriftMonitor, DriftReference
+    from patchshift.core.engine.drift import DriftMonitor, DriftReference
 
     reference = DriftReference(np.zeros(2), np.ones(2), 100)
     monitor = DriftMonitor(reference, window=3, threshold=5.0)
@@ -48,7 +48,7 @@ def test_drift_monitor_window_and_reset() -> None:
 def test_descriptors_are_channel_means_and_spreads() -> None:
     import torch
 
-    from patchshift.core.drift import image_descriptors
+    from patchshift.core.engine.drift import image_descriptors
 
     feats = torch.tensor(
         [[[[1.0, 0.0], [3.0, 0.0]]]]
@@ -59,7 +59,7 @@ def test_descriptors_are_channel_means_and_spreads() -> None:
 def test_store_versions_pointer_and_names(tmp_path: Path, saved_model: Path) -> None:
     import shutil
 
-    from patchshift.service.errors import Conflict, InvalidName, NotFound
+    from patchshift.service.http_errors import Conflict, InvalidName, NotFound
     from patchshift.service.store import ModelStore
 
     store = ModelStore(tmp_path)
@@ -87,7 +87,7 @@ def test_store_versions_pointer_and_names(tmp_path: Path, saved_model: Path) -> 
 
 
 def test_job_records_survive_and_recover(tmp_path: Path) -> None:
-    from patchshift.service.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+    from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
     jobs = JobStore(tmp_path / "jobs.sqlite")
     a = jobs.create("adapt", "widget", {"x": 1})
@@ -113,7 +113,7 @@ def test_job_records_survive_and_recover(tmp_path: Path) -> None:
 
 
 def test_keys_and_scopes(tmp_path: Path) -> None:
-    from patchshift.core.errors import ConfigError
+    from patchshift.core.common.errors import ConfigError
     from patchshift.service.auth import ADMIN, READ, Keys
     from patchshift.service.settings import Settings
 
@@ -137,7 +137,7 @@ def test_drift_monitor_is_safe_under_concurrent_add_reset_and_verdict() -> None:
     """The worker resets, the event loop adds and request threads read the same monitor."""
     import threading
 
-    from patchshift.core.drift import DriftMonitor, DriftReference
+    from patchshift.core.engine.drift import DriftMonitor, DriftReference
 
     rng = np.random.default_rng(0)
     reference = DriftReference.from_descriptors(rng.normal(size=(50, 64)))
@@ -241,8 +241,8 @@ def test_cancel_racing_the_worker_start_stops_the_running_job(tmp_path: Path) ->
     not mark it cancelled while it runs on (and later saves a version no job result names)."""
     import threading
 
-    from patchshift.service.jobs import CANCELLED, RUNNING, JobStore
-    from patchshift.service.metrics import ServiceMetrics
+    from patchshift.service.job_store import CANCELLED, RUNNING, JobStore
+    from patchshift.service.prometheus import ServiceMetrics
     from patchshift.service.worker import Worker
 
     started, seen_cancel = threading.Event(), threading.Event()
@@ -252,7 +252,7 @@ def test_cancel_racing_the_worker_start_stops_the_running_job(tmp_path: Path) ->
         for _ in range(500):
             if cancelled():
                 seen_cancel.set()
-                from patchshift.core.errors import CancelledError
+                from patchshift.core.common.errors import CancelledError
 
                 raise CancelledError("stopped")
             threading.Event().wait(0.01)

@@ -12,7 +12,9 @@ from conftest import normal_image, plant_defect, texture_defect
 from patchshift.core.adapt import AdaptConfig, adapt, get_adapter
 from patchshift.core.adapt.gate import BatchRanking, judge, spearman
 from patchshift.core.adapt.target_memory import filter_settings
-from patchshift.core.contamination import (
+from patchshift.core.common.errors import ConfigError, DatasetError
+from patchshift.core.common.images import to_tensor
+from patchshift.core.engine.contamination import (
     MIN_IMAGES,
     NORMAL_TAIL_SHARE,
     FilterSettings,
@@ -22,10 +24,8 @@ from patchshift.core.contamination import (
     reference_choice,
     robust_cut,
 )
-from patchshift.core.corruptions import corrupt
-from patchshift.core.errors import ConfigError, DatasetError
-from patchshift.core.images import to_tensor
-from patchshift.core.metrics import image_auroc
+from patchshift.core.evaluation.corruptions import corrupt
+from patchshift.core.evaluation.metrics import image_auroc
 
 
 def test_references_are_other_images_without_repeats():
@@ -431,7 +431,7 @@ def test_gate_blocks_a_version_that_changes_nothing(fitted, blurred):
 
 
 def test_fit_with_contamination_auto_keeps_planted_defects_out_of_the_bank(tiny_config):
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.patchcore import fit
 
     rng = np.random.default_rng(8)
     normal = [normal_image(rng) for _ in range(20)]
@@ -450,7 +450,7 @@ def test_fit_with_contamination_auto_keeps_planted_defects_out_of_the_bank(tiny_
 
 
 def test_fit_contamination_cut_sets_how_many_patches_the_bank_may_draw_from(tiny_config):
-    from patchshift.core.patchcore import fit
+    from patchshift.core.engine.patchcore import fit
 
     rng = np.random.default_rng(9)
     sources = [png(normal_image(rng)) for _ in range(8)]
@@ -485,7 +485,7 @@ def test_gate_with_too_few_images_keeps_the_parent_and_says_why(fitted, blurred)
 
 
 def test_an_unimportable_adapter_plugin_is_named():
-    from patchshift.core.adapt.registry import load_plugins
+    from patchshift.core.adapt.methods import load_plugins
 
     with pytest.raises(ConfigError, match="no_such_plugin"):
         load_plugins("no_such_plugin")
@@ -503,7 +503,7 @@ def test_spearman_averages_ties_and_the_gate_refuses_unusable_scores():
 
 
 def test_suspect_images_leave_the_calibration_only_when_most_remain():
-    from patchshift.core.patchcore import suspect_free_images
+    from patchshift.core.engine.patchcore import suspect_free_images
 
     mutual = torch.zeros(10, 4)
     mutual[:, 0] = torch.tensor(
@@ -687,7 +687,7 @@ def test_the_gate_ranks_the_batch_with_the_users_filter_settings(fitted, blurred
 
 def test_the_gate_takes_a_plain_ranking_from_a_plugin(fitted, blurred):
     from patchshift.core.adapt import gate
-    from patchshift.core.contamination import FilterSettings
+    from patchshift.core.engine.contamination import FilterSettings
 
     images, _ = blurred
     index = np.arange(0, len(images), 2)

@@ -21,8 +21,8 @@ import torch
 
 from patchshift.core.adapt import AdaptConfig
 from patchshift.core.adapt.target_memory import batch_threshold
-from patchshift.core.contamination import robust_z
-from patchshift.core.metrics import oracle_threshold
+from patchshift.core.engine.contamination import robust_z
+from patchshift.core.evaluation.metrics import oracle_threshold
 
 RATE = 0.01
 
@@ -108,7 +108,7 @@ def test_reweighted_scores_put_the_threshold_on_the_deployed_scale():
 
 
 def test_a_collapse_note_reads_whole_where_the_law_gave_none():
-    from patchshift.core.threshold import gumbel_threshold
+    from patchshift.core.engine.threshold import gumbel_threshold
 
     kept = gumbel_threshold(
         np.arange(20.0), 0.0, fallback=100.0

@@ -139,7 +139,7 @@ def one_thread():
 
 
 def test_uda_beats_source_only_under_a_shift(one_thread) -> None:
-    from patchshift.core.metrics import image_auroc
+    from patchshift.core.evaluation.metrics import image_auroc
     from patchshift.core.uda import UDAConfig
     from patchshift.core.uda.train import fit_uda
 
@@ -159,7 +159,7 @@ def test_uda_beats_source_only_under_a_shift(one_thread) -> None:
 
 
 def test_target_without_a_dominant_cluster_is_refused_with_the_reason() -> None:
-    from patchshift.core.errors import DatasetError
+    from patchshift.core.common.errors import DatasetError
     from patchshift.core.uda import UDAConfig
     from patchshift.core.uda.train import fit_uda
 
@@ -175,7 +175,7 @@ def test_target_without_a_dominant_cluster_is_refused_with_the_reason() -> None:
 
 def test_uda_version_saves_loads_and_scores_the_same(tmp_path) -> None:
     from patchshift.core.artifact import load_model, read_manifest, save_model
-    from patchshift.core.errors import ArtifactError
+    from patchshift.core.common.errors import ArtifactError
     from patchshift.core.uda import UDAConfig
     from patchshift.core.uda.train import fit_uda
 
@@ -213,7 +213,7 @@ def test_clip_psi_loads_from_a_local_checkpoint_and_stays_frozen(tmp_path) -> No
     import json
 
     open_clip = pytest.importorskip("open_clip")
-    from patchshift.core.errors import ConfigError
+    from patchshift.core.common.errors import ConfigError
     from patchshift.core.uda import UDAConfig
     from patchshift.core.uda.clip import ClipImageEncoder
     from patchshift.core.uda.train import fit_uda
@@ -273,7 +273,7 @@ def test_clip_psi_loads_from_a_local_checkpoint_and_stays_frozen(tmp_path) -> No
 
 
 def test_uda_reports_progress_and_cancels_between_steps() -> None:
-    from patchshift.core.errors import CancelledError
+    from patchshift.core.common.errors import CancelledError
     from patchshift.core.uda import UDAConfig
     from patchshift.core.uda.train import fit_uda
 
@@ -297,9 +297,9 @@ def test_uda_reports_progress_and_cancels_between_steps() -> None:
 
 
 def test_a_uda_version_inherits_the_encoder_and_from_a_uda_parent_its_input_size():
-    from patchshift.core.config import ModelConfig
+    from patchshift.core.engine.model_config import ModelConfig
     from patchshift.core.uda import UDAConfig
-    from patchshift.core.uda.config import inherited_settings
+    from patchshift.core.uda.uda_config import inherited_settings
 
     from_patchcore = inherited_settings(
         ModelConfig(backbone="tf_efficientnet_lite0", image_size=320)

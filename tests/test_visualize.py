@@ -3,7 +3,7 @@ the failing region outlined, the peak marked, an optional legend strip."""
 
 import numpy as np
 
-from patchshift.core.visualize import START, overlay
+from patchshift.core.engine.visualize import START, overlay
 
 
 def test_only_what_nears_the_threshold_is_coloured_and_the_rest_is_the_photo():

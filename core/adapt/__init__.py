@@ -1,7 +1,7 @@
 """Test-time adaptation of a PatchCore model to a new camera or lighting, from unlabeled images.
 
 One interface: adapt(model, images, cfg, progress, cancel, judge) -> (new model version, report).
-Methods live in one registry (core.adapt.registry): the BatchNorm adapters (roda, bn-stats,
+Methods live in one registry (core.adapt.methods): the BatchNorm adapters (roda, bn-stats,
 moment-matching, ot-continuous, none) change only BatchNorm state; target-memory moves the bank.
 """
 
@@ -15,28 +15,28 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..contamination import MIN_IMAGES, FilterSettings
-from ..detector import Detector
-from ..errors import AdaptationError
-from ..images import ImageSource, load_target
-from ..options import check_options
-from ..patchcore import PatchCoreModel
-from ..progress import CancelFn, ProgressFn, check_cancel
-from ..uda import UDAConfig
-from . import batchnorm, target_memory, uda  # noqa: F401  (register the adapters)
-from .base import AdaptReport
-from .config import AdaptConfig
-from .gate import (
+from patchshift.core.adapt import batchnorm, target_memory, uda_adapter  # noqa: F401  (register the adapters)
+from patchshift.core.adapt.adapt_config import AdaptConfig
+from patchshift.core.adapt.base import AdaptReport
+from patchshift.core.adapt.gate import (
     BatchRanking,
     GateVerdict,
     reference_ranking,
     refuse_unsupported_threshold,
 )
-from .gate import (
+from patchshift.core.adapt.gate import (
     judge as judge_versions,
 )
-from .registry import Adapter, adapter_names, get_adapter, load_plugins
-from .target_memory import filter_settings, target_features
+from patchshift.core.adapt.methods import Adapter, adapter_names, get_adapter, load_plugins
+from patchshift.core.adapt.target_memory import filter_settings, target_features
+from patchshift.core.common.errors import AdaptationError
+from patchshift.core.common.images import ImageSource, load_target
+from patchshift.core.common.options import check_options
+from patchshift.core.common.progress import CancelFn, ProgressFn, check_cancel
+from patchshift.core.engine.contamination import MIN_IMAGES, FilterSettings
+from patchshift.core.engine.detector import Detector
+from patchshift.core.engine.patchcore import PatchCoreModel
+from patchshift.core.uda import UDAConfig
 
 log = logging.getLogger(__name__)
 

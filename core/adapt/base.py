@@ -11,17 +11,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbone import batchnorm_layers
-from ..drift import DriftReference
-from ..errors import ConfigError
-from ..finite import refuse_non_finite_scores
-from ..patchcore import PatchCoreModel, Provenance
-from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import TransferredThreshold, gumbel_threshold, transferred_calibration
-from .config import AdaptConfig
+from patchshift.core.adapt.adapt_config import AdaptConfig
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.common.finite import refuse_non_finite_scores
+from patchshift.core.common.progress import CancelFn, ProgressFn, check_cancel, report
+from patchshift.core.engine.backbone import batchnorm_layers
+from patchshift.core.engine.drift import DriftReference
+from patchshift.core.engine.patchcore import PatchCoreModel, Provenance
+from patchshift.core.engine.threshold import (
+    TransferredThreshold,
+    gumbel_threshold,
+    transferred_calibration,
+)
 
 if TYPE_CHECKING:
-    from .gate import BatchRanking, GateVerdict
+    from patchshift.core.adapt.gate import BatchRanking, GateVerdict
 
 # loss(features (N, D) with grad, generator) -> scalar; may record diagnostics in `stats`.
 LossFn = Callable[[torch.Tensor, torch.Generator, dict], torch.Tensor]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..patchcore import PatchCoreModel
+from patchshift.core.engine.patchcore import PatchCoreModel
 
 
 def moment_loss(model: PatchCoreModel):

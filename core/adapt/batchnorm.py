@@ -9,16 +9,21 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..backbone import batchnorm_state
-from ..errors import ConfigError
-from ..finite import refuse_diverged
-from ..patchcore import PatchCoreModel
-from ..progress import CancelFn, ProgressFn, check_cancel
-from .base import AdaptReport, derive_version, reestimate_statistics, train_affine
-from .baselines import moment_loss
-from .config import AdaptConfig
-from .registry import Adapter, register
-from .roda import ot_loss
+from patchshift.core.adapt.adapt_config import AdaptConfig
+from patchshift.core.adapt.base import (
+    AdaptReport,
+    derive_version,
+    reestimate_statistics,
+    train_affine,
+)
+from patchshift.core.adapt.baselines import moment_loss
+from patchshift.core.adapt.methods import Adapter, register
+from patchshift.core.adapt.roda import ot_loss
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.common.finite import refuse_diverged
+from patchshift.core.common.progress import CancelFn, ProgressFn, check_cancel
+from patchshift.core.engine.backbone import batchnorm_state
+from patchshift.core.engine.patchcore import PatchCoreModel
 
 
 def _copied(model: PatchCoreModel, target, cfg, report_, progress, cancel) -> nn.Module:

@@ -1,9 +1,9 @@
 """Label-free check that a new version fits the target condition better than its parent.
 
 No labels exist at adaptation time, so the versions are compared against the target batch's own
-zero-shot ranking: each target image's mutual score (core.contamination: how far its worst patch
-is from the patches of the other target images). A version that ranks the target images the way
-the batch itself does (Spearman correlation of its scores with the mutual scores) separates the
+zero-shot ranking: each target image's mutual score (core.engine.contamination: how far its worst
+patch is from the patches of the other target images). A version that ranks the target images the
+way the batch itself does (Spearman correlation of its scores with the mutual scores) separates the
 odd images from the bulk; one that ranks them by the shift's noise does not. The new version goes
 live only if its agreement beats the parent's by `margin`.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..contamination import (
+from patchshift.core.engine.contamination import (
     NORMAL_TAIL_SHARE,
     TAIL_Z,
     FilterSettings,
@@ -42,7 +42,7 @@ from ..contamination import (
 )
 
 if TYPE_CHECKING:
-    from ..threshold import TransferredThreshold
+    from patchshift.core.engine.threshold import TransferredThreshold
 
 
 @dataclass(frozen=True)

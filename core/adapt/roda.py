@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ..patchcore import PatchCoreModel
-from .config import AdaptConfig
-from .ot import chosen_by_bank, discretise, sinkhorn
+from patchshift.core.adapt.adapt_config import AdaptConfig
+from patchshift.core.adapt.ot import chosen_by_bank, discretise, sinkhorn
+from patchshift.core.engine.patchcore import PatchCoreModel
 
 
 def sample_rows(n: int, k: int, generator: torch.Generator) -> torch.Tensor:

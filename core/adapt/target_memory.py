@@ -1,11 +1,12 @@
 """Target memory: the bank moves to the new condition, from unlabeled target images with defects.
 
-Patch features of the target images (through the source backbone, or after a BatchNorm step),
-the patches that other target images vouch for (core.contamination), a coreset of them as the
-target memory, alone or joined to the source bank. The threshold is re-calibrated from the
-target images scored against the memory built without their own fold, each over the patches other
-images vouch for: an extreme-value law through two percentiles of those normal scores
-(core.threshold.gumbel_threshold), with how sure it is and the share of suspect images it flags.
+Patch features of the target images (through the source backbone, or after a BatchNorm step), the
+patches that other target images vouch for (core.engine.contamination), a coreset of them as the
+target memory, alone or joined to the source bank. The threshold is re-calibrated from the target
+images scored against the memory built without their own fold, each over the patches other images
+vouch for: an extreme-value law through two percentiles of those normal scores
+(core.engine.threshold.gumbel_threshold), with how sure it is and the share of suspect images it
+flags.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..contamination import (
+from patchshift.core.adapt.adapt_config import AdaptConfig
+from patchshift.core.adapt.base import AdaptReport, apply_threshold
+from patchshift.core.adapt.batchnorm import batchnorm_step
+from patchshift.core.adapt.gate import BatchRanking
+from patchshift.core.adapt.methods import Adapter, register
+from patchshift.core.common.finite import refuse_non_finite_scores
+from patchshift.core.common.progress import CancelFn, ProgressFn, check_cancel, report
+from patchshift.core.engine.contamination import (
     MIN_IMAGES,
     TAIL_Z,
     FilterResult,
@@ -23,17 +31,14 @@ from ..contamination import (
     robust_z,
     vouched_image_scores,
 )
-from ..coreset import coreset_size, kcenter_coreset
-from ..drift import DriftReference, image_descriptors
-from ..finite import refuse_non_finite_scores
-from ..patchcore import PatchCoreModel, Provenance, kfold_patch_scores
-from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import TransferredThreshold, gumbel_threshold, transferred_calibration
-from .base import AdaptReport, apply_threshold
-from .batchnorm import batchnorm_step
-from .config import AdaptConfig
-from .gate import BatchRanking
-from .registry import Adapter, register
+from patchshift.core.engine.coreset import coreset_size, kcenter_coreset
+from patchshift.core.engine.drift import DriftReference, image_descriptors
+from patchshift.core.engine.patchcore import PatchCoreModel, Provenance, kfold_patch_scores
+from patchshift.core.engine.threshold import (
+    TransferredThreshold,
+    gumbel_threshold,
+    transferred_calibration,
+)
 
 
 @torch.inference_mode()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from patchshift.core.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DatasetError
+from patchshift.core.common.errors import DatasetError
 
 
 def kmeans(

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbone import load_classifier
-from ..drift import DriftReference
-from ..errors import ConfigError
-from ..patchcore import Provenance, ScoreResult
-from .config import UDAConfig
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.engine.backbone import load_classifier
+from patchshift.core.engine.drift import DriftReference
+from patchshift.core.engine.patchcore import Provenance, ScoreResult
+from patchshift.core.uda.uda_config import UDAConfig
 
 
 class Encoder(nn.Module):
@@ -64,7 +64,7 @@ def build_encoder(cfg: UDAConfig, device: torch.device) -> tuple[Encoder, str]:
 
 class UDAModel:
     """A global detector (distance of an image embedding to a centre): scores, no heatmaps
-    (core.detector.Detector)."""
+    (core.engine.detector.Detector)."""
 
     kind = "uda"
     gives_heatmaps = False

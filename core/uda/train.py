@@ -12,20 +12,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..device import resolve_device
-from ..drift import DriftReference
-from ..errors import DatasetError
-from ..finite import refuse_diverged
-from ..images import ImageSource, load_target
-from ..options import check_options
-from ..patchcore import Provenance, split_holdout
-from ..progress import CancelFn, ProgressFn, check_cancel, report
-from ..threshold import quantile_threshold
-from .clip import load_clip_encoder
-from .clustering import dominant_cluster
-from .config import UDAConfig
-from .losses import dsvdd_loss, info_nce
-from .model import Encoder, UDAModel, build_encoder
+from patchshift.core.common.device import resolve_device
+from patchshift.core.common.errors import DatasetError
+from patchshift.core.common.finite import refuse_diverged
+from patchshift.core.common.images import ImageSource, load_target
+from patchshift.core.common.options import check_options
+from patchshift.core.common.progress import CancelFn, ProgressFn, check_cancel, report
+from patchshift.core.engine.drift import DriftReference
+from patchshift.core.engine.patchcore import Provenance, split_holdout
+from patchshift.core.engine.threshold import quantile_threshold
+from patchshift.core.uda.clip import load_clip_encoder
+from patchshift.core.uda.clustering import dominant_cluster
+from patchshift.core.uda.losses import dsvdd_loss, info_nce
+from patchshift.core.uda.model import Encoder, UDAModel, build_encoder
+from patchshift.core.uda.uda_config import UDAConfig
 
 log = logging.getLogger(__name__)
 

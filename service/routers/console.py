@@ -12,9 +12,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from patchshift.core.adapt import METHODS, RECOMMENDED, get_adapter
-
-from ..auth import READ, granted_scope, require
-from ..schemas import error_responses
+from patchshift.service.auth import READ, granted_scope, require
+from patchshift.service.schemas import error_responses
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
 ASSETS_URL = "/console"

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import BatcherDep, MetricsDep, RegistryDep, WorkerDep
+from patchshift.service.deps import BatcherDep, MetricsDep, RegistryDep, WorkerDep
 
 router = APIRouter(tags=["operations"])
 

@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from ..auth import ADMIN, READ, require
-from ..deps import JobsDep, WorkerDep
-from ..errors import NotFound
-from ..jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
-from ..names import NAME_MAX_LENGTH, NAME_PATTERN
-from ..schemas import JobOut, error_responses
+from patchshift.service.auth import ADMIN, READ, require
+from patchshift.service.deps import JobsDep, WorkerDep
+from patchshift.service.http_errors import NotFound
+from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from patchshift.service.names import NAME_MAX_LENGTH, NAME_PATTERN
+from patchshift.service.schemas import JobOut, error_responses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

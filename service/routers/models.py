@@ -9,26 +9,30 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, BeforeValidator, Field
 
 from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig, get_adapter
-from patchshift.core.adapt.config import ADAPT_OPTIONS
-from patchshift.core.backbone import stage_channels
-from patchshift.core.config import FIT_OPTIONS, ModelConfig
-from patchshift.core.errors import ConfigError
-from patchshift.core.options import check_options
-from patchshift.core.reduction import check_reduction
-from patchshift.core.threshold import THRESHOLD_BOUNDS
+from patchshift.core.adapt.adapt_config import ADAPT_OPTIONS
+from patchshift.core.common.errors import ConfigError
+from patchshift.core.common.options import check_options
+from patchshift.core.engine.backbone import stage_channels
+from patchshift.core.engine.model_config import FIT_OPTIONS, ModelConfig
+from patchshift.core.engine.reduction import check_reduction
+from patchshift.core.engine.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
-
-from .. import operations
-from ..auth import ADMIN, READ, require
-from ..deps import RegistryDep, SettingsDep, StoreDep, WorkerDep
-from ..errors import Unprocessable
-from ..names import NAME_MAX_LENGTH, NAME_PATTERN
-from ..options import form_model, form_values
-from ..schemas import JobAccepted, ModelOut, ModelSummary, error_responses
-from ..scoring import decode_uploads
-from ..settings import Settings
-from ..tasks import ACTIVATE_ALWAYS, ACTIVATE_IF_BETTER, ACTIVATE_NEVER, ACTIVATION_POLICIES
-from ..uploads import read_files
+from patchshift.service import operations
+from patchshift.service.auth import ADMIN, READ, require
+from patchshift.service.deps import RegistryDep, SettingsDep, StoreDep, WorkerDep
+from patchshift.service.http_errors import Unprocessable
+from patchshift.service.names import NAME_MAX_LENGTH, NAME_PATTERN
+from patchshift.service.option_fields import form_model, form_values
+from patchshift.service.schemas import JobAccepted, ModelOut, ModelSummary, error_responses
+from patchshift.service.scoring import decode_uploads
+from patchshift.service.settings import Settings
+from patchshift.service.tasks import (
+    ACTIVATE_ALWAYS,
+    ACTIVATE_IF_BETTER,
+    ACTIVATE_NEVER,
+    ACTIVATION_POLICIES,
+)
+from patchshift.service.uploads import read_files
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

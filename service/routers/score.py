@@ -8,20 +8,31 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from patchshift.core.detector import Detector
-from patchshift.core.images import resize_batch
-
-from ..auth import READ, require
-from ..deps import BatcherDep, DriftDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
-from ..errors import Conflict, Unprocessable
-from ..history import record_line
-from ..operations import require_model
-from ..schemas import ReviewResponse, ScoreResponse, error_responses
-from ..scoring import MicroBatcher, build_results, decode_uploads, recent_as_decoded
-from ..settings import Settings
-from ..store import check_name
-from ..uploads import read_files
-from .models import ModelName, VersionName
+from patchshift.core.common.images import resize_batch
+from patchshift.core.engine.detector import Detector
+from patchshift.service.auth import READ, require
+from patchshift.service.deps import (
+    BatcherDep,
+    DriftDep,
+    MetricsDep,
+    RegistryDep,
+    SettingsDep,
+    StoreDep,
+)
+from patchshift.service.history import record_line
+from patchshift.service.http_errors import Conflict, Unprocessable
+from patchshift.service.operations import require_model
+from patchshift.service.routers.models import ModelName, VersionName
+from patchshift.service.schemas import ReviewResponse, ScoreResponse, error_responses
+from patchshift.service.scoring import (
+    MicroBatcher,
+    build_results,
+    decode_uploads,
+    recent_as_decoded,
+)
+from patchshift.service.settings import Settings
+from patchshift.service.store import check_name
+from patchshift.service.uploads import read_files
 
 router = APIRouter(prefix="/v1/models", tags=["scoring"])
 

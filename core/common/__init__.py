@@ -1,0 +1,1 @@
+"""Shared plumbing: errors, image decoding, atomic file writes, option fields, progress, device."""

@@ -1,0 +1,1 @@
+"""Evaluation on labelled MVTec-layout sets: datasets, AUROC / AUPRO metrics, corruptions."""
