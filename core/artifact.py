@@ -24,10 +24,15 @@ from patchshift.core.common.artifact_format import (
     write_atomically,
 )
 from patchshift.core.common.errors import ArtifactError
-from patchshift.core.engine import persistence as patchcore_persistence
-from patchshift.core.engine.persistence import BANK_FILE, BATCHNORM_FILE, REDUCTION_FILE, Manifest
-from patchshift.core.uda import persistence as uda_persistence
-from patchshift.core.uda.persistence import ENCODER_FILE, UDAManifest
+from patchshift.core.engine import patchcore_artifact
+from patchshift.core.engine.patchcore_artifact import (
+    BANK_FILE,
+    BATCHNORM_FILE,
+    REDUCTION_FILE,
+    Manifest,
+)
+from patchshift.core.uda import uda_artifact
+from patchshift.core.uda.uda_artifact import ENCODER_FILE, UDAManifest
 
 __all__ = [
     "BANK_FILE",
@@ -44,8 +49,8 @@ __all__ = [
 
 # kind -> (manifest schema, the module that saves and loads it)
 KINDS: dict[str, tuple[type[VersionFields], ModuleType]] = {
-    "patchcore": (Manifest, patchcore_persistence),
-    "uda": (UDAManifest, uda_persistence),
+    "patchcore": (Manifest, patchcore_artifact),
+    "uda": (UDAManifest, uda_artifact),
 }
 
 

@@ -9,7 +9,7 @@ from conftest import normal_image, plant_defect
 from patchshift.core.artifact import BANK_FILE, MANIFEST, load_model, save_model
 from patchshift.core.common.errors import ArtifactError
 from patchshift.core.common.images import to_tensor
-from patchshift.core.engine import persistence
+from patchshift.core.engine import patchcore_artifact
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_save_refuses_to_overwrite_and_is_atomic(fitted, saved_model, tmp_path, 
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(persistence, "build_manifest", explode)
+    monkeypatch.setattr(patchcore_artifact, "build_manifest", explode)
     with pytest.raises(OSError):
         save_model(fitted, target)
     assert not target.exists()

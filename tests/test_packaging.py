@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -9,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+IGNORED = shutil.ignore_patterns("__pycache__")
 
 
 def test_every_package_folder_is_listed() -> None:
@@ -24,9 +26,14 @@ def test_every_package_folder_is_listed() -> None:
 
 def test_the_wheel_holds_the_product_and_no_study(tmp_path) -> None:
     """Studies run from a checkout; the installed package, its CLI and the image are the product."""
+    source = tmp_path / "src"  # what the Dockerfile copies; the build leaves the checkout alone
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "core", "service"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": IGNORED} if copy is shutil.copytree else {}))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(tmp_path), str(ROOT)],
+        + ["-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )
@@ -44,3 +51,14 @@ def test_the_cli_lists_product_commands_only() -> None:
     assert set(COMMANDS) == {"serve", "fit", "score", "adapt", "eval"}
     usage = build_parser().format_help()
     assert "bench" not in usage and all(command in usage for command in COMMANDS)
+
+
+def test_no_module_name_repeats() -> None:
+    """A name means one thing: metrics.py, registry.py or config.py twice would mean two."""
+    seen: dict[str, Path] = {}
+    for folder in ("core", "service", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+            seen[path.name] = path

@@ -2,8 +2,8 @@
 file, written atomically.
 
 Saving writes a temporary sibling directory, fsyncs it and renames it into place, so a reader sees
-the whole version or none of it. Each model kind (core/engine/persistence.py,
-core/uda/persistence.py) declares its manifest fields and files and saves and loads itself through
+the whole version or none of it. Each model kind (core/engine/patchcore_artifact.py,
+core/uda/uda_artifact.py) declares its manifest fields and files and saves and loads itself through
 these helpers.
 """
 

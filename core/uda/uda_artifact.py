@@ -20,7 +20,7 @@ from patchshift.core.common.artifact_format import (
 from patchshift.core.common.device import resolve_device
 from patchshift.core.common.errors import ArtifactError, PatchshiftError
 from patchshift.core.common.fileio import file_sha256
-from patchshift.core.engine.persistence import provenance_and_reference
+from patchshift.core.engine.patchcore_artifact import provenance_and_reference
 from patchshift.core.uda.model import UDAModel, build_encoder
 from patchshift.core.uda.uda_config import UDAConfig
 
