@@ -397,3 +397,36 @@ def test_a_job_does_not_undo_an_activation_made_while_it_ran(app_and_worker):
         registry.activate_if_active("widget", "v2", "v1", finished)
         and store.active("widget") == "v1"
     )
+
+
+def test_a_job_read_waits_for_the_job_to_end(app_and_worker):
+    """GET /v1/jobs/{id}?wait=S answers when the job ends; wait=0 answers at once."""
+    from patchshift.service.deps import get_jobs
+    from patchshift.service.job_store import SUCCEEDED
+
+    client, _ = app_and_worker
+    jobs = client.app.state.jobs
+    job = jobs.create("fit", "widget", {})
+    assert client.get(f"/v1/jobs/{job.id}?wait=0").json()["status"] == "queued"
+
+    first_read = threading.Event()
+
+    class WatchedJobs:  # the job store, telling the test when the route has read the job once
+        def get(self, job_id):
+            answer = jobs.get(job_id)
+            first_read.set()
+            return answer
+
+    def finish_after_the_first_read():
+        first_read.wait(10)
+        jobs.start(job.id)
+        jobs.finish(job.id, SUCCEEDED, result_version="v2", result={})
+
+    client.app.dependency_overrides[get_jobs] = lambda: WatchedJobs()
+    finisher = threading.Thread(target=finish_after_the_first_read)
+    finisher.start()
+    answer = client.get(f"/v1/jobs/{job.id}?wait=30").json()
+    finisher.join(10)
+    assert answer["status"] == SUCCEEDED and answer["result_version"] == "v2"
+    assert client.get("/v1/jobs/nope?wait=1").status_code == 404
+    assert client.get(f"/v1/jobs/{job.id}?wait=601").status_code == 422
