@@ -13,8 +13,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from patchshift.core.common.options import check_options
-
 log = logging.getLogger("patchshift")
 
 
@@ -227,30 +225,24 @@ def _images(arguments: list[str]) -> list[Path]:
 def cmd_fit(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import save_model
     from patchshift.core.common.errors import ArtifactError
-    from patchshift.core.engine.backbone import stage_channels
-    from patchshift.core.engine.model_config import FIT_OPTIONS, ModelConfig
+    from patchshift.core.engine.model_config import FIT_OPTIONS
     from patchshift.core.engine.patchcore import fit
-    from patchshift.core.engine.reduction import check_reduction
     from patchshift.service.option_fields import given
+    from patchshift.service.requests import check_fit_images, fit_config
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
+    values = {
+        "backbone": args.backbone,
+        "weights": str(Path(args.weights).resolve()) if args.weights else None,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        **given(args, FIT_OPTIONS),
+    }
     with usage_errors(args):
-        config = ModelConfig(
-            backbone=args.backbone,
-            weights=str(Path(args.weights).resolve()) if args.weights else None,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            **given(args, FIT_OPTIONS),
-        )
-        check_options(config)
-        check_reduction(
-            config.feature_reduction,
-            config.feature_dim,
-            config.backbone,
-            stage_channels(config.backbone, config.feature_strides),
-        )
+        config = fit_config(values, fixed_threshold=args.threshold is not None)
     images = _normal_images(args.data)
+    check_fit_images(len(images))
     model = fit(images, config, device=args.device, threshold=args.threshold, progress=progress)
     save_model(model, args.out, overwrite=args.overwrite)
     print(
@@ -322,8 +314,9 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     from patchshift.core.adapt.adapt_config import ADAPT_OPTIONS
     from patchshift.core.adapt.uda_adapter import UDA_OPTIONS
     from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.common.errors import ArtifactError, ConfigError
+    from patchshift.core.common.errors import ArtifactError
     from patchshift.service.option_fields import given
+    from patchshift.service.requests import adaptation_config, check_adaptation_images
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
@@ -332,23 +325,12 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     if args.no_augment:
         settings["augment"] = "none"
     model = load_model(args.model, device=args.device)
-    adapter.check_parent(model, str(args.model))
     with usage_errors(args):
-        cfg = adapter.configure(model, settings)
-    if args.source_images and not adapter.min_source_images:
-        raise ConfigError(
-            "--source-images belongs to methods that learn from source images (uda), not to "
-            f"{adapter.name}"
-        )
-    if adapter.min_source_images and not args.source_images:
-        raise ConfigError(
-            f"--method {adapter.name} needs --source-images: normal images of the source domain "
-            "(a model keeps no training images)"
-        )
+        cfg = adaptation_config(adapter, model, str(args.model), settings)
+    images = _images(args.images)
     source = _images(args.source_images) if args.source_images else None
-    adapted, report = adapt(
-        model, _images(args.images), cfg, progress=progress, source_images=source
-    )
+    check_adaptation_images(adapter, len(images), len(source or ()))
+    adapted, report = adapt(model, images, cfg, progress=progress, source_images=source)
     save_model(adapted, args.out, overwrite=args.overwrite)
     extra = "" if adapted.gives_heatmaps else " (a global detector: scores, no heatmaps)"
     print(

@@ -18,9 +18,9 @@ from patchshift.core.adapt import get_adapter
 from patchshift.core.engine.detector import Detector
 from patchshift.service.http_errors import Conflict
 from patchshift.service.prometheus import ServiceMetrics
+from patchshift.service.requests import ACTIVATE_IF_BETTER
 from patchshift.service.serving import ModelRegistry
 from patchshift.service.settings import Settings
-from patchshift.service.tasks import ACTIVATE_IF_BETTER
 from patchshift.service.worker import Worker
 
 log = logging.getLogger("patchshift.service")

@@ -113,6 +113,8 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
 
 def _problem(error: dict) -> str:
     """'field: what is wrong (got VALUE)' for one validation error."""
+    if error.get("type") == "out_of_range":  # a config field's own check: it names field and value
+        return str(error.get("msg"))
     where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
     given = error.get("input")
     shown = (

@@ -6,11 +6,8 @@ exist, one job or threshold change per model at a time, ...) so they read the sa
 
 from __future__ import annotations
 
-from typing import Any
-
-from patchshift.core.adapt import GATE_MIN_IMAGES, Adapter
-from patchshift.core.common.errors import ArtifactError, ConfigError, DatasetError
-from patchshift.service.http_errors import NotFound, Unprocessable, redact_paths
+from patchshift.core.common.errors import ArtifactError
+from patchshift.service.http_errors import NotFound, redact_paths
 from patchshift.service.schemas import (
     DriftOut,
     ModelOut,
@@ -21,7 +18,7 @@ from patchshift.service.schemas import (
 from patchshift.service.serving import ModelRegistry
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore, check_name
-from patchshift.service.tasks import ACTIVATE_IF_BETTER, override_threshold, with_server_files
+from patchshift.service.tasks import override_threshold
 from patchshift.service.worker import Worker
 
 
@@ -100,42 +97,6 @@ def describe_model(
         drift=drift,
         images_scored=slot.history.images_scored if slot else 0,
     )
-
-
-def adaptation_settings(
-    adapter: Adapter, model: Any, name: str, given: dict[str, Any], settings: Settings
-) -> tuple[Any, dict[str, Any]]:
-    """(config, the settings the job stores) of an adaptation of `model`; a bad one is a 422 now,
-    not a failed job."""
-    try:
-        adapter.check_parent(model, f"the active version of {name!r}")
-        cfg = adapter.configure(
-            model, with_server_files(given, settings)
-        )  # the CLIP tower is the server's file, never the client's
-    except ConfigError as exc:
-        raise Unprocessable(str(exc)) from None
-    return cfg, {"method": adapter.name, **given}
-
-
-def check_image_counts(adapter: Adapter, n_images: int, n_source_images: int, policy: str) -> None:
-    if adapter.min_source_images and not n_source_images:
-        raise Unprocessable(
-            f"method={adapter.name} needs source_files: normal images of the source domain (a "
-            "model keeps no training images)"
-        )
-    try:
-        adapter.check_counts(n_images, n_source_images)
-    except DatasetError as exc:
-        raise Unprocessable(str(exc)) from None
-    if (
-        policy == ACTIVATE_IF_BETTER and n_images < GATE_MIN_IMAGES
-    ):  # the job would run, then always keep the parent
-        raise Unprocessable(
-            "activate=if-better checks the new version on the images themselves, which needs at "
-            "least "
-            f"{GATE_MIN_IMAGES} of them (got {n_images}); send more, or activate=false to keep it "
-            "for review"
-        )
 
 
 def activate_version(store: ModelStore, registry: ModelRegistry, name: str, version: str) -> None:

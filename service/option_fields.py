@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import typing
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import AfterValidator, BaseModel, Field, create_model
+from pydantic_core import PydanticCustomError
 
 from patchshift.core.common.errors import ConfigError
 from patchshift.core.common.options import Bounds, options_of
@@ -112,17 +113,41 @@ def form_model(
             kind: Any = Literal[bounds.choices]  # type: ignore[valid-type]
             constraint = Field(default, description=description)
         else:
-            kind = _base_type(cls, name)
-            low = (
-                {"ge": 0}
-                if bounds.optional
-                else {k: getattr(bounds, k) for k in ("ge", "gt") if getattr(bounds, k) is not None}
+            kind = Annotated[_base_type(cls, name), AfterValidator(_checked(name, bounds))]
+            extra = {"allow_inf_nan": False} if _base_type(cls, name) is float else {}
+            constraint = Field(
+                default, description=description, json_schema_extra=_schema_range(bounds), **extra
             )
-            high = {k: getattr(bounds, k) for k in ("le", "lt") if getattr(bounds, k) is not None}
-            extra = {"allow_inf_nan": False} if kind is float else {}
-            constraint = Field(default, description=description, **low, **high, **extra)
         fields[name] = ((kind | None) if not with_defaults else kind, constraint)
     return create_model(model_name, __base__=base, **fields)
+
+
+def _checked(name: str, bounds: Bounds):
+    """The range check of the config field itself (Bounds.check), so a value out of range gets the
+    same message over HTTP as from the CLI and the config dataclass."""
+
+    def check(value: Any) -> Any:
+        if bounds.optional and value == 0:  # 0: none, as on the CLI
+            return value
+        try:
+            bounds.check(name, value)
+        except ConfigError as exc:
+            raise PydanticCustomError("out_of_range", str(exc)) from None
+        return value
+
+    return check
+
+
+def _schema_range(bounds: Bounds) -> dict[str, float]:
+    """The range in the OpenAPI document (JSON Schema keywords); enforced by `_checked`."""
+    if bounds.optional:
+        low = {"minimum": 0}
+    else:
+        low = {"minimum": bounds.ge} if bounds.ge is not None else {}
+        low |= {"exclusiveMinimum": bounds.gt} if bounds.gt is not None else {}
+    high = {"maximum": bounds.le} if bounds.le is not None else {}
+    high |= {"exclusiveMaximum": bounds.lt} if bounds.lt is not None else {}
+    return low | high
 
 
 def form_values(form: BaseModel, cls: type, names: Iterable[str]) -> dict[str, Any]:

@@ -16,10 +16,16 @@ from patchshift.core.common.images import load_target
 from patchshift.core.common.progress import check_cancel
 from patchshift.core.engine.detector import Detector, with_threshold
 from patchshift.core.engine.drift import drift_statistic
-from patchshift.core.engine.model_config import ModelConfig
 from patchshift.core.engine.patchcore import PatchCoreModel, Provenance, fit
 from patchshift.service.http_errors import Conflict
 from patchshift.service.job_store import Job
+from patchshift.service.requests import (
+    ACTIVATE_ALWAYS,
+    ACTIVATE_IF_BETTER,
+    ACTIVATE_NEVER,
+    adaptation_config,
+    fit_config,
+)
 from patchshift.service.serving import ModelRegistry
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore
@@ -27,8 +33,6 @@ from patchshift.service.worker import JobInputs, stage_progress
 
 log = logging.getLogger("patchshift.service")
 
-ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_BETTER = "true", "false", "if-better"
-ACTIVATION_POLICIES = (ACTIVATE_ALWAYS, ACTIVATE_NEVER, ACTIVATE_IF_BETTER)
 _LEGACY_POLICIES = {
     "yes": ACTIVATE_ALWAYS,
     "no": ACTIVATE_NEVER,
@@ -51,7 +55,7 @@ def make_tasks(
         report: Callable[[float, str], None],
         cancelled: Callable[[], bool],
     ):
-        config = ModelConfig.from_dict(job.params["config"])
+        config = fit_config(job.params["config"])
         images = inputs.images
         model = fit(
             images, config, device=device, progress=stage_progress(report), cancel=cancelled
@@ -87,7 +91,8 @@ def make_tasks(
         source = registry.load(job.model, job.params["source_version"])
         options = dict(job.params["config"])
         adapter = get_adapter(options.pop("method"))
-        cfg = adapter.configure(source, with_server_files(options, settings))
+        label = f"version {source.version} of {job.model!r}"
+        cfg = adaptation_config(adapter, source, label, with_server_files(options, settings))
         policy = activation_policy(job.params)
         adapted, summary = adapt(
             source,

@@ -276,7 +276,7 @@ def test_unloadable_active_version_is_not_ready_and_can_be_rolled_back(store: Pa
         (
             "fit",
             {"holdout_fraction": "0", "calibration": "holdout"},
-            "holdout_fraction must be above 0 over HTTP",
+            "holdout_fraction must be above 0 with holdout calibration",
         ),
         ("fit", {"image_size": "100000"}, "image_size"),
         ("fit", {"image_size": "4000x10"}, "image_size"),

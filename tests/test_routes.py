@@ -152,8 +152,8 @@ def test_if_better_spelled_out_with_enough_images_reaches_the_worker(app_and_wor
     [
         ({"method": "roda", "clusters": "4"}, 0, "clusters is not a setting of method roda"),
         ({"method": "uda", "augment": "flip"}, 2, "augment is not a setting of method uda"),
-        ({"method": "uda"}, 0, "needs source_files"),
-        ({"method": "bn-stats"}, 2, "source_files belong to methods that learn from source images"),
+        ({"method": "uda"}, 0, "method uda needs source images"),
+        ({"method": "bn-stats"}, 2, "source images belong to methods that learn from them"),
         ({"method": "target-memory"}, 0, "needs at least 5 images"),
         (
             {"method": "bn-stats"},

@@ -10,11 +10,8 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from patchshift.core.adapt import METHODS, RECOMMENDED, AdaptConfig, get_adapter
 from patchshift.core.adapt.adapt_config import ADAPT_OPTIONS
-from patchshift.core.common.errors import ConfigError
-from patchshift.core.common.options import check_options
-from patchshift.core.engine.backbone import stage_channels
+from patchshift.core.common.errors import ConfigError, DatasetError, PatchshiftError
 from patchshift.core.engine.model_config import FIT_OPTIONS, ModelConfig
-from patchshift.core.engine.reduction import check_reduction
 from patchshift.core.engine.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
 from patchshift.service import operations
@@ -23,15 +20,20 @@ from patchshift.service.deps import RegistryDep, SettingsDep, StoreDep, WorkerDe
 from patchshift.service.http_errors import Unprocessable
 from patchshift.service.names import NAME_MAX_LENGTH, NAME_PATTERN
 from patchshift.service.option_fields import form_model, form_values
-from patchshift.service.schemas import JobAccepted, ModelOut, ModelSummary, error_responses
-from patchshift.service.scoring import decode_uploads
-from patchshift.service.settings import Settings
-from patchshift.service.tasks import (
+from patchshift.service.requests import (
     ACTIVATE_ALWAYS,
     ACTIVATE_IF_BETTER,
     ACTIVATE_NEVER,
     ACTIVATION_POLICIES,
+    adaptation_config,
+    check_adaptation_images,
+    check_fit_images,
+    fit_config,
 )
+from patchshift.service.schemas import JobAccepted, ModelOut, ModelSummary, error_responses
+from patchshift.service.scoring import decode_uploads
+from patchshift.service.settings import Settings
+from patchshift.service.tasks import with_server_files
 from patchshift.service.uploads import read_files
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -153,25 +155,16 @@ async def fit_model(
 ) -> JobAccepted:
     """Fit a new version from normal images (a new model if the name is new)."""
     store.model_dir(name)  # 400 when the name is taken by a file of the store
+    values = {"image_size": options.image_size, **form_values(options, ModelConfig, FIT_OPTIONS)}
     try:
-        config = ModelConfig(
-            image_size=options.image_size, **form_values(options, ModelConfig, FIT_OPTIONS)
-        )
-        check_options(config)
-        if config.calibration == "holdout" and config.holdout_fraction == 0:
-            raise ConfigError(
-                "holdout_fraction must be above 0 over HTTP: the held-out images set the threshold "
-                "(set a fixed one afterwards with PUT /v1/models/{name}/threshold)"
-            )
-        channels = await run_in_threadpool(stage_channels, config.backbone, config.feature_strides)
-        check_reduction(config.feature_reduction, config.feature_dim, config.backbone, channels)
+        config = await run_in_threadpool(fit_config, values)
     except (ConfigError, TypeError, ValueError) as exc:
-        raise Unprocessable(f"invalid fit settings: {exc}") from None
+        raise Unprocessable(str(exc)) from None
     uploads = await _validated_uploads(settings, files, config.image_size)
-    if len(uploads) < 2:
-        raise Unprocessable(
-            "fitting needs at least 2 normal images (one is held out to set the threshold)"
-        )
+    try:
+        check_fit_images(len(uploads))
+    except DatasetError as exc:
+        raise Unprocessable(str(exc)) from None
     params = {
         "config": config.to_dict(),
         "activate": ACTIVATE_ALWAYS if options.activate else ACTIVATE_NEVER,
@@ -219,16 +212,20 @@ async def adapt_model(
     }
     if options.image_size is not None:
         given["image_size"] = options.image_size
-    if source_files and not adapter.min_source_images:
-        raise Unprocessable(
-            "source_files belong to methods that learn from source images (uda), not to "
-            f"{adapter.name}"
-        )
-    cfg, stored = operations.adaptation_settings(adapter, model, name, given, settings)
+    try:
+        cfg = adaptation_config(
+            adapter, model, f"the active version of {name!r}", with_server_files(given, settings)
+        )  # the CLIP tower is the server's file, never the client's
+    except PatchshiftError as exc:
+        raise Unprocessable(str(exc)) from None
+    stored = {"method": adapter.name, **given}
     size = adapter.input_size(model, cfg)
     sources = await _validated_uploads(settings, source_files, size) if source_files else []
     uploads = await _validated_uploads(settings, files, size)
-    operations.check_image_counts(adapter, len(uploads), len(sources), options.activate)
+    try:
+        check_adaptation_images(adapter, len(uploads), len(sources), options.activate)
+    except PatchshiftError as exc:
+        raise Unprocessable(str(exc)) from None
     params = {"config": stored, "source_version": model.version, "activate": options.activate}
     job = await run_in_threadpool(worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
