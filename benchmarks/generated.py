@@ -6,7 +6,7 @@
 "tiles": grey cast surfaces, 256 x 256: smooth shading, mottling and grain, a random illumination
 gradient per image; test defects are small (about 20 to 300 of 65,536 pixels) and of three kinds:
 thin scratches, pits, and faint stains. A product nobody tuned on, in the spirit of the grey tile
-set that showed the engine's weakness (issue 13): the defaults must hold here too.
+set that showed the engine's weakness: the defaults must hold here too.
 """
 
 from __future__ import annotations

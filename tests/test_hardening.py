@@ -1,4 +1,4 @@
-"""Issue 12: every input bounded, nothing non-finite stored or served, truthful readiness, limits
+"""Every input bounded, nothing non-finite stored or served, truthful readiness, limits
 that hold however a body arrives, no server paths in answers, and an API contract with teeth.
 
 In-process tests use FastAPI's TestClient over the real app (lifespan, worker thread and all);

@@ -29,7 +29,7 @@ ADAPT_OPTIONS = (
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    # The recommended method (docs/adaptation.md has the measurements that chose it).
+    # The recommended method (docs/design-history.md says why).
     method: str = "target-memory"
     # One short, strong pass (lr 1e-2, 1 epoch) beat the paper's lr 1e-3 x 3 epochs on held-out
     # halves of the adaptation split (README, design runs) and costs a third of the time.
@@ -90,7 +90,7 @@ class AdaptConfig:
         0.5, "share of those images whose distances count (the closest ones)", gt=0, le=1
     )
     # 0.5 (keep about two thirds of the patches) and 0 (half) tie on the mean over the shifts of
-    # both datasets and beat 1.5-3 by 0.05-0.13 on bsd (docs/benchmarks.md, "Target memory"): the
+    # both datasets and beat 1.5-3 by 0.05-0.13 on bsd (docs/design-history.md, "The contamination filter"): the
     # k-center coreset picks the rarest kept patches first, so a defect patch that slips through is
     # likely kept.
     filter_cut_z: float = option(
@@ -98,7 +98,7 @@ class AdaptConfig:
     )
     # Boards' scores have no outlier tail and their rare layouts are what the cut would drop
     # (deeppcb: 63% of the gap against 38% when always cutting); screws' do (bsd: the cut applies on
-    # every condition, unchanged). docs/benchmarks.md, "The outlier tail".
+    # every condition, unchanged). docs/design-history.md, "The tail rule".
     filter_tail_share: float = option(
         NORMAL_TAIL_SHARE,
         "cut only if more than this share of the mutual scores lies beyond "

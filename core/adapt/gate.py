@@ -12,7 +12,7 @@ by the parent, lies in the central 90% of the parent's own calibration scores (n
 never saw), most of the batch already looks normal to the parent, and there is nothing to adapt to.
 Every shifted batch measured puts it at the 99.8th percentile or above; clean ones at the 31st
 (bsd) and 83rd to 86th (deeppcb, whose test boards score a little higher than its training boards).
-Adapting then can only cost accuracy (measured: docs/benchmarks.md, "The gate"), so the parent
+Adapting then can only cost accuracy (measured: docs/results.md, "The activation gate"), so the parent
 stays active. Defective images score high, so the lower quartile stays among the normal ones
 while fewer than three quarters of the batch are defective.
 

@@ -13,7 +13,7 @@ from patchshift.core.engine.reduction import Reduction, initial_reduction
 
 # How the k x k neighbourhood average treats cells outside the feature map: "zeros" counts them as
 # zero (PatchCore's and anomalib's zero-padded average pooling), "inside" averages only the cells
-# inside (versions fitted before this setting existed). Measured in docs/engine-study.md
+# inside (versions fitted before this setting existed). Decided in docs/design-history.md
 # ("Borders").
 BORDERS = NEIGHBOURHOOD_BORDERS
 

@@ -10,7 +10,7 @@ from typing import Any
 from patchshift.core.common.errors import ConfigError
 from patchshift.core.common.options import option
 
-# Chosen on bsd, deeppcb and generated tiles (docs/engine-study.md, "Backbones" and "Speed"): at
+# Chosen on bsd, deeppcb and generated tiles (docs/design-history.md, "Backbone"): at
 # most 0.026 image AUROC from the best on each (Lite0: 0.109 on the tiles) and inside the fit and
 # scoring budgets, which Lite2, closer still, misses by a few percent. Versions record their
 # backbone; manifests without one are Lite0's, the default before.
@@ -70,7 +70,7 @@ class ModelConfig:
     # (reduction.check_reduction).
     feature_dim: int = option(128, "patch feature dimension D", ge=2, le=4096)
     # How stage channels become the D feature channels (core/engine/reduction.py, REDUCTIONS);
-    # fitted reductions are stored in the artifact. Measured in docs/engine-study.md ("Feature
+    # fitted reductions are stored in the artifact. Decided in docs/design-history.md ("Feature
     # reduction").
     feature_reduction: str = option(
         "average",
@@ -92,7 +92,7 @@ class ModelConfig:
         0.1, "share of training patches kept in the memory bank", gt=0, le=1
     )
     # 20k rows: on deeppcb and the generated tiles the 10k cap cost accuracy, and 20k stays inside
-    # the scoring budget on both datasets in shared/data (docs/engine-study.md, "Coreset and bank").
+    # the scoring budget on both datasets in shared/data (docs/design-history.md, "Coreset").
     coreset_max_size: int | None = option(
         20_000, "upper bound on bank rows", ge=1, le=10_000_000, optional=True
     )

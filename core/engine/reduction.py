@@ -16,7 +16,7 @@ balance of the stages (EfficientNet-Lite0: 40 channels at stride 8, 112 at strid
             directions of largest variance
 
 `balanced` and `pca` are fitted on training patches; their matrices, like `random`'s, are stored
-in the artifact so a reloaded version scores bit-identically. Measured in docs/engine-study.md.
+in the artifact so a reloaded version scores bit-identically. Decided in docs/design-history.md.
 """
 
 from __future__ import annotations
