@@ -69,8 +69,8 @@ def tiny_config():
     from patchshift.core.engine.model_config import ModelConfig
 
     # The former border average: on 96-px images a third to a half of the feature cells are border
-    # cells, and zero borders (the default for real inputs, docs/design-history.md, "Borders") change
-    # the mechanisms these fixtures were built to show. The defaults are tested at 256 px in
+    # cells, and zero borders (the default for real inputs, docs/design-history.md, "Borders")
+    # change the mechanisms these fixtures were built to show. The defaults are tested at 256 px in
     # tests/test_patchcore.py (a planted defect found; the k-fold false-alarm rate on fresh
     # normals). Lite0, the default before Lite1: the cheapest bundled backbone keeps these fixtures
     # fast.

@@ -90,9 +90,9 @@ class AdaptConfig:
         0.5, "share of those images whose distances count (the closest ones)", gt=0, le=1
     )
     # 0.5 (keep about two thirds of the patches) and 0 (half) tie on the mean over the shifts of
-    # both datasets and beat 1.5-3 by 0.05-0.13 on bsd (docs/design-history.md, "The contamination filter"): the
-    # k-center coreset picks the rarest kept patches first, so a defect patch that slips through is
-    # likely kept.
+    # both datasets and beat 1.5-3 by 0.05-0.13 on bsd (docs/design-history.md, "The contamination
+    # filter"): the k-center coreset picks the rarest kept patches first, so a defect patch that
+    # slips through is likely kept.
     filter_cut_z: float = option(
         0.5, "drop patches above median + z robust deviations of the mutual scores", ge=0, le=100
     )

@@ -7,14 +7,14 @@ way the batch itself does (Spearman correlation of its scores with the mutual sc
 odd images from the bulk; one that ranks them by the shift's noise does not. The new version goes
 live only if its agreement beats the parent's by `margin`.
 
-Before that, a batch with no shift is recognised: when the target images' lower quartile, scored
-by the parent, lies in the central 90% of the parent's own calibration scores (normal images it
-never saw), most of the batch already looks normal to the parent, and there is nothing to adapt to.
-Every shifted batch measured puts it at the 99.8th percentile or above; clean ones at the 31st
-(bsd) and 83rd to 86th (deeppcb, whose test boards score a little higher than its training boards).
-Adapting then can only cost accuracy (measured: docs/results.md, "The activation gate"), so the parent
-stays active. Defective images score high, so the lower quartile stays among the normal ones
-while fewer than three quarters of the batch are defective.
+Before that, a batch with no shift is recognised: when the target images' lower quartile, scored by
+the parent, lies in the central 90% of the parent's own calibration scores (normal images it never
+saw), most of the batch already looks normal to the parent, and there is nothing to adapt to. Every
+shifted batch measured puts it at the 99.8th percentile or above; clean ones at the 31st (bsd) and
+83rd to 86th (deeppcb, whose test boards score a little higher than its training boards). Adapting
+then can only cost accuracy (measured: docs/results.md, "The activation gate"), so the parent stays
+active. Defective images score high, so the lower quartile stays among the normal ones while fewer
+than three quarters of the batch are defective.
 
 The batch's ranking can only judge when some of its patches stand out: where the mutual scores
 have no outlier tail (boards: every image shows layouts few others show, and the defects are no

@@ -56,7 +56,8 @@ class Adapter:
     own_input_size: bool = False  # target images at config.image_size, not the parent's input size
     # Under a shift, its version may go live where the batch's own ranking cannot judge
     # (core.adapt.gate): a memory built from the batch's patches; never worse than no adaptation on
-    # a shifted batch without an outlier tail in any measured row (docs/results.md, "The activation gate").
+    # a shifted batch without an outlier tail in any measured row (docs/results.md, "The activation
+    # gate").
     trusted_when_unranked: bool = False
 
     def configure(self, parent: Any, options: dict[str, Any]) -> Any:

@@ -21,7 +21,8 @@ TORCH_CHUNK_BYTES = 512 * 1024 * 1024
 # "auto": exact search costs patches x rows x D multiply-adds per image, the backbone a fixed amount
 # per patch, so their ratio depends on the bank alone. On two CPU cores exact search stays within a
 # quarter of the backbone's time up to about 3,000 rows of 128 dimensions (docs/design-history.md,
-# "Index and search"); larger banks get an IVF index, whose AUROC equals exact search's to the third decimal.
+# "Index and search"); larger banks get an IVF index, whose AUROC equals exact search's to the third
+# decimal.
 AUTO_FLAT_MAX_CELLS = 3_000 * 128
 KINDS = ("auto", "flat", "ivf")
 # With IVF, each image's highest patches are searched again exactly (search_images).
