@@ -15,13 +15,15 @@ from fastapi import FastAPI
 from patchshift.core.common.device import resolve_device
 from patchshift.service.auth import Keys
 from patchshift.service.drift_watch import DriftWatch
+from patchshift.service.history import Histories
 from patchshift.service.http_errors import install_handlers
 from patchshift.service.job_store import JobStore, move_legacy_database
+from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.limits import BodyLimit
 from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.routers import console, docs, health, jobs, models, score
 from patchshift.service.scoring import MicroBatcher
-from patchshift.service.serving import ModelRegistry
+from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore
 from patchshift.service.tasks import make_tasks
@@ -133,24 +135,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         for leftover in state.store.clean_leftovers():
             log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
-        state.registry = ModelRegistry(state.store, settings, metrics, device)
-        state.registry.load_all()
         state.jobs = JobStore(settings.database_path)
+        state.serving = Serving(state.store, metrics, device)
+        state.lifecycle = Lifecycle(state.store, state.jobs, state.serving, metrics)
+        state.histories = Histories(
+            settings.history_scores, settings.history_drift_points, settings.recent_images
+        )
         state.worker = Worker(
             state.jobs,
             settings.uploads_dir,
             metrics,
-            make_tasks(state.store, state.registry, device, settings),
+            make_tasks(state.store, state.serving, state.lifecycle, device, settings),
+            state.lifecycle,
         )
+        state.drift = DriftWatch(state.lifecycle, state.worker, settings, metrics)
+        state.lifecycle.load_all()
         state.worker.start()
         state.batcher = MicroBatcher(
             settings.max_batch_images, settings.batch_wait_ms / 1000, metrics
         )
         await state.batcher.start()
-        state.drift = DriftWatch(state.registry, state.worker, settings, metrics)
         log.info(
             "serving %d model(s) from %s on %s",
-            len(state.registry.names()),
+            len(state.serving.names()),
             settings.models_dir,
             device,
         )

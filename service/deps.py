@@ -12,10 +12,12 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from patchshift.service.drift_watch import DriftWatch
+from patchshift.service.history import Histories
 from patchshift.service.job_store import JobStore
+from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.scoring import MicroBatcher
-from patchshift.service.serving import ModelRegistry
+from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore
 from patchshift.service.worker import Worker
@@ -31,16 +33,19 @@ def _from_state(name: str) -> Callable[[Request], Any]:
     return dependency
 
 
-get_settings, get_store, get_registry, get_worker = (
-    _from_state(n) for n in ("settings", "store", "registry", "worker")
+get_settings, get_store, get_serving, get_worker = (
+    _from_state(n) for n in ("settings", "store", "serving", "worker")
 )
+get_lifecycle, get_histories = (_from_state(n) for n in ("lifecycle", "histories"))
 get_jobs, get_metrics, get_batcher, get_drift = (
     _from_state(n) for n in ("jobs", "metrics", "batcher", "drift")
 )
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+HistoriesDep = Annotated[Histories, Depends(get_histories)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]

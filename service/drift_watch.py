@@ -11,33 +11,75 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from patchshift.core.adapt import get_adapter
 from patchshift.core.engine.detector import Detector
+from patchshift.core.engine.drift import DriftMonitor
 from patchshift.service.http_errors import Conflict
+from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.requests import ACTIVATE_IF_BETTER
-from patchshift.service.serving import ModelRegistry
 from patchshift.service.settings import Settings
 from patchshift.service.worker import Worker
 
 log = logging.getLogger("patchshift.service")
 
 
+@dataclass
+class DriftState:
+    """One model's drift policy state: the monitor of its active version, how many images in a row
+    were scored while drifting, and the images kept for a self-adaptation."""
+
+    monitor: DriftMonitor
+    recent: deque = field(default_factory=deque)  # (filename, bytes)
+    streak: int = 0
+
+
 class DriftWatch:
     def __init__(
-        self, registry: ModelRegistry, worker: Worker, settings: Settings, metrics: ServiceMetrics
+        self, lifecycle: Lifecycle, worker: Worker, settings: Settings, metrics: ServiceMetrics
     ) -> None:
-        self.registry = registry
+        self.lifecycle = lifecycle
         self.worker = worker
         self.settings = settings
         self.metrics = metrics
+        self._states: dict[str, DriftState] = {}
         self._attempted: set[tuple[str, str]] = set()
         # observe runs in request threads (never on the event loop: starting a job writes files);
-        # one lock owns the policy state (streaks, kept images, attempts)
+        # one lock owns the policy state (monitors, streaks, kept images, attempts)
         self._lock = threading.Lock()
+        lifecycle.listeners.append(self.reset)
+
+    def reset(self, name: str, model: Detector) -> None:
+        """A version became active: its own reference, an empty window, no kept images."""
+        with self._lock:
+            state = self._state(name)
+            state.monitor.reset(model.drift_reference)
+            state.recent.clear()
+            state.streak = 0
+        for gauge in (self.metrics.drift, self.metrics.drifting, self.metrics.anomalous_share):
+            gauge.labels(name).set(0)
+
+    def _state(self, name: str) -> DriftState:
+        if name not in self._states:
+            self._states[name] = DriftState(
+                DriftMonitor(None, self.settings.drift_window, self.settings.drift_threshold),
+                deque(maxlen=self.settings.auto_adapt_images),
+            )
+        return self._states[name]
+
+    def monitor(self, name: str) -> DriftMonitor | None:
+        with self._lock:
+            state = self._states.get(name)
+            return state.monitor if state is not None else None
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._states.pop(name, None)
 
     def observe(
         self,
@@ -49,22 +91,20 @@ class DriftWatch:
     ) -> tuple[float | None, bool] | None:
         """The drift verdict (statistic, drifting) after these images; None when `model` is no
         longer active."""
-        # the registry's activation lock keeps `model` active while its images enter the monitor (an
-        # activation resets the monitor: the old version's images must not land in the new one's
-        # window)
-        with self.registry.holding_active(name, model) as slot, self._lock:
-            if slot is None:
+        # the lifecycle keeps `model` active while its images enter the monitor (an activation
+        # resets the monitor: the old version's images must not land in the new one's window)
+        with self.lifecycle.holding_active(name, model) as active, self._lock:
+            if not active:
                 return None  # scored by a version that is no longer active
-            slot.monitor.add(descriptors, anomalous)
-            statistic, drifting = slot.monitor.verdict()
+            state = self._state(name)
+            state.monitor.add(descriptors, anomalous)
+            statistic, drifting = state.monitor.verdict()
             if statistic is not None:
                 self.metrics.drift.labels(name).set(statistic)
             self.metrics.drifting.labels(name).set(int(drifting))
-            self.metrics.anomalous_share.labels(name).set(slot.monitor.anomalous_share() or 0.0)
-            pending = self._consider_adapting(name, model, slot, statistic, drifting, files)
-        if (
-            pending is not None
-        ):  # outside the locks: submitting writes up to 64 files, and takes the worker's lock
+            self.metrics.anomalous_share.labels(name).set(state.monitor.anomalous_share() or 0.0)
+            pending = self._consider_adapting(name, model, state, statistic, drifting, files)
+        if pending is not None:  # outside the locks: submitting writes up to 64 files
             self._submit(name, model, *pending)
         return statistic, drifting
 
@@ -72,7 +112,7 @@ class DriftWatch:
         self,
         name: str,
         model: Detector,
-        slot,
+        state: DriftState,
         statistic: float | None,
         drifting: bool,
         files: list[tuple[str, bytes]],
@@ -83,27 +123,27 @@ class DriftWatch:
         ):
             return None  # drift is reported; a version the method cannot adapt waits for a person
         if not drifting:  # keep only images of the new condition
-            slot.recent_images.clear()
-            slot.drifting_streak = 0
+            state.recent.clear()
+            state.streak = 0
             return None
-        slot.recent_images.extend(files)
-        slot.drifting_streak += len(files)
+        state.recent.extend(files)
+        state.streak += len(files)
         key = (name, model.version or "")
         if (
-            slot.drifting_streak < self.settings.auto_adapt_patience
+            state.streak < self.settings.auto_adapt_patience
             or key in self._attempted
-            or self.worker.busy(name)
+            or self.lifecycle.busy(name)
         ):
             return None
-        if len(slot.recent_images) < (slot.recent_images.maxlen or 0):
+        if len(state.recent) < (state.recent.maxlen or 0):
             return None
         self._attempted.add(key)
         log.warning(
             "model %s: drift %.1f above %.1f for %d images; starting an adaptation job",
             name,
             statistic,
-            slot.monitor.threshold,
-            slot.drifting_streak,
+            state.monitor.threshold,
+            state.streak,
         )
         params = {
             "source_version": model.version,
@@ -112,7 +152,7 @@ class DriftWatch:
             "config": {"method": self.settings.auto_adapt_method},
             "drift_at_trigger": statistic,
         }
-        return params, list(slot.recent_images)
+        return params, list(state.recent)
 
     def _submit(self, name: str, model: Detector, params: dict, images: list) -> None:
         try:

@@ -149,8 +149,31 @@ def thumbnails(pixels: list[np.ndarray], maps: np.ndarray | None, threshold: flo
     return out
 
 
+class Histories:
+    """Every model's History, created on its first line request; bounded by the settings."""
+
+    def __init__(self, scores: int, drift_points: int, images: int) -> None:
+        self._sizes = (scores, drift_points, images)
+        self._histories: dict[str, History] = {}
+        self._lock = threading.Lock()
+
+    def of(self, name: str) -> History:
+        with self._lock:
+            if name not in self._histories:
+                self._histories[name] = History(*self._sizes)
+            return self._histories[name]
+
+    def get(self, name: str) -> History | None:
+        return self._histories.get(name)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._histories.pop(name, None)
+
+
 def record_line(
-    slot,
+    history: History,
+    drift_threshold: float,
     model,
     names: list[str],
     batch: np.ndarray,
@@ -159,19 +182,17 @@ def record_line(
     verdict: tuple[float | None, bool] | None,
 ) -> None:
     """Keep what one line score request showed, with the drift verdict the drift watch reached on it
-    (None: `model` is no longer the slot's active version, so nothing is kept)."""
-    if slot is None or verdict is None:
+    (None: `model` is no longer the active version, so nothing is kept)."""
+    if verdict is None:
         return
     statistic, drifting = verdict
     drift = (
-        None
-        if statistic is None
-        else (float(statistic), float(slot.monitor.threshold), bool(drifting))
+        None if statistic is None else (float(statistic), float(drift_threshold), bool(drifting))
     )
-    keep = slot.history.image_capacity
+    keep = history.image_capacity
     pixels = model_inputs(batch, keep) if keep else []
     maps = scored.maps[len(batch) - len(pixels) :] if scored.maps is not None else None
     pictures = thumbnails(pixels, maps, model.threshold)
-    slot.history.record(
+    history.record(
         model.version or "", model.threshold, names, scored.scores, flags, drift, pictures, pixels
     )

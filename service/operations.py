@@ -1,13 +1,17 @@
-"""What the model routes do, as plain functions over the store, the registry and the worker.
+"""What the model routes do, as plain functions over the store, the serving state, the lifecycle,
+the drift watch and the line's history.
 
-Routes validate the request and shape the answer; these functions hold the rules (a model must
-exist, one job or threshold change per model at a time, ...) so they read the same from any caller.
+Routes validate the request and shape the answer; the lifecycle holds the rules of versions (one
+job or change per model at a time, never undo a rollback), these functions describe and delegate.
 """
 
 from __future__ import annotations
 
 from patchshift.core.common.errors import ArtifactError
+from patchshift.service.drift_watch import DriftWatch
+from patchshift.service.history import Histories
 from patchshift.service.http_errors import NotFound, redact_paths
+from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.schemas import (
     DriftOut,
     ModelOut,
@@ -15,11 +19,9 @@ from patchshift.service.schemas import (
     UnreadableVersion,
     VersionOut,
 )
-from patchshift.service.serving import ModelRegistry
+from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore, check_name
-from patchshift.service.tasks import override_threshold
-from patchshift.service.worker import Worker
 
 
 def require_model(store: ModelStore, name: str) -> str:
@@ -30,15 +32,14 @@ def require_model(store: ModelStore, name: str) -> str:
     return name
 
 
-def list_models(store: ModelStore, registry: ModelRegistry) -> list[ModelSummary]:
+def list_models(store: ModelStore, serving: Serving) -> list[ModelSummary]:
     out = []
     for name in store.models():
-        slot = registry.slot(name)
         out.append(
             ModelSummary(
                 name=name,
                 active_version=store.active(name),
-                loaded=bool(slot and slot.model),
+                loaded=serving.active(name) is not None,
                 versions=len(store.versions(name)),
             )
         )
@@ -46,10 +47,17 @@ def list_models(store: ModelStore, registry: ModelRegistry) -> list[ModelSummary
 
 
 def describe_model(
-    store: ModelStore, registry: ModelRegistry, settings: Settings, name: str
+    store: ModelStore,
+    serving: Serving,
+    drift_watch: DriftWatch,
+    histories: Histories,
+    settings: Settings,
+    name: str,
 ) -> ModelOut:
     """Every version (unreadable ones with the reason), the active one, and the drift verdict."""
-    slot = registry.slot(name)
+    loaded = serving.active(name) is not None
+    monitor = drift_watch.monitor(name)
+    line = histories.get(name)
     active = store.active(name)
     versions, unreadable = [], []
     for version in store.versions(name):
@@ -75,8 +83,7 @@ def describe_model(
             )
         )
     drift = None
-    if slot is not None and slot.model is not None:
-        monitor = slot.monitor
+    if loaded and monitor is not None:
         statistic, drifting = monitor.verdict()
         drift = DriftOut(
             statistic=statistic,
@@ -90,42 +97,38 @@ def describe_model(
     return ModelOut(
         name=name,
         active_version=active,
-        loaded=slot is not None and slot.model is not None,
-        load_error=slot.load_error if slot else None,
+        loaded=loaded,
+        load_error=serving.load_error(name),
         versions=versions,
         unreadable_versions=unreadable,
         drift=drift,
-        images_scored=slot.history.images_scored if slot else 0,
+        images_scored=line.images_scored if line is not None else 0,
     )
 
 
-def activate_version(store: ModelStore, registry: ModelRegistry, name: str, version: str) -> None:
+def activate_version(store: ModelStore, lifecycle: Lifecycle, name: str, version: str) -> None:
     require_model(store, name)
-    registry.activate(name, check_name(version, "version"))
+    lifecycle.activate(name, version)
 
 
-def set_threshold(
-    store: ModelStore, registry: ModelRegistry, worker: Worker, name: str, threshold: float
-) -> str:
-    """A new version with `threshold`, activated; it holds the model's job slot while it is written,
-    so an adaptation cannot start meanwhile and later replace the operator's version."""
+def set_threshold(store: ModelStore, lifecycle: Lifecycle, name: str, threshold: float) -> str:
     require_model(store, name)
-    with worker.exclusive(name, "set the threshold"):
-        return override_threshold(store, registry, name, threshold)
+    return lifecycle.set_threshold(name, threshold)
 
 
-def delete_version(
-    store: ModelStore, registry: ModelRegistry, worker: Worker, name: str, version: str
+def delete_version(store: ModelStore, lifecycle: Lifecycle, name: str, version: str) -> None:
+    require_model(store, name)
+    lifecycle.delete_version(name, version)
+
+
+def delete_model(
+    store: ModelStore,
+    lifecycle: Lifecycle,
+    drift_watch: DriftWatch,
+    histories: Histories,
+    name: str,
 ) -> None:
-    """Refused (409) while the model has an unfinished job (it may have started from this
-    version)."""
     require_model(store, name)
-    with worker.exclusive(name, "delete a version"):
-        registry.delete_version(name, check_name(version, "version"))
-
-
-def delete_model(store: ModelStore, registry: ModelRegistry, worker: Worker, name: str) -> None:
-    require_model(store, name)
-    with worker.exclusive(name, "delete it"):
-        registry.forget(name)
-        store.delete_model(name)
+    lifecycle.delete_model(name)
+    drift_watch.forget(name)
+    histories.forget(name)

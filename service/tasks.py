@@ -14,11 +14,11 @@ from patchshift.core.artifact import save_model
 from patchshift.core.common.errors import ConfigError
 from patchshift.core.common.images import load_target
 from patchshift.core.common.progress import check_cancel
-from patchshift.core.engine.detector import Detector, with_threshold
+from patchshift.core.engine.detector import Detector
 from patchshift.core.engine.drift import drift_statistic
-from patchshift.core.engine.patchcore import PatchCoreModel, Provenance, fit
-from patchshift.service.http_errors import Conflict
+from patchshift.core.engine.patchcore import PatchCoreModel, fit
 from patchshift.service.job_store import Job
+from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.requests import (
     ACTIVATE_ALWAYS,
     ACTIVATE_IF_BETTER,
@@ -26,7 +26,7 @@ from patchshift.service.requests import (
     adaptation_config,
     fit_config,
 )
-from patchshift.service.serving import ModelRegistry
+from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore
 from patchshift.service.worker import JobInputs, stage_progress
@@ -47,7 +47,11 @@ def activation_policy(params: dict, default: str = ACTIVATE_ALWAYS) -> str:
 
 
 def make_tasks(
-    store: ModelStore, registry: ModelRegistry, device: torch.device, settings: Settings
+    store: ModelStore,
+    serving: Serving,
+    lifecycle: Lifecycle,
+    device: torch.device,
+    settings: Settings,
 ):
     def run_fit(
         job: Job,
@@ -68,16 +72,13 @@ def make_tasks(
             "bank_size": int(model.bank.shape[0]),
             "n_images": len(images),
         }
-        activate = (
-            activation_policy(job.params) == ACTIVATE_ALWAYS or registry.slot(job.model) is None
-        )
-        expected = job.params.get(
-            "active_version"
-        )  # the active version when the fit was asked for (None: a new model)
-        if activate and expected is None:
-            registry.activate(job.model, version, model)
+        # the active version when the fit was asked for (None: a new model, always activated)
+        expected = job.params.get("active_version")
+        activate = activation_policy(job.params) == ACTIVATE_ALWAYS or expected is None
+        if expected is None:
+            lifecycle.activate(job.model, version, model)
         elif activate and (
-            reason := activate_unless_moved(store, registry, job.model, expected, version, model)
+            reason := lifecycle.activate_unless_moved(job.model, expected, version, model)
         ):
             activate, result["not_activated"] = False, reason
         return version, {**result, "activated": activate}
@@ -88,7 +89,7 @@ def make_tasks(
         report: Callable[[float, str], None],
         cancelled: Callable[[], bool],
     ):
-        source = registry.load(job.model, job.params["source_version"])
+        source = serving.load(job.model, job.params["source_version"])
         options = dict(job.params["config"])
         adapter = get_adapter(options.pop("method"))
         label = f"version {source.version} of {job.model!r}"
@@ -132,33 +133,13 @@ def make_tasks(
         save_model(adapted, store.version_dir(job.model, version))
         report(1.0, "saved")
         if activate and (
-            reason := activate_unless_moved(
-                store, registry, job.model, source.version, version, adapted
-            )
+            reason := lifecycle.activate_unless_moved(job.model, source.version, version, adapted)
         ):
             activate, result["not_activated"] = False, reason
         result["activated"] = activate
         return version, result
 
     return {"fit": run_fit, "adapt": run_adapt}
-
-
-def activate_unless_moved(
-    store: ModelStore,
-    registry: ModelRegistry,
-    name: str,
-    expected: str,
-    version: str,
-    model: Detector,
-) -> str | None:
-    """Activate a job's new version if `expected` (the version active when it was asked for) still
-    is; else why not: a job must not undo an activation or a rollback made while it ran."""
-    if registry.activate_if_active(name, expected, version, model):
-        return None
-    return (
-        f"the active version changed from {expected} to {store.active(name)} while this job ran; "
-        f"{version} is kept for review"
-    )
 
 
 def with_server_files(options: dict, settings: Settings) -> dict:
@@ -212,35 +193,3 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Whether two extractors compute the same features (every parameter and buffer equal)."""
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def override_threshold(
-    store: ModelStore, registry: ModelRegistry, name: str, threshold: float
-) -> str:
-    """A new version identical to the active one but for its threshold; activated at once.
-
-    The version is validated and written completely before ACTIVE moves, so a refused value
-    leaves the store and the active version as they were."""
-    source = registry.get(name)
-    model = with_threshold(
-        source,
-        threshold,
-        Provenance(
-            method="threshold-override",
-            parent=source.version,
-            threshold_source="given",
-            calibration_scores=list(source.provenance.calibration_scores),
-            n_train_images=source.provenance.n_train_images,
-            details={"previous_threshold": source.threshold},
-        ),
-    )
-    version = store.allocate_version(name)
-    save_model(model, store.version_dir(name, version))
-    if not registry.activate_if_active(name, source.version, version, model):
-        raise Conflict(
-            f"version {store.active(name)} of model {name!r} was activated while the threshold "
-            "was being set; "
-            f"{version} (threshold {threshold}) is kept but not active: set the threshold again "
-            "if it is still wanted"
-        )
-    return version

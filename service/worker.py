@@ -13,14 +13,13 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchshift.core.common.errors import CancelledError, PatchshiftError
 from patchshift.core.common.fileio import fsync_dir, fsync_file
-from patchshift.service.http_errors import Conflict, NotFound, redact_paths
+from patchshift.service.http_errors import NotFound, redact_paths
 from patchshift.service.job_store import (
     CANCELLED,
     FAILED,
@@ -30,6 +29,7 @@ from patchshift.service.job_store import (
     Job,
     JobStore,
 )
+from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.prometheus import ServiceMetrics
 
 log = logging.getLogger("patchshift.service")
@@ -65,15 +65,20 @@ STAGES = {
 
 class Worker:
     def __init__(
-        self, jobs: JobStore, uploads: Path, metrics: ServiceMetrics, tasks: dict[str, Task]
+        self,
+        jobs: JobStore,
+        uploads: Path,
+        metrics: ServiceMetrics,
+        tasks: dict[str, Task],
+        lifecycle: Lifecycle,
     ) -> None:
         self.jobs = jobs
+        self.lifecycle = lifecycle
         self.uploads = uploads
         self.metrics = metrics
         self.tasks = tasks
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._cancel: dict[str, threading.Event] = {}
-        self._submit_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="patchshift-worker", daemon=True)
         self.current: str | None = None
 
@@ -121,8 +126,7 @@ class Worker:
         source_files: Sequence[tuple[str, bytes]] = (),
     ) -> Job:
         """Store the images, then the record; one unfinished job per model (else 409)."""
-        with self._submit_lock:
-            self._refuse_if_busy(model, "submit it again")
+        with self.lifecycle.job_slot(model, "submit it again"):
             job_id = os.urandom(16).hex()
             self._write_uploads(job_id, files, source_files)
             os.rename(
@@ -155,28 +159,6 @@ class Worker:
             flag.set()  # also when the worker started it since the read above
         self._update_depth()
         return self.jobs.get(job_id)
-
-    @contextmanager
-    def exclusive(self, model: str, what: str) -> Iterator[None]:
-        """Hold `model`'s job slot for a change made outside a job (a threshold, a deletion): no
-        job can be queued for it meanwhile, and it is refused (409) while one is unfinished."""
-        with self._submit_lock:
-            self._refuse_if_busy(model, what)
-            yield
-
-    def _refuse_if_busy(self, model: str, what: str) -> None:
-        """409 naming the model's unfinished job; call holding the submit lock."""
-        busy = self.jobs.unfinished(model)
-        if busy:
-            raise Conflict(
-                f"model {model!r} has an unfinished job ({busy[0].kind}, {busy[0].status}); wait "
-                "for it or cancel it, "
-                f"then {what}",
-                job_id=busy[0].id,
-            )
-
-    def busy(self, model: str) -> bool:
-        return bool(self.jobs.unfinished(model))
 
     # internals
     def _write_uploads(

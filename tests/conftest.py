@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,24 @@ def texture_defect(image: np.ndarray, rng: np.random.Generator, side: int = 20) 
         np.stack([grating, grating * 0.9, grating * 0.8], -1) * 255
     ).astype(np.uint8)
     return out
+
+
+@pytest.fixture()
+def store(tmp_path: Path, saved_model: Path) -> Path:
+    """A model store holding one model, widget, with its fitted version v1."""
+    models = tmp_path / "models"
+    shutil.copytree(saved_model, models / "widget" / "v1")
+    return models
+
+
+@pytest.fixture()
+def client(store: Path):
+    """The app in process over `store` (at most 4 files per score request)."""
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    app = create_app(Settings(models_dir=store, device="cpu", max_files=4))
+    with TestClient(app) as test_client:
+        yield test_client

@@ -99,19 +99,61 @@ def files_field(items: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, by
     return [("files", (name, data, "application/octet-stream")) for name, data in items]
 
 
-def wait_job(
-    client: httpx.Client,
-    job_id: str,
-    timeout: float = 300,
-    until: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
-) -> dict:
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def wait_job(client, job_id: str, timeout: float = 300, until: tuple[str, ...] = FINISHED) -> dict:
+    """The job once its status is one of `until`: the server's long poll waits for a job to end;
+    for another status (e.g. running) the job is read until it gets there."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+    long_poll = set(until) <= set(FINISHED)
+    while True:
+        wait = min(max(deadline - time.monotonic(), 0.0), 600.0) if long_poll else 0
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": wait}).json()
         if job["status"] in until:
             return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+        time.sleep(0.05)
+
+
+def worker_and_lifecycle(folder: Path, tasks: dict):
+    """A job worker over a fresh job store and model store in `folder`, with its lifecycle."""
+    import torch
+
+    from patchshift.service.job_store import JobStore
+    from patchshift.service.lifecycle import Lifecycle
+    from patchshift.service.prometheus import ServiceMetrics
+    from patchshift.service.serving import Serving
+    from patchshift.service.store import ModelStore
+    from patchshift.service.worker import Worker
+
+    jobs, metrics, store = JobStore(folder / "jobs.sqlite"), ServiceMetrics(), ModelStore(folder)
+    lifecycle = Lifecycle(store, jobs, Serving(store, metrics, torch.device("cpu")), metrics)
+    return Worker(jobs, folder / "uploads", metrics, tasks, lifecycle), lifecycle
+
+
+def darkened(items: list[tuple[str, bytes]], factor: float = 0.45) -> list[tuple[str, bytes]]:
+    """The same images under a darker light (PNG)."""
+    out = []
+    for name, data in items:
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.float32)
+        out.append((f"dark-{name}", png_bytes((rgb * factor).astype(np.uint8))))
+    return out
+
+
+def named_bytes(paths: list[Path]) -> list[tuple[str, bytes]]:
+    """(file name, content) of each path: what an upload sends."""
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def store_state(models: Path, model: str = "widget") -> tuple[list[str], str]:
+    """(the model's version folders, its ACTIVE pointer) as they are on disk."""
+    folder = models / model
+    active = folder / "ACTIVE"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()), (
+        active.read_text() if active.exists() else ""
+    )
 
 
 def png_header_only(width: int, height: int) -> bytes:

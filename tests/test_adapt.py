@@ -1,7 +1,16 @@
+import copy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import normal_image, texture_defect
+from service_helpers import (
+    files_field,
+    named_bytes,
+    store_state,
+    wait_job,
+)
 
 from patchshift.core.adapt import METHODS, AdaptConfig, adapt, get_adapter
 from patchshift.core.common.errors import (
@@ -269,3 +278,48 @@ def test_adabn_gives_the_layers_their_settings_back_when_cancelled():
             extractor, torch.zeros(4, 1, 2, 2), 2, torch.device("cpu"), cancel=lambda: next(calls)
         )
     assert extractor[0].momentum == 0.1 and not extractor[0].training
+
+
+def test_diverged_adaptation_fails_and_writes_nothing(
+    client, store: Path, dataset: Path, monkeypatch
+) -> None:
+    """A training run that leaves the finite numbers fails the job with the reason; no version,
+    ACTIVE kept."""
+    import patchshift.core.adapt as adapt_module
+    from patchshift.core.engine.backbone import batchnorm_layers
+
+    def diverging(model, target, cfg, loss, report_, progress, cancel):
+        extractor = copy.deepcopy(model.extractor)
+        for layer in list(batchnorm_layers(extractor).values())[-3:]:
+            layer.weight.data.fill_(float("inf"))
+        return extractor
+
+    monkeypatch.setattr(adapt_module.batchnorm, "train_affine", diverging)
+    before = store_state(store)
+    images = named_bytes(sorted((dataset / "train/good").glob("*.png"))[:6])
+    response = client.post(
+        "/v1/models/widget/adapt", files=files_field(images), data={"method": "roda", "lr": "1"}
+    )
+    assert response.status_code == 202, response.text
+    job = wait_job(client, response.json()["job_id"])
+    assert job["status"] == "failed" and job["error"].startswith("adaptation diverged:"), job
+    assert "BatchNorm values are not finite; try a lower lr (it was 1)" in job["error"]
+    assert store_state(store)[1] == before[1]
+    assert [v for v in store_state(store)[0] if not v.startswith(".")] == ["v1"]
+
+
+def test_bn_stats_reports_progress_and_stage(fitted, dataset: Path) -> None:
+    from patchshift.core.adapt import AdaptConfig, adapt
+
+    calls: list[tuple[str, int, int]] = []
+    paths = sorted((dataset / "train/good").glob("*.png"))[:20]
+    adapt(
+        fitted,
+        paths,
+        AdaptConfig(method="bn-stats"),
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
+    )
+    stages = [c[0] for c in calls]
+    assert stages[0] == "statistics" and stages[-1] == "threshold"
+    statistics = [c for c in calls if c[0] == "statistics"]
+    assert len(statistics) >= 2 and statistics[-1][1:] == (20, 20)  # batch size 8: 8, 16, 20

@@ -1,4 +1,5 @@
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -135,7 +136,6 @@ def test_decoding_from_many_threads_leaves_the_warning_filters_alone():
     """The service decodes uploads on a thread pool. warnings.catch_warnings() is not thread-safe:
     one thread restoring the filters it saved can leave another's temporary filter in place for the
     whole process, so decoding must not touch the filters at all."""
-    import threading
     import warnings
 
     buffer = io.BytesIO()
@@ -157,3 +157,15 @@ def test_decoding_from_many_threads_leaves_the_warning_filters_alone():
         thread.join()
     assert decoded == [(64, 64)] * 4800
     assert list(warnings.filters) == before
+
+
+def test_grey_frames_resize_before_conversion_gives_identical_pixels() -> None:
+    from patchshift.core.common.images import decode_for_model, to_rgb
+
+    rng = np.random.default_rng(0)
+    gray = Image.fromarray(rng.integers(0, 256, (301, 517), dtype=np.uint8))
+    buffer = io.BytesIO()
+    gray.save(buffer, "PNG")
+    fast, _, _ = decode_for_model(buffer.getvalue(), (96, 64))
+    converted_first = np.asarray(to_rgb(gray).resize((96, 64), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(fast, converted_first)

@@ -3,10 +3,14 @@ and the worker refuse it with the same message."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from service_helpers import (
+    files_field,
+    named_bytes,
+    wait_job,
+)
 
 from patchshift.core.common.errors import ConfigError, DatasetError
 from patchshift.service.cli import main
@@ -25,18 +29,6 @@ def cli_error(capsys, *argv: str) -> tuple[int, str]:
     except SystemExit as exc:
         code = exc.code
     return code, capsys.readouterr().err.strip()
-
-
-@pytest.fixture()
-def client(tmp_path: Path, saved_model: Path):
-    from fastapi.testclient import TestClient
-
-    from patchshift.service.app import create_app
-    from patchshift.service.settings import Settings
-
-    shutil.copytree(saved_model, tmp_path / "models" / "widget" / "v1")
-    with TestClient(create_app(Settings(models_dir=tmp_path / "models", device="cpu"))) as client:
-        yield client
 
 
 def png_files(dataset: Path, n: int):
@@ -129,3 +121,105 @@ def test_fit_and_adaptation_rules_by_hand(fitted) -> None:
     with pytest.raises(DatasetError, match="activate=if-better .* needs at least 5"):
         check_adaptation_images(roda, 4, 0, ACTIVATE_IF_BETTER)
     check_adaptation_images(roda, 5, 0, ACTIVATE_IF_BETTER)
+
+
+@pytest.mark.parametrize(
+    "route,data,field",
+    [
+        ("adapt", {"lr": "1e308"}, "lr"),
+        ("adapt", {"lr": "1e9"}, "lr"),
+        ("adapt", {"lr": "nan"}, "lr"),
+        ("adapt", {"lr": "0"}, "lr"),
+        ("adapt", {"epochs": "0"}, "epochs"),
+        ("adapt", {"epochs": "99999999999999999999999"}, "epochs"),
+        ("adapt", {"views": "1000"}, "views"),
+        ("adapt", {"trim": "1"}, "trim"),
+        ("adapt", {"method": "uda", "clusters": "100000"}, "clusters"),
+        ("fit", {"feature_dim": "100000"}, "feature_dim"),
+        ("fit", {"feature_dim": "1000"}, "feature_dim must be at most 224"),
+        (
+            "fit",
+            {"feature_reduction": "pca", "feature_dim": "200"},
+            "feature_dim must be at most 152 with pca",
+        ),
+        ("fit", {"feature_reduction": "svd"}, "feature_reduction"),
+        ("fit", {"coreset_ratio": "nan"}, "coreset_ratio"),
+        ("fit", {"coreset_max_size": "-1"}, "coreset_max_size"),
+        ("fit", {"false_alarm_rate": "2"}, "false_alarm_rate"),
+        ("fit", {"calibration": "magic"}, "calibration"),
+        ("fit", {"holdout_fraction": "1"}, "holdout_fraction"),
+        (
+            "fit",
+            {"holdout_fraction": "0", "calibration": "holdout"},
+            "holdout_fraction must be above 0 with holdout calibration",
+        ),
+        ("fit", {"image_size": "100000"}, "image_size"),
+        ("fit", {"image_size": "4000x10"}, "image_size"),
+    ],
+)
+def test_settings_out_of_range_are_422_before_any_job(
+    client, dataset: Path, route: str, data: dict, field: str
+) -> None:
+    images = named_bytes(sorted((dataset / "train/good").glob("*.png"))[:3])
+    response = client.post(f"/v1/models/widget/{route}", files=files_field(images), data=data)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["error"]["message"], response.text
+    assert client.get("/v1/jobs").json() == []
+
+
+def test_too_few_images_for_the_target_memory_is_a_422_before_any_job(
+    client, dataset: Path
+) -> None:
+    images = named_bytes(sorted((dataset / "train/good").glob("*.png"))[:3])
+    response = client.post(
+        "/v1/models/widget/adapt", files=files_field(images)
+    )  # the default method
+    assert (
+        response.status_code == 422 and "at least 5 images" in response.json()["error"]["message"]
+    ), response.text
+    assert client.get("/v1/jobs").json() == []
+
+
+@pytest.mark.parametrize(("sent", "policy"), [("True", "true"), ("yes", "true"), ("0", "false")])
+def test_activate_takes_the_boolean_spellings_of_before(
+    client, dataset: Path, sent: str, policy: str
+) -> None:
+    images = named_bytes(sorted((dataset / "train/good").glob("*.png"))[:2])
+    response = client.post(
+        "/v1/models/widget/adapt",
+        files=files_field(images),
+        data={"method": "none", "activate": sent},
+    )
+    assert response.status_code == 202, response.text
+    assert (
+        client.get(f"/v1/jobs/{response.json()['job_id']}").json()["params"]["activate"] == policy
+    )
+    wait_job(client, response.json()["job_id"])
+
+
+def test_if_better_with_too_few_images_for_the_check_is_refused_before_any_job(
+    client, dataset: Path
+) -> None:
+    """The label-free check needs 5 images: with fewer, the job would run and then always keep the
+    parent."""
+    images = named_bytes(sorted((dataset / "train/good").glob("*.png"))[:2])
+    for data in (
+        {"method": "none", "activate": "if-better"},
+        {"method": "none"},
+    ):  # spelled out, and the default
+        response = client.post("/v1/models/widget/adapt", files=files_field(images), data=data)
+        assert (
+            response.status_code == 422
+            and "activate=if-better" in response.json()["error"]["message"]
+        ), response.text
+    assert client.get("/v1/jobs").json() == []
+
+
+def test_activate_refuses_anything_else(client, dataset: Path) -> None:
+    images = named_bytes(sorted((dataset / "train/good").glob("*.png"))[:2])
+    response = client.post(
+        "/v1/models/widget/adapt",
+        files=files_field(images),
+        data={"method": "none", "activate": "maybe"},
+    )
+    assert response.status_code == 422 and "activate" in response.text

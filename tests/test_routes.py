@@ -8,14 +8,11 @@ import base64
 import json
 import shutil
 import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from patchshift.core.adapt import METHODS, get_adapter
-from patchshift.service.http_errors import Conflict
 
 ADAPT_URL = "/v1/models/widget/adapt"
 
@@ -31,10 +28,6 @@ class RecordingWorker:
 
         self.submitted.append((kind, model, params, len(files), len(source_files)))
         return Job(f"job{len(self.submitted)}", kind, model, QUEUED, 0.0, None, params, "now")
-
-    @contextmanager
-    def exclusive(self, model, what):
-        yield
 
 
 @pytest.fixture()
@@ -89,7 +82,7 @@ def test_every_method_reaches_the_worker_with_only_what_was_set(app_and_worker, 
     }
     assert params["activate"] == "false" and params["source_version"] == "v1"
     # what the worker stores, the worker can turn back into the config the route validated
-    source = client.app.state.registry.get("widget")
+    source = client.app.state.serving.get("widget")
     settings = {k: v for k, v in params["config"].items() if k != "method"}
     assert adapter.configure(source, settings).epochs == 2
 
@@ -174,34 +167,6 @@ def test_a_bad_adaptation_request_is_refused_before_the_worker(
     )
     assert response.status_code == 422 and message in response.text, response.text
     assert worker.submitted == []
-
-
-def test_a_threshold_change_holds_the_job_slot(tmp_path: Path):
-    """While a threshold version is written no job can be queued for the model (and the other way
-    round)."""
-    from patchshift.service.job_store import JobStore
-    from patchshift.service.prometheus import ServiceMetrics
-    from patchshift.service.worker import Worker
-
-    worker = Worker(JobStore(tmp_path / "jobs.sqlite"), tmp_path / "uploads", ServiceMetrics(), {})
-    (tmp_path / "uploads").mkdir()
-    queued_at: list[float] = []
-
-    def submit_now():
-        worker.submit("adapt", "widget", {}, [("a.png", b"x")])
-        queued_at.append(time.monotonic())
-
-    with worker.exclusive("widget", "set the threshold"):
-        racer = threading.Thread(target=submit_now)
-        racer.start()
-        time.sleep(0.3)
-        assert queued_at == [] and worker.jobs.unfinished("widget") == []  # the submission waits
-        released_at = time.monotonic()
-    racer.join(5)
-    assert queued_at and queued_at[0] >= released_at
-    with pytest.raises(Conflict, match="unfinished job"):  # and now the queued job holds the slot
-        with worker.exclusive("widget", "set the threshold"):
-            pass
 
 
 @pytest.mark.parametrize(
@@ -382,21 +347,6 @@ def test_auto_adapt_cannot_name_a_method_that_needs_source_images():
     )  # the choices it does take
     with pytest.raises(ValidationError, match="unknown adaptation method 'rodda'"):
         Settings(auto_adapt_method="rodda")
-
-
-def test_a_job_does_not_undo_an_activation_made_while_it_ran(app_and_worker):
-    client, _ = app_and_worker
-    registry, store = client.app.state.registry, client.app.state.store
-    assert (
-        client.put("/v1/models/widget/threshold", json={"threshold": 3.0}).status_code == 200
-    )  # v2 active now
-    finished = registry.load("widget", "v1")  # what a job started from v1 would hand over
-    assert not registry.activate_if_active("widget", "v1", "v1", finished)
-    assert store.active("widget") == "v2" and registry.get("widget").version == "v2"
-    assert (
-        registry.activate_if_active("widget", "v2", "v1", finished)
-        and store.active("widget") == "v1"
-    )
 
 
 def test_a_job_read_waits_for_the_job_to_end(app_and_worker):

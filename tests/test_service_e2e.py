@@ -14,7 +14,15 @@ import pytest
 import torch
 from conftest import normal_image
 from PIL import Image
-from service_helpers import Server, files_field, png_bytes, png_header_only, wait_job
+from service_helpers import (
+    Server,
+    darkened,
+    files_field,
+    named_bytes,
+    png_bytes,
+    png_header_only,
+    wait_job,
+)
 
 FIT_FORM = {
     "image_size": "96",
@@ -35,18 +43,6 @@ def held_adapter_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def read(paths: list[Path]) -> list[tuple[str, bytes]]:
-    return [(p.name, p.read_bytes()) for p in paths]
-
-
-def darkened(items: list[tuple[str, bytes]], factor: float = 0.45) -> list[tuple[str, bytes]]:
-    out = []
-    for name, data in items:
-        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.float32)
-        out.append((f"dark-{name}", png_bytes((rgb * factor).astype(np.uint8))))
-    return out
-
-
 def scores_of(client, items, model="widget") -> tuple[np.ndarray, str]:
     response = client.post(f"/v1/models/{model}/score", files=files_field(items))
     assert response.status_code == 200, response.text
@@ -62,9 +58,9 @@ def metric(text: str, prefix: str) -> float:
 
 def test_fit_score_adapt_rollback_drift_restart(tmp_path: Path, dataset: Path) -> None:
     server = Server(tmp_path / "models", env={"PATCHSHIFT_DRIFT_WINDOW": "8"}).start()
-    train = read(sorted((dataset / "train/good").glob("*.png")))
-    good = read(sorted((dataset / "test/good").glob("*.png")))
-    blob = read(sorted((dataset / "test/blob").glob("*.png")))
+    train = named_bytes(sorted((dataset / "train/good").glob("*.png")))
+    good = named_bytes(sorted((dataset / "test/good").glob("*.png")))
+    blob = named_bytes(sorted((dataset / "test/blob").glob("*.png")))
     try:
         with server.client() as client:
             response = client.post("/v1/models/widget/fit", files=files_field(train), data=FIT_FORM)
@@ -206,8 +202,8 @@ def stored_server(tmp_path: Path, saved_model: Path):
 def test_kill9_during_adaptation_and_concurrent_scoring(
     stored_server: Server, dataset: Path
 ) -> None:
-    train = read(sorted((dataset / "train/good").glob("*.png")))[:12]
-    probe = read(sorted((dataset / "test/good").glob("*.png")))[:4]
+    train = named_bytes(sorted((dataset / "train/good").glob("*.png")))[:12]
+    probe = named_bytes(sorted((dataset / "test/good").glob("*.png")))[:4]
     with stored_server.client() as client:
         reference, _ = scores_of(client, probe)
         response = client.post(
@@ -270,7 +266,7 @@ def test_kill9_during_adaptation_and_concurrent_scoring(
 
 
 def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
-    good = read(sorted((dataset / "test/good").glob("*.png")))[:1]
+    good = named_bytes(sorted((dataset / "test/good").glob("*.png")))[:1]
     png = good[0][1]
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     with stored_server.client() as client:
@@ -371,9 +367,9 @@ def test_bad_input_gets_clear_4xx(stored_server: Server, dataset: Path) -> None:
 
 
 def test_uda_adaptation_over_http(stored_server: Server, dataset: Path) -> None:
-    source = read(sorted((dataset / "train/good").glob("*.png")))[:8]
-    target = darkened(read(sorted((dataset / "train/good").glob("*.png")))[8:20], 0.6)
-    probe = read(sorted((dataset / "test/good").glob("*.png")))[:2]
+    source = named_bytes(sorted((dataset / "train/good").glob("*.png")))[:8]
+    target = darkened(named_bytes(sorted((dataset / "train/good").glob("*.png")))[8:20], 0.6)
+    probe = named_bytes(sorted((dataset / "test/good").glob("*.png")))[:2]
     uda = {"method": "uda", "epochs": "1", "image_size": "64", "clusters": "2"}
 
     def adapt(files, data, source_files=()):
@@ -453,7 +449,7 @@ def test_auth_scopes(tmp_path: Path, saved_model: Path, dataset: Path) -> None:
     server = Server(
         models, env={"PATCHSHIFT_ADMIN_KEY": admin, "PATCHSHIFT_READ_KEY": reader}
     ).start()
-    probe = read(sorted((dataset / "test/good").glob("*.png")))[:1]
+    probe = named_bytes(sorted((dataset / "test/good").glob("*.png")))[:1]
     try:
         with (
             server.client() as anonymous,

@@ -241,9 +241,9 @@ def test_cancel_racing_the_worker_start_stops_the_running_job(tmp_path: Path) ->
     not mark it cancelled while it runs on (and later saves a version no job result names)."""
     import threading
 
-    from patchshift.service.job_store import CANCELLED, RUNNING, JobStore
-    from patchshift.service.prometheus import ServiceMetrics
-    from patchshift.service.worker import Worker
+    from service_helpers import worker_and_lifecycle
+
+    from patchshift.service.job_store import CANCELLED, RUNNING
 
     started, seen_cancel = threading.Event(), threading.Event()
 
@@ -258,8 +258,8 @@ def test_cancel_racing_the_worker_start_stops_the_running_job(tmp_path: Path) ->
             threading.Event().wait(0.01)
         return "v2", {}
 
-    jobs = JobStore(tmp_path / "jobs.sqlite")
-    worker = Worker(jobs, tmp_path / "uploads", ServiceMetrics(), {"adapt": task})
+    worker, _ = worker_and_lifecycle(tmp_path, {"adapt": task})
+    jobs = worker.jobs
     job = worker.submit("adapt", "widget", {}, [("a.png", b"x")])
     read = jobs.get
 

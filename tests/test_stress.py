@@ -11,8 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from service_helpers import Server, files_field, wait_job
-from test_service_e2e import darkened, read
+from service_helpers import Server, darkened, files_field, named_bytes, wait_job
 
 SECONDS = 12
 
@@ -30,7 +29,7 @@ def test_concurrent_scoring_reads_activations_thresholds_and_adaptations(
         "PATCHSHIFT_AUTO_ADAPT_METHOD": "bn-stats",
     }
     server = Server(models, env=env).start()
-    clean = read(sorted((dataset / "train/good").glob("*.png")))[:8]
+    clean = named_bytes(sorted((dataset / "train/good").glob("*.png")))[:8]
     dark = darkened(clean)
     unexpected: list[str] = []
     counts: dict[str, int] = {}

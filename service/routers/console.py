@@ -43,7 +43,7 @@ def session(request: Request) -> Session:
     return Session(
         scope=granted_scope(request),
         auth=request.app.state.keys.enabled,
-        device=str(request.app.state.registry.device),
+        device=str(request.app.state.serving.device),
     )
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from patchshift.service.deps import BatcherDep, MetricsDep, RegistryDep, WorkerDep
+from patchshift.service.deps import BatcherDep, MetricsDep, ServingDep, WorkerDep
 
 router = APIRouter(tags=["operations"])
 
@@ -20,21 +20,17 @@ def healthz() -> dict:
     "/readyz",
     responses={503: {"description": "a model cannot serve, or the worker or batcher stopped"}},
 )
-def readyz(registry: RegistryDep, worker: WorkerDep, batcher: BatcherDep) -> JSONResponse:
+def readyz(serving: ServingDep, worker: WorkerDep, batcher: BatcherDep) -> JSONResponse:
     """200 only when every model's active version is loaded and the worker and batcher run; else 503
     naming what is wrong (a model whose active version cannot load can be rolled back through the
     API)."""
-    failed = {
-        name: slot.load_error
-        for name in registry.names()
-        if (slot := registry.slot(name)) and slot.load_error
-    }
+    failed = {name: error for name in serving.names() if (error := serving.load_error(name))}
     checks = {"worker": worker.alive(), "batcher": batcher.alive(), "models": not failed}
     ready = all(checks.values())
     body = {
         "status": "ready" if ready else "not ready",
         "checks": checks,
-        "models": registry.names(),
+        "models": serving.names(),
     }
     if failed:
         body["load_errors"] = failed

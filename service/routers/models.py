@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, File, Form, Path, UploadFile
@@ -16,7 +18,15 @@ from patchshift.core.engine.threshold import THRESHOLD_BOUNDS
 from patchshift.core.uda import UDAConfig
 from patchshift.service import operations
 from patchshift.service.auth import ADMIN, READ, require
-from patchshift.service.deps import RegistryDep, SettingsDep, StoreDep, WorkerDep
+from patchshift.service.deps import (
+    DriftDep,
+    HistoriesDep,
+    LifecycleDep,
+    ServingDep,
+    SettingsDep,
+    StoreDep,
+    WorkerDep,
+)
 from patchshift.service.http_errors import Unprocessable
 from patchshift.service.names import NAME_MAX_LENGTH, NAME_PATTERN
 from patchshift.service.option_fields import form_model, form_values
@@ -100,6 +110,18 @@ AdaptForm = form_model(
 )
 
 
+def describer(
+    store: StoreDep,
+    serving: ServingDep,
+    drift: DriftDep,
+    histories: HistoriesDep,
+    settings: SettingsDep,
+) -> Callable[[str], ModelOut]:
+    """A model's description (versions, active one, drift) from the objects that hold each part."""
+    return functools.partial(operations.describe_model, store, serving, drift, histories, settings)
+
+
+DescribeDep = Annotated[Callable[[str], ModelOut], Depends(describer)]
 READ_ERRORS = error_responses(400, 401, 403, 404)
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 409, 422)
 UPLOAD_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
@@ -111,19 +133,15 @@ UPLOAD_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
     dependencies=[Depends(require(READ))],
     responses=error_responses(401, 403),
 )
-def list_models(store: StoreDep, registry: RegistryDep) -> list[ModelSummary]:
-    return operations.list_models(store, registry)
+def list_models(store: StoreDep, serving: ServingDep) -> list[ModelSummary]:
+    return operations.list_models(store, serving)
 
 
 @router.get(
     "/{name}", response_model=ModelOut, dependencies=[Depends(require(READ))], responses=READ_ERRORS
 )
-def get_model(
-    name: ModelName, store: StoreDep, registry: RegistryDep, settings: SettingsDep
-) -> ModelOut:
-    return operations.describe_model(
-        store, registry, settings, operations.require_model(store, name)
-    )
+def get_model(name: ModelName, store: StoreDep, describe: DescribeDep) -> ModelOut:
+    return describe(operations.require_model(store, name))
 
 
 async def _validated_uploads(
@@ -192,7 +210,7 @@ async def adapt_model(
         ),
     ],
     store: StoreDep,
-    registry: RegistryDep,
+    serving: ServingDep,
     worker: WorkerDep,
     settings: SettingsDep,
     source_files: Annotated[
@@ -204,7 +222,7 @@ async def adapt_model(
     The PatchCore methods adapt a version to its new camera or lighting; `uda` trains a new global
     detector from the source normals (`source_files`) and the unlabeled target."""
     operations.require_model(store, name)
-    model = registry.get(name)
+    model = serving.get(name)
     adapter = get_adapter(options.method)
     given = {
         **form_values(options, AdaptConfig, ADAPT_OPTIONS),
@@ -241,12 +259,12 @@ async def activate_version(
     name: ModelName,
     version: VersionName,
     store: StoreDep,
-    registry: RegistryDep,
-    settings: SettingsDep,
+    lifecycle: LifecycleDep,
+    describe: DescribeDep,
 ) -> ModelOut:
     """Roll back or forward: the version scores from the next request on."""
-    await run_in_threadpool(operations.activate_version, store, registry, name, version)
-    return operations.describe_model(store, registry, settings, name)
+    await run_in_threadpool(operations.activate_version, store, lifecycle, name, version)
+    return describe(name)
 
 
 class ThresholdIn(BaseModel):
@@ -269,16 +287,15 @@ async def set_threshold(
     name: ModelName,
     body: Annotated[ThresholdIn, Body()],
     store: StoreDep,
-    registry: RegistryDep,
-    worker: WorkerDep,
-    settings: SettingsDep,
+    lifecycle: LifecycleDep,
+    describe: DescribeDep,
 ) -> ModelOut:
     """Override the threshold: writes a new version (parent: the active one) and activates it.
 
     Refused (409) while the model has an unfinished job: an adaptation that ends later would
     otherwise replace the operator's threshold version without a word."""
-    await run_in_threadpool(operations.set_threshold, store, registry, worker, name, body.threshold)
-    return operations.describe_model(store, registry, settings, name)
+    await run_in_threadpool(operations.set_threshold, store, lifecycle, name, body.threshold)
+    return describe(name)
 
 
 @router.delete(
@@ -288,9 +305,9 @@ async def set_threshold(
     responses=error_responses(400, 401, 403, 404, 409),
 )
 def delete_version(
-    name: ModelName, version: VersionName, store: StoreDep, registry: RegistryDep, worker: WorkerDep
+    name: ModelName, version: VersionName, store: StoreDep, lifecycle: LifecycleDep
 ) -> None:
-    operations.delete_version(store, registry, worker, name, version)
+    operations.delete_version(store, lifecycle, name, version)
 
 
 @router.delete(
@@ -300,6 +317,10 @@ def delete_version(
     responses=error_responses(400, 401, 403, 404, 409),
 )
 def delete_model(
-    name: ModelName, store: StoreDep, registry: RegistryDep, worker: WorkerDep
+    name: ModelName,
+    store: StoreDep,
+    lifecycle: LifecycleDep,
+    drift: DriftDep,
+    histories: HistoriesDep,
 ) -> None:
-    operations.delete_model(store, registry, worker, name)
+    operations.delete_model(store, lifecycle, drift, histories, name)

@@ -14,8 +14,9 @@ from patchshift.service.auth import READ, require
 from patchshift.service.deps import (
     BatcherDep,
     DriftDep,
+    HistoriesDep,
     MetricsDep,
-    RegistryDep,
+    ServingDep,
     SettingsDep,
     StoreDep,
 )
@@ -84,16 +85,17 @@ async def score_with(
 async def score(
     name: ModelName,
     files: Files,
-    registry: RegistryDep,
+    serving: ServingDep,
     settings: SettingsDep,
     batcher: BatcherDep,
     metrics: MetricsDep,
     drift: DriftDep,
+    histories: HistoriesDep,
     heatmap: Heatmap = "none",
 ) -> ScoreResponse:
     """Score, threshold and verdict per image. A batch with any unreadable file fails whole (422
     naming each)."""
-    model = registry.get(name)  # this version scores the whole request
+    model = serving.get(name)  # this version scores the whole request
     uploads, decoded, scored, results = await score_with(
         model, name, files, heatmap, settings, batcher
     )
@@ -113,7 +115,14 @@ async def score(
             name, model, scored.descriptors, flags, uploads if settings.auto_adapt else []
         )
         record_line(
-            registry.slot(name), model, decoded.names, decoded.batch.numpy(), scored, flags, verdict
+            histories.of(name),
+            settings.drift_threshold,
+            model,
+            decoded.names,
+            decoded.batch.numpy(),
+            scored,
+            flags,
+            verdict,
         )
 
     await run_in_threadpool(observe)
@@ -132,7 +141,7 @@ async def score_version(
     version: VersionName,
     files: Files,
     store: StoreDep,
-    registry: RegistryDep,
+    serving: ServingDep,
     settings: SettingsDep,
     batcher: BatcherDep,
     heatmap: Heatmap = "none",
@@ -141,7 +150,7 @@ async def score_version(
     the line's scoring: no drift observation and no line metrics; the last version reviewed per
     model stays loaded."""
     require_model(store, name)
-    model = await run_in_threadpool(registry.for_review, name, check_name(version, "version"))
+    model = await run_in_threadpool(serving.for_review, name, check_name(version, "version"))
     _, _, _, results = await score_with(model, name, files, heatmap, settings, batcher)
     return ScoreResponse(model=name, version=version, results=results)
 
@@ -157,18 +166,19 @@ async def review_on_line_images(
     name: ModelName,
     version: VersionName,
     store: StoreDep,
-    registry: RegistryDep,
+    serving: ServingDep,
     batcher: BatcherDep,
+    histories: HistoriesDep,
     heatmap: Heatmap = "none",
 ) -> ReviewResponse:
     """A candidate version against the active one, both scoring the same images: the ones the line
     sent lately (kept in memory, PATCHSHIFT_RECENT_IMAGES per model). Like review scoring, it counts
     nothing as the line's. Overlays come for each version that gives heatmaps."""
     require_model(store, name)
-    candidate = await run_in_threadpool(registry.for_review, name, check_name(version, "version"))
-    active = registry.get(name)
-    slot = registry.slot(name)
-    kept = slot.history.recent() if slot is not None else []
+    candidate = await run_in_threadpool(serving.for_review, name, check_name(version, "version"))
+    active = serving.get(name)
+    line = histories.get(name)
+    kept = line.recent() if line is not None else []
     if not kept:
         raise Conflict(
             f"no line images are kept for model {name!r} yet: score some on the line first "
@@ -199,13 +209,9 @@ async def review_on_line_images(
     dependencies=[Depends(require(READ))],
     responses=error_responses(400, 401, 403, 404),
 )
-def history(name: ModelName, store: StoreDep, registry: RegistryDep) -> dict:
+def history(name: ModelName, store: StoreDep, histories: HistoriesDep) -> dict:
     """What the line showed lately (in memory, bounded per model, lost on restart): scores, drift
     statistics, and the latest images as overlay thumbnails (PATCHSHIFT_RECENT_IMAGES, 0: none)."""
     require_model(store, name)
-    slot = registry.slot(name)
-    return (
-        slot.history.snapshot()
-        if slot is not None
-        else {"scores": [], "drift": [], "recent_images": []}
-    )
+    line = histories.get(name)
+    return line.snapshot() if line is not None else {"scores": [], "drift": [], "recent_images": []}

@@ -1,0 +1,159 @@
+"""The one owner of every model's version lifecycle.
+
+Three rules live here and nowhere else:
+- the job slot: one unfinished job, or one change made outside a job (a threshold, a deletion), per
+  model; a second gets 409 naming the first;
+- activation: which version is active (the store's ACTIVE pointer) and which one serves (the
+  serving state) move together, under one lock, and whoever follows the active version (the drift
+  watch, the metrics) hears of it in the same step;
+- a job never undoes an activation or a rollback made while it ran: it activates its version only
+  if the version it started from is still the active one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from patchshift.core.artifact import save_model
+from patchshift.core.common.errors import ArtifactError
+from patchshift.core.engine.detector import Detector, with_threshold
+from patchshift.core.engine.patchcore import Provenance
+from patchshift.service.http_errors import Conflict
+from patchshift.service.job_store import JobStore
+from patchshift.service.prometheus import ServiceMetrics
+from patchshift.service.serving import Serving
+from patchshift.service.store import ModelStore, check_name
+
+log = logging.getLogger("patchshift.service")
+
+ActivationListener = Callable[[str, Detector], None]
+
+
+class Lifecycle:
+    def __init__(
+        self, store: ModelStore, jobs: JobStore, serving: Serving, metrics: ServiceMetrics
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.serving = serving
+        self.metrics = metrics
+        # called with (model name, the version now active) inside the activation
+        self.listeners: list[ActivationListener] = []
+        self._slots = threading.Lock()  # the job slot of every model: check and claim as one
+        self._activation = threading.RLock()  # the ACTIVE pointer and the served version
+
+    # the job slot
+    @contextmanager
+    def job_slot(self, model: str, what: str) -> Iterator[None]:
+        """Hold `model`'s job slot: refused (409) while it has an unfinished job; no job can be
+        queued for it until the block ends. Queuing a job is done inside this block too."""
+        with self._slots:
+            busy = self.jobs.unfinished(model)
+            if busy:
+                raise Conflict(
+                    f"model {model!r} has an unfinished job ({busy[0].kind}, {busy[0].status}); "
+                    f"wait for it or cancel it, then {what}",
+                    job_id=busy[0].id,
+                )
+            yield
+
+    def busy(self, model: str) -> bool:
+        return bool(self.jobs.unfinished(model))
+
+    # activation
+    def load_all(self) -> None:
+        """At start: serve the active version of every model in the store."""
+        for name in self.store.models():
+            version = self.store.active(name)
+            try:
+                self.activate(name, version)
+            except ArtifactError as exc:
+                log.error("model %s version %s cannot be loaded: %s", name, version, exc)
+                self.serving.failed(name, str(exc))
+
+    def activate(self, name: str, version: str, model: Detector | None = None) -> Detector:
+        """Make `version` the one that scores (a rollback or forward); load it unless given."""
+        version = check_name(version, "version")
+        model = model or self.serving.reviewed(name, version) or self.serving.load(name, version)
+        with self._activation:
+            return self._activate(name, version, model)
+
+    def activate_unless_moved(
+        self, name: str, expected: str | None, version: str, model: Detector
+    ) -> str | None:
+        """Activate a job's new version if `expected` (the version active when the job was asked
+        for) still is; else why not."""
+        with self._activation:
+            if self.store.active(name) == expected:
+                self._activate(name, version, model)
+                return None
+            return (
+                f"the active version changed from {expected} to {self.store.active(name)} while "
+                f"this job ran; {version} is kept for review"
+            )
+
+    def _activate(self, name: str, version: str, model: Detector) -> Detector:
+        self.store.manifest(name, version)  # NotFound if it was deleted meanwhile
+        self.store.set_active(name, version)
+        self.serving.install(name, model)
+        for listener in self.listeners:
+            listener(name, model)
+        self.metrics.set_active(name, version)
+        log.info("model %s: version %s active", name, version)
+        return model
+
+    @contextmanager
+    def holding_active(self, name: str, model: Detector) -> Iterator[bool]:
+        """Whether `model` is `name`'s active version; while the block runs it stays so (an
+        activation waits until the block ends)."""
+        with self._activation:
+            yield self.serving.active(name) is model
+
+    # changes outside a job
+    def set_threshold(self, name: str, threshold: float) -> str:
+        """A new version identical to the active one but for its threshold, activated at once.
+
+        It holds the model's job slot while it is written, so an adaptation cannot start meanwhile
+        and later replace the operator's version; the version is written completely before ACTIVE
+        moves, so a refused value leaves the store and the active version as they were."""
+        with self.job_slot(name, "set the threshold"):
+            source = self.serving.get(name)
+            model = with_threshold(
+                source,
+                threshold,
+                Provenance(
+                    method="threshold-override",
+                    parent=source.version,
+                    threshold_source="given",
+                    calibration_scores=list(source.provenance.calibration_scores),
+                    n_train_images=source.provenance.n_train_images,
+                    details={"previous_threshold": source.threshold},
+                ),
+            )
+            version = self.store.allocate_version(name)
+            save_model(model, self.store.version_dir(name, version))
+            if self.activate_unless_moved(name, source.version, version, model) is not None:
+                raise Conflict(
+                    f"version {self.store.active(name)} of model {name!r} was activated while the "
+                    f"threshold was being set; {version} (threshold {threshold}) is kept but not "
+                    "active: set the threshold again if it is still wanted"
+                )
+            return version
+
+    def delete_version(self, name: str, version: str) -> None:
+        """Delete a stored version, never the active one; refused (409) while the model has an
+        unfinished job (it may have started from this version)."""
+        version = check_name(version, "version")
+        with self.job_slot(name, "delete a version"), self._activation:
+            self.store.delete_version(name, version)
+        self.serving.evict(name, version)
+
+    def delete_model(self, name: str) -> None:
+        """Delete a model and every version; refused (409) while it has an unfinished job."""
+        with self.job_slot(name, "delete it"), self._activation:
+            self.serving.forget(name)
+            self.store.delete_model(name)
+        self.metrics.forget_model(name)
