@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from patchshift.core.common.device import resolve_device
+from patchshift.service.activation_log import ActivationLog
 from patchshift.service.auth import Keys
+from patchshift.service.database import connect, migrate
 from patchshift.service.drift_watch import DriftWatch
 from patchshift.service.history import Histories
 from patchshift.service.http_errors import install_handlers
@@ -125,8 +127,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = resolve_device(settings.device)
         metrics.device.labels(device.type).set(1)
         state.store = ModelStore(settings.models_dir)
-        if settings.database is None and (
-            moved := move_legacy_database(settings.models_dir, settings.database_path)
+        if (
+            settings.database is None
+            and settings.database_url is None
+            and (moved := move_legacy_database(settings.models_dir, settings.database_path))
         ):
             log.warning(
                 "moved the job database from %s to %s (a model name could collide with it)",
@@ -135,9 +139,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         for leftover in state.store.clean_leftovers():
             log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
-        state.jobs = JobStore(settings.database_path)
+        state.database = connect(settings.database_address)
+        migrate(state.database)
+        state.jobs = JobStore(state.database)
         state.serving = Serving(state.store, metrics, device)
-        state.lifecycle = Lifecycle(state.store, state.jobs, state.serving, metrics)
+        state.lifecycle = Lifecycle(
+            state.store, state.jobs, state.serving, metrics, ActivationLog(state.database)
+        )
         state.histories = Histories(
             settings.history_scores, settings.history_drift_points, settings.recent_images
         )

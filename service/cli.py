@@ -151,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--database",
         default=None,
-        help="SQLite job database (default MODELS_DIR/.state/jobs.sqlite)",
+        help="SQLite database file (default MODELS_DIR/.state/jobs.sqlite)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="the service's database as a URL, e.g. postgresql+psycopg://USER@HOST:5432/DB "
+        "(PATCHSHIFT_DATABASE_URL; default: the SQLite file)",
     )
     p.add_argument(
         "--api-key",
@@ -416,6 +422,7 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
         "port": args.port,
         "models_dir": args.models_dir,
         "database": args.database,
+        "database_url": args.database_url,
         "admin_key": args.api_key,
         "read_key": args.read_key,
         "auto_adapt": args.auto_adapt,

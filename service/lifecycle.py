@@ -21,6 +21,7 @@ from patchshift.core.artifact import save_model
 from patchshift.core.common.errors import ArtifactError
 from patchshift.core.engine.detector import Detector, with_threshold
 from patchshift.core.engine.patchcore import Provenance
+from patchshift.service.activation_log import BY_REQUEST, THRESHOLD, ActivationLog
 from patchshift.service.http_errors import Conflict
 from patchshift.service.job_store import JobStore
 from patchshift.service.prometheus import ServiceMetrics
@@ -34,10 +35,16 @@ ActivationListener = Callable[[str, Detector], None]
 
 class Lifecycle:
     def __init__(
-        self, store: ModelStore, jobs: JobStore, serving: Serving, metrics: ServiceMetrics
+        self,
+        store: ModelStore,
+        jobs: JobStore,
+        serving: Serving,
+        metrics: ServiceMetrics,
+        log: ActivationLog,
     ) -> None:
         self.store = store
         self.jobs = jobs
+        self.log = log
         self.serving = serving
         self.metrics = metrics
         # called with (model name, the version now active) inside the activation
@@ -69,35 +76,45 @@ class Lifecycle:
         for name in self.store.models():
             version = self.store.active(name)
             try:
-                self.activate(name, version)
+                model = self.serving.load(name, version)
+                with self._activation:
+                    self.store.set_active(name, version)  # a store without a pointer gets one
+                    self._install(name, version, model)
             except ArtifactError as exc:
                 log.error("model %s version %s cannot be loaded: %s", name, version, exc)
                 self.serving.failed(name, str(exc))
 
-    def activate(self, name: str, version: str, model: Detector | None = None) -> Detector:
+    def activate(
+        self, name: str, version: str, model: Detector | None = None, cause: str = BY_REQUEST
+    ) -> Detector:
         """Make `version` the one that scores (a rollback or forward); load it unless given."""
         version = check_name(version, "version")
         model = model or self.serving.reviewed(name, version) or self.serving.load(name, version)
         with self._activation:
-            return self._activate(name, version, model)
+            return self._activate(name, version, model, cause)
 
     def activate_unless_moved(
-        self, name: str, expected: str | None, version: str, model: Detector
+        self, name: str, expected: str | None, version: str, model: Detector, cause: str
     ) -> str | None:
         """Activate a job's new version if `expected` (the version active when the job was asked
         for) still is; else why not."""
         with self._activation:
             if self.store.active(name) == expected:
-                self._activate(name, version, model)
+                self._activate(name, version, model, cause)
                 return None
             return (
                 f"the active version changed from {expected} to {self.store.active(name)} while "
                 f"this job ran; {version} is kept for review"
             )
 
-    def _activate(self, name: str, version: str, model: Detector) -> Detector:
+    def _activate(self, name: str, version: str, model: Detector, cause: str) -> Detector:
         self.store.manifest(name, version)  # NotFound if it was deleted meanwhile
+        served = self.serving.active(name)
         self.store.set_active(name, version)
+        self.log.record(name, version, served.version if served is not None else None, cause)
+        return self._install(name, version, model)
+
+    def _install(self, name: str, version: str, model: Detector) -> Detector:
         self.serving.install(name, model)
         for listener in self.listeners:
             listener(name, model)
@@ -135,7 +152,7 @@ class Lifecycle:
             )
             version = self.store.allocate_version(name)
             save_model(model, self.store.version_dir(name, version))
-            if self.activate_unless_moved(name, source.version, version, model) is not None:
+            if self.activate_unless_moved(name, source.version, version, model, THRESHOLD):
                 raise Conflict(
                     f"version {self.store.active(name)} of model {name!r} was activated while the "
                     f"threshold was being set; {version} (threshold {threshold}) is kept but not "
@@ -156,4 +173,5 @@ class Lifecycle:
         with self.job_slot(name, "delete it"), self._activation:
             self.serving.forget(name)
             self.store.delete_model(name)
+            self.log.forget(name)
         self.metrics.forget_model(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ErrorDetail(BaseModel):
@@ -129,3 +129,12 @@ class ModelSummary(BaseModel):
     active_version: str | None
     loaded: bool
     versions: int
+
+
+class ActivationOut(BaseModel):
+    """One change of a model's active version."""
+
+    version: str
+    previous: str | None = Field(description="the version active before (none for a new model)")
+    cause: str = Field(description="fit, adaptation, threshold, or activate (a person's call)")
+    at: str

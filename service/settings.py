@@ -20,7 +20,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     models_dir: Path = Path("models")
     database: Path | None = Field(
-        None, description="SQLite job database; default MODELS_DIR/.state/jobs.sqlite"
+        None, description="SQLite database file; default MODELS_DIR/.state/jobs.sqlite"
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the service's database, e.g. "
+        "postgresql+psycopg://patchshift@db:5432/patchshift (default: the SQLite file)",
     )
     device: str = "auto"
 
@@ -129,6 +134,11 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.database or self.models_dir / ".state" / "jobs.sqlite"
+
+    @property
+    def database_address(self) -> str:
+        """The URL the service connects to: PATCHSHIFT_DATABASE_URL, else the SQLite file."""
+        return self.database_url or f"sqlite:///{self.database_path}"
 
     @property
     def uploads_dir(self) -> Path:

@@ -17,6 +17,7 @@ from patchshift.core.common.progress import check_cancel
 from patchshift.core.engine.detector import Detector
 from patchshift.core.engine.drift import drift_statistic
 from patchshift.core.engine.patchcore import PatchCoreModel, fit
+from patchshift.service.activation_log import ADAPTATION, FIT
 from patchshift.service.job_store import Job
 from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.requests import (
@@ -76,9 +77,9 @@ def make_tasks(
         expected = job.params.get("active_version")
         activate = activation_policy(job.params) == ACTIVATE_ALWAYS or expected is None
         if expected is None:
-            lifecycle.activate(job.model, version, model)
+            lifecycle.activate(job.model, version, model, FIT)
         elif activate and (
-            reason := lifecycle.activate_unless_moved(job.model, expected, version, model)
+            reason := lifecycle.activate_unless_moved(job.model, expected, version, model, FIT)
         ):
             activate, result["not_activated"] = False, reason
         return version, {**result, "activated": activate}
@@ -133,7 +134,9 @@ def make_tasks(
         save_model(adapted, store.version_dir(job.model, version))
         report(1.0, "saved")
         if activate and (
-            reason := lifecycle.activate_unless_moved(job.model, source.version, version, adapted)
+            reason := lifecycle.activate_unless_moved(
+                job.model, source.version, version, adapted, ADAPTATION
+            )
         ):
             activate, result["not_activated"] = False, reason
         result["activated"] = activate

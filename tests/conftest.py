@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -121,14 +123,44 @@ def store(tmp_path: Path, saved_model: Path) -> Path:
     return models
 
 
+POSTGRES = os.environ.get("PATCHSHIFT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path: Path):
+    """The service's database on each backend: a SQLite file, or a fresh PostgreSQL database on the
+    server at PATCHSHIFT_TEST_POSTGRES (skipped where none answers, unless
+    PATCHSHIFT_REQUIRE_POSTGRES=1, as in CI)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.sqlite'}"
+        return
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("PATCHSHIFT_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    name = f"patchshift_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
 @pytest.fixture()
-def client(store: Path):
-    """The app in process over `store` (at most 4 files per score request)."""
+def client(store: Path, database_url: str):
+    """The app in process over `store` (at most 4 files per score request), on each database."""
     from fastapi.testclient import TestClient
 
     from patchshift.service.app import create_app
     from patchshift.service.settings import Settings
 
-    app = create_app(Settings(models_dir=store, device="cpu", max_files=4))
+    settings = Settings(models_dir=store, device="cpu", max_files=4, database_url=database_url)
+    app = create_app(settings)
     with TestClient(app) as test_client:
         yield test_client

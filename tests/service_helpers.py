@@ -121,6 +121,7 @@ def worker_and_lifecycle(folder: Path, tasks: dict):
     """A job worker over a fresh job store and model store in `folder`, with its lifecycle."""
     import torch
 
+    from patchshift.service.activation_log import ActivationLog
     from patchshift.service.job_store import JobStore
     from patchshift.service.lifecycle import Lifecycle
     from patchshift.service.prometheus import ServiceMetrics
@@ -128,8 +129,9 @@ def worker_and_lifecycle(folder: Path, tasks: dict):
     from patchshift.service.store import ModelStore
     from patchshift.service.worker import Worker
 
-    jobs, metrics, store = JobStore(folder / "jobs.sqlite"), ServiceMetrics(), ModelStore(folder)
-    lifecycle = Lifecycle(store, jobs, Serving(store, metrics, torch.device("cpu")), metrics)
+    jobs, metrics = JobStore.open(folder / "jobs.sqlite"), ServiceMetrics()
+    store, log = ModelStore(folder), ActivationLog(jobs.engine)
+    lifecycle = Lifecycle(store, jobs, Serving(store, metrics, torch.device("cpu")), metrics, log)
     return Worker(jobs, folder / "uploads", metrics, tasks, lifecycle), lifecycle
 
 

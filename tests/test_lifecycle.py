@@ -313,10 +313,12 @@ def test_a_job_does_not_undo_an_activation_made_while_it_ran(client) -> None:
     state = client.app.state
     assert client.put("/v1/models/widget/threshold", json={"threshold": 3.0}).status_code == 200
     finished = state.serving.load("widget", "v1")  # what a job started from v1 would hand over
-    reason = state.lifecycle.activate_unless_moved("widget", "v1", "v1", finished)
+    reason = state.lifecycle.activate_unless_moved("widget", "v1", "v1", finished, "adaptation")
     assert reason == (
         "the active version changed from v1 to v2 while this job ran; v1 is kept for review"
     )
     assert state.store.active("widget") == "v2" and state.serving.get("widget").version == "v2"
-    assert state.lifecycle.activate_unless_moved("widget", "v2", "v1", finished) is None
+    assert (
+        state.lifecycle.activate_unless_moved("widget", "v2", "v1", finished, "adaptation") is None
+    )
     assert state.store.active("widget") == "v1" and state.serving.get("widget") is finished

@@ -49,7 +49,18 @@ def test_one_pixel_limit_100_megapixels() -> None:
         decode_for_model(png_header_only(9_500, 9_500), (96, 96), "camera.png")
 
 
-def test_store_files_are_out_of_reach_of_model_names(client, store: Path, dataset: Path) -> None:
+def test_store_files_are_out_of_reach_of_model_names(store: Path, dataset: Path) -> None:
+    """The default SQLite database lives in .state/, where no model name can reach."""
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    with TestClient(create_app(Settings(models_dir=store, device="cpu"))) as client:
+        the_store_files_are_out_of_reach_of_model_names(client, store, dataset)
+
+
+def the_store_files_are_out_of_reach_of_model_names(client, store: Path, dataset: Path) -> None:
     assert (store / ".state" / "jobs.sqlite").is_file() and not (store / "jobs.sqlite").exists()
     (store / "notes.txt").write_text("an operator's file")
     images = named_bytes(sorted((dataset / "train/good").glob("*.png"))[:3])
@@ -70,12 +81,12 @@ def test_store_files_are_out_of_reach_of_model_names(client, store: Path, datase
 def test_legacy_job_database_is_moved_out_of_the_name_space(store: Path) -> None:
     from patchshift.service.job_store import JobStore, move_legacy_database
 
-    legacy = JobStore(store / "jobs.sqlite")
+    legacy = JobStore.open(store / "jobs.sqlite")
     legacy.create("fit", "widget", {"n_images": 3})
     legacy.close()
     target = store / ".state" / "jobs.sqlite"
     assert move_legacy_database(store, target) == store / "jobs.sqlite"
-    assert not (store / "jobs.sqlite").exists() and len(JobStore(target).list()) == 1
+    assert not (store / "jobs.sqlite").exists() and len(JobStore.open(target).list()) == 1
     assert move_legacy_database(store, target) is None
 
 

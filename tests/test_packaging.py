@@ -43,6 +43,8 @@ def test_the_wheel_holds_the_product_and_no_study(tmp_path) -> None:
     assert packages == {"__init__.py", "core", "service"} or packages == {"core", "service"}
     assert not [name for name in names if "benchmark" in name]
     assert any(name.startswith("patchshift/service/console/") for name in names)
+    assert "patchshift/service/migrations/env.py" in names
+    assert any(name.startswith("patchshift/service/migrations/versions/0001") for name in names)
 
 
 def test_the_cli_lists_product_commands_only() -> None:

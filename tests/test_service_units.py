@@ -89,7 +89,7 @@ def test_store_versions_pointer_and_names(tmp_path: Path, saved_model: Path) -> 
 def test_job_records_survive_and_recover(tmp_path: Path) -> None:
     from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
-    jobs = JobStore(tmp_path / "jobs.sqlite")
+    jobs = JobStore.open(tmp_path / "jobs.sqlite")
     a = jobs.create("adapt", "widget", {"x": 1})
     b = jobs.create("fit", "other", {})
     c = jobs.create("fit", "third", {})
@@ -98,7 +98,7 @@ def test_job_records_survive_and_recover(tmp_path: Path) -> None:
     assert jobs.finish(c.id, CANCELLED) and not jobs.finish(c.id, SUCCEEDED)
     jobs.close()
 
-    reopened = JobStore(tmp_path / "jobs.sqlite")
+    reopened = JobStore.open(tmp_path / "jobs.sqlite")
     interrupted, queued = reopened.recover()
     assert [j.id for j in interrupted] == [a.id] and [j.id for j in queued] == [b.id]
     job = reopened.get(a.id)

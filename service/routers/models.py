@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, File, Form, Path, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, BeforeValidator, Field
 
@@ -40,7 +40,13 @@ from patchshift.service.requests import (
     check_fit_images,
     fit_config,
 )
-from patchshift.service.schemas import JobAccepted, ModelOut, ModelSummary, error_responses
+from patchshift.service.schemas import (
+    ActivationOut,
+    JobAccepted,
+    ModelOut,
+    ModelSummary,
+    error_responses,
+)
 from patchshift.service.scoring import decode_uploads
 from patchshift.service.settings import Settings
 from patchshift.service.tasks import with_server_files
@@ -247,6 +253,26 @@ async def adapt_model(
     params = {"config": stored, "source_version": model.version, "activate": options.activate}
     job = await run_in_threadpool(worker.submit, "adapt", name, params, uploads, sources)
     return JobAccepted(job_id=job.id, status=job.status)
+
+
+@router.get(
+    "/{name}/activations",
+    response_model=list[ActivationOut],
+    dependencies=[Depends(require(READ))],
+    responses=READ_ERRORS,
+)
+def list_activations(
+    name: ModelName,
+    store: StoreDep,
+    lifecycle: LifecycleDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[ActivationOut]:
+    """Every change of the active version, newest first: to what, from what, why, when."""
+    operations.require_model(store, name)
+    return [
+        ActivationOut(version=a.version, previous=a.previous, cause=a.cause, at=a.at)
+        for a in lifecycle.log.of(name, limit)
+    ]
 
 
 @router.post(

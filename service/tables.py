@@ -1,0 +1,40 @@
+"""The service's tables, declared once (SQLAlchemy Core); service/migrations/ creates and upgrades
+them. Times are ISO-8601 UTC strings, JSON documents are text: the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("progress", Float, nullable=False, server_default="0"),
+    Column("stage", Text),
+    Column("params", Text, nullable=False),
+    Column("created", Text, nullable=False),
+    Column("started", Text),
+    Column("finished", Text),
+    Column("error", Text),
+    Column("result_version", Text),
+    Column("result", Text),
+)
+Index("jobs_model", jobs.c.model, jobs.c.status)
+
+# Every change of a model's active version: what became active, what was before, and why.
+activations = Table(
+    "activations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("previous", Text),
+    Column("cause", String(64), nullable=False),
+    Column("at", Text, nullable=False),
+)
+Index("activations_model", activations.c.model, activations.c.id)

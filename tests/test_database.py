@@ -1,0 +1,135 @@
+"""The service's state on SQLite and PostgreSQL through one code path: the schema migrated from
+nothing and from the job database made before migrations, the job records' conditional changes
+(with a race), and the activation log."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import inspect, text
+
+from patchshift.service.activation_log import ActivationLog
+from patchshift.service.database import connect, migrate
+from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+
+HEAD = "0002"
+# The job table as the service created it before migrations existed (raw SQL, SQLite types).
+SCHEMA_BEFORE_MIGRATIONS = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT NOT NULL, status TEXT NOT NULL,
+        progress REAL NOT NULL DEFAULT 0, stage TEXT, params TEXT NOT NULL, created TEXT NOT NULL,
+        started TEXT, finished TEXT, error TEXT, result_version TEXT, result TEXT)""",
+    "CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model, status)",
+]
+
+
+def revision(engine) -> str:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+
+
+def test_a_fresh_database_gets_the_current_schema(database_url: str) -> None:
+    engine = connect(database_url)
+    migrate(engine)
+    migrate(engine)  # at start, every time: nothing to do the second time
+    assert {"jobs", "activations", "alembic_version"} <= set(inspect(engine).get_table_names())
+    assert revision(engine) == HEAD
+
+
+def test_the_job_database_made_before_migrations_is_upgraded_with_its_jobs(
+    database_url: str,
+) -> None:
+    engine = connect(database_url)
+    with engine.begin() as connection:
+        for statement in SCHEMA_BEFORE_MIGRATIONS:
+            connection.execute(text(statement))
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, model, status, progress, params, created, result) "
+                "VALUES ('j1', 'fit', 'widget', 'succeeded', 1.0, '{\"a\": 1}', "
+                "'2026-11-01T00:00:00.000+00:00', '{\"threshold\": 2.5}')"
+            )
+        )
+    migrate(engine)
+    assert revision(engine) == HEAD
+    job = JobStore(engine).get("j1")
+    assert (job.kind, job.model, job.status, job.params, job.result) == (
+        "fit",
+        "widget",
+        SUCCEEDED,
+        {"a": 1},
+        {"threshold": 2.5},
+    )
+    ActivationLog(engine).record("widget", "v1", None, "fit")  # the new table is there
+
+
+def test_job_records_change_only_from_the_state_they_expect(database_url: str) -> None:
+    jobs = JobStore.open(database_url)
+    first = jobs.create("fit", "widget", {"n": 1})
+    second = jobs.create("adapt", "widget", {"n": 2})
+    other = jobs.create("fit", "gadget", {})
+    assert [j.id for j in jobs.unfinished("widget")] == [first.id, second.id]
+    assert jobs.start(first.id) and not jobs.start(first.id)  # started once
+    assert not jobs.cancel_queued(first.id, "too late")  # running: cancelled by its flag instead
+    assert jobs.cancel_queued(second.id, "by request") and not jobs.start(second.id)
+    jobs.progress(first.id, 0.5, "coreset")
+    assert (jobs.get(first.id).progress, jobs.get(first.id).stage) == (0.5, "coreset")
+    assert jobs.finish(first.id, SUCCEEDED, result_version="v2", result={"threshold": 3.0})
+    assert not jobs.finish(first.id, FAILED, error="twice")  # an ended job stays ended
+    done = jobs.get(first.id)
+    assert (done.status, done.progress, done.result_version, done.result) == (
+        SUCCEEDED,
+        1.0,
+        "v2",
+        {"threshold": 3.0},
+    )
+    assert jobs.get(second.id).status == CANCELLED and jobs.get("nope") is None
+    assert [j.id for j in jobs.list(model="widget")] == [second.id, first.id]  # newest first
+    assert [j.id for j in jobs.list(status=QUEUED)] == [other.id]
+    jobs.start(other.id)
+    interrupted, queued = jobs.recover()
+    assert [j.id for j in interrupted] == [other.id] and queued == []
+    assert jobs.get(other.id).status == FAILED and "stopped" in jobs.get(other.id).error
+    jobs.close()
+
+
+def test_of_many_callers_starting_one_job_exactly_one_wins(database_url: str) -> None:
+    jobs = JobStore.open(database_url)
+    job = jobs.create("adapt", "widget", {})
+    barrier, wins = threading.Barrier(8), []
+
+    def race() -> None:
+        barrier.wait()
+        wins.append(jobs.start(job.id))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(wins) == [False] * 7 + [True] and jobs.get(job.id).status == RUNNING
+    jobs.close()
+
+
+def test_every_activation_is_logged_with_its_cause(client) -> None:
+    """A threshold version and a rollback, as GET .../activations lists them (newest first)."""
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code == 200
+    assert client.post("/v1/models/widget/versions/v1/activate").status_code == 200
+    log = client.get("/v1/models/widget/activations").json()
+    assert [(a["version"], a["previous"], a["cause"]) for a in log] == [
+        ("v1", "v2", "activate"),
+        ("v2", "v1", "threshold"),
+    ]
+    assert client.get("/v1/models/nope/activations").status_code == 404
+    assert client.delete("/v1/models/widget").status_code == 204
+    assert client.get("/v1/models/widget/activations").status_code == 404
+
+
+@pytest.mark.parametrize("url", ["mysql://user:secret@nowhere/x", "not a url at all"])
+def test_an_unusable_database_url_is_refused_with_what_is_accepted(url: str) -> None:
+    from patchshift.core.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be used .* SQLite .* PostgreSQL") as refused:
+        connect(url)
+    assert "secret" not in str(refused.value)
