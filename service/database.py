@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import ArgumentError
 
 from patchshift.core.common.errors import ConfigError
@@ -65,3 +65,13 @@ def migrate(engine: Engine) -> None:
         if "jobs" in tables and "alembic_version" not in tables:
             command.stamp(config, FIRST_REVISION)
         command.upgrade(config, "head")
+
+
+def unreachable(engine: Engine) -> str | None:
+    """Why the database cannot be used right now (None: it answers)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # any driver's error: readiness reports it, never raises
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None

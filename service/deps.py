@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 
 from patchshift.service.drift_watch import DriftWatch
 from patchshift.service.history import Histories
@@ -36,7 +37,9 @@ def _from_state(name: str) -> Callable[[Request], Any]:
 get_settings, get_store, get_serving, get_worker = (
     _from_state(n) for n in ("settings", "store", "serving", "worker")
 )
-get_lifecycle, get_histories = (_from_state(n) for n in ("lifecycle", "histories"))
+get_lifecycle, get_histories, get_database = (
+    _from_state(n) for n in ("lifecycle", "histories", "database")
+)
 get_jobs, get_metrics, get_batcher, get_drift = (
     _from_state(n) for n in ("jobs", "metrics", "batcher", "drift")
 )
@@ -46,6 +49,7 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 HistoriesDep = Annotated[Histories, Depends(get_histories)]
+DatabaseDep = Annotated[Engine, Depends(get_database)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]

@@ -112,6 +112,7 @@ class Lifecycle:
         served = self.serving.active(name)
         self.store.set_active(name, version)
         self.log.record(name, version, served.version if served is not None else None, cause)
+        self.metrics.activations.labels(cause).inc()
         return self._install(name, version, model)
 
     def _install(self, name: str, version: str, model: Detector) -> Detector:

@@ -71,6 +71,19 @@ class ServiceMetrics:
             buckets=JOB_BUCKETS,
             registry=r,
         )
+        self.job_pickup = Histogram(
+            "patchshift_job_pickup_seconds",
+            "Time from a job's submission to a worker starting it",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600),
+            registry=r,
+        )
+        self.activations = Counter(
+            "patchshift_activations",
+            "Changes of a model's active version, by cause",
+            ["cause"],
+            registry=r,
+        )
         self.queue_depth = Gauge("patchshift_job_queue_depth", "Jobs queued or running", registry=r)
         self.score_queue_depth = Gauge(
             "patchshift_score_queue_images",

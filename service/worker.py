@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from patchshift.core.common.errors import CancelledError, PatchshiftError
@@ -217,6 +218,9 @@ class Worker:
                 last[0] = time.monotonic()
                 self.jobs.progress(job_id, round(min(max(fraction, 0.0), 1.0), 4), stage)
 
+        if job.started:
+            waited = datetime.fromisoformat(job.started) - datetime.fromisoformat(job.created)
+            self.metrics.job_pickup.labels(job.kind).observe(max(waited.total_seconds(), 0.0))
         started = time.perf_counter()
         status, error, version, result = FAILED, None, None, {}
         try:

@@ -133,3 +133,22 @@ def test_an_unusable_database_url_is_refused_with_what_is_accepted(url: str) -> 
     with pytest.raises(ConfigError, match="cannot be used .* SQLite .* PostgreSQL") as refused:
         connect(url)
     assert "secret" not in str(refused.value)
+
+
+def test_readiness_names_the_version_served_and_a_lost_database(client, database_url: str) -> None:
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["serving"] == {"widget": "v1"} and ready.json()["checks"]["database"]
+    client.put("/v1/models/widget/threshold", json={"threshold": 4.0})
+    assert client.get("/readyz").json()["serving"] == {"widget": "v2"}
+    if database_url.startswith("sqlite"):
+        return  # a SQLite file cannot go away under an open connection
+    import psycopg
+    from conftest import POSTGRES
+
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    lost = client.get("/readyz")
+    assert lost.status_code == 503 and not lost.json()["checks"]["database"], lost.text
+    assert name in lost.json()["database_error"]  # says which database is missing

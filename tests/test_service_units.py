@@ -276,3 +276,28 @@ def test_cancel_racing_the_worker_start_stops_the_running_job(tmp_path: Path) ->
     assert seen_cancel.wait(10), "the running job was never told to stop"
     worker.stop()
     assert jobs.get(job.id).status == CANCELLED
+
+
+def test_a_job_and_an_activation_are_counted(tmp_path, client) -> None:
+    """Pickup delay (submission to start) per job kind; activations by cause."""
+    import threading
+
+    from prometheus_client import generate_latest
+    from service_helpers import worker_and_lifecycle
+
+    done = threading.Event()
+
+    def task(job, inputs, progress, cancelled):
+        done.set()
+        return "v2", {}
+
+    worker, _ = worker_and_lifecycle(tmp_path, {"adapt": task})
+    worker.submit("adapt", "widget", {}, [("a.png", b"x")])
+    worker.start()
+    assert done.wait(10)
+    worker.stop()
+    exposed = generate_latest(worker.metrics.registry).decode()
+    assert 'patchshift_job_pickup_seconds_count{kind="adapt"} 1.0' in exposed
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'patchshift_activations_total{cause="threshold"} 1.0' in metrics
