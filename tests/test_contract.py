@@ -21,12 +21,17 @@ ADMIN = "admin-key-for-the-fuzzer"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
-def test_schemathesis_finds_no_contract_violation(tmp_path: Path, saved_model: Path) -> None:
+def test_schemathesis_finds_no_contract_violation(
+    tmp_path: Path, saved_model: Path, database_url: str
+) -> None:
     models = tmp_path / "models"
     shutil.copytree(saved_model, models / "widget" / "v1")
-    server = Server(
-        models, env={"PATCHSHIFT_ADMIN_KEY": ADMIN, "PATCHSHIFT_MAX_FILES": "8"}
-    ).start()
+    env = {
+        "PATCHSHIFT_ADMIN_KEY": ADMIN,
+        "PATCHSHIFT_MAX_FILES": "8",
+        "PATCHSHIFT_DATABASE_URL": database_url,
+    }
+    server = Server(models, env=env).start()
     try:
         command = [
             sys.executable,

@@ -56,8 +56,11 @@ def metric(text: str, prefix: str) -> float:
     )
 
 
-def test_fit_score_adapt_rollback_drift_restart(tmp_path: Path, dataset: Path) -> None:
-    server = Server(tmp_path / "models", env={"PATCHSHIFT_DRIFT_WINDOW": "8"}).start()
+def test_fit_score_adapt_rollback_drift_restart(
+    tmp_path: Path, dataset: Path, database_url: str
+) -> None:
+    env = {"PATCHSHIFT_DRIFT_WINDOW": "8", "PATCHSHIFT_DATABASE_URL": database_url}
+    server = Server(tmp_path / "models", env=env).start()
     train = named_bytes(sorted((dataset / "train/good").glob("*.png")))
     good = named_bytes(sorted((dataset / "test/good").glob("*.png")))
     blob = named_bytes(sorted((dataset / "test/blob").glob("*.png")))
