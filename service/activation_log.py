@@ -1,17 +1,22 @@
 """Every change of a model's active version, in the service's database: what became active, what
 was active before, why (a fit, an adaptation, a threshold, a person's activation or rollback) and
-when. Written by the lifecycle in the step that activates; read by GET .../activations."""
+when; and the version each model is active at now, which every replica follows
+(service/follower.py). Written by the lifecycle in the step that activates, in one transaction;
+on PostgreSQL the same transaction notifies the replicas (NOTIFY patchshift_activation)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from patchshift.service.job_store import now
-from patchshift.service.tables import activations
+from patchshift.service.tables import activations, active_versions
 
 FIT, ADAPTATION, THRESHOLD, BY_REQUEST = "fit", "adaptation", "threshold", "activate"
+CHANNEL = "patchshift_activation"  # PostgreSQL NOTIFY channel; the payload is the model name
 
 
 @dataclass(frozen=True)
@@ -28,12 +33,41 @@ class ActivationLog:
         self.engine = engine
 
     def record(self, model: str, version: str, previous: str | None, cause: str) -> None:
+        at = now()
         with self.engine.begin() as connection:
             connection.execute(
                 insert(activations).values(
-                    model=model, version=version, previous=previous, cause=cause, at=now()
+                    model=model, version=version, previous=previous, cause=cause, at=at
                 )
             )
+            self._set_active(connection, model, version, at)
+
+    def publish(self, model: str, version: str) -> None:
+        """Make `version` the shared active version without a log entry (a store's own pointer at
+        start, where the database has none yet)."""
+        with self.engine.begin() as connection:
+            self._set_active(connection, model, version, now())
+
+    def _set_active(self, connection, model: str, version: str, at: str) -> None:
+        upsert = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(
+            active_versions
+        ).values(model=model, version=version, changed=at)
+        connection.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[active_versions.c.model],
+                set_={"version": version, "changed": at},
+            )
+        )
+        if self.engine.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_notify(:channel, :model)"), {"channel": CHANNEL, "model": model}
+            )
+
+    def current(self) -> dict[str, str]:
+        """Every model's active version, as the replicas share it."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(active_versions)).fetchall()
+        return {r.model: r.version for r in rows}
 
     def of(self, model: str, limit: int = 100) -> list[Activation]:
         """The newest first."""
@@ -50,3 +84,8 @@ class ActivationLog:
     def forget(self, model: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(delete(activations).where(activations.c.model == model))
+            connection.execute(delete(active_versions).where(active_versions.c.model == model))
+            if self.engine.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_notify(:channel, :model)"), {"channel": CHANNEL, "model": model}
+                )

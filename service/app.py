@@ -17,6 +17,7 @@ from patchshift.service.activation_log import ActivationLog
 from patchshift.service.auth import Keys
 from patchshift.service.database import connect, migrate
 from patchshift.service.drift_watch import DriftWatch
+from patchshift.service.follower import Follower
 from patchshift.service.history import Histories
 from patchshift.service.http_errors import install_handlers
 from patchshift.service.job_store import JobStore, move_legacy_database
@@ -155,9 +156,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             make_tasks(state.store, state.serving, state.lifecycle, device, settings),
             state.lifecycle,
+            runs_jobs=settings.run_jobs,
         )
         state.drift = DriftWatch(state.lifecycle, state.worker, settings, metrics)
         state.lifecycle.load_all()
+        state.follower = Follower(state.lifecycle, state.database, settings.follow_interval)
+        state.follower.start()
         state.worker.start()
         state.batcher = MicroBatcher(
             settings.max_batch_images, settings.batch_wait_ms / 1000, metrics
@@ -173,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await state.batcher.stop()
+            state.follower.stop()
             state.worker.stop()
             state.jobs.close()
 

@@ -118,8 +118,10 @@ class DriftWatch:
         files: list[tuple[str, bytes]],
     ) -> tuple[dict, list] | None:
         """The adaptation job to submit now, as (params, images), if the policy calls for one."""
-        if not self.settings.auto_adapt or not get_adapter(self.settings.auto_adapt_method).accepts(
-            model
+        if (
+            not self.settings.auto_adapt
+            or not self.worker.runs_jobs  # a scoring replica reports drift; jobs run elsewhere
+            or not get_adapter(self.settings.auto_adapt_method).accepts(model)
         ):
             return None  # drift is reported; a version the method cannot adapt waits for a person
         if not drifting:  # keep only images of the new condition

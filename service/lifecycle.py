@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import text
+
 from patchshift.core.artifact import save_model
 from patchshift.core.common.errors import ArtifactError
 from patchshift.core.engine.detector import Detector, with_threshold
@@ -57,7 +59,7 @@ class Lifecycle:
     def job_slot(self, model: str, what: str) -> Iterator[None]:
         """Hold `model`'s job slot: refused (409) while it has an unfinished job; no job can be
         queued for it until the block ends. Queuing a job is done inside this block too."""
-        with self._slots:
+        with self._slots, self._shared_slot(model):
             busy = self.jobs.unfinished(model)
             if busy:
                 raise Conflict(
@@ -67,22 +69,62 @@ class Lifecycle:
                 )
             yield
 
+    @contextmanager
+    def _shared_slot(self, model: str) -> Iterator[None]:
+        """The job slot across replicas: on PostgreSQL an advisory lock per model, held while the
+        slot is (SQLite serves one process, whose lock suffices)."""
+        engine = self.jobs.engine
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        key = {"key": f"patchshift job slot {model}"}
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), key)
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
+                connection.commit()
+
     def busy(self, model: str) -> bool:
         return bool(self.jobs.unfinished(model))
 
     # activation
     def load_all(self) -> None:
-        """At start: serve the active version of every model in the store."""
+        """At start: serve the active version of every model in the store, as the replicas share
+        it (the database), else as the store's pointer says (then shared from now on)."""
+        shared = self.log.current()
         for name in self.store.models():
-            version = self.store.active(name)
+            versions = self.store.versions(name)
+            version = shared.get(name) if shared.get(name) in versions else self.store.active(name)
+            if version is None:
+                continue
             try:
                 model = self.serving.load(name, version)
                 with self._activation:
                     self.store.set_active(name, version)  # a store without a pointer gets one
+                    if shared.get(name) != version:
+                        self.log.publish(name, version)
                     self._install(name, version, model)
             except ArtifactError as exc:
                 log.error("model %s version %s cannot be loaded: %s", name, version, exc)
                 self.serving.failed(name, str(exc))
+
+    def follow(self, name: str, version: str | None) -> None:
+        """Serve what another replica made active (`version`; None: the model was deleted).
+        Nothing is written: the replica that activated wrote the pointer and the log."""
+        if version is None:
+            with self._activation:
+                if name not in self.log.current():
+                    self.serving.forget(name)
+            return
+        served = self.serving.active(name)
+        if served is not None and served.version == version:
+            return
+        model = self.serving.load(name, version)  # outside the lock: loading takes seconds
+        with self._activation:
+            if self.log.current().get(name) == version:  # still the shared one
+                self._install(name, version, model)
 
     def activate(
         self, name: str, version: str, model: Detector | None = None, cause: str = BY_REQUEST

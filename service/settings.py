@@ -28,6 +28,17 @@ class Settings(BaseSettings):
         "postgresql+psycopg://patchshift@db:5432/patchshift (default: the SQLite file)",
     )
     device: str = "auto"
+    run_jobs: bool = Field(
+        True,
+        description="run fit and adaptation jobs in this process (one replica of several does; "
+        "the scoring replicas set it to false)",
+    )
+    follow_interval: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds between re-reads of every model's shared active version (replicas)",
+    )
 
     # Security: keys arrive as `Authorization: Bearer <key>`; no key configured means auth is off.
     admin_key: SecretStr | None = None

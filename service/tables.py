@@ -38,3 +38,13 @@ activations = Table(
     Column("at", Text, nullable=False),
 )
 Index("activations_model", activations.c.model, activations.c.id)
+
+# The version each model scores with, on every replica: written with the activation, read by each
+# replica's follower (service/follower.py).
+active_versions = Table(
+    "active_versions",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("version", Text, nullable=False),
+    Column("changed", Text, nullable=False),
+)

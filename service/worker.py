@@ -20,7 +20,7 @@ from pathlib import Path
 
 from patchshift.core.common.errors import CancelledError, PatchshiftError
 from patchshift.core.common.fileio import fsync_dir, fsync_file
-from patchshift.service.http_errors import NotFound, redact_paths
+from patchshift.service.http_errors import NotFound, Unavailable, redact_paths
 from patchshift.service.job_store import (
     CANCELLED,
     FAILED,
@@ -72,8 +72,11 @@ class Worker:
         metrics: ServiceMetrics,
         tasks: dict[str, Task],
         lifecycle: Lifecycle,
+        runs_jobs: bool = True,
     ) -> None:
         self.jobs = jobs
+        # False on a scoring replica (PATCHSHIFT_RUN_JOBS=0): another replica runs the jobs
+        self.runs_jobs = runs_jobs
         self.lifecycle = lifecycle
         self.uploads = uploads
         self.metrics = metrics
@@ -85,6 +88,8 @@ class Worker:
 
     # lifecycle
     def start(self) -> None:
+        if not self.runs_jobs:
+            return  # the jobs, and their recovery after a crash, belong to the job replica
         interrupted, queued = self.jobs.recover()
         for job in interrupted:
             log.warning(
@@ -109,13 +114,16 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        if not self.runs_jobs:
+            return
         if self.current is not None:
             self._cancel.get(self.current, threading.Event()).set()
         self._queue.put(None)
         self._thread.join(timeout)
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """The worker thread runs (a replica that runs no jobs needs none)."""
+        return self._thread.is_alive() or not self.runs_jobs
 
     # submission and cancellation
     def submit(
@@ -127,6 +135,11 @@ class Worker:
         source_files: Sequence[tuple[str, bytes]] = (),
     ) -> Job:
         """Store the images, then the record; one unfinished job per model (else 409)."""
+        if not self.runs_jobs:
+            raise Unavailable(
+                "this replica runs no jobs (PATCHSHIFT_RUN_JOBS=0): send fit and adaptation "
+                "requests to the replica that does"
+            )
         with self.lifecycle.job_slot(model, "submit it again"):
             job_id = os.urandom(16).hex()
             self._write_uploads(job_id, files, source_files)

@@ -13,7 +13,7 @@ from patchshift.service.activation_log import ActivationLog
 from patchshift.service.database import connect, migrate
 from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
-HEAD = "0002"
+HEAD = "0003"
 # The job table as the service created it before migrations existed (raw SQL, SQLite types).
 SCHEMA_BEFORE_MIGRATIONS = [
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -33,7 +33,9 @@ def test_a_fresh_database_gets_the_current_schema(database_url: str) -> None:
     engine = connect(database_url)
     migrate(engine)
     migrate(engine)  # at start, every time: nothing to do the second time
-    assert {"jobs", "activations", "alembic_version"} <= set(inspect(engine).get_table_names())
+    assert {"jobs", "activations", "active_versions", "alembic_version"} <= set(
+        inspect(engine).get_table_names()
+    )
     assert revision(engine) == HEAD
 
 

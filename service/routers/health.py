@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -35,6 +35,7 @@ def healthz() -> dict:
     },
 )
 def readyz(
+    request: Request,
     serving: ServingDep,
     worker: WorkerDep,
     batcher: BatcherDep,
@@ -50,6 +51,7 @@ def readyz(
     checks = {
         "worker": worker.alive(),
         "batcher": batcher.alive(),
+        "follower": request.app.state.follower.alive(),
         "models": not failed,
         "database": database_error is None,
         "store": store.root.is_dir(),
@@ -59,6 +61,7 @@ def readyz(
         "status": "ready" if ready else "not ready",
         "checks": checks,
         "models": serving.names(),
+        "runs_jobs": worker.runs_jobs,
         "serving": {
             name: model.version for name in serving.names() if (model := serving.active(name))
         },

@@ -130,7 +130,7 @@ def describer(
 DescribeDep = Annotated[Callable[[str], ModelOut], Depends(describer)]
 READ_ERRORS = error_responses(400, 401, 403, 404)
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 409, 422)
-UPLOAD_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
+UPLOAD_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
 
 
 @router.get(

@@ -1,0 +1,162 @@
+"""Several replicas on one database and one model store: an activation on one reaches the others
+(PostgreSQL notifies them; every replica also re-reads), and a deleted model leaves them all."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+
+def replica(store: Path, database_url: str, run_jobs: bool = True):
+    from fastapi.testclient import TestClient
+
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    # PostgreSQL's notifications must carry an activation (a re-read only every 30 s); SQLite
+    # replicas re-read every 0.5 s
+    interval = 0.5 if database_url.startswith("sqlite") else 30.0
+    settings = Settings(
+        models_dir=store,
+        device="cpu",
+        database_url=database_url,
+        follow_interval=interval,
+        run_jobs=run_jobs,
+    )
+    return TestClient(create_app(settings))
+
+
+def served(client) -> dict:
+    return client.get("/readyz").json()["serving"]
+
+
+def until_served(client, expected: dict, timeout: float = 10.0) -> float:
+    """Seconds until `client` serves `expected` (read every 10 ms)."""
+    started = time.monotonic()
+    while served(client) != expected:
+        assert time.monotonic() - started < timeout, f"still {served(client)}, not {expected}"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_an_activation_reaches_every_replica(store: Path, database_url: str, capsys) -> None:
+    with ExitStack() as stack:
+        a, b, c = (stack.enter_context(replica(store, database_url)) for _ in range(3))
+        assert served(a) == served(b) == served(c) == {"widget": "v1"}
+        assert a.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code == 200
+        lags = []
+        for i in range(20):  # roll back and forward from alternating replicas
+            target, other = ("v1", "v2") if i % 2 == 0 else ("v2", "v1")
+            acting = (a, b, c)[i % 3]
+            assert acting.post(f"/v1/models/widget/versions/{target}/activate").status_code == 200
+            lags.append(max(until_served(r, {"widget": target}) for r in (a, b, c)))
+            score = (b, c, a)[i % 3].post(
+                "/v1/models/widget/score", files=[("files", ("x.png", png(), "image/png"))]
+            )
+            assert score.status_code == 200 and score.json()["version"] == target
+        p99 = statistics.quantiles(lags, n=100)[98]
+        with capsys.disabled():
+            backend = database_url.split(":", 1)[0]
+            print(f"\n{backend}: activation reaches 3 replicas, p99 {p99:.3f} s over 20")
+        assert p99 < 2.0
+        assert b.delete("/v1/models/widget").status_code == 204
+        until_served(a, {}) and until_served(c, {})
+        assert a.get("/v1/models/widget").status_code == 404
+
+
+def png() -> bytes:
+    import numpy as np
+    from service_helpers import png_bytes
+
+    return png_bytes(np.full((64, 64, 3), 120, np.uint8))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog):
+    caplog.set_level("WARNING")
+
+
+def test_replicas_follow_again_after_their_database_connections_are_cut(
+    store: Path, database_url: str
+) -> None:
+    """Every connection to the database terminated (as in a restart of PostgreSQL): the replicas
+    reconnect, and the next activation reaches them."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("a SQLite file has no server connections to cut")
+    import psycopg
+    from conftest import POSTGRES
+
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(replica(store, database_url)) for _ in range(2))
+        assert a.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code == 200
+        until_served(b, {"widget": "v2"})
+        name = database_url.rsplit("/", 1)[1]
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchone()[0]
+        assert cut >= 2  # at least each replica's listening connection
+        assert a.post("/v1/models/widget/versions/v1/activate").status_code == 200
+        assert until_served(b, {"widget": "v1"}) < 5  # reconnected within about a second
+
+
+def test_two_replicas_never_queue_two_jobs_of_one_model(store: Path, database_url: str) -> None:
+    """Each replica holds the model's job slot through the database: of two replicas submitting
+    at once, one queues its job and the other is refused."""
+    import threading
+
+    from patchshift.service.http_errors import Conflict
+
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite serves one process; its job slot is that process's lock")
+    with ExitStack() as stack:
+        replicas = [stack.enter_context(replica(store, database_url)) for _ in range(2)]
+        lifecycles = [r.app.state.lifecycle for r in replicas]
+        barrier, outcomes = threading.Barrier(2), []
+
+        def claim(lifecycle) -> None:
+            barrier.wait()
+            try:
+                with lifecycle.job_slot("widget", "submit it again"):
+                    time.sleep(0.2)  # the other replica arrives while this one holds the slot
+                    lifecycle.jobs.create("adapt", "widget", {})
+                outcomes.append("queued")
+            except Conflict:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=claim, args=(lc,)) for lc in lifecycles]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) == ["queued", "refused"]
+        assert len(lifecycles[0].jobs.unfinished("widget")) == 1
+
+
+def test_a_scoring_replica_leaves_jobs_to_the_job_replica_and_serves_what_it_fits(
+    store: Path, database_url: str, dataset: Path
+) -> None:
+    from service_helpers import files_field, named_bytes, wait_job
+
+    with ExitStack() as stack:
+        jobs = stack.enter_context(replica(store, database_url))
+        scorer = stack.enter_context(replica(store, database_url, run_jobs=False))
+        ready = scorer.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["runs_jobs"] is False
+        images = files_field(named_bytes(sorted((dataset / "train/good").glob("*.png"))[:6]))
+        refused = scorer.post("/v1/models/gadget/fit", files=images, data={"image_size": "64"})
+        assert refused.status_code == 503 and "runs no jobs" in refused.json()["error"]["message"]
+        accepted = jobs.post("/v1/models/gadget/fit", files=images, data={"image_size": "64"})
+        assert accepted.status_code == 202, accepted.text
+        assert wait_job(jobs, accepted.json()["job_id"])["status"] == "succeeded"
+        until_served(scorer, {"widget": "v1", "gadget": "v1"})
+        scored = scorer.post(
+            "/v1/models/gadget/score", files=[("files", ("x.png", png(), "image/png"))]
+        )
+        assert scored.status_code == 200 and scored.json()["version"] == "v1"
