@@ -16,6 +16,7 @@ from patchshift.service.job_store import now
 from patchshift.service.tables import activations, active_versions
 
 FIT, ADAPTATION, THRESHOLD, BY_REQUEST = "fit", "adaptation", "threshold", "activate"
+ANY = object()  # claim: whatever version is active
 CHANNEL = "patchshift_activation"  # PostgreSQL NOTIFY channel; the payload is the model name
 
 
@@ -32,31 +33,48 @@ class ActivationLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def record(self, model: str, version: str, previous: str | None, cause: str) -> None:
+    def claim(
+        self, model: str, version: str, cause: str, expected: str | None | object = ANY
+    ) -> tuple[bool, str | None]:
+        """Make `version` the shared active version and log it, in one transaction, if the active
+        version is still `expected` (ANY: whatever it is); (done, the version active before)."""
         at = now()
         with self.engine.begin() as connection:
+            row = connection.execute(
+                select(active_versions.c.version)
+                .where(active_versions.c.model == model)
+                .with_for_update()
+            ).first()
+            current = row.version if row is not None else None
+            if expected is not ANY and current != expected:
+                return False, current
             connection.execute(
                 insert(activations).values(
-                    model=model, version=version, previous=previous, cause=cause, at=at
+                    model=model, version=version, previous=current, cause=cause, at=at
                 )
             )
             self._set_active(connection, model, version, at)
+        return True, current
 
     def publish(self, model: str, version: str) -> None:
-        """Make `version` the shared active version without a log entry (a store's own pointer at
-        start, where the database has none yet)."""
+        """Share `version` as the active one where the database has none yet (a store's own
+        pointer at start); never over a version another replica made active."""
         with self.engine.begin() as connection:
-            self._set_active(connection, model, version, now())
+            self._set_active(connection, model, version, now(), replace=False)
 
-    def _set_active(self, connection, model: str, version: str, at: str) -> None:
+    def _set_active(
+        self, connection, model: str, version: str, at: str, replace: bool = True
+    ) -> None:
         upsert = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(
             active_versions
         ).values(model=model, version=version, changed=at)
+        keys = [active_versions.c.model]
         connection.execute(
             upsert.on_conflict_do_update(
-                index_elements=[active_versions.c.model],
-                set_={"version": version, "changed": at},
+                index_elements=keys, set_={"version": version, "changed": at}
             )
+            if replace
+            else upsert.on_conflict_do_nothing(index_elements=keys)
         )
         if self.engine.dialect.name == "postgresql":
             connection.execute(
@@ -85,7 +103,11 @@ class ActivationLog:
         with self.engine.begin() as connection:
             connection.execute(delete(activations).where(activations.c.model == model))
             connection.execute(delete(active_versions).where(active_versions.c.model == model))
-            if self.engine.dialect.name == "postgresql":
+
+    def notify(self, model: str) -> None:
+        """Tell the replicas to look at `model` again (PostgreSQL; the others re-read anyway)."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as connection:
                 connection.execute(
                     text("SELECT pg_notify(:channel, :model)"), {"channel": CHANNEL, "model": model}
                 )

@@ -138,8 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 moved,
                 settings.database_path,
             )
-        for leftover in state.store.clean_leftovers():
-            log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
+        if settings.run_jobs:  # on a shared store, another replica's writes are not leftovers
+            for leftover in state.store.clean_leftovers():
+                log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
         state.database = connect(settings.database_address)
         migrate(state.database)
         state.jobs = JobStore(state.database)
@@ -159,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runs_jobs=settings.run_jobs,
         )
         state.drift = DriftWatch(state.lifecycle, state.worker, settings, metrics)
+        state.lifecycle.forgetters += [state.drift.forget, state.histories.forget]
         state.lifecycle.load_all()
         state.follower = Follower(state.lifecycle, state.database, settings.follow_interval)
         state.follower.start()

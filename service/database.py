@@ -4,6 +4,10 @@ the schema brought to the current version with Alembic when the service starts."
 
 from __future__ import annotations
 
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +20,9 @@ from patchshift.core.common.errors import ConfigError
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # the revision whose schema the job database had before migrations existed
 FIRST_REVISION = "0001"
+_MIGRATING = threading.Lock()
+# a database that stops answering is noticed instead of stalling every caller
+CONNECT_TIMEOUT = {"connect_timeout": 5}
 
 
 def sqlite_url(path: Path) -> str:
@@ -40,7 +47,10 @@ def connect(url: str) -> Engine:
 
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=CONNECT_TIMEOUT)
+        if engine.dialect.name != "postgresql":
+            raise ArgumentError(f"{engine.dialect.name} is not supported")
+        return engine
     except (ArgumentError, ImportError) as exc:  # a malformed URL, or a driver not installed
         shown = make_url(url).render_as_string(hide_password=True) if "://" in url else url
         raise ConfigError(
@@ -57,14 +67,32 @@ def migrations_config() -> Config:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the current revision. A job database made before migrations existed
-    (a `jobs` table, no revision recorded) is recognised as the first revision and upgraded."""
+    (a `jobs` table, no revision recorded) is recognised as the first revision and upgraded.
+    Processes starting together migrate one by one (PostgreSQL: an advisory lock; a SQLite file:
+    a lock file beside it)."""
     config = migrations_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
+    with _MIGRATING, _sqlite_file_lock(engine), engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('patchshift migrate'))"))
+        config.attributes["connection"] = connection  # Alembic's context is one per process
         tables = set(inspect(connection).get_table_names())
         if "jobs" in tables and "alembic_version" not in tables:
             command.stamp(config, FIRST_REVISION)
         command.upgrade(config, "head")
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def unreachable(engine: Engine) -> str | None:

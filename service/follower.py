@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from patchshift.core.common.errors import PatchshiftError
 from patchshift.service.activation_log import CHANNEL
+from patchshift.service.http_errors import ServiceError
 from patchshift.service.lifecycle import Lifecycle
 
 log = logging.getLogger("patchshift.service")
@@ -29,6 +30,7 @@ class Follower:
         self.engine = engine
         self.interval = interval
         self._stop = threading.Event()
+        self._failed: dict[str, str] = {}  # model -> the shared version that failed here
         self._thread = threading.Thread(target=self._run, name="patchshift-follower", daemon=True)
 
     def start(self) -> None:
@@ -42,21 +44,27 @@ class Follower:
         return self._thread.is_alive()
 
     def sync(self) -> None:
-        """Serve every model's shared active version; forget models deleted elsewhere."""
+        """Serve every model's shared active version; forget models deleted elsewhere. A version
+        that cannot be served here is reported once and tried again when the shared one changes."""
         shared = self.lifecycle.log.current()
         serving = self.lifecycle.serving
         for name, version in shared.items():
             served = serving.active(name)
-            if served is None or served.version != version:
-                try:
-                    self.lifecycle.follow(name, version)
-                    log.info("model %s: following version %s", name, version)
-                except PatchshiftError as exc:  # e.g. a version that cannot load here
-                    log.error("model %s: cannot follow version %s: %s", name, version, exc)
-                    serving.failed(name, str(exc))
+            if (served is not None and served.version == version) or self._failed.get(
+                name
+            ) == version:
+                continue
+            try:
+                self.lifecycle.follow(name, version)
+                self._failed.pop(name, None)
+            except (PatchshiftError, ServiceError) as exc:  # missing here, or cannot load
+                self._failed[name] = version
+                log.error("model %s: cannot serve version %s here: %s", name, version, exc)
+                serving.failed(name, str(exc))
         for name in serving.names():
             if name not in shared and not self.lifecycle.store.exists(name):
                 self.lifecycle.follow(name, None)
+                self._failed.pop(name, None)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -23,7 +23,7 @@ from patchshift.core.artifact import save_model
 from patchshift.core.common.errors import ArtifactError
 from patchshift.core.engine.detector import Detector, with_threshold
 from patchshift.core.engine.patchcore import Provenance
-from patchshift.service.activation_log import BY_REQUEST, THRESHOLD, ActivationLog
+from patchshift.service.activation_log import ANY, BY_REQUEST, THRESHOLD, ActivationLog
 from patchshift.service.http_errors import Conflict
 from patchshift.service.job_store import JobStore
 from patchshift.service.prometheus import ServiceMetrics
@@ -51,6 +51,8 @@ class Lifecycle:
         self.metrics = metrics
         # called with (model name, the version now active) inside the activation
         self.listeners: list[ActivationListener] = []
+        # called with a model's name once it is deleted (here or on another replica)
+        self.forgetters: list[Callable[[str], None]] = [metrics.forget_model]
         self._slots = threading.Lock()  # the job slot of every model: check and claim as one
         self._activation = threading.RLock()  # the ACTIVE pointer and the served version
 
@@ -71,20 +73,30 @@ class Lifecycle:
 
     @contextmanager
     def _shared_slot(self, model: str) -> Iterator[None]:
-        """The job slot across replicas: on PostgreSQL an advisory lock per model, held while the
-        slot is (SQLite serves one process, whose lock suffices)."""
+        """The job slot across replicas: on PostgreSQL a session advisory lock per model, taken
+        without waiting (held elsewhere: 409) and held while the slot is; SQLite serves one
+        process, whose lock suffices."""
         engine = self.jobs.engine
         if engine.dialect.name != "postgresql":
             yield
             return
         key = {"key": f"patchshift job slot {model}"}
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), key)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            taken = connection.execute(
+                text("SELECT pg_try_advisory_lock(hashtext(:key))"), key
+            ).scalar()
+            if not taken:
+                raise Conflict(
+                    f"a job or a change of model {model!r} is being started on another replica; "
+                    "try again in a moment"
+                )
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
-                connection.commit()
+                try:
+                    connection.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
+                except Exception as exc:  # the session is gone: its lock went with it
+                    log.warning("model %s: releasing the job slot: %s", model, exc)
 
     def busy(self, model: str) -> bool:
         return bool(self.jobs.unfinished(model))
@@ -93,38 +105,47 @@ class Lifecycle:
     def load_all(self) -> None:
         """At start: serve the active version of every model in the store, as the replicas share
         it (the database), else as the store's pointer says (then shared from now on)."""
-        shared = self.log.current()
         for name in self.store.models():
-            versions = self.store.versions(name)
-            version = shared.get(name) if shared.get(name) in versions else self.store.active(name)
+            shared = self.log.current().get(name)
+            version = shared if shared in self.store.versions(name) else self.store.active(name)
             if version is None:
                 continue
             try:
                 model = self.serving.load(name, version)
-                with self._activation:
-                    self.store.set_active(name, version)  # a store without a pointer gets one
-                    if shared.get(name) != version:
-                        self.log.publish(name, version)
-                    self._install(name, version, model)
             except ArtifactError as exc:
                 log.error("model %s version %s cannot be loaded: %s", name, version, exc)
                 self.serving.failed(name, str(exc))
+                continue
+            with self._activation:
+                if shared is None:
+                    self.log.publish(name, version)
+                if self.log.current().get(name) == version:  # else the follower catches up
+                    self.store.set_active(name, version)  # the store's pointer follows
+                    self._install(name, version, model)
 
     def follow(self, name: str, version: str | None) -> None:
-        """Serve what another replica made active (`version`; None: the model was deleted).
-        Nothing is written: the replica that activated wrote the pointer and the log."""
+        """Serve what another replica made active (`version`; None: the model was deleted), and
+        bring the store's pointer in line with it. The replica that activated wrote the log."""
         if version is None:
             with self._activation:
-                if name not in self.log.current():
+                if name not in self.log.current() and self.serving.names().count(name):
                     self.serving.forget(name)
+                    for forget in self.forgetters:
+                        forget(name)
             return
         served = self.serving.active(name)
         if served is not None and served.version == version:
             return
         model = self.serving.load(name, version)  # outside the lock: loading takes seconds
         with self._activation:
-            if self.log.current().get(name) == version:  # still the shared one
-                self._install(name, version, model)
+            served = self.serving.active(name)
+            if self.log.current().get(name) != version or (
+                served is not None and served.version == version
+            ):
+                return  # moved on meanwhile, or installed by this replica itself
+            if self.store.active(name) != version:
+                self.store.set_active(name, version)
+            self._install(name, version, model)
 
     def activate(
         self, name: str, version: str, model: Detector | None = None, cause: str = BY_REQUEST
@@ -133,29 +154,36 @@ class Lifecycle:
         version = check_name(version, "version")
         model = model or self.serving.reviewed(name, version) or self.serving.load(name, version)
         with self._activation:
-            return self._activate(name, version, model, cause)
+            self._activate(name, version, model, cause)
+        return model
 
     def activate_unless_moved(
         self, name: str, expected: str | None, version: str, model: Detector, cause: str
     ) -> str | None:
         """Activate a job's new version if `expected` (the version active when the job was asked
-        for) still is; else why not."""
+        for) still is, on every replica; else why not."""
         with self._activation:
-            if self.store.active(name) == expected:
-                self._activate(name, version, model, cause)
-                return None
-            return (
-                f"the active version changed from {expected} to {self.store.active(name)} while "
-                f"this job ran; {version} is kept for review"
-            )
+            done, current = self._activate(name, version, model, cause, expected)
+        if done:
+            return None
+        return (
+            f"the active version changed from {expected} to {current} while this job ran; "
+            f"{version} is kept for review"
+        )
 
-    def _activate(self, name: str, version: str, model: Detector, cause: str) -> Detector:
+    def _activate(
+        self, name: str, version: str, model: Detector, cause: str, expected: object = ANY
+    ) -> tuple[bool, str | None]:
+        """The shared active version moves first (compare-and-set in the database, with its log
+        entry), then the store's pointer and this replica's served version; (done, the version
+        active before or instead)."""
         self.store.manifest(name, version)  # NotFound if it was deleted meanwhile
-        served = self.serving.active(name)
-        self.store.set_active(name, version)
-        self.log.record(name, version, served.version if served is not None else None, cause)
-        self.metrics.activations.labels(cause).inc()
-        return self._install(name, version, model)
+        done, current = self.log.claim(name, version, cause, expected)
+        if done:
+            self.store.set_active(name, version)
+            self.metrics.activations.labels(cause).inc()
+            self._install(name, version, model)
+        return done, current
 
     def _install(self, name: str, version: str, model: Detector) -> Detector:
         self.serving.install(name, model)
@@ -196,10 +224,11 @@ class Lifecycle:
             version = self.store.allocate_version(name)
             save_model(model, self.store.version_dir(name, version))
             if self.activate_unless_moved(name, source.version, version, model, THRESHOLD):
+                current = self.log.current().get(name)
                 raise Conflict(
-                    f"version {self.store.active(name)} of model {name!r} was activated while the "
-                    f"threshold was being set; {version} (threshold {threshold}) is kept but not "
-                    "active: set the threshold again if it is still wanted"
+                    f"version {current} of model {name!r} was activated while the threshold was "
+                    f"being set; {version} (threshold {threshold}) is kept but not active: set the "
+                    "threshold again if it is still wanted"
                 )
             return version
 
@@ -208,13 +237,20 @@ class Lifecycle:
         unfinished job (it may have started from this version)."""
         version = check_name(version, "version")
         with self.job_slot(name, "delete a version"), self._activation:
+            if self.log.current().get(name) == version:  # active on every replica, file or not
+                raise Conflict(
+                    f"version {version} is the active version of {name!r}; activate another "
+                    "version first"
+                )
             self.store.delete_version(name, version)
         self.serving.evict(name, version)
 
     def delete_model(self, name: str) -> None:
         """Delete a model and every version; refused (409) while it has an unfinished job."""
         with self.job_slot(name, "delete it"), self._activation:
+            self.log.forget(name)  # first: a store left behind is republished at the next start
             self.serving.forget(name)
             self.store.delete_model(name)
-            self.log.forget(name)
-        self.metrics.forget_model(name)
+            self.log.notify(name)  # the other replicas forget it once its files are gone
+            for forget in self.forgetters:
+                forget(name)

@@ -121,14 +121,6 @@ def delete_version(store: ModelStore, lifecycle: Lifecycle, name: str, version: 
     lifecycle.delete_version(name, version)
 
 
-def delete_model(
-    store: ModelStore,
-    lifecycle: Lifecycle,
-    drift_watch: DriftWatch,
-    histories: Histories,
-    name: str,
-) -> None:
+def delete_model(store: ModelStore, lifecycle: Lifecycle, name: str) -> None:
     require_model(store, name)
-    lifecycle.delete_model(name)
-    drift_watch.forget(name)
-    histories.forget(name)
+    lifecycle.delete_model(name)  # the drift watch and the history forget it with the lifecycle

@@ -63,7 +63,7 @@ def test_the_job_database_made_before_migrations_is_upgraded_with_its_jobs(
         {"a": 1},
         {"threshold": 2.5},
     )
-    ActivationLog(engine).record("widget", "v1", None, "fit")  # the new table is there
+    assert ActivationLog(engine).claim("widget", "v1", "fit") == (True, None)  # new tables there
 
 
 def test_job_records_change_only_from_the_state_they_expect(database_url: str) -> None:
@@ -154,3 +154,22 @@ def test_readiness_names_the_version_served_and_a_lost_database(client, database
     lost = client.get("/readyz")
     assert lost.status_code == 503 and not lost.json()["checks"]["database"], lost.text
     assert name in lost.json()["database_error"]  # says which database is missing
+
+
+def test_replicas_starting_together_migrate_one_by_one(database_url: str) -> None:
+    """Three processes meeting a fresh database at once: each waits for the one migrating."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys; from patchshift.service.database import connect, migrate; "
+        "migrate(connect(sys.argv[1]))"
+    )
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", program, database_url], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in starts if p.wait(timeout=120) != 0]
+    assert errors == [] and revision(connect(database_url)) == HEAD

@@ -64,7 +64,8 @@ def test_an_activation_reaches_every_replica(store: Path, database_url: str, cap
             print(f"\n{backend}: activation reaches 3 replicas, p99 {p99:.3f} s over 20")
         assert p99 < 2.0
         assert b.delete("/v1/models/widget").status_code == 204
-        until_served(a, {}) and until_served(c, {})
+        until_served(a, {})
+        until_served(c, {})
         assert a.get("/v1/models/widget").status_code == 404
 
 
@@ -160,3 +161,38 @@ def test_a_scoring_replica_leaves_jobs_to_the_job_replica_and_serves_what_it_fit
             "/v1/models/gadget/score", files=[("files", ("x.png", png(), "image/png"))]
         )
         assert scored.status_code == 200 and scored.json()["version"] == "v1"
+
+
+def test_a_job_never_undoes_a_rollback_made_on_another_replica(
+    store: Path, database_url: str
+) -> None:
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(replica(store, database_url)) for _ in range(2))
+        assert a.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code == 200
+        until_served(b, {"widget": "v2"})
+        finished = b.app.state.serving.load("widget", "v1")  # a job of b's, started from v2...
+        assert a.post("/v1/models/widget/versions/v1/activate").status_code == 200  # rollback on a
+        reason = b.app.state.lifecycle.activate_unless_moved(
+            "widget", "v2", "v1", finished, "adaptation"
+        )
+        assert reason is not None and "changed from v2 to v1" in reason
+        log = a.get("/v1/models/widget/activations").json()
+        assert [(x["version"], x["cause"]) for x in log] == [
+            ("v1", "activate"),
+            ("v2", "threshold"),
+        ]
+
+
+def test_a_shared_version_missing_here_is_reported_and_the_others_still_followed(
+    store: Path, database_url: str, caplog
+) -> None:
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(replica(store, database_url)) for _ in range(2))
+        a.app.state.lifecycle.log.claim("ghost", "v1", "fit")  # no such model in the store
+        assert a.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code == 200
+        until_served(b, {"widget": "v2"})
+        ready = b.get("/readyz").json()
+        assert "ghost" in ready["load_errors"] and ready["serving"] == {"widget": "v2"}
+        time.sleep(1.5)  # three re-reads of the SQLite replicas: the failure is not retried
+        reports = [r for r in caplog.records if "cannot serve version v1" in r.getMessage()]
+        assert len([r for r in reports if "ghost" in r.getMessage()]) <= 2  # once per replica

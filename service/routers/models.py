@@ -342,11 +342,5 @@ def delete_version(
     dependencies=[Depends(require(ADMIN))],
     responses=error_responses(400, 401, 403, 404, 409),
 )
-def delete_model(
-    name: ModelName,
-    store: StoreDep,
-    lifecycle: LifecycleDep,
-    drift: DriftDep,
-    histories: HistoriesDep,
-) -> None:
-    operations.delete_model(store, lifecycle, drift, histories, name)
+def delete_model(name: ModelName, store: StoreDep, lifecycle: LifecycleDep) -> None:
+    operations.delete_model(store, lifecycle, name)
