@@ -161,6 +161,11 @@ class Worker:
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
+        if job.status == RUNNING and not self.runs_jobs:
+            raise Unavailable(
+                "this replica runs no jobs (PATCHSHIFT_RUN_JOBS=0): cancel a running job on the "
+                "replica that runs it"
+            )
         if job.status == QUEUED and self.jobs.cancel_queued(
             job_id, "cancelled by request before it started"
         ):

@@ -5,6 +5,7 @@ nothing and from the job database made before migrations, the job records' condi
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from sqlalchemy import inspect, text
@@ -69,7 +70,9 @@ def test_the_job_database_made_before_migrations_is_upgraded_with_its_jobs(
 def test_job_records_change_only_from_the_state_they_expect(database_url: str) -> None:
     jobs = JobStore.open(database_url)
     first = jobs.create("fit", "widget", {"n": 1})
+    time.sleep(0.002)  # records are ordered by their creation time, to the millisecond
     second = jobs.create("adapt", "widget", {"n": 2})
+    time.sleep(0.002)
     other = jobs.create("fit", "gadget", {})
     assert [j.id for j in jobs.unfinished("widget")] == [first.id, second.id]
     assert jobs.start(first.id) and not jobs.start(first.id)  # started once

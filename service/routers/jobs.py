@@ -83,7 +83,7 @@ async def get_job(
     response_model=JobOut,
     status_code=202,
     dependencies=[Depends(require(ADMIN))],
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 503),
 )
 def cancel_job(job_id: str, worker: WorkerDep) -> JobOut:
     """Queued jobs end at once; a running job stops at its next step (poll until 'cancelled')."""
