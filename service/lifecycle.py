@@ -105,9 +105,11 @@ class Lifecycle:
     def load_all(self) -> None:
         """At start: serve the active version of every model in the store, as the replicas share
         it (the database), else as the store's pointer says (then shared from now on)."""
+        shared = self.log.current()
         for name in self.store.models():
-            shared = self.log.current().get(name)
-            version = shared if shared in self.store.versions(name) else self.store.active(name)
+            version = (
+                shared[name] if shared.get(name) in self.store.versions(name) else None
+            ) or self.store.active(name)
             if version is None:
                 continue
             try:
@@ -117,7 +119,7 @@ class Lifecycle:
                 self.serving.failed(name, str(exc))
                 continue
             with self._activation:
-                if shared is None:
+                if name not in shared:
                     self.log.publish(name, version)
                 if self.log.current().get(name) == version:  # else the follower catches up
                     self.store.set_active(name, version)  # the store's pointer follows
@@ -128,7 +130,7 @@ class Lifecycle:
         bring the store's pointer in line with it. The replica that activated wrote the log."""
         if version is None:
             with self._activation:
-                if name not in self.log.current() and self.serving.names().count(name):
+                if name not in self.log.current() and name in self.serving.names():
                     self.serving.forget(name)
                     for forget in self.forgetters:
                         forget(name)

@@ -164,3 +164,29 @@ def client(store: Path, database_url: str):
     app = create_app(settings)
     with TestClient(app) as test_client:
         yield test_client
+
+
+def save_tiny_uda(path: Path):
+    """A small UDA version (a global detector fitted on 8 normal images at 64 px), saved at
+    `path`."""
+    import torch
+
+    from patchshift.core.artifact import save_model
+    from patchshift.core.uda import UDAConfig
+    from patchshift.core.uda.train import fit_uda
+
+    rng = np.random.default_rng(0)
+    source = (
+        torch.stack(
+            [torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(8)]
+        ).float()
+        / 255
+    )
+    uda, _ = fit_uda(
+        source[..., :64, :64],
+        None,
+        UDAConfig(image_size=64, epochs=1, batch_size=4, embedding_dim=16),
+        device="cpu",
+    )
+    save_model(uda, path)
+    return uda

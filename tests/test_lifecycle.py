@@ -231,31 +231,15 @@ def test_a_fit_never_undoes_a_rollback_made_while_it_ran(
 
 
 def test_threshold_override_works_for_a_uda_version(store: Path) -> None:
-    """Any model kind takes a threshold: a new version, same detector, the given threshold (was a
-    500 for UDA)."""
-    from conftest import normal_image
+    """Any model kind takes a threshold: a new version, same detector, the given threshold."""
+    from conftest import save_tiny_uda
     from fastapi.testclient import TestClient
 
-    from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.uda import UDAConfig
-    from patchshift.core.uda.train import fit_uda
+    from patchshift.core.artifact import load_model
     from patchshift.service.app import create_app
     from patchshift.service.settings import Settings
 
-    rng = np.random.default_rng(0)
-    source = (
-        torch.stack(
-            [torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(8)]
-        ).float()
-        / 255
-    )
-    uda, _ = fit_uda(
-        source[..., :64, :64],
-        None,
-        UDAConfig(image_size=64, epochs=1, batch_size=4, embedding_dim=16),
-        device="cpu",
-    )
-    save_model(uda, store / "global" / "v1")
+    uda = save_tiny_uda(store / "global" / "v1")
     with TestClient(create_app(Settings(models_dir=store, device="cpu"))) as client:
         response = client.put("/v1/models/global/threshold", json={"threshold": 0.25})
         assert response.status_code == 200, response.text

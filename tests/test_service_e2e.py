@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import normal_image
 from PIL import Image
 from service_helpers import (
@@ -172,24 +171,10 @@ def stored_server(tmp_path: Path, saved_model: Path):
     shutil.copytree(saved_model, models / "broken" / "v1")
     bank = models / "broken" / "v1" / "bank.safetensors"
     bank.write_bytes(bank.read_bytes()[:-100])  # a truncated artifact
-    from patchshift.core.artifact import save_model
-    from patchshift.core.uda import UDAConfig
-    from patchshift.core.uda.train import fit_uda
 
-    rng = np.random.default_rng(0)
-    source = (
-        torch.stack(
-            [torch.from_numpy(normal_image(rng)).permute(2, 0, 1) for _ in range(8)]
-        ).float()
-        / 255
-    )
-    uda, _ = fit_uda(
-        source[..., :64, :64],
-        None,
-        UDAConfig(image_size=64, epochs=1, batch_size=4, embedding_dim=16),
-        device="cpu",
-    )
-    save_model(uda, models / "global" / "v1")
+    from conftest import save_tiny_uda
+
+    save_tiny_uda(models / "global" / "v1")
     server = Server(
         models,
         env={
