@@ -126,6 +126,14 @@ class Worker:
         return self._thread.is_alive() or not self.runs_jobs
 
     # submission and cancellation
+    def require_jobs(self) -> None:
+        """503 on a replica that runs no jobs: before reading a request's images, and at submit."""
+        if not self.runs_jobs:
+            raise Unavailable(
+                "this replica runs no jobs (PATCHSHIFT_RUN_JOBS=0): send fit and adaptation "
+                "requests to the replica that does"
+            )
+
     def submit(
         self,
         kind: str,
@@ -135,11 +143,7 @@ class Worker:
         source_files: Sequence[tuple[str, bytes]] = (),
     ) -> Job:
         """Store the images, then the record; one unfinished job per model (else 409)."""
-        if not self.runs_jobs:
-            raise Unavailable(
-                "this replica runs no jobs (PATCHSHIFT_RUN_JOBS=0): send fit and adaptation "
-                "requests to the replica that does"
-            )
+        self.require_jobs()
         with self.lifecycle.job_slot(model, "submit it again"):
             job_id = os.urandom(16).hex()
             self._write_uploads(job_id, files, source_files)

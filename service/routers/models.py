@@ -178,6 +178,7 @@ async def fit_model(
     settings: SettingsDep,
 ) -> JobAccepted:
     """Fit a new version from normal images (a new model if the name is new)."""
+    worker.require_jobs()
     store.model_dir(name)  # 400 when the name is taken by a file of the store
     values = {"image_size": options.image_size, **form_values(options, ModelConfig, FIT_OPTIONS)}
     try:
@@ -227,6 +228,7 @@ async def adapt_model(
 
     The PatchCore methods adapt a version to its new camera or lighting; `uda` trains a new global
     detector from the source normals (`source_files`) and the unlabeled target."""
+    worker.require_jobs()
     operations.require_model(store, name)
     model = serving.get(name)
     adapter = get_adapter(options.method)
