@@ -7,6 +7,7 @@ on PostgreSQL the same transaction notifies the replicas (NOTIFY patchshift_acti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -86,6 +87,17 @@ class ActivationLog:
         with self.engine.connect() as connection:
             rows = connection.execute(select(active_versions)).fetchall()
         return {r.model: r.version for r in rows}
+
+    def age(self, model: str) -> float | None:
+        """Seconds since `model`'s shared active version last changed (None: no such model);
+        across machines, as good as their clocks agree."""
+        with self.engine.connect() as connection:
+            changed = connection.execute(
+                select(active_versions.c.changed).where(active_versions.c.model == model)
+            ).scalar()
+        if changed is None:
+            return None
+        return (datetime.now(UTC) - datetime.fromisoformat(changed)).total_seconds()
 
     def of(self, model: str, limit: int = 100) -> list[Activation]:
         """The newest first."""

@@ -12,25 +12,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from patchshift.core.common.device import resolve_device
-from patchshift.service.activation_log import ActivationLog
 from patchshift.service.auth import Keys
-from patchshift.service.database import connect, migrate
 from patchshift.service.drift_watch import DriftWatch
-from patchshift.service.follower import Follower
 from patchshift.service.history import Histories
 from patchshift.service.http_errors import install_handlers
-from patchshift.service.job_store import JobStore, move_legacy_database
-from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.limits import BodyLimit
 from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.routers import console, docs, health, jobs, models, score
+from patchshift.service.runtime import Runtime
 from patchshift.service.scoring import MicroBatcher
-from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
-from patchshift.service.store import ModelStore
-from patchshift.service.tasks import make_tasks
-from patchshift.service.worker import Worker
 
 log = logging.getLogger("patchshift.service")
 
@@ -125,46 +116,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "no API keys configured (PATCHSHIFT_ADMIN_KEY / PATCHSHIFT_READ_KEY): "
                 "authentication is OFF"
             )
-        device = resolve_device(settings.device)
-        metrics.device.labels(device.type).set(1)
-        state.store = ModelStore(settings.models_dir)
-        if (
-            settings.database is None
-            and settings.database_url is None
-            and (moved := move_legacy_database(settings.models_dir, settings.database_path))
-        ):
-            log.warning(
-                "moved the job database from %s to %s (a model name could collide with it)",
-                moved,
-                settings.database_path,
-            )
-        if settings.run_jobs:  # on a shared store, another replica's writes are not leftovers
-            for leftover in state.store.clean_leftovers():
-                log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
-        state.database = connect(settings.database_address)
-        migrate(state.database)
-        state.jobs = JobStore(state.database)
-        state.serving = Serving(state.store, metrics, device)
-        state.lifecycle = Lifecycle(
-            state.store, state.jobs, state.serving, metrics, ActivationLog(state.database)
-        )
+        runtime = Runtime.build(settings, metrics)
+        state.runtime = runtime
+        state.store, state.database, state.jobs = runtime.store, runtime.jobs.engine, runtime.jobs
+        state.serving, state.lifecycle = runtime.serving, runtime.lifecycle
+        state.worker, state.follower = runtime.worker, runtime.follower
         state.histories = Histories(
             settings.history_scores, settings.history_drift_points, settings.recent_images
         )
-        state.worker = Worker(
-            state.jobs,
-            settings.uploads_dir,
-            metrics,
-            make_tasks(state.store, state.serving, state.lifecycle, device, settings),
-            state.lifecycle,
-            runs_jobs=settings.run_jobs,
-        )
         state.drift = DriftWatch(state.lifecycle, state.worker, settings, metrics)
         state.lifecycle.forgetters += [state.drift.forget, state.histories.forget]
-        state.lifecycle.load_all()
-        state.follower = Follower(state.lifecycle, state.database, settings.follow_interval)
-        state.follower.start()
-        state.worker.start()
+        runtime.start()
         state.batcher = MicroBatcher(
             settings.max_batch_images, settings.batch_wait_ms / 1000, metrics
         )
@@ -173,15 +135,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "serving %d model(s) from %s on %s",
             len(state.serving.names()),
             settings.models_dir,
-            device,
+            runtime.device,
         )
         try:
             yield
         finally:
             await state.batcher.stop()
-            state.follower.stop()
-            state.worker.stop()
-            state.jobs.close()
+            runtime.stop()
 
     app = FastAPI(
         title="patchshift",

@@ -1,4 +1,4 @@
-"""The `patchshift` command: fit, score, adapt, eval, serve.
+"""The `patchshift` command: fit, score, adapt, eval, serve, worker.
 
 Every user error is one line on stderr and exit status 1; usage errors exit 2 (argparse).
 """
@@ -54,6 +54,31 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_service_options(p: argparse.ArgumentParser) -> None:
+    """What `serve` and `worker` share: where the store and the database are."""
+    p.add_argument("--models-dir", default=None, help="model store (default ./models)")
+    p.add_argument(
+        "--database",
+        default=None,
+        help="SQLite database file (default MODELS_DIR/.state/jobs.sqlite)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="the service's database as a URL, e.g. postgresql+psycopg://USER@HOST:5432/DB "
+        "(PATCHSHIFT_DATABASE_URL; default: the SQLite file)",
+    )
+    p.add_argument(
+        "--clip-checkpoint",
+        default=None,
+        help="local open_clip weights for uda jobs with encoder=clip",
+    )
+    p.add_argument(
+        "--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)"
+    )
+    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,18 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default=None, help="bind address (default 127.0.0.1; 0.0.0.0 in containers)"
     )
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    p.add_argument("--models-dir", default=None, help="model store (default ./models)")
-    p.add_argument(
-        "--database",
-        default=None,
-        help="SQLite database file (default MODELS_DIR/.state/jobs.sqlite)",
-    )
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="the service's database as a URL, e.g. postgresql+psycopg://USER@HOST:5432/DB "
-        "(PATCHSHIFT_DATABASE_URL; default: the SQLite file)",
-    )
+    _add_service_options(p)
     p.add_argument(
         "--api-key",
         default=None,
@@ -173,15 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="adapt by itself when drift persists",
     )
-    p.add_argument(
-        "--clip-checkpoint",
-        default=None,
-        help="local open_clip weights for uda jobs with encoder=clip",
+
+    p = sub.add_parser(
+        "worker",
+        help="run fit and adaptation jobs from the shared queue (PostgreSQL; any number of "
+        "processes, on any machine that reaches the database and the model store)",
     )
     p.add_argument(
-        "--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)"
+        "--host", default=None, help="bind address of the /metrics endpoint (default 127.0.0.1)"
     )
-    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--port", type=int, default=None, help="port of the /metrics endpoint (default 8000)"
+    )
+    _add_service_options(p)
 
     p = sub.add_parser(
         "eval", help="measure AUROC, pixel AUROC, AUPRO and F1 on a labelled MVTec-layout set"
@@ -410,11 +428,11 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace, progress) -> int:
-    import uvicorn
+def _service_settings(args: argparse.Namespace, **extra):
+    """The service's settings: the command's flags over PATCHSHIFT_* variables; one-line errors."""
+    from pydantic import ValidationError
 
     from patchshift.core.common.errors import ConfigError
-    from patchshift.service.app import create_app
     from patchshift.service.settings import Settings
 
     overrides = {
@@ -423,19 +441,13 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
         "models_dir": args.models_dir,
         "database": args.database,
         "database_url": args.database_url,
-        "admin_key": args.api_key,
-        "read_key": args.read_key,
-        "auto_adapt": args.auto_adapt,
         "log_level": args.log_level,
         "clip_checkpoint": args.clip_checkpoint,
         "clip_model": args.clip_model,
+        **extra,
     }
     if args.device != "auto":
         overrides["device"] = args.device
-    from pydantic import ValidationError
-
-    from patchshift.service.auth import Keys
-
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -443,11 +455,23 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid service settings: {problems}") from None
-    Keys.from_settings(settings)  # a bad keys file is reported here, before the server starts
     logging.getLogger("patchshift").setLevel(settings.log_level.upper())
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(settings.log_level.upper())
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace, progress) -> int:
+    import uvicorn
+
+    from patchshift.service.app import create_app
+    from patchshift.service.auth import Keys
+
+    settings = _service_settings(
+        args, admin_key=args.api_key, read_key=args.read_key, auto_adapt=args.auto_adapt
+    )
+    Keys.from_settings(settings)  # a bad keys file is reported here, before the server starts
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -455,6 +479,55 @@ def cmd_serve(args: argparse.Namespace, progress) -> int:
         log_level=settings.log_level,
         access_log=False,
     )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, progress) -> int:
+    import asyncio
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from patchshift.core.common.errors import ConfigError
+    from patchshift.service.prometheus import ServiceMetrics
+    from patchshift.service.runtime import Runtime
+
+    settings = _service_settings(args, run_jobs=True)
+    if not settings.database_address.startswith("postgresql"):
+        raise ConfigError(
+            "a worker pool shares its queue through PostgreSQL: set PATCHSHIFT_DATABASE_URL "
+            "(or --database-url); on SQLite, `patchshift serve` runs the jobs itself"
+        )
+    metrics = ServiceMetrics()
+    runtime = Runtime.build(settings, metrics)
+    runtime.start(run_jobs_here=False)
+    queue = runtime.worker.queue
+
+    async def serve_metrics_once_ready() -> None:
+        """/metrics answers once the worker listens for jobs: it doubles as readiness."""
+        while not queue.ready():
+            await asyncio.sleep(0.1)
+        start_http_server(settings.port, addr=settings.host, registry=metrics.registry)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, queue.stop_soon)
+        announce = asyncio.create_task(serve_metrics_once_ready())
+        await queue.run()
+        announce.cancel()
+
+    logging.getLogger("patchshift.service").info(
+        "worker: jobs from %s, models in %s, metrics on %s:%d",
+        runtime.jobs.engine.url.render_as_string(hide_password=True),
+        settings.models_dir,
+        settings.host,
+        settings.port,
+    )
+    try:
+        asyncio.run(run())
+    finally:
+        runtime.stop()
     return 0
 
 
@@ -479,6 +552,7 @@ def _batch_size_type():
 
 COMMANDS = {
     "serve": cmd_serve,
+    "worker": cmd_worker,
     "fit": cmd_fit,
     "score": cmd_score,
     "adapt": cmd_adapt,
@@ -489,9 +563,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    long_running = args.command in ("serve", "worker")  # their logs are read afterwards
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=("%(asctime)s " if long_running else "") + "%(levelname)s %(name)s: %(message)s",
     )
     from patchshift.core.common.errors import PatchshiftError
     from patchshift.service.progress_bars import ProgressBars

@@ -120,7 +120,7 @@ class DriftWatch:
         """The adaptation job to submit now, as (params, images), if the policy calls for one."""
         if (
             not self.settings.auto_adapt
-            or not self.worker.runs_jobs  # a scoring replica reports drift; jobs run elsewhere
+            or not self.worker.accepts_jobs  # nothing would run the job (SQLite, no jobs here)
             or not get_adapter(self.settings.auto_adapt_method).accepts(model)
         ):
             return None  # drift is reported; a version the method cannot adapt waits for a person
@@ -156,7 +156,19 @@ class DriftWatch:
         }
         return params, list(state.recent)
 
+    def _adapted_before(self, name: str, version: str | None) -> bool:
+        """Whether a drift-triggered adaptation of this version was already queued anywhere: the
+        job records are shared, so replicas make one decision per model and version."""
+        return any(
+            job.kind == "adapt"
+            and job.params.get("trigger") == "drift"
+            and job.params.get("source_version") == version
+            for job in self.lifecycle.jobs.list(model=name)
+        )
+
     def _submit(self, name: str, model: Detector, params: dict, images: list) -> None:
+        if self._adapted_before(name, model.version):
+            return  # by another replica, or by this one before a restart
         try:
             job = self.worker.submit("adapt", name, params, images)
         except (

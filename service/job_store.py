@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from patchshift.service.database import connect, migrate, sqlite_url
 from patchshift.service.tables import jobs
@@ -62,6 +63,9 @@ class Job:
     error: str | None = None
     result_version: str | None = None
     result: dict = field(default_factory=dict)
+    attempts: int = 0  # runs started; the current run's fencing token
+    stalls: int = 0  # runs whose worker went silent
+    queue_id: int | None = None  # its entry in the worker pool's queue (PostgreSQL)
 
     @classmethod
     def from_row(cls, row) -> Job:
@@ -96,7 +100,16 @@ class JobStore:
         with self.engine.begin() as connection:
             return connection.execute(query).rowcount == 1
 
-    def create(self, kind: str, model: str, params: dict, job_id: str | None = None) -> Job:
+    def create(
+        self,
+        kind: str,
+        model: str,
+        params: dict,
+        job_id: str | None = None,
+        enqueue: Callable[[Connection, Job], int | None] | None = None,
+    ) -> Job:
+        """Record a queued job; `enqueue` puts it in the worker pool's queue in the same
+        transaction (both or neither)."""
         job = Job(job_id or uuid.uuid4().hex, kind, model, QUEUED, 0.0, None, params, now())
         with self.engine.begin() as connection:
             connection.execute(
@@ -110,6 +123,11 @@ class JobStore:
                     created=job.created,
                 )
             )
+            if enqueue is not None and (queue_id := enqueue(connection, job)) is not None:
+                job.queue_id = queue_id
+                connection.execute(
+                    update(jobs).where(jobs.c.id == job.id).values(queue_id=queue_id)
+                )
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -133,12 +151,50 @@ class JobStore:
             query = query.where(jobs.c.model == model)
         return [Job.from_row(r) for r in self._rows(query.order_by(jobs.c.created))]
 
-    def start(self, job_id: str) -> bool:
-        """queued -> running; False when the job is no longer queued (cancelled meanwhile)."""
-        return self._update(
+    def start(self, job_id: str) -> Job | None:
+        """queued -> running, one more attempt; None when the job is no longer queued (cancelled
+        meanwhile). The returned record's `attempts` is this run's fencing token."""
+        if not self._update(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == QUEUED)
-            .values(status=RUNNING, started=now())
+            .values(status=RUNNING, started=now(), attempts=jobs.c.attempts + 1)
+        ):
+            return None
+        return self.get(job_id)
+
+    def claim_version(self, job_id: str, attempt: int, version: str) -> bool:
+        """Name the version this run is about to write, once per job: False when the run lost
+        its lease (the job was given to another run) or a version was already claimed."""
+        return self._update(
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status == RUNNING,
+                jobs.c.attempts == attempt,
+                jobs.c.result_version.is_(None),
+            )
+            .values(result_version=version)
+        )
+
+    def release_version(self, job_id: str, attempt: int, version: str) -> None:
+        """Undo a claim whose version could not be written."""
+        self._update(
+            update(jobs)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.attempts == attempt,
+                jobs.c.result_version == version,
+            )
+            .values(result_version=None)
+        )
+
+    def requeue(self, job_id: str, attempt: int, stage: str, stalled: bool = False) -> bool:
+        """running -> queued, for another run; only while `attempt` is still the current one.
+        `stalled`: its worker went silent (counted: such a job runs again only once)."""
+        return self._update(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == RUNNING, jobs.c.attempts == attempt)
+            .values(status=QUEUED, progress=0.0, stage=stage, stalls=jobs.c.stalls + int(stalled))
         )
 
     def cancel_queued(self, job_id: str, error: str) -> bool:
@@ -150,10 +206,10 @@ class JobStore:
             .values(status=CANCELLED, finished=now(), error=error)
         )
 
-    def progress(self, job_id: str, value: float, stage: str | None) -> None:
+    def progress(self, job_id: str, value: float, stage: str | None, attempt: int) -> None:
         self._update(
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == RUNNING)
+            .where(jobs.c.id == job_id, jobs.c.status == RUNNING, jobs.c.attempts == attempt)
             .values(progress=value, stage=stage)
         )
 
@@ -164,8 +220,10 @@ class JobStore:
         error: str | None = None,
         result_version: str | None = None,
         result: dict | None = None,
+        attempt: int | None = None,
     ) -> bool:
-        """Record the end of an unfinished job; False if it had already ended."""
+        """Record the end of an unfinished job (of run `attempt`, when given); False if it had
+        already ended or was given to another run."""
         values = {
             "status": status,
             "finished": now(),
@@ -175,9 +233,12 @@ class JobStore:
         }
         if status == SUCCEEDED:
             values["progress"] = 1.0
-        return self._update(
-            update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(UNFINISHED)).values(**values)
-        )
+        query = update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(UNFINISHED))
+        if attempt is not None:
+            query = query.where(jobs.c.attempts == attempt)
+        if result_version is None:
+            values.pop("result_version")  # keep a version claimed by the run (a failure after it)
+        return self._update(query.values(**values))
 
     def recover(self) -> tuple[list[Job], list[Job]]:
         """At start: running jobs were interrupted -> failed; queued ones are returned to be run

@@ -148,6 +148,8 @@ class Lifecycle:
             if self.store.active(name) != version:
                 self.store.set_active(name, version)
             self._install(name, version, model)
+        if (age := self.log.age(name)) is not None:
+            self.metrics.activation_lag.observe(max(age, 0.0))
 
     def activate(
         self, name: str, version: str, model: Detector | None = None, cause: str = BY_REQUEST

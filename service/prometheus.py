@@ -84,7 +84,15 @@ class ServiceMetrics:
             ["cause"],
             registry=r,
         )
-        self.queue_depth = Gauge("patchshift_job_queue_depth", "Jobs queued or running", registry=r)
+        self.activation_lag = Histogram(
+            "patchshift_activation_lag_seconds",
+            "Time from an activation on another replica to this replica serving that version",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "patchshift_job_queue_depth", "Jobs queued or running (all workers)", registry=r
+        )
         self.score_queue_depth = Gauge(
             "patchshift_score_queue_images",
             "Images waiting for the scoring micro-batcher",

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         description="run fit and adaptation jobs in this process (one replica of several does; "
         "the scoring replicas set it to false)",
     )
+    worker_lease: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="seconds a worker may miss its heartbeats before its job is run again or "
+        "failed (PostgreSQL worker pool)",
+    )
     follow_interval: float = Field(
         1.0,
         gt=0,

@@ -3,7 +3,7 @@ them. Times are ISO-8601 UTC strings, JSON documents are text: the same on SQLit
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -23,6 +23,11 @@ jobs = Table(
     Column("error", Text),
     Column("result_version", Text),
     Column("result", Text),
+    # runs started so far; a run that finds it changed has lost its lease (service/job_runner.py)
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    # runs whose worker went silent for a whole lease (service/postgres_queue.py)
+    Column("stalls", Integer, nullable=False, server_default="0"),
+    Column("queue_id", BigInteger),  # the job's entry in procrastinate's queue (PostgreSQL)
 )
 Index("jobs_model", jobs.c.model, jobs.c.status)
 

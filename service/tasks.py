@@ -18,6 +18,7 @@ from patchshift.core.engine.detector import Detector
 from patchshift.core.engine.drift import drift_statistic
 from patchshift.core.engine.patchcore import PatchCoreModel, fit
 from patchshift.service.activation_log import ADAPTATION, FIT
+from patchshift.service.job_runner import JobInputs, LeaseLost, stage_progress
 from patchshift.service.job_store import Job
 from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.requests import (
@@ -30,7 +31,6 @@ from patchshift.service.requests import (
 from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore
-from patchshift.service.worker import JobInputs, stage_progress
 
 log = logging.getLogger("patchshift.service")
 
@@ -54,6 +54,22 @@ def make_tasks(
     device: torch.device,
     settings: Settings,
 ):
+    def write_version(job: Job, model: Detector) -> str:
+        """Write the job's one version: claimed in the job record first, so a run that lost its
+        lease writes nothing and a job run again after a crash never leaves two versions."""
+        version = store.allocate_version(job.model)
+        if not lifecycle.jobs.claim_version(job.id, job.attempts, version):
+            raise LeaseLost(
+                "this run lost its lease (its worker missed heartbeats and the job went to "
+                "another run); it writes no version"
+            )
+        try:
+            save_model(model, store.version_dir(job.model, version))
+        except BaseException:
+            lifecycle.jobs.release_version(job.id, job.attempts, version)
+            raise
+        return version
+
     def run_fit(
         job: Job,
         inputs: JobInputs,
@@ -66,8 +82,7 @@ def make_tasks(
             images, config, device=device, progress=stage_progress(report), cancel=cancelled
         )
         check_cancel(cancelled)
-        version = store.allocate_version(job.model)
-        save_model(model, store.version_dir(job.model, version))
+        version = write_version(job, model)
         result = {
             "threshold": model.threshold,
             "bank_size": int(model.bank.shape[0]),
@@ -130,8 +145,7 @@ def make_tasks(
         if summary.gate is not None:
             result["gate"] = summary.gate.to_dict()
             activate = summary.gate.better
-        version = store.allocate_version(job.model)
-        save_model(adapted, store.version_dir(job.model, version))
+        version = write_version(job, adapted)
         report(1.0, "saved")
         if activate and (
             reason := lifecycle.activate_unless_moved(

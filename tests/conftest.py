@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +128,10 @@ def store(tmp_path: Path, saved_model: Path) -> Path:
 POSTGRES = os.environ.get("PATCHSHIFT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path: Path):
-    """The service's database on each backend: a SQLite file, or a fresh PostgreSQL database on the
-    server at PATCHSHIFT_TEST_POSTGRES (skipped where none answers, unless
-    PATCHSHIFT_REQUIRE_POSTGRES=1, as in CI)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.sqlite'}"
-        return
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the server at PATCHSHIFT_TEST_POSTGRES, dropped afterwards
+    (skipped where none answers, unless PATCHSHIFT_REQUIRE_POSTGRES=1, as in CI)."""
     import psycopg
 
     try:
@@ -150,6 +148,23 @@ def database_url(request, tmp_path: Path):
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path: Path):
+    """The service's database on each backend: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.sqlite'}"
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture()
+def postgres_url():
+    """A fresh PostgreSQL database only (what is shared between processes)."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture()

@@ -27,11 +27,16 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, models_dir: Path, env: dict[str, str] | None = None, log: Path | None = None
+        self,
+        models_dir: Path,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        command: str = "serve",
     ) -> None:
         self.models_dir = models_dir
         self.env = env or {}
-        self.log = log or models_dir.parent / "server.log"
+        self.command = command  # serve, or worker (its port serves /metrics only)
+        self.log = log or models_dir.parent / f"{command}.log"
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -49,7 +54,14 @@ class Server:
         }
         handle = open(self.log, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "patchshift.service.cli", "serve", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "patchshift.service.cli",
+                self.command,
+                "--port",
+                str(self.port),
+            ],
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -63,7 +75,8 @@ class Server:
             try:
                 # /healthz answers once start-up (loading every model) is done; readiness is the
                 # tests' to check
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                probe = "/healthz" if self.command == "serve" else "/metrics"
+                if httpx.get(self.url + probe, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -14,7 +14,7 @@ from patchshift.service.activation_log import ActivationLog
 from patchshift.service.database import connect, migrate
 from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
-HEAD = "0003"
+HEAD = "0004"
 # The job table as the service created it before migrations existed (raw SQL, SQLite types).
 SCHEMA_BEFORE_MIGRATIONS = [
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -34,9 +34,10 @@ def test_a_fresh_database_gets_the_current_schema(database_url: str) -> None:
     engine = connect(database_url)
     migrate(engine)
     migrate(engine)  # at start, every time: nothing to do the second time
-    assert {"jobs", "activations", "active_versions", "alembic_version"} <= set(
-        inspect(engine).get_table_names()
-    )
+    tables = set(inspect(engine).get_table_names())
+    assert {"jobs", "activations", "active_versions", "alembic_version"} <= tables
+    # the worker pool's queue lives beside the jobs on PostgreSQL only
+    assert ("procrastinate_jobs" in tables) == (engine.dialect.name == "postgresql")
     assert revision(engine) == HEAD
 
 
@@ -78,7 +79,7 @@ def test_job_records_change_only_from_the_state_they_expect(database_url: str) -
     assert jobs.start(first.id) and not jobs.start(first.id)  # started once
     assert not jobs.cancel_queued(first.id, "too late")  # running: cancelled by its flag instead
     assert jobs.cancel_queued(second.id, "by request") and not jobs.start(second.id)
-    jobs.progress(first.id, 0.5, "coreset")
+    jobs.progress(first.id, 0.5, "coreset", attempt=1)
     assert (jobs.get(first.id).progress, jobs.get(first.id).stage) == (0.5, "coreset")
     assert jobs.finish(first.id, SUCCEEDED, result_version="v2", result={"threshold": 3.0})
     assert not jobs.finish(first.id, FAILED, error="twice")  # an ended job stays ended
@@ -113,7 +114,29 @@ def test_of_many_callers_starting_one_job_exactly_one_wins(database_url: str) ->
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(wins) == [False] * 7 + [True] and jobs.get(job.id).status == RUNNING
+    assert sorted(map(bool, wins)) == [False] * 7 + [True] and jobs.get(job.id).status == RUNNING
+    jobs.close()
+
+
+def test_a_run_that_lost_its_lease_writes_nothing_more(database_url: str) -> None:
+    """Each start counts an attempt; the first run, once its job was queued again and started by
+    a second run, can neither report progress, claim a version nor end the job."""
+    jobs = JobStore.open(database_url)
+    job = jobs.create("adapt", "widget", {})
+    first = jobs.start(job.id)
+    assert first.attempts == 1 and jobs.requeue(job.id, 1, "worker stopped", stalled=True)
+    assert not jobs.requeue(job.id, 1, "twice")  # queued already
+    second = jobs.start(job.id)
+    assert (second.attempts, second.stalls) == (2, 1)
+    jobs.progress(job.id, 0.7, "adapt", attempt=1)  # ignored
+    assert not jobs.claim_version(job.id, 1, "v7")
+    assert not jobs.finish(job.id, SUCCEEDED, result_version="v7", attempt=1)
+    assert jobs.get(job.id).stage == "worker stopped"
+    assert jobs.claim_version(job.id, 2, "v8") and not jobs.claim_version(job.id, 2, "v9")
+    jobs.release_version(job.id, 2, "v8")  # the write failed: the claim is undone
+    assert jobs.get(job.id).result_version is None and jobs.claim_version(job.id, 2, "v9")
+    assert jobs.finish(job.id, FAILED, error="later step failed", attempt=2)
+    assert jobs.get(job.id).result_version == "v9"  # a written version stays named
     jobs.close()
 
 

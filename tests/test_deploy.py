@@ -34,21 +34,43 @@ def app_routes() -> set[str]:
     return {path for path in create_app().openapi()["paths"]}
 
 
-def test_compose_wires_service_prometheus_and_grafana() -> None:
+def test_compose_runs_postgres_two_scorers_a_worker_and_a_proxy() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"patchshift", "prometheus", "grafana"} <= set(services)
-    assert "8000:8000" in services["patchshift"]["ports"]
-    assert services["patchshift"]["build"]["context"] == "."
-    for name in ("prometheus", "grafana"):
+    assert {"postgres", "scorer", "worker", "proxy", "prometheus", "grafana"} <= set(services)
+    scorer, worker = services["scorer"], services["worker"]
+    assert scorer["deploy"]["replicas"] == 2 and scorer["build"]["context"] == "."
+    assert scorer["command"] == ["patchshift", "serve"]
+    assert worker["command"] == ["patchshift", "worker"]
+    assert scorer["image"] == worker["image"]  # one image, built once
+    for service in (scorer, worker):
+        url = service["environment"]["PATCHSHIFT_DATABASE_URL"]
+        assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url
+        assert service["volumes"] == ["models:/models"]  # one shared store
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert scorer["environment"]["PATCHSHIFT_RUN_JOBS"] == "false"
+    assert "8000:80" in services["proxy"]["ports"]  # only the proxy is published
+    assert "ports" not in scorer and "ports" not in worker
+    for name in ("proxy", "prometheus", "grafana"):
         for volume in services[name]["volumes"]:
             source = volume.split(":")[0]
             assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
-    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())[
-        "scrape_configs"
-    ][0]
-    assert scrape["metrics_path"] in app_routes()  # the service really serves it
-    assert scrape["static_configs"][0]["targets"] == ["patchshift:8000"]
+    nginx = (ROOT / "deploy/nginx/nginx.conf").read_text()
+    assert "proxy_pass http://$scorers:8000" in nginx and "set $scorers scorer;" in nginx
+    scrapes = {
+        job["job_name"]: job
+        for job in yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())[
+            "scrape_configs"
+        ]
+    }
+    ports = {
+        "patchshift-scorer": 8000,
+        "patchshift-worker": int(worker["environment"]["PATCHSHIFT_PORT"]),
+    }
+    for job, port in ports.items():
+        discovery = scrapes[job]["dns_sd_configs"][0]
+        assert discovery["port"] == port and discovery["names"] == [job.split("-")[1]]
+        assert scrapes[job]["metrics_path"] in app_routes()  # the service really serves it
 
 
 def test_dashboard_and_alerts_query_real_metrics() -> None:
@@ -69,28 +91,48 @@ def test_dashboard_and_alerts_query_real_metrics() -> None:
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
-def test_kubernetes_probes_hit_real_routes() -> None:
+def test_kubernetes_runs_scorers_with_an_autoscaler_and_workers_on_a_shared_volume() -> None:
     from patchshift.service.settings import Settings
 
     documents = {
-        d["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy/k8s/patchshift.yaml").read_text())
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((ROOT / "deploy/k8s/patchshift.yaml").read_text())
     }
-    assert {"Deployment", "Service", "PersistentVolumeClaim"} <= set(documents)
-    pod = documents["Deployment"]["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    claim = documents[("PersistentVolumeClaim", "patchshift-models")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on many nodes share it
+    scorer = documents[("Deployment", "patchshift-scorer")]["spec"]
+    worker = documents[("Deployment", "patchshift-worker")]["spec"]
     routes = app_routes()
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["path"] in routes
-    assert container["ports"][0]["containerPort"] == 8000
-    assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
-    claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
-    assert claim == documents["PersistentVolumeClaim"]["metadata"]["name"]
-    env = {e["name"]: e for e in container["env"]}
-    assert env["PATCHSHIFT_MODELS_DIR"]["value"] == container["volumeMounts"][0]["mountPath"]
-    assert set(env) - {"PATCHSHIFT_MODELS_DIR"} <= {
-        f"PATCHSHIFT_{k.upper()}" for k in Settings.model_fields
+    settings = {f"PATCHSHIFT_{k.upper()}" for k in Settings.model_fields}
+    for deployment, command in ((scorer, "serve"), (worker, "worker")):
+        pod = deployment["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["args"] == ["patchshift", command]
+        assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "patchshift-models"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["PATCHSHIFT_MODELS_DIR"]["value"] == container["volumeMounts"][0]["mountPath"]
+        assert set(env) <= settings
+        secret = env["PATCHSHIFT_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "patchshift-database", "key": "url"}
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            if probe in container:
+                assert container[probe]["httpGet"]["path"] in routes
+        port = container["ports"][0]["containerPort"]
+        assert int(deployment["template"]["metadata"]["annotations"]["prometheus.io/port"]) == port
+        assert container["resources"]["limits"]["memory"]
+    assert {"PATCHSHIFT_RUN_JOBS": "false"}.items() <= {
+        e["name"]: e.get("value") for e in scorer["template"]["spec"]["containers"][0]["env"]
+    }.items()
+    worker_env = {
+        e["name"]: e.get("value") for e in worker["template"]["spec"]["containers"][0]["env"]
     }
-    assert documents["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert int(worker_env["PATCHSHIFT_PORT"]) == 9100
+    autoscaler = documents[("HorizontalPodAutoscaler", "patchshift-scorer")]["spec"]
+    assert autoscaler["scaleTargetRef"]["name"] == "patchshift-scorer"
+    assert autoscaler["minReplicas"] >= 2 and autoscaler["metrics"][0]["resource"]["name"] == "cpu"
+    service = documents[("Service", "patchshift")]["spec"]
+    assert service["selector"] == scorer["selector"]["matchLabels"]  # jobs reach any scorer
+    assert service["ports"][0]["targetPort"] == "http"
 
 
 def test_dockerfile_is_multistage_with_cpu_default_and_cuda_option() -> None:

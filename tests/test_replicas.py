@@ -63,6 +63,13 @@ def test_an_activation_reaches_every_replica(store: Path, database_url: str, cap
             backend = database_url.split(":", 1)[0]
             print(f"\n{backend}: activation reaches 3 replicas, p99 {p99:.3f} s over 20")
         assert p99 < 2.0
+        # each replica measured how late it served what the others activated
+        lag = [
+            line
+            for line in b.get("/metrics").text.splitlines()
+            if line.startswith("patchshift_activation_lag_seconds_count")
+        ]
+        assert lag and float(lag[0].split()[-1]) >= 10, lag  # 2 of every 3 were made elsewhere
         assert b.delete("/v1/models/widget").status_code == 204
         until_served(a, {})
         until_served(c, {})
@@ -140,9 +147,11 @@ def test_two_replicas_never_queue_two_jobs_of_one_model(store: Path, database_ur
         assert len(lifecycles[0].jobs.unfinished("widget")) == 1
 
 
-def test_a_scoring_replica_leaves_jobs_to_the_job_replica_and_serves_what_it_fits(
+def test_a_scoring_replica_queues_jobs_for_the_workers_and_serves_what_they_fit(
     store: Path, database_url: str, dataset: Path
 ) -> None:
+    """On PostgreSQL any replica queues a job and a replica that runs jobs runs it; on SQLite
+    (nothing shared to queue on) a scoring replica refuses before reading the images."""
     from service_helpers import files_field, named_bytes, wait_job
 
     with ExitStack() as stack:
@@ -151,12 +160,17 @@ def test_a_scoring_replica_leaves_jobs_to_the_job_replica_and_serves_what_it_fit
         ready = scorer.get("/readyz")
         assert ready.status_code == 200 and ready.json()["runs_jobs"] is False
         images = files_field(named_bytes(sorted((dataset / "train/good").glob("*.png"))[:6]))
-        one = images[:1]  # refused for where it was sent, before its images are checked
-        refused = scorer.post("/v1/models/gadget/fit", files=one, data={"image_size": "64"})
-        assert refused.status_code == 503 and "runs no jobs" in refused.json()["error"]["message"]
-        accepted = jobs.post("/v1/models/gadget/fit", files=images, data={"image_size": "64"})
+        if database_url.startswith("sqlite"):
+            one = images[:1]  # refused for where it was sent, before its images are checked
+            refused = scorer.post("/v1/models/gadget/fit", files=one, data={"image_size": "64"})
+            assert refused.status_code == 503
+            assert "runs no jobs" in refused.json()["error"]["message"]
+            entry = jobs
+        else:
+            entry = scorer
+        accepted = entry.post("/v1/models/gadget/fit", files=images, data={"image_size": "64"})
         assert accepted.status_code == 202, accepted.text
-        assert wait_job(jobs, accepted.json()["job_id"])["status"] == "succeeded"
+        assert wait_job(scorer, accepted.json()["job_id"])["status"] == "succeeded"
         until_served(scorer, {"widget": "v1", "gadget": "v1"})
         scored = scorer.post(
             "/v1/models/gadget/score", files=[("files", ("x.png", png(), "image/png"))]
@@ -197,3 +211,51 @@ def test_a_shared_version_missing_here_is_reported_and_the_others_still_followed
         time.sleep(1.5)  # three re-reads of the SQLite replicas: the failure is not retried
         reports = [r for r in caplog.records if "cannot serve version v1" in r.getMessage()]
         assert len([r for r in reports if "ghost" in r.getMessage()]) <= 2  # once per replica
+
+
+def test_replicas_drifting_together_start_one_adaptation_per_version(
+    store: Path, postgres_url: str
+) -> None:
+    """Auto-adaptation on two replicas that both see the line drift: one job for the version,
+    however long the drift lasts on either (the job records are shared)."""
+    import numpy as np
+    from conftest import normal_image
+    from fastapi.testclient import TestClient
+    from service_helpers import darkened, files_field, png_bytes, wait_job
+
+    from patchshift.service.app import create_app
+    from patchshift.service.settings import Settings
+
+    settings = Settings(
+        models_dir=store,
+        device="cpu",
+        database_url=postgres_url,
+        auto_adapt=True,
+        drift_window=8,
+        auto_adapt_patience=8,
+        auto_adapt_images=16,
+    )
+    rng = np.random.default_rng(11)
+    clean = [(f"c{i}.png", png_bytes(normal_image(rng))) for i in range(16)]
+    dark = darkened(clean + [(f"d{i}.png", png_bytes(normal_image(rng))) for i in range(32)])
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(TestClient(create_app(settings))) for _ in range(2))
+        for client in (a, b):
+            for start in range(0, 16, 8):
+                answer = client.post(
+                    "/v1/models/widget/score", files=files_field(clean[start : start + 8])
+                )
+                assert answer.status_code == 200
+        for start in range(0, 48, 8):  # both replicas drift past their patience, twice over
+            for client in (a, b):
+                answer = client.post(
+                    "/v1/models/widget/score", files=files_field(dark[start : start + 8])
+                )
+                assert answer.status_code == 200
+            jobs = a.get("/v1/jobs").json()
+            for job in jobs:
+                wait_job(a, job["id"])
+        jobs = a.get("/v1/jobs").json()
+        sources = [j["params"]["source_version"] for j in jobs]
+        assert {j["params"]["trigger"] for j in jobs} == {"drift"} and "v1" in sources, jobs
+        assert len(sources) == len(set(sources)), jobs  # never two adaptations of one version

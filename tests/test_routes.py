@@ -99,9 +99,9 @@ def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(
 
     from patchshift.service.app import create_app
     from patchshift.service.deps import get_worker
+    from patchshift.service.job_runner import JobInputs
     from patchshift.service.job_store import QUEUED, Job
     from patchshift.service.settings import Settings
-    from patchshift.service.worker import JobInputs
 
     models, checkpoint = tmp_path / "models", tmp_path / "secret-dir" / "clip.pt"
     shutil.copytree(saved_model, models / "widget" / "v1")
@@ -128,7 +128,7 @@ def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(
         monkeypatch.setattr(type(get_adapter("uda")), "configure", configure)
         job = Job("job1", "adapt", "widget", QUEUED, 0.0, None, params, "now")
         with pytest.raises(RuntimeError, match="stop here"):
-            client.app.state.worker.tasks["adapt"](
+            client.app.state.worker.runner.tasks["adapt"](
                 job, JobInputs([], []), lambda *a: None, lambda: False
             )
     assert seen["clip_checkpoint"] == str(checkpoint) and seen["clip_model"] == settings.clip_model

@@ -94,7 +94,7 @@ def test_job_records_survive_and_recover(tmp_path: Path) -> None:
     b = jobs.create("fit", "other", {})
     c = jobs.create("fit", "third", {})
     assert jobs.start(a.id) and not jobs.start(a.id)
-    jobs.progress(a.id, 0.5, "adapt")
+    jobs.progress(a.id, 0.5, "adapt", attempt=1)
     assert jobs.finish(c.id, CANCELLED) and not jobs.finish(c.id, SUCCEEDED)
     jobs.close()
 

@@ -1,0 +1,277 @@
+"""The scaled-out service as processes: 3 scoring replicas (`patchshift serve`,
+PATCHSHIFT_RUN_JOBS=0)
+and 2 workers (`patchshift worker`) on one PostgreSQL database and one model store, on loopback.
+
+Each test starts its own processes on a fresh database; a worker's lease is 3 s so that a killed
+worker is noticed quickly."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+from service_helpers import Server, files_field, png_bytes, wait_job
+
+LEASE = 3.0
+
+
+@contextmanager
+def pool(store: Path, url: str, scorers: int = 3, workers: int = 2) -> Iterator[dict]:
+    env = {
+        "PATCHSHIFT_DATABASE_URL": url,
+        "PATCHSHIFT_WORKER_LEASE": str(LEASE),
+        "PATCHSHIFT_FOLLOW_INTERVAL": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    logs = store.parent
+    with ExitStack() as stack:
+        started = {
+            "scorers": [
+                Server(store, {**env, "PATCHSHIFT_RUN_JOBS": "0"}, logs / f"scorer{i}.log")
+                for i in range(scorers)
+            ],
+            "workers": [
+                Server(store, env, logs / f"worker{i}.log", command="worker")
+                for i in range(workers)
+            ],
+        }
+        for process in [*started["scorers"], *started["workers"]]:
+            stack.callback(process.stop)
+            process.start()
+        yield started
+
+
+def adaptation_images(dataset: Path, n: int = 48) -> list:
+    """Darkened copies of the widget's images, many enough that the job runs for seconds."""
+    import numpy as np
+    from PIL import Image
+
+    paths = sorted((dataset / "train/good").glob("*.png")) + sorted(
+        (dataset / "test").glob("*/*.png")
+    )
+    images = []
+    for i in range(n):
+        pixels = np.asarray(Image.open(paths[i % len(paths)]).convert("RGB"), np.float32)
+        images.append((f"{i}.png", png_bytes((pixels * 0.6 + i % 7).clip(0, 255).astype("uint8"))))
+    return files_field(images)
+
+
+def runner_of(job_id: str, workers: list[Server]) -> Server | None:
+    """The worker whose log says it started `job_id` last."""
+    started = [w for w in workers if f"job {job_id} (" in w.log.read_text()]
+    return started[-1] if len(started) == 1 else None
+
+
+def until_running(client: httpx.Client, job_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] in ("queued", "running"), job
+        if job["status"] == "running" and job["progress"] > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never ran")
+
+
+def test_a_worker_killed_mid_adaptation_has_its_job_run_again_once(
+    store: Path, postgres_url: str, dataset: Path
+) -> None:
+    with pool(store, postgres_url, scorers=1) as started:
+        scorer, workers = started["scorers"][0], started["workers"]
+        with scorer.client() as client:
+            answer = client.post(
+                "/v1/models/widget/adapt",
+                files=adaptation_images(dataset),
+                data={"activate": "true"},
+            )
+            assert answer.status_code == 202, answer.text
+            job_id = answer.json()["job_id"]
+            until_running(client, job_id)
+            victim = runner_of(job_id, workers)
+            victim.kill9()
+            killed = time.monotonic()
+            job = wait_job(client, job_id, until=("queued", "succeeded", "failed"), timeout=60)
+            noticed = time.monotonic() - killed
+            job = wait_job(client, job_id, timeout=300)
+        assert job["status"] == "succeeded", job
+        # noticed within the lease plus a sweep (a quarter lease) and the polling
+        assert noticed < 2 * LEASE + 2, noticed
+        survivor = next(w for w in workers if w is not victim)
+        assert "running it again" in survivor.log.read_text()
+        assert f"job {job_id} (adapt of widget) started: run 2" in survivor.log.read_text()
+        from patchshift.service.store import ModelStore
+
+        versions = ModelStore(store).versions("widget")
+        assert versions == ["v1", "v2"] and job["result_version"] == "v2"  # one version, whole
+        from patchshift.core.artifact import load_model
+
+        load_model(store / "widget" / "v2")
+
+
+def test_a_worker_told_to_stop_hands_its_job_back(
+    store: Path, postgres_url: str, dataset: Path
+) -> None:
+    """SIGINT (as SIGTERM) mid-adaptation: the worker exits soon, its job goes back to the queue
+    and the other worker runs it to the end."""
+    with pool(store, postgres_url, scorers=1) as started:
+        with started["scorers"][0].client() as client:
+            answer = client.post("/v1/models/widget/adapt", files=adaptation_images(dataset))
+            job_id = answer.json()["job_id"]
+            until_running(client, job_id)
+            leaving = runner_of(job_id, started["workers"])
+            asked = time.monotonic()
+            leaving.stop()
+            stopped = time.monotonic() - asked
+            job = wait_job(client, job_id, timeout=300)
+        assert leaving.process.returncode == 0 and stopped < 15, (
+            leaving.process.returncode,
+            stopped,
+        )
+        assert job["status"] == "succeeded", job
+        assert "interrupted by shutdown; queued" in leaving.log.read_text()
+        other = next(w for w in started["workers"] if w is not leaving)
+        assert f"job {job_id} (adapt of widget) started: run 2" in other.log.read_text()
+
+
+def test_cancelling_on_a_scoring_replica_stops_the_job_on_its_worker(
+    store: Path, postgres_url: str, dataset: Path
+) -> None:
+    with pool(store, postgres_url, scorers=1, workers=1) as started:
+        with started["scorers"][0].client() as client:
+            answer = client.post("/v1/models/widget/adapt", files=adaptation_images(dataset))
+            job_id = answer.json()["job_id"]
+            until_running(client, job_id)
+            asked = time.monotonic()
+            assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+            job = wait_job(client, job_id, timeout=60)
+            took = time.monotonic() - asked
+        assert job["status"] == "cancelled" and "no version" in job["error"], job
+        assert took < 10, took
+        from patchshift.service.store import ModelStore
+
+        assert ModelStore(store).versions("widget") == ["v1"]
+
+
+def test_two_workers_never_run_two_jobs_of_one_model_at_once(
+    store: Path, postgres_url: str, dataset: Path
+) -> None:
+    """A second job of one model queued behind the job slot's back (as a race between replicas
+    could, were the slot to fail) while two workers wait: the queue's lock per model runs the
+    two one after the other."""
+    from patchshift.service.job_store import JobStore
+    from patchshift.service.postgres_queue import PostgresQueue
+
+    with pool(store, postgres_url, scorers=1, workers=2) as started:
+        with started["scorers"][0].client() as client:
+            answer = client.post("/v1/models/widget/adapt", files=adaptation_images(dataset))
+            assert answer.status_code == 202, answer.text
+            jobs = JobStore.open(postgres_url)
+            first = jobs.get(answer.json()["job_id"])
+            twin = jobs.create("adapt", "widget", first.params, job_id="twin" + first.id[4:])
+            uploads = store / ".uploads"
+            shutil.copytree(uploads / first.id, uploads / ".staging")
+            (uploads / ".staging").rename(uploads / twin.id)
+            queue = PostgresQueue(jobs.engine, None, None, runs_jobs=False, lease=LEASE)
+            with jobs.engine.begin() as connection:
+                queue.enqueue(connection, twin)
+            ends = [wait_job(client, job_id, timeout=300) for job_id in (first.id, twin.id)]
+            jobs.close()
+        assert [e["status"] for e in ends] == ["succeeded"] * 2, ends
+        a, b = sorted(ends, key=lambda e: e["started"])
+        assert b["started"] >= a["finished"], (a, b)  # never both running
+
+
+def test_replicas_keep_serving_through_activations_adaptations_and_a_killed_scorer(
+    store: Path, postgres_url: str, dataset: Path, capsys
+) -> None:
+    """3 threads score through every replica while 20 activations, 3 adaptations and 2
+    rollbacks happen: no request fails; then one scorer is killed and the others go on."""
+    image = [
+        (
+            "files",
+            ("x.png", png_bytes(__import__("numpy").full((64, 64, 3), 120, "uint8")), "image/png"),
+        )
+    ]
+    with pool(store, postgres_url, scorers=3, workers=2) as started:
+        scorers = started["scorers"]
+        failures, scored, stop = [], [0], threading.Event()
+
+        def score(server: Server) -> None:
+            with server.client(timeout=30) as client:
+                while not stop.is_set():
+                    answer = client.post("/v1/models/widget/score", files=image)
+                    if answer.status_code != 200:
+                        failures.append((server.port, answer.status_code, answer.text[:200]))
+                    scored[0] += 1
+
+        threads = [threading.Thread(target=score, args=(s,)) for s in scorers]
+        for thread in threads:
+            thread.start()
+        try:
+            with scorers[0].client() as admin:
+                assert (
+                    admin.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code
+                    == 200
+                )
+                for i in range(20):
+                    version = ("v1", "v2")[i % 2]
+                    path = f"/v1/models/widget/versions/{version}/activate"
+                    assert scorers[i % 3].client().post(path).status_code == 200
+                for _ in range(3):
+                    answer = admin.post(
+                        "/v1/models/widget/adapt",
+                        files=adaptation_images(dataset, 24),
+                        data={"activate": "true"},
+                    )
+                    assert answer.status_code == 202, answer.text
+                    assert wait_job(admin, answer.json()["job_id"])["status"] == "succeeded"
+                for version in ("v1", "v2"):  # rollbacks
+                    path = f"/v1/models/widget/versions/{version}/activate"
+                    assert admin.post(path).status_code == 200
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert failures == [] and scored[0] > 0, failures[:5]
+        scorers[0].kill9()
+        for server in scorers[1:]:
+            with server.client() as client:
+                assert client.post("/v1/models/widget/score", files=image).status_code == 200
+        with capsys.disabled():
+            print(f"\n{scored[0]} requests through 3 scorers, 0 failed; one killed, 2 serve on")
+
+
+def test_a_restart_of_the_database_loses_no_job(
+    store: Path, postgres_url: str, dataset: Path
+) -> None:
+    """Every connection terminated (what a restart of PostgreSQL does to its clients) while a job
+    is queued behind a running one: the replicas and workers reconnect and both jobs finish."""
+    import psycopg
+    from conftest import POSTGRES
+
+    shutil.copytree(store / "widget", store / "gadget")
+    with pool(store, postgres_url, scorers=1, workers=1) as started:
+        with started["scorers"][0].client() as client:
+            first = client.post("/v1/models/widget/adapt", files=adaptation_images(dataset))
+            second = client.post("/v1/models/gadget/adapt", files=adaptation_images(dataset, 24))
+            ids = [first.json()["job_id"], second.json()["job_id"]]
+            until_running(client, ids[0])
+            name = postgres_url.rsplit("/", 1)[1]
+            with psycopg.connect(POSTGRES, autocommit=True) as admin:
+                cut = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                ).fetchone()[0]
+            assert cut >= 3
+            ends = [wait_job(client, job_id, timeout=300) for job_id in ids]
+        assert all(e["status"] in ("succeeded", "failed") for e in ends), ends
+        assert ends[1]["status"] == "succeeded", ends  # the queued job was not lost
+        with started["scorers"][0].client() as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 200, ready.text
