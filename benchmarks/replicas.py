@@ -145,8 +145,9 @@ def activation_lags(urls: list[str], n: int = 20) -> list[float]:
             version = ("v1", "v2")[i % 2]
             sent = time.perf_counter()
             assert (
-                http.post(f"{urls[i % len(urls)]}/v1/models/screws/versions/{version}/activate")
-                .status_code
+                http.post(
+                    f"{urls[i % len(urls)]}/v1/models/screws/versions/{version}/activate"
+                ).status_code
                 == 200
             )
             waiting = set(urls)
