@@ -33,6 +33,7 @@ log = logging.getLogger("patchshift.service")
 
 SOURCE_PREFIX = "source-"  # uploads of the source domain (UDA) sit beside the job's images
 INTERRUPTED_STAGE = "interrupted; queued to run again"
+END_RETRY_SECONDS = 300.0  # how long a run waits for the database to record its end
 
 
 class LeaseLost(PatchshiftError):
@@ -90,13 +91,15 @@ class JobRunner:
         job_id: str,
         cancelled: Callable[[], bool],
         stopping: Callable[[], bool] = lambda: False,
+        queue_id: int | None = None,
     ) -> bool:
-        """Run a queued job to its end. When the process is stopping (`stopping()` true as the job
-        gives up), the job goes back to the queue instead: returns False, and the caller's queue
-        runs it again; else True."""
+        """Run a queued job to its end (given `queue_id`, only while that queue entry is the
+        job's). When the process is stopping (`stopping()` true as the job gives up), the job goes
+        back to the queue instead: returns False, and the caller's queue runs it again; else
+        True."""
         job = None
         try:
-            job = self.jobs.start(job_id)
+            job = self.jobs.start(job_id, queue_id)
             if job is None:
                 return True  # cancelled while queued
             self.current = job_id
@@ -115,6 +118,38 @@ class JobRunner:
             self.current = None
             self.discard_uploads_if_ended(job_id)
             self.update_depth()
+
+    def _record_end(
+        self,
+        job_id: str,
+        status: str,
+        error: str | None,
+        version: str | None,
+        result: dict,
+        attempt: int,
+    ) -> bool:
+        """Write the job's end, waiting out a database outage (a restart): a job that ran must not
+        stay 'running'. Gives up after END_RETRY_SECONDS; the queue's sweep then ends it."""
+        deadline = time.monotonic() + END_RETRY_SECONDS
+        pause = 0.5
+        while True:
+            try:
+                return self.jobs.finish(
+                    job_id,
+                    status,
+                    error=error,
+                    result_version=version,
+                    result=result,
+                    attempt=attempt,
+                )
+            except Exception as exc:  # the database is away
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "job %s: its end (%s) not recorded yet (%s); retrying", job_id, status, exc
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
 
     def inputs(self, job_id: str) -> JobInputs:
         folder = self.uploads / job_id
@@ -140,7 +175,10 @@ class JobRunner:
             if time.monotonic() - last[0] > 0.5 or fraction >= 1:
                 last[0] = time.monotonic()
                 value = round(min(max(fraction, 0.0), 1.0), 4)
-                self.jobs.progress(job.id, value, stage, attempt)
+                try:
+                    self.jobs.progress(job.id, value, stage, attempt)
+                except Exception as exc:  # progress is for people: the job goes on without it
+                    log.warning("job %s: progress not recorded (%s)", job.id, exc)
 
         if job.started and attempt == 1:
             waited = datetime.fromisoformat(job.started) - datetime.fromisoformat(job.created)
@@ -151,7 +189,7 @@ class JobRunner:
             version, result = self.tasks[job.kind](job, self.inputs(job.id), progress, cancelled)
             status = SUCCEEDED
         except CancelledError:
-            if stopping() and self.jobs.requeue(job.id, attempt, INTERRUPTED_STAGE):
+            if stopping() and self.jobs.requeue(job, INTERRUPTED_STAGE):
                 log.info(
                     "job %s (%s of %s) interrupted by shutdown; queued", job.id, job.kind, job.model
                 )
@@ -165,9 +203,7 @@ class JobRunner:
         except Exception as exc:
             log.exception("job %s failed", job.id)
             error = redact_paths(f"internal error ({type(exc).__name__}: {exc})")
-        if not self.jobs.finish(
-            job.id, status, error=error, result_version=version, result=result, attempt=attempt
-        ):
+        if not self._record_end(job.id, status, error, version, result, attempt):
             log.error(
                 "job %s ended %s but its record had already ended or passed to another run; "
                 "version %s is not in any job result",

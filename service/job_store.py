@@ -151,13 +151,15 @@ class JobStore:
             query = query.where(jobs.c.model == model)
         return [Job.from_row(r) for r in self._rows(query.order_by(jobs.c.created))]
 
-    def start(self, job_id: str) -> Job | None:
+    def start(self, job_id: str, queue_id: int | None = None) -> Job | None:
         """queued -> running, one more attempt; None when the job is no longer queued (cancelled
-        meanwhile). The returned record's `attempts` is this run's fencing token."""
+        meanwhile) or, given `queue_id`, no longer belongs to that queue entry. The returned
+        record's `attempts` is this run's fencing token."""
+        query = update(jobs).where(jobs.c.id == job_id, jobs.c.status == QUEUED)
+        if queue_id is not None:
+            query = query.where(jobs.c.queue_id == queue_id)
         if not self._update(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == QUEUED)
-            .values(status=RUNNING, started=now(), attempts=jobs.c.attempts + 1)
+            query.values(status=RUNNING, started=now(), attempts=jobs.c.attempts + 1)
         ):
             return None
         return self.get(job_id)
@@ -176,6 +178,19 @@ class JobStore:
             .values(result_version=version)
         )
 
+    def holds(self, job_id: str, attempt: int, version: str) -> bool:
+        """Whether run `attempt` still holds the job and its claim on `version`."""
+        return bool(
+            self._rows(
+                select(jobs.c.id).where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == RUNNING,
+                    jobs.c.attempts == attempt,
+                    jobs.c.result_version == version,
+                )
+            )
+        )
+
     def release_version(self, job_id: str, attempt: int, version: str) -> None:
         """Undo a claim whose version could not be written."""
         self._update(
@@ -188,14 +203,37 @@ class JobStore:
             .values(result_version=None)
         )
 
-    def requeue(self, job_id: str, attempt: int, stage: str, stalled: bool = False) -> bool:
-        """running -> queued, for another run; only while `attempt` is still the current one.
-        `stalled`: its worker went silent (counted: such a job runs again only once)."""
-        return self._update(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == RUNNING, jobs.c.attempts == attempt)
-            .values(status=QUEUED, progress=0.0, stage=stage, stalls=jobs.c.stalls + int(stalled))
+    def requeue(
+        self,
+        job: Job,
+        stage: str,
+        stalled: bool = False,
+        clear_version: bool = False,
+        enqueue: Callable[[Connection, Job], int | None] | None = None,
+    ) -> bool:
+        """Back to queued for another run, only if the record is still as `job` says (status,
+        attempt, queue entry): of two callers acting on one reading, one wins. `stalled`: its
+        worker went silent (counted: such a job runs again only once); `clear_version`: the
+        version its run claimed was never completed; `enqueue`: a new queue entry, written in the
+        same transaction."""
+        values = {"status": QUEUED, "progress": 0.0, "stage": stage}
+        if stalled:
+            values["stalls"] = jobs.c.stalls + 1
+        if clear_version:
+            values["result_version"] = None
+        query = update(jobs).where(
+            jobs.c.id == job.id, jobs.c.status == job.status, jobs.c.attempts == job.attempts
         )
+        if job.queue_id is not None:
+            query = query.where(jobs.c.queue_id == job.queue_id)
+        with self.engine.begin() as connection:
+            if connection.execute(query.values(**values)).rowcount != 1:
+                return False
+            if enqueue is not None and (queue_id := enqueue(connection, job)) is not None:
+                connection.execute(
+                    update(jobs).where(jobs.c.id == job.id).values(queue_id=queue_id)
+                )
+        return True
 
     def cancel_queued(self, job_id: str, error: str) -> bool:
         """queued -> cancelled in one statement; False when the worker started it meanwhile (then
@@ -221,6 +259,7 @@ class JobStore:
         result_version: str | None = None,
         result: dict | None = None,
         attempt: int | None = None,
+        queue_id: int | None = None,
     ) -> bool:
         """Record the end of an unfinished job (of run `attempt`, when given); False if it had
         already ended or was given to another run."""
@@ -236,6 +275,8 @@ class JobStore:
         query = update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(UNFINISHED))
         if attempt is not None:
             query = query.where(jobs.c.attempts == attempt)
+        if queue_id is not None:
+            query = query.where(jobs.c.queue_id == queue_id)
         if result_version is None:
             values.pop("result_version")  # keep a version claimed by the run (a failure after it)
         return self._update(query.values(**values))

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import procrastinate
 from procrastinate import worker as procrastinate_worker
+from procrastinate.jobs import Status
 from sqlalchemy import Connection, Engine
 
 from patchshift.service.job_runner import JobRunner
@@ -39,6 +40,7 @@ MAX_STALLS = 1  # a job whose worker died runs once more; a second death fails i
 # uploads within milliseconds when all goes well)
 ORPHAN_UPLOADS_SECONDS = 3600
 RECONNECT_SECONDS = 1.0
+STOP_SECONDS = 30.0
 
 
 class Interrupted(Exception):
@@ -128,11 +130,13 @@ class PostgresQueue:
         )
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop claiming jobs; a running job goes back to the queue for another worker."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop claiming jobs; a running job goes back to the queue for another worker (waited
+        for STOP_SECONDS at least: a job notices at its next step)."""
         self._stopping.set()  # the worker's own loop hears it (_stop_when_asked)
         if self._thread is not None:
-            self._thread.join(timeout)
+            # a running job is waited for longer: it goes back to the queue at its next step
+            self._thread.join(STOP_SECONDS if self.runner.current else timeout)
 
     def stop_soon(self) -> None:
         """Stop without waiting (a signal handler)."""
@@ -194,10 +198,12 @@ class PostgresQueue:
             await asyncio.sleep(0.1)
 
     def _run_job(self, context: procrastinate.JobContext, job_id: str) -> None:
+        # a cancel asked by a person wins over a shutdown: the job ends cancelled, not requeued
         finished = self.runner.run(
             job_id,
             cancelled=lambda: context.should_abort() or self._stopping.is_set(),
-            stopping=self._stopping.is_set,
+            stopping=lambda: self._stopping.is_set() and not context.should_abort(),
+            queue_id=context.job.id,
         )
         if not finished:
             if self._worker is not None:
@@ -219,51 +225,86 @@ class PostgresQueue:
             await asyncio.sleep(self.lease / 4)
 
     async def sweep(self, app: procrastinate.App) -> None:
-        """Jobs whose worker missed its heartbeats for a lease: run again once, or failed."""
+        """Queue entries whose worker missed its heartbeats for a lease are ended; their job gets
+        a new entry (run again, once) or fails. Then records whose entry ended without them."""
         stalled = await app.job_manager.get_stalled_jobs(
             task_name=TASK, seconds_since_heartbeat=self.lease
         )
         for entry in stalled:
-            rerun = await asyncio.to_thread(self._recover, entry.task_kwargs.get("job_id", ""))
+            await asyncio.to_thread(self._recover, entry.task_kwargs.get("job_id", ""), entry.id)
             try:
-                if rerun:
-                    await app.job_manager.retry_job(entry)
-                else:
-                    await app.job_manager.finish_job(
-                        entry, procrastinate.jobs.Status.FAILED, delete_job=False
-                    )
-            except Exception as exc:  # another worker's sweep handled it first
+                await app.job_manager.finish_job(entry, Status.FAILED, delete_job=False)
+            except Exception as exc:  # another worker's sweep ended it first
                 log.debug("queue entry %s: %s", entry.id, exc)
+        await self._reconcile(app)
         await asyncio.to_thread(self._tidy)
 
-    def _recover(self, job_id: str) -> bool:
-        """Decide for one job of a silent worker; True: its queue entry runs again."""
+    def _recover(self, job_id: str, entry_id: int) -> None:
+        """Decide for the job of a silent worker's queue entry. Every change is conditional on
+        the record still pointing at that entry, so a sweep acting on an old reading, or a second
+        sweep, changes nothing."""
         jobs = self.runner.jobs
         job = jobs.get(job_id)
-        if job is None or job.status not in UNFINISHED:
-            return False
-        if job.status == QUEUED:  # the worker died between claiming the entry and starting
-            return True
+        if job is None or job.status not in UNFINISHED or job.queue_id != entry_id:
+            return  # ended, or already given another entry
         silent = f"its worker stopped answering (no heartbeat for {self.lease:g} s)"
-        if job.result_version and job.result_version in self.store.versions(job.model):
+        if job.status == QUEUED:  # the worker died between claiming the entry and starting
+            jobs.requeue(job, job.stage or "queued", enqueue=self.enqueue)
+            return
+        written = bool(job.result_version) and job.result_version in self.store.versions(job.model)
+        if written:
             error = (
                 f"{silent} after writing version {job.result_version}; the job is not run "
                 "again (it would write a second version): activate that version by hand if "
                 "you want it"
             )
         elif job.stalls < MAX_STALLS:
-            if jobs.requeue(job.id, job.attempts, f"{silent}; queued to run again", stalled=True):
+            if jobs.requeue(
+                job,
+                f"{silent}; queued to run again",
+                stalled=True,
+                clear_version=True,
+                enqueue=self.enqueue,
+            ):
                 log.warning(
                     "job %s (%s of %s): %s; running it again", job.id, job.kind, job.model, silent
                 )
-                return True
-            return False
+            return
         else:
             error = f"{silent}, for the second time; no version was written"
-        if jobs.finish(job.id, FAILED, error=error, attempt=job.attempts):
+        if jobs.finish(job.id, FAILED, error=error, attempt=job.attempts, queue_id=entry_id):
             log.error("job %s (%s of %s) failed: %s", job.id, job.kind, job.model, error)
             self.runner.metrics.jobs.labels(job.kind, FAILED).inc()
-        return False
+
+    async def _reconcile(self, app: procrastinate.App) -> None:
+        """A record still unfinished whose queue entry has ended (its run could not record its
+        end, the database being away too long; an entry failed by a retry after an abort): a queued
+        one gets a new entry, a running one fails with the reason. Nothing stays unfinished."""
+        for job in await asyncio.to_thread(self.runner.jobs.unfinished):
+            if job.queue_id is None:
+                continue
+            entries = list(await app.job_manager.list_jobs_async(id=job.queue_id))
+            if entries and entries[0].status in (Status.TODO.value, Status.DOING.value):
+                continue
+            await asyncio.to_thread(self._end_orphan, job.id, job.queue_id)
+
+    def _end_orphan(self, job_id: str, entry_id: int) -> None:
+        jobs = self.runner.jobs
+        job = jobs.get(job_id)  # again: it may have ended since the list was read
+        if job is None or job.status not in UNFINISHED or job.queue_id != entry_id:
+            return
+        if job.status == QUEUED:
+            jobs.requeue(job, job.stage or "queued", enqueue=self.enqueue)
+            return
+        written = bool(job.result_version) and job.result_version in self.store.versions(job.model)
+        error = "the worker running it lost the database and could not record the job's end" + (
+            f"; version {job.result_version} was written and not activated by the job"
+            if written
+            else "; no version was written"
+        )
+        if jobs.finish(job.id, FAILED, error=error, attempt=job.attempts, queue_id=entry_id):
+            log.error("job %s (%s of %s) failed: %s", job.id, job.kind, job.model, error)
+            self.runner.metrics.jobs.labels(job.kind, FAILED).inc()
 
     def _tidy(self) -> None:
         """Remove the uploads of ended jobs (a worker that died left them); keep the queue depth

@@ -23,6 +23,8 @@ from patchshift.service.tasks import make_tasks
 from patchshift.service.worker import Worker
 
 log = logging.getLogger("patchshift.service")
+# a write untouched this long on a shared store is a crashed process's leftover
+SHARED_LEFTOVER_SECONDS = 3600.0
 
 
 @dataclass
@@ -52,10 +54,14 @@ class Runtime:
                 moved,
                 settings.database_path,
             )
-        if settings.run_jobs:  # on a shared store, another replica's writes are not leftovers
-            for leftover in store.clean_leftovers():
-                log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
         database = connect(settings.database_address)
+        if settings.run_jobs:
+            # a store shared by several processes (PostgreSQL) may hold another's write in progress
+            shared = database.dialect.name == "postgresql"
+            for leftover in store.clean_leftovers(
+                older_than=SHARED_LEFTOVER_SECONDS if shared else 0
+            ):
+                log.warning("removed an unfinished write left by an earlier crash: %s", leftover)
         migrate(database)
         jobs = JobStore(database)
         serving = Serving(store, metrics, device)

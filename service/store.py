@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from patchshift.core.artifact import MANIFEST, Manifest, read_manifest
@@ -133,9 +134,12 @@ class ModelStore:
         os.rename(path, trash / path.name)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def clean_leftovers(self) -> list[Path]:
-        """Remove staging and trash directories that a killed process left behind."""
+    def clean_leftovers(self, older_than: float = 0.0) -> list[Path]:
+        """Remove staging and trash directories that a killed process left behind (on a store
+        shared with other processes, only those untouched for `older_than` seconds: another
+        process may be writing one)."""
         removed = []
+        cutoff = time.time() - older_than
         for parent in [self.root, *(p for p in self.root.iterdir() if p.is_dir())]:
             if not parent.is_dir():
                 continue
@@ -143,6 +147,7 @@ class ModelStore:
                 if (
                     path.is_dir()
                     and path.name.startswith(".")
+                    and path.stat().st_mtime <= cutoff
                     and (
                         ".tmp-" in path.name
                         or ".old-" in path.name

@@ -11,7 +11,7 @@ import torch
 
 from patchshift.core.adapt import adapt, get_adapter
 from patchshift.core.artifact import save_model
-from patchshift.core.common.errors import ConfigError
+from patchshift.core.common.errors import ArtifactError, ConfigError
 from patchshift.core.common.images import load_target
 from patchshift.core.common.progress import check_cancel
 from patchshift.core.engine.detector import Detector
@@ -19,7 +19,7 @@ from patchshift.core.engine.drift import drift_statistic
 from patchshift.core.engine.patchcore import PatchCoreModel, fit
 from patchshift.service.activation_log import ADAPTATION, FIT
 from patchshift.service.job_runner import JobInputs, LeaseLost, stage_progress
-from patchshift.service.job_store import Job
+from patchshift.service.job_store import RUNNING, Job
 from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.requests import (
     ACTIVATE_ALWAYS,
@@ -55,10 +55,17 @@ def make_tasks(
     settings: Settings,
 ):
     def write_version(job: Job, model: Detector) -> str:
-        """Write the job's one version: claimed in the job record first, so a run that lost its
-        lease writes nothing and a job run again after a crash never leaves two versions."""
+        """Write the job's one version: claimed in the job record first and the claim checked
+        again once written (before any activation), so a run that lost its lease leaves nothing
+        and a job run again after a crash never leaves two versions."""
         version = store.allocate_version(job.model)
         if not lifecycle.jobs.claim_version(job.id, job.attempts, version):
+            now = lifecycle.jobs.get(job.id)
+            if now is not None and (now.status, now.attempts) == (RUNNING, job.attempts):
+                raise ArtifactError(  # still this run's job: an earlier run's version is named
+                    f"the job already names version {now.result_version}, written by an earlier "
+                    "run; this run writes no second one"
+                )
             raise LeaseLost(
                 "this run lost its lease (its worker missed heartbeats and the job went to "
                 "another run); it writes no version"
@@ -68,6 +75,12 @@ def make_tasks(
         except BaseException:
             lifecycle.jobs.release_version(job.id, job.attempts, version)
             raise
+        if not lifecycle.jobs.holds(job.id, job.attempts, version):  # paused while writing
+            store.delete_version(job.model, version)
+            raise LeaseLost(
+                f"this run lost its lease while writing version {version} (its worker missed "
+                "heartbeats and the job went to another run); the version was removed"
+            )
         return version
 
     def run_fit(

@@ -161,6 +161,60 @@ def database_url(request, tmp_path: Path):
 
 
 @pytest.fixture()
+def restartable_postgres():
+    """A PostgreSQL server of the test's own (Debian's binaries, trust auth, loopback), and a
+    function that restarts it; as root the server runs as the postgres user."""
+    import subprocess
+    import tempfile
+
+    import psycopg
+
+    bindir = Path("/usr/lib/postgresql/15/bin")
+    if not (bindir / "initdb").exists():
+        if os.environ.get("PATCHSHIFT_REQUIRE_POSTGRES") == "1":
+            raise RuntimeError("PostgreSQL 15's server binaries are missing")
+        pytest.skip("no PostgreSQL 15 server binaries to start a server of the test's own")
+    folder = Path(tempfile.mkdtemp(prefix="patchshift-pg-"))
+    folder.chmod(0o755)
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(folder, "postgres")
+    data, log = folder / "data", folder / "server.log"
+
+    def ctl(*args: str) -> None:
+        subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", *args],
+            check=True,
+            capture_output=True,
+        )
+
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run(
+        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    ctl("-o", options, "start")
+    try:
+        with psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True
+        ) as admin:
+            admin.execute("CREATE DATABASE patchshift")
+        yield (
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/patchshift",
+            lambda: ctl("-o", options, "-m", "fast", "restart"),
+        )
+    finally:
+        ctl("-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture()
 def postgres_url():
     """A fresh PostgreSQL database only (what is shared between processes)."""
     with fresh_postgres_database() as url:

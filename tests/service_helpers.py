@@ -45,6 +45,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90) -> Server:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Server:
+        """Start the process without waiting for it (several start side by side)."""
         env = {
             **os.environ,
             "PATCHSHIFT_MODELS_DIR": str(self.models_dir),
@@ -54,18 +58,16 @@ class Server:
         }
         handle = open(self.log, "ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "patchshift.service.cli",
-                self.command,
-                "--port",
-                str(self.port),
-            ],
+            [sys.executable, "-m", "patchshift.service.cli", self.command]
+            + ["--port", str(self.port)],
             env=env,
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> Server:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -74,7 +76,7 @@ class Server:
                 )
             try:
                 # /healthz answers once start-up (loading every model) is done; readiness is the
-                # tests' to check
+                # tests' to check. A worker's /metrics answers once it claims jobs.
                 probe = "/healthz" if self.command == "serve" else "/metrics"
                 if httpx.get(self.url + probe, timeout=2).status_code == 200:
                     return self
@@ -121,7 +123,9 @@ def wait_job(client, job_id: str, timeout: float = 300, until: tuple[str, ...] =
     deadline = time.monotonic() + timeout
     long_poll = set(until) <= set(FINISHED)
     while True:
-        wait = min(max(deadline - time.monotonic(), 0.0), 600.0) if long_poll else 0
+        # a long poll never outlasts the client's own read timeout
+        longest = min(600.0, max((client.timeout.read or 600.0) - 5.0, 1.0))
+        wait = min(max(deadline - time.monotonic(), 0.0), longest) if long_poll else 0
         job = client.get(f"/v1/jobs/{job_id}", params={"wait": wait}).json()
         if job["status"] in until:
             return job

@@ -119,18 +119,20 @@ def test_of_many_callers_starting_one_job_exactly_one_wins(database_url: str) ->
 
 
 def test_a_run_that_lost_its_lease_writes_nothing_more(database_url: str) -> None:
-    """Each start counts an attempt; the first run, once its job was queued again and started by
-    a second run, can neither report progress, claim a version nor end the job."""
+    """Each start counts an attempt; the first run, whose worker went silent after claiming a
+    version it never finished writing, is queued again (the claim cleared) and started by a
+    second run: the first can neither report progress, claim a version nor end the job."""
     jobs = JobStore.open(database_url)
     job = jobs.create("adapt", "widget", {})
     first = jobs.start(job.id)
-    assert first.attempts == 1 and jobs.requeue(job.id, 1, "worker stopped", stalled=True)
-    assert not jobs.requeue(job.id, 1, "twice")  # queued already
+    assert first.attempts == 1 and jobs.claim_version(job.id, 1, "v7")
+    assert jobs.requeue(first, "worker stopped", stalled=True, clear_version=True)
+    assert not jobs.requeue(first, "twice")  # acted on the same reading: queued already
     second = jobs.start(job.id)
-    assert (second.attempts, second.stalls) == (2, 1)
+    assert (second.attempts, second.stalls, second.result_version) == (2, 1, None)
     jobs.progress(job.id, 0.7, "adapt", attempt=1)  # ignored
-    assert not jobs.claim_version(job.id, 1, "v7")
-    assert not jobs.finish(job.id, SUCCEEDED, result_version="v7", attempt=1)
+    assert not jobs.claim_version(job.id, 1, "v8")
+    assert not jobs.finish(job.id, SUCCEEDED, result_version="v8", attempt=1)
     assert jobs.get(job.id).stage == "worker stopped"
     assert jobs.claim_version(job.id, 2, "v8") and not jobs.claim_version(job.id, 2, "v9")
     jobs.release_version(job.id, 2, "v8")  # the write failed: the claim is undone
