@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     run_jobs: bool = Field(
         True,
-        description="run fit and adaptation jobs in this process (one replica of several does; "
-        "the scoring replicas set it to false)",
+        description="run fit and adaptation jobs in this process too (on PostgreSQL, scoring "
+        "replicas set it to false and leave the jobs to `patchshift worker` processes)",
     )
     worker_lease: float = Field(
         30.0,
