@@ -11,6 +11,7 @@ numbers are compared with. Writes benchmarks/results/load-<dataset>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -55,7 +56,7 @@ def in_process(
 
 
 def drive(
-    url: str,
+    url: str | list[str],
     name: str,
     files: list[tuple[str, bytes]],
     clients: int,
@@ -70,11 +71,15 @@ def drive(
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
+    urls = [url] if isinstance(url, str) else url  # several replicas: requests take turns
+
     def client(offset: int) -> None:
         i = offset * batch
-        with httpx.Client(base_url=url, timeout=120) as http:
+        with contextlib.ExitStack() as stack:
+            sessions = [stack.enter_context(httpx.Client(base_url=u, timeout=120)) for u in urls]
             while time.perf_counter() < deadline:
                 chunk = [files[(i + k) % len(files)] for k in range(batch)]
+                http = sessions[(i // batch) % len(sessions)]
                 i += batch * clients
                 sent = time.perf_counter()
                 try:
@@ -249,7 +254,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+def wait_ready(
+    url: str, server: subprocess.Popen, timeout: float = 120, probe: str = "/readyz"
+) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -257,7 +264,7 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120) -> None
         if server.poll() is not None:
             raise SystemExit(f"the server exited with status {server.returncode}")
         try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+            if httpx.get(url + probe, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -20,14 +20,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from .helpers import RESULTS, machine, markdown
-from .load import free_port
+from .load import drive, free_port, wait_ready
 
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "sample" / "screws"
 
@@ -47,20 +46,8 @@ class Process:
         )
 
     def wait_ready(self, timeout: float = 180) -> None:
-        import httpx
-
-        probe = "/readyz" if self.command == "serve" else "/metrics"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.command} exited:\n{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + probe, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.command} not ready:\n{self.log.read_text()[-2000:]}")
+        probe = "/readyz" if self.command == "serve" else "/metrics"  # a worker: once it claims
+        wait_ready(self.url, self.process, timeout, probe)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -96,43 +83,6 @@ def fit_store(models: Path) -> None:
     )
     save_model(model, models / "screws" / "v1")
     (models / "screws" / "ACTIVE").write_text("v1\n")
-
-
-def score_load(urls: list[str], files: list, clients: int, seconds: float) -> dict:
-    import httpx
-
-    latencies, errors, lock = [], [], threading.Lock()
-    deadline = time.perf_counter() + seconds
-
-    def client(k: int) -> None:
-        sessions = [httpx.Client(base_url=u, timeout=120) for u in urls]
-        i = k
-        while time.perf_counter() < deadline:
-            batch = [("files", files[(i + j) % len(files)]) for j in range(4)]
-            sent = time.perf_counter()
-            answer = sessions[i % len(urls)].post("/v1/models/screws/score", files=batch)
-            with lock:
-                latencies.append(time.perf_counter() - sent)
-                if answer.status_code != 200:
-                    errors.append(answer.status_code)
-            i += clients
-        for session in sessions:
-            session.close()
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {
-        "images_per_s": 4 * len(latencies) / wall,
-        "p50_ms": 1000 * ordered[len(ordered) // 2],
-        "p95_ms": 1000 * ordered[int(len(ordered) * 0.95)],
-        "errors": len(errors),
-    }
 
 
 def activation_lags(urls: list[str], n: int = 20) -> list[float]:
@@ -233,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
                 for process in [*scorers, worker]:
                     process.wait_ready()
                 urls = [s.url for s in scorers]
-                load = score_load(urls, scored, args.clients, args.duration)
+                load = drive(urls, "screws", scored, args.clients, 4, args.duration, False)
                 delays = pickup_delays(urls[0], adaptation, args.jobs if count == 1 else 1)
                 lags = activation_lags(urls)
             row = {

@@ -59,6 +59,12 @@ def connect(url: str) -> Engine:
         ) from None
 
 
+def libpq_url(engine: Engine) -> str:
+    """The engine's PostgreSQL address as libpq takes it (psycopg and procrastinate connect with
+    their own connections: LISTEN, the worker pool's pool)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def migrations_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from patchshift.core.common.errors import PatchshiftError
 from patchshift.service.activation_log import CHANNEL
+from patchshift.service.database import libpq_url
 from patchshift.service.http_errors import ServiceError
 from patchshift.service.lifecycle import Lifecycle
 
@@ -82,8 +83,7 @@ class Follower:
         """Sync on every notification and every `interval` seconds, on one listening connection."""
         import psycopg
 
-        url = self.engine.url.set(drivername="postgresql")
-        with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.engine), autocommit=True) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self.sync()  # what changed while nobody listened
             synced = time.monotonic()

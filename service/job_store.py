@@ -75,6 +75,20 @@ class Job:
         return cls(**data)
 
 
+def _attach_queue_entry(
+    connection: Connection, job: Job, enqueue: Callable[[Connection, Job], int | None] | None
+) -> None:
+    """Give `job` its entry in the worker pool's queue, on the transaction that changed it."""
+    if enqueue is not None and (queue_id := enqueue(connection, job)) is not None:
+        connection.execute(update(jobs).where(jobs.c.id == job.id).values(queue_id=queue_id))
+        job.queue_id = queue_id
+
+
+def _run(job_id: str, attempt: int) -> tuple:
+    """The conditions under which run `attempt` still holds the job."""
+    return (jobs.c.id == job_id, jobs.c.status == RUNNING, jobs.c.attempts == attempt)
+
+
 class JobStore:
     """Job records in the service's database; every change is committed before the call returns,
     and every change of status is one conditional UPDATE, so two callers never both win."""
@@ -123,11 +137,7 @@ class JobStore:
                     created=job.created,
                 )
             )
-            if enqueue is not None and (queue_id := enqueue(connection, job)) is not None:
-                job.queue_id = queue_id
-                connection.execute(
-                    update(jobs).where(jobs.c.id == job.id).values(queue_id=queue_id)
-                )
+            _attach_queue_entry(connection, job, enqueue)
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -169,12 +179,7 @@ class JobStore:
         its lease (the job was given to another run) or a version was already claimed."""
         return self._update(
             update(jobs)
-            .where(
-                jobs.c.id == job_id,
-                jobs.c.status == RUNNING,
-                jobs.c.attempts == attempt,
-                jobs.c.result_version.is_(None),
-            )
+            .where(*_run(job_id, attempt), jobs.c.result_version.is_(None))
             .values(result_version=version)
         )
 
@@ -182,12 +187,7 @@ class JobStore:
         """Whether run `attempt` still holds the job and its claim on `version`."""
         return bool(
             self._rows(
-                select(jobs.c.id).where(
-                    jobs.c.id == job_id,
-                    jobs.c.status == RUNNING,
-                    jobs.c.attempts == attempt,
-                    jobs.c.result_version == version,
-                )
+                select(jobs.c.id).where(*_run(job_id, attempt), jobs.c.result_version == version)
             )
         )
 
@@ -229,10 +229,7 @@ class JobStore:
         with self.engine.begin() as connection:
             if connection.execute(query.values(**values)).rowcount != 1:
                 return False
-            if enqueue is not None and (queue_id := enqueue(connection, job)) is not None:
-                connection.execute(
-                    update(jobs).where(jobs.c.id == job.id).values(queue_id=queue_id)
-                )
+            _attach_queue_entry(connection, job, enqueue)
         return True
 
     def cancel_queued(self, job_id: str, error: str) -> bool:
@@ -245,11 +242,7 @@ class JobStore:
         )
 
     def progress(self, job_id: str, value: float, stage: str | None, attempt: int) -> None:
-        self._update(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == RUNNING, jobs.c.attempts == attempt)
-            .values(progress=value, stage=stage)
-        )
+        self._update(update(jobs).where(*_run(job_id, attempt)).values(progress=value, stage=stage))
 
     def finish(
         self,

@@ -27,6 +27,7 @@ from procrastinate import worker as procrastinate_worker
 from procrastinate.jobs import Status
 from sqlalchemy import Connection, Engine
 
+from patchshift.service.database import libpq_url
 from patchshift.service.job_runner import JobRunner
 from patchshift.service.job_store import FAILED, QUEUED, UNFINISHED, Job
 from patchshift.service.store import ModelStore
@@ -63,9 +64,7 @@ class PostgresQueue:
         self.store = store
         self.runs_jobs = runs_jobs
         self.lease = lease
-        self.conninfo = engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
+        self.conninfo = libpq_url(engine)
         # queues and cancels on the service's own connections: never opened, no pool of its own
         self._writer = self._app()
         self._stopping = threading.Event()
@@ -243,38 +242,30 @@ class PostgresQueue:
         """Decide for the job of a silent worker's queue entry. Every change is conditional on
         the record still pointing at that entry, so a sweep acting on an old reading, or a second
         sweep, changes nothing."""
-        jobs = self.runner.jobs
-        job = jobs.get(job_id)
-        if job is None or job.status not in UNFINISHED or job.queue_id != entry_id:
-            return  # ended, or already given another entry
-        silent = f"its worker stopped answering (no heartbeat for {self.lease:g} s)"
-        if job.status == QUEUED:  # the worker died between claiming the entry and starting
-            jobs.requeue(job, job.stage or "queued", enqueue=self.enqueue)
+        job = self._still_unfinished(job_id, entry_id)
+        if job is None:
             return
-        written = bool(job.result_version) and job.result_version in self.store.versions(job.model)
-        if written:
-            error = (
+        silent = f"its worker stopped answering (no heartbeat for {self.lease:g} s)"
+        if self._written(job):
+            self._fail(
+                job,
+                entry_id,
                 f"{silent} after writing version {job.result_version}; the job is not run "
                 "again (it would write a second version): activate that version by hand if "
-                "you want it"
+                "you want it",
             )
-        elif job.stalls < MAX_STALLS:
-            if jobs.requeue(
-                job,
-                f"{silent}; queued to run again",
-                stalled=True,
-                clear_version=True,
-                enqueue=self.enqueue,
-            ):
-                log.warning(
-                    "job %s (%s of %s): %s; running it again", job.id, job.kind, job.model, silent
-                )
-            return
-        else:
-            error = f"{silent}, for the second time; no version was written"
-        if jobs.finish(job.id, FAILED, error=error, attempt=job.attempts, queue_id=entry_id):
-            log.error("job %s (%s of %s) failed: %s", job.id, job.kind, job.model, error)
-            self.runner.metrics.jobs.labels(job.kind, FAILED).inc()
+        elif job.stalls >= MAX_STALLS:
+            self._fail(job, entry_id, f"{silent}, for the second time; no version was written")
+        elif self.runner.jobs.requeue(
+            job,
+            f"{silent}; queued to run again",
+            stalled=True,
+            clear_version=True,
+            enqueue=self.enqueue,
+        ):
+            log.warning(
+                "job %s (%s of %s): %s; running it again", job.id, job.kind, job.model, silent
+            )
 
     async def _reconcile(self, app: procrastinate.App) -> None:
         """A record still unfinished whose queue entry has ended (its run could not record its
@@ -289,20 +280,41 @@ class PostgresQueue:
             await asyncio.to_thread(self._end_orphan, job.id, job.queue_id)
 
     def _end_orphan(self, job_id: str, entry_id: int) -> None:
-        jobs = self.runner.jobs
-        job = jobs.get(job_id)  # again: it may have ended since the list was read
-        if job is None or job.status not in UNFINISHED or job.queue_id != entry_id:
+        job = self._still_unfinished(job_id, entry_id)  # it may have ended since the list was read
+        if job is None:
             return
+        self._fail(
+            job,
+            entry_id,
+            "the worker running it lost the database and could not record the job's end"
+            + (
+                f"; version {job.result_version} was written and not activated by the job"
+                if self._written(job)
+                else "; no version was written"
+            ),
+        )
+
+    def _still_unfinished(self, job_id: str, entry_id: int) -> Job | None:
+        """The running job of queue entry `entry_id`, read again; a queued one (its worker died
+        between claiming the entry and starting it) gets a new entry instead. None: nothing to
+        decide (ended, or already given another entry)."""
+        jobs = self.runner.jobs
+        job = jobs.get(job_id)
+        if job is None or job.status not in UNFINISHED or job.queue_id != entry_id:
+            return None
         if job.status == QUEUED:
             jobs.requeue(job, job.stage or "queued", enqueue=self.enqueue)
-            return
-        written = bool(job.result_version) and job.result_version in self.store.versions(job.model)
-        error = "the worker running it lost the database and could not record the job's end" + (
-            f"; version {job.result_version} was written and not activated by the job"
-            if written
-            else "; no version was written"
-        )
-        if jobs.finish(job.id, FAILED, error=error, attempt=job.attempts, queue_id=entry_id):
+            return None
+        return job
+
+    def _written(self, job: Job) -> bool:
+        """Whether the version the job's run claimed was written whole."""
+        return bool(job.result_version) and job.result_version in self.store.versions(job.model)
+
+    def _fail(self, job: Job, entry_id: int, error: str) -> None:
+        if self.runner.jobs.finish(
+            job.id, FAILED, error=error, attempt=job.attempts, queue_id=entry_id
+        ):
             log.error("job %s (%s of %s) failed: %s", job.id, job.kind, job.model, error)
             self.runner.metrics.jobs.labels(job.kind, FAILED).inc()
 
@@ -314,10 +326,11 @@ class PostgresQueue:
             for folder in uploads.iterdir():
                 if folder.name.startswith("."):
                     continue
-                if self.runner.jobs.get(folder.name) is not None:
-                    self.runner.discard_uploads_if_ended(folder.name)
-                elif time.time() - folder.stat().st_mtime > ORPHAN_UPLOADS_SECONDS:
-                    shutil.rmtree(folder, ignore_errors=True)  # a submission that died
+                job = self.runner.jobs.get(folder.name)
+                if (job is not None and job.status not in UNFINISHED) or (
+                    job is None and time.time() - folder.stat().st_mtime > ORPHAN_UPLOADS_SECONDS
+                ):  # ended, or a submission that died before its record
+                    shutil.rmtree(folder, ignore_errors=True)
         self.runner.update_depth()
 
 
