@@ -58,11 +58,10 @@ METHODS = {
     "target-memory-alone": {"method": "target-memory", "memory": "target"},
     "target-memory-adabn": {"method": "target-memory", "memory_bn": "stats"},
     "target-memory-roda": {"method": "target-memory", "memory_bn": "roda"},
-    "uda": {
-        "method": "uda"
-        # the alternate adaptation (a global detector trained from train/good and the adaptation
-        # split)
-    },
+    # the alternate adaptation for domain changes: a memory from the dominant cluster of the
+    # adaptation split; and the UDA paper's global detector, trained from train/good and that split
+    "uda": {"method": "uda"},
+    "uda-global": {"method": "uda-global"},
     # references, not adapters (benchmarks/references.py): they use what no deployment has
     "refit-target": {},  # a bank fitted on train/good under the same corruption
     "paired-oracle": {},  # BatchNorm affine trained onto the clean images' features
@@ -93,13 +92,13 @@ def epochs_option(args: argparse.Namespace) -> dict:
 
 
 def row_config(model, method: str, args: argparse.Namespace):
-    """A row's config: its fields, then --epochs and --set (uda: its own epochs and a downscaled
-    input)."""
+    """A row's config: its fields, then --epochs and --set (uda-global: its own epochs and a
+    downscaled input)."""
     from patchshift.core.adapt import RECOMMENDED, get_adapter
 
     fields = dict(method_settings(method))
     adapter = get_adapter(fields.pop("method", RECOMMENDED))
-    if adapter.own_input_size:  # a detector of its own (uda): smaller input, its own epochs
+    if adapter.own_input_size:  # a detector of its own (uda-global): smaller input, its own epochs
         width, height = model.config.image_size
         fields = {
             "image_size": (width // args.uda_downscale, height // args.uda_downscale),
@@ -539,9 +538,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--methods",
         nargs="*",
-        default=[m for m in METHODS if m not in ("uda", *REFERENCES)],
-        help=f"of {', '.join(METHODS)}, or LABEL:FIELD=VALUE,... (default: all but uda and the "
-        "references)",
+        default=[m for m in METHODS if m not in ("uda", "uda-global", *REFERENCES)],
+        help=f"of {', '.join(METHODS)}, or LABEL:FIELD=VALUE,... (default: all but the uda "
+        "methods and the references)",
     )
     parser.add_argument(
         "--epochs", type=int, default=None, help="override the methods' default epochs"
@@ -560,9 +559,12 @@ def main(argv: list[str] | None = None) -> None:
         help="skip the activation gate's verdict per row",
     )
     parser.add_argument("--tag", default="", help="suffix of the results file")
-    parser.add_argument("--uda-epochs", type=int, default=3, help="epochs of the uda method")
+    parser.add_argument("--uda-epochs", type=int, default=3, help="epochs of the uda-global method")
     parser.add_argument(
-        "--uda-downscale", type=int, default=2, help="uda encoder input = model input size / this"
+        "--uda-downscale",
+        type=int,
+        default=2,
+        help="uda-global encoder input = model input size / this",
     )
     parser.add_argument(
         "--image-size", default=None, help="override the dataset's model input size"

@@ -1,144 +1,165 @@
-"""UDA benchmark on ELPV solar cells: monocrystalline and polycrystalline modules as two domains.
+"""Every adaptation method on a real domain change: ELPV solar cells, monocrystalline and
+polycrystalline modules as two domains, through the public API at the defaults.
 
-    python -m benchmarks.uda_elpv [--directions mono-poly poly-mono] [--epochs 10]
-    [--image-size 128]
+    python -m benchmarks.uda_elpv [--directions mono-poly poly-mono] [--ratios 0.1 0.3]
+        [--methods none target-memory roda bn-stats uda refit-with-labels]
 
-Needs the PyPI package `elpv-dataset`. Normal = defect probability 0, anomalous = probability 1
-(the uncertain 1/3 and 2/3 cells are left out). Source: the normal cells of one type (a fixed
-random 70%). Target: the other type, split with a fixed seed into an unlabeled adaptation set with
---anomaly-ratio defective cells and a held-out evaluation set (its remaining normal and defective
-cells). Rows: source-only DSVDD (lower bound), UDA (frozen encoder for clustering), the paper's
-Table 4 ablations (align all targets = no clustering; psi = phi), the supervised oracle (target
-normals known), and PatchCore fitted on the source normals, without and with RoDA / AdaBN on the
-target set. Then the anomaly-ratio sweep (paper Fig. 4) with clustering accuracy (share of the
-dominant cluster that is truly normal). Writes benchmarks/results/uda-elpv.json.
+Needs the PyPI package `elpv-dataset`. Normal = defect probability 0, defective = probability 1
+(the uncertain 1/3 and 2/3 cells are left out). Source: every normal cell of one type; PatchCore is
+fitted on them at the default ModelConfig, as `patchshift fit` does. Target: the other type, its
+normal and defective cells each split in halves with a fixed seed; the adaptation set is drawn from
+the first halves with the asked share defective (511 cells from poly, as many as mono allows), the
+evaluation set is the second halves (the same whatever the share). Each method adapts the source
+model with `core.adapt.adapt` at its defaults (uda also gets the source normals, as
+`patchshift adapt --source-images` gives them) and is scored on the evaluation set.
+
+Reference rows: `refit-with-labels` fits PatchCore on the adaptation set's normal cells (the labels
+a line does not have); `target-memory-oracle` builds the target memory from those normal cells
+only (what a perfect selection of the target images could give).
+
+`--uda OPTION=VALUE ...` sets UDA options for the ablations (e.g. select=none, align=none).
+Prints one table per direction and ratio with image AUROC, seconds and peak memory (rise of the
+process's resident memory during the adaptation), and writes benchmarks/results/uda-elpv.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .helpers import RESULTS, PeakMemory, machine, markdown
 
-
-def load_elpv(size: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    import torch.nn.functional as F
-
-    from .elpv import elpv_cells
-
-    cells, labels, types = elpv_cells()
-    gray = torch.from_numpy(cells).float().div(255).unsqueeze(1)
-    resized = torch.cat(
-        [
-            F.interpolate(gray[i : i + 256], size=(size, size), mode="area")
-            for i in range(0, len(gray), 256)
-        ]
-    )
-    return resized.expand(-1, 3, -1, -1).contiguous(), labels, types
+ADAPT_SIZE = 511  # the issue's adaptation set: 511 poly cells against 588 mono normals
+METHODS = ["none", "target-memory", "roda", "bn-stats", "uda", "refit-with-labels"]
 
 
-def split(
-    labels: np.ndarray,
-    types: np.ndarray,
-    source: str,
-    target: str,
-    ratio: float,
-    seed: int,
-    size: int = 200,
-) -> dict:
-    """Source normals; a target adaptation set of `size` cells with `ratio` defective, drawn from
-    one half of the target's cells; the other half is the evaluation set (fixed whatever the ratio).
-    """
+def png(cell: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(cell).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def split(labels: np.ndarray, types: np.ndarray, source: str, target: str, ratio: float, seed: int):
+    """Indices of the source normals, the adaptation set (`ratio` defective) and the evaluation
+    set."""
     rng = np.random.default_rng(seed)
-    src_normal = rng.permutation(np.flatnonzero((types == source) & (labels == 0)))
     tgt_normal = rng.permutation(np.flatnonzero((types == target) & (labels == 0)))
     tgt_bad = rng.permutation(np.flatnonzero((types == target) & (labels == 1)))
     half_normal, half_bad = tgt_normal[: len(tgt_normal) // 2], tgt_bad[: len(tgt_bad) // 2]
+    size = min(ADAPT_SIZE, len(half_normal) + len(half_bad))
     n_bad = min(len(half_bad), round(ratio * size))
     n_normal = min(len(half_normal), size - n_bad)
+    n_bad = min(
+        n_bad, round(ratio / (1 - ratio) * n_normal)
+    )  # the share holds when normals run out
     return {
-        "source": src_normal[: int(0.7 * len(src_normal))],
+        "source": np.flatnonzero((types == source) & (labels == 0)),
         "adapt": np.concatenate([half_normal[:n_normal], half_bad[:n_bad]]),
         "eval": np.concatenate([tgt_normal[len(tgt_normal) // 2 :], tgt_bad[len(tgt_bad) // 2 :]]),
     }
 
 
-def run_uda(images, labels, parts, cfg, mode: str) -> dict:
+def evaluate(model, files: list[bytes], labels: np.ndarray) -> dict:
+    from patchshift.core.common.images import load_target
     from patchshift.core.evaluation.metrics import image_auroc
-    from patchshift.core.uda.train import fit_uda
 
-    target = images[parts["adapt"]]
-    selected = None
-    if mode == "source-only":
-        target = None
-    elif mode == "oracle":
-        selected = torch.from_numpy(labels[parts["adapt"]] == 0)
-    elif mode == "align-all":
-        selected = torch.ones(len(parts["adapt"]), dtype=torch.bool)
+    images = load_target(files, model.config.image_size)
+    scores, _ = model.score_batches(images[i : i + 16] for i in range(0, len(images), 16))
+    scores = np.asarray(scores)
+    normal = np.sort(scores[labels == 0])
+    oracle = normal[int(np.ceil(0.99 * len(normal))) - 1]  # flags 1% of the good cells
+    return {
+        "image_auroc": image_auroc(labels, scores),
+        "recall_at_threshold": float((scores[labels == 1] > model.threshold).mean()),
+        "false_alarms_at_threshold": float((scores[labels == 0] > model.threshold).mean()),
+        "recall_oracle_1pct": float((scores[labels == 1] > oracle).mean()),
+    }
+
+
+def run_method(method: str, source_model, files, labels, parts, options: dict) -> dict:
+    from patchshift.core.adapt import adapt
+    from patchshift.core.adapt.methods import get_adapter
+    from patchshift.core.engine.model_config import ModelConfig
+    from patchshift.core.engine.patchcore import fit
+
+    adapt_files = [files[i] for i in parts["adapt"]]
+    row: dict = {}
     with PeakMemory() as memory:
         started = time.perf_counter()
-        model, report = fit_uda(
-            images[parts["source"]], target, cfg, device="auto", selected=selected
-        )
-        seconds = time.perf_counter() - started
-    scores = model.score_tensor(images[parts["eval"]], cfg.batch_size)
-    row = {
-        "image_auroc": image_auroc(labels[parts["eval"]], scores),
-        "train_s": seconds,
-        "peak_gib": memory.peak_gib,
-    }
-    if report.selected is not None and mode == "uda":
-        chosen = report.selected.astype(bool)
-        row["cluster_purity"] = (
-            float((labels[parts["adapt"]][chosen] == 0).mean()) if chosen.any() else float("nan")
-        )
-        row["cluster_sizes"] = report.cluster_sizes
+        if method == "none":
+            model = source_model
+        elif method == "refit-with-labels":
+            normals = [files[i] for i in parts["adapt"] if labels[i] == 0]
+            model = fit(normals, ModelConfig(), device="auto")
+        else:
+            name = "target-memory" if method == "target-memory-oracle" else method
+            if method == "target-memory-oracle":
+                adapt_files = [files[i] for i in parts["adapt"] if labels[i] == 0]
+            adapter = get_adapter(name)
+            cfg = adapter.configure(source_model, options.get(name, {}))
+            model, report = adapt(
+                source_model,
+                adapt_files,
+                cfg,
+                judge=True,
+                source_images=[files[i] for i in parts["source"]],
+            )
+            row["gate"] = report.gate.better if report.gate else None
+            row["details"] = {
+                k: v
+                for k, v in report.details.items()
+                if k
+                in (
+                    "kept_patch_share",
+                    "memory_rows",
+                    "filter_tail",
+                    "clustering",
+                    "selected_images",
+                )
+            }
+        row["seconds"] = time.perf_counter() - started
+    row["peak_gib"] = memory.peak_gib
+    evaluated = [files[i] for i in parts["eval"]]
+    row.update(evaluate(model, evaluated, labels[parts["eval"]]))
     return row
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
-    import io
+def settings(items: list[str]) -> dict:
+    """NAME=VALUE pairs, numbers as numbers."""
+    out = {}
+    for item in items:
+        name, value = item.split("=", 1)
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
 
-    from PIL import Image
 
-    buffer = io.BytesIO()
-    Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(
-        buffer, format="PNG"
-    )
-    return buffer.getvalue()
-
-
-def run_patchcore(images, labels, parts, size: int, method: str | None) -> dict:
-    from patchshift.core.adapt import AdaptConfig, adapt
+def source_for(direction: str, normals: list[bytes], args: argparse.Namespace):
+    """PatchCore fitted on the source normals at the defaults (kept under --cache when given)."""
+    from patchshift.core.artifact import load_model, save_model
     from patchshift.core.engine.model_config import ModelConfig
     from patchshift.core.engine.patchcore import fit
-    from patchshift.core.evaluation.metrics import image_auroc
 
-    started = time.perf_counter()
-    sources = [
-        png_bytes(image) for image in images[parts["source"]]
-    ]  # fit takes image files, as a user gives them
-    model = fit(sources, ModelConfig(image_size=size), device="auto")
-    if method:
-        model, _ = adapt(model, images[parts["adapt"]], AdaptConfig(method=method))
-    scores, _ = model.score_batches(
-        images[parts["eval"]][i : i + 16] for i in range(0, len(parts["eval"]), 16)
-    )
-    return {
-        "image_auroc": image_auroc(labels[parts["eval"]], scores),
-        "train_s": time.perf_counter() - started,
-    }
+    stored = Path(args.cache) / f"{direction}-seed{args.seed}" if args.cache else None
+    if stored is not None and stored.exists():
+        return load_model(stored, "auto")
+    model = fit(normals, ModelConfig(), "auto")
+    if stored is not None:
+        save_model(model, stored)
+    return model
 
 
 def main(argv: list[str] | None = None) -> None:
-    from patchshift.core.common.errors import DatasetError
-    from patchshift.core.uda import UDAConfig
+    from .elpv import elpv_cells
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.uda_elpv",
@@ -146,136 +167,61 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--directions", nargs="*", default=["mono-poly", "poly-mono"])
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--clusters", type=int, default=8)
-    parser.add_argument("--anomaly-ratio", type=float, default=0.1)
+    parser.add_argument("--ratios", nargs="*", type=float, default=[0.1, 0.3])
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--uda", nargs="*", default=[], help="uda settings as NAME=VALUE")
     parser.add_argument(
-        "--modes",
-        nargs="*",
-        default=[
-            "source-only",
-            "uda",
-            "align-all",
-            "psi-phi",
-            "oracle",
-            "patchcore",
-            "patchcore+bn-stats",
-            "patchcore+roda",
-        ],
-    )
-    parser.add_argument("--sweep", nargs="*", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
-    parser.add_argument(
-        "--sweep-directions",
-        nargs="*",
-        default=None,
-        help="directions of the ratio sweep (default: all)",
+        "--memory", nargs="*", default=[], help="target-memory settings as NAME=VALUE"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument("--cache", help="folder keeping the fitted source models between runs")
+    parser.add_argument("--out", default=str(RESULTS / "uda-elpv.json"))
     args = parser.parse_args(argv)
+    options = {"uda": settings(args.uda), "target-memory": settings(args.memory)}
 
-    out = Path(args.out_dir) / "uda-elpv.json"
+    cells, labels, types = elpv_cells()
+    files = [png(cell) for cell in cells]
+    rows: list[dict] = []
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(
-        rows: list, sweep: list
-    ) -> dict:  # after every row: a long run stopped early keeps what it measured
-        result = {
-            "rows": rows,
-            "sweep": sweep,
-            "config": cfg.to_dict(),
-            "machine": machine(),
-            "args": vars(args),
-        }
-        out.write_text(json.dumps(result, indent=2, default=str))
-        return result
-
-    images, labels, types = load_elpv(args.image_size)
-    cfg = UDAConfig(
-        image_size=args.image_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        clusters=args.clusters,
-        seed=args.seed,
-    )
-    rows, sweep = [], []
+    columns = [
+        ("method", "method", ""),
+        ("image_auroc", "image AUROC", ".3f"),
+        ("recall_oracle_1pct", "recall at 1% (oracle thr.)", ".3f"),
+        ("recall_at_threshold", "recall at own thr.", ".3f"),
+        ("false_alarms_at_threshold", "false alarms", ".3f"),
+        ("gate", "gate", ""),
+        ("seconds", "seconds", ".0f"),
+        ("peak_gib", "peak GiB", ".2f"),
+    ]
     for direction in args.directions:
         source, target = direction.split("-")
-        parts = split(labels, types, source, target, args.anomaly_ratio, args.seed)
-        print(
-            f"{direction}: source {len(parts['source'])} normals, adaptation {len(parts['adapt'])} "
-            f"({labels[parts['adapt']].mean():.0%} defective), evaluation {len(parts['eval'])}",
-            flush=True,
-        )
-        for mode in args.modes:
-            if mode.startswith("patchcore"):
-                method = mode.split("+")[1] if "+" in mode else None
-                row = run_patchcore(images, labels, parts, args.image_size, method)
-            else:
-                mode_cfg = (
-                    cfg if mode != "psi-phi" else UDAConfig(**{**cfg.to_dict(), "encoder": "phi"})
-                )
-                row = run_uda(images, labels, parts, mode_cfg, "uda" if mode == "psi-phi" else mode)
-            rows.append({"direction": direction, "method": mode, **row})
-            print(rows[-1], flush=True)
-            save(rows, sweep)
-        done = {r["method"]: r for r in rows if r["direction"] == direction}
-        for ratio in (
-            args.sweep
-            if args.sweep_directions is None or direction in args.sweep_directions
-            else []
-        ):
+        source_model = None
+        for ratio in args.ratios:
             parts = split(labels, types, source, target, ratio, args.seed)
-            if (
-                ratio == args.anomaly_ratio and "uda" in done
-            ):  # the same split as the main row: reuse it
-                row = {k: v for k, v in done["uda"].items() if k not in ("direction", "method")}
-            else:
-                try:
-                    row = run_uda(images, labels, parts, cfg, "uda")
-                except DatasetError as exc:  # the scarcity check refusing is a result, not a crash
-                    row = {"image_auroc": float("nan"), "refused": str(exc)[:160]}
-            sweep.append(
-                {
-                    "direction": direction,
-                    "anomaly_ratio": ratio,
-                    "n_adapt": len(parts["adapt"]),
-                    **row,
-                }
+            if source_model is None:  # one source model per direction, as a line has one
+                source_model = source_for(direction, [files[i] for i in parts["source"]], args)
+            header = (
+                f"{direction}, {labels[parts['adapt']].mean():.0%} defective: source "
+                f"{len(parts['source'])} normals, adaptation {len(parts['adapt'])}, evaluation "
+                f"{len(parts['eval'])} ({int(labels[parts['eval']].sum())} defective)"
             )
-            print(sweep[-1], flush=True)
-            save(rows, sweep)
-    result = save(rows, sweep)
-    print(f"\nELPV, image size {args.image_size}, {args.epochs} epochs ({result['machine']})")
-    print(
-        markdown(
-            rows,
-            [
-                ("direction", "direction", ""),
-                ("method", "method", ""),
-                ("image_auroc", "image AUROC", ".3f"),
-                ("cluster_purity", "dominant-cluster purity", ".2f"),
-                ("train_s", "train s", ".0f"),
-            ],
-        )
-    )
-    print("\nanomaly-ratio sweep (UDA)")
-    print(
-        markdown(
-            sweep,
-            [
-                ("direction", "direction", ""),
-                ("anomaly_ratio", "defective share of target", ".0%"),
-                ("n_adapt", "target images", "d"),
-                ("image_auroc", "image AUROC", ".3f"),
-                ("cluster_purity", "dominant-cluster purity", ".2f"),
-            ],
-        )
-    )
+            print(header, flush=True)
+            cell_rows = []
+            for method in args.methods:
+                row = run_method(method, source_model, files, labels, parts, options)
+                row = {"direction": direction, "ratio": ratio, "method": method, **row}
+                cell_rows.append(row)
+                rows.append(row)
+                print({k: v for k, v in row.items() if k != "details"}, flush=True)
+                out.write_text(
+                    json.dumps(
+                        {"rows": rows, "machine": machine(), "args": vars(args)},
+                        indent=2,
+                        default=str,
+                    )
+                )
+            print(f"\n{header}\n" + markdown(cell_rows, columns) + "\n", flush=True)
 
 
 if __name__ == "__main__":

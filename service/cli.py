@@ -73,7 +73,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--clip-checkpoint",
         default=None,
-        help="local open_clip weights for uda jobs with encoder=clip",
+        help="local open_clip weights for uda-global jobs with encoder=clip",
     )
     p.add_argument(
         "--clip-model", default=None, help="architecture of --clip-checkpoint (default ViT-B-32)"
@@ -147,18 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-images",
         nargs="+",
         default=None,
-        help="uda only: normal images of the source domain",
+        help="uda-global only: normal images of the source domain",
     )
-    add_flags(p, UDAConfig, ("clusters",))  # uda only
-    p.add_argument("--image-size", default=None, help="uda only: encoder input size (default 224)")
-    add_flags(p, UDAConfig, ("encoder",))  # uda only
+    add_flags(p, AdaptConfig, ("clusters",))  # uda and uda-global
     p.add_argument(
-        "--clip-checkpoint", default=None, help="uda --encoder clip: local open_clip weights file"
+        "--image-size", default=None, help="uda-global only: encoder input size (default 224)"
+    )
+    add_flags(p, UDAConfig, ("encoder",))  # uda-global only
+    p.add_argument(
+        "--clip-checkpoint",
+        default=None,
+        help="uda-global --encoder clip: local open_clip weights file",
     )
     p.add_argument(
         "--clip-model",
         default=None,
-        help="uda --encoder clip: its architecture, e.g. ViT-B-32 (default), or a JSON config",
+        help="uda-global --encoder clip: its architecture, e.g. ViT-B-32 (default), or a JSON "
+        "config",
     )
     add_flags(p, AdaptConfig, ADAPT_OPTIONS)
     p.add_argument(
@@ -336,7 +341,7 @@ def cmd_score(args: argparse.Namespace, progress) -> int:
 def cmd_adapt(args: argparse.Namespace, progress) -> int:
     from patchshift.core.adapt import adapt, get_adapter
     from patchshift.core.adapt.adapt_config import ADAPT_OPTIONS
-    from patchshift.core.adapt.uda_adapter import UDA_OPTIONS
+    from patchshift.core.adapt.uda_adapter import UDA_GLOBAL_OPTIONS, UDA_OPTIONS
     from patchshift.core.artifact import load_model, save_model
     from patchshift.core.common.errors import ArtifactError
     from patchshift.service.option_fields import given
@@ -345,7 +350,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
     adapter = get_adapter(args.method)
-    settings = given(args, dict.fromkeys((*ADAPT_OPTIONS, *UDA_OPTIONS)))
+    settings = given(args, dict.fromkeys((*ADAPT_OPTIONS, *UDA_OPTIONS, *UDA_GLOBAL_OPTIONS)))
     if args.no_augment:
         settings["augment"] = "none"
     model = load_model(args.model, device=args.device)

@@ -58,11 +58,12 @@ Task = Callable[
 STAGES = {
     # BatchNorm adaptation: statistics, adapt (trained methods only), threshold; uda: uda)
     "features": (0.0, 0.6),
+    "filter": (0.0, 0.6),  # target memory and uda: which target patches the others vouch for
     "coreset": (0.6, 0.95),
     "threshold": (0.95, 1.0),
     "statistics": (0.0, 0.3),
     "adapt": (0.3, 0.95),
-    "uda": (0.05, 0.95),
+    "uda": (0.05, 0.95),  # uda-global's training
 }
 
 

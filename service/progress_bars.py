@@ -11,6 +11,7 @@ STAGE_LABELS = {
     "score": "scoring",
     "adapt": "adapting",
     "statistics": "re-estimating BatchNorm statistics",
+    "filter": "vouching for target patches",
     "uda": "training the UDA encoder",
 }
 

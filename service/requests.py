@@ -66,7 +66,8 @@ def check_adaptation_images(
     them, and enough images for the label-free check when it decides."""
     if n_source_images and not adapter.min_source_images:
         raise ConfigError(
-            f"source images belong to methods that learn from them (uda), not to {adapter.name}"
+            "source images belong to methods that learn from them (uda-global), not to "
+            f"{adapter.name}"
         )
     if adapter.min_source_images and not n_source_images:
         raise ConfigError(

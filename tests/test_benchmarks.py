@@ -40,7 +40,7 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
             "--methods",
             "none",
             "roda",
-            "uda",
+            "uda-global",
             "refit-target",
             "paired-oracle",
             "--epochs",
@@ -64,11 +64,11 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
     assert {r["method"] for r in result["rows"]} == {
         "none",
         "roda",
-        "uda",
+        "uda-global",
         "refit-target",
         "paired-oracle",
     }
-    uda = next(r for r in result["rows"] if r["method"] == "uda")
+    uda = next(r for r in result["rows"] if r["method"] == "uda-global")
     assert (
         uda["pixel_auroc"] is None and "at least 16 target images" in uda["refused"]
     )  # 2 adaptation images: too few to cluster
@@ -77,7 +77,7 @@ def test_shift_benchmark_smoke(dataset, tmp_path, capsys, monkeypatch):
     assert {r["condition"] for r in result["defect_sweep"]} == {"brightness 3"}
     assert [r["n_images"] for r in result["size_sweep"]] == [1, result["n_adapt"]]
     assert (
-        all(0 <= r["aupro"] <= 1 for r in result["rows"] if r["method"] != "uda")
+        all(0 <= r["aupro"] <= 1 for r in result["rows"] if r["method"] != "uda-global")
         and 0 <= result["upper_bound"]["aupro"] <= 1
     )
     out = capsys.readouterr().out

@@ -358,7 +358,7 @@ def test_adapt_command_makes_a_complete_child_version(saved_model, dataset, tmp_
     )
 
 
-def test_adapt_uda_writes_a_global_detector_the_cli_scores_and_evaluates(
+def test_adapt_uda_global_writes_a_global_detector_the_cli_scores_and_evaluates(
     saved_model, dataset, tmp_path, capsys
 ):
     out_dir = tmp_path / "uda"
@@ -371,7 +371,7 @@ def test_adapt_uda_writes_a_global_detector_the_cli_scores_and_evaluates(
         "--out",
         str(out_dir),
         "--method",
-        "uda",
+        "uda-global",
     ]
     code, out, err = run(capsys, *base)
     assert code == 1 and "--source-images" in err
@@ -399,7 +399,7 @@ def test_adapt_uda_writes_a_global_detector_the_cli_scores_and_evaluates(
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert (
         manifest["kind"] == "uda"
-        and manifest["method"] == "uda"
+        and manifest["method"] == "uda-global"
         and manifest["parent"] == saved_model.name
     )
     code, out, err = run(capsys, "score", "--model", str(out_dir), str(dataset / "test" / "blob"))

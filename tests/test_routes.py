@@ -64,7 +64,8 @@ def test_every_method_reaches_the_worker_with_only_what_was_set(app_and_worker, 
     client, worker = app_and_worker
     adapter = get_adapter(method)
     extra = sources(dataset, 2) if adapter.min_source_images else []
-    data = {"method": method, "epochs": "2", "activate": "false"}
+    setting = "epochs" if "epochs" in adapter.options else "clusters"  # one each method takes
+    data = {"method": method, setting: "2", "activate": "false"}
     if adapter.own_input_size:
         data["image_size"] = "64"
     response = client.post(
@@ -80,14 +81,14 @@ def test_every_method_reaches_the_worker_with_only_what_was_set(app_and_worker, 
     )
     assert params["config"] == {
         "method": method,
-        "epochs": 2,
+        setting: 2,
         **({"image_size": "64"} if adapter.own_input_size else {}),
     }
     assert params["activate"] == "false" and params["source_version"] == "v1"
     # what the worker stores, the worker can turn back into the config the route validated
     source = client.app.state.serving.get("widget")
     settings = {k: v for k, v in params["config"].items() if k != "method"}
-    assert adapter.configure(source, settings).epochs == 2
+    assert getattr(adapter.configure(source, settings), setting) == 2
 
 
 def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(
@@ -112,7 +113,7 @@ def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(
     worker = RecordingWorker()
     app.dependency_overrides[get_worker] = lambda: worker
     with TestClient(app) as client:
-        data = {"method": "uda", "encoder": "clip", "image_size": "64", "epochs": "1"}
+        data = {"method": "uda-global", "encoder": "clip", "image_size": "64", "epochs": "1"}
         response = client.post(ADAPT_URL, files=images(dataset, 5) + sources(dataset, 2), data=data)
         assert response.status_code == 202, response.text
         params = worker.submitted[-1][2]
@@ -125,7 +126,7 @@ def test_a_clip_job_stores_no_server_path_and_the_worker_adds_it_back(
             seen.update(options)
             raise RuntimeError("stop here")
 
-        monkeypatch.setattr(type(get_adapter("uda")), "configure", configure)
+        monkeypatch.setattr(type(get_adapter("uda-global")), "configure", configure)
         job = Job("job1", "adapt", "widget", QUEUED, 0.0, None, params, "now")
         with pytest.raises(RuntimeError, match="stop here"):
             client.app.state.worker.runner.tasks["adapt"](
@@ -147,8 +148,14 @@ def test_if_better_spelled_out_with_enough_images_reaches_the_worker(app_and_wor
     ("data", "extra_sources", "message"),
     [
         ({"method": "roda", "clusters": "4"}, 0, "clusters is not a setting of method roda"),
-        ({"method": "uda", "augment": "flip"}, 2, "augment is not a setting of method uda"),
-        ({"method": "uda"}, 0, "method uda needs source images"),
+        (
+            {"method": "uda-global", "augment": "flip"},
+            2,
+            "augment is not a setting of method uda-global",
+        ),
+        ({"method": "uda-global"}, 0, "method uda-global needs source images"),
+        ({"method": "uda"}, 2, "source images belong to methods that learn from them"),
+        ({"method": "uda", "epochs": "2"}, 0, "epochs is not a setting of method uda"),
         ({"method": "bn-stats"}, 2, "source images belong to methods that learn from them"),
         ({"method": "target-memory"}, 0, "needs at least 5 images"),
         (
@@ -344,10 +351,9 @@ def test_auto_adapt_cannot_name_a_method_that_needs_source_images():
     with pytest.raises(
         ValidationError, match="source domain, which a running service does not keep"
     ) as refused:
-        Settings(auto_adapt_method="uda")
-    assert "target-memory" in str(refused.value) and ", uda" not in str(
-        refused.value
-    )  # the choices it does take
+        Settings(auto_adapt_method="uda-global")
+    choices = str(refused.value).split("takes one of ")[1].split("[")[0]  # the ones it does take
+    assert "target-memory" in choices and "uda" in choices and "uda-global" not in choices
     with pytest.raises(ValidationError, match="unknown adaptation method 'rodda'"):
         Settings(auto_adapt_method="rodda")
 

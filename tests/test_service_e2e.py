@@ -358,7 +358,7 @@ def test_uda_adaptation_over_http(stored_server: Server, dataset: Path) -> None:
     source = named_bytes(sorted((dataset / "train/good").glob("*.png")))[:8]
     target = darkened(named_bytes(sorted((dataset / "train/good").glob("*.png")))[8:20], 0.6)
     probe = named_bytes(sorted((dataset / "test/good").glob("*.png")))[:2]
-    uda = {"method": "uda", "epochs": "1", "image_size": "64", "clusters": "2"}
+    uda = {"method": "uda-global", "epochs": "1", "image_size": "64", "clusters": "2"}
 
     def adapt(files, data, source_files=()):
         fields = files_field(files) + [
@@ -377,7 +377,8 @@ def test_uda_adaptation_over_http(stored_server: Server, dataset: Path) -> None:
         )  # a setting of the BatchNorm methods
         assert (
             response.status_code == 422
-            and "augment is not a setting of method uda" in response.json()["error"]["message"]
+            and "augment is not a setting of method uda-global"
+            in response.json()["error"]["message"]
         )
         response = adapt(target, {**uda, "encoder": "clip"}, source)
         assert (
@@ -402,7 +403,7 @@ def test_uda_adaptation_over_http(stored_server: Server, dataset: Path) -> None:
         assert job["status"] == "succeeded", job.get("error")
         result = job["result"]
         assert (
-            result["method"] == "uda"
+            result["method"] == "uda-global"
             and result["n_source_images"] == 8
             and sum(result["cluster_sizes"]) == 12
         )

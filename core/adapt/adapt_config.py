@@ -126,6 +126,20 @@ class AdaptConfig:
         gt=0,
         le=100,
     )
+    # uda: the target images that build the memory are the dominant k-means cluster of their
+    # descriptors (core.uda.clustering); the paper finds 8-10 clusters best.
+    clusters: int = option(
+        8, "uda: k-means clusters of the target images; the largest builds the memory", ge=2, le=256
+    )
+    min_majority: float = option(
+        0.6, "uda: larger side of a two-way split of the target needed to adapt", ge=0.5, le=1
+    )
+    min_separation: float = option(
+        1.45,
+        "uda: separation above which two even groups of target images are refused",
+        gt=0,
+        le=10,
+    )
     seed: int = option(0, "random seed (views, OT sampling)", ge=0, le=2**32 - 1)
 
     def to_dict(self) -> dict[str, Any]:

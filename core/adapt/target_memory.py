@@ -130,16 +130,33 @@ def adapt_memory(
     progress: ProgressFn | None,
     cancel: CancelFn | None,
 ) -> PatchCoreModel:
-    config = model.config
     extractor = batchnorm_step(model, target, cfg.memory_bn, cfg, report_, progress, cancel)
-    feats = target_features(extractor, target, config.batch_size, model.device, cancel)
+    feats = target_features(extractor, target, model.config.batch_size, model.device, cancel)
+    return memory_version(model, extractor, feats, cfg, report_, progress, cancel)
+
+
+def memory_version(
+    model: PatchCoreModel,
+    extractor: nn.Module,
+    feats: torch.Tensor,
+    cfg: AdaptConfig,
+    report_: AdaptReport,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
+    members: torch.Tensor | None = None,
+) -> PatchCoreModel:
+    """A version whose memory holds the vouched-for patches of the (N, h, w, D) target features
+    `feats` (through `extractor`); with `members` (N,) bool, of those images only. Every target
+    image, member or not, is scored for the threshold: the deployed version meets them all."""
+    config = model.config
     n, h, w, dim = feats.shape
     patches = feats.reshape(n, h * w, dim)
     kept = filter_patches(patches.to(model.device), filter_settings(cfg), progress, cancel).to(
         "cpu"
     )
-    candidates = patches[kept.keep]  # (K, D)
-    candidate_image = torch.arange(n).unsqueeze(1).expand(n, h * w)[kept.keep]
+    keep = kept.keep if members is None else kept.keep & members.unsqueeze(1)
+    candidates = patches[keep]  # (K, D)
+    candidate_image = torch.arange(n).unsqueeze(1).expand(n, h * w)[keep]
     size = coreset_size(len(candidates), config.coreset_ratio, config.coreset_max_size)
 
     def coreset_progress(done: int, total: int) -> None:

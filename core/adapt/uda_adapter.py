@@ -1,5 +1,17 @@
-"""The alternate adaptation as one more adapter: `uda` trains a new global detector (core.uda)
-from normal source images and the unlabeled target, by anomaly scarcity."""
+"""UDA by anomaly scarcity, the alternate adaptation for changes too large for a memory move.
+
+`uda` keeps the paper's idea, that the dominant cluster of the unlabeled target is normal, and
+applies it where the measurements say it earns something: it chooses which target images build a
+memory of the new domain. The target images' patch features (the parent's frozen extractor) are
+clustered by image (core.uda.clustering), the largest cluster's images give the vouched-for
+patches of a new memory, without the source bank (a different domain's normal patches cover the
+new domain's defects), and every target image is scored for the threshold. The result is a
+PatchCore version: heatmaps, review and the gate as for every other.
+
+`uda-global` is the paper's own method (core.uda.train: a trained global encoder, DSVDD and
+contrastive alignment, no heatmaps), kept for comparison: on ELPV it is slower and worse than
+doing nothing (docs/adaptation.md, "UDA").
+"""
 
 from __future__ import annotations
 
@@ -7,23 +19,78 @@ from typing import Any
 
 import torch
 
+from patchshift.core.adapt.adapt_config import AdaptConfig
 from patchshift.core.adapt.base import AdaptReport
 from patchshift.core.adapt.methods import Adapter, register
+from patchshift.core.adapt.target_memory import memory_version, target_features
+from patchshift.core.common.errors import DatasetError
 from patchshift.core.common.progress import CancelFn, ProgressFn
+from patchshift.core.engine.contamination import MIN_IMAGES
+from patchshift.core.engine.patchcore import PatchCoreModel
 from patchshift.core.uda import UDAConfig
+from patchshift.core.uda.clustering import cluster_descriptors, dominant_cluster
 from patchshift.core.uda.model import UDAModel
 from patchshift.core.uda.train import fit_uda
 from patchshift.core.uda.uda_config import inherited_settings
 
-# What a person may set (CLI flags; over HTTP the clip_* come from the server's settings).
-UDA_OPTIONS = ("epochs", "lr", "clusters", "image_size", "encoder", "clip_checkpoint", "clip_model")
+# What uda changes from the target memory's defaults: the memory is the new domain's alone.
+UDA_DEFAULTS: dict[str, Any] = {"memory": "target"}
+UDA_OPTIONS = ("clusters", "memory", "filter_cut_z", "filter_tail_share")
+# What a person may set on uda-global (CLI flags; over HTTP the clip_* come from the server's
+# settings).
+UDA_GLOBAL_OPTIONS = (
+    "epochs",
+    "lr",
+    "clusters",
+    "image_size",
+    "encoder",
+    "clip_checkpoint",
+    "clip_model",
+)
 
 
-def uda_config(name: str, parent: Any, options: dict[str, Any]) -> UDAConfig:
-    return UDAConfig(**{**inherited_settings(parent.config), **options})
+def uda_config(name: str, parent: Any, options: dict[str, Any]) -> AdaptConfig:
+    return AdaptConfig(method=name, **{**UDA_DEFAULTS, **options})
 
 
 def adapt_uda(
+    parent: PatchCoreModel,
+    target: torch.Tensor,
+    cfg: AdaptConfig,
+    report_: AdaptReport,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
+) -> PatchCoreModel:
+    feats = target_features(
+        parent.extractor, target, parent.config.batch_size, parent.device, cancel
+    )
+    found = dominant_cluster(
+        cluster_descriptors(feats), cfg.clusters, cfg.min_majority, cfg.min_separation, cfg.seed
+    )
+    if not found.dominant:
+        raise DatasetError(found.message)
+    if int(found.members.sum()) < MIN_IMAGES:
+        raise DatasetError(
+            f"the dominant cluster holds {int(found.members.sum())} target image(s), too few to "
+            f"vouch for each other (at least {MIN_IMAGES}); add images of the new condition or "
+            "lower clusters"
+        )
+    report_.message = found.message
+    report_.details.update(
+        cluster_sizes=found.sizes,
+        clustering=found.message,
+        memory_images=int(found.members.sum()),
+    )
+    return memory_version(
+        parent, parent.extractor, feats, cfg, report_, progress, cancel, members=found.members
+    )
+
+
+def uda_global_config(name: str, parent: Any, options: dict[str, Any]) -> UDAConfig:
+    return UDAConfig(**{**inherited_settings(parent.config), **options})
+
+
+def adapt_uda_global(
     parent: Any,
     target: torch.Tensor,
     cfg: UDAConfig,
@@ -49,13 +116,26 @@ def adapt_uda(
 register(
     Adapter(
         "uda",
-        "a new global detector (scores, no heatmaps) trained from source normals and the target, "
-        "by anomaly scarcity",
+        "a memory of the new domain from the dominant cluster of the target images (anomaly "
+        "scarcity); for a new material, module type or imaging setup",
         adapt_uda,
-        parent=None,
-        min_source_images=2,
+        moves_memory=True,
+        min_images=MIN_IMAGES,
         options=UDA_OPTIONS,
         make_config=uda_config,
+        trusted_when_unranked=True,
+    )
+)
+register(
+    Adapter(
+        "uda-global",
+        "the UDA paper's global detector (trained encoder, DSVDD, contrastive alignment; scores, "
+        "no heatmaps), for comparison: slower and weaker than uda",
+        adapt_uda_global,
+        parent=None,
+        min_source_images=2,
+        options=UDA_GLOBAL_OPTIONS,
+        make_config=uda_global_config,
         config_type=UDAConfig,
         own_input_size=True,
     )

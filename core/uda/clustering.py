@@ -10,6 +10,22 @@ import torch
 from patchshift.core.common.errors import DatasetError
 
 
+def cluster_descriptors(features: torch.Tensor) -> torch.Tensor:
+    """(N, h, w, D) patch features -> (N, 2D) image descriptors for k-means: the unit-length mean
+    and the unit-length maximum of each channel over the image. The mean describes the part; the
+    maximum keeps a small crack visible that the mean averages away (ELPV mono -> poly, 10%
+    defective: the dominant of 8 clusters holds 94% normal cells on the mean alone and 99% with
+    the maximum, docs/adaptation.md)."""
+    flat = features.flatten(1, 2).float()
+    return torch.cat(
+        [
+            torch.nn.functional.normalize(flat.mean(dim=1), dim=1),
+            torch.nn.functional.normalize(flat.amax(dim=1), dim=1),
+        ],
+        dim=1,
+    )
+
+
 def kmeans(
     points: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, restarts: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:

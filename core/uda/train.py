@@ -195,7 +195,7 @@ def fit_uda(
         centre,
         float("inf"),
         Provenance(
-            method="uda" if target_images is not None else "dsvdd-source-only",
+            method="uda-global" if target_images is not None else "dsvdd-source-only",
             threshold_source="holdout-quantile",
             n_train_images=len(source_images),
         ),

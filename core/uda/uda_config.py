@@ -19,7 +19,7 @@ UDA_BACKBONE = "tf_efficientnet_lite0"
 
 @dataclass(frozen=True)
 class UDAConfig:
-    method: ClassVar[str] = "uda"  # the adapter that makes UDA versions (core.adapt.uda_adapter)
+    method: ClassVar[str] = "uda-global"  # the adapter making these versions (core.adapt)
     backbone: str = UDA_BACKBONE  # phi, the trainable encoder
     weights: str | None = None  # local weights file; None: the bundled ones
     image_size: tuple[int, int] = (224, 224)

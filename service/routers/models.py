@@ -62,7 +62,9 @@ VersionName = Annotated[
 ]
 IMAGE_SIZE_PATTERN = r"^\s*\d{1,5}\s*(?:[xX]\s*\d{1,5}\s*)?$"
 
-UDA_FIELDS = ("clusters", "encoder")
+# uda's and uda-global's clusters; uda-global's encoder
+ADAPT_FIELDS = (*ADAPT_OPTIONS, "clusters")
+UDA_GLOBAL_FIELDS = ("encoder",)
 
 
 class FitExtras(BaseModel):
@@ -97,7 +99,7 @@ class AdaptExtras(BaseModel):
         None,
         pattern=IMAGE_SIZE_PATTERN,
         max_length=16,
-        description="uda only: encoder input size (default 224)",
+        description="uda-global only: encoder input size (default 224)",
     )
     activate: Annotated[Literal[ACTIVATION_POLICIES], BeforeValidator(activation_spelling)] = Field(  # type: ignore[valid-type]
         ACTIVATE_IF_BETTER,
@@ -109,10 +111,12 @@ class AdaptExtras(BaseModel):
 
 
 FitForm = form_model("FitForm", ModelConfig, FIT_OPTIONS, with_defaults=True, base=FitExtras)
-# uda only: clusters and encoder (clip needs the server's local checkpoint)
-UDAOptions = form_model("UDAOptions", UDAConfig, UDA_FIELDS, with_defaults=False, base=AdaptExtras)
+# uda-global only: the encoder (clip needs the server's local checkpoint)
+UDAGlobalOptions = form_model(
+    "UDAGlobalOptions", UDAConfig, UDA_GLOBAL_FIELDS, with_defaults=False, base=AdaptExtras
+)
 AdaptForm = form_model(
-    "AdaptForm", AdaptConfig, ADAPT_OPTIONS, with_defaults=False, base=UDAOptions
+    "AdaptForm", AdaptConfig, ADAPT_FIELDS, with_defaults=False, base=UDAGlobalOptions
 )
 
 
@@ -221,20 +225,22 @@ async def adapt_model(
     worker: WorkerDep,
     settings: SettingsDep,
     source_files: Annotated[
-        list[UploadFile] | None, File(description="uda only: normal images of the source domain")
+        list[UploadFile] | None,
+        File(description="uda-global only: normal images of the source domain"),
     ] = None,
 ) -> JobAccepted:
     """Adapt the active version to a new condition; scoring continues on it meanwhile.
 
-    The PatchCore methods adapt a version to its new camera or lighting; `uda` trains a new global
+    The PatchCore methods adapt a version to its new camera or lighting; `uda` builds a memory of a
+    new domain from the dominant cluster of the images; `uda-global` trains the UDA paper's global
     detector from the source normals (`source_files`) and the unlabeled target."""
     worker.require_jobs()
     operations.require_model(store, name)
     model = serving.get(name)
     adapter = get_adapter(options.method)
     given = {
-        **form_values(options, AdaptConfig, ADAPT_OPTIONS),
-        **form_values(options, UDAConfig, UDA_FIELDS),
+        **form_values(options, AdaptConfig, ADAPT_FIELDS),
+        **form_values(options, UDAConfig, UDA_GLOBAL_FIELDS),
     }
     if options.image_size is not None:
         given["image_size"] = options.image_size
