@@ -10,16 +10,22 @@ fitted on them at the default ModelConfig, as `patchshift fit` does. Target: the
 normal and defective cells each split in halves with a fixed seed; the adaptation set is drawn from
 the first halves with the asked share defective (511 cells from poly, as many as mono allows), the
 evaluation set is the second halves (the same whatever the share). Each method adapts the source
-model with `core.adapt.adapt` at its defaults (uda also gets the source normals, as
+model with `core.adapt.adapt` at its defaults (uda-global also gets the source normals, as
 `patchshift adapt --source-images` gives them) and is scored on the evaluation set.
+
+Ablations (--methods): `target-memory-alone` (uda without its dominant-cluster selection),
+`uda-with-source-bank` (uda keeping the source bank), `uda-global` (the paper's trained global
+encoder with DSVDD and contrastive alignment; minutes and GBs at the defaults).
 
 Reference rows: `refit-with-labels` fits PatchCore on the adaptation set's normal cells (the labels
 a line does not have); `target-memory-oracle` builds the target memory from those normal cells
 only (what a perfect selection of the target images could give).
 
-`--uda OPTION=VALUE ...` sets UDA options for the ablations (e.g. select=none, align=none).
-Prints one table per direction and ratio with image AUROC, seconds and peak memory (rise of the
-process's resident memory during the adaptation), and writes benchmarks/results/uda-elpv.json.
+`--uda NAME=VALUE ...` and `--memory NAME=VALUE ...` set uda's and target-memory's settings
+(e.g. --uda clusters=4). Prints one table per direction and share with image AUROC, recall at 1%
+false alarms (oracle threshold), the version's own verdicts, the gate, seconds and peak memory (rise
+of the process's resident memory during the adaptation), and writes
+benchmarks/results/uda-elpv.json; `--report FILE...` prints one table from results files.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ from .helpers import RESULTS, PeakMemory, machine, markdown
 
 ADAPT_SIZE = 511  # the issue's adaptation set: 511 poly cells against 588 mono normals
 METHODS = ["none", "target-memory", "roda", "bn-stats", "uda", "refit-with-labels"]
+# Ablations of uda: the target memory without the dominant-cluster selection (the same memory of the
+# new domain alone), and uda with the source bank kept beside the new memory.
+VARIANTS = {
+    "target-memory-alone": ("target-memory", {"memory": "target"}),
+    "uda-with-source-bank": ("uda", {"memory": "union"}),
+}
 
 
 def png(cell: np.ndarray) -> bytes:
@@ -64,6 +76,13 @@ def split(labels: np.ndarray, types: np.ndarray, source: str, target: str, ratio
         "adapt": np.concatenate([half_normal[:n_normal], half_bad[:n_bad]]),
         "eval": np.concatenate([tgt_normal[len(tgt_normal) // 2 :], tgt_bad[len(tgt_bad) // 2 :]]),
     }
+
+
+def process_peak_gib() -> float:
+    """The whole process's peak resident memory so far (VmHWM), the data and earlier rows
+    included."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 2**20
 
 
 def evaluate(model, files: list[bytes], labels: np.ndarray) -> dict:
@@ -99,11 +118,12 @@ def run_method(method: str, source_model, files, labels, parts, options: dict) -
             normals = [files[i] for i in parts["adapt"] if labels[i] == 0]
             model = fit(normals, ModelConfig(), device="auto")
         else:
-            name = "target-memory" if method == "target-memory-oracle" else method
+            name, fixed = VARIANTS.get(method, (method, {}))
             if method == "target-memory-oracle":
+                name = "target-memory"
                 adapt_files = [files[i] for i in parts["adapt"] if labels[i] == 0]
             adapter = get_adapter(name)
-            cfg = adapter.configure(source_model, options.get(name, {}))
+            cfg = adapter.configure(source_model, {**options.get(name, {}), **fixed})
             model, report = adapt(
                 source_model,
                 adapt_files,
@@ -112,20 +132,12 @@ def run_method(method: str, source_model, files, labels, parts, options: dict) -
                 source_images=[files[i] for i in parts["source"]],
             )
             row["gate"] = report.gate.better if report.gate else None
-            row["details"] = {
-                k: v
-                for k, v in report.details.items()
-                if k
-                in (
-                    "kept_patch_share",
-                    "memory_rows",
-                    "filter_tail",
-                    "clustering",
-                    "selected_images",
-                )
-            }
+            wanted = ("kept_patch_share", "memory_rows", "filter_tail", "memory_images")
+            row["details"] = {k: v for k, v in report.details.items() if k in wanted}
+            row["gate_reason"] = report.gate.reason if report.gate else None
         row["seconds"] = time.perf_counter() - started
     row["peak_gib"] = memory.peak_gib
+    row["process_peak_gib"] = process_peak_gib()
     evaluated = [files[i] for i in parts["eval"]]
     row.update(evaluate(model, evaluated, labels[parts["eval"]]))
     return row
@@ -158,6 +170,32 @@ def source_for(direction: str, normals: list[bytes], args: argparse.Namespace):
     return model
 
 
+def report_table(paths: list[str]) -> str:
+    """One table from results files: a row per method, image AUROC and recall at 1% (oracle
+    threshold) per direction and share, the seconds and peak memory of the largest adaptation."""
+    rows = [row for path in paths for row in json.loads(Path(path).read_text())["rows"]]
+    cells = sorted({(r["direction"], r["ratio"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    head = ["method"] + [f"{d}, {ratio:.0%}" for d, ratio in cells] + ["seconds", "peak GiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        found = {(r["direction"], r["ratio"]): r for r in rows if r["method"] == method}
+        values = [
+            f"{found[c]['image_auroc']:.3f} / {found[c]['recall_oracle_1pct']:.2f}"
+            if c in found
+            else "–"
+            for c in cells
+        ]
+        first = found.get(cells[0]) if cells else None  # mono -> poly: 511 target images
+        cost = (
+            [f"{first['seconds']:.0f}", f"{first['peak_gib']:.2f}"]
+            if first and method != "none"
+            else ["–", "–"]
+        )
+        lines.append("| " + " | ".join([method, *values, *cost]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from .elpv import elpv_cells
 
@@ -176,7 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", help="folder keeping the fitted source models between runs")
     parser.add_argument("--out", default=str(RESULTS / "uda-elpv.json"))
+    parser.add_argument("--report", nargs="*", help="print one table from these results files")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report_table(args.report))
+        return
     options = {"uda": settings(args.uda), "target-memory": settings(args.memory)}
 
     cells, labels, types = elpv_cells()

@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="uda-global only: normal images of the source domain",
     )
     add_flags(p, AdaptConfig, ("clusters",))  # uda and uda-global
+    add_flags(p, AdaptConfig, ("min_majority", "min_separation"))  # uda
     p.add_argument(
         "--image-size", default=None, help="uda-global only: encoder input size (default 224)"
     )

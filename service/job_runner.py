@@ -31,7 +31,7 @@ from patchshift.service.prometheus import ServiceMetrics
 
 log = logging.getLogger("patchshift.service")
 
-SOURCE_PREFIX = "source-"  # uploads of the source domain (UDA) sit beside the job's images
+SOURCE_PREFIX = "source-"  # uploads of the source domain (uda-global) sit beside the job's images
 INTERRUPTED_STAGE = "interrupted; queued to run again"
 END_RETRY_SECONDS = 300.0  # how long a run waits for the database to record its end
 
@@ -42,8 +42,8 @@ class LeaseLost(PatchshiftError):
 
 @dataclass(frozen=True)
 class JobInputs:
-    """A job's stored uploads: the images it works on and, for UDA, normal images of the source
-    domain."""
+    """A job's stored uploads: the images it works on and, for uda-global, normal images of the
+    source domain."""
 
     images: list[Path]
     source_images: list[Path] = field(default_factory=list)
@@ -56,9 +56,12 @@ Task = Callable[
 
 # where each core stage sits in a job's overall progress (fit: features, coreset, threshold;
 STAGES = {
-    # BatchNorm adaptation: statistics, adapt (trained methods only), threshold; uda: uda)
+    # BatchNorm adaptation: statistics, adapt (trained methods only), threshold; target memory and
+    # uda: target-features, filter, coreset, threshold; uda-global: uda)
     "features": (0.0, 0.6),
-    "filter": (0.0, 0.6),  # target memory and uda: which target patches the others vouch for
+    # target memory and uda: the new images' features, which of their patches the others vouch for
+    "target-features": (0.0, 0.3),
+    "filter": (0.3, 0.6),
     "coreset": (0.6, 0.95),
     "threshold": (0.95, 1.0),
     "statistics": (0.0, 0.3),

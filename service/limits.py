@@ -31,7 +31,7 @@ def _mib(n: int) -> str:
 class MultipartCounter:
     """Counts the bytes of each file part and the parts of each field of a multipart body."""
 
-    # Parts beyond the files of the two file fields (fit, adapt and uda's source_files): form
+    # Parts beyond the files of the two file fields (fit, adapt and uda-global's source_files): form
     # fields.
     EXTRA_PARTS = 64
 

@@ -11,7 +11,8 @@ STAGE_LABELS = {
     "score": "scoring",
     "adapt": "adapting",
     "statistics": "re-estimating BatchNorm statistics",
-    "filter": "vouching for target patches",
+    "target-features": "reading the new images",
+    "filter": "checking which patches of the new images look normal",
     "uda": "training the UDA encoder",
 }
 

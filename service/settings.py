@@ -106,8 +106,8 @@ class Settings(BaseSettings):
         description="latest scored images kept per model as overlay thumbnails (0: none)",
     )
 
-    # UDA's clustering encoder psi = CLIP (adapt with method=uda, encoder=clip): a local open_clip
-    # checkpoint.
+    # uda-global's clustering encoder psi = CLIP (method=uda-global, encoder=clip): a local
+    # open_clip checkpoint.
     clip_model: str = Field(
         "ViT-B-32", description="open_clip architecture of the checkpoint, or its JSON config file"
     )

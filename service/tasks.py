@@ -26,6 +26,7 @@ from patchshift.service.requests import (
     ACTIVATE_IF_BETTER,
     ACTIVATE_NEVER,
     adaptation_config,
+    check_adaptation_images,
     fit_config,
 )
 from patchshift.service.serving import Serving
@@ -124,6 +125,8 @@ def make_tasks(
         label = f"version {source.version} of {job.model!r}"
         cfg = adaptation_config(adapter, source, label, with_server_files(options, settings))
         policy = activation_policy(job.params)
+        # what a job stored is checked as a request is (a job queued before an upgrade included)
+        check_adaptation_images(adapter, len(inputs.images), len(inputs.source_images), policy)
         adapted, summary = adapt(
             source,
             inputs.images,

@@ -208,21 +208,28 @@ def test_feature_stage_training_leaves_early_layers_alone(fitted, shifted):
 
 def test_a_config_of_another_method_kind_is_refused_by_name(fitted, shifted):
     images, _ = shifted
-    with pytest.raises(ConfigError, match="method uda takes a UDAConfig"):
-        adapt(fitted, images[:4], AdaptConfig(method="uda"))
+    with pytest.raises(ConfigError, match="method uda-global takes a UDAConfig"):
+        adapt(fitted, images[:4], AdaptConfig(method="uda-global"))
 
 
 def test_each_method_takes_only_its_own_settings_and_parents(fitted):
-    uda, roda = get_adapter("uda"), get_adapter("roda")
-    with pytest.raises(ConfigError, match="augment is not a setting of method uda"):
-        uda.configure(fitted, {"augment": "none", "epochs": 1})
+    uda_global, roda = get_adapter("uda-global"), get_adapter("roda")
+    with pytest.raises(ConfigError, match="augment is not a setting of method uda-global"):
+        uda_global.configure(fitted, {"augment": "none", "epochs": 1})
     with pytest.raises(ConfigError, match="clusters is not a setting of method roda"):
         roda.configure(fitted, {"clusters": 4})
-    cfg = uda.configure(fitted, {"epochs": 2, "image_size": "64"})
-    assert cfg.method == "uda" and cfg.epochs == 2 and cfg.image_size == (64, 64)
+    cfg = uda_global.configure(fitted, {"epochs": 2, "image_size": "64"})
+    assert cfg.method == "uda-global" and cfg.epochs == 2 and cfg.image_size == (64, 64)
     assert cfg.backbone == fitted.config.backbone  # inherited from the parent version
     assert roda.configure(fitted, {"epochs": 3}) == AdaptConfig(method="roda", epochs=3)
-    assert uda.accepts(object()) and roda.accepts(fitted) and not roda.accepts(object())
+    assert uda_global.accepts(object()) and roda.accepts(fitted) and not roda.accepts(object())
+    uda = get_adapter("uda")  # a memory of the new domain: its defaults differ from target-memory's
+    with pytest.raises(ConfigError, match="epochs is not a setting of method uda"):
+        uda.configure(fitted, {"epochs": 2})
+    assert uda.configure(fitted, {"clusters": 5}) == AdaptConfig(
+        method="uda", memory="target", clusters=5
+    )
+    assert uda.accepts(fitted) and not uda.accepts(object())
 
 
 def test_adabn_statistics_weigh_images_not_batches():

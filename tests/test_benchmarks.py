@@ -879,3 +879,29 @@ def test_verdict_study_chooses_settings_on_the_other_products():
         row["fa"] == 0.0 and row["recall"] < 0.7 * row["oracle_recall"]
     )  # half defective: the raw law passes them
     assert judged(every[2], z, pair, factor)["meets"]
+
+
+def test_uda_elpv_split_and_report_by_hand(tmp_path):
+    """The adaptation set has the asked defective share, the evaluation set is the same whatever
+    the share, and no cell is in both; the report puts each method's cells on one row."""
+    from benchmarks import uda_elpv
+
+    types = np.array(["mono"] * 40 + ["poly"] * 60)
+    labels = np.array([0] * 30 + [1] * 10 + [0] * 40 + [1] * 20)
+    splits = {r: uda_elpv.split(labels, types, "mono", "poly", r, 0) for r in (0.1, 0.3)}
+    for ratio, parts in splits.items():
+        assert len(parts["source"]) == 30 and (types[parts["source"]] == "mono").all()
+        adapt = labels[parts["adapt"]]
+        # every normal cell of the first half (20), defective ones to the share
+        assert (adapt == 0).sum() == 20 and adapt.mean() == pytest.approx(ratio, abs=0.02)
+        assert not set(parts["adapt"]) & set(parts["eval"])
+    assert sorted(splits[0.1]["eval"]) == sorted(splits[0.3]["eval"])  # 20 normal + 10 defective
+    rows = [
+        {"direction": "mono-poly", "ratio": 0.1, "method": "uda", "image_auroc": 0.9,
+         "recall_oracle_1pct": 0.5, "seconds": 12.0, "peak_gib": 1.5},
+        {"direction": "poly-mono", "ratio": 0.1, "method": "uda", "image_auroc": 0.7,
+         "recall_oracle_1pct": 0.25, "seconds": 9.0, "peak_gib": 1.0},
+    ]  # fmt: skip
+    (tmp_path / "r.json").write_text(json.dumps({"rows": rows}))
+    table = uda_elpv.report_table([str(tmp_path / "r.json")])
+    assert "| uda | 0.900 / 0.50 | 0.700 / 0.25 | 12 | 1.50 |" in table, table

@@ -55,6 +55,21 @@ def test_kfold_scores_leave_out_the_rows_of_the_images_fold(fitted):
         others = model.bank[torch.from_numpy(fold_of[row_image.numpy()] != fold_of[image])]
         expected = torch.cdist(feats[image].reshape(-1, 64), others).min(dim=1).values.max()
         assert scores[image] == pytest.approx(float(expected), rel=1e-4)
+    # images 4 and 5 gave the bank no row (uda's memory holds the dominant cluster's only): they
+    # are scored against the whole bank, as the deployed version scores them
+    model = PatchCoreModel(
+        model.config,
+        fitted.backbone,
+        fitted.extractor,
+        feats.reshape(-1, 64)[rows[:5]],
+        1.0,
+        fitted.provenance,
+        torch.device("cpu"),
+    )
+    scores = kfold_scores(model, feats, row_image[:5])
+    for image in (4, 5):
+        expected = torch.cdist(feats[image].reshape(-1, 64), model.bank).min(dim=1).values.max()
+        assert scores[image] == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_planted_defect_scores_above_every_normal_and_heatmap_peaks_inside(fitted):

@@ -110,13 +110,13 @@ def test_fit_and_adaptation_rules_by_hand(fitted) -> None:
     with pytest.raises(DatasetError, match="at least 2 normal images"):
         check_fit_images(1)
     check_fit_images(2)
-    roda, uda = get_adapter("roda"), get_adapter("uda")
+    roda, uda = get_adapter("roda"), get_adapter("uda-global")
     assert adaptation_config(roda, fitted, "v1", {"epochs": 3}).epochs == 3
     with pytest.raises(ConfigError, match="clusters is not a setting of method roda"):
         adaptation_config(roda, fitted, "v1", {"clusters": 4})
     with pytest.raises(ConfigError, match="source images belong to methods that learn from them"):
         check_adaptation_images(roda, 10, 2)
-    with pytest.raises(ConfigError, match="method uda needs source images"):
+    with pytest.raises(ConfigError, match="method uda-global needs source images"):
         check_adaptation_images(uda, 10, 0)
     with pytest.raises(DatasetError, match="activate=if-better .* needs at least 5"):
         check_adaptation_images(roda, 4, 0, ACTIVATE_IF_BETTER)

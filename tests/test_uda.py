@@ -402,3 +402,49 @@ def test_uda_beats_source_only_on_a_new_texture_family(fitted, defective_share: 
     assert gate.agreement_after > gate.agreement_before, gate.reason
     peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps[labels == 1]]
     assert np.mean([mask[p] for mask, p in zip(masks[labels == 1], peaks, strict=True)]) >= 0.8
+
+
+MEMORY_PROBE = """
+import resource, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_uda import grain_set
+from patchshift.core.adapt import adapt
+from patchshift.core.adapt.methods import get_adapter
+from patchshift.core.artifact import load_model
+from patchshift.core.common.images import load_target
+
+model = load_model({model!r}, device="cpu")
+files, _ = grain_set(np.random.default_rng(5), {n}, {n} // 10)
+images = load_target(files, model.config.image_size)
+before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+adapted, report = adapt(model, images, get_adapter("uda").configure(model, {{}}))
+# VmHWM: this process's own peak (ru_maxrss would carry the forking parent's over)
+status = open("/proc/self/status").read()
+peak = int(status.split("VmHWM:")[1].split()[0]) * 1024
+print(peak - before, report.details["memory_images"])
+"""
+
+
+def test_uda_memory_stays_bounded_on_a_few_hundred_images(saved_model) -> None:
+    """The bound: the peak rise over what the decoded images take stays under 64 MiB plus 4 times
+    the bytes of the target's patch features (held once; the mutual scores' distance blocks, the
+    coreset's working set and the fold scoring are each bounded by them or by a fixed block). An
+    all-pairs distance between the 240 x 144 patches would take 4.5 GB. Measured in a fresh
+    process, so nothing else counts (36 MiB at 300 images)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    n_images = 240
+    script = MEMORY_PROBE.format(
+        tests=str(Path(__file__).parent), model=str(saved_model), n=n_images
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rise, memory_images = map(int, done.stdout.split()[-2:])
+    side = 96 // 8  # the tiny model's 96-px input at stride 8
+    feature_bytes = n_images * side * side * 64 * 4  # 64 channels of float32
+    assert memory_images < n_images and rise < 64 * 2**20 + 4 * feature_bytes, rise / 2**20

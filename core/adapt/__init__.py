@@ -59,7 +59,7 @@ def adapt(
 ) -> tuple[Detector, AdaptReport]:
     """Adapt `model` to the condition shown by `images` with the method `cfg.method` names; the
     source model is never modified. `source_images` are normal images of the source domain, for
-    the methods that need them (uda).
+    the methods that need them (uda-global).
 
     With `judge`, the report carries the label-free verdict on whether the new version ranks the
     target images better than the source (report.gate)."""

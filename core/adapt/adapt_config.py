@@ -75,7 +75,8 @@ class AdaptConfig:
     # images vouch for, as a bank of its own or joined to the source bank.
     memory: str = option(
         "union",
-        "the new version's bank: the filtered target memory alone, or joined to the source bank",
+        "the new version's bank: the filtered target memory alone, or joined to the source bank "
+        "(uda: target by default)",
         choices=("target", "union"),
     )
     memory_bn: str = option(
@@ -131,6 +132,8 @@ class AdaptConfig:
     clusters: int = option(
         8, "uda: k-means clusters of the target images; the largest builds the memory", ge=2, le=256
     )
+    # A target of two clearly separate groups of comparable size is refused (core.uda.clustering):
+    # a product whose images truly form two groups lowers min_majority or raises min_separation.
     min_majority: float = option(
         0.6, "uda: larger side of a two-way split of the target needed to adapt", ge=0.5, le=1
     )

@@ -48,6 +48,7 @@ def target_features(
     batch_size: int,
     device: torch.device,
     cancel: CancelFn | None = None,
+    progress: ProgressFn | None = None,
 ) -> torch.Tensor:
     """(N, h, w, D) patch features of the target images, on the CPU."""
     extractor.eval()
@@ -55,6 +56,7 @@ def target_features(
     for start in range(0, len(target), batch_size):
         check_cancel(cancel)
         chunks.append(extractor(target[start : start + batch_size].to(device)).cpu())
+        report(progress, "target-features", start + len(chunks[-1]), len(target))
     return torch.cat(chunks)
 
 
@@ -131,7 +133,9 @@ def adapt_memory(
     cancel: CancelFn | None,
 ) -> PatchCoreModel:
     extractor = batchnorm_step(model, target, cfg.memory_bn, cfg, report_, progress, cancel)
-    feats = target_features(extractor, target, model.config.batch_size, model.device, cancel)
+    feats = target_features(
+        extractor, target, model.config.batch_size, model.device, cancel, progress
+    )
     return memory_version(model, extractor, feats, cfg, report_, progress, cancel)
 
 

@@ -35,7 +35,16 @@ from patchshift.core.uda.uda_config import inherited_settings
 
 # What uda changes from the target memory's defaults: the memory is the new domain's alone.
 UDA_DEFAULTS: dict[str, Any] = {"memory": "target"}
-UDA_OPTIONS = ("clusters", "memory", "filter_cut_z", "filter_tail_share")
+UDA_OPTIONS = (
+    "clusters",
+    "min_majority",
+    "min_separation",
+    "memory",
+    "filter_cut_z",
+    "filter_tail_share",
+)
+# 2 target images per cluster at the default 8 clusters, as uda-global asks.
+MIN_UDA_IMAGES = 16
 # What a person may set on uda-global (CLI flags; over HTTP the clip_* come from the server's
 # settings).
 UDA_GLOBAL_OPTIONS = (
@@ -61,8 +70,14 @@ def adapt_uda(
     progress: ProgressFn | None,
     cancel: CancelFn | None,
 ) -> PatchCoreModel:
+    if len(target) < 2 * cfg.clusters:
+        raise DatasetError(
+            f"uda needs at least {2 * cfg.clusters} images of the new condition to find a dominant "
+            f"cluster among {cfg.clusters} (2 per cluster), got {len(target)}; add images or lower "
+            "the clusters setting (--clusters / clusters)"
+        )
     feats = target_features(
-        parent.extractor, target, parent.config.batch_size, parent.device, cancel
+        parent.extractor, target, parent.config.batch_size, parent.device, cancel, progress
     )
     found = dominant_cluster(
         cluster_descriptors(feats), cfg.clusters, cfg.min_majority, cfg.min_separation, cfg.seed
@@ -73,17 +88,18 @@ def adapt_uda(
         raise DatasetError(
             f"the dominant cluster holds {int(found.members.sum())} target image(s), too few to "
             f"vouch for each other (at least {MIN_IMAGES}); add images of the new condition or "
-            "lower clusters"
+            "lower the clusters setting (--clusters / clusters)"
         )
     report_.message = found.message
-    report_.details.update(
-        cluster_sizes=found.sizes,
-        clustering=found.message,
-        memory_images=int(found.members.sum()),
-    )
-    return memory_version(
+    report_.details.update(cluster_sizes=found.sizes, clustering=found.message)
+    adapted = memory_version(
         parent, parent.extractor, feats, cfg, report_, progress, cancel, members=found.members
     )
+    # the cluster's images whose patches reached the memory (the filter may drop all of some)
+    rows = report_.memory_image[report_.memory_image >= 0]
+    report_.details["memory_images"] = int(torch.unique(rows).numel())
+    adapted.provenance.details["memory_images"] = report_.details["memory_images"]
+    return adapted
 
 
 def uda_global_config(name: str, parent: Any, options: dict[str, Any]) -> UDAConfig:
@@ -120,10 +136,9 @@ register(
         "scarcity); for a new material, module type or imaging setup",
         adapt_uda,
         moves_memory=True,
-        min_images=MIN_IMAGES,
+        min_images=MIN_UDA_IMAGES,
         options=UDA_OPTIONS,
         make_config=uda_config,
-        trusted_when_unranked=True,
     )
 )
 register(

@@ -381,10 +381,13 @@ def kfold_patch_scores(
     scored: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """kfold_scores with the patch scores behind them: (S, h, w) patch scores and (S,) image scores
-    of the `scored` images (default: all N)."""
+    of the `scored` images (default: all N). An image that gave the bank no row is scored against
+    the whole bank, as a deployed version would score it."""
     config = model.config
     n_images, h, w = image_feats.shape[:3]
     scored = torch.arange(n_images) if scored is None else scored
+    owns = torch.zeros(n_images, dtype=torch.bool)
+    owns[row_image[row_image >= 0]] = True
     folds = min(config.calibration_folds, n_images)
     fold_of = torch.from_numpy(np.random.default_rng(config.seed).permutation(n_images) % folds)
     scores = torch.full((n_images,), math.nan)
@@ -392,7 +395,7 @@ def kfold_patch_scores(
     for fold in range(folds):
         check_cancel(cancel)
         keep = (row_image < 0) | (fold_of[row_image.clamp_min(0)] != fold)
-        members = scored[fold_of[scored] == fold]
+        members = scored[(fold_of[scored] == fold) & owns[scored]]
         if not keep.any():  # every bank row came from this fold: nothing to score against
             raise DatasetError(
                 "too few distinct images to score each one against a memory without its own "
@@ -413,4 +416,9 @@ def kfold_patch_scores(
             chunk = members[start : start + config.batch_size]
             patch_scores, image_scores = fold_model.score_features(image_feats[chunk])
             scores[chunk], patches[chunk] = image_scores.cpu(), patch_scores.cpu()
+    strangers = scored[~owns[scored]]
+    for start in range(0, len(strangers), config.batch_size):
+        chunk = strangers[start : start + config.batch_size]
+        patch_scores, image_scores = model.score_features(image_feats[chunk])
+        scores[chunk], patches[chunk] = image_scores.cpu(), patch_scores.cpu()
     return patches[scored], scores[scored].numpy()

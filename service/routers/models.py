@@ -63,7 +63,7 @@ VersionName = Annotated[
 IMAGE_SIZE_PATTERN = r"^\s*\d{1,5}\s*(?:[xX]\s*\d{1,5}\s*)?$"
 
 # uda's and uda-global's clusters; uda-global's encoder
-ADAPT_FIELDS = (*ADAPT_OPTIONS, "clusters")
+ADAPT_FIELDS = (*ADAPT_OPTIONS, "clusters", "min_majority", "min_separation")
 UDA_GLOBAL_FIELDS = ("encoder",)
 
 
