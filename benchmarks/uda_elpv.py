@@ -14,7 +14,8 @@ model with `core.adapt.adapt` at its defaults (uda-global also gets the source n
 `patchshift adapt --source-images` gives them) and is scored on the evaluation set.
 
 Ablations (--methods): `target-memory-alone` (uda without its dominant-cluster selection),
-`uda-with-source-bank` (uda keeping the source bank), `uda-global` (the paper's trained global
+`uda-with-source-bank` (uda keeping the source bank), `uda-mild-cut` (uda filtering its
+patches at 3 robust deviations, always), `uda-global` (the paper's trained global
 encoder with DSVDD and contrastive alignment; minutes and GBs at the defaults).
 
 Reference rows: `refit-with-labels` fits PatchCore on the adaptation set's normal cells (the labels
@@ -47,6 +48,9 @@ METHODS = ["none", "target-memory", "roda", "bn-stats", "uda", "refit-with-label
 VARIANTS = {
     "target-memory-alone": ("target-memory", {"memory": "target"}),
     "uda-with-source-bank": ("uda", {"memory": "union"}),
+    # the cut where the outlier tail starts, always applied: the cluster already left most defective
+    # images out, so the cut need only catch what is left
+    "uda-mild-cut": ("uda", {"filter_cut_z": 3.0, "filter_tail_share": 0.0}),
 }
 
 

@@ -424,7 +424,10 @@ def test_uda_adaptation_over_http(stored_server: Server, dataset: Path) -> None:
         )
         # a BatchNorm method cannot adapt the UDA version; rolling back to PatchCore works
         response = adapt(target, {"method": "bn-stats"})
-        assert response.status_code == 422 and "uda model" in response.json()["error"]["message"]
+        assert (
+            response.status_code == 422
+            and "is a uda-global model" in response.json()["error"]["message"]
+        )
         assert client.post("/v1/models/widget/versions/v1/activate").status_code == 200
         assert scores_of(client, probe)[1] == "v1"
 

@@ -93,7 +93,9 @@ class Adapter:
         if not self.accepts(parent):
             wanted = getattr(self.parent, "kind", self.parent.__name__)
             raise ConfigError(
-                f"{label} is a {getattr(parent, 'kind', type(parent).__name__)} model; "
+                f"{label} is a "
+                f"{getattr(parent, 'described', getattr(parent, 'kind', type(parent).__name__))} "
+                "model; "
                 f"{self.name} adapts {wanted} versions"
             )
 

@@ -66,7 +66,8 @@ class UDAModel:
     """A global detector (distance of an image embedding to a centre): scores, no heatmaps
     (core.engine.detector.Detector)."""
 
-    kind = "uda"
+    kind = "uda"  # the artifact kind, kept from before the method was named uda-global
+    described = "uda-global"  # how messages name it (the method that makes it)
     gives_heatmaps = False
 
     def __init__(
