@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .helpers import RESULTS, PeakMemory, machine, markdown
+from .protocol import parse_variant
 
 ADAPT_SIZE = 511  # the issue's adaptation set: 511 poly cells against 588 mono normals
 METHODS = ["none", "target-memory", "roda", "bn-stats", "uda", "refit-with-labels"]
@@ -147,18 +148,6 @@ def run_method(method: str, source_model, files, labels, parts, options: dict) -
     return row
 
 
-def settings(items: list[str]) -> dict:
-    """NAME=VALUE pairs, numbers as numbers."""
-    out = {}
-    for item in items:
-        name, value = item.split("=", 1)
-        try:
-            out[name] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name] = value
-    return out
-
-
 def source_for(direction: str, normals: list[bytes], args: argparse.Namespace):
     """PatchCore fitted on the source normals at the defaults (kept under --cache when given)."""
     from patchshift.core.artifact import load_model, save_model
@@ -223,7 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print(report_table(args.report))
         return
-    options = {"uda": settings(args.uda), "target-memory": settings(args.memory)}
+    options = {
+        "uda": parse_variant("uda:" + ",".join(args.uda))[1],
+        "target-memory": parse_variant("target-memory:" + ",".join(args.memory))[1],
+    }
 
     cells, labels, types = elpv_cells()
     files = [png(cell) for cell in cells]

@@ -448,3 +448,14 @@ def test_uda_memory_stays_bounded_on_a_few_hundred_images(saved_model) -> None:
     side = 96 // 8  # the tiny model's 96-px input at stride 8
     feature_bytes = n_images * side * side * 64 * 4  # 64 channels of float32
     assert memory_images < n_images and rise < 64 * 2**20 + 4 * feature_bytes, rise / 2**20
+
+
+def test_uda_refuses_fewer_than_two_images_per_cluster(fitted) -> None:
+    from patchshift.core.adapt import adapt
+    from patchshift.core.adapt.methods import get_adapter
+    from patchshift.core.common.errors import DatasetError
+
+    target, _ = grain_set(np.random.default_rng(2), 16, 0)
+    cfg = get_adapter("uda").configure(fitted, {"clusters": 10})
+    with pytest.raises(DatasetError, match=r"at least 20 target images .* got 16; .*\(--clusters"):
+        adapt(fitted, target, cfg)

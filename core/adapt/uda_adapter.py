@@ -28,7 +28,11 @@ from patchshift.core.common.progress import CancelFn, ProgressFn
 from patchshift.core.engine.contamination import MIN_IMAGES
 from patchshift.core.engine.patchcore import PatchCoreModel
 from patchshift.core.uda import UDAConfig
-from patchshift.core.uda.clustering import cluster_descriptors, dominant_cluster
+from patchshift.core.uda.clustering import (
+    cluster_descriptors,
+    dominant_cluster,
+    require_images_for_clusters,
+)
 from patchshift.core.uda.model import UDAModel
 from patchshift.core.uda.train import fit_uda
 from patchshift.core.uda.uda_config import inherited_settings
@@ -70,12 +74,7 @@ def adapt_uda(
     progress: ProgressFn | None,
     cancel: CancelFn | None,
 ) -> PatchCoreModel:
-    if len(target) < 2 * cfg.clusters:
-        raise DatasetError(
-            f"uda needs at least {2 * cfg.clusters} images of the new condition to find a dominant "
-            f"cluster among {cfg.clusters} (2 per cluster), got {len(target)}; add images or lower "
-            "the clusters setting (--clusters / clusters)"
-        )
+    require_images_for_clusters(len(target), cfg.clusters)
     feats = target_features(
         parent.extractor, target, parent.config.batch_size, parent.device, cancel, progress
     )
@@ -84,9 +83,10 @@ def adapt_uda(
     )
     if not found.dominant:
         raise DatasetError(found.message)
-    if int(found.members.sum()) < MIN_IMAGES:
+    n_members = int(found.members.sum())
+    if n_members < MIN_IMAGES:
         raise DatasetError(
-            f"the dominant cluster holds {int(found.members.sum())} target image(s), too few to "
+            f"the dominant cluster holds {n_members} target image(s), too few to "
             f"vouch for each other (at least {MIN_IMAGES}); add images of the new condition or "
             "lower the clusters setting (--clusters / clusters)"
         )

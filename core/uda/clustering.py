@@ -10,6 +10,16 @@ import torch
 from patchshift.core.common.errors import DatasetError
 
 
+def require_images_for_clusters(n_images: int, k: int) -> None:
+    """A dominant cluster among k needs 2 target images per cluster."""
+    if n_images < 2 * k:
+        raise DatasetError(
+            f"UDA needs at least {2 * k} target images to find a dominant cluster among {k} "
+            f"(2 per cluster), got {n_images}; add images of the new condition or lower the "
+            "clusters setting (--clusters / clusters)"
+        )
+
+
 def cluster_descriptors(features: torch.Tensor) -> torch.Tensor:
     """(N, h, w, D) patch features -> (N, 2D) image descriptors for k-means: the unit-length mean
     and the unit-length maximum of each channel over the image. The mean describes the part; the

@@ -22,7 +22,7 @@ from patchshift.core.engine.drift import DriftReference
 from patchshift.core.engine.patchcore import Provenance, split_holdout
 from patchshift.core.engine.threshold import quantile_threshold
 from patchshift.core.uda.clip import load_clip_encoder
-from patchshift.core.uda.clustering import dominant_cluster
+from patchshift.core.uda.clustering import dominant_cluster, require_images_for_clusters
 from patchshift.core.uda.losses import dsvdd_loss, info_nce
 from patchshift.core.uda.model import Encoder, UDAModel, build_encoder
 from patchshift.core.uda.uda_config import UDAConfig
@@ -119,13 +119,8 @@ def fit_uda(
     train_idx, holdout_idx = split_holdout(len(source_images), cfg.holdout_fraction, cfg.seed)
     src_train = source_images[train_idx]
     target_images = load_target(target, cfg.image_size) if target is not None else None
-    if clusters_target and len(target_images) < 2 * cfg.clusters:
-        raise DatasetError(
-            f"UDA needs at least {2 * cfg.clusters} target images to find a dominant cluster "
-            f"among {cfg.clusters} "
-            f"(2 per cluster), got {len(target_images)}; add images of the new condition or lower "
-            "clusters"
-        )
+    if clusters_target:
+        require_images_for_clusters(len(target_images), cfg.clusters)
 
     recluster = clusters_target and cfg.encoder == "phi"
     if target_images is not None:
