@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine
 
 from patchshift.service.database import libpq_url
 from patchshift.service.job_runner import JobRunner
-from patchshift.service.job_store import FAILED, QUEUED, UNFINISHED, Job
+from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, UNFINISHED, Job
 from patchshift.service.store import ModelStore
 
 log = logging.getLogger("patchshift.service")
@@ -230,7 +230,12 @@ class PostgresQueue:
             task_name=TASK, seconds_since_heartbeat=self.lease
         )
         for entry in stalled:
-            await asyncio.to_thread(self._recover, entry.task_kwargs.get("job_id", ""), entry.id)
+            # the stalled-jobs query leaves out whether a cancel was asked: read the entry again
+            again = list(await app.job_manager.list_jobs_async(id=entry.id))
+            cancel_asked = bool(again and again[0].abort_requested)
+            await asyncio.to_thread(
+                self._recover, entry.task_kwargs.get("job_id", ""), entry.id, cancel_asked
+            )
             try:
                 await app.job_manager.finish_job(entry, Status.FAILED, delete_job=False)
             except Exception as exc:  # another worker's sweep ended it first
@@ -238,15 +243,28 @@ class PostgresQueue:
         await self._reconcile(app)
         await asyncio.to_thread(self._tidy)
 
-    def _recover(self, job_id: str, entry_id: int) -> None:
+    def _recover(self, job_id: str, entry_id: int, cancel_asked: bool = False) -> None:
         """Decide for the job of a silent worker's queue entry. Every change is conditional on
         the record still pointing at that entry, so a sweep acting on an old reading, or a second
-        sweep, changes nothing."""
+        sweep, changes nothing. A cancel asked before the worker went silent ends the job
+        cancelled: it is never run again."""
         job = self._still_unfinished(job_id, entry_id)
         if job is None:
             return
         silent = f"its worker stopped answering (no heartbeat for {self.lease:g} s)"
-        if self._written(job):
+        if cancel_asked:
+            self._end(
+                job,
+                entry_id,
+                CANCELLED,
+                f"cancelled by request; {silent} before it stopped, and it is not run again"
+                + (
+                    f"; version {job.result_version} was written and not activated by the job"
+                    if self._written(job)
+                    else "; no version was written"
+                ),
+            )
+        elif self._written(job):
             self._fail(
                 job,
                 entry_id,
@@ -312,11 +330,15 @@ class PostgresQueue:
         return bool(job.result_version) and job.result_version in self.store.versions(job.model)
 
     def _fail(self, job: Job, entry_id: int, error: str) -> None:
+        self._end(job, entry_id, FAILED, error)
+
+    def _end(self, job: Job, entry_id: int, status: str, error: str) -> None:
         if self.runner.jobs.finish(
-            job.id, FAILED, error=error, attempt=job.attempts, queue_id=entry_id
+            job.id, status, error=error, attempt=job.attempts, queue_id=entry_id
         ):
-            log.error("job %s (%s of %s) failed: %s", job.id, job.kind, job.model, error)
-            self.runner.metrics.jobs.labels(job.kind, FAILED).inc()
+            say = log.error if status == FAILED else log.warning
+            say("job %s (%s of %s) %s: %s", job.id, job.kind, job.model, status, error)
+            self.runner.metrics.jobs.labels(job.kind, status).inc()
 
     def _tidy(self) -> None:
         """Remove the uploads of ended jobs (a worker that died left them); keep the queue depth

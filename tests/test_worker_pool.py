@@ -20,7 +20,7 @@ from service_helpers import Server, files_field, png_bytes, wait_job
 
 LEASE = 3.0
 # the models of the shared pool's tests: one each, so their versions are theirs alone
-POOL_MODELS = ("killed", "paused", "stopped", "cancelled", "raced")
+POOL_MODELS = ("killed", "dying", "paused", "stopped", "cancelled", "raced")
 
 
 @contextmanager
@@ -136,6 +136,30 @@ def test_a_worker_killed_mid_adaptation_has_its_job_run_again_once(
     from patchshift.core.artifact import load_model
 
     load_model(pool_of_two["store"] / "killed" / job["result_version"])  # whole
+
+
+def test_a_cancel_asked_while_its_worker_dies_ends_the_job_cancelled(
+    pool_of_two: dict, dataset: Path
+) -> None:
+    """The worker is frozen (it cannot hear the cancel), the cancel is asked, then the worker is
+    killed: the sweep ends the job cancelled instead of running it again."""
+    import signal
+
+    scorer, workers = pool_of_two["scorers"][0], pool_of_two["workers"]
+    with scorer.client() as client:
+        answer = client.post("/v1/models/dying/adapt", files=adaptation_images(dataset, 96))
+        job_id = answer.json()["job_id"]
+        until_running(client, job_id)
+        victim = runner_of(job_id, workers)
+        victim.process.send_signal(signal.SIGSTOP)
+        assert client.delete(f"/v1/jobs/{job_id}").json()["status"] == "running"
+        victim.kill9()
+        job = wait_job(client, job_id, timeout=2 * LEASE + 30)
+    assert job["status"] == "cancelled", job
+    assert "cancelled by request" in job["error"] and "not run again" in job["error"], job
+    survivor = next(w for w in workers if w is not victim)
+    assert f"job {job_id} (adapt of dying) started: run 2" not in survivor.log.read_text()
+    assert versions(pool_of_two, "dying") == ["v1"]
 
 
 def test_a_paused_worker_that_lost_its_lease_writes_nothing_when_it_wakes(
