@@ -34,6 +34,46 @@ def test_torch_flat_index_matches_faiss(monkeypatch):
     assert torch.allclose(squared.clamp_min(0).sqrt(), distances, atol=1e-4)
 
 
+def screened_on_cpu(bank: torch.Tensor, candidates: int = 8):
+    """The GPU's approximate search, run here on the CPU (bfloat16: coarser than the GPU's
+    float16, so a harder test of the exact second look)."""
+    from patchshift.core.engine.index import TorchScreenedIndex
+
+    return TorchScreenedIndex(bank, dtype=torch.bfloat16, candidates=candidates)
+
+
+def test_screened_search_finds_the_exact_neighbours_and_never_reports_less():
+    generator = torch.Generator().manual_seed(4)
+    # rows far from the origin with small differences between them: what breaks a naive half
+    # precision product (large norms, small distances)
+    bank = 40 + torch.randn(3000, 64, generator=generator)
+    queries = bank[:500] + 0.05 * torch.randn(500, 64, generator=generator)
+    queries = torch.cat([queries, 40 + torch.randn(500, 64, generator=generator)])
+    squared, indices = screened_on_cpu(bank).search(queries, k=1)
+    exact, expected = BankIndex(bank, "flat").search(queries, k=1)
+    found = torch.linalg.vector_norm(queries - bank[indices[:, 0]], dim=1)
+    assert torch.allclose(squared[:, 0].sqrt(), found, atol=1e-3)  # exact distances to its rows
+    assert (found >= exact[:, 0] - 1e-4).all()  # never below the nearest row
+    assert (indices[:, 0] == expected[:, 0]).float().mean() >= 0.99
+    assert (found - exact[:, 0]).abs().max() < 0.05 * exact[:, 0].mean()
+    # one candidate per query is the bare half-precision screen: it misses more
+    rough, _ = screened_on_cpu(bank, candidates=1).search(queries, k=1)
+    assert (rough[:, 0] - exact[:, 0].square()).abs().sum() > (
+        squared[:, 0] - exact[:, 0].square()
+    ).abs().sum()
+
+
+def test_screened_image_scores_are_exact_after_re_searching_each_image_s_farthest_patches():
+    generator = torch.Generator().manual_seed(5)
+    bank = torch.randn(4000, 32, generator=generator)
+    feats = torch.randn(5, 200, 32, generator=generator)
+    index = BankIndex(bank, "ivf")
+    index.torch_index = screened_on_cpu(index.exact.bank, candidates=1)  # the GPU arrangement
+    exact, _ = BankIndex(bank, "flat").search(feats.reshape(-1, 32))
+    distances, _ = index.search_images(feats)
+    assert torch.allclose(distances.amax(1), exact.view(5, 200).amax(1), atol=1e-4)
+
+
 def test_ivf_index_is_close():
     generator = torch.Generator().manual_seed(0)
     bank = torch.randn(4000, 8, generator=generator)
@@ -71,19 +111,18 @@ def test_ivf_image_scores_are_exact_after_re_ranking_each_image_s_farthest_patch
 
 
 @pytest.mark.parametrize(
-    ("rows", "dim", "torch_gpu", "expected"),
+    ("rows", "dim", "expected"),
     [
-        (3000, 128, False, "flat"),
-        (3001, 128, False, "ivf"),
-        (10_000, 128, False, "ivf"),
-        (10_000, 32, False, "flat"),
-        (10_000, 128, True, "flat"),  # a GPU without faiss-gpu searches exactly in torch
+        (3000, 128, "flat"),
+        (3001, 128, "ivf"),
+        (10_000, 128, "ivf"),
+        (10_000, 32, "flat"),
     ],
 )
-def test_auto_index_is_chosen_by_bank_size(rows, dim, torch_gpu, expected):
+def test_auto_index_is_chosen_by_bank_size(rows, dim, expected):
     from patchshift.core.engine.index import resolve_kind
 
-    assert resolve_kind("auto", rows, dim, torch_gpu) == expected
+    assert resolve_kind("auto", rows, dim) == expected
     assert (
         resolve_kind("flat", rows, dim) == "flat" and resolve_kind("ivf", 10, 4) == "ivf"
     )  # a stated kind is kept

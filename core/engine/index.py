@@ -1,8 +1,12 @@
 """Nearest-neighbour search of patch features against the memory bank (FAISS, GPU when present).
 
-On a CUDA device without faiss-gpu (the PyPI faiss-gpu wheels trail CUDA releases), exact search
-runs as batched matrix products in torch on the GPU; it returns the same neighbours as FAISS's
-flat index up to float rounding.
+On a CUDA device without faiss-gpu (the PyPI faiss-gpu wheels trail CUDA releases) the search runs
+in torch on the GPU: exact ("flat") as one fused matrix product and a row minimum per query chunk,
+the same neighbours as FAISS's flat index up to float rounding; approximate ("ivf", and "auto" for
+large banks) as a half-precision screen of every row, whose few best candidates per query are
+measured again exactly. An inverted-file search in torch would gather each query's probed lists,
+bytes that cost more on a GPU than the half-precision product of the whole bank; the screen keeps
+to matrix products.
 """
 
 from __future__ import annotations
@@ -27,16 +31,18 @@ AUTO_FLAT_MAX_CELLS = 3_000 * 128
 KINDS = ("auto", "flat", "ivf")
 # With IVF, each image's highest patches are searched again exactly (search_images).
 RERANK_PER_IMAGE = 16
+# The half-precision screen's candidates per query, measured again exactly.
+SCREEN_CANDIDATES = 8
 
 
-def resolve_kind(kind: str, rows: int, dim: int, torch_gpu: bool = False) -> str:
-    """The index an "auto" bank gets: flat for small banks (and on a GPU without faiss-gpu, where
-    exact search in torch is the fast path), IVF above AUTO_FLAT_MAX_CELLS."""
+def resolve_kind(kind: str, rows: int, dim: int) -> str:
+    """The index an "auto" bank gets: flat for small banks, approximate ("ivf") above
+    AUTO_FLAT_MAX_CELLS."""
     if kind not in KINDS:
         raise ConfigError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
     if kind != "auto":
         return kind
-    return "flat" if torch_gpu or rows * dim <= AUTO_FLAT_MAX_CELLS else "ivf"
+    return "flat" if rows * dim <= AUTO_FLAT_MAX_CELLS else "ivf"
 
 
 def faiss_gpu_available() -> bool:
@@ -52,7 +58,10 @@ def faiss_gpu_available() -> bool:
 
 
 class TorchFlatIndex:
-    """Exact L2 search in torch on the bank's device (the GPU path when faiss-gpu is missing)."""
+    """Exact L2 search in torch on the bank's device (the GPU path when faiss-gpu is missing).
+
+    Per query chunk one fused product ||b||^2 - 2 q.b (torch.addmm, the row norms as its bias) and
+    a row minimum: the (queries x rows) matrix is written once and read once."""
 
     def __init__(self, data: np.ndarray, device: torch.device) -> None:
         self.bank = torch.from_numpy(data).to(device)
@@ -60,21 +69,61 @@ class TorchFlatIndex:
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (N, D) -> squared distances and indices (N, k)."""
-        queries = queries.to(self.bank.device)
+        queries = queries.to(self.bank.device, torch.float32)
         k = min(k, len(self.bank))
         out_d, out_i = [], []
         step = max(1, TORCH_CHUNK_BYTES // (4 * len(self.bank)))
         for start in range(0, len(queries), step):
             chunk = queries[start : start + step]
-            squared = (
-                (chunk @ self.bank.T)
-                .mul_(-2)
-                .add_(self.norms)
-                .add_(chunk.square().sum(1, keepdim=True))
-            )
-            values, indices = squared.topk(k, dim=1, largest=False)
-            out_d.append(values)
+            partial = torch.addmm(self.norms, chunk, self.bank.T, alpha=-2)  # ||b||^2 - 2 q.b
+            if k == 1:
+                values, indices = partial.min(dim=1, keepdim=True)
+            else:
+                values, indices = partial.topk(k, dim=1, largest=False)
+            out_d.append(values.add_(chunk.square().sum(1, keepdim=True)))
             out_i.append(indices)
+        return torch.cat(out_d), torch.cat(out_i)
+
+
+class TorchScreenedIndex:
+    """Approximate L2 search in torch: every row screened in half precision, each query's
+    SCREEN_CANDIDATES best measured again exactly. The bank is centred and scaled to unit largest
+    norm first (distances keep their order), so half precision neither overflows nor loses the
+    small differences between near rows to large norms. A returned distance is an exact distance
+    to a bank row, so never below the exact nearest one (search_images relies on that)."""
+
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        dtype: torch.dtype = torch.float16,
+        candidates: int = SCREEN_CANDIDATES,
+    ) -> None:
+        """bank (M, D) float32 on the search device (shared with the exact index beside it)."""
+        self.bank = bank
+        self.centre = self.bank.mean(0)
+        centred = self.bank - self.centre
+        self.scale = 1.0 / float(torch.linalg.vector_norm(centred, dim=1).max().clamp_min(1e-12))
+        low = centred * self.scale
+        self.low = low.to(dtype)
+        self.low_norms = low.square().sum(1).to(dtype)
+        self.dtype = dtype
+        self.candidates = min(candidates, len(self.bank))
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries (N, D) -> squared distances and indices (N, k), k <= SCREEN_CANDIDATES."""
+        queries = queries.to(self.bank.device, torch.float32)
+        r = max(min(k, len(self.bank)), self.candidates)
+        out_d, out_i = [], []
+        step = max(1, TORCH_CHUNK_BYTES // (2 * len(self.bank)))
+        for start in range(0, len(queries), step):
+            chunk = queries[start : start + step]
+            low = ((chunk - self.centre) * self.scale).to(self.dtype)
+            screen = torch.addmm(self.low_norms, low, self.low.T, alpha=-2)
+            candidates = screen.topk(r, dim=1, largest=False).indices  # (n, r)
+            exact = (self.bank[candidates] - chunk.unsqueeze(1)).square().sum(-1)  # (n, r)
+            values, picked = exact.topk(min(k, r), dim=1, largest=False)
+            out_d.append(values)
+            out_i.append(candidates.gather(1, picked))
         return torch.cat(out_d), torch.cat(out_i)
 
 
@@ -99,17 +148,16 @@ class BankIndex:
         self.size, self.dim = data.shape
         on_cuda = torch.device(device).type == "cuda"
         self.use_gpu = on_cuda and faiss_gpu_available()
-        self.kind = kind = resolve_kind(
-            kind, self.size, self.dim, torch_gpu=on_cuda and not self.use_gpu
-        )
-        self.torch_index = (
-            TorchFlatIndex(data, torch.device(device))
-            if on_cuda and kind == "flat" and not self.use_gpu
-            else None
-        )
+        self.kind = kind = resolve_kind(kind, self.size, self.dim)
         # exact search beside an approximate index: each image's farthest patches (search_images)
         self.exact = TorchFlatIndex(data, torch.device(device)) if kind == "ivf" else None
-        if self.torch_index is not None:
+        self.torch_index: TorchFlatIndex | TorchScreenedIndex | None = None
+        if on_cuda and not self.use_gpu:
+            self.torch_index = (
+                TorchScreenedIndex(self.exact.bank)
+                if self.exact is not None
+                else TorchFlatIndex(data, torch.device(device))
+            )
             self.index = None
             return
         import faiss
@@ -137,6 +185,8 @@ class BankIndex:
 
     @property
     def backend(self) -> str:
+        if isinstance(self.torch_index, TorchScreenedIndex):
+            return "torch, half-precision screen"
         return (
             "torch" if self.torch_index is not None else ("faiss-gpu" if self.use_gpu else "faiss")
         )

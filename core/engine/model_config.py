@@ -99,8 +99,9 @@ class ModelConfig:
     coreset_projection_dim: int = option(
         64, "random projection used only to pick the coreset", ge=8, le=1024
     )
-    # Nearest-neighbour search: "flat" is exact L2; "ivf" is FAISS IVF (approximate, faster); "auto"
-    # picks by bank size (core/engine/index.py, resolve_kind). Stored versions keep the kind they
+    # Nearest-neighbour search: "flat" is exact L2; "ivf" is approximate and faster (FAISS IVF; on a
+    # GPU without faiss-gpu a half-precision screen with an exact second look); "auto" picks by bank
+    # size (core/engine/index.py, resolve_kind). Stored versions keep the kind they
     # were fitted with.
     index: str = option(
         "auto",
