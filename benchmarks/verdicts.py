@@ -2,7 +2,8 @@
 
 Reads shift results written with `--keep-scores` (one file or more per product; the product is the
 file's dataset) and, for every product, chooses which patches count in a target image's normal score
-(AdaptConfig.threshold_patch_z) and the Gumbel law's percentile pair on the other products only,
+(AdaptConfig.threshold_patch_z), the Gumbel law's percentile pair and which images the law is
+fitted to (RULES) on the other products only,
 then reports that product's target-memory versions at the chosen settings: false alarms and recall
 at the version's own threshold, the oracle's recall (the threshold flagging at most 1% of the
 held-out good images), whether the batch was found to support the threshold, on batches with 0%, 25%
@@ -34,12 +35,14 @@ from .helpers import markdown
 RATE = 0.01  # the fit's default, which every stored run used
 PAIRS = ((0.05, 0.25), (0.05, 0.5), (0.1, 0.3), (0.1, 0.5), (0.2, 0.5), (0.25, 0.75), (0.1, 0.7))
 SHARES = (0.0, 0.25, None)  # None: the split's own share (about half)
+RULES = ("all", "suspect-free", "scaled")  # which target images the law is fitted to (law_input)
 METHOD = "target-memory"
 
 DEFAULTS = (
     f"{AdaptConfig().threshold_patch_z:g}",
     GUMBEL_QUANTILES,
     SUPPORT_FACTOR,
+    "all",
 )  # keys of benchmarks.shift.vouched_score_grid
 
 
@@ -84,8 +87,28 @@ def defective_share(kinds: np.ndarray, share: float, seed: int) -> np.ndarray:
     return np.sort(np.r_[good, np.random.default_rng(seed).permutation(bad)[:n_bad]])
 
 
-def judged(batch: dict, z: str, pair: tuple[float, float], factor: float) -> dict:
-    estimate = gumbel_threshold(batch["target"][z], RATE, float("nan"), pair, factor)
+def law_input(
+    batch: dict, z: str, pair: tuple[float, float], rule: str
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The normal scores and percentile pair the law is fitted to under `rule` (RULES): every
+    scored image; only the images that lost no patch to the vouching (not suspects); or every image
+    with the pair moved down by the suspects' share, as if every suspect scored above every normal
+    image."""
+    values, raw = batch["target"][z], batch["target"].get("100")
+    if rule == "all" or raw is None:
+        return values, pair
+    suspect = raw > values
+    if rule == "suspect-free":
+        return (values[~suspect], pair) if (~suspect).sum() >= 8 else (values, pair)
+    clean = 1.0 - float(suspect.mean())
+    return values, (pair[0] * clean, pair[1] * clean)
+
+
+def judged(
+    batch: dict, z: str, pair: tuple[float, float], factor: float, rule: str = "all"
+) -> dict:
+    values, fitted_pair = law_input(batch, z, pair, rule)
+    estimate = gumbel_threshold(values, RATE, float("nan"), fitted_pair, factor)
     if (
         "100" in batch["target"]
     ):  # every patch counted: the raw scores, whose excess over the normal ones marks a suspect
@@ -118,14 +141,15 @@ def judged(batch: dict, z: str, pair: tuple[float, float], factor: float) -> dic
     }
 
 
-def choose(batches_: list[dict]) -> tuple[str, tuple[float, float], float]:
-    """The patch z and pair meeting the goal on the most of these batches (ties: the most credit,
-    the share of the recall goal reached within the false-alarm goal; then the lower worst
+def choose(batches_: list[dict]) -> tuple[str, tuple[float, float], float, str]:
+    """The patch z, pair and rule meeting the goal on the most of these batches (ties: the most
+    credit, the share of the recall goal reached within the false-alarm goal; then the lower worst
     false-alarm rate). The support factor is not chosen: it states how sure the law must be
     (SUPPORT_FACTOR)."""
 
     def key(setting):
-        rows = [judged(b, *setting, SUPPORT_FACTOR) for b in batches_]
+        z, pair, rule = setting
+        rows = [judged(b, z, pair, SUPPORT_FACTOR, rule) for b in batches_]
         return (
             sum(r["meets"] for r in rows),
             sum(r["credit"] for r in rows),
@@ -133,8 +157,8 @@ def choose(batches_: list[dict]) -> tuple[str, tuple[float, float], float]:
         )
 
     zs = sorted(set.intersection(*(set(b["target"]) for b in batches_)))
-    z, pair = max(((z, pair) for z in zs for pair in PAIRS), key=key)
-    return z, pair, SUPPORT_FACTOR
+    z, pair, rule = max(((z, pair, rule) for z in zs for pair in PAIRS for rule in RULES), key=key)
+    return z, pair, SUPPORT_FACTOR, rule
 
 
 def summary(rows: list[dict]) -> dict:
@@ -229,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
                     for b in every
                     if b["product"] == product and b["asked_share"] == share
                 ]
-                z, pair, factor = settings
+                z, pair, factor, rule = settings
                 table.append(
                     {
                         "product": product,
-                        "settings": f"{label}: z {z}, {pair[0]:g}-{pair[1]:g}, x{factor:g}",
+                        "settings": f"{label}: z {z}, {pair[0]:g}-{pair[1]:g}, x{factor:g}, {rule}",
                         "share": "split" if share is None else f"{share:.0%}",
                         "mean share": np.mean([r["share"] for r in rows]),
                         **summary(rows),
@@ -246,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             table,
             [
                 ("product", "product", ""),
-                ("settings", "patch z, pair, support factor", ""),
+                ("settings", "patch z, pair, support factor, law fitted to", ""),
                 ("share", "defective", ""),
                 ("mean share", "share", ".0%"),
                 ("conditions", "conditions", "d"),

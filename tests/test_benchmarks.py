@@ -869,7 +869,7 @@ def test_verdict_study_chooses_settings_on_the_other_products():
         pytest.approx(33 / 133),
         0.5,
     ]  # 100 good and 33 defective
-    z, pair, factor = choose(every)
+    z, pair, factor, rule = choose(every)
     assert factor == 4.0  # not chosen: the precision the gate asks for
     assert (
         z == "3"
@@ -905,3 +905,19 @@ def test_uda_elpv_split_and_report_by_hand(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"rows": rows}))
     table = uda_elpv.report_table([str(tmp_path / "r.json")])
     assert "| uda | 0.900 / 0.50 | 0.700 / 0.25 | 12 | 1.50 |" in table, table
+
+
+def test_the_law_is_fitted_to_the_images_each_rule_names():
+    from benchmarks.verdicts import law_input
+
+    raw = np.arange(20, dtype=float)
+    vouched = raw.copy()
+    vouched[15:] -= 1  # 5 of 20 images lost a patch to the vouching: suspects
+    batch = {"target": {"4": vouched, "100": raw}}
+    assert law_input(batch, "4", (0.2, 0.5), "all") == (vouched, (0.2, 0.5))
+    free, pair = law_input(batch, "4", (0.2, 0.5), "suspect-free")
+    assert free.tolist() == list(range(15)) and pair == (0.2, 0.5)
+    same, scaled = law_input(batch, "4", (0.2, 0.5), "scaled")
+    assert same is vouched and scaled == pytest.approx((0.15, 0.375))  # 75% not suspect
+    few = {"target": {"4": vouched[10:], "100": raw[10:]}}  # 5 left: too few, every image stays
+    assert len(law_input(few, "4", (0.2, 0.5), "suspect-free")[0]) == 10
