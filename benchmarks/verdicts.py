@@ -97,8 +97,13 @@ def law_input(
     with the pair moved down by the suspects' share, as if every suspect scored above every normal
     image."""
     values, raw = batch["target"][z], batch["target"].get("100")
-    if rule == "all" or raw is None:
+    if rule == "all":
         return values, pair
+    if raw is None:
+        raise SystemExit(
+            f"rule {rule!r} needs every scored image's raw score (vouched scores at z 100), "
+            "which these results files lack"
+        )
     suspect = raw > values
     if rule == "suspect-free":
         return (values[~suspect], pair) if (~suspect).sum() >= 8 else (values, pair)
@@ -226,10 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conditions", action="store_true", help="also one row per condition")
     parser.add_argument(
         "--rules",
-        nargs="*",
+        nargs="+",
         choices=RULES,
         default=["all"],
-        help="which images the law may be fitted to, chosen with the product left out",
+        help="which images the law may be fitted to, chosen with the product left out (after the "
+        "results files)",
     )
     parser.add_argument(
         "--law-spread",

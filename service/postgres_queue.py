@@ -48,6 +48,10 @@ class Interrupted(Exception):
     """The process stopped during the job, which went back to the queue."""
 
 
+class CancelAsked(Exception):
+    """A cancel reached a silent worker's queue entry: its job is not run again."""
+
+
 class PostgresQueue:
     shared = True  # every replica queues, every worker runs
 
@@ -274,16 +278,38 @@ class PostgresQueue:
             )
         elif job.stalls >= MAX_STALLS:
             self._fail(job, entry_id, f"{silent}, for the second time; no version was written")
-        elif self.runner.jobs.requeue(
-            job,
-            f"{silent}; queued to run again",
-            stalled=True,
-            clear_version=True,
-            enqueue=self.enqueue,
-        ):
-            log.warning(
-                "job %s (%s of %s): %s; running it again", job.id, job.kind, job.model, silent
-            )
+        else:
+            try:
+                requeued = self.runner.jobs.requeue(
+                    job,
+                    f"{silent}; queued to run again",
+                    stalled=True,
+                    clear_version=True,
+                    enqueue=self._enqueue_unless_cancelled(entry_id),
+                )
+            except CancelAsked:
+                self._recover(job_id, entry_id, cancel_asked=True)
+                return
+            if requeued:
+                log.warning(
+                    "job %s (%s of %s): %s; running it again", job.id, job.kind, job.model, silent
+                )
+
+    def _enqueue_unless_cancelled(self, entry_id: int):
+        """The requeue's new entry, written only if no cancel reached the old one: its row is
+        locked in the requeue's transaction, so a cancel lands either before (seen here: the
+        transaction rolls back) or after the commit (then cancel() finds the job queued again)."""
+
+        def enqueue(connection: Connection, job: Job) -> int:
+            asked = connection.exec_driver_sql(
+                "SELECT abort_requested FROM procrastinate_jobs WHERE id = %(id)s FOR UPDATE",
+                {"id": entry_id},
+            ).scalar()
+            if asked:
+                raise CancelAsked(job.id)
+            return self.enqueue(connection, job)
+
+        return enqueue
 
     async def _reconcile(self, app: procrastinate.App) -> None:
         """A record still unfinished whose queue entry has ended (its run could not record its

@@ -26,6 +26,8 @@ from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.thread_queue import ThreadQueue
 
 log = logging.getLogger("patchshift.service")
+# reads of a job being cancelled while it changes hands (queued -> running -> queued again)
+CANCEL_ATTEMPTS = 5
 
 
 class JobQueue(Protocol):
@@ -131,14 +133,24 @@ class Worker:
                 "this replica runs no jobs (PATCHSHIFT_RUN_JOBS=0): cancel a running job on the "
                 "replica that runs it"
             )
-        if job.status == QUEUED and self.jobs.cancel_queued(
-            job_id, "cancelled by request before it started"
-        ):
-            self.metrics.jobs.labels(job.kind, CANCELLED).inc()
-            self.queue.withdraw(job)
-            self.runner.discard_uploads_if_ended(job_id)
-        elif (now := self.jobs.get(job_id)).status == RUNNING:
-            self.queue.abort(now)  # also when a worker started it since the read above
+        # The job may change hands meanwhile (a worker starts it; the sweep queues a dead worker's
+        # job again): follow it until the cancel lands on the state it is in.
+        for _ in range(CANCEL_ATTEMPTS):
+            if job.status == QUEUED and self.jobs.cancel_queued(
+                job_id, "cancelled by request before it started"
+            ):
+                self.metrics.jobs.labels(job.kind, CANCELLED).inc()
+                self.queue.withdraw(job)
+                self.runner.discard_uploads_if_ended(job_id)
+                break
+            if job.status == RUNNING:
+                self.queue.abort(job)
+            now = self.jobs.get(job_id)
+            if now.status not in (QUEUED, RUNNING) or (
+                now.status == RUNNING and job.status == RUNNING and now.queue_id == job.queue_id
+            ):
+                break  # ended, or still running on the entry the abort reached
+            job = now
         self.runner.update_depth()
         return self.jobs.get(job_id)
 

@@ -914,10 +914,13 @@ def test_the_law_is_fitted_to_the_images_each_rule_names():
     vouched = raw.copy()
     vouched[15:] -= 1  # 5 of 20 images lost a patch to the vouching: suspects
     batch = {"target": {"4": vouched, "100": raw}}
-    assert law_input(batch, "4", (0.2, 0.5), "all") == (vouched, (0.2, 0.5))
+    every, pair = law_input(batch, "4", (0.2, 0.5), "all")
+    assert np.array_equal(every, vouched) and pair == (0.2, 0.5)
     free, pair = law_input(batch, "4", (0.2, 0.5), "suspect-free")
     assert free.tolist() == list(range(15)) and pair == (0.2, 0.5)
     same, scaled = law_input(batch, "4", (0.2, 0.5), "scaled")
-    assert same is vouched and scaled == pytest.approx((0.15, 0.375))  # 75% not suspect
+    assert np.array_equal(same, vouched) and scaled == pytest.approx((0.15, 0.375))  # 75% clean
     few = {"target": {"4": vouched[10:], "100": raw[10:]}}  # 5 left: too few, every image stays
     assert len(law_input(few, "4", (0.2, 0.5), "suspect-free")[0]) == 10
+    with pytest.raises(SystemExit, match="raw score"):
+        law_input({"target": {"4": vouched}}, "4", (0.2, 0.5), "scaled")

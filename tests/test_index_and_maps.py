@@ -26,12 +26,15 @@ def test_torch_flat_index_matches_faiss(monkeypatch):
 
     monkeypatch.setattr(index_module, "TORCH_CHUNK_BYTES", 64 * 700 * 4)  # 64 queries per chunk
     generator = torch.Generator().manual_seed(1)
-    bank = torch.randn(700, 24, generator=generator)
-    queries = torch.randn(300, 24, generator=generator)
-    squared, indices = TorchFlatIndex(bank.numpy(), torch.device("cpu")).search(queries, k=3)
-    distances, expected = BankIndex(bank, "flat").search(queries, k=3)
-    assert torch.equal(indices, expected)
-    assert torch.allclose(squared.clamp_min(0).sqrt(), distances, atol=1e-4)
+    # near the origin, and far from it as patch features are (averages of non-negative activations)
+    for offset in (0.0, 40.0):
+        bank = offset + torch.randn(700, 24, generator=generator)
+        queries = bank[:150] + 0.05 * torch.randn(150, 24, generator=generator)
+        queries = torch.cat([queries, offset + torch.randn(150, 24, generator=generator)])
+        squared, indices = TorchFlatIndex(bank.numpy(), torch.device("cpu")).search(queries, k=3)
+        distances, expected = BankIndex(bank, "flat").search(queries, k=3)
+        assert torch.equal(indices, expected)
+        assert torch.allclose(squared.clamp_min(0).sqrt(), distances, atol=1e-4)
 
 
 def screened_on_cpu(bank: torch.Tensor, candidates: int = 8):

@@ -350,3 +350,38 @@ def test_a_restart_of_the_database_loses_no_job(
             assert client.get("/readyz").status_code == 200
         assert ends[0]["status"] == "succeeded" or ends[0]["error"], ends
         assert ends[1]["status"] == "succeeded", ends  # the queued job was not lost
+
+
+def test_a_cancel_that_reaches_a_silent_worker_s_entry_after_the_sweep_read_it_still_wins(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The sweep read the dead worker's entry (no cancel asked), then the cancel landed: the
+    requeue's transaction sees it on the locked entry and the job ends cancelled, not queued
+    again."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import text
+
+    from patchshift.service.job_store import CANCELLED, RUNNING, JobStore
+    from patchshift.service.postgres_queue import PostgresQueue
+    from patchshift.service.prometheus import ServiceMetrics
+    from patchshift.service.store import ModelStore
+
+    jobs = JobStore.open(postgres_url)
+    runner = SimpleNamespace(jobs=jobs, metrics=ServiceMetrics())
+    queue = PostgresQueue(jobs.engine, runner, ModelStore(tmp_path), runs_jobs=False, lease=LEASE)
+    job = jobs.create("adapt", "widget", {}, enqueue=queue.enqueue)
+    assert jobs.start(job.id)
+    with jobs.engine.begin() as connection:  # its worker had claimed the entry, then died
+        connection.execute(
+            text("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = :id"),
+            {"id": job.queue_id},
+        )
+    running = jobs.get(job.id)
+    assert running.status == RUNNING
+    queue.abort(running)  # the cancel, after the sweep's read
+    queue._recover(job.id, job.queue_id, cancel_asked=False)  # what that read decided
+    ended = jobs.get(job.id)
+    jobs.close()
+    assert ended.status == CANCELLED, ended
+    assert "cancelled by request" in ended.error and ended.queue_id == job.queue_id

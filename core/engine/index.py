@@ -61,11 +61,15 @@ class TorchFlatIndex:
     """Exact L2 search in torch on the bank's device (the GPU path when faiss-gpu is missing).
 
     Per query chunk one fused product ||b||^2 - 2 q.b (torch.addmm, the row norms as its bias) and
-    a row minimum: the (queries x rows) matrix is written once and read once."""
+    a row minimum: the (queries x rows) matrix is written once and read once. Bank and queries are
+    centred on the bank's mean first: patch features are averages of non-negative activations, far
+    from the origin, where the expansion would lose the small distances to float32 cancellation."""
 
     def __init__(self, data: np.ndarray, device: torch.device) -> None:
         self.bank = torch.from_numpy(data).to(device)
-        self.norms = self.bank.square().sum(1)
+        self.centre = self.bank.mean(0)
+        self.centred = self.bank - self.centre
+        self.norms = self.centred.square().sum(1)
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (N, D) -> squared distances and indices (N, k)."""
@@ -74,8 +78,8 @@ class TorchFlatIndex:
         out_d, out_i = [], []
         step = max(1, TORCH_CHUNK_BYTES // (4 * len(self.bank)))
         for start in range(0, len(queries), step):
-            chunk = queries[start : start + step]
-            partial = torch.addmm(self.norms, chunk, self.bank.T, alpha=-2)  # ||b||^2 - 2 q.b
+            chunk = queries[start : start + step] - self.centre
+            partial = torch.addmm(self.norms, chunk, self.centred.T, alpha=-2)  # ||b||^2 - 2 q.b
             if k == 1:
                 values, indices = partial.min(dim=1, keepdim=True)
             else:
@@ -110,11 +114,13 @@ class TorchScreenedIndex:
         self.candidates = min(candidates, len(self.bank))
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries (N, D) -> squared distances and indices (N, k), k <= SCREEN_CANDIDATES."""
+        """queries (N, D) -> squared distances and indices (N, k). For k above the candidates
+        (the re-weighting's neighbours) the screen's k best are measured, in their exact order."""
         queries = queries.to(self.bank.device, torch.float32)
         r = max(min(k, len(self.bank)), self.candidates)
         out_d, out_i = [], []
-        step = max(1, TORCH_CHUNK_BYTES // (2 * len(self.bank)))
+        # per query: a row of the half-precision screen, and its r candidates' float32 differences
+        step = max(1, TORCH_CHUNK_BYTES // (2 * len(self.bank) + 12 * r * self.bank.shape[1]))
         for start in range(0, len(queries), step):
             chunk = queries[start : start + step]
             low = ((chunk - self.centre) * self.scale).to(self.dtype)
