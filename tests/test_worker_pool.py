@@ -385,3 +385,56 @@ def test_a_cancel_that_reaches_a_silent_worker_s_entry_after_the_sweep_read_it_s
     jobs.close()
     assert ended.status == CANCELLED, ended
     assert "cancelled by request" in ended.error and ended.queue_id == job.queue_id
+
+
+def test_a_cancel_racing_the_sweep_always_ends_the_job_cancelled(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A person cancels a dead worker's job while the sweep decides for it, again and again: the
+    job always ends cancelled (never queued again), whoever comes first."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import text
+
+    from patchshift.service.job_store import CANCELLED, JobStore
+    from patchshift.service.prometheus import ServiceMetrics
+    from patchshift.service.store import ModelStore
+    from patchshift.service.worker import Worker
+
+    jobs = JobStore.open(postgres_url)
+    worker = Worker(
+        jobs,
+        tmp_path / "uploads",
+        ServiceMetrics(),
+        {},
+        SimpleNamespace(store=ModelStore(tmp_path / "models")),
+        runs_jobs=False,
+        lease=LEASE,
+    )
+    ends = []
+    for i in range(30):
+        job = jobs.create("adapt", f"m{i}", {}, enqueue=worker.queue.enqueue)
+        assert jobs.start(job.id)
+        with jobs.engine.begin() as connection:
+            connection.execute(
+                text("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = :id"),
+                {"id": job.queue_id},
+            )
+        start = threading.Barrier(2)
+
+        def sweep(job=job, start=start) -> None:
+            start.wait()
+            worker.queue._recover(job.id, job.queue_id, cancel_asked=False)
+
+        def cancel(job=job, start=start) -> None:
+            start.wait()
+            worker.cancel(job.id)
+
+        racers = [threading.Thread(target=sweep), threading.Thread(target=cancel)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        ends.append(jobs.get(job.id).status)
+    jobs.close()
+    assert ends == [CANCELLED] * 30, ends
