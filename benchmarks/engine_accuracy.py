@@ -272,11 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(RESULTS / "engine.json"))
     args = parser.parse_args(argv)
     root = Path(args.data_root)
-    from .protocol import parse_variant
+    from .protocol import parse_settings
 
-    _, settings = parse_variant(
-        "set:" + ",".join(args.set)
-    )  # JSON values: calibration=holdout, false_alarm_rate=0.01
+    settings = parse_settings(args.set)  # JSON values: calibration=holdout, false_alarm_rate=0.01
     runs = [(name, {**dataset_settings(name), **settings}) for name in args.datasets]
     for spec in args.resolutions:
         name, size = spec.split("=")

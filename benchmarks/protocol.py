@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -143,17 +144,22 @@ def protocol_split(args: argparse.Namespace):
     return model, samples, labels, adapt_idx
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """'label:epochs=3,lr=0.001' -> ('label', {'epochs': 3, 'lr': 0.001})."""
-    label, _, spec = text.partition(":")
+def parse_settings(items: Iterable[str]) -> dict:
+    """['epochs=3', 'memory=target'] -> {'epochs': 3, 'memory': 'target'}, JSON values else text."""
     fields = {}
-    for item in filter(None, spec.split(",")):
+    for item in filter(None, items):
         key, _, value = item.partition("=")
         try:
             fields[key] = json.loads(value)
         except json.JSONDecodeError:
             fields[key] = value
-    return label, fields
+    return fields
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'label:epochs=3,lr=0.001' -> ('label', {'epochs': 3, 'lr': 0.001})."""
+    label, _, spec = text.partition(":")
+    return label, parse_settings(spec.split(","))
 
 
 def adaptation_batch(args: argparse.Namespace):

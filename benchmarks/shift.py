@@ -42,6 +42,7 @@ from .protocol import (  # noqa: F401  (re-exported for the scripts and tests th
     evaluate_on,
     get_model,
     load_images,
+    parse_settings,
     parse_variant,
     protocol_split,
     stratified_split,
@@ -629,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         report(merged(args.report), args.sweep_method)
         return
-    _, args.adapt_settings = parse_variant("set:" + ",".join(args.set))
+    args.adapt_settings = parse_settings(args.set)
     if args.sweep_condition and (
         args.sweep_condition[0] not in CORRUPTIONS or args.sweep_condition[1] not in list("12345")
     ):

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .helpers import RESULTS, PeakMemory, machine, markdown
-from .protocol import parse_variant
+from .protocol import parse_settings
 
 ADAPT_SIZE = 511  # the adaptation set: 511 poly cells against 588 mono normals
 METHODS = ["none", "target-memory", "roda", "bn-stats", "uda", "refit-with-labels"]
@@ -212,10 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print(report_table(args.report))
         return
-    options = {
-        "uda": parse_variant("uda:" + ",".join(args.uda))[1],
-        "target-memory": parse_variant("target-memory:" + ",".join(args.memory))[1],
-    }
+    options = {"uda": parse_settings(args.uda), "target-memory": parse_settings(args.memory)}
 
     cells, labels, types = elpv_cells()
     files = [png(cell) for cell in cells]

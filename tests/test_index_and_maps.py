@@ -40,9 +40,10 @@ def test_torch_flat_index_matches_faiss(monkeypatch):
 def screened_on_cpu(bank: torch.Tensor, candidates: int = 8):
     """The GPU's approximate search, run here on the CPU (bfloat16: coarser than the GPU's
     float16, so a harder test of the exact second look)."""
-    from patchshift.core.engine.index import TorchScreenedIndex
+    from patchshift.core.engine.index import TorchFlatIndex, TorchScreenedIndex
 
-    return TorchScreenedIndex(bank, dtype=torch.bfloat16, candidates=candidates)
+    exact = TorchFlatIndex(bank.numpy(), torch.device("cpu"))
+    return TorchScreenedIndex(exact, dtype=torch.bfloat16, candidates=candidates)
 
 
 def test_screened_search_finds_the_exact_neighbours_and_never_reports_less():
@@ -71,7 +72,7 @@ def test_screened_image_scores_are_exact_after_re_searching_each_image_s_farthes
     bank = torch.randn(4000, 32, generator=generator)
     feats = torch.randn(5, 200, 32, generator=generator)
     index = BankIndex(bank, "ivf")
-    index.torch_index = screened_on_cpu(index.exact.bank, candidates=1)  # the GPU arrangement
+    index.torch_index = screened_on_cpu(bank, candidates=1)  # the GPU arrangement
     exact, _ = BankIndex(bank, "flat").search(feats.reshape(-1, 32))
     distances, _ = index.search_images(feats)
     assert torch.allclose(distances.amax(1), exact.view(5, 200).amax(1), atol=1e-4)

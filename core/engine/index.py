@@ -98,18 +98,15 @@ class TorchScreenedIndex:
 
     def __init__(
         self,
-        bank: torch.Tensor,
+        exact: TorchFlatIndex,
         dtype: torch.dtype = torch.float16,
         candidates: int = SCREEN_CANDIDATES,
     ) -> None:
-        """bank (M, D) float32 on the search device (shared with the exact index beside it)."""
-        self.bank = bank
-        self.centre = self.bank.mean(0)
-        centred = self.bank - self.centre
-        self.scale = 1.0 / float(torch.linalg.vector_norm(centred, dim=1).max().clamp_min(1e-12))
-        low = centred * self.scale
-        self.low = low.to(dtype)
-        self.low_norms = low.square().sum(1).to(dtype)
+        """`exact`: the exact index beside it, whose bank, centre and centred rows it shares."""
+        self.bank, self.centre = exact.bank, exact.centre
+        self.scale = float(exact.norms.max().clamp_min(1e-24).rsqrt())  # largest norm -> 1
+        self.low = (exact.centred * self.scale).to(dtype)
+        self.low_norms = (exact.norms * self.scale**2).to(dtype)
         self.dtype = dtype
         self.candidates = min(candidates, len(self.bank))
 
@@ -160,7 +157,7 @@ class BankIndex:
         self.torch_index: TorchFlatIndex | TorchScreenedIndex | None = None
         if on_cuda and not self.use_gpu:
             self.torch_index = (
-                TorchScreenedIndex(self.exact.bank)
+                TorchScreenedIndex(self.exact)
                 if self.exact is not None
                 else TorchFlatIndex(data, torch.device(device))
             )
