@@ -924,3 +924,61 @@ def test_the_law_is_fitted_to_the_images_each_rule_names():
     assert len(law_input(few, "4", (0.2, 0.5), "suspect-free")[0]) == 10
     with pytest.raises(SystemExit, match="raw score"):
         law_input({"target": {"4": vouched}}, "4", (0.2, 0.5), "scaled")
+
+
+def test_engine_defaults_report_each_product_under_the_setting_chosen_on_the_others():
+    from benchmarks.engine_defaults import ranking_key, ranking_table, report_rows
+
+    def run(product, variant, image_auroc):
+        return {
+            "variant": variant,
+            "dataset": product,
+            "image_auroc": image_auroc,
+            "pixel_auroc": None,
+            "aupro": None,
+            "false_alarm_rate": 0.01,
+            "recall": 0.5,
+            "oracle_recall": 0.5,
+            "fit_s": 1.0,
+        }
+
+    aurocs = {  # product -> variant -> image AUROC
+        "p1": {"default": 0.90, "backbone=lite2": 0.95},
+        "p2": {"default": 0.80, "backbone=lite2": 0.85},
+        "p3": {"default": 0.70, "backbone=lite2": 0.60},
+    }
+    store = {
+        "machine": "by hand",
+        "runs": {
+            f"{p}|{v}": run(p, v, auroc) for p, by in aurocs.items() for v, auroc in by.items()
+        },
+    }
+    from benchmarks.engine_defaults import RANKING_VARIANTS
+
+    rows = {r["product"]: r for r in report_rows(store, RANKING_VARIANTS, ranking_key)}
+    # p3 left out: lite2 is better on p1 and p2 (worst 0.85 against 0.80), and p3 pays for it
+    assert rows["p3"]["chosen"] == "backbone=lite2"
+    assert rows["p3"]["chosen image_auroc"] == 0.60
+    assert rows["p3"]["best"] == "default"
+    # p1 left out: p2 (0.85) and p3 (0.60) -> lite2's worst 0.60 against the default's 0.70
+    assert rows["p1"]["chosen"] == "default"
+    lines = ranking_table(store).splitlines()
+    assert lines[2].startswith("| p3 | backbone=lite2 | 0.600 / 0.700 |"), lines[2]
+    assert lines[2].endswith("| default: 0.700 | 0.100 |"), lines[2]
+
+
+def test_the_gev_rule_recovers_a_tail_lighter_than_gumbels():
+    from benchmarks.verdicts import gev_reduced, gev_threshold
+    from patchshift.core.engine.threshold import gumbel_law, gumbel_reduced
+
+    shape, rate = -0.3, 0.01  # a bounded tail: x = 10 + 2 * gev_reduced(U, -0.3)
+    draws = 10 + 2 * gev_reduced(np.random.default_rng(0).uniform(size=200_000), shape)
+    truth = 10 + 2 * gev_reduced(np.array([1 - rate]), shape)[0]  # 17.67
+    assert gev_threshold(draws, (0.2, 0.5), rate) == pytest.approx(truth, abs=0.05)
+    location, scale = gumbel_law(draws, (0.2, 0.5))
+    assert location + scale * gumbel_reduced(1 - rate) > truth + 1.5  # Gumbel's 99th: 19.8
+    gumbel = np.random.default_rng(1).gumbel(3.0, 0.5, 200_000)  # shape 0: the same as Gumbel's
+    assert gev_threshold(gumbel, (0.2, 0.5), rate) == pytest.approx(
+        3.0 + 0.5 * gumbel_reduced(1 - rate), abs=0.06
+    )
+    assert gev_threshold(np.ones(50), (0.2, 0.5), rate) is None  # no spread
