@@ -4,7 +4,8 @@ Each variant changes one engine setting of the shipped ModelConfig (backbone, fe
 bank cap, calibration); every product is fitted on its training images and evaluated on its whole
 test set under each variant (engine_accuracy.run_dataset: one child process per fit). Then, for
 every product, a setting is chosen on the other products alone and that product is reported under
-it, beside the shipped default and the variant that would have been best for it in hindsight:
+it, beside the shipped default and the variant that would have been best for it in hindsight. The
+choice is among the variants every product ran:
 
 - ranking settings (backbone, reduction, bank cap): the variant whose worst other product has the
   highest image AUROC (ties: the higher mean);
@@ -94,24 +95,28 @@ def calibration_key(rows: list[dict]) -> tuple[float, float]:
     return (-max(misses), -float(np.mean(misses)))
 
 
-def choose(runs: dict, products: list[str], variants: dict, score) -> str | None:
-    """The variant measured on every one of `products` that `score` ranks highest."""
-    complete = [v for v in variants if all(key(p, v) in runs for p in products)]
-    if not complete or not products:
+def choose(runs: dict, products: list[str], candidates: list[str], score) -> str | None:
+    """The candidate that `score` ranks highest on `products`."""
+    if not candidates or not products:
         return None
-    return max(complete, key=lambda v: score([runs[key(p, v)] for p in products]))
+    return max(candidates, key=lambda v: score([runs[key(p, v)] for p in products]))
 
 
 def report_rows(store: dict, variants: dict, score) -> list[dict]:
+    """Each product under the variant chosen on the others, among the variants measured on every
+    product (a variant a product lacks could be chosen for it and not reported)."""
     runs = store["runs"]
     products = sorted({r["dataset"] for r in runs.values()})
+    candidates = [v for v in variants if all(key(p, v) in runs for p in products)]
+    if DEFAULT not in candidates:
+        return []
     rows = []
     for product in products:
         others = [p for p in products if p != product]
-        chosen = choose(runs, others, variants, score)
-        mine = [v for v in variants if key(product, v) in runs]
-        if chosen is None or key(product, chosen) not in runs or DEFAULT not in mine:
+        chosen = choose(runs, others, candidates, score)
+        if chosen is None:
             continue
+        mine = [v for v in variants if key(product, v) in runs]
         best = max(mine, key=lambda v: score([runs[key(product, v)]]))
         at = {name: runs[key(product, v)] for name, v in (("chosen", chosen), ("default", DEFAULT))}
         at["best"] = runs[key(product, best)]

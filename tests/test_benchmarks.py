@@ -982,3 +982,20 @@ def test_the_gev_rule_recovers_a_tail_lighter_than_gumbels():
         3.0 + 0.5 * gumbel_reduced(1 - rate), abs=0.06
     )
     assert gev_threshold(np.ones(50), (0.2, 0.5), rate) is None  # no spread
+
+
+def test_engine_defaults_choose_only_among_settings_every_product_ran():
+    from benchmarks.engine_defaults import RANKING_VARIANTS, ranking_key, report_rows
+
+    runs = {
+        f"{p}|{v}": {"variant": v, "dataset": p, "image_auroc": a}
+        for p, v, a in [
+            ("p1", "default", 0.8),
+            ("p2", "default", 0.8),
+            ("p1", "backbone=lite2", 0.9),  # best on p1, never run on p2
+        ]
+    }
+    rows = report_rows({"runs": runs}, RANKING_VARIANTS, ranking_key)
+    # p2 left out: lite2 wins on p1 but p2 has no lite2 run: the choice is among what both ran
+    assert {r["product"]: r["chosen"] for r in rows} == {"p1": "default", "p2": "default"}
+    assert {r["product"]: r["best"] for r in rows} == {"p1": "backbone=lite2", "p2": "default"}
