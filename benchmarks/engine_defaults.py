@@ -67,6 +67,7 @@ def load(path: Path) -> dict:
 def measure(products: list[str], variants: list[str], root: Path, device: str, path: Path) -> dict:
     """Fit and evaluate every (product, variant) not yet stored; store each as it ends."""
     store = load(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
         for variant in variants:  # every product under one variant before the next variant
             for product in products:
@@ -75,7 +76,6 @@ def measure(products: list[str], variants: list[str], root: Path, device: str, p
                 overrides = {**dataset_settings(product), **VARIANTS[variant]}
                 row = run_dataset(product, root / product, overrides, device, Path(workdir))
                 store["runs"][key(product, variant)] = {"variant": variant, **row}
-                path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, json.dumps(store, indent=1).encode())
                 print(
                     f"{product} {variant}: image AUROC {row['image_auroc']:.3f}, false alarms "

@@ -27,7 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from patchshift.core.adapt import AdaptConfig
-from patchshift.core.engine.threshold import GUMBEL_QUANTILES, SUPPORT_FACTOR, gumbel_threshold
+from patchshift.core.engine.threshold import (
+    GUMBEL_QUANTILES,
+    SUPPORT_FACTOR,
+    gumbel_reduced,
+    gumbel_threshold,
+)
 from patchshift.core.evaluation.metrics import oracle_threshold
 
 from .helpers import markdown
@@ -115,8 +120,9 @@ def law_input(
 
 def gev_reduced(p: np.ndarray, shape: float) -> np.ndarray:
     """The standard generalised extreme-value law's quantile function (shape 0: Gumbel's)."""
-    y = -np.log(p)
-    return -np.log(y) if abs(shape) < 1e-9 else (y**-shape - 1) / shape
+    if abs(shape) < 1e-9:
+        return gumbel_reduced(p)
+    return ((-np.log(p)) ** -shape - 1) / shape
 
 
 def gev_threshold(values: np.ndarray, pair: tuple[float, float], rate: float) -> float | None:
