@@ -368,6 +368,7 @@ def cmd_adapt(args: argparse.Namespace, progress) -> int:
         f"{report.steps} steps, "
         f"{report.seconds:.1f} s; threshold {model.threshold:.4f} -> {adapted.threshold:.4f}{extra}"
         + (f"\n  {report.message}" if report.message else "")
+        + (f"\n  levels: {report.details['levels']}" if "levels" in report.details else "")
         + (f"\n  filter: {report.details['filter']}" if "filter" in report.details else "")
         + (
             f"\n  threshold: {report.details['threshold_note']}"

@@ -206,8 +206,9 @@ def drift_before_after(
     source: Detector, adapted: Detector, images: list, cancelled: Callable[[], bool]
 ) -> dict:
     """The target images' drift from the source's reference condition, seen through the source and,
-    when adaptation changed the features (BatchNorm methods), through the new version; a version
-    that moved only its memory sees the images as the source does, so it gets no `drift_after`."""
+    when adaptation changed the features (BatchNorm methods, matched input levels), through the new
+    version; a version that moved only its memory sees the images as the source does, so it gets no
+    `drift_after`."""
     target = load_target(
         images, source.config.image_size
     )  # both PatchCore versions of one model: one input size
@@ -223,6 +224,9 @@ def drift_before_after(
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """Whether two extractors compute the same features (every parameter and buffer equal)."""
+    """Whether two extractors compute the same features (the same input levels, every parameter
+    and buffer equal)."""
+    if getattr(a, "levels", None) != getattr(b, "levels", None):
+        return False
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

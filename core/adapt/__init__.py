@@ -27,6 +27,7 @@ from patchshift.core.adapt.gate import (
 from patchshift.core.adapt.gate import (
     judge as judge_versions,
 )
+from patchshift.core.adapt.input_levels import match_levels
 from patchshift.core.adapt.methods import Adapter, adapter_names, get_adapter, load_plugins
 from patchshift.core.adapt.target_memory import filter_settings, target_features
 from patchshift.core.common.errors import AdaptationError
@@ -73,7 +74,13 @@ def adapt(
     started = time.perf_counter()
     # source images only to the adapters that ask for them (older plugins take six arguments)
     extra = (source_images,) if adapter.min_source_images else ()
-    adapted = adapter.run(model, target, cfg, report_, progress, cancel, *extra)
+    parent = model
+    if adapter.matches_levels and cfg.input_levels == "match":
+        parent, levels_details = match_levels(model, target)
+        report_.details.update(levels_details)
+    adapted = adapter.run(parent, target, cfg, report_, progress, cancel, *extra)
+    if parent is not model:  # its features are not the parent's: the gate computes those itself
+        report_.source_features = None
     check_cancel(cancel)
     if not math.isfinite(adapted.threshold) or adapted.threshold <= 0:
         raise AdaptationError(

@@ -24,6 +24,7 @@ ADAPT_OPTIONS = (
     "memory_bn",
     "filter_cut_z",
     "filter_tail_share",
+    "input_levels",
 )
 
 
@@ -83,6 +84,16 @@ class AdaptConfig:
         "none",
         "BatchNorm step before the target memory: none, AdaBN (stats) or RoDA",
         choices=("none", "stats", "roda"),
+    )
+    # Before the target memory is built, each channel's brightness and contrast are matched to the
+    # source's training images where they lie beyond the images' own variation
+    # (core.engine.levels); chosen with each product left out (docs/design-history.md, "Input
+    # levels").
+    input_levels: str = option(
+        "match",
+        "target-memory: match the images' brightness and contrast to the source's first (match) "
+        "or not (none)",
+        choices=("match", "none"),
     )
     filter_references: int = option(
         10, "other target images each target image's patches are compared with", ge=1, le=1000

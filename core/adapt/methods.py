@@ -59,6 +59,9 @@ class Adapter:
     # a shifted batch without an outlier tail in any measured row (docs/results.md, "The activation
     # gate").
     trusted_when_unranked: bool = False
+    # Its config's input_levels is honoured: the parent's input levels are matched to the target
+    # before it runs (core.adapt.input_levels).
+    matches_levels: bool = False
 
     def configure(self, parent: Any, options: dict[str, Any]) -> Any:
         """The config of an adaptation of `parent` with the settings a person gave (the others

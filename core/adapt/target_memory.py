@@ -248,5 +248,6 @@ register(
         moves_memory=True,
         min_images=MIN_IMAGES,
         trusted_when_unranked=True,
+        matches_levels=True,
     )
 )

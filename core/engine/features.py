@@ -8,6 +8,7 @@ from torch import nn
 
 from patchshift.core.common.errors import ConfigError
 from patchshift.core.engine.backbone import Backbone
+from patchshift.core.engine.levels import LevelCorrection, Levels, correct_levels
 from patchshift.core.engine.model_config import NEIGHBOURHOOD_BORDERS
 from patchshift.core.engine.reduction import Reduction, initial_reduction
 
@@ -19,7 +20,8 @@ BORDERS = NEIGHBOURHOOD_BORDERS
 
 
 class PatchFeatureExtractor(nn.Module):
-    """Normalise, run the truncated backbone, and turn its stage maps into patch features.
+    """Correct the input levels (an adapted version's), normalise, run the truncated backbone, and
+    turn its stage maps into patch features.
 
     Each stage's channels are mapped by its reduction matrix (core.engine.reduction; by default
     pooled to D / n_stages channels, so stages weigh equally), averaged over a k x k neighbourhood,
@@ -50,6 +52,11 @@ class PatchFeatureExtractor(nn.Module):
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         self.set_reduction(initial_reduction(reduction, feature_dim, self.stage_channels, seed))
+        # Plain attributes, not buffers: a version's copy of the extractor (copy.copy) sets its own
+        # without touching the parent's. source_levels: the training images' (set by fit);
+        # levels: the correction of an adapted version's input (core.engine.levels).
+        self.source_levels: Levels | None = None
+        self.levels: LevelCorrection | None = None
 
     def set_reduction(self, reduction: Reduction) -> None:
         """Install the channel maps (core.engine.reduction); D follows them."""
@@ -67,6 +74,8 @@ class PatchFeatureExtractor(nn.Module):
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if self.levels is not None:
+            images = correct_levels(images, self.levels)
         return (images - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from patchshift.core.common.device import resolve_device
 from patchshift.core.common.errors import ArtifactError, PatchshiftError
 from patchshift.core.engine.backbone import batchnorm_state, load_batchnorm_state
 from patchshift.core.engine.drift import DriftReference
+from patchshift.core.engine.levels import LevelCorrection, Levels
 from patchshift.core.engine.model_config import ModelConfig
 from patchshift.core.engine.patchcore import PatchCoreModel, Provenance, build_extractor
 from patchshift.core.engine.reduction import STORED, Reduction
@@ -50,6 +51,10 @@ class Manifest(VersionFields):
     feature_dim: int
     coreset_ratio: float
     bank_size: int
+    # core.engine.levels: the training images' levels (absent in versions fitted before they were
+    # recorded) and an adapted version's input correction (absent: none)
+    source_levels: dict | None = None
+    input_levels: dict | None = None
 
 
 def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manifest:
@@ -68,6 +73,8 @@ def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manife
         feature_dim=model.extractor.feature_dim,
         coreset_ratio=cfg.coreset_ratio,
         bank_size=int(model.bank.shape[0]),
+        source_levels=_levels_dict(model.extractor.source_levels),
+        input_levels=_levels_dict(model.extractor.levels),
         threshold=model.threshold,
         files=files,
         drift_reference=model.drift_reference.to_dict()
@@ -75,6 +82,10 @@ def build_manifest(model: PatchCoreModel, files: dict[str, FileEntry]) -> Manife
         else None,
         **dataclasses.asdict(model.provenance),
     )
+
+
+def _levels_dict(levels: Levels | LevelCorrection | None) -> dict | None:
+    return levels.to_dict() if levels is not None else None
 
 
 def _write_bank(model: PatchCoreModel, path: Path) -> None:
@@ -168,6 +179,13 @@ def load(path: Path, manifest: Manifest, device: str | torch.device | None) -> P
     except Exception as exc:  # safetensors raises its own types for bad headers
         raise ArtifactError(f"{path}: cannot read stored tensors ({exc})") from None
     refuse_loading_non_finite(path, {BANK_FILE: bank, BATCHNORM_FILE: batchnorm})
+    try:
+        if manifest.source_levels is not None:
+            extractor.source_levels = Levels.from_dict(manifest.source_levels)
+        if manifest.input_levels is not None:
+            extractor.levels = LevelCorrection.from_dict(manifest.input_levels)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: stored input levels are invalid ({exc})") from None
     dim = extractor.feature_dim
     if tuple(bank.shape) != (manifest.bank_size, dim) or manifest.feature_dim != dim:
         raise ArtifactError(

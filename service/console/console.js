@@ -339,7 +339,8 @@ function adaptResult(name, job) {
     el("p", {}, `New version ${job.result_version} (${r.method}): threshold ${fmt(r.threshold_before)} → ${fmt(r.threshold_after)}; `,
       `label-free check: ${gate}; `, el("strong", { text: r.activated ? "activated" : "not activated" }),
       r.not_activated ? ` (${r.not_activated})` : "", r.threshold_note ? ` Threshold: ${r.threshold_note}` : "",
-      r.threshold_estimate && r.threshold_estimate.note ? el("span", { id: "threshold-estimate", text: ` Threshold: ${r.threshold_estimate.note}.` }) : ""),
+      r.threshold_estimate && r.threshold_estimate.note ? el("span", { id: "threshold-estimate", text: ` Threshold: ${r.threshold_estimate.note}.` }) : "",
+      r.levels ? el("span", { id: "adapt-levels", text: ` Input: ${r.levels}.` }) : ""),
     !r.activated ? el("button", { id: "adapt-review", text: `Review ${job.result_version} against the active version`, onclick: () => openReview(name, job.result_version, r) }) : "", " ",
     !r.activated && isAdmin() ? el("button", { class: "primary", id: "adapt-activate-new", text: `Activate ${job.result_version}`, onclick: () => activate(name, job.result_version) }) : "");
 }
