@@ -59,6 +59,33 @@ def gap_closed(result: dict, method: str, key: str = "image_auroc") -> float | N
     )
 
 
+def levels_kept(row: dict) -> bool:
+    """Whether a target-memory row's version corrected no input level (core.engine.levels)."""
+    levels = row.get("details", {}).get("input_levels")
+    return levels is not None and all(g == 1 for g in levels["gain"]) and not any(levels["offset"])
+
+
+def fill_unleveled(result: dict) -> dict:
+    """Rows of a setting that differs from the default target memory only by `input_levels=none`,
+    where that setting was not run on a condition whose default row kept every level: there the two
+    settings are one computation (the identity correction; every such pair run on the tiles and
+    ELPV gave identical rows). Each filled row says so (`filled_from`)."""
+    from .protocol import parse_variant
+
+    unleveled = {
+        m
+        for m in (r["method"] for r in result["rows"])
+        if ":" in m and parse_variant(m)[1] == {"method": "target-memory", "input_levels": "none"}
+    }
+    rows = lookup(result)
+    for method in unleveled:
+        for row in [r for r in result["rows"] if r["method"] == "target-memory"]:
+            key = (method, row["corruption"], row["severity"])
+            if key not in rows and levels_kept(row):
+                result["rows"].append({**row, "method": method, "filled_from": "target-memory"})
+    return result
+
+
 def oracle_recall(result: dict, row: dict) -> float | None:
     """The recall of the threshold flagging at most RATE of the row's held-out good images (needs
     stored scores)."""

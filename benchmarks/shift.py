@@ -619,14 +619,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.report:
         if args.leave_one_product_out:
-            from .leave_one_out import table
+            from .leave_one_out import fill_unleveled, table
 
             by_product: dict[str, list[str]] = {}
             for path in args.report:
                 by_product.setdefault(json.loads(Path(path).read_text())["dataset"], []).append(
                     path
                 )
-            print(table([merged(paths) for paths in by_product.values()]))
+            print(table([fill_unleveled(merged(paths)) for paths in by_product.values()]))
             return
         report(merged(args.report), args.sweep_method)
         return

@@ -999,3 +999,23 @@ def test_engine_defaults_choose_only_among_settings_every_product_ran():
     # p2 left out: lite2 wins on p1 but p2 has no lite2 run: the choice is among what both ran
     assert {r["product"]: r["chosen"] for r in rows} == {"p1": "default", "p2": "default"}
     assert {r["product"]: r["best"] for r in rows} == {"p1": "backbone=lite2", "p2": "default"}
+
+
+def test_unleveled_rows_are_filled_only_where_the_default_kept_every_level():
+    from benchmarks.leave_one_out import fill_unleveled
+
+    variant = "tm-nolevels:method=target-memory,input_levels=none"
+    kept = {"input_levels": {"gain": [1.0] * 3, "offset": [0.0] * 3}}
+    moved = {"input_levels": {"gain": [2.0] * 3, "offset": [0.0] * 3}}
+    result = {
+        "rows": [
+            {"corruption": "blur", "severity": 3, "method": "target-memory", "details": kept},
+            {"corruption": "contrast", "severity": 3, "method": "target-memory", "details": moved},
+            {"corruption": "noise", "severity": 3, "method": "target-memory", "details": kept},
+            {"corruption": "noise", "severity": 3, "method": variant, "image_auroc": 0.5},
+        ]
+    }
+    rows = {(r["corruption"], r["method"]): r for r in fill_unleveled(result)["rows"]}
+    assert rows[("blur", variant)]["filled_from"] == "target-memory"
+    assert ("contrast", variant) not in rows  # the correction acted: that row must be run
+    assert "filled_from" not in rows[("noise", variant)]  # a row that was run stays
