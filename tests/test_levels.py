@@ -77,6 +77,14 @@ def test_ordinary_variation_is_not_corrected():
     assert "kept" in level_correction(reference, near).describe()
 
 
+def test_a_stretch_is_capped_where_8_bit_levels_would_show_as_bands():
+    # contrast x0.05 leaves an 8-bit image a dozen grey levels: stretched back 20x they would be
+    # bands 0.08 apart; the gain stops at 8x (and at 1/8 for the opposite change)
+    reference = Levels((0.5,) * 3, (0.2,) * 3, (0.01,) * 3, (0.01,) * 3)
+    assert level_correction(reference, Levels((0.5,) * 3, (0.01,) * 3)).gain == (8.0,) * 3
+    assert level_correction(reference, Levels((0.5,) * 3, (4.0,) * 3)).gain == (0.125,) * 3
+
+
 def test_defective_images_do_not_move_the_correction():
     # 40% of a darkened batch carries a large dark blob: the median image is a normal one
     rng = np.random.default_rng(3)
