@@ -89,6 +89,17 @@ def batches(result: dict, seed: int = 0) -> list[dict]:
     return out
 
 
+def product_results(paths: list[str]) -> list[dict]:
+    """One result per product: the files of one product merged as the shift report merges them
+    (a condition's row from an earlier file wins, so a re-run condition goes first)."""
+    from .shift import merged
+
+    by_product: dict[str, list[str]] = {}
+    for path in paths:
+        by_product.setdefault(json.loads(Path(path).read_text())["dataset"], []).append(path)
+    return [merged(group) for group in by_product.values()]
+
+
 def defective_share(kinds: np.ndarray, share: float, seed: int) -> np.ndarray:
     """Every good image and as many defective ones (a seeded draw) as make `share` of the batch."""
     good, bad = np.flatnonzero(kinds == 0), np.flatnonzero(kinds == 1)
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.results:
         parser.error("give shift results files written with --keep-scores")
-    every = [b for path in args.results for b in batches(json.loads(Path(path).read_text()))]
+    every = [b for result in product_results(args.results) for b in batches(result)]
     common = set.intersection(
         *(set(b["target"]) for b in every)
     )  # the patch z every file was scored at

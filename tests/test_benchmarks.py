@@ -1019,3 +1019,22 @@ def test_unleveled_rows_are_filled_only_where_the_default_kept_every_level():
     assert rows[("blur", variant)]["filled_from"] == "target-memory"
     assert ("contrast", variant) not in rows  # the correction acted: that row must be run
     assert "filled_from" not in rows[("noise", variant)]  # a row that was run stays
+
+
+def test_verdicts_merge_the_files_of_one_product_with_a_rerun_condition_first(tmp_path):
+    import json
+
+    from benchmarks.verdicts import product_results
+
+    def result(rows):
+        return {"dataset": "p", "eval_labels": [0, 1], "rows": rows}
+
+    rerun = {"corruption": "contrast", "severity": 5, "method": "target-memory", "v": "new"}
+    first = tmp_path / "rerun.json"
+    first.write_text(json.dumps(result([rerun])))
+    later = tmp_path / "all.json"
+    later.write_text(
+        json.dumps(result([{**rerun, "v": "old"}, {**rerun, "severity": 3, "v": "kept"}]))
+    )
+    (merged,) = product_results([str(first), str(later)])
+    assert sorted(r["v"] for r in merged["rows"]) == ["kept", "new"]
