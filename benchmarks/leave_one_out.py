@@ -61,8 +61,10 @@ def gap_closed(result: dict, method: str, key: str = "image_auroc") -> float | N
 
 def levels_kept(row: dict) -> bool:
     """Whether a target-memory row's version corrected no input level (core.engine.levels)."""
+    from patchshift.core.engine.levels import LevelCorrection
+
     levels = row.get("details", {}).get("input_levels")
-    return levels is not None and all(g == 1 for g in levels["gain"]) and not any(levels["offset"])
+    return levels is not None and LevelCorrection.from_dict(levels).is_identity
 
 
 def fill_unleveled(result: dict) -> dict:

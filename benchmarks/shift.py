@@ -621,12 +621,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.leave_one_product_out:
             from .leave_one_out import fill_unleveled, table
 
-            by_product: dict[str, list[str]] = {}
-            for path in args.report:
-                by_product.setdefault(json.loads(Path(path).read_text())["dataset"], []).append(
-                    path
-                )
-            print(table([fill_unleveled(merged(paths)) for paths in by_product.values()]))
+            print(table([fill_unleveled(result) for result in merged_by_product(args.report)]))
             return
         report(merged(args.report), args.sweep_method)
         return
@@ -671,6 +666,15 @@ def merged(paths: list[str]) -> dict:
                 first["rows"].append(row)
                 seen.add((row["corruption"], row["severity"], row["method"]))
     return first
+
+
+def merged_by_product(paths: list[str]) -> list[dict]:
+    """One merged result per product, in the order the products first appear (a condition's row from
+    an earlier file wins, so a re-run condition goes first)."""
+    by_product: dict[str, list[str]] = {}
+    for path in paths:
+        by_product.setdefault(json.loads(Path(path).read_text())["dataset"], []).append(path)
+    return [merged(group) for group in by_product.values()]
 
 
 def report(result: dict, sweep_method: str) -> None:

@@ -21,8 +21,6 @@ versions the gate would let live with a threshold that misses the goal.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -87,17 +85,6 @@ def batches(result: dict, seed: int = 0) -> list[dict]:
                 }
             )
     return out
-
-
-def product_results(paths: list[str]) -> list[dict]:
-    """One result per product: the files of one product merged as the shift report merges them
-    (a condition's row from an earlier file wins, so a re-run condition goes first)."""
-    from .shift import merged
-
-    by_product: dict[str, list[str]] = {}
-    for path in paths:
-        by_product.setdefault(json.loads(Path(path).read_text())["dataset"], []).append(path)
-    return [merged(group) for group in by_product.values()]
 
 
 def defective_share(kinds: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -303,7 +290,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.results:
         parser.error("give shift results files written with --keep-scores")
-    every = [b for result in product_results(args.results) for b in batches(result)]
+    from .shift import merged_by_product
+
+    every = [b for result in merged_by_product(args.results) for b in batches(result)]
     common = set.intersection(
         *(set(b["target"]) for b in every)
     )  # the patch z every file was scored at

@@ -1024,7 +1024,7 @@ def test_unleveled_rows_are_filled_only_where_the_default_kept_every_level():
 def test_verdicts_merge_the_files_of_one_product_with_a_rerun_condition_first(tmp_path):
     import json
 
-    from benchmarks.verdicts import product_results
+    from benchmarks.shift import merged_by_product
 
     def result(rows):
         return {"dataset": "p", "eval_labels": [0, 1], "rows": rows}
@@ -1036,5 +1036,5 @@ def test_verdicts_merge_the_files_of_one_product_with_a_rerun_condition_first(tm
     later.write_text(
         json.dumps(result([{**rerun, "v": "old"}, {**rerun, "severity": 3, "v": "kept"}]))
     )
-    (merged,) = product_results([str(first), str(later)])
+    (merged,) = merged_by_product([str(first), str(later)])
     assert sorted(r["v"] for r in merged["rows"]) == ["kept", "new"]

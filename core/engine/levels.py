@@ -145,7 +145,13 @@ def correct_levels(images: torch.Tensor, correction: LevelCorrection) -> torch.T
     return gain * (images - means) + means + offset
 
 
+def pooled_levels(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> Levels:
+    """image_levels of several batches -> their condition's levels."""
+    return median_levels(torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts]))
+
+
 def levels_of(images: torch.Tensor, batch_size: int = 32) -> Levels:
     """(N, 3, H, W) images in [0, 1] -> their condition's levels, a chunk at a time."""
-    parts = [image_levels(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return median_levels(torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts]))
+    return pooled_levels(
+        [image_levels(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )

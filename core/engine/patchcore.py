@@ -28,7 +28,7 @@ from patchshift.core.engine.coreset import coreset_size, kcenter_coreset
 from patchshift.core.engine.drift import DriftReference, image_descriptors
 from patchshift.core.engine.features import PatchFeatureExtractor
 from patchshift.core.engine.index import BankIndex
-from patchshift.core.engine.levels import image_levels, median_levels
+from patchshift.core.engine.levels import image_levels, pooled_levels
 from patchshift.core.engine.model_config import ModelConfig
 from patchshift.core.engine.reduction import FITTED, check_reduction, fit_reduction
 from patchshift.core.engine.threshold import quantile_threshold
@@ -251,9 +251,7 @@ def fit(
     image_feats = torch.cat(chunks)  # (N, h, w, D): k-fold calibration scores them again
     del chunks
     # what an adaptation matches a new condition's input levels to (core.engine.levels)
-    extractor.source_levels = median_levels(
-        torch.cat([m for m, _ in levels]), torch.cat([s for _, s in levels])
-    )
+    extractor.source_levels = pooled_levels(levels)
     n_images, h, w, _ = image_feats.shape
     patches = image_feats.reshape(-1, image_feats.shape[-1])
     patch_image = torch.arange(n_images).repeat_interleave(h * w)  # the image each patch came from
