@@ -145,6 +145,54 @@ def product_row(result: dict, method: str) -> dict:
     }
 
 
+def condition_rows(result: dict, method: str) -> list[dict]:
+    """One row per shifted condition under `method`, against no adaptation (percent): the ranking
+    (image, pixel AUROC, AUPRO), the version's own threshold (false alarms, recall) and the
+    oracle's recall."""
+    rows = lookup(result)
+
+    def pair(key, none, mine):
+        values = [none.get(key), mine.get(key)]
+        return None if None in values else " -> ".join(f"{100 * v:.1f}" for v in values)
+
+    out = []
+    for corruption, severity in conditions(result):
+        none, mine = rows[("none", corruption, severity)], rows[(method, corruption, severity)]
+        out.append(
+            {
+                "condition": f"{corruption} {severity}",
+                "image": pair("image_auroc", none, mine),
+                "pixel": pair("pixel_auroc", none, mine),
+                "aupro": pair("aupro", none, mine),
+                "fa": None
+                if mine.get("false_alarm_rate") is None
+                else 100 * mine["false_alarm_rate"],
+                "recall": None if mine.get("recall") is None else 100 * mine["recall"],
+                "oracle": pair(
+                    "oracle",
+                    {"oracle": oracle_recall(result, none)},
+                    {"oracle": oracle_recall(result, mine)},
+                ),
+            }
+        )
+    return out
+
+
+def condition_table(result: dict, method: str) -> str:
+    return markdown(
+        condition_rows(result, method),
+        [
+            ("condition", f"{result['dataset']}, {method}", ""),
+            ("image", "image AUROC, none -> it", ""),
+            ("pixel", "pixel AUROC", ""),
+            ("aupro", "AUPRO", ""),
+            ("fa", "own threshold: false alarms %", ".1f"),
+            ("recall", "recall %", ".1f"),
+            ("oracle", "oracle recall at 1%", ""),
+        ],
+    )
+
+
 def choose(results: list[dict], candidates: list[str]) -> str:
     """The candidate whose worst product (of these) closes the most of its image gap; ties: the
     larger mean."""
@@ -158,7 +206,7 @@ def choose(results: list[dict], candidates: list[str]) -> str:
 
 def table(results: list[dict]) -> str:
     """results: one merged result per product. Rows: each product under the setting chosen on the
-    others."""
+    others; then, per product, its conditions under that setting."""
     candidates = [
         m
         for m in dict.fromkeys(r["method"] for r in results[0]["rows"])
@@ -180,6 +228,12 @@ def table(results: list[dict]) -> str:
             else 100 * (ends[1] - ends[0]) / (ends[2] - ends[0])
         )
     rows.sort(key=lambda r: r["gap"] if r["gap"] is not None else -np.inf)
+    by_name = {r["dataset"]: r for r in results}
+    per_condition = [condition_table(by_name[row["product"]], row["setting"]) for row in rows]
+    return "\n\n".join([summary_table(rows), *per_condition])
+
+
+def summary_table(rows: list[dict]) -> str:
     return markdown(
         rows,
         [

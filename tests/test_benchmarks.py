@@ -825,10 +825,21 @@ def test_leave_one_product_out_chooses_each_products_setting_on_the_others():
     assert (
         choose([products[0], products[2]], ["a", "b"]) == "b"
     )  # ... p2 left out: b's worst (0.5) beats a's (0.1)
-    lines = table(products).splitlines()
+    summary, *per_product = table(products).split("\n\n")
+    lines = summary.splitlines()
     # worst product first: p3 is reported under a (chosen on p1 and p2), closing 10% of its gap
     assert lines[2].startswith("| p3 | a | 2 | 50.0 | 54.0 | 90.0 | 10 |"), lines[2]
     assert {line.split(" | ")[1] for line in lines[3:]} == {"b"}
+    # then each product's conditions under its setting, in the same order: p3 under a
+    assert [block.splitlines()[0].split(" | ")[0] for block in per_product] == [
+        "| p3, a",
+        "| p1, b",
+        "| p2, b",
+    ]
+    assert (
+        per_product[0].splitlines()[2]
+        == "| blur 5 | 50.0 -> 54.0 | – | – | 1.0 | 20.0 | 10.0 -> 30.0 |"
+    )
 
 
 def test_verdict_study_chooses_settings_on_the_other_products():
