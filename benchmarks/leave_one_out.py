@@ -25,6 +25,7 @@ TOLERANCE = 0.01  # a condition is "below no adaptation" when it falls more than
 
 
 CLEAN = "clean"  # the shift benchmark's condition without a shift
+RANKING = ("image_auroc", "pixel_auroc", "aupro")  # a results row's ranking metrics
 
 
 def conditions(result: dict) -> list[tuple[str, int]]:
@@ -151,9 +152,11 @@ def condition_rows(result: dict, method: str) -> list[dict]:
     oracle's recall."""
     rows = lookup(result)
 
-    def pair(key, none, mine):
-        values = [none.get(key), mine.get(key)]
-        return None if None in values else " -> ".join(f"{100 * v:.1f}" for v in values)
+    def percent(value: float | None) -> float | None:
+        return None if value is None else 100 * value
+
+    def change(before: float | None, after: float | None) -> str | None:
+        return None if None in (before, after) else f"{100 * before:.1f} -> {100 * after:.1f}"
 
     out = []
     for corruption, severity in conditions(result):
@@ -161,18 +164,10 @@ def condition_rows(result: dict, method: str) -> list[dict]:
         out.append(
             {
                 "condition": f"{corruption} {severity}",
-                "image": pair("image_auroc", none, mine),
-                "pixel": pair("pixel_auroc", none, mine),
-                "aupro": pair("aupro", none, mine),
-                "fa": None
-                if mine.get("false_alarm_rate") is None
-                else 100 * mine["false_alarm_rate"],
-                "recall": None if mine.get("recall") is None else 100 * mine["recall"],
-                "oracle": pair(
-                    "oracle",
-                    {"oracle": oracle_recall(result, none)},
-                    {"oracle": oracle_recall(result, mine)},
-                ),
+                **{key: change(none.get(key), mine.get(key)) for key in RANKING},
+                "fa": percent(mine.get("false_alarm_rate")),
+                "recall": percent(mine.get("recall")),
+                "oracle": change(oracle_recall(result, none), oracle_recall(result, mine)),
             }
         )
     return out
@@ -183,8 +178,8 @@ def condition_table(result: dict, method: str) -> str:
         condition_rows(result, method),
         [
             ("condition", f"{result['dataset']}, {method}", ""),
-            ("image", "image AUROC, none -> it", ""),
-            ("pixel", "pixel AUROC", ""),
+            ("image_auroc", "image AUROC, none -> it", ""),
+            ("pixel_auroc", "pixel AUROC", ""),
             ("aupro", "AUPRO", ""),
             ("fa", "own threshold: false alarms %", ".1f"),
             ("recall", "recall %", ".1f"),

@@ -545,6 +545,7 @@ def test_default_adaptation_moves_the_memory_and_versions_keep_their_banks(
     from conftest import plant_defect
 
     from patchshift.core.common.images import to_tensor
+    from patchshift.core.engine.levels import LevelCorrection
     from patchshift.core.evaluation.corruptions import corrupt
 
     models = tmp_path / "models"
@@ -588,8 +589,7 @@ def test_default_adaptation_moves_the_memory_and_versions_keep_their_banks(
                 < estimate["false_alarm_interval"][1]
                 <= 0.04
             )
-            levels = result["input_levels"]
-            corrected = any(g != 1 for g in levels["gain"]) or any(levels["offset"])
+            corrected = not LevelCorrection.from_dict(result["input_levels"]).is_identity
             # the source's features, unless the input levels were corrected: then a second view
             assert result["drift_before"] > 0 and ("drift_after" in result) == corrected, result
             v1, v2 = models / "widget" / "v1", models / "widget" / "v2"
