@@ -265,7 +265,7 @@ def test_two_workers_never_run_two_jobs_of_one_model_at_once(
 def test_replicas_keep_serving_through_activations_adaptations_and_a_killed_scorer(
     store: Path, postgres_url: str, dataset: Path, capsys
 ) -> None:
-    """3 threads score through every replica while 20 activations, 3 adaptations and 2
+    """3 threads score through every replica while 20 activations, 2 adaptations and 2
     rollbacks happen: no request fails; then one scorer is killed and the others go on."""
     image = [
         (
@@ -298,7 +298,7 @@ def test_replicas_keep_serving_through_activations_adaptations_and_a_killed_scor
                     version = ("v1", "v2")[i % 2]
                     path = f"/v1/models/widget/versions/{version}/activate"
                     assert scorers[i % 3].client().post(path).status_code == 200
-                for _ in range(3):
+                for _ in range(2):
                     answer = admin.post(
                         "/v1/models/widget/adapt",
                         files=adaptation_images(dataset, 24),
