@@ -16,7 +16,9 @@ model with `core.adapt.adapt` at its defaults (uda-global also gets the source n
 Ablations (--methods): `target-memory-alone` (uda without its dominant-cluster selection),
 `uda-with-source-bank` (uda keeping the source bank), `uda-mild-cut` (uda filtering its
 patches at 3 robust deviations, always), `uda-global` (the paper's trained global
-encoder with DSVDD and contrastive alignment; minutes and GBs at the defaults).
+encoder with DSVDD and contrastive alignment; minutes and GBs at the defaults),
+`uda-global-no-alignment` (without the contrastive alignment) and `uda-global-psi-phi` (clustered
+on the trained encoder instead of the frozen backbone).
 
 Reference rows: `refit-with-labels` fits PatchCore on the adaptation set's normal cells (the labels
 a line does not have); `target-memory-oracle` builds the target memory from those normal cells
@@ -52,6 +54,10 @@ VARIANTS = {
     # the cut where the outlier tail starts, always applied: the cluster already left most defective
     # images out, so the cut need only catch what is left
     "uda-mild-cut": ("uda", {"filter_cut_z": 3.0, "filter_tail_share": 0.0}),
+    # the paper's method without its contrastive alignment (DSVDD on the source normals alone), and
+    # with the clustering encoder psi = the trained phi instead of the frozen backbone
+    "uda-global-no-alignment": ("uda-global", {"lambda_uda": 0.0}),
+    "uda-global-psi-phi": ("uda-global", {"encoder": "phi"}),
 }
 
 

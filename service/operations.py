@@ -13,6 +13,7 @@ from patchshift.service.history import Histories
 from patchshift.service.http_errors import NotFound, redact_paths
 from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.schemas import (
+    CalibrationOut,
     DriftOut,
     ModelOut,
     ModelSummary,
@@ -114,6 +115,51 @@ def activate_version(store: ModelStore, lifecycle: Lifecycle, name: str, version
 def set_threshold(store: ModelStore, lifecycle: Lifecycle, name: str, threshold: float) -> str:
     require_model(store, name)
     return lifecycle.set_threshold(name, threshold)
+
+
+def calibrate_threshold(
+    store: ModelStore,
+    serving: Serving,
+    name: str,
+    version: str,
+    files: list[tuple[str, bytes]],
+    false_alarm_rate: float | None,
+    chunk: int = 16,
+) -> CalibrationOut:
+    """A new version of `version` whose threshold comes from known-good images (`files`), saved and
+    not activated: the person who vouched for the images activates it after reading how sure the
+    threshold is. Decoded and scored a chunk at a time, so memory stays bounded at any count."""
+    from patchshift.core.artifact import save_model
+    from patchshift.core.common.errors import DatasetError
+    from patchshift.core.engine.recalibration import MIN_KNOWN_GOOD, recalibrated
+    from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
+    from patchshift.service.scoring import decode_uploads
+
+    require_model(store, name)
+    if len(files) < MIN_KNOWN_GOOD:
+        raise DatasetError(
+            f"{len(files)} known-good image(s) are too few to set a threshold from; send at least "
+            f"{MIN_KNOWN_GOOD} (about 90 pin a 1% false-alarm rate within 4x)"
+        )
+    model = serving.for_review(name, check_name(version, "version"))
+    rate = asked_false_alarm_rate(model) if false_alarm_rate is None else false_alarm_rate
+    size = model.config.image_size
+    batches = (
+        decode_uploads(files[i : i + chunk], size, None).batch for i in range(0, len(files), chunk)
+    )
+    derived, estimate = recalibrated(model, batches, rate)
+    new_version = store.allocate_version(name)
+    save_model(derived, store.version_dir(name, new_version))
+    return CalibrationOut(
+        model=name,
+        version=new_version,
+        parent=version,
+        threshold=derived.threshold,
+        previous_threshold=model.threshold,
+        known_good_images=len(files),
+        false_alarm_rate=rate,
+        threshold_estimate=estimate.to_dict(),
+    )
 
 
 def delete_version(store: ModelStore, lifecycle: Lifecycle, name: str, version: str) -> None:

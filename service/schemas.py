@@ -98,6 +98,20 @@ class VersionOut(BaseModel):
     details: dict
 
 
+class CalibrationOut(BaseModel):
+    """A new version with the threshold that known-good images give (not activated)."""
+
+    model: str
+    version: str
+    parent: str
+    threshold: float
+    previous_threshold: float
+    known_good_images: int
+    false_alarm_rate: float
+    # what the threshold is expected to flag and how sure that is (as after an adaptation)
+    threshold_estimate: dict
+
+
 class DriftOut(BaseModel):
     statistic: float | None  # about 1 without drift; None until the window is full
     threshold: float

@@ -466,6 +466,8 @@ def test_auth_scopes(tmp_path: Path, saved_model: Path, dataset: Path) -> None:
                 read_client.put("/v1/models/widget/threshold", json={"threshold": 5.0}).status_code
                 == 403
             )
+            calibrate = "/v1/models/widget/versions/v1/calibrate"
+            assert read_client.post(calibrate, files=files_field(probe * 5)).status_code == 403
             response = admin_client.put("/v1/models/widget/threshold", json={"threshold": 5.0})
             assert response.status_code == 200 and response.json()["active_version"] == "v2"
             result = read_client.post("/v1/models/widget/score", files=files_field(probe)).json()

@@ -1,4 +1,5 @@
-"""Models and their versions: list, inspect, fit, adapt, activate (rollback), threshold, delete."""
+"""Models and their versions: list, inspect, fit, adapt, activate (rollback), threshold (set or
+calibrated on known-good images), delete."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from patchshift.service.requests import (
 )
 from patchshift.service.schemas import (
     ActivationOut,
+    CalibrationOut,
     JobAccepted,
     ModelOut,
     ModelSummary,
@@ -330,6 +332,47 @@ async def set_threshold(
     otherwise replace the operator's threshold version without a word."""
     await run_in_threadpool(operations.set_threshold, store, lifecycle, name, body.threshold)
     return describe(name)
+
+
+CalibrateForm = form_model("CalibrateForm", ModelConfig, ("false_alarm_rate",), with_defaults=False)
+
+
+@router.post(
+    "/{name}/versions/{version}/calibrate",
+    response_model=CalibrationOut,
+    status_code=201,
+    dependencies=[Depends(require(ADMIN))],
+    responses=UPLOAD_ERRORS,
+)
+async def calibrate_threshold(
+    name: ModelName,
+    version: VersionName,
+    options: Annotated[CalibrateForm, Form()],
+    files: Annotated[
+        list[UploadFile],
+        File(
+            min_length=1,
+            description="images of parts a person knows are good, under the condition the "
+            "version meets",
+        ),
+    ],
+    store: StoreDep,
+    serving: ServingDep,
+    settings: SettingsDep,
+) -> CalibrationOut:
+    """A new version of `version` with the threshold known-good images give, and how sure it is
+    (`threshold_estimate`); not activated. For a version whose label-free threshold is not
+    trustworthy: activate the new one once its estimate suits the line."""
+    uploads = await read_files(files, settings.max_train_files, settings.max_file_bytes)
+    return await run_in_threadpool(
+        operations.calibrate_threshold,
+        store,
+        serving,
+        name,
+        version,
+        uploads,
+        options.false_alarm_rate,
+    )
 
 
 @router.delete(
