@@ -34,6 +34,7 @@ benchmarks/results/uda-elpv.json; `--report FILE...` prints one table from resul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import time
@@ -134,7 +135,11 @@ def run_method(method: str, source_model, files, labels, parts, options: dict) -
                 name = "target-memory"
                 adapt_files = [files[i] for i in parts["adapt"] if labels[i] == 0]
             adapter = get_adapter(name)
-            cfg = adapter.configure(source_model, {**options.get(name, {}), **fixed})
+            # a variant's settings go onto the config itself: some (lambda_uda) are not among the
+            # options a user may set
+            cfg = dataclasses.replace(
+                adapter.configure(source_model, options.get(name, {})), **fixed
+            )
             model, report = adapt(
                 source_model,
                 adapt_files,

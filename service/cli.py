@@ -452,20 +452,16 @@ def cmd_eval(args: argparse.Namespace, progress) -> int:
 
 def cmd_calibrate(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import load_model, save_model
-    from patchshift.core.common.errors import ArtifactError, DatasetError
+    from patchshift.core.common.errors import ArtifactError
     from patchshift.core.common.images import iter_batches
-    from patchshift.core.engine.recalibration import MIN_KNOWN_GOOD, recalibrated
+    from patchshift.core.engine.recalibration import check_known_good_count, recalibrated
     from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
     model = load_model(args.model, device=args.device)
     paths = _images(args.images)
-    if len(paths) < MIN_KNOWN_GOOD:
-        raise DatasetError(
-            f"{len(paths)} known-good image(s) are too few to set a threshold from; give at least "
-            f"{MIN_KNOWN_GOOD} (about 90 pin a 1% false-alarm rate within 4x)"
-        )
+    check_known_good_count(len(paths))
     rate = asked_false_alarm_rate(model) if args.false_alarm_rate is None else args.false_alarm_rate
 
     def batches():

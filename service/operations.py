@@ -130,17 +130,12 @@ def calibrate_threshold(
     not activated: the person who vouched for the images activates it after reading how sure the
     threshold is. Decoded and scored a chunk at a time, so memory stays bounded at any count."""
     from patchshift.core.artifact import save_model
-    from patchshift.core.common.errors import DatasetError
-    from patchshift.core.engine.recalibration import MIN_KNOWN_GOOD, recalibrated
+    from patchshift.core.engine.recalibration import check_known_good_count, recalibrated
     from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
     from patchshift.service.scoring import decode_uploads
 
     require_model(store, name)
-    if len(files) < MIN_KNOWN_GOOD:
-        raise DatasetError(
-            f"{len(files)} known-good image(s) are too few to set a threshold from; send at least "
-            f"{MIN_KNOWN_GOOD} (about 90 pin a 1% false-alarm rate within 4x)"
-        )
+    check_known_good_count(len(files))
     model = serving.for_review(name, check_name(version, "version"))
     rate = asked_false_alarm_rate(model) if false_alarm_rate is None else false_alarm_rate
     size = model.config.image_size

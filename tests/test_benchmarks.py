@@ -1054,10 +1054,9 @@ def test_verdicts_merge_the_files_of_one_product_with_a_rerun_condition_first(tm
 def test_known_good_study_judges_each_draw_on_the_images_it_did_not_see():
     from benchmarks.known_good import judged, summary
 
-    # 60 good images scored 1..60, 10 defective at 1000: a K=20 draw's quartiles lie within 1..60,
-    # so its law's 99th percentile is at most 60 + (0.326634 + 4.600149) / 1.572533 * 59 = 245
-    # (every defect caught); the oracle over the 40 remaining good images flags floor(0.01 * 40) =
-    # 0 of them
+    # 60 good images scored 1..60, 10 defective at 1000: a K=20 draw's threshold at 1% is its
+    # highest score (rank ceil(21 * 0.99) > 20), below 1000 (every defect caught); the oracle over
+    # the 40 remaining good images flags floor(0.01 * 40) = 0 of them
     good, bad = np.arange(1.0, 61.0), np.full(10, 1000.0)
     rows = judged(good, bad, 20, draws=5)
     assert len(rows) == 5 and all(r["recall"] == 1.0 and r["oracle"] == 1.0 for r in rows)

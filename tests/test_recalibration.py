@@ -17,27 +17,36 @@ from patchshift.core.engine.recalibration import known_good_threshold, recalibra
 from patchshift.service.cli import main
 
 
-def test_the_threshold_is_the_gumbel_law_through_the_quartiles() -> None:
-    # scores 1..20: quartiles 5.75 and 15.25 (linear interpolation); the standard Gumbel quantiles
-    # -log(-log p) are -0.326634 (0.25), 1.245899 (0.75) and 4.600149 (0.99), so the law's scale is
-    # 9.5 / 1.572533 = 6.041205, its location 5.75 + 0.326634 * 6.041205 = 7.723263, and its 99th
-    # percentile 7.723263 + 4.600149 * 6.041205 = 35.5137
-    estimate = known_good_threshold(np.arange(1.0, 21.0), 0.01)
-    assert estimate.value == pytest.approx(35.5137, abs=1e-3)
-    # 20 images cannot pin 1%: the interval says so, and the note names the images
-    assert not estimate.supported and estimate.false_alarm_interval[1] > 0.04
-    assert "from 20 known-good images" in estimate.note
-    # at 5% asked: -log(-log 0.95) = 2.970195 -> 7.723263 + 2.970195 * 6.041205 = 25.6668
-    assert known_good_threshold(np.arange(1.0, 21.0), 0.05).value == pytest.approx(
-        25.6668, abs=1e-3
-    )
+def test_the_threshold_is_the_score_of_the_conformal_rank_with_the_beta_law_of_its_rate() -> None:
+    # 200 scores 1..200 at 1%: rank ceil(201 * 0.99) = 199, the score 199 (the 2nd highest); a new
+    # good part lands above it with probability 2 / 201, and the share above it is Beta(2, 199)
+    estimate = known_good_threshold(np.arange(1.0, 201.0), 0.01)
+    assert estimate.value == 199.0
+    assert estimate.expected_false_alarm_rate == pytest.approx(2 / 201)
+    # Beta(2, b)'s CDF is 1 - (1 - x)^b (1 + b x): its 5th and 95th percentiles for b = 199
+    low, high = estimate.false_alarm_interval
+    for x, p in ((low, 0.05), (high, 0.95)):
+        assert 1 - (1 - x) ** 199 * (1 + 199 * x) == pytest.approx(p, abs=1e-6)
+    assert estimate.supported and high < 0.04 and "2nd highest of 200" in estimate.note
+    # 10 scores at 5%: rank ceil(11 * 0.95) = 11 > 10, so the highest; Beta(1, 10): 1 / 11
+    # expected, 95th percentile 1 - 0.05^(1/10) = 25.9%, more than 4 x 5%: not supported, and the
+    # note says how many images would be (the fewest N with 1 - 0.05^(1/N) <= 20%: 14)
+    estimate = known_good_threshold(np.arange(1.0, 11.0), 0.05)
+    assert estimate.value == 10.0
+    assert estimate.expected_false_alarm_rate == pytest.approx(1 / 11)
+    assert estimate.false_alarm_interval[1] == pytest.approx(1 - 0.05 ** (1 / 10))
+    assert not estimate.supported and "about 14 pin it" in estimate.note
+    # 20 scores at 20%: rank ceil(21 * 0.8) = 17, the score 17 (4th highest), 4 / 21 expected
+    estimate = known_good_threshold(np.arange(1.0, 21.0), 0.2)
+    assert (estimate.value, estimate.expected_false_alarm_rate) == (17.0, pytest.approx(4 / 21))
+    # ties: the rank's score, whatever its neighbours (18 at 15%: rank ceil(19 * 0.85) = 17)
+    assert known_good_threshold(np.r_[np.ones(16), 2.0, 3.0], 0.15).value == 2.0
 
 
 @pytest.mark.parametrize(
     ("scores", "rate", "error", "message"),
     [
         (np.arange(4.0), 0.01, DatasetError, "4 known-good image(s) are too few"),
-        (np.r_[np.ones(16), 2.0, 3.0], 0.01, DatasetError, "no spread"),
         (np.arange(10.0), 0.0, ConfigError, "above 0 and below 1"),
         (np.r_[np.arange(9.0), np.nan], 0.01, DatasetError, "non-finite"),
     ],
@@ -84,7 +93,7 @@ def test_a_version_flagging_every_good_part_under_a_new_light_gets_a_threshold_t
     after_good, after_bad = flagged(derived, fresh_good), flagged(derived, fresh_bad)
     assert before >= 0.5, before
     assert after_good <= 0.1 and after_bad >= 0.5, (after_good, after_bad)
-    assert estimate.expected_false_alarm_rate == pytest.approx(0.01, abs=0.01)
+    assert estimate.expected_false_alarm_rate == pytest.approx(1 / 41)  # the highest of 40
 
 
 def png(image: np.ndarray) -> bytes:
@@ -159,7 +168,7 @@ def test_the_command_writes_the_new_version_and_refuses_too_few_images(
     from patchshift.core.artifact import load_model
 
     derived = load_model(out, "cpu")
-    assert f"-> {derived.threshold:.4f}" in printed and "from 12 known-good images" in printed
+    assert f"-> {derived.threshold:.4f}" in printed and "highest of 12 known-good images" in printed
     assert derived.provenance.threshold_source == "known-good"
 
     for path in list(folder.iterdir())[4:]:

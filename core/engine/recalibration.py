@@ -1,49 +1,89 @@
 """A version's threshold set again from parts a person knows are good, of the condition it meets.
 
 Where the label-free threshold after adaptation cannot be trusted (its interval too wide, or it
-passes what the batch itself finds suspect), a person who has checked a few dozen parts of the new
-condition gives the version a threshold from those parts: the same law as after adaptation
-(core.engine.threshold.gumbel_threshold, through other percentiles: KNOWN_GOOD_QUANTILES) fitted
-to their scores, which are the version's own scores of normal parts it never saw, with the same
-statement of how sure it is. The memory, the
-extractor and everything else of the version stay; the result is a new version.
+passes what the batch itself finds suspect), a person who has checked parts of the new condition
+gives the version a threshold from them. They hold no defect and are scored like the parts the
+line will send, so no law is needed: the threshold is one of their own scores, chosen by rank
+(split conformal calibration), and the share of good parts it flags is known exactly without any
+assumption on the scores' shape: over such draws of N images, a new good part lands above the r-th
+lowest of their N scores with probability (N + 1 - r) / (N + 1), and given the N images the share
+above it follows a Beta(N + 1 - r, r) law. On the generated tiles a Gumbel law through the
+known-good images' quartiles flagged 3.3% of the other good tiles where 1% was asked
+(docs/results.md, "A threshold from known-good parts"). The memory, the extractor and everything
+else of the version stay; the result is a new version.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
 import torch
+from scipy.stats import beta
 
 from patchshift.core.common.errors import ConfigError, DatasetError
 from patchshift.core.engine.detector import Detector, with_threshold
 from patchshift.core.engine.patchcore import Provenance
 from patchshift.core.engine.threshold import (
     MIN_TRANSFER_IMAGES,
+    SUPPORT_FACTOR,
     TransferredThreshold,
-    gumbel_law,
-    gumbel_threshold,
 )
 
 MIN_KNOWN_GOOD = MIN_TRANSFER_IMAGES
-# The law through the quartiles: after an adaptation it goes through the 20th percentile and the
-# median because up to half the batch may be defective (GUMBEL_QUANTILES); known-good images hold no
-# defect, so the law takes the spread of their middle half, the usual robust scale.
-KNOWN_GOOD_QUANTILES = (0.25, 0.75)
 METHOD = "threshold-known-good"
 
 
-def known_good_threshold(scores: np.ndarray, false_alarm_rate: float) -> TransferredThreshold:
-    """(N,) scores of known-good images -> the threshold flagging `false_alarm_rate` of good
-    parts, with its expected rate and interval. Refused, with the reason, where the images cannot
-    give one (too few, no spread, a rate that is not a share)."""
-    values = np.asarray(scores, dtype=np.float64).ravel()
-    if values.size < MIN_KNOWN_GOOD:
+def ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+def conformal_rank(n_images: int, false_alarm_rate: float) -> int:
+    """The rank r (1 = lowest) of the score among N known-good ones that flags at most
+    `false_alarm_rate` of good parts on average: ceil((N + 1)(1 - rate)), at most N (then the
+    highest score, which flags 1 / (N + 1): more than asked where N + 1 < 1 / rate)."""
+    return min(n_images, math.ceil((n_images + 1) * (1.0 - false_alarm_rate) - 1e-9))
+
+
+def flagged_share(n_images: int, rank: int) -> tuple[float, tuple[float, float]]:
+    """(mean, (5th, 95th percentile)) of the share of good parts above the rank-th of N scores."""
+    a, b = n_images + 1 - rank, rank
+    low, high = beta.ppf([0.05, 0.95], a, b)
+    return a / (n_images + 1), (float(low), float(high))
+
+
+def images_needed(false_alarm_rate: float, support_factor: float = SUPPORT_FACTOR) -> int:
+    """The fewest known-good images whose threshold's 95th percentile stays within
+    `support_factor` times the asked rate."""
+    n = MIN_KNOWN_GOOD
+    while flagged_share(n, conformal_rank(n, false_alarm_rate))[1][1] > (
+        support_factor * false_alarm_rate
+    ):
+        n += 1 if n < 1000 else n // 100
+    return n
+
+
+def check_known_good_count(n_images: int) -> None:
+    """Refuse, before any scoring, fewer images than a threshold can be set from."""
+    if n_images < MIN_KNOWN_GOOD:
         raise DatasetError(
-            f"{values.size} known-good image(s) are too few to set a threshold from; give at least "
-            f"{MIN_KNOWN_GOOD} (about 90 pin a 1% false-alarm rate within 4x)"
+            f"{n_images} known-good image(s) are too few to set a threshold from; give at least "
+            f"{MIN_KNOWN_GOOD} (about {images_needed(0.01)} pin a 1% false-alarm rate within "
+            f"{SUPPORT_FACTOR:g}x)"
         )
+
+
+def known_good_threshold(
+    scores: np.ndarray, false_alarm_rate: float, support_factor: float = SUPPORT_FACTOR
+) -> TransferredThreshold:
+    """(N,) scores of known-good images -> the threshold flagging at most `false_alarm_rate` of
+    good parts (conformal_rank), its expected rate and 90% interval, and whether the images support
+    it (the interval's upper end within `support_factor` times the asked rate, as after an
+    adaptation). Refused, with the reason, where they cannot give one."""
+    values = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    check_known_good_count(values.size)
     if not 0 < false_alarm_rate < 1:
         raise ConfigError(
             f"false_alarm_rate must be above 0 and below 1 (a share of good parts), got "
@@ -51,13 +91,23 @@ def known_good_threshold(scores: np.ndarray, false_alarm_rate: float) -> Transfe
         )
     if not np.all(np.isfinite(values)):
         raise DatasetError("some known-good images scored a non-finite value; check the images")
-    if gumbel_law(values, KNOWN_GOOD_QUANTILES) is None:
-        raise DatasetError(
-            "the known-good images' lower scores are all equal, so they give no spread to set a "
-            "threshold from; give more varied images of the condition"
+    n = values.size
+    rank = conformal_rank(n, false_alarm_rate)
+    expected, (low, high) = flagged_share(n, rank)
+    supported = high <= support_factor * false_alarm_rate
+    place = "the highest" if rank == n else f"the {ordinal(n + 1 - rank)} highest"
+    note = (
+        f"expected to flag {expected:.1%} of normal parts (90% interval {low:.1%} to {high:.1%}; "
+        f"{false_alarm_rate:.1%} asked), at {place} of {n} known-good images' scores"
+    )
+    if not supported:
+        note += (
+            f"; {n} known-good images cannot support this threshold: it may flag up to "
+            f"{high:.1%}, more than {support_factor:g} times the asked rate (about "
+            f"{images_needed(false_alarm_rate, support_factor)} pin it)"
         )
-    return gumbel_threshold(
-        values, false_alarm_rate, float("nan"), KNOWN_GOOD_QUANTILES, images="known-good images"
+    return TransferredThreshold(
+        float(values[rank - 1]), None, expected, (low, high), supported, note
     )
 
 

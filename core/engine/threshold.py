@@ -176,13 +176,11 @@ def gumbel_threshold(
     fallback: float,
     quantiles: tuple[float, float] = GUMBEL_QUANTILES,
     support_factor: float = SUPPORT_FACTOR,
-    images: str = "target images",
 ) -> TransferredThreshold:
     """The threshold that flags `false_alarm_rate` of normal images, from scores of a batch that may
     hold many defective images (see GUMBEL_QUANTILES), with how sure that rate is (BOOTSTRAP_DRAWS).
     `fallback` (the parent's threshold) stays, with the reason, when too few images scored, the rate
-    is 0, or their low quantiles do not spread; such a threshold is not supported by the batch.
-    `images` names the scored images in the note."""
+    is 0, or their low quantiles do not spread; such a threshold is not supported by the batch."""
     values = np.asarray(scores, dtype=np.float64).ravel()
     if values.size < MIN_TRANSFER_IMAGES:
         reason = (
@@ -212,7 +210,7 @@ def gumbel_threshold(
     note = (
         f"expected to flag {expected:.1%} of normal parts (90% interval {low:.1%} to {high:.1%}; "
         f"{false_alarm_rate:.1%} asked), "
-        f"from {values.size} {images}"
+        f"from {values.size} target images"
     )
     if not supported:
         note += (
