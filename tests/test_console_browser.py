@@ -220,7 +220,7 @@ def test_a_read_key_sees_no_admin_controls_and_a_forged_admin_call_is_refused(
     wait(driver).until(
         ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v1']"))
     )
-    for admin_only in ("adapt-start", "threshold-save"):
+    for admin_only in ("adapt-start", "threshold-save", "known-good-start"):
         assert not driver.find_elements(By.ID, admin_only), admin_only
     assert not driver.find_elements(By.CSS_SELECTOR, "button[data-action]")
     status = driver.execute_async_script(
@@ -238,6 +238,28 @@ def test_a_read_key_sees_no_admin_controls_and_a_forged_admin_call_is_refused(
     message = wait(driver).until(ec.presence_of_element_located((By.ID, "inspect-error"))).text
     assert "not-an-image.png" in message, message  # the API's own message, naming the file
     shot(driver, "07-read-key")
+
+
+def test_a_threshold_from_known_good_images_is_set_from_the_page(browser, server, dataset):
+    driver = browser
+    sign_in(driver, server, ADMIN)
+    driver.find_element(By.LINK_TEXT, "widget").click()
+    wait(driver).until(ec.presence_of_element_located((By.ID, "known-good-start")))
+    good = [str(p) for p in sorted((dataset / "train" / "good").glob("*.png"))[:6]]
+    driver.find_element(By.ID, "known-good-files").send_keys("\n".join(good))
+    driver.find_element(By.ID, "known-good-start").click()
+    result = wait(driver).until(
+        lambda d: (
+            "v2 (from v1)" in d.find_element(By.ID, "known-good-result").text
+            and d.find_element(By.ID, "known-good-result")
+        )
+    )
+    # the version's own note: what it is expected to flag, from how many images, and how sure
+    assert "highest of 6 known-good images" in result.text and "cannot support" in result.text
+    row = driver.find_element(By.CSS_SELECTOR, "#versions tr[data-version='v2']")
+    assert "threshold-known-good" in row.text
+    assert active_version(driver) == "v1"  # written, not activated
+    shot(driver, "09-known-good-threshold")
 
 
 def test_a_first_model_is_fitted_from_the_page(browser, tmp_path, dataset):

@@ -279,7 +279,33 @@ function thresholdCard(name, active) {
     try { await api(`/v1/models/${encodeURIComponent(name)}/threshold`, { method: "PUT", json: { threshold: Number(value.value) } }); toast("threshold saved"); render(); }
     catch (error) { toast(error.message); }
   } }) : "";
-  return el("section", { class: "card" }, el("h2", { text: "Threshold" }), el("div", { class: "row" }, value, save), preview);
+  return el("section", { class: "card" }, el("h2", { text: "Threshold" }), el("div", { class: "row" }, value, save), preview,
+    isAdmin() ? knownGoodRow(name) : "");
+}
+
+// A version's threshold from parts a person has checked: a new version, not activated, with what it
+// is expected to flag and how sure that is.
+function knownGoodRow(name) {
+  const versions = state.versions[name] || [];
+  const version = el("select", { id: "known-good-version" },
+    versions.slice().reverse().map((v) => el("option", { value: v.version, text: v.version + (v.active ? " (active)" : "") })));
+  const files = el("input", { id: "known-good-files", type: "file", multiple: true, accept: "image/*" });
+  const result = el("p", { id: "known-good-result", class: "muted" });
+  const go = el("button", { id: "known-good-start", text: "Set from known-good images", onclick: async () => {
+    if (files.files.length === 0) { toast("choose images of parts known to be good"); return; }
+    go.disabled = true;
+    try {
+      const r = await api(`/v1/models/${encodeURIComponent(name)}/versions/${version.value}/calibrate`, { method: "POST", form: filesForm(files, "files", {}) });
+      toast(`${r.version} written (not active)`);
+      await render();
+      document.getElementById("known-good-result").textContent =
+        `${r.version} (from ${r.parent}): threshold ${fmt(r.previous_threshold)} → ${fmt(r.threshold)}; ${r.threshold_estimate.note}. ` +
+        `Activate it in the versions table once this suits the line.`;
+    } catch (error) { result.replaceChildren(el("span", { class: "error", text: error.message })); go.disabled = false; }
+  } });
+  return el("div", {},
+    el("p", { class: "muted", text: "Or give a version the threshold that images of parts known to be good give (about 74 pin 1%):" }),
+    el("div", { class: "row" }, version, files, go), result);
 }
 
 function adaptCard(name) {
