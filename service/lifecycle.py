@@ -24,7 +24,7 @@ from patchshift.core.common.errors import ArtifactError
 from patchshift.core.engine.detector import Detector, with_threshold
 from patchshift.core.engine.patchcore import Provenance
 from patchshift.service.activation_log import ANY, BY_REQUEST, THRESHOLD, ActivationLog
-from patchshift.service.http_errors import Conflict
+from patchshift.service.http_errors import Conflict, NotFound
 from patchshift.service.job_store import JobStore
 from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.serving import Serving
@@ -234,6 +234,17 @@ class Lifecycle:
                     f"being set; {version} (threshold {threshold}) is kept but not active: set the "
                     "threshold again if it is still wanted"
                 )
+            return version
+
+    def save_derived_version(self, name: str, parent: str, model: Detector, what: str) -> str:
+        """Write `model`, made from `parent` outside any job, as the model's next version (not
+        activated). Under the job slot, as a job writes its version: a deletion of the model or of
+        the parent, or another writer's version, cannot interleave; both must still exist."""
+        with self.job_slot(name, what):
+            if not self.store.exists(name) or not self.store.version_dir(name, parent).is_dir():
+                raise NotFound(f"version {parent} of model {name!r} was deleted meanwhile")
+            version = self.store.allocate_version(name)
+            save_model(model, self.store.version_dir(name, version))
             return version
 
     def delete_version(self, name: str, version: str) -> None:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # Upload limits (per request).
     max_files: int = Field(64, ge=1, description="images per score request")
     max_train_files: int = Field(5000, ge=1, description="images per fit or adapt request")
+    # Scored while the request waits (7-15 images a second on 2 cores: docs/results.md, throughput).
+    max_calibration_files: int = Field(
+        1000, ge=1, description="known-good images per calibrate request"
+    )
     max_request_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # Heatmap overlays over HTTP are drawn on a preview of the photo, longer side at most this:

@@ -106,13 +106,13 @@ def test_the_route_writes_a_new_version_without_activating_it(client, dataset) -
     files = [
         ("files", (p.name, p.read_bytes(), "image/png"))
         for p in sorted((dataset / "test" / "good").glob("*.png"))
-        + sorted((dataset / "train" / "good").glob("*.png"))[:10]
-    ]
+        + sorted((dataset / "train" / "good").glob("*.png"))[:14]
+    ]  # 20: two chunks of decoding and scoring
     url = "/v1/models/widget/versions/v1/calibrate"
     answer = client.post(url, files=files, data={"false_alarm_rate": "0.05"})
     assert answer.status_code == 201, answer.text
     body = answer.json()
-    assert (body["version"], body["parent"], body["known_good_images"]) == ("v2", "v1", 16)
+    assert (body["version"], body["parent"], body["known_good_images"]) == ("v2", "v1", 20)
     assert body["false_alarm_rate"] == 0.05 and body["threshold_estimate"]["note"]
     model = client.get("/v1/models/widget").json()
     assert model["active_version"] == "v1"
@@ -136,16 +136,17 @@ def test_the_route_writes_a_new_version_without_activating_it(client, dataset) -
         ("v1", 3, {}, 422, "3 known-good image(s) are too few"),
         ("v1", 6, {"false_alarm_rate": "0.7"}, 422, "false_alarm_rate"),
         ("v9", 6, {}, 404, "v9"),
+        ("v1", 6, {"false_alarm_rate": "0"}, 422, "above 0 and below 1"),
         ("v1", 0, {}, 422, "not-an-image.png"),
     ],
 )
 def test_the_route_refuses_what_cannot_give_a_threshold(
     client, dataset, version, n_files, data, status, message
 ) -> None:
-    paths = sorted((dataset / "train" / "good").glob("*.png"))[: max(n_files, 6)]
-    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths[: n_files or 6]]
-    if n_files == 0:  # six images, one of them not an image
-        files[-1] = ("files", ("not-an-image.png", b"hello", "image/png"))
+    paths = sorted((dataset / "train" / "good").glob("*.png"))[: n_files or 20]
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    if n_files == 0:  # 20 images, the 18th (in the second chunk of 16) not an image
+        files[17] = ("files", ("not-an-image.png", b"hello", "image/png"))
     answer = client.post(f"/v1/models/widget/versions/{version}/calibrate", files=files, data=data)
     assert answer.status_code == status, answer.text
     assert message in json.dumps(answer.json())
@@ -178,3 +179,16 @@ def test_the_command_writes_the_new_version_and_refuses_too_few_images(
     _, err = capsys.readouterr()
     assert code == 1 and len(err.strip().splitlines()) == 1 and "at least 5" in err
     assert not (tmp_path / "v3").exists()
+
+
+def test_a_version_whose_parent_was_deleted_meanwhile_is_not_written(client) -> None:
+    from patchshift.service.http_errors import NotFound
+
+    lifecycle, store = client.app.state.lifecycle, client.app.state.store
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 3.0}).status_code == 200
+    v1 = client.app.state.serving.for_review("widget", "v1")
+    assert client.delete("/v1/models/widget/versions/v1").status_code == 204
+    with pytest.raises(NotFound, match="v1 of model 'widget' was deleted"):
+        lifecycle.save_derived_version("widget", "v1", v1, "calibrate a threshold")
+    assert store.versions("widget") == ["v2"]
+    assert lifecycle.save_derived_version("widget", "v2", v1, "calibrate a threshold") == "v3"

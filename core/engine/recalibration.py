@@ -44,7 +44,7 @@ def conformal_rank(n_images: int, false_alarm_rate: float) -> int:
     """The rank r (1 = lowest) of the score among N known-good ones that flags at most
     `false_alarm_rate` of good parts on average: ceil((N + 1)(1 - rate)), at most N (then the
     highest score, which flags 1 / (N + 1): more than asked where N + 1 < 1 / rate)."""
-    return min(n_images, math.ceil((n_images + 1) * (1.0 - false_alarm_rate) - 1e-9))
+    return max(1, min(n_images, math.ceil((n_images + 1) * (1.0 - false_alarm_rate) - 1e-9)))
 
 
 def flagged_share(n_images: int, rank: int) -> tuple[float, tuple[float, float]]:
@@ -65,13 +65,19 @@ def images_needed(false_alarm_rate: float, support_factor: float = SUPPORT_FACTO
     return n
 
 
-def check_known_good_count(n_images: int) -> None:
-    """Refuse, before any scoring, fewer images than a threshold can be set from."""
+def check_known_good_request(n_images: int, false_alarm_rate: float) -> None:
+    """Refuse, before any scoring, fewer images than a threshold can be set from, or a rate that is
+    not a share of good parts."""
     if n_images < MIN_KNOWN_GOOD:
         raise DatasetError(
             f"{n_images} known-good image(s) are too few to set a threshold from; give at least "
             f"{MIN_KNOWN_GOOD} (about {images_needed(0.01)} pin a 1% false-alarm rate within "
             f"{SUPPORT_FACTOR:g}x)"
+        )
+    if not 0 < false_alarm_rate < 1:
+        raise ConfigError(
+            f"false_alarm_rate must be above 0 and below 1 (a share of good parts), got "
+            f"{false_alarm_rate}"
         )
 
 
@@ -83,12 +89,7 @@ def known_good_threshold(
     it (the interval's upper end within `support_factor` times the asked rate, as after an
     adaptation). Refused, with the reason, where they cannot give one."""
     values = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    check_known_good_count(values.size)
-    if not 0 < false_alarm_rate < 1:
-        raise ConfigError(
-            f"false_alarm_rate must be above 0 and below 1 (a share of good parts), got "
-            f"{false_alarm_rate}"
-        )
+    check_known_good_request(values.size, false_alarm_rate)
     if not np.all(np.isfinite(values)):
         raise DatasetError("some known-good images scored a non-finite value; check the images")
     n = values.size
@@ -118,9 +119,10 @@ def recalibrated(
     """`model` and a stream of (B, 3, H, W) batches of good parts at its input size -> a new,
     unsaved version with the threshold those images give (known_good_threshold), and that
     threshold's estimate. Their scores become the version's calibration scores (the gate's no-shift
-    band reads them)."""
-    scores, _ = model.score_batches(batches)
-    scores = np.asarray(scores, dtype=np.float64)
+    band reads them). Only the scores are kept, batch by batch: memory stays bounded at any
+    count."""
+    chunks = [model.score(batch).scores.cpu().numpy() for batch in batches]
+    scores = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
     estimate = known_good_threshold(scores, false_alarm_rate)
     provenance = Provenance(
         method=METHOD,

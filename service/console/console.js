@@ -304,7 +304,7 @@ function knownGoodRow(name) {
     } catch (error) { result.replaceChildren(el("span", { class: "error", text: error.message })); go.disabled = false; }
   } });
   return el("div", {},
-    el("p", { class: "muted", text: "Or give a version the threshold that images of parts known to be good give (about 74 pin 1%):" }),
+    el("p", { class: "muted", text: "Or give a version the threshold that images of parts known to be good give, at the version's own false-alarm rate (the note says how many images pin it):" }),
     el("div", { class: "row" }, version, files, go), result);
 }
 

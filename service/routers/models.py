@@ -358,16 +358,18 @@ async def calibrate_threshold(
     ],
     store: StoreDep,
     serving: ServingDep,
+    lifecycle: LifecycleDep,
     settings: SettingsDep,
 ) -> CalibrationOut:
     """A new version of `version` with the threshold known-good images give, and how sure it is
     (`threshold_estimate`); not activated. For a version whose label-free threshold is not
     trustworthy: activate the new one once its estimate suits the line."""
-    uploads = await read_files(files, settings.max_train_files, settings.max_file_bytes)
+    uploads = await read_files(files, settings.max_calibration_files, settings.max_file_bytes)
     return await run_in_threadpool(
         operations.calibrate_threshold,
         store,
         serving,
+        lifecycle,
         name,
         version,
         uploads,
