@@ -50,7 +50,7 @@ def test_the_wheel_holds_the_product_and_no_study(tmp_path) -> None:
 def test_the_cli_lists_product_commands_only() -> None:
     from patchshift.service.cli import COMMANDS, build_parser
 
-    assert set(COMMANDS) == {"serve", "worker", "fit", "score", "adapt", "eval"}
+    assert set(COMMANDS) == {"serve", "worker", "fit", "score", "adapt", "eval", "calibrate"}
     usage = build_parser().format_help()
     assert "bench" not in usage and all(command in usage for command in COMMANDS)
 
