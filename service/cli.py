@@ -454,15 +454,13 @@ def cmd_calibrate(args: argparse.Namespace, progress) -> int:
     from patchshift.core.artifact import load_model, save_model
     from patchshift.core.common.errors import ArtifactError
     from patchshift.core.common.images import iter_batches
-    from patchshift.core.engine.recalibration import check_known_good_request, recalibrated
-    from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
+    from patchshift.core.engine.recalibration import calibration_rate, recalibrated
 
     if Path(args.out).exists() and not args.overwrite:
         raise ArtifactError(f"{args.out} already exists; pass --overwrite to replace it")
     model = load_model(args.model, device=args.device)
     paths = _images(args.images)
-    rate = asked_false_alarm_rate(model) if args.false_alarm_rate is None else args.false_alarm_rate
-    check_known_good_request(len(paths), rate)
+    rate = calibration_rate(model, len(paths), args.false_alarm_rate)
 
     def batches():
         for batch, _, start in iter_batches(paths, model.config.image_size, args.batch_size):

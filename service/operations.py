@@ -10,7 +10,7 @@ from __future__ import annotations
 from patchshift.core.common.errors import ArtifactError
 from patchshift.service.drift_watch import DriftWatch
 from patchshift.service.history import Histories
-from patchshift.service.http_errors import BadImages, NotFound, redact_paths
+from patchshift.service.http_errors import NotFound, redact_paths
 from patchshift.service.lifecycle import Lifecycle
 from patchshift.service.schemas import (
     CalibrationOut,
@@ -20,7 +20,7 @@ from patchshift.service.schemas import (
     UnreadableVersion,
     VersionOut,
 )
-from patchshift.service.scoring import decode_uploads
+from patchshift.service.scoring import checked_batches
 from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore, check_name
@@ -126,24 +126,16 @@ def calibrate_threshold(
     version: str,
     files: list[tuple[str, bytes]],
     false_alarm_rate: float | None,
-    chunk: int = 16,
 ) -> CalibrationOut:
     """A new version of `version` whose threshold comes from known-good images (`files`), saved and
     not activated: the person who vouched for the images activates it after reading how sure the
-    threshold is. Every file is checked before any is scored; then decoded and scored a chunk at a
-    time, so memory stays bounded at any count."""
-    from patchshift.core.engine.recalibration import check_known_good_request, recalibrated
-    from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
+    threshold is. Every file is checked before any is scored (checked_batches)."""
+    from patchshift.core.engine.recalibration import calibration_rate, recalibrated
 
     require_model(store, name)
     model = serving.for_review(name, check_name(version, "version"))
-    rate = asked_false_alarm_rate(model) if false_alarm_rate is None else false_alarm_rate
-    check_known_good_request(len(files), rate)
-    size = model.config.image_size
-    check_images(files, size, chunk)
-    batches = (
-        decode_uploads(files[i : i + chunk], size, None).batch for i in range(0, len(files), chunk)
-    )
+    rate = calibration_rate(model, len(files), false_alarm_rate)
+    batches = checked_batches(files, model.config.image_size)
     derived, estimate = recalibrated(model, batches, rate)
     new_version = lifecycle.save_derived_version(name, version, derived, "calibrate a threshold")
     return CalibrationOut(
@@ -156,21 +148,6 @@ def calibrate_threshold(
         false_alarm_rate=rate,
         threshold_estimate=estimate.to_dict(),
     )
-
-
-def check_images(files: list[tuple[str, bytes]], size: tuple[int, int], chunk: int) -> None:
-    """One 422 naming every file that is not a usable image, a chunk decoded at a time."""
-    problems = []
-    for i in range(0, len(files), chunk):
-        try:
-            decode_uploads(files[i : i + chunk], size, None)
-        except BadImages as exc:
-            problems += exc.extra.get("files", [])
-    if problems:
-        summary = problems[0]["message"] + (
-            f" (and {len(problems) - 1} more bad file(s))" if len(problems) > 1 else ""
-        )
-        raise BadImages(summary, file=problems[0]["file"], files=problems)
 
 
 def delete_version(store: ModelStore, lifecycle: Lifecycle, name: str, version: str) -> None:

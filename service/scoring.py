@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -56,11 +57,35 @@ def decode_uploads(
         if preview is not None:
             photos.append(preview)
     if problems:
-        summary = problems[0]["message"] + (
-            f" (and {len(problems) - 1} more bad file(s))" if len(problems) > 1 else ""
-        )
-        raise BadImages(summary, file=problems[0]["file"], files=problems)
+        raise bad_images(problems)
     return Decoded([n for n, _ in files], photos, to_tensor(arrays))
+
+
+def bad_images(problems: list[dict]) -> BadImages:
+    """One 422 naming every bad file ({"file", "message"} each), the first in its message."""
+    summary = problems[0]["message"] + (
+        f" (and {len(problems) - 1} more bad file(s))" if len(problems) > 1 else ""
+    )
+    return BadImages(summary, file=problems[0]["file"], files=problems)
+
+
+def checked_batches(
+    files: list[tuple[str, bytes]], size: tuple[int, int], chunk: int = 16
+) -> Iterator[torch.Tensor]:
+    """Every file checked first (one 422 naming each bad one, before anything is scored); then
+    (B, 3, H, W) batches of `chunk` files, decoded one batch at a time: memory stays bounded at any
+    count of uploads."""
+    problems = []
+    for name, data in files:
+        try:
+            decode_for_model(data, size, name, None)
+        except InvalidImageError as exc:
+            problems.append({"file": name, "message": str(exc)})
+    if problems:
+        raise bad_images(problems)
+    return (
+        decode_uploads(files[i : i + chunk], size, None).batch for i in range(0, len(files), chunk)
+    )
 
 
 class MicroBatcher:

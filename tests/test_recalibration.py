@@ -145,11 +145,17 @@ def test_the_route_refuses_what_cannot_give_a_threshold(
 ) -> None:
     paths = sorted((dataset / "train" / "good").glob("*.png"))[: n_files or 20]
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
-    if n_files == 0:  # 20 images, the 18th (in the second chunk of 16) not an image
+    if n_files == 0:  # 20 images, the 2nd and the 18th (one in each chunk of 16) not images
+        files[1] = ("files", ("truncated.png", files[1][1][1][:40], "image/png"))
         files[17] = ("files", ("not-an-image.png", b"hello", "image/png"))
     answer = client.post(f"/v1/models/widget/versions/{version}/calibrate", files=files, data=data)
     assert answer.status_code == status, answer.text
     assert message in json.dumps(answer.json())
+    if n_files == 0:  # every bad file named, whichever chunk it is in
+        assert [f["file"] for f in answer.json()["error"]["files"]] == [
+            "truncated.png",
+            "not-an-image.png",
+        ]
     assert [v["version"] for v in client.get("/v1/models/widget").json()["versions"]] == ["v1"]
 
 

@@ -30,6 +30,7 @@ from patchshift.core.engine.threshold import (
     SUPPORT_FACTOR,
     TransferredThreshold,
 )
+from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
 
 MIN_KNOWN_GOOD = MIN_TRANSFER_IMAGES
 METHOD = "threshold-known-good"
@@ -79,6 +80,14 @@ def check_known_good_request(n_images: int, false_alarm_rate: float) -> None:
             f"false_alarm_rate must be above 0 and below 1 (a share of good parts), got "
             f"{false_alarm_rate}"
         )
+
+
+def calibration_rate(model: Detector, n_images: int, false_alarm_rate: float | None) -> float:
+    """The rate to calibrate `model` at (its own where none is given), once
+    check_known_good_request accepts it with `n_images`: before any image is scored."""
+    rate = asked_false_alarm_rate(model) if false_alarm_rate is None else false_alarm_rate
+    check_known_good_request(n_images, rate)
+    return rate
 
 
 def known_good_threshold(
