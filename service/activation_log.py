@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, insert, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from patchshift.service.database import upsert
 from patchshift.service.job_store import now
 from patchshift.service.tables import activations, active_versions
 
@@ -66,16 +65,12 @@ class ActivationLog:
     def _set_active(
         self, connection, model: str, version: str, at: str, replace: bool = True
     ) -> None:
-        upsert = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(
-            active_versions
-        ).values(model=model, version=version, changed=at)
+        row = upsert(self.engine, active_versions).values(model=model, version=version, changed=at)
         keys = [active_versions.c.model]
         connection.execute(
-            upsert.on_conflict_do_update(
-                index_elements=keys, set_={"version": version, "changed": at}
-            )
+            row.on_conflict_do_update(index_elements=keys, set_={"version": version, "changed": at})
             if replace
-            else upsert.on_conflict_do_nothing(index_elements=keys)
+            else row.on_conflict_do_nothing(index_elements=keys)
         )
         if self.engine.dialect.name == "postgresql":
             connection.execute(

@@ -17,8 +17,9 @@ from patchshift.service.drift_watch import DriftWatch
 from patchshift.service.history import Histories
 from patchshift.service.http_errors import install_handlers
 from patchshift.service.limits import BodyLimit
+from patchshift.service.part_checks import CheckedParts
 from patchshift.service.prometheus import ServiceMetrics
-from patchshift.service.routers import console, docs, health, jobs, models, score
+from patchshift.service.routers import checked_parts, console, docs, health, jobs, models, score
 from patchshift.service.runtime import Runtime
 from patchshift.service.scoring import MicroBatcher
 from patchshift.service.settings import Settings
@@ -125,7 +126,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.history_scores, settings.history_drift_points, settings.recent_images
         )
         state.drift = DriftWatch(state.lifecycle, state.worker, settings, metrics)
-        state.lifecycle.forgetters += [state.drift.forget, state.histories.forget]
+        state.checked_parts = CheckedParts(state.database)
+        state.lifecycle.forgetters += [
+            state.drift.forget,
+            state.histories.forget,
+            state.checked_parts.forget,
+        ]
         runtime.start()
         state.batcher = MicroBatcher(
             settings.max_batch_images, settings.batch_wait_ms / 1000, metrics
@@ -162,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         health.router,
         models.router,
+        checked_parts.router,
         score.router,
         jobs.router,
         docs.router,

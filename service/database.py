@@ -12,7 +12,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Engine, Table, create_engine, event, inspect, make_url, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import ArgumentError
 
 from patchshift.core.common.errors import ConfigError
@@ -109,3 +111,9 @@ def unreachable(engine: Engine) -> str | None:
     except Exception as exc:  # any driver's error: readiness reports it, never raises
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
+
+
+def upsert(engine: Engine, table: Table):
+    """The engine's INSERT into `table` that takes ON CONFLICT DO UPDATE / DO NOTHING (SQLite and
+    PostgreSQL spell it alike, each with its own construct)."""
+    return (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(table)

@@ -16,6 +16,7 @@ from patchshift.service.drift_watch import DriftWatch
 from patchshift.service.history import Histories
 from patchshift.service.job_store import JobStore
 from patchshift.service.lifecycle import Lifecycle
+from patchshift.service.part_checks import CheckedParts
 from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.scoring import MicroBatcher
 from patchshift.service.serving import Serving
@@ -40,8 +41,8 @@ get_settings, get_store, get_serving, get_worker = (
 get_lifecycle, get_histories, get_database = (
     _from_state(n) for n in ("lifecycle", "histories", "database")
 )
-get_jobs, get_metrics, get_batcher, get_drift = (
-    _from_state(n) for n in ("jobs", "metrics", "batcher", "drift")
+get_jobs, get_metrics, get_batcher, get_drift, get_checked_parts = (
+    _from_state(n) for n in ("jobs", "metrics", "batcher", "drift", "checked_parts")
 )
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -55,3 +56,4 @@ JobsDep = Annotated[JobStore, Depends(get_jobs)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 DriftDep = Annotated[DriftWatch, Depends(get_drift)]
+CheckedPartsDep = Annotated[CheckedParts, Depends(get_checked_parts)]

@@ -34,6 +34,7 @@ class RecentImage:
     pixels: (
         np.ndarray
     )  # (H, W, 3) uint8 at the model input size: what a candidate version is reviewed on
+    number: int  # the image's place among those this replica scored for the model (1 = first)
 
 
 class History:
@@ -63,6 +64,7 @@ class History:
         drifting) and the thumbnails and model inputs of its last images (as many as are kept)."""
         now = time.time()
         with self._lock:
+            first = self.images_scored + 1
             self.images_scored += len(names)
             self._scores.extend(
                 (now, version, float(s), threshold, bool(f))
@@ -83,6 +85,7 @@ class History:
                         bool(flags[j]),
                         picture,
                         pixels[i],
+                        first + j,
                     )
                 )
 
@@ -111,6 +114,7 @@ class History:
                     "score": r.score,
                     "threshold": r.threshold,
                     "anomalous": r.anomalous,
+                    "number": r.number,
                     "thumbnail_jpeg": base64.b64encode(r.thumbnail).decode(),
                 }
                 for r in reversed(images)

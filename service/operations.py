@@ -7,16 +7,24 @@ job or change per model at a time, never undo a rollback), these functions descr
 
 from __future__ import annotations
 
-from patchshift.core.common.errors import ArtifactError
+import numpy as np
+
+from patchshift.core.common.errors import ArtifactError, DatasetError
 from patchshift.service.drift_watch import DriftWatch
 from patchshift.service.history import Histories
 from patchshift.service.http_errors import NotFound, redact_paths
 from patchshift.service.lifecycle import Lifecycle
+from patchshift.service.part_checks import CheckedPart, CheckedParts
+from patchshift.service.prometheus import ServiceMetrics
 from patchshift.service.schemas import (
     CalibrationOut,
+    CheckedPartIn,
+    CheckedPartOut,
+    CheckedPartsOut,
     DriftOut,
     ModelOut,
     ModelSummary,
+    ObservedShare,
     UnreadableVersion,
     VersionOut,
 )
@@ -24,6 +32,8 @@ from patchshift.service.scoring import checked_batches
 from patchshift.service.serving import Serving
 from patchshift.service.settings import Settings
 from patchshift.service.store import ModelStore, check_name
+
+SHOWN_CHECKS = 200  # the latest checks a summary lists
 
 
 def require_model(store: ModelStore, name: str) -> str:
@@ -122,21 +132,52 @@ def calibrate_threshold(
     store: ModelStore,
     serving: Serving,
     lifecycle: Lifecycle,
+    checked: CheckedParts,
     name: str,
     version: str,
     files: list[tuple[str, bytes]],
     false_alarm_rate: float | None,
+    from_checked_parts: bool = False,
 ) -> CalibrationOut:
-    """A new version of `version` whose threshold comes from known-good images (`files`), saved and
-    not activated: the person who vouched for the images activates it after reading how sure the
-    threshold is. Every file is checked before any is scored (checked_batches)."""
-    from patchshift.core.engine.recalibration import calibration_rate, recalibrated
+    """A new version of `version` whose threshold comes from known-good parts, saved and not
+    activated: the person who vouched for them activates it after reading how sure the threshold
+    is. The parts are either uploaded images (`files`, every one checked before any is scored:
+    checked_batches) or the parts checked good on the line for that version (their scores are
+    already known: nothing is scored again)."""
+    from patchshift.core.engine.recalibration import (
+        CHECKED_ON_THE_LINE,
+        MIN_KNOWN_GOOD,
+        UPLOADED,
+        calibration_rate,
+        images_needed,
+        recalibrated,
+        recalibrated_from_scores,
+    )
 
     require_model(store, name)
-    model = serving.for_review(name, check_name(version, "version"))
-    rate = calibration_rate(model, len(files), false_alarm_rate)
-    batches = checked_batches(files, model.config.image_size)
-    derived, estimate = recalibrated(model, batches, rate)
+    version = check_name(version, "version")
+    if from_checked_parts == bool(files):
+        raise DatasetError(
+            "give either images of known-good parts (files) or from_checked_parts=true (the parts "
+            "checked good on the line for this version), not both and not neither"
+        )
+    model = serving.for_review(name, version)
+    if from_checked_parts:
+        scores = checked.good_scores(name, version)
+        if scores.size < MIN_KNOWN_GOOD:
+            raise DatasetError(
+                f"{scores.size} part(s) checked good on the line for {name} {version}; a threshold "
+                f"needs at least {MIN_KNOWN_GOOD} (about {images_needed(0.01)} pin a 1% "
+                "false-alarm rate): check more of the line's parts"
+            )
+        rate = calibration_rate(model, scores.size, false_alarm_rate)
+        derived, estimate = recalibrated_from_scores(model, scores, rate, CHECKED_ON_THE_LINE)
+        count, source = int(scores.size), CHECKED_ON_THE_LINE
+    else:
+        rate = calibration_rate(model, len(files), false_alarm_rate)
+        batches = checked_batches(files, model.config.image_size)
+        derived, estimate = recalibrated(model, batches, rate)
+        count, source = len(files), UPLOADED
     new_version = lifecycle.save_derived_version(name, version, derived, "calibrate a threshold")
     return CalibrationOut(
         model=name,
@@ -144,15 +185,100 @@ def calibrate_threshold(
         parent=version,
         threshold=derived.threshold,
         previous_threshold=model.threshold,
-        known_good_images=len(files),
+        known_good_images=count,
+        known_good_source=source,
         false_alarm_rate=rate,
         threshold_estimate=estimate.to_dict(),
     )
 
 
-def delete_version(store: ModelStore, lifecycle: Lifecycle, name: str, version: str) -> None:
+def record_checked_parts(
+    store: ModelStore,
+    checked: CheckedParts,
+    metrics: ServiceMetrics,
+    name: str,
+    version: str,
+    parts: list[CheckedPartIn],
+) -> CheckedPartsOut:
+    """Keep what a person found on parts `version` scored, and say what its verdicts do."""
+    require_model(store, name)
+    threshold = store.manifest(name, check_name(version, "version")).threshold
+    parts = list({p.part: p for p in parts}.values())  # a part named twice: the last check counts
+    checked.record(name, version, [(p.part, p.score, p.good) for p in parts])
+    for p in parts:
+        metrics.part_checks.labels(
+            name, "good" if p.good else "defective", "flagged" if p.score > threshold else "passed"
+        ).inc()
+    return checked_parts_summary(store, checked, name, version)
+
+
+def checked_parts_summary(
+    store: ModelStore, checked: CheckedParts, name: str, version: str
+) -> CheckedPartsOut:
+    """The version's false alarms and recall on the parts a person checked, with exact intervals,
+    and the threshold the good ones would give (core.engine.recalibration.known_good_threshold)."""
+    from patchshift.core.engine.recalibration import (
+        MIN_KNOWN_GOOD,
+        images_needed,
+        known_good_threshold,
+        observed_share,
+    )
+    from patchshift.core.evaluation.evaluate import asked_rate
+
+    require_model(store, name)
+    manifest = store.manifest(name, check_name(version, "version"))
+    threshold, rate = manifest.threshold, asked_rate(manifest.config)
+    parts = checked.of(name, version)
+
+    def measured(group: list[CheckedPart]) -> ObservedShare:
+        flagged = sum(p.score > threshold for p in group)
+        share, interval = observed_share(flagged, len(group))
+        return ObservedShare(
+            count=len(group),
+            flagged=flagged,
+            share=share,
+            interval=list(interval) if interval else None,
+        )
+
+    good = np.array([p.score for p in parts if p.good])
+    calibration = None
+    if good.size < MIN_KNOWN_GOOD:
+        note = (
+            f"{good.size} part(s) checked good: calibrating needs at least {MIN_KNOWN_GOOD} "
+            f"(about {images_needed(rate)} pin {rate:.1%})"
+        )
+    else:
+        estimate = known_good_threshold(good, rate)
+        calibration = {"threshold": estimate.value, **estimate.to_dict()}
+        note = f"calibrating from them would set {estimate.value:.4g}: {estimate.note}"
+    return CheckedPartsOut(
+        model=name,
+        version=version,
+        threshold=threshold,
+        false_alarm_rate=rate,
+        false_alarms=measured([p for p in parts if p.good]),
+        recall=measured([p for p in parts if not p.good]),
+        calibration=calibration,
+        calibration_note=note,
+        parts=[
+            CheckedPartOut(
+                part=p.part,
+                score=p.score,
+                good=p.good,
+                flagged=p.score > threshold,
+                checked_at=p.checked_at,
+            )
+            for p in parts[:SHOWN_CHECKS]
+        ],
+    )
+
+
+def delete_version(
+    store: ModelStore, lifecycle: Lifecycle, checked: CheckedParts, name: str, version: str
+) -> None:
     require_model(store, name)
     lifecycle.delete_version(name, version)
+    checked.forget(name, version)
 
 
 def delete_model(store: ModelStore, lifecycle: Lifecycle, name: str) -> None:

@@ -132,6 +132,14 @@ class ServiceMetrics:
             registry=r,
         )
 
+        self.part_checks = Counter(
+            "patchshift_part_checks",
+            "Parts a person checked on the line, by what they found (good, defective) and the "
+            "version's verdict (flagged, passed)",
+            ["model", "found", "verdict"],
+            registry=r,
+        )
+
     def set_active(self, model: str, version: str | None) -> None:
         for labels in list(
             self.active_version._metrics
@@ -148,3 +156,6 @@ class ServiceMetrics:
                 gauge.remove(model)
             except KeyError:
                 pass
+        for labels in list(self.part_checks._metrics):
+            if labels[0] == model:
+                self.part_checks.remove(*labels)

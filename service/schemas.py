@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
@@ -107,9 +107,63 @@ class CalibrationOut(BaseModel):
     threshold: float
     previous_threshold: float
     known_good_images: int
+    known_good_source: str  # "uploaded images" or "parts checked on the line"
     false_alarm_rate: float
     # what the threshold is expected to flag and how sure that is (as after an adaptation)
     threshold_estimate: dict
+
+
+class CheckedPartIn(BaseModel):
+    model_config = ConfigDict(strict=True)  # a check is what a person found: no coercion of types
+
+    part: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]+$",  # printable: no control characters (PostgreSQL refuses NUL)
+        description="the line's name for the part (its image's file name, a serial number); a "
+        "part checked again for the same version replaces its earlier check",
+    )
+    score: float = Field(
+        allow_inf_nan=False, description="the version's score of the part, as scoring returned it"
+    )
+    good: bool = Field(strict=True, description="true: the person found no defect; false: a defect")
+
+
+class CheckedPartsIn(BaseModel):
+    parts: list[CheckedPartIn] = Field(min_length=1, max_length=1000)
+
+
+class CheckedPartOut(BaseModel):
+    part: str
+    score: float
+    good: bool
+    flagged: bool  # above the version's threshold
+    checked_at: str
+
+
+class ObservedShare(BaseModel):
+    """A share measured on checked parts, with its exact (Clopper-Pearson) 90% interval."""
+
+    count: int = Field(description="parts checked in this group")
+    flagged: int = Field(description="of them, above the version's threshold")
+    share: float | None = Field(description="flagged / count (none before any check)")
+    interval: list[float] | None
+
+
+class CheckedPartsOut(BaseModel):
+    """What a version's verdicts really do on the parts a person checked, and what `calibrate`
+    would set from the good ones."""
+
+    model: str
+    version: str
+    threshold: float
+    false_alarm_rate: float = Field(description="the share of good parts the threshold aims at")
+    false_alarms: ObservedShare = Field(description="good parts the version flagged")
+    recall: ObservedShare = Field(description="defective parts the version flagged")
+    # calibrate(from_checked_parts=true) now: the threshold_estimate it would state, or why not
+    calibration: dict | None
+    calibration_note: str
+    parts: list[CheckedPartOut] = Field(description="the latest checks, newest first (at most 200)")
 
 
 class DriftOut(BaseModel):

@@ -3,7 +3,18 @@ them. Times are ISO-8601 UTC strings, JSON documents are text: the same on SQLit
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -52,4 +63,18 @@ active_versions = Table(
     Column("model", Text, primary_key=True),
     Column("version", Text, nullable=False),
     Column("changed", Text, nullable=False),
+)
+
+# Parts a person checked, each with the score one version gave it: what that version's verdicts
+# really do on the line, and the known-good scores a threshold can be calibrated from
+# (service/checked_parts.py). A part checked again replaces its earlier check.
+checked_parts = Table(
+    "checked_parts",
+    metadata,
+    Column("model", Text, primary_key=True),
+    Column("version", Text, primary_key=True),
+    Column("part", Text, primary_key=True),
+    Column("score", Float, nullable=False),
+    Column("good", Boolean, nullable=False),
+    Column("checked_at", Text, nullable=False),
 )

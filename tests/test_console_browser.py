@@ -220,8 +220,12 @@ def test_a_read_key_sees_no_admin_controls_and_a_forged_admin_call_is_refused(
     wait(driver).until(
         ec.presence_of_element_located((By.CSS_SELECTOR, "#versions tr[data-version='v1']"))
     )
-    for admin_only in ("adapt-start", "threshold-save", "known-good-start"):
+    for admin_only in ("adapt-start", "threshold-save", "known-good-start", "checked-calibrate"):
         assert not driver.find_elements(By.ID, admin_only), admin_only
+    assert not driver.find_elements(By.CSS_SELECTOR, ".check-good, .check-defective")
+    wait(driver).until(  # what the verdicts do on checked parts: read keys see it too
+        lambda d: "Checked on the line, v1" in d.find_element(By.ID, "checked-summary").text
+    )
     assert not driver.find_elements(By.CSS_SELECTOR, "button[data-action]")
     status = driver.execute_async_script(
         "const done = arguments[0];"
@@ -260,6 +264,58 @@ def test_a_threshold_from_known_good_images_is_set_from_the_page(browser, server
     assert "threshold-known-good" in row.text
     assert active_version(driver) == "v1"  # written, not activated
     shot(driver, "09-known-good-threshold")
+
+
+def test_parts_checked_under_the_line_images_measure_the_verdicts_and_set_a_threshold(
+    browser, server, dataset
+):
+    driver = browser
+    with server.client(ADMIN) as line:  # six good parts, then a defective one, on the line
+        paths = sorted((dataset / "train" / "good").glob("*.png"))[:6]
+        paths += sorted((dataset / "test" / "blob").glob("*.png"))[:1]
+        for start in range(0, 7, 4):
+            files = [
+                ("files", (p.name, p.read_bytes(), "image/png")) for p in paths[start : start + 4]
+            ]
+            assert line.post("/v1/models/widget/score", files=files).status_code == 200
+        scores = line.get("/v1/models/widget/history").json()["recent_images"]
+    sign_in(driver, server, ADMIN)
+    driver.find_element(By.LINK_TEXT, "widget").click()
+    wait(driver).until(
+        lambda d: "0 part(s) checked good" in d.find_element(By.ID, "checked-summary").text
+    )
+    figures = driver.find_elements(By.CSS_SELECTOR, "#recent-images figure")
+    assert len(figures) == 7  # newest first: the defective part is the first
+    figures[0].find_element(By.CLASS_NAME, "check-defective").click()
+    for figure in figures[1:]:
+        figure.find_element(By.CLASS_NAME, "check-good").click()
+    summary = wait(driver).until(
+        lambda d: (
+            "of 6 good parts" in d.find_element(By.ID, "checked-summary").text
+            and d.find_element(By.ID, "checked-summary")
+        )
+    )
+    threshold = next(r["threshold"] for r in scores)
+    flagged_good = sum(r["score"] > threshold for r in scores[1:])
+    caught = int(scores[0]["score"] > threshold)
+    assert f"flags {flagged_good} of 6 good parts" in summary.text, summary.text
+    assert f"{caught} of 1 defective parts" in summary.text, summary.text
+    assert "calibrating from them would set" in summary.text  # 6 good: enough to set one
+    assert figures[0].find_element(By.CLASS_NAME, "checked").text == "checked: defective"
+    shot(driver, "10-checked-parts")
+    driver.find_element(By.ID, "checked-calibrate").click()
+    result = wait(driver).until(
+        lambda d: (
+            "v2 (from v1, 6 parts checked good on the line)"
+            in d.find_element(By.ID, "known-good-result").text
+            and d.find_element(By.ID, "known-good-result")
+        )
+    )
+    # at 1% from 6 good parts: the highest of their scores, as the line scored them
+    highest = max(r["score"] for r in scores[1:])
+    assert f"→ {highest:.3f}" in result.text and "highest of 6 known-good images" in result.text
+    assert active_version(driver) == "v1"
+    shot(driver, "11-threshold-from-checked-parts")
 
 
 def test_a_first_model_is_fitted_from_the_page(browser, tmp_path, dataset):

@@ -14,7 +14,7 @@ from patchshift.service.activation_log import ActivationLog
 from patchshift.service.database import connect, migrate
 from patchshift.service.job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
-HEAD = "0004"
+HEAD = "0005"
 # The job table as the service created it before migrations existed (raw SQL, SQLite types).
 SCHEMA_BEFORE_MIGRATIONS = [
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -35,7 +35,7 @@ def test_a_fresh_database_gets_the_current_schema(database_url: str) -> None:
     migrate(engine)
     migrate(engine)  # at start, every time: nothing to do the second time
     tables = set(inspect(engine).get_table_names())
-    assert {"jobs", "activations", "active_versions", "alembic_version"} <= tables
+    assert {"jobs", "activations", "active_versions", "checked_parts", "alembic_version"} <= tables
     # the worker pool's queue lives beside the jobs on PostgreSQL only
     assert ("procrastinate_jobs" in tables) == (engine.dialect.name == "postgresql")
     assert revision(engine) == HEAD

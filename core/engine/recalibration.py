@@ -34,6 +34,8 @@ from patchshift.core.evaluation.evaluate import asked_false_alarm_rate
 
 MIN_KNOWN_GOOD = MIN_TRANSFER_IMAGES
 METHOD = "threshold-known-good"
+# where the known-good scores come from (the new version's details.known_good_source)
+UPLOADED, CHECKED_ON_THE_LINE = "uploaded images", "parts checked on the line"
 
 
 def ordinal(k: int) -> str:
@@ -126,12 +128,21 @@ def recalibrated(
     model: Detector, batches: Iterable[torch.Tensor], false_alarm_rate: float
 ) -> tuple[Detector, TransferredThreshold]:
     """`model` and a stream of (B, 3, H, W) batches of good parts at its input size -> a new,
-    unsaved version with the threshold those images give (known_good_threshold), and that
-    threshold's estimate. Their scores become the version's calibration scores (the gate's no-shift
-    band reads them). Only the scores are kept, batch by batch: memory stays bounded at any
-    count."""
+    unsaved version with the threshold those images give (recalibrated_from_scores). Only the
+    scores are kept, batch by batch: memory stays bounded at any count."""
     chunks = [model.score(batch).scores.cpu().numpy() for batch in batches]
     scores = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
+    return recalibrated_from_scores(model, scores, false_alarm_rate, UPLOADED)
+
+
+def recalibrated_from_scores(
+    model: Detector, scores: np.ndarray, false_alarm_rate: float, source: str
+) -> tuple[Detector, TransferredThreshold]:
+    """`model` and (N,) of its own scores of known-good parts (`source` says where they come from:
+    UPLOADED images, or parts CHECKED_ON_THE_LINE) -> a new, unsaved version with the threshold they
+    give (known_good_threshold), and that threshold's estimate. The scores become the version's
+    calibration scores (the gate's no-shift band reads them)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
     estimate = known_good_threshold(scores, false_alarm_rate)
     provenance = Provenance(
         method=METHOD,
@@ -142,8 +153,19 @@ def recalibrated(
         details={
             "previous_threshold": model.threshold,
             "known_good_images": int(scores.size),
+            "known_good_source": source,
             "false_alarm_rate": float(false_alarm_rate),
             "threshold_estimate": estimate.to_dict(),
         },
     )
     return with_threshold(model, estimate.value, provenance), estimate
+
+
+def observed_share(hits: int, total: int) -> tuple[float | None, tuple[float, float] | None]:
+    """`hits` of `total` checked parts -> (the share, its exact (Clopper-Pearson) 90% interval);
+    (None, None) for no parts. What a person's checks say a version's verdicts really do."""
+    if total <= 0:
+        return None, None
+    low = 0.0 if hits == 0 else float(beta.ppf(0.05, hits, total - hits + 1))
+    high = 1.0 if hits == total else float(beta.ppf(0.95, hits + 1, total - hits))
+    return hits / total, (low, high)

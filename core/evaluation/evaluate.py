@@ -54,10 +54,14 @@ class EvalResult:
 def asked_false_alarm_rate(model: PatchCoreModel) -> float:
     """The share of good parts the version's threshold was set to flag (a UDA version states its
     quantile)."""
-    config = model.config
-    if hasattr(config, "false_alarm_rate"):
-        return float(config.false_alarm_rate)
-    return 1.0 - float(config.threshold_quantile)
+    return asked_rate(model.config.to_dict())
+
+
+def asked_rate(config: dict) -> float:
+    """asked_false_alarm_rate from a version's stored config (its manifest), without loading it."""
+    if "false_alarm_rate" in config:
+        return float(config["false_alarm_rate"])
+    return 1.0 - float(config["threshold_quantile"])
 
 
 def score_samples(

@@ -279,8 +279,10 @@ function thresholdCard(name, active) {
     try { await api(`/v1/models/${encodeURIComponent(name)}/threshold`, { method: "PUT", json: { threshold: Number(value.value) } }); toast("threshold saved"); render(); }
     catch (error) { toast(error.message); }
   } }) : "";
+  let checked = "";
+  if (!isAdmin()) { checked = el("p", { id: "checked-summary", class: "muted" }); showChecked(name, active.version, checked); }
   return el("section", { class: "card" }, el("h2", { text: "Threshold" }), el("div", { class: "row" }, value, save), preview,
-    isAdmin() ? knownGoodRow(name) : "");
+    isAdmin() ? knownGoodRow(name) : checked);
 }
 
 // A version's threshold from parts a person has checked: a new version, not activated, with what it
@@ -303,9 +305,45 @@ function knownGoodRow(name) {
         `Activate it in the versions table once this suits the line.`;
     } catch (error) { result.replaceChildren(el("span", { class: "error", text: error.message })); go.disabled = false; }
   } });
+  const checked = el("p", { id: "checked-summary", class: "muted" });
+  const fromChecked = el("button", { id: "checked-calibrate", text: "Set from parts checked good", onclick: async () => {
+    fromChecked.disabled = true;
+    try {
+      const r = await api(`/v1/models/${encodeURIComponent(name)}/versions/${version.value}/calibrate`, { method: "POST", form: filesForm({ files: [] }, "files", { from_checked_parts: "true" }) });
+      toast(`${r.version} written (not active)`);
+      await render();
+      document.getElementById("known-good-result").textContent =
+        `${r.version} (from ${r.parent}, ${r.known_good_images} parts checked good on the line): threshold ${fmt(r.previous_threshold)} → ${fmt(r.threshold)}; ` +
+        `${r.threshold_estimate.note}. Activate it in the versions table once this suits the line.`;
+    } catch (error) { result.replaceChildren(el("span", { class: "error", text: error.message })); fromChecked.disabled = false; }
+  } });
+  version.addEventListener("change", () => showChecked(name, version.value, checked));
+  showChecked(name, version.value, checked);
   return el("div", {},
     el("p", { class: "muted", text: "Or give a version the threshold that images of parts known to be good give, at the version's own false-alarm rate (the note says how many images pin it):" }),
-    el("div", { class: "row" }, version, files, go), result);
+    el("div", { class: "row" }, version, files, go), checked, el("div", { class: "row" }, fromChecked), result);
+}
+
+// What a version's verdicts do on the parts a person checked (marked Good / Defective under the
+// line's images), and what calibrating from the good ones would set.
+async function showChecked(name, version, box) {
+  const pct = (x) => (100 * x).toFixed(1) + "%";
+  const share = (g, what) => (g.count ? `${g.flagged} of ${g.count} ${what} (${pct(g.share)}; 90% interval ${pct(g.interval[0])} to ${pct(g.interval[1])})` : `no ${what} checked yet`);
+  try {
+    const s = await api(`/v1/models/${encodeURIComponent(name)}/versions/${version}/checked-parts`);
+    box.textContent = `Checked on the line, ${version}: it flags ${share(s.false_alarms, "good parts")} and ${share(s.recall, "defective parts")}. ${s.calibration_note}.`;
+  } catch (error) { box.textContent = error.message; }
+}
+
+// A person's check of one line image: what they found, against the score its version gave it.
+async function checkPart(name, image, good, figure) {
+  const part = `${image.filename} @ ${new Date(image.time * 1000).toISOString()} #${image.number}`;
+  try {
+    await api(`/v1/models/${encodeURIComponent(name)}/versions/${image.version}/checked-parts`, { method: "POST", json: { parts: [{ part, score: image.score, good }] } });
+    figure.querySelector(".checked").textContent = good ? "checked: good" : "checked: defective";
+    const select = document.getElementById("known-good-version"), box = document.getElementById("checked-summary");
+    if (select && box && select.value === image.version) showChecked(name, image.version, box);
+  } catch (error) { toast(error.message); }
 }
 
 function adaptCard(name) {
@@ -457,12 +495,22 @@ async function historyCard(name, active) {
     body.push(scoreHistogram(shown, shown[shown.length - 1].threshold, shown[0].version));
   }
   const charts = body.length ? el("div", { class: "grid2" }, body) : el("p", { class: "muted", text: "Nothing scored on the line since the service started." });
-  const images = history.recent_images.length ? el("div", { class: "grid", id: "recent-images" }, history.recent_images.map((r) => el("figure", { class: "result" },
-    el("img", { src: "data:image/jpeg;base64," + r.thumbnail_jpeg, alt: `latest image ${r.filename}` }),
-    el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: r.anomalous ? "DEFECT" : "OK" }),
-      ` ${r.filename}: ${fmt(r.score)} (threshold ${fmt(r.threshold)}, ${r.version}) ${new Date(r.time * 1000).toLocaleTimeString()}`)))) : "";
+  const images = history.recent_images.length ? el("div", { class: "grid", id: "recent-images" }, history.recent_images.map((r) => {
+    const figure = el("figure", { class: "result" },
+      el("img", { src: "data:image/jpeg;base64," + r.thumbnail_jpeg, alt: `latest image ${r.filename}` }),
+      el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: r.anomalous ? "DEFECT" : "OK" }),
+        ` ${r.filename}: ${fmt(r.score)} (threshold ${fmt(r.threshold)}, ${r.version}) ${new Date(r.time * 1000).toLocaleTimeString()}`,
+        el("br"), el("span", { class: "checked muted" })));
+    if (isAdmin()) {
+      figure.querySelector("figcaption").append(
+        el("button", { class: "check-good", text: "Good", title: "a person checked this part: no defect", onclick: () => checkPart(name, r, true, figure) }), " ",
+        el("button", { class: "check-defective", text: "Defective", title: "a person checked this part: a defect", onclick: () => checkPart(name, r, false, figure) }));
+    }
+    return figure;
+  })) : "";
   return el("section", { class: "card", id: "line-history" }, el("h2", { text: "What the line saw" }),
-    el("p", { class: "muted", text: "Kept in the service's memory only, a bounded number per model (PATCHSHIFT_HISTORY_SCORES, PATCHSHIFT_RECENT_IMAGES); lost on restart." }),
+    el("p", { class: "muted", text: "Kept in the service's memory only, a bounded number per model (PATCHSHIFT_HISTORY_SCORES, PATCHSHIFT_RECENT_IMAGES); lost on restart." +
+      (isAdmin() ? " Mark the parts you check, as they come and whatever their verdict: the service keeps each check with the version's score (not the image) and says what the verdicts really do (Threshold, below)." : "") }),
     charts, images);
 }
 

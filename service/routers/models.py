@@ -1,5 +1,5 @@
 """Models and their versions: list, inspect, fit, adapt, activate (rollback), threshold (set or
-calibrated on known-good images), delete."""
+calibrated on known-good parts), delete."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from patchshift.core.uda import UDAConfig
 from patchshift.service import operations
 from patchshift.service.auth import ADMIN, READ, require
 from patchshift.service.deps import (
+    CheckedPartsDep,
     DriftDep,
     HistoriesDep,
     LifecycleDep,
@@ -334,7 +335,21 @@ async def set_threshold(
     return describe(name)
 
 
-CalibrateForm = form_model("CalibrateForm", ModelConfig, ("false_alarm_rate",), with_defaults=False)
+class CalibrateSource(BaseModel):
+    from_checked_parts: bool = Field(
+        False,
+        description="calibrate from the parts checked good on the line for this version "
+        "(POST .../checked-parts) instead of uploaded images",
+    )
+
+
+CalibrateForm = form_model(
+    "CalibrateForm",
+    ModelConfig,
+    ("false_alarm_rate",),
+    with_defaults=False,
+    base=CalibrateSource,
+)
 
 
 @router.post(
@@ -348,32 +363,38 @@ async def calibrate_threshold(
     name: ModelName,
     version: VersionName,
     options: Annotated[CalibrateForm, Form()],
-    files: Annotated[
-        list[UploadFile],
-        File(
-            min_length=1,
-            description="images of parts a person knows are good, under the condition the "
-            "version meets",
-        ),
-    ],
     store: StoreDep,
     serving: ServingDep,
     lifecycle: LifecycleDep,
+    checked: CheckedPartsDep,
     settings: SettingsDep,
+    files: Annotated[
+        list[UploadFile] | None,
+        File(
+            description="images of parts a person knows are good, under the condition the "
+            "version meets (or from_checked_parts)",
+        ),
+    ] = None,
 ) -> CalibrationOut:
-    """A new version of `version` with the threshold known-good images give, and how sure it is
+    """A new version of `version` with the threshold known-good parts give, and how sure it is
     (`threshold_estimate`); not activated. For a version whose label-free threshold is not
     trustworthy: activate the new one once its estimate suits the line."""
-    uploads = await read_files(files, settings.max_calibration_files, settings.max_file_bytes)
+    uploads = (
+        await read_files(files, settings.max_calibration_files, settings.max_file_bytes)
+        if files
+        else []
+    )
     return await run_in_threadpool(
         operations.calibrate_threshold,
         store,
         serving,
         lifecycle,
+        checked,
         name,
         version,
         uploads,
         options.false_alarm_rate,
+        options.from_checked_parts,
     )
 
 
@@ -384,9 +405,13 @@ async def calibrate_threshold(
     responses=error_responses(400, 401, 403, 404, 409),
 )
 def delete_version(
-    name: ModelName, version: VersionName, store: StoreDep, lifecycle: LifecycleDep
+    name: ModelName,
+    version: VersionName,
+    store: StoreDep,
+    lifecycle: LifecycleDep,
+    checked: CheckedPartsDep,
 ) -> None:
-    operations.delete_version(store, lifecycle, name, version)
+    operations.delete_version(store, lifecycle, checked, name, version)
 
 
 @router.delete(
