@@ -1,5 +1,6 @@
 """Several replicas on one database and one model store: an activation on one reaches the others
-(PostgreSQL notifies them; every replica also re-reads), and a deleted model leaves them all."""
+(PostgreSQL notifies them; every replica also re-reads), a part checked on one counts on all, and
+a deleted model leaves them all."""
 
 from __future__ import annotations
 
@@ -70,6 +71,11 @@ def test_an_activation_reaches_every_replica(store: Path, database_url: str, cap
             if line.startswith("patchshift_activation_lag_seconds_count")
         ]
         assert lag and float(lag[0].split()[-1]) >= 10, lag  # 2 of every 3 were made elsewhere
+        # a part checked on one replica counts on every replica
+        check = {"parts": [{"part": "x.png", "score": 1.0, "good": True}]}
+        assert a.post("/v1/models/widget/versions/v1/checked-parts", json=check).status_code == 200
+        seen = c.get("/v1/models/widget/versions/v1/checked-parts").json()
+        assert seen["false_alarms"]["count"] == 1 and seen["parts"][0]["part"] == "x.png"
         assert b.delete("/v1/models/widget").status_code == 204
         until_served(a, {})
         until_served(c, {})
