@@ -22,14 +22,16 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def test_schemathesis_finds_no_contract_violation(
-    tmp_path: Path, saved_model: Path, database_url: str
+    tmp_path: Path, saved_model: Path, postgres_url: str
 ) -> None:
+    """On PostgreSQL, the database of a scaled-out service (the routes are the same code on SQLite,
+    where the route tests run them too)."""
     models = tmp_path / "models"
     shutil.copytree(saved_model, models / "widget" / "v1")
     env = {
         "PATCHSHIFT_ADMIN_KEY": ADMIN,
         "PATCHSHIFT_MAX_FILES": "8",
-        "PATCHSHIFT_DATABASE_URL": database_url,
+        "PATCHSHIFT_DATABASE_URL": postgres_url,
     }
     server = Server(models, env=env).start()
     try:
