@@ -127,11 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.drift = DriftWatch(state.lifecycle, state.worker, settings, metrics)
         state.checked_parts = CheckedParts(state.database)
-        state.lifecycle.forgetters += [
-            state.drift.forget,
-            state.histories.forget,
-            state.checked_parts.forget,
-        ]
+        state.lifecycle.forgetters += [state.drift.forget, state.histories.forget]
         runtime.start()
         state.batcher = MicroBatcher(
             settings.max_batch_images, settings.batch_wait_ms / 1000, metrics

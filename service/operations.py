@@ -163,7 +163,7 @@ def calibrate_threshold(
         )
     model = serving.for_review(name, version)
     if from_checked_parts:
-        scores = checked.good_scores(name, version)
+        scores = checked.good_scores(name, version, store.identity(name, version))
         if scores.size < MIN_KNOWN_GOOD:
             raise DatasetError(
                 f"{scores.size} part(s) checked good on the line for {name} {version}; a threshold "
@@ -200,16 +200,21 @@ def record_checked_parts(
     version: str,
     parts: list[CheckedPartIn],
 ) -> CheckedPartsOut:
-    """Keep what a person found on parts `version` scored, and say what its verdicts do."""
+    """Keep what a person found on parts `version` scored, and say what its verdicts do. The
+    counter counts each part's first check (a correction replaces the stored check only)."""
     require_model(store, name)
-    threshold = store.manifest(name, check_name(version, "version")).threshold
-    parts = list({p.part: p for p in parts}.values())  # a part named twice: the last check counts
-    checked.record(name, version, [(p.part, p.score, p.good) for p in parts])
-    for p in parts:
-        metrics.part_checks.labels(
-            name, "good" if p.good else "defective", "flagged" if p.score > threshold else "passed"
-        ).inc()
-    return checked_parts_summary(store, checked, name, version)
+    version = check_name(version, "version")
+    identity = store.identity(name, version)
+    threshold = store.manifest(name, version).threshold
+    new = checked.record(name, version, identity, [(p.part, p.score, p.good) for p in parts])
+    summary = checked_parts_summary(store, checked, name, version)
+    for score, good in new:
+        found, verdict = (
+            "good" if good else "defective",
+            "flagged" if score > threshold else "passed",
+        )
+        metrics.part_checks.labels(name, version, found, verdict).inc()
+    return summary
 
 
 def checked_parts_summary(
@@ -226,9 +231,10 @@ def checked_parts_summary(
     from patchshift.core.evaluation.evaluate import asked_rate
 
     require_model(store, name)
-    manifest = store.manifest(name, check_name(version, "version"))
+    version = check_name(version, "version")
+    manifest = store.manifest(name, version)
     threshold, rate = manifest.threshold, asked_rate(manifest.config)
-    parts = checked.of(name, version)
+    parts = checked.of(name, version, store.identity(name, version))
 
     def measured(group: list[CheckedPart]) -> ObservedShare:
         flagged = sum(p.score > threshold for p in group)
@@ -242,7 +248,12 @@ def checked_parts_summary(
 
     good = np.array([p.score for p in parts if p.good])
     calibration = None
-    if good.size < MIN_KNOWN_GOOD:
+    if not 0 < rate < 1:
+        note = (
+            f"the version asks for a {rate:.0%} false-alarm rate: calibrate with a "
+            "false_alarm_rate above 0"
+        )
+    elif good.size < MIN_KNOWN_GOOD:
         note = (
             f"{good.size} part(s) checked good: calibrating needs at least {MIN_KNOWN_GOOD} "
             f"(about {images_needed(rate)} pin {rate:.1%})"
@@ -281,6 +292,7 @@ def delete_version(
     checked.forget(name, version)
 
 
-def delete_model(store: ModelStore, lifecycle: Lifecycle, name: str) -> None:
+def delete_model(store: ModelStore, lifecycle: Lifecycle, checked: CheckedParts, name: str) -> None:
     require_model(store, name)
     lifecycle.delete_model(name)  # the drift watch and the history forget it with the lifecycle
+    checked.forget(name)  # once, here (not on every replica that notices the deletion)

@@ -27,24 +27,46 @@ class CheckedPart:
 
 
 class CheckedParts:
+    """Every call names the version by (model, version, identity): checks stored for another
+    version of the same name (a deleted model's) are neither read nor counted as earlier checks."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def record(self, model: str, version: str, parts: list[tuple[str, float, bool]]) -> None:
+    def record(
+        self, model: str, version: str, identity: str, parts: list[tuple[str, float, bool]]
+    ) -> list[tuple[float, bool]]:
         """(part, score, good) for each part, in one transaction; a part checked before for this
         version gets the new check (a person correcting a click), as does a part named twice in
         `parts` (the last one counts: one statement cannot update a row twice). Rows go in the
-        parts' names' order: concurrent checks of the same parts lock them alike (no deadlock)."""
+        parts' names' order: concurrent checks of the same parts lock them alike (no deadlock).
+        Returns (score, good) of the checks that are new: parts not checked for this version
+        before (a correction replaces a check; it adds none)."""
         at = now()
         latest = {p: (s, g) for p, s, g in parts}
         rows = [
-            {"model": model, "version": version, "part": p, "score": s, "good": g, "checked_at": at}
+            {
+                "model": model,
+                "version": version,
+                "part": p,
+                "identity": identity,
+                "score": s,
+                "good": g,
+                "checked_at": at,
+            }
             for p, (s, g) in sorted(latest.items())
         ]
         if not rows:
-            return
+            return []
         statement = upsert(self.engine, checked_parts)
         with self.engine.begin() as connection:
+            known = set(
+                connection.execute(
+                    select(checked_parts.c.part).where(
+                        self._of(model, version, identity), checked_parts.c.part.in_(latest)
+                    )
+                ).scalars()
+            )
             connection.execute(
                 statement.on_conflict_do_update(
                     index_elements=[
@@ -53,6 +75,7 @@ class CheckedParts:
                         checked_parts.c.part,
                     ],
                     set_={
+                        "identity": statement.excluded.identity,
                         "score": statement.excluded.score,
                         "good": statement.excluded.good,
                         "checked_at": statement.excluded.checked_at,
@@ -60,25 +83,36 @@ class CheckedParts:
                 ),
                 rows,
             )
+        return [(r["score"], r["good"]) for r in rows if r["part"] not in known]
 
-    def of(self, model: str, version: str) -> list[CheckedPart]:
-        """Every check of `version`'s parts, the latest first."""
+    @staticmethod
+    def _of(model: str, version: str, identity: str):
+        return and_(
+            checked_parts.c.model == model,
+            checked_parts.c.version == version,
+            checked_parts.c.identity == identity,
+        )
+
+    def of(self, model: str, version: str, identity: str) -> list[CheckedPart]:
+        """Every check of the version's parts, the latest first."""
         query = (
             select(checked_parts)
-            .where(and_(checked_parts.c.model == model, checked_parts.c.version == version))
+            .where(self._of(model, version, identity))
             .order_by(checked_parts.c.checked_at.desc(), checked_parts.c.part)
         )
         with self.engine.connect() as connection:
             rows = connection.execute(query).fetchall()
         return [CheckedPart(r.part, float(r.score), bool(r.good), r.checked_at) for r in rows]
 
-    def good_scores(self, model: str, version: str) -> np.ndarray:
+    def good_scores(self, model: str, version: str, identity: str) -> np.ndarray:
         """(N,) the version's scores of the parts found good."""
-        return np.array([p.score for p in self.of(model, version) if p.good], dtype=np.float64)
+        return np.array(
+            [p.score for p in self.of(model, version, identity) if p.good], dtype=np.float64
+        )
 
     def forget(self, model: str, version: str | None = None) -> None:
-        """Drop a deleted version's checks (None: every version's, the model is gone: a model made
-        again under its name starts from v1 and must not inherit them)."""
+        """Drop a deleted version's checks (None: every version's). Called once, by the request
+        that deletes; checks a racing request writes after it stay unread (another identity)."""
         condition = checked_parts.c.model == model
         if version is not None:
             condition = and_(condition, checked_parts.c.version == version)

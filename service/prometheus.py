@@ -134,9 +134,9 @@ class ServiceMetrics:
 
         self.part_checks = Counter(
             "patchshift_part_checks",
-            "Parts a person checked on the line, by what they found (good, defective) and the "
-            "version's verdict (flagged, passed)",
-            ["model", "found", "verdict"],
+            "Parts a person checked on the line (each part's first check), by what they found "
+            "(good, defective) and the version's verdict (flagged, passed)",
+            ["model", "version", "found", "verdict"],
             registry=r,
         )
 
@@ -148,6 +148,9 @@ class ServiceMetrics:
                 self.active_version.remove(*labels)
         if version is not None:
             self.active_version.labels(model, version).set(1)
+            for found in ("good", "defective"):  # at 0 from the start: a rate sees the first check
+                for verdict in ("flagged", "passed"):
+                    self.part_checks.labels(model, version, found, verdict)
 
     def forget_model(self, model: str) -> None:
         self.set_active(model, None)

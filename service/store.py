@@ -8,6 +8,7 @@ the newest version is active.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -80,6 +81,14 @@ class ModelStore:
         if not (path / MANIFEST).is_file():
             raise NotFound(f"model {name!r} has no version {version!r}")
         return read_manifest(path)
+
+    def identity(self, name: str, version: str) -> str:
+        """What tells this version from any other of the same name: the digest of its manifest
+        (a model deleted and made again starts from v1; its v1 is another version)."""
+        path = self.version_dir(name, version) / MANIFEST
+        if not path.is_file():
+            raise NotFound(f"model {name!r} has no version {version!r}")
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
 
     def active(self, name: str) -> str | None:
         versions = self.versions(name)

@@ -67,13 +67,16 @@ active_versions = Table(
 
 # Parts a person checked, each with the score one version gave it: what that version's verdicts
 # really do on the line, and the known-good scores a threshold can be calibrated from
-# (service/checked_parts.py). A part checked again replaces its earlier check.
+# (service/part_checks.py). A part checked again replaces its earlier check; `identity` ties each
+# check to the version's manifest (ModelStore.identity), so a model made again under a deleted
+# one's name never reads the old model's checks.
 checked_parts = Table(
     "checked_parts",
     metadata,
     Column("model", Text, primary_key=True),
     Column("version", Text, primary_key=True),
     Column("part", Text, primary_key=True),
+    Column("identity", Text, nullable=False),
     Column("score", Float, nullable=False),
     Column("good", Boolean, nullable=False),
     Column("checked_at", Text, nullable=False),

@@ -66,14 +66,19 @@ def test_checks_say_what_the_verdicts_do_and_a_second_check_replaces_the_first(c
     assert (body["false_alarms"]["count"], body["false_alarms"]["flagged"]) == (3, 0)
     assert (body["recall"]["count"], body["recall"]["flagged"]) == (4, 3)
     assert len(body["parts"]) == 7
-    metrics = client.get("/metrics").text
-    assert 'patchshift_part_checks_total{found="good",model="widget",verdict="flagged"} 1.0' in (
-        metrics
-    )
-    assert (
-        'patchshift_part_checks_total{found="defective",model="widget",verdict="flagged"} 3.0'
-        in (metrics)
-    )
+    # the counter counts first checks: the correction changed the stored check, not the count
+    counted = {
+        line.split("{")[1].split("}")[0]: float(line.split()[-1])
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("patchshift_part_checks_total{")
+    }
+    series = 'found="{}",model="widget",verdict="{}",version="v1"'
+    assert counted == {
+        series.format("good", "flagged"): 1.0,
+        series.format("good", "passed"): 3.0,
+        series.format("defective", "flagged"): 2.0,
+        series.format("defective", "passed"): 1.0,
+    }
 
 
 REFUSED = [
@@ -138,16 +143,52 @@ def test_a_threshold_from_the_parts_checked_good_on_the_line(client) -> None:
     ]
 
 
+def test_every_series_of_the_active_version_starts_at_zero(client) -> None:
+    """So that a dashboard's rate sees the first check (a series born at 1 shows no increase)."""
+    zero = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("patchshift_part_checks_total{") and 'version="v1"' in line
+    ]
+    assert len(zero) == 4 and all(line.endswith(" 0.0") for line in zero)
+
+
+def test_checks_of_another_version_of_the_same_name_are_not_read(client) -> None:
+    """A model deleted and made again starts from v1: checks written for the old v1 (a request
+    racing the deletion) stay unread, and a version asking for a 0% rate still gets its summary."""
+    checked, store = client.app.state.checked_parts, client.app.state.store
+    checked.record("widget", "v1", "an-older-v1", [("a", 1.0, True), ("b", 2.0, False)])
+    summary = client.get(URL.format(version="v1")).json()
+    assert summary["false_alarms"]["count"] == summary["recall"]["count"] == 0
+    # the same part checked for today's v1 is a first check, and replaces the stale row
+    new = checked.record("widget", "v1", store.identity("widget", "v1"), [("a", 3.0, True)])
+    assert new == [(3.0, True)]
+    assert client.get(URL.format(version="v1")).json()["false_alarms"]["count"] == 1
+    # a version that asks for no false alarms: no threshold from checks, said in words
+    assert client.put("/v1/models/widget/threshold", json={"threshold": 3.0}).status_code == 200
+    manifest = store.version_dir("widget", "v2") / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["config"]["false_alarm_rate"] = 0.0
+    manifest.write_text(json.dumps(raw))
+    good = parts(*((f"p{i}", float(i), True) for i in range(6)))
+    answer = client.post(URL.format(version="v2"), json=good)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["calibration"] is None
+    assert "asks for a 0% false-alarm rate" in answer.json()["calibration_note"]
+
+
 def test_a_deleted_version_or_model_takes_its_checks_along(client) -> None:
-    checked = client.app.state.checked_parts
+    checked, store = client.app.state.checked_parts, client.app.state.store
+    v1 = store.identity("widget", "v1")
     assert client.put("/v1/models/widget/threshold", json={"threshold": 3.0}).status_code == 200
     for version in ("v1", "v2"):
         client.post(URL.format(version=version), json=parts(("a", 1.0, True)))
     assert client.post("/v1/models/widget/versions/v1/activate").status_code == 200
+    v2 = store.identity("widget", "v2")
     assert client.delete("/v1/models/widget/versions/v2").status_code == 204
-    assert checked.of("widget", "v2") == [] and len(checked.of("widget", "v1")) == 1
+    assert checked.of("widget", "v2", v2) == [] and len(checked.of("widget", "v1", v1)) == 1
     assert client.delete("/v1/models/widget").status_code == 204
-    assert checked.of("widget", "v1") == []
+    assert checked.of("widget", "v1", v1) == []
     assert "patchshift_part_checks_total{" not in client.get("/metrics").text
 
 
@@ -155,6 +196,7 @@ def test_concurrent_checks_of_the_same_parts_keep_one_row_each(client) -> None:
     """Eight threads check the same ten parts at once (upserts on one key): no error, ten rows, each
     holding one thread's whole check."""
     checked = client.app.state.checked_parts
+    identity = client.app.state.store.identity("widget", "v1")
     errors: list[BaseException] = []
 
     def check(thread: int) -> None:
@@ -162,7 +204,10 @@ def test_concurrent_checks_of_the_same_parts_keep_one_row_each(client) -> None:
         try:
             for _ in range(5):
                 checked.record(
-                    "widget", "v1", [(f"p{i}", float(thread), thread % 2 == 0) for i in order]
+                    "widget",
+                    "v1",
+                    identity,
+                    [(f"p{i}", float(thread), thread % 2 == 0) for i in order],
                 )
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -173,6 +218,6 @@ def test_concurrent_checks_of_the_same_parts_keep_one_row_each(client) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    rows = checked.of("widget", "v1")
+    rows = checked.of("widget", "v1", identity)
     assert sorted(r.part for r in rows) == sorted(f"p{i}" for i in range(10))
     assert all(r.good == (int(r.score) % 2 == 0) for r in rows)

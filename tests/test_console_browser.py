@@ -244,8 +244,19 @@ def test_a_read_key_sees_no_admin_controls_and_a_forged_admin_call_is_refused(
     shot(driver, "07-read-key")
 
 
-def test_a_threshold_from_known_good_images_is_set_from_the_page(browser, server, dataset):
+def test_a_threshold_from_known_good_images_and_from_parts_checked_on_the_line(
+    browser, server, dataset
+):
     driver = browser
+    with server.client(ADMIN) as line:  # six good parts, then a defective one, on the line
+        paths = sorted((dataset / "train" / "good").glob("*.png"))[:6]
+        paths += sorted((dataset / "test" / "blob").glob("*.png"))[:1]
+        for start in range(0, 7, 4):
+            files = [
+                ("files", (p.name, p.read_bytes(), "image/png")) for p in paths[start : start + 4]
+            ]
+            assert line.post("/v1/models/widget/score", files=files).status_code == 200
+        scores = line.get("/v1/models/widget/history").json()["recent_images"]
     sign_in(driver, server, ADMIN)
     driver.find_element(By.LINK_TEXT, "widget").click()
     wait(driver).until(ec.presence_of_element_located((By.ID, "known-good-start")))
@@ -265,22 +276,7 @@ def test_a_threshold_from_known_good_images_is_set_from_the_page(browser, server
     assert active_version(driver) == "v1"  # written, not activated
     shot(driver, "09-known-good-threshold")
 
-
-def test_parts_checked_under_the_line_images_measure_the_verdicts_and_set_a_threshold(
-    browser, server, dataset
-):
-    driver = browser
-    with server.client(ADMIN) as line:  # six good parts, then a defective one, on the line
-        paths = sorted((dataset / "train" / "good").glob("*.png"))[:6]
-        paths += sorted((dataset / "test" / "blob").glob("*.png"))[:1]
-        for start in range(0, 7, 4):
-            files = [
-                ("files", (p.name, p.read_bytes(), "image/png")) for p in paths[start : start + 4]
-            ]
-            assert line.post("/v1/models/widget/score", files=files).status_code == 200
-        scores = line.get("/v1/models/widget/history").json()["recent_images"]
-    sign_in(driver, server, ADMIN)
-    driver.find_element(By.LINK_TEXT, "widget").click()
+    # the line's parts, checked under their images: the summary is the active version's
     wait(driver).until(
         lambda d: "0 part(s) checked good" in d.find_element(By.ID, "checked-summary").text
     )
@@ -306,7 +302,7 @@ def test_parts_checked_under_the_line_images_measure_the_verdicts_and_set_a_thre
     driver.find_element(By.ID, "checked-calibrate").click()
     result = wait(driver).until(
         lambda d: (
-            "v2 (from v1, 6 parts checked good on the line)"
+            "v3 (from v1, 6 parts checked good on the line)"
             in d.find_element(By.ID, "known-good-result").text
             and d.find_element(By.ID, "known-good-result")
         )

@@ -134,7 +134,7 @@ def test_fit_with_given_threshold_and_no_holdout(tmp_path, tiny_config):
 
 def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(tmp_path):
     """Calibrated on training images only, the threshold flags about the requested share of new
-    normal images: the count on 150 fresh ones lies in the 99.9% binomial interval."""
+    normal images: the count on 100 fresh ones lies in the 99.9% binomial interval."""
     from conftest import normal_image
     from scipy.stats import binom
 
@@ -156,17 +156,17 @@ def test_kfold_threshold_gives_the_requested_false_alarm_rate_on_fresh_normals(t
     )
     fresh = (
         torch.stack(
-            [torch.from_numpy(normal_image(rng, 256)).permute(2, 0, 1) for _ in range(150)]
+            [torch.from_numpy(normal_image(rng, 256)).permute(2, 0, 1) for _ in range(100)]
         ).float()
         / 255
     )
     flagged = int(
         sum(
             (model.score(fresh[i : i + 50]).scores > model.threshold).sum()
-            for i in range(0, 150, 50)
+            for i in range(0, 100, 50)
         )
     )
-    low, high = binom.interval(0.999, 150, rate)
+    low, high = binom.interval(0.999, 100, rate)
     assert low <= flagged <= high, (flagged, low, high)
 
 

@@ -44,13 +44,16 @@ def until_served(client, expected: dict, timeout: float = 10.0) -> float:
     return time.monotonic() - started
 
 
+ACTIVATIONS = 12
+
+
 def test_an_activation_reaches_every_replica(store: Path, database_url: str, capsys) -> None:
     with ExitStack() as stack:
         a, b, c = (stack.enter_context(replica(store, database_url)) for _ in range(3))
         assert served(a) == served(b) == served(c) == {"widget": "v1"}
         assert a.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code == 200
         lags = []
-        for i in range(20):  # roll back and forward from alternating replicas
+        for i in range(ACTIVATIONS):  # roll back and forward from alternating replicas
             target, other = ("v1", "v2") if i % 2 == 0 else ("v2", "v1")
             acting = (a, b, c)[i % 3]
             assert acting.post(f"/v1/models/widget/versions/{target}/activate").status_code == 200
@@ -62,7 +65,7 @@ def test_an_activation_reaches_every_replica(store: Path, database_url: str, cap
         p99 = statistics.quantiles(lags, n=100)[98]
         with capsys.disabled():
             backend = database_url.split(":", 1)[0]
-            print(f"\n{backend}: activation reaches 3 replicas, p99 {p99:.3f} s over 20")
+            print(f"\n{backend}: activation reaches 3 replicas, p99 {p99:.3f} s over {ACTIVATIONS}")
         assert p99 < 2.0
         # each replica measured how late it served what the others activated
         lag = [
@@ -70,7 +73,8 @@ def test_an_activation_reaches_every_replica(store: Path, database_url: str, cap
             for line in b.get("/metrics").text.splitlines()
             if line.startswith("patchshift_activation_lag_seconds_count")
         ]
-        assert lag and float(lag[0].split()[-1]) >= 10, lag  # 2 of every 3 were made elsewhere
+        # 2 of every 3 were made elsewhere: most of them must have a measured lag
+        assert lag and float(lag[0].split()[-1]) >= ACTIVATIONS // 2, lag
         # a part checked on one replica counts on every replica
         check = {"parts": [{"part": "x.png", "score": 1.0, "good": True}]}
         assert a.post("/v1/models/widget/versions/v1/checked-parts", json=check).status_code == 200

@@ -60,6 +60,8 @@ def flagged_share(n_images: int, rank: int) -> tuple[float, tuple[float, float]]
 def images_needed(false_alarm_rate: float, support_factor: float = SUPPORT_FACTOR) -> int:
     """The fewest known-good images whose threshold's 95th percentile stays within
     `support_factor` times the asked rate."""
+    if not 0 < false_alarm_rate < 1:
+        raise ConfigError(f"no number of images pins a false-alarm rate of {false_alarm_rate}")
     n = MIN_KNOWN_GOOD
     while flagged_share(n, conformal_rank(n, false_alarm_rate))[1][1] > (
         support_factor * false_alarm_rate

@@ -290,7 +290,7 @@ function thresholdCard(name, active) {
 function knownGoodRow(name) {
   const versions = state.versions[name] || [];
   const version = el("select", { id: "known-good-version" },
-    versions.slice().reverse().map((v) => el("option", { value: v.version, text: v.version + (v.active ? " (active)" : "") })));
+    versions.slice().reverse().map((v) => el("option", { value: v.version, text: v.version + (v.active ? " (active)" : ""), selected: v.active })));
   const files = el("input", { id: "known-good-files", type: "file", multiple: true, accept: "image/*" });
   const result = el("p", { id: "known-good-result", class: "muted" });
   const go = el("button", { id: "known-good-start", text: "Set from known-good images", onclick: async () => {
@@ -337,7 +337,9 @@ async function showChecked(name, version, box) {
 
 // A person's check of one line image: what they found, against the score its version gave it.
 async function checkPart(name, image, good, figure) {
-  const part = `${image.filename} @ ${new Date(image.time * 1000).toISOString()} #${image.number}`;
+  // the part's name: its file name (printable, at most 150 characters) and when the line sent it
+  const name_ = image.filename.replace(/[\x00-\x1f\x7f]/g, "?").slice(-150);
+  const part = `${name_} @ ${new Date(image.time * 1000).toISOString()} #${image.number}`;
   try {
     await api(`/v1/models/${encodeURIComponent(name)}/versions/${image.version}/checked-parts`, { method: "POST", json: { parts: [{ part, score: image.score, good }] } });
     figure.querySelector(".checked").textContent = good ? "checked: good" : "checked: defective";

@@ -31,7 +31,8 @@ def check_parts(
     metrics: MetricsDep,
 ) -> CheckedPartsOut:
     """Record what a person found on parts this version scored (good or defective); answers what
-    its verdicts do on every part checked so far."""
+    its verdicts do on every part checked so far. Check parts as they come, whatever their verdict:
+    checks chosen by their score bias both the measured rates and a threshold set from them."""
     return operations.record_checked_parts(store, checked, metrics, name, version, body.parts)
 
 

@@ -420,5 +420,7 @@ def delete_version(
     dependencies=[Depends(require(ADMIN))],
     responses=error_responses(400, 401, 403, 404, 409),
 )
-def delete_model(name: ModelName, store: StoreDep, lifecycle: LifecycleDep) -> None:
-    operations.delete_model(store, lifecycle, name)
+def delete_model(
+    name: ModelName, store: StoreDep, lifecycle: LifecycleDep, checked: CheckedPartsDep
+) -> None:
+    operations.delete_model(store, lifecycle, checked, name)

@@ -13,6 +13,7 @@ def upgrade() -> None:
         sa.Column("model", sa.Text, primary_key=True),
         sa.Column("version", sa.Text, primary_key=True),
         sa.Column("part", sa.Text, primary_key=True),
+        sa.Column("identity", sa.Text, nullable=False),
         sa.Column("score", sa.Float, nullable=False),
         sa.Column("good", sa.Boolean, nullable=False),
         sa.Column("checked_at", sa.Text, nullable=False),
