@@ -45,6 +45,7 @@ import numpy as np
 from .helpers import RESULTS, PeakMemory, machine, markdown
 from .protocol import parse_settings
 
+KEPT_SCORES = ("scores", "calibration_scores")  # in the results file with --keep-scores only
 ADAPT_SIZE = 511  # the issue's adaptation set: 511 poly cells against 588 mono normals
 METHODS = ["none", "target-memory", "roda", "bn-stats", "uda", "refit-with-labels"]
 # Ablations of uda: the target memory without the dominant-cluster selection (the same memory of the
@@ -107,6 +108,7 @@ def evaluate(model, files: list[bytes], labels: np.ndarray) -> dict:
     normal = np.sort(scores[labels == 0])
     oracle = normal[int(np.ceil(0.99 * len(normal))) - 1]  # flags 1% of the good cells
     return {
+        "scores": [round(float(v), 5) for v in scores],
         "image_auroc": image_auroc(labels, scores),
         "recall_at_threshold": float((scores[labels == 1] > model.threshold).mean()),
         "false_alarms_at_threshold": float((scores[labels == 0] > model.threshold).mean()),
@@ -156,6 +158,10 @@ def run_method(method: str, source_model, files, labels, parts, options: dict) -
     row["process_peak_gib"] = process_peak_gib()
     evaluated = [files[i] for i in parts["eval"]]
     row.update(evaluate(model, evaluated, labels[parts["eval"]]))
+    row["threshold"] = float(model.threshold)
+    # the version's own normal scores (out of fold on the target for the adapted ones): what a
+    # score can be normalised by without labels
+    row["calibration_scores"] = [round(float(v), 5) for v in model.provenance.calibration_scores]
     return row
 
 
@@ -219,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", help="folder keeping the fitted source models between runs")
     parser.add_argument("--out", default=str(RESULTS / "uda-elpv.json"))
     parser.add_argument("--report", nargs="*", help="print one table from these results files")
+    parser.add_argument(
+        "--keep-scores",
+        action="store_true",
+        help="keep every evaluation score and the versions' calibration scores in the results file",
+    )
     args = parser.parse_args(argv)
     if args.report:
         print(report_table(args.report))
@@ -257,9 +268,20 @@ def main(argv: list[str] | None = None) -> None:
             for method in args.methods:
                 row = run_method(method, source_model, files, labels, parts, options)
                 row = {"direction": direction, "ratio": ratio, "method": method, **row}
+                if not args.keep_scores:
+                    row = {k: v for k, v in row.items() if k not in KEPT_SCORES}
+                else:
+                    row["eval_labels"] = labels[parts["eval"]].tolist()
                 cell_rows.append(row)
                 rows.append(row)
-                print({k: v for k, v in row.items() if k != "details"}, flush=True)
+                print(
+                    {
+                        k: v
+                        for k, v in row.items()
+                        if k not in ("details", "eval_labels", *KEPT_SCORES)
+                    },
+                    flush=True,
+                )
                 out.write_text(
                     json.dumps(
                         {"rows": rows, "machine": machine(), "args": vars(args)},

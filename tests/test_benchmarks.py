@@ -1065,3 +1065,22 @@ def test_known_good_study_judges_each_draw_on_the_images_it_did_not_see():
     table = summary("toy", 20, rows, 40)
     assert table["share"] == pytest.approx(100.0) and table["k"] == 20
     assert table["fa"] == pytest.approx(100 * np.mean([r["fa"] for r in rows]))
+
+
+def test_uda_ensemble_normalises_each_version_without_labels_by_hand():
+    from benchmarks.uda_ensemble import cells
+
+    # two evaluation images (normal, defective); uda ranks them wrong, the other memory right
+    common = {"direction": "poly-mono", "ratio": 0.1, "eval_labels": [0, 1]}
+    rows = [
+        {**common, "method": "uda", "scores": [4.0, 3.0], "threshold": 2.0,
+         "calibration_scores": [1.0, 2.0, 3.0]},  # median 2, MAD 1: z = 2, 1
+        {**common, "method": "target-memory-alone", "scores": [1.0, 9.0], "threshold": 10.0,
+         "calibration_scores": [0.0, 1.0, 4.0]},  # median 1, MAD 1: z = 0, 8
+    ]  # fmt: skip
+    (line,) = cells(rows)
+    assert (line["uda"], line["target-memory-alone"]) == (0.0, 1.0)
+    # mean z (1, 4.5), max z (2, 8), min z (0, 1): the defective image above; s / t: (2, 1.5)
+    # and (0.1, 0.9): mean (1.05, 1.2) right, max (2, 1.5) wrong, min (0.1, 0.9) right
+    assert (line["mean z"], line["max z"], line["min z"]) == (1.0, 1.0, 1.0)
+    assert (line["mean ratio"], line["max ratio"], line["min ratio"]) == (1.0, 0.0, 1.0)
