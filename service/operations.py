@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from patchshift.core.artifact import Manifest
 from patchshift.core.common.errors import ArtifactError, DatasetError
 from patchshift.service.drift_watch import DriftWatch
 from patchshift.service.history import Histories
@@ -146,10 +147,8 @@ def calibrate_threshold(
     already known: nothing is scored again)."""
     from patchshift.core.engine.recalibration import (
         CHECKED_ON_THE_LINE,
-        MIN_KNOWN_GOOD,
         UPLOADED,
         calibration_rate,
-        images_needed,
         recalibrated,
         recalibrated_from_scores,
     )
@@ -164,13 +163,8 @@ def calibrate_threshold(
     model = serving.for_review(name, version)
     if from_checked_parts:
         scores = checked.good_scores(name, version, store.identity(name, version))
-        if scores.size < MIN_KNOWN_GOOD:
-            raise DatasetError(
-                f"{scores.size} part(s) checked good on the line for {name} {version}; a threshold "
-                f"needs at least {MIN_KNOWN_GOOD} (about {images_needed(0.01)} pin a 1% "
-                "false-alarm rate): check more of the line's parts"
-            )
-        rate = calibration_rate(model, scores.size, false_alarm_rate)
+        what = f"part(s) checked good on the line for {name} {version}"
+        rate = calibration_rate(model, scores.size, false_alarm_rate, what)
         derived, estimate = recalibrated_from_scores(model, scores, rate, CHECKED_ON_THE_LINE)
         count, source = int(scores.size), CHECKED_ON_THE_LINE
     else:
@@ -202,39 +196,44 @@ def record_checked_parts(
 ) -> CheckedPartsOut:
     """Keep what a person found on parts `version` scored, and say what its verdicts do. The
     counter counts each part's first check (a correction replaces the stored check only)."""
-    require_model(store, name)
-    version = check_name(version, "version")
-    identity = store.identity(name, version)
-    threshold = store.manifest(name, version).threshold
+    version, manifest, identity = stored_version(store, name, version)
     new = checked.record(name, version, identity, [(p.part, p.score, p.good) for p in parts])
-    summary = checked_parts_summary(store, checked, name, version)
     for score, good in new:
-        found, verdict = (
-            "good" if good else "defective",
-            "flagged" if score > threshold else "passed",
-        )
+        found = "good" if good else "defective"
+        verdict = "flagged" if score > manifest.threshold else "passed"
         metrics.part_checks.labels(name, version, found, verdict).inc()
-    return summary
+    return summarised(checked, name, version, manifest, identity)
 
 
 def checked_parts_summary(
     store: ModelStore, checked: CheckedParts, name: str, version: str
 ) -> CheckedPartsOut:
+    return summarised(checked, name, *stored_version(store, name, version))
+
+
+def stored_version(store: ModelStore, name: str, version: str) -> tuple[str, Manifest, str]:
+    """The checked name of a stored version, its manifest and its identity (404 if absent)."""
+    require_model(store, name)
+    version = check_name(version, "version")
+    return version, store.manifest(name, version), store.identity(name, version)
+
+
+def summarised(
+    checked: CheckedParts, name: str, version: str, manifest: Manifest, identity: str
+) -> CheckedPartsOut:
     """The version's false alarms and recall on the parts a person checked, with exact intervals,
     and the threshold the good ones would give (core.engine.recalibration.known_good_threshold)."""
     from patchshift.core.engine.recalibration import (
-        MIN_KNOWN_GOOD,
-        images_needed,
+        check_known_good_request,
         known_good_threshold,
         observed_share,
     )
     from patchshift.core.evaluation.evaluate import asked_rate
 
-    require_model(store, name)
-    version = check_name(version, "version")
-    manifest = store.manifest(name, version)
     threshold, rate = manifest.threshold, asked_rate(manifest.config)
-    parts = checked.of(name, version, store.identity(name, version))
+    parts = checked.of(name, version, identity)
+    good = [p for p in parts if p.good]
+    defective = [p for p in parts if not p.good]
 
     def measured(group: list[CheckedPart]) -> ObservedShare:
         flagged = sum(p.score > threshold for p in group)
@@ -246,29 +245,28 @@ def checked_parts_summary(
             interval=list(interval) if interval else None,
         )
 
-    good = np.array([p.score for p in parts if p.good])
     calibration = None
     if not 0 < rate < 1:
         note = (
             f"the version asks for a {rate:.0%} false-alarm rate: calibrate with a "
             "false_alarm_rate above 0"
         )
-    elif good.size < MIN_KNOWN_GOOD:
-        note = (
-            f"{good.size} part(s) checked good: calibrating needs at least {MIN_KNOWN_GOOD} "
-            f"(about {images_needed(rate)} pin {rate:.1%})"
-        )
     else:
-        estimate = known_good_threshold(good, rate)
-        calibration = {"threshold": estimate.value, **estimate.to_dict()}
-        note = f"calibrating from them would set {estimate.value:.4g}: {estimate.note}"
+        try:
+            check_known_good_request(len(good), rate, "part(s) checked good")
+        except DatasetError as too_few:
+            note = str(too_few)
+        else:
+            estimate = known_good_threshold(np.array([p.score for p in good]), rate)
+            calibration = {"threshold": estimate.value, **estimate.to_dict()}
+            note = f"calibrating from them would set {estimate.value:.4g}: {estimate.note}"
     return CheckedPartsOut(
         model=name,
         version=version,
         threshold=threshold,
         false_alarm_rate=rate,
-        false_alarms=measured([p for p in parts if p.good]),
-        recall=measured([p for p in parts if not p.good]),
+        false_alarms=measured(good),
+        recall=measured(defective),
         calibration=calibration,
         calibration_note=note,
         parts=[

@@ -77,18 +77,18 @@ class ModelStore:
         return sorted(found, key=_version_key)
 
     def manifest(self, name: str, version: str) -> Manifest:
-        path = self.version_dir(name, version)
-        if not (path / MANIFEST).is_file():
-            raise NotFound(f"model {name!r} has no version {version!r}")
-        return read_manifest(path)
+        return read_manifest(self._manifest_path(name, version).parent)
 
     def identity(self, name: str, version: str) -> str:
         """What tells this version from any other of the same name: the digest of its manifest
         (a model deleted and made again starts from v1; its v1 is another version)."""
+        return hashlib.sha256(self._manifest_path(name, version).read_bytes()).hexdigest()[:32]
+
+    def _manifest_path(self, name: str, version: str) -> Path:
         path = self.version_dir(name, version) / MANIFEST
         if not path.is_file():
             raise NotFound(f"model {name!r} has no version {version!r}")
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+        return path
 
     def active(self, name: str) -> str | None:
         versions = self.versions(name)

@@ -70,14 +70,17 @@ def images_needed(false_alarm_rate: float, support_factor: float = SUPPORT_FACTO
     return n
 
 
-def check_known_good_request(n_images: int, false_alarm_rate: float) -> None:
+def check_known_good_request(
+    n_images: int, false_alarm_rate: float, what: str = "known-good image(s)"
+) -> None:
     """Refuse, before any scoring, fewer images than a threshold can be set from, or a rate that is
-    not a share of good parts."""
+    not a share of good parts. `what` names the images in the message."""
     if n_images < MIN_KNOWN_GOOD:
+        rate = false_alarm_rate if 0 < false_alarm_rate < 1 else 0.01
         raise DatasetError(
-            f"{n_images} known-good image(s) are too few to set a threshold from; give at least "
-            f"{MIN_KNOWN_GOOD} (about {images_needed(0.01)} pin a 1% false-alarm rate within "
-            f"{SUPPORT_FACTOR:g}x)"
+            f"{n_images} {what} are too few to set a threshold from; give at least "
+            f"{MIN_KNOWN_GOOD} (about {images_needed(rate)} pin a {rate:.0%} false-alarm rate "
+            f"within {SUPPORT_FACTOR:g}x)"
         )
     if not 0 < false_alarm_rate < 1:
         raise ConfigError(
@@ -86,11 +89,16 @@ def check_known_good_request(n_images: int, false_alarm_rate: float) -> None:
         )
 
 
-def calibration_rate(model: Detector, n_images: int, false_alarm_rate: float | None) -> float:
+def calibration_rate(
+    model: Detector,
+    n_images: int,
+    false_alarm_rate: float | None,
+    what: str = "known-good image(s)",
+) -> float:
     """The rate to calibrate `model` at (its own where none is given), once
     check_known_good_request accepts it with `n_images`: before any image is scored."""
     rate = asked_false_alarm_rate(model) if false_alarm_rate is None else false_alarm_rate
-    check_known_good_request(n_images, rate)
+    check_known_good_request(n_images, rate, what)
     return rate
 
 
