@@ -31,6 +31,7 @@ if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
@@ -72,7 +73,8 @@ def shot(driver, name: str) -> None:
 
 
 def wait(driver, seconds: float = 60) -> WebDriverWait:
-    return WebDriverWait(driver, seconds)
+    """Waits that look again when the page re-rendered the element being read (stale)."""
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def sign_in(driver, server: Server, key: str) -> None:
