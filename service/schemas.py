@@ -51,6 +51,9 @@ class ScoreResponse(BaseModel):
 class ReviewItem(BaseModel):
     filename: str
     time: float  # when the line sent it (Unix seconds)
+    number: (
+        int  # its place among the images this replica scored for the model (names a checked part)
+    )
     active: ScoreItem
     candidate: ScoreItem
 

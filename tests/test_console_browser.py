@@ -35,7 +35,7 @@ from selenium.common.exceptions import StaleElementReferenceException  # noqa: E
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @pytest.fixture()
@@ -298,7 +298,7 @@ def test_a_threshold_from_known_good_images_and_from_parts_checked_on_the_line(
     caught = int(scores[0]["score"] > threshold)
     assert f"flags {flagged_good} of 6 good parts" in summary.text, summary.text
     assert f"{caught} of 1 defective parts" in summary.text, summary.text
-    assert "calibrating from them would set" in summary.text  # 6 good: enough to set one
+    assert "Calibrating from them would set" in summary.text  # 6 good: enough to set one
     assert figures[0].find_element(By.CLASS_NAME, "checked").text == "checked: defective"
     shot(driver, "10-checked-parts")
     driver.find_element(By.ID, "checked-calibrate").click()
@@ -314,6 +314,49 @@ def test_a_threshold_from_known_good_images_and_from_parts_checked_on_the_line(
     assert f"→ {highest:.3f}" in result.text and "highest of 6 known-good images" in result.text
     assert active_version(driver) == "v1"
     shot(driver, "11-threshold-from-checked-parts")
+
+    # a candidate reviewed on the line's parts, checked there: each check kept for both versions
+    wait(driver).until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, "#versions button[data-review='v2']"))
+    ).click()
+    wait(driver).until(ec.element_to_be_clickable((By.ID, "review-recent"))).click()
+    rows = wait(driver).until(
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, "#review-table tbody tr")
+            if len(d.find_elements(By.CSS_SELECTOR, "#review-table tbody tr .check-good")) == 7
+            else False
+        )
+    )
+    rows[0].find_element(By.CLASS_NAME, "check-defective").click()
+    for row in rows[1:]:
+        row.find_element(By.CLASS_NAME, "check-good").click()
+    wait(driver).until(
+        lambda d: all(
+            e.text for e in d.find_elements(By.CSS_SELECTOR, "#review-table .review-check .checked")
+        )
+    )
+    driver.execute_script("document.getElementById('review-table').scrollIntoView()")
+    shot(driver, "12-checked-in-review")
+    with server.client(ADMIN) as line:
+        # the same snapshot scored again: what the page showed for each version
+        images = line.post("/v1/models/widget/versions/v2/review").json()["images"]
+        v2 = line.get("/v1/models/widget/versions/v2/checked-parts").json()
+        v1 = line.get("/v1/models/widget/versions/v1/checked-parts").json()
+    candidate = [i["candidate"] for i in images]
+    assert v2["false_alarms"]["count"] == 6 and v2["recall"]["count"] == 1, v2
+    assert v2["false_alarms"]["flagged"] == sum(c["anomalous"] for c in candidate[1:]), v2
+    assert v2["recall"]["flagged"] == int(candidate[0]["anomalous"]), (v2, candidate)
+    assert sorted(p["score"] for p in v2["parts"]) == sorted(c["score"] for c in candidate)
+    # the active version's checks are the same parts as those checked under the thumbnails
+    assert v1["false_alarms"]["count"] == 6 and v1["recall"]["count"] == 1, v1
+    Select(driver.find_element(By.ID, "known-good-version")).select_by_value("v2")
+    wait(driver).until(
+        lambda d: (
+            "of 6 good parts" in d.find_element(By.ID, "checked-summary").text
+            and "v2" in d.find_element(By.ID, "checked-summary").text
+        )
+    )
+    shot(driver, "13-candidate-checked")
 
 
 def test_a_first_model_is_fitted_from_the_page(browser, tmp_path, dataset):

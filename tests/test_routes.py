@@ -318,6 +318,13 @@ def test_a_candidate_is_reviewed_against_the_active_version_on_the_line_s_own_im
         assert [i["filename"] for i in body["images"]] == [name for _, (name, _, _) in line[1:]][
             ::-1
         ]  # the 3 kept, newest first
+        assert (
+            [i["number"] for i in body["images"]]
+            == [
+                i["number"] for i in client.get("/v1/models/widget/history").json()["recent_images"]
+            ]
+            == [4, 3, 2]
+        )  # the names the line's thumbnails give the same parts, to check them by
         kept = [("files", f) for _, f in line[1:]][::-1]
         direct = client.post("/v1/models/widget/versions/v1/score", files=kept).json()["results"]
         for image, expected in zip(

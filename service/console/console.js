@@ -331,21 +331,35 @@ async function showChecked(name, version, box) {
   const share = (g, what) => (g.count ? `${g.flagged} of ${g.count} ${what} (${pct(g.share)}; 90% interval ${pct(g.interval[0])} to ${pct(g.interval[1])})` : `no ${what} checked yet`);
   try {
     const s = await api(`/v1/models/${encodeURIComponent(name)}/versions/${version}/checked-parts`);
-    box.textContent = `Checked on the line, ${version}: it flags ${share(s.false_alarms, "good parts")} and ${share(s.recall, "defective parts")}. ${s.calibration_note}.`;
+    box.textContent = `Checked on the line, ${version}: it flags ${share(s.false_alarms, "good parts")} and ${share(s.recall, "defective parts")}. ${s.calibration_note.charAt(0).toUpperCase() + s.calibration_note.slice(1)}.`;
   } catch (error) { box.textContent = error.message; }
 }
 
-// A person's check of one line image: what they found, against the score its version gave it.
-async function checkPart(name, image, good, figure) {
-  // the part's name: its file name (printable, at most 150 characters) and when the line sent it
-  const name_ = image.filename.replace(/[\x00-\x1f\x7f]/g, "?").slice(-150);
-  const part = `${name_} @ ${new Date(image.time * 1000).toISOString()} #${image.number}`;
+// The name a checked part goes by: its file name (printable, at most 150 characters), when the line
+// sent it and its number there; the same from the line's thumbnails and from a review of them.
+function partName(image) {
+  return `${image.filename.replace(/[\x00-\x1f\x7f]/g, "?").slice(-150)} @ ${new Date(image.time * 1000).toISOString()} #${image.number}`;
+}
+
+// A person's check of one line image: what they found, against the score each version gave it
+// (scores: [{version, score}]: the line's version, or both versions of a review).
+async function checkPart(name, image, scores, good, figure) {
+  const part = partName(image);
   try {
-    await api(`/v1/models/${encodeURIComponent(name)}/versions/${image.version}/checked-parts`, { method: "POST", json: { parts: [{ part, score: image.score, good }] } });
+    for (const s of scores) {
+      await api(`/v1/models/${encodeURIComponent(name)}/versions/${s.version}/checked-parts`, { method: "POST", json: { parts: [{ part, score: s.score, good }] } });
+    }
     figure.querySelector(".checked").textContent = good ? "checked: good" : "checked: defective";
     const select = document.getElementById("known-good-version"), box = document.getElementById("checked-summary");
-    if (select && box && select.value === image.version) showChecked(name, image.version, box);
+    if (select && box && scores.some((s) => s.version === select.value)) showChecked(name, select.value, box);
   } catch (error) { toast(error.message); }
+}
+
+// Good / Defective buttons for an admin under a line image (scores: as checkPart's).
+function checkButtons(name, image, scores, figure) {
+  return isAdmin() ? [
+    el("button", { class: "check-good", text: "Good", title: "a person checked this part: no defect", onclick: () => checkPart(name, image, scores, true, figure) }), " ",
+    el("button", { class: "check-defective", text: "Defective", title: "a person checked this part: a defect", onclick: () => checkPart(name, image, scores, false, figure) })] : [];
 }
 
 function adaptCard(name) {
@@ -503,11 +517,7 @@ async function historyCard(name, active) {
       el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: r.anomalous ? "DEFECT" : "OK" }),
         ` ${r.filename}: ${fmt(r.score)} (threshold ${fmt(r.threshold)}, ${r.version}) ${new Date(r.time * 1000).toLocaleTimeString()}`,
         el("br"), el("span", { class: "checked muted" })));
-    if (isAdmin()) {
-      figure.querySelector("figcaption").append(
-        el("button", { class: "check-good", text: "Good", title: "a person checked this part: no defect", onclick: () => checkPart(name, r, true, figure) }), " ",
-        el("button", { class: "check-defective", text: "Defective", title: "a person checked this part: a defect", onclick: () => checkPart(name, r, false, figure) }));
-    }
+    figure.querySelector("figcaption").append(...checkButtons(name, r, [{ version: r.version, score: r.score }], figure));
     return figure;
   })) : "";
   return el("section", { class: "card", id: "line-history" }, el("h2", { text: "What the line saw" }),
@@ -548,7 +558,7 @@ function openReview(name, candidate, result = null) {
   const drift = result && result.drift_before !== undefined
     ? el("p", { text: `Drift of these images from the active version's condition: ${fmt(result.drift_before, 2)} seen by the active version` +
       (result.drift_after !== undefined ? `, ${fmt(result.drift_after, 2)} by ${candidate}.` : ` (${candidate} sees them through the same features).`) }) : "";
-  const show = (pairs) => {  // pairs: [{filename, active: result, candidate: result}], the same images under both versions
+  const show = (pairs) => {  // pairs: [{filename, time?, number?, active: result, candidate: result}], the same images under both versions
     const cell = (r, version) => el("figure", { class: "result" },
       r.heatmap_png ? el("img", { src: "data:image/png;base64," + r.heatmap_png, alt: `${version}: heatmap of ${r.filename}` }) : "",
       el("figcaption", {}, el("span", { class: "verdict " + (r.anomalous ? "defect" : "ok"), text: verdictText(r) }), el("br"),
@@ -556,8 +566,17 @@ function openReview(name, candidate, result = null) {
     out.replaceChildren(
       el("div", { class: "grid2" }, scoreStrip(pairs.map((p) => p.active.score), active.threshold, `${active.version} (active)`),
         scoreStrip(pairs.map((p) => p.candidate.score), cand.threshold, `${candidate} (candidate)`)),
-      el("table", { id: "review-table" }, el("thead", {}, el("tr", {}, el("th", { text: `${active.version} (active)` }), el("th", { text: `${candidate} (candidate)` }))),
-        el("tbody", {}, pairs.map((p) => el("tr", {}, el("td", {}, cell(p.active, active.version)), el("td", {}, cell(p.candidate, candidate)))))));
+      el("table", { id: "review-table" }, el("thead", {}, el("tr", {}, el("th", { text: `${active.version} (active)` }), el("th", { text: `${candidate} (candidate)` }),
+        checking(pairs) ? el("th", { text: "checked by a person" }) : "")),
+        el("tbody", {}, pairs.map((p) => el("tr", {}, el("td", {}, cell(p.active, active.version)), el("td", {}, cell(p.candidate, candidate)), checking(pairs) ? checkCell(p) : "")))));
+  };
+  // the line's parts can be checked here too: each check is kept for both versions, with each one's
+  // score, so the candidate's verdicts are measured on the line before it goes live
+  const checking = (pairs) => isAdmin() && pairs.length > 0 && pairs[0].number !== undefined;
+  const checkCell = (p) => {
+    const td = el("td", { class: "review-check" }, el("span", { class: "checked muted" }), el("br"));
+    td.append(...checkButtons(name, p, [{ version: active.version, score: p.active.score }, { version: candidate, score: p.candidate.score }], td));
+    return td;
   };
   const run = (button, work) => async () => {
     button.disabled = true;
@@ -586,7 +605,8 @@ function openReview(name, candidate, result = null) {
   });
   box.replaceChildren(el("h2", { text: `Review ${candidate} (${cand.method}) against the active ${active.version}` }),
     el("p", { class: "muted", text: "Both versions score the same images: the line's recent ones (kept in the service's memory), " +
-      (known.length ? `the ${known.length} images inspected on this page, or images you choose.` : "or images you choose.") }),
+      (known.length ? `the ${known.length} images inspected on this page, or images you choose.` : "or images you choose.") +
+      (isAdmin() ? " On the line's images, mark the parts you check Good or Defective: each check is kept for both versions with each one's score, and the Threshold card says what the candidate's verdicts do on them and can set its threshold from the good ones." : "") }),
     el("div", { class: "row" }, onLine, files, go,
       isAdmin() ? el("button", { id: "review-activate", text: `Activate ${candidate}`, onclick: () => activate(name, candidate) }) : "",
       el("button", { text: "Close", onclick: () => { box.hidden = true; } })),

@@ -196,7 +196,7 @@ async def review_on_line_images(
             )
         )
     images = [
-        {"filename": r.filename, "time": r.time, "active": a, "candidate": c}
+        {"filename": r.filename, "time": r.time, "number": r.number, "active": a, "candidate": c}
         for r, a, c in zip(kept, *results, strict=False)
     ]
     return ReviewResponse(
