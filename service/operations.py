@@ -23,6 +23,7 @@ from patchshift.service.schemas import (
     CheckedPartOut,
     CheckedPartsOut,
     DriftOut,
+    FalseAlarmCheckOut,
     ModelOut,
     ModelSummary,
     ObservedShare,
@@ -225,6 +226,7 @@ def summarised(
     and the threshold the good ones would give (core.engine.recalibration.known_good_threshold)."""
     from patchshift.core.engine.recalibration import (
         check_known_good_request,
+        judged_false_alarms,
         known_good_threshold,
         observed_share,
     )
@@ -245,6 +247,7 @@ def summarised(
             interval=list(interval) if interval else None,
         )
 
+    false_alarms = measured(good)
     calibration = None
     if not 0 < rate < 1:
         note = (
@@ -265,8 +268,11 @@ def summarised(
         version=version,
         threshold=threshold,
         false_alarm_rate=rate,
-        false_alarms=measured(good),
+        false_alarms=false_alarms,
         recall=measured(defective),
+        false_alarm_check=FalseAlarmCheckOut(
+            **vars(judged_false_alarms(false_alarms.flagged, false_alarms.count, rate))
+        ),
         calibration=calibration,
         calibration_note=note,
         parts=[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -153,6 +155,16 @@ class ObservedShare(BaseModel):
     interval: list[float] | None
 
 
+class FalseAlarmCheckOut(BaseModel):
+    """Whether the parts checked good show the version flagging more than the line tolerates."""
+
+    verdict: Literal["above", "within", "open"] = Field(
+        description="above: the 90% interval of its false alarms lies above twice the asked rate; "
+        "within: its upper end is within twice the asked rate; open: too few checks to tell"
+    )
+    note: str
+
+
 class CheckedPartsOut(BaseModel):
     """What a version's verdicts really do on the parts a person checked, and what `calibrate`
     would set from the good ones."""
@@ -163,6 +175,7 @@ class CheckedPartsOut(BaseModel):
     false_alarm_rate: float = Field(description="the share of good parts the threshold aims at")
     false_alarms: ObservedShare = Field(description="good parts the version flagged")
     recall: ObservedShare = Field(description="defective parts the version flagged")
+    false_alarm_check: FalseAlarmCheckOut
     # calibrate(from_checked_parts=true) now: the threshold_estimate it would state, or why not
     calibration: dict | None
     calibration_note: str

@@ -8,7 +8,11 @@ import threading
 
 import pytest
 
-from patchshift.core.engine.recalibration import known_good_threshold, observed_share
+from patchshift.core.engine.recalibration import (
+    judged_false_alarms,
+    known_good_threshold,
+    observed_share,
+)
 
 URL = "/v1/models/widget/versions/{version}/checked-parts"
 
@@ -25,6 +29,18 @@ def test_observed_shares_carry_their_exact_intervals() -> None:
     share, (low, high) = observed_share(1, 2)
     assert share == 0.5
     assert low == pytest.approx(1 - 0.95**0.5) and high == pytest.approx(0.95**0.5)
+
+
+def test_checks_tell_when_a_version_flags_more_than_twice_the_asked_rate() -> None:
+    # none of 149 flagged: the upper end 1 - 0.05^(1/149) = 1.99% is within 2 x 1%; of 148, 2.004%
+    assert judged_false_alarms(0, 149, 0.01).verdict == "within"
+    assert judged_false_alarms(0, 148, 0.01).verdict == "open"
+    # 1 of 2: the lower end 1 - 0.95^0.5 = 2.53%, above 2 x 1% but not above 2 x 1.3%
+    above = judged_false_alarms(1, 2, 0.01)
+    assert above.verdict == "above" and "more than 2 times the 1.0% asked" in above.note
+    assert judged_false_alarms(1, 2, 0.013).verdict == "open"
+    assert judged_false_alarms(0, 0, 0.01).verdict == "open"  # nothing checked
+    assert judged_false_alarms(1, 2, 0.0).verdict == "open"  # nothing asked to keep
 
 
 def threshold(client, version: str = "v1") -> float:
@@ -59,6 +75,9 @@ def test_checks_say_what_the_verdicts_do_and_a_second_check_replaces_the_first(c
     assert (body["recall"]["count"], body["recall"]["flagged"]) == (3, 2)
     assert body["calibration"] is None and "4 part(s) checked good" in body["calibration_note"]
     assert {p["part"]: p["flagged"] for p in body["parts"]}["d.png"] is True
+    # 1 of 4: the interval 1.3% to 75.1% spans twice the asked 1%
+    assert body["false_alarm_check"]["verdict"] == "open"
+    assert "1 of 4 parts checked good" in body["false_alarm_check"]["note"]
     # the person looks again: d.png was defective after all (named twice: the last one counts)
     again = parts(("d.png", t + 0.2, True), ("d.png", t + 0.2, False))
     assert client.post(URL.format(version="v1"), json=again).status_code == 200
@@ -79,6 +98,11 @@ def test_checks_say_what_the_verdicts_do_and_a_second_check_replaces_the_first(c
         series.format("defective", "flagged"): 2.0,
         series.format("defective", "passed"): 1.0,
     }
+    # 3 good parts flagged of 6: surely more than twice the asked 1% (interval from 15.3%)
+    flagged = parts(*((f"h{i}.png", t + 1.0, True) for i in range(3)))
+    body = client.post(URL.format(version="v1"), json=flagged).json()
+    assert (body["false_alarms"]["count"], body["false_alarms"]["flagged"]) == (6, 3)
+    assert body["false_alarm_check"]["verdict"] == "above", body["false_alarm_check"]
 
 
 REFUSED = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -179,3 +180,50 @@ def observed_share(hits: int, total: int) -> tuple[float | None, tuple[float, fl
     low = 0.0 if hits == 0 else float(beta.ppf(0.05, hits, total - hits + 1))
     high = 1.0 if hits == total else float(beta.ppf(0.95, hits + 1, total - hits))
     return hits / total, (low, high)
+
+
+# A line's tolerance on checked parts: at most this many times the asked share of good parts
+# flagged.
+ALARM_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class FalseAlarmCheck:
+    """What the parts checked good say of a version's false alarms against the asked rate:
+    `verdict` "above" (its 90% interval lies above ALARM_FACTOR x the asked rate), "within" (the
+    interval's upper end is within it) or "open" (too few checks to tell); `note` in words."""
+
+    verdict: str
+    note: str
+
+
+def judged_false_alarms(flagged: int, total: int, rate: float) -> FalseAlarmCheck:
+    """`flagged` of `total` parts checked good, a version asking for `rate`."""
+    bar = ALARM_FACTOR * rate
+    share, interval = observed_share(flagged, total)
+    if share is None or not 0 < rate < 1:
+        return FalseAlarmCheck(
+            "open",
+            "no parts checked good yet"
+            if share is None
+            else f"the version asks for a {rate:.0%} false-alarm rate",
+        )
+    low, high = interval
+    said = (
+        f"it flags {flagged} of {total} parts checked good (90% interval {low:.1%} to {high:.1%})"
+    )
+    if low > bar:
+        return FalseAlarmCheck(
+            "above",
+            f"{said}: more than {ALARM_FACTOR:g} times the {rate:.1%} asked; set its threshold "
+            "from the parts checked good (calibrate)",
+        )
+    if high <= bar:
+        return FalseAlarmCheck(
+            "within", f"{said}: within {ALARM_FACTOR:g} times the {rate:.1%} asked"
+        )
+    return FalseAlarmCheck(
+        "open",
+        f"{said}: too few checks yet to tell whether it stays within {ALARM_FACTOR:g} times the "
+        f"{rate:.1%} asked",
+    )

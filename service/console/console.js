@@ -331,7 +331,10 @@ async function showChecked(name, version, box) {
   const share = (g, what) => (g.count ? `${g.flagged} of ${g.count} ${what} (${pct(g.share)}; 90% interval ${pct(g.interval[0])} to ${pct(g.interval[1])})` : `no ${what} checked yet`);
   try {
     const s = await api(`/v1/models/${encodeURIComponent(name)}/versions/${version}/checked-parts`);
-    box.textContent = `Checked on the line, ${version}: it flags ${share(s.false_alarms, "good parts")} and ${share(s.recall, "defective parts")}. ${s.calibration_note.charAt(0).toUpperCase() + s.calibration_note.slice(1)}.`;
+    const check = s.false_alarm_check;  // above: more false alarms than the line tolerates, for sure
+    const verdict = check.verdict === "above" ? `Too many false alarms: ${check.note}. ` : check.verdict === "within" ? `Its false alarms are ${check.note.split(": ").pop()}. ` : "";
+    box.textContent = `Checked on the line, ${version}: it flags ${share(s.false_alarms, "good parts")} and ${share(s.recall, "defective parts")}. ${verdict}${s.calibration_note.charAt(0).toUpperCase() + s.calibration_note.slice(1)}.`;
+    box.classList.toggle("error", check.verdict === "above");
   } catch (error) { box.textContent = error.message; }
 }
 
