@@ -18,7 +18,9 @@ Ablations (--methods): `target-memory-alone` (uda without its dominant-cluster s
 patches at 3 robust deviations, always), `uda-global` (the paper's trained global
 encoder with DSVDD and contrastive alignment; minutes and GBs at the defaults),
 `uda-global-no-alignment` (without the contrastive alignment) and `uda-global-psi-phi` (clustered
-on the trained encoder instead of the frozen backbone).
+on the trained encoder instead of the frozen backbone), `vouched-half-alone` and
+`vouched-half-union` (the memory from the better-vouched half of the target images instead of the
+dominant cluster, alone or joined to the source bank: a selection that keeps every look).
 
 Reference rows: `refit-with-labels` fits PatchCore on the adaptation set's normal cells (the labels
 a line does not have); `target-memory-oracle` builds the target memory from those normal cells
@@ -60,7 +62,49 @@ VARIANTS = {
     # with the clustering encoder psi = the trained phi instead of the frozen backbone
     "uda-global-no-alignment": ("uda-global", {"lambda_uda": 0.0}),
     "uda-global-psi-phi": ("uda-global", {"encoder": "phi"}),
+    # the selection without clusters: the better-vouched half of the images (register_vouched_half),
+    # alone and joined to the source bank
+    "vouched-half-alone": ("vouched-half", {}),
+    "vouched-half-union": ("vouched-half", {"memory": "union"}),
 }
+
+
+def register_vouched_half() -> None:
+    """An ablation of uda's selection, as a method of this benchmark only: instead of the dominant
+    cluster, the target images whose worst patch is among the better-vouched half (each image's
+    highest mutual score at or below the median) build the memory. It keeps every look of the new
+    domain and leaves out most defective images, so it tells which of the two the cluster earns."""
+    from patchshift.core.adapt.methods import Adapter, adapter_names, get_adapter, register
+    from patchshift.core.adapt.target_memory import (
+        filter_settings,
+        memory_version,
+        target_features,
+    )
+    from patchshift.core.engine.contamination import filter_patches
+
+    def adapt_vouched_half(parent, target, cfg, report_, progress, cancel):
+        feats = target_features(parent.extractor, target, parent.config.batch_size, parent.device)
+        n = len(feats)
+        kept = filter_patches(feats.reshape(n, -1, feats.shape[-1]), filter_settings(cfg))
+        worst = kept.scores.reshape(n, -1).amax(dim=1)
+        members = worst <= worst.median()
+        return memory_version(
+            parent, parent.extractor, feats, cfg, report_, progress, cancel, members
+        )
+
+    if "vouched-half" not in adapter_names():
+        uda = get_adapter("uda")
+        register(
+            Adapter(
+                "vouched-half",
+                "benchmark ablation: the better-vouched half of the target images build the memory",
+                adapt_vouched_half,
+                moves_memory=True,
+                min_images=uda.min_images,
+                options=uda.options,
+                make_config=uda.make_config,
+            )
+        )
 
 
 def png(cell: np.ndarray) -> bytes:
@@ -235,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         print(report_table(args.report))
         return
     options = {"uda": parse_settings(args.uda), "target-memory": parse_settings(args.memory)}
+    register_vouched_half()
 
     cells, labels, types = elpv_cells()
     files = [png(cell) for cell in cells]

@@ -41,6 +41,7 @@ def test_checks_tell_when_a_version_flags_more_than_twice_the_asked_rate() -> No
     assert judged_false_alarms(1, 2, 0.013).verdict == "open"
     assert judged_false_alarms(0, 0, 0.01).verdict == "open"  # nothing checked
     assert judged_false_alarms(1, 2, 0.0).verdict == "open"  # nothing asked to keep
+    assert judged_false_alarms(2, 2, 0.5).verdict == "open"  # twice 50%: no bound at all
 
 
 def threshold(client, version: str = "v1") -> float:

@@ -201,12 +201,11 @@ def judged_false_alarms(flagged: int, total: int, rate: float) -> FalseAlarmChec
     """`flagged` of `total` parts checked good, a version asking for `rate`."""
     bar = ALARM_FACTOR * rate
     share, interval = observed_share(flagged, total)
-    if share is None or not 0 < rate < 1:
+    if share is None:
+        return FalseAlarmCheck("open", "no parts checked good yet")
+    if not 0 < bar < 1:  # nothing asked, or a tolerance that every share keeps
         return FalseAlarmCheck(
-            "open",
-            "no parts checked good yet"
-            if share is None
-            else f"the version asks for a {rate:.0%} false-alarm rate",
+            "open", f"the version asks for a {rate:.0%} false-alarm rate: no bound to check"
         )
     low, high = interval
     said = (
@@ -216,7 +215,7 @@ def judged_false_alarms(flagged: int, total: int, rate: float) -> FalseAlarmChec
         return FalseAlarmCheck(
             "above",
             f"{said}: more than {ALARM_FACTOR:g} times the {rate:.1%} asked; set its threshold "
-            "from the parts checked good (calibrate)",
+            "from parts checked good (calibrate) once there are enough",
         )
     if high <= bar:
         return FalseAlarmCheck(

@@ -326,16 +326,20 @@ function knownGoodRow(name) {
 
 // What a version's verdicts do on the parts a person checked (marked Good / Defective under the
 // line's images), and what calibrating from the good ones would set.
+let checkedRequests = 0;  // only the latest summary requested is shown (replies may come out of order)
 async function showChecked(name, version, box) {
+  const mine = ++checkedRequests;
   const pct = (x) => (100 * x).toFixed(1) + "%";
   const share = (g, what) => (g.count ? `${g.flagged} of ${g.count} ${what} (${pct(g.share)}; 90% interval ${pct(g.interval[0])} to ${pct(g.interval[1])})` : `no ${what} checked yet`);
   try {
     const s = await api(`/v1/models/${encodeURIComponent(name)}/versions/${version}/checked-parts`);
+    if (mine !== checkedRequests) return;
     const check = s.false_alarm_check;  // above: more false alarms than the line tolerates, for sure
-    const verdict = check.verdict === "above" ? `Too many false alarms: ${check.note}. ` : check.verdict === "within" ? `Its false alarms are ${check.note.split(": ").pop()}. ` : "";
+    const conclusion = check.note.split(": ").slice(1).join(": ");  // the counts are said above
+    const verdict = check.verdict === "above" ? `Too many false alarms: ${conclusion}. ` : check.verdict === "within" ? `Its false alarms are ${conclusion}. ` : "";
     box.textContent = `Checked on the line, ${version}: it flags ${share(s.false_alarms, "good parts")} and ${share(s.recall, "defective parts")}. ${verdict}${s.calibration_note.charAt(0).toUpperCase() + s.calibration_note.slice(1)}.`;
     box.classList.toggle("error", check.verdict === "above");
-  } catch (error) { box.textContent = error.message; }
+  } catch (error) { if (mine === checkedRequests) box.textContent = error.message; }
 }
 
 // The name a checked part goes by: its file name (printable, at most 150 characters), when the line
@@ -348,6 +352,8 @@ function partName(image) {
 // (scores: [{version, score}]: the line's version, or both versions of a review).
 async function checkPart(name, image, scores, good, figure) {
   const part = partName(image);
+  const buttons = figure.querySelectorAll(".check-good, .check-defective");
+  buttons.forEach((b) => { b.disabled = true; });  // one check of a part at a time, for every version
   try {
     for (const s of scores) {
       await api(`/v1/models/${encodeURIComponent(name)}/versions/${s.version}/checked-parts`, { method: "POST", json: { parts: [{ part, score: s.score, good }] } });
@@ -356,6 +362,7 @@ async function checkPart(name, image, scores, good, figure) {
     const select = document.getElementById("known-good-version"), box = document.getElementById("checked-summary");
     if (select && box && scores.some((s) => s.version === select.value)) showChecked(name, select.value, box);
   } catch (error) { toast(error.message); }
+  buttons.forEach((b) => { b.disabled = false; });
 }
 
 // Good / Defective buttons for an admin under a line image (scores: as checkPart's).
@@ -578,7 +585,7 @@ function openReview(name, candidate, result = null) {
   const checking = (pairs) => isAdmin() && pairs.length > 0 && pairs[0].number !== undefined;
   const checkCell = (p) => {
     const td = el("td", { class: "review-check" }, el("span", { class: "checked muted" }), el("br"));
-    td.append(...checkButtons(name, p, [{ version: active.version, score: p.active.score }, { version: candidate, score: p.candidate.score }], td));
+    td.append(...checkButtons(name, p, [{ version: p.activeVersion, score: p.active.score }, { version: candidate, score: p.candidate.score }].filter((c, i, all) => all.findIndex((o) => o.version === c.version) === i), td));
     return td;
   };
   const run = (button, work) => async () => {
@@ -591,7 +598,8 @@ function openReview(name, candidate, result = null) {
     const form = new FormData();
     form.append("heatmap", "png");
     const review = await api(`/v1/models/${encodeURIComponent(name)}/versions/${candidate}/review`, { method: "POST", form });
-    return review.images;
+    // the version that scored them as active (it may have changed since the page was drawn)
+    return review.images.map((i) => ({ ...i, activeVersion: review.active_version }));
   });
   const go = el("button", { id: "review-start", text: "Compare on chosen images" });
   go.onclick = run(go, async () => {
