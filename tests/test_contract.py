@@ -48,7 +48,7 @@ def test_schemathesis_finds_no_contract_violation(
             "--header",
             f"Authorization: Bearer {ADMIN}",
             "--max-examples",
-            os.environ.get("PATCHSHIFT_FUZZ_EXAMPLES", "15"),
+            os.environ.get("PATCHSHIFT_FUZZ_EXAMPLES", "10"),
             "--seed",
             os.environ.get("PATCHSHIFT_FUZZ_SEED", "20261126"),
             "--exclude-operation-id",

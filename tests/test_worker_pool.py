@@ -265,7 +265,7 @@ def test_two_workers_never_run_two_jobs_of_one_model_at_once(
 def test_replicas_keep_serving_through_activations_adaptations_and_a_killed_scorer(
     store: Path, postgres_url: str, dataset: Path, capsys
 ) -> None:
-    """3 threads score through every replica while 20 activations, 2 adaptations and 2
+    """3 threads score through every replica while 10 activations, an adaptation and 2
     rollbacks happen: no request fails; then one scorer is killed and the others go on."""
     image = [
         (
@@ -294,11 +294,11 @@ def test_replicas_keep_serving_through_activations_adaptations_and_a_killed_scor
                     admin.put("/v1/models/widget/threshold", json={"threshold": 4.0}).status_code
                     == 200
                 )
-                for i in range(20):
+                for i in range(10):
                     version = ("v1", "v2")[i % 2]
                     path = f"/v1/models/widget/versions/{version}/activate"
                     assert scorers[i % 3].client().post(path).status_code == 200
-                for _ in range(2):
+                for _ in range(1):
                     answer = admin.post(
                         "/v1/models/widget/adapt",
                         files=adaptation_images(dataset, 24),
