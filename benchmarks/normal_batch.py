@@ -29,7 +29,7 @@ from .protocol import (
     get_model,
     load_images,
     parse_settings,
-    stratified_split,
+    shift_split,
 )
 
 
@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     samples = labelled_samples(root)
     labels = np.array([s.label for s in samples])
-    _, eval_idx = stratified_split(labels, 0.2, args.seed)  # the shift benchmark's split
-    if args.max_eval and len(eval_idx) > args.max_eval:
-        keep, _ = stratified_split(labels[eval_idx], args.max_eval / len(eval_idx), args.seed + 1)
-        eval_idx = eval_idx[keep]
+    _, eval_idx = shift_split(labels, args.seed, args.max_eval)
     clean = load_images([samples[i].path for i in eval_idx], model.config.image_size)
     masks = np.stack([load_mask(samples[i], model.config.image_size) for i in eval_idx])
     train = load_images(train_images(root), model.config.image_size)

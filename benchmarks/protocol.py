@@ -30,6 +30,16 @@ def stratified_split(
     return adapt_idx, np.setdiff1d(np.arange(len(labels)), adapt_idx)
 
 
+def shift_split(labels: np.ndarray, seed: int, max_eval: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The shift benchmark's (adaptation, evaluation) indices: 20% of each class adapts, the rest
+    is scored, subsampled (stratified) to `max_eval` images when given."""
+    adapt_idx, eval_idx = stratified_split(labels, 0.2, seed)
+    if max_eval and len(eval_idx) > max_eval:
+        keep, _ = stratified_split(labels[eval_idx], max_eval / len(eval_idx), seed + 1)
+        eval_idx = eval_idx[keep]
+    return adapt_idx, eval_idx
+
+
 def load_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
     """All images as one uint8 (N, 3, H, W) tensor at the model input size."""
     from patchshift.core.common.images import iter_batches

@@ -45,6 +45,7 @@ from .protocol import (  # noqa: F401  (re-exported for the scripts and tests th
     parse_settings,
     parse_variant,
     protocol_split,
+    shift_split,
     stratified_split,
 )
 
@@ -206,10 +207,7 @@ def run_dataset(name: str, args: argparse.Namespace, save=None) -> dict:
     )
     samples = labelled_samples(root)
     labels = np.array([s.label for s in samples])
-    adapt_idx, eval_idx = stratified_split(labels, 0.2, args.seed)
-    if args.max_eval and len(eval_idx) > args.max_eval:
-        keep, _ = stratified_split(labels[eval_idx], args.max_eval / len(eval_idx), args.seed + 1)
-        eval_idx = eval_idx[keep]
+    adapt_idx, eval_idx = shift_split(labels, args.seed, args.max_eval)
     clean = load_images([s.path for s in samples], model.config.image_size)
     masks = np.stack([load_mask(s, model.config.image_size) for s in samples])
     print(
