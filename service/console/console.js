@@ -585,7 +585,9 @@ function openReview(name, candidate, result = null) {
   const checking = (pairs) => isAdmin() && pairs.length > 0 && pairs[0].number !== undefined;
   const checkCell = (p) => {
     const td = el("td", { class: "review-check" }, el("span", { class: "checked muted" }), el("br"));
-    td.append(...checkButtons(name, p, [{ version: p.activeVersion, score: p.active.score }, { version: candidate, score: p.candidate.score }].filter((c, i, all) => all.findIndex((o) => o.version === c.version) === i), td));
+    const scores = [{ version: candidate, score: p.candidate.score }];  // once, if the candidate went live meanwhile
+    if (p.activeVersion !== candidate) scores.unshift({ version: p.activeVersion, score: p.active.score });
+    td.append(...checkButtons(name, p, scores, td));
     return td;
   };
   const run = (button, work) => async () => {
